@@ -1,0 +1,191 @@
+//! Command-line options.
+
+use clap::{Parser, ValueEnum};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Connect + subscribe, then publish over HTTP and measure deliveries and latency.
+    Publish,
+    /// Only connect + subscribe: setup rate and idle RSS per connection.
+    ConnectOnly,
+}
+
+/// Load tool for a Sockudo (Pusher protocol 7) node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sockudo-bench", version, about)]
+pub struct Args {
+    /// WebSocket base URL; clients connect to `{url}/app/{key}?protocol=7&client=bench&version=1.0`.
+    #[arg(long, default_value = "ws://127.0.0.1:6001")]
+    pub url: String,
+
+    /// HTTP API base URL; publishes go to `POST {http}/apps/{app_id}/events`.
+    #[arg(long, default_value = "http://127.0.0.1:6001")]
+    pub http: String,
+
+    /// App id (path of the HTTP API).
+    #[arg(long, default_value = "app-id")]
+    pub app_id: String,
+
+    /// App key (WebSocket path and `auth_key`).
+    #[arg(long, default_value = "app-key")]
+    pub key: String,
+
+    /// App secret (signs the HTTP API requests).
+    #[arg(long, default_value = "app-secret")]
+    pub secret: String,
+
+    /// Number of WebSocket subscribers.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub connections: usize,
+
+    /// Public channel name (with `--channels K > 1`: `{channel}-0` … `{channel}-{K-1}`).
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+
+    /// Spread subscribers round-robin over this many channels; publishes round-robin too.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+
+    /// Handshakes (TCP + upgrade + subscribe) in flight at once.
+    #[arg(long, default_value_t = 100)]
+    pub connect_concurrency: usize,
+
+    /// Give up on one connection's handshake + subscribe after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub handshake_timeout: f64,
+
+    /// Publishes per second through the HTTP API (all publishers together).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Concurrent HTTP publish tasks (each waits for its response before the next request).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+
+    /// Size of the event `data` string in bytes (minimum ~50, the timestamp header).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+
+    /// Measured window in seconds (after warmup).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Seconds of publishing before the measured window starts.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+
+    /// After publishing stops, wait at most this many seconds for in-flight deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+
+    /// Seconds to stay idle after everyone subscribed before sampling the server's RSS.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle: f64,
+
+    /// Server process id: sample its VmRSS before connecting and once all are connected and idle.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Publish)]
+    pub mode: Mode,
+
+    /// Print the results as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl Args {
+    /// Check option combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.channels == 0 {
+            return Err("--channels must be at least 1".into());
+        }
+        if self.connect_concurrency == 0 {
+            return Err("--connect-concurrency must be at least 1".into());
+        }
+        if self.mode == Mode::Publish {
+            if !(self.rate > 0.0 && self.rate.is_finite()) {
+                return Err("--rate must be a positive number".into());
+            }
+            if self.publishers == 0 {
+                return Err("--publishers must be at least 1".into());
+            }
+            if !(self.duration > 0.0 && self.duration.is_finite()) {
+                return Err("--duration must be positive".into());
+            }
+        }
+        for (name, v) in [
+            ("--warmup", self.warmup),
+            ("--drain", self.drain),
+            ("--idle", self.idle),
+            ("--handshake-timeout", self.handshake_timeout),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!("{name} must be a non-negative number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Channel names in use, index = channel number.
+    pub fn channel_names(&self) -> Vec<String> {
+        if self.channels == 1 {
+            vec![self.channel.clone()]
+        } else {
+            (0..self.channels)
+                .map(|i| format!("{}-{i}", self.channel))
+                .collect()
+        }
+    }
+
+    /// Full WebSocket URL a client connects to.
+    pub fn ws_url(&self) -> String {
+        format!(
+            "{}/app/{}?protocol=7&client=bench&version=1.0",
+            self.url.trim_end_matches('/'),
+            self.key
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let a = Args::parse_from(["sockudo-bench"]);
+        assert!(a.validate().is_ok());
+        assert_eq!(
+            a.ws_url(),
+            "ws://127.0.0.1:6001/app/app-key?protocol=7&client=bench&version=1.0"
+        );
+        assert_eq!(a.channel_names(), vec!["bench".to_string()]);
+    }
+
+    #[test]
+    fn spread_channels_and_connect_only() {
+        let a = Args::parse_from([
+            "sockudo-bench",
+            "--channels",
+            "3",
+            "--mode",
+            "connect-only",
+            "--rate",
+            "0",
+        ]);
+        assert!(a.validate().is_ok());
+        assert_eq!(a.channel_names(), vec!["bench-0", "bench-1", "bench-2"]);
+        let b = Args::parse_from(["sockudo-bench", "--rate", "0"]);
+        assert!(b.validate().is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The app model and the [`AppManager`] contract.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// One tenant: credentials, switches and limits. Field names are the TOML/JSON names
+/// operators use (CONFIG.md), so this type is also the config schema of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub enable_client_messages: bool,
+    /// Cluster-wide connection quota; 0 means unlimited.
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Client events per second per connection (4301 beyond it); 0 means unlimited.
+    #[serde(default = "default_client_events")]
+    pub max_client_events_per_second: u32,
+    #[serde(default = "default_presence_members")]
+    pub max_presence_members: usize,
+    #[serde(default = "default_user_info_bytes")]
+    pub max_presence_user_info_bytes: usize,
+    /// Largest event `data` accepted from the HTTP API or a client event (413 / error beyond).
+    #[serde(default = "default_payload_bytes")]
+    pub max_event_payload_bytes: usize,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+/// A webhook endpoint of an app (`[[apps.webhooks]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Event types sent to this target; empty means all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+}
+
+const fn yes() -> bool {
+    true
+}
+const fn default_client_events() -> u32 {
+    10
+}
+const fn default_presence_members() -> usize {
+    100
+}
+const fn default_user_info_bytes() -> usize {
+    1024
+}
+const fn default_payload_bytes() -> usize {
+    10 * 1024
+}
+
+impl App {
+    /// An app with the default limits.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            enable_client_messages: false,
+            max_connections: 0,
+            max_client_events_per_second: default_client_events(),
+            max_presence_members: default_presence_members(),
+            max_presence_user_info_bytes: default_user_info_bytes(),
+            max_event_payload_bytes: default_payload_bytes(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// Why the app manager could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AppManagerError {
+    #[error("app manager backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where apps come from.
+///
+/// Contract: lookups are read-only and may be served from a cache by the implementation;
+/// an app that does not exist is `Ok(None)`, never an error. `Err` means the backend could
+/// not answer, and callers must fail the request (never treat it as "no such app" or
+/// "allowed").
+#[async_trait]
+pub trait AppManager: Send + Sync + 'static {
+    async fn find_by_id(&self, id: &str) -> Result<Option<Arc<App>>, AppManagerError>;
+    async fn find_by_key(&self, key: &str) -> Result<Option<Arc<App>>, AppManagerError>;
+    async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError>;
+}
+
+/// Lets `Arc<dyn AppManager>` be used where a sized `M: AppManager` is expected (layers).
+#[async_trait]
+impl<T: AppManager + ?Sized> AppManager for Arc<T> {
+    async fn find_by_id(&self, id: &str) -> Result<Option<Arc<App>>, AppManagerError> {
+        (**self).find_by_id(id).await
+    }
+
+    async fn find_by_key(&self, key: &str) -> Result<Option<Arc<App>>, AppManagerError> {
+        (**self).find_by_key(key).await
+    }
+
+    async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError> {
+        (**self).all().await
+    }
+}
+
+/// Apps fixed at start (from config): the embedded default.
+#[derive(Debug, Default)]
+pub struct StaticAppManager {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+}
+
+impl StaticAppManager {
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let mut m = StaticAppManager::default();
+        for app in apps {
+            let app = Arc::new(app);
+            m.by_key.insert(app.key.clone(), Arc::clone(&app));
+            m.by_id.insert(app.id.clone(), app);
+        }
+        m
+    }
+}
+
+#[async_trait]
+impl AppManager for StaticAppManager {
+    async fn find_by_id(&self, id: &str) -> Result<Option<Arc<App>>, AppManagerError> {
+        Ok(self.by_id.get(id).cloned())
+    }
+
+    async fn find_by_key(&self, key: &str) -> Result<Option<Arc<App>>, AppManagerError> {
+        Ok(self.by_key.get(key).cloned())
+    }
+
+    async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError> {
+        Ok(self.by_id.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn static_lookup() {
+        let m = StaticAppManager::new([App::new("1", "k", "s")]);
+        assert_eq!(m.find_by_key("k").await.unwrap().unwrap().id, "1");
+        assert_eq!(m.find_by_id("1").await.unwrap().unwrap().key, "k");
+        assert!(m.find_by_key("x").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,26 @@
+//! # sockudo-core
+//!
+//! The transport-agnostic heart of Sockudo: the Pusher protocol 7 wire types (and our V2
+//! extensions), channel naming rules, every signature the protocol uses, the app model, and
+//! one trait per backend kind with an in-memory implementation as the embedded default.
+//!
+//! The core never depends on a node, a client, axum, or a concrete backend outside its cargo
+//! feature, so Rust services can mount its pieces in their own stacks.
+//!
+//! # Layout
+//! - [`protocol`]: frames as they travel on the WebSocket, event names, close/error codes.
+//! - [`channel`]: channel-name validation and classification.
+//! - [`auth`]: channel/presence/signin signatures, HTTP API query signing, webhook signing.
+//! - [`app`]: the app model and the [`app::AppManager`] trait (static, config-backed default).
+//! - [`cache`]: the shared [`cache::Cache`] contract (TTL, set-if-absent, increment) + memory impl.
+//! - [`adapter`]: the [`adapter::Adapter`] contract for (cross-node) fanout + the local impl.
+//! - [`layers`]: tower middleware for the HTTP API ([`layers::ApiAuthLayer`]: signed-request
+//!   auth) and the shared JSON error response ([`layers::json_error`]).
+
+pub mod adapter;
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod channel;
+pub mod layers;
+pub mod protocol;

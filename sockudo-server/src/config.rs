@@ -1,0 +1,287 @@
+//! Operator configuration (CONFIG.md): built-in defaults < TOML file < environment < CLI flags.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sockudo_core::app::App;
+
+/// Why a configuration cannot be used. Printed as one line before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value for {name}: {value:?} ({expected})")]
+    InvalidEnv { name: &'static str, value: String, expected: &'static str },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// A driver section such as `[adapter] driver = "redis"`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriverSection {
+    pub driver: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UrlSection {
+    pub url: String,
+}
+
+/// Everything a node needs, resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    pub host: String,
+    pub port: u16,
+    pub node_id: String,
+    /// Seconds of silence after which a client should ping (sent in connection_established);
+    /// the server pings after the same silence.
+    pub activity_timeout: u64,
+    /// Seconds the server waits for any frame after its own ping before closing with 4201.
+    pub pong_timeout: u64,
+    /// How long a cache channel remembers its last event, in seconds.
+    pub cache_channel_ttl: u64,
+    /// Largest client frame handled (bigger ones get `pusher:error`).
+    pub max_frame_bytes: usize,
+    /// Outbound queue bound per connection, in frames.
+    pub outbound_queue_frames: usize,
+    /// Outbound queue bound per connection, in bytes.
+    pub outbound_queue_bytes: usize,
+    /// Seconds between unready and closing remaining sockets with 4200.
+    pub shutdown_grace_period: u64,
+    pub metrics_port: u16,
+    pub log_format: String,
+    pub adapter: DriverSection,
+    pub cache: DriverSection,
+    pub queue: DriverSection,
+    pub history: DriverSection,
+    pub app_manager: DriverSection,
+    pub redis: UrlSection,
+    pub nats: UrlSection,
+    pub database_url: Option<String>,
+    pub apps: Vec<App>,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            host: "0.0.0.0".into(),
+            port: 6001,
+            node_id: format!("node-{:08x}", rand::random::<u32>()),
+            activity_timeout: 120,
+            pong_timeout: 30,
+            cache_channel_ttl: 1800,
+            max_frame_bytes: 100 * 1024,
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            shutdown_grace_period: 10,
+            metrics_port: 9601,
+            log_format: "text".into(),
+            adapter: DriverSection { driver: "local".into() },
+            cache: DriverSection { driver: "memory".into() },
+            queue: DriverSection { driver: "memory".into() },
+            history: DriverSection { driver: "memory".into() },
+            app_manager: DriverSection { driver: "static".into() },
+            redis: UrlSection { url: "redis://127.0.0.1:6379".into() },
+            nats: UrlSection { url: "nats://127.0.0.1:4222".into() },
+            database_url: None,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// Command-line overrides.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub config: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+impl NodeSettings {
+    /// Parse a TOML document.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().replace('\n', " ") })
+    }
+
+    /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then validate and
+    /// add the dev app when no apps are configured.
+    pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut s = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(Path::new(path)).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                Self::from_toml(&text, path)?
+            }
+            None => NodeSettings::default(),
+        };
+        s.apply_env(env)?;
+        if let Some(h) = &cli.host {
+            s.host = h.clone();
+        }
+        if let Some(p) = cli.port {
+            s.port = p;
+        }
+        if s.apps.is_empty() {
+            s.apps.push(dev_app(env)?);
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = get("HOST") {
+            self.host = v;
+        }
+        if let Some(v) = get("PORT") {
+            self.port = parse_env("PORT", &v, "a port number")?;
+        }
+        if let Some(v) = get("SOCKUDO_NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = get("ADAPTER_DRIVER") {
+            self.adapter.driver = v;
+        }
+        if let Some(v) = get("CACHE_DRIVER") {
+            self.cache.driver = v;
+        }
+        if let Some(v) = get("QUEUE_DRIVER") {
+            self.queue.driver = v;
+        }
+        if let Some(v) = get("HISTORY_DRIVER") {
+            self.history.driver = v;
+        }
+        if let Some(v) = get("APP_MANAGER_DRIVER") {
+            self.app_manager.driver = v;
+        }
+        if let Some(v) = get("REDIS_URL") {
+            self.redis.url = v;
+        }
+        if let Some(v) = get("NATS_URL") {
+            self.nats.url = v;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = get("METRICS_PORT") {
+            self.metrics_port = parse_env("METRICS_PORT", &v, "a port number (0 disables)")?;
+        }
+        if let Some(v) = get("SHUTDOWN_GRACE_PERIOD") {
+            self.shutdown_grace_period = parse_env("SHUTDOWN_GRACE_PERIOD", &v, "whole seconds")?;
+        }
+        if let Some(v) = get("ACTIVITY_TIMEOUT") {
+            self.activity_timeout = parse_env("ACTIVITY_TIMEOUT", &v, "whole seconds")?;
+        }
+        if let Some(v) = get("LOG_FORMAT") {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    /// Refuse values that would make the node misbehave, with one clear message.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |name: &str, value: &str, allowed: &[&str]| {
+            if allowed.contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!("{name} = {value:?} is not supported by this build (supported: {})", allowed.join(", "))))
+            }
+        };
+        check("adapter.driver (ADAPTER_DRIVER)", &self.adapter.driver, &["local"])?;
+        check("cache.driver (CACHE_DRIVER)", &self.cache.driver, &["memory"])?;
+        check("queue.driver (QUEUE_DRIVER)", &self.queue.driver, &["memory"])?;
+        check("history.driver (HISTORY_DRIVER)", &self.history.driver, &["memory", "none"])?;
+        check("app_manager.driver (APP_MANAGER_DRIVER)", &self.app_manager.driver, &["static"])?;
+        check("log_format (LOG_FORMAT)", &self.log_format, &["text", "json"])?;
+        if self.activity_timeout == 0 || self.pong_timeout == 0 {
+            return Err(ConfigError::Invalid("activity_timeout and pong_timeout must be at least 1 second".into()));
+        }
+        if self.outbound_queue_frames == 0 || self.outbound_queue_bytes == 0 {
+            return Err(ConfigError::Invalid("outbound queue bounds must be positive".into()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for app in &self.apps {
+            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+                return Err(ConfigError::Invalid(format!("app {:?}: id, key and secret must not be empty", app.id)));
+            }
+            if !ids.insert(&app.id) || !keys.insert(&app.key) {
+                return Err(ConfigError::Invalid(format!("app {:?}: duplicate app id or key", app.id)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str, expected: &'static str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::InvalidEnv { name, value: value.into(), expected })
+}
+
+/// The development app served when no apps are configured.
+fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
+    let get = |k: &str, d: &str| env.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| d.to_string());
+    let mut app = App::new(
+        get("SOCKUDO_DEFAULT_APP_ID", "app-id"),
+        get("SOCKUDO_DEFAULT_APP_KEY", "app-key"),
+        get("SOCKUDO_DEFAULT_APP_SECRET", "app-secret"),
+    );
+    let ecm = get("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true");
+    app.enable_client_messages = match ecm.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => true,
+        "false" | "0" | "no" | "off" => false,
+        _ => return Err(ConfigError::InvalidEnv { name: "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", value: ecm, expected: "true or false" }),
+    };
+    Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_the_dev_app() {
+        let s = NodeSettings::load(&CliOverrides::default(), &env(&[])).unwrap();
+        assert_eq!(s.port, 6001);
+        assert_eq!(s.apps.len(), 1);
+        assert_eq!((s.apps[0].id.as_str(), s.apps[0].key.as_str(), s.apps[0].secret.as_str()), ("app-id", "app-key", "app-secret"));
+        assert!(s.apps[0].enable_client_messages);
+    }
+
+    #[test]
+    fn precedence_defaults_toml_env_cli() {
+        let dir = std::env::temp_dir().join(format!("sockudo-cfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "port = 7000\nhost = \"127.0.0.2\"\nnode_id = \"from-toml\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n").unwrap();
+        let cli = CliOverrides { config: Some(path.to_string_lossy().into_owned()), ..Default::default() };
+        let s = NodeSettings::load(&cli, &env(&[])).unwrap();
+        assert_eq!((s.port, s.host.as_str(), s.node_id.as_str()), (7000, "127.0.0.2", "from-toml"));
+        let s = NodeSettings::load(&cli, &env(&[("PORT", "7001"), ("SOCKUDO_NODE_ID", "from-env")])).unwrap();
+        assert_eq!((s.port, s.node_id.as_str()), (7001, "from-env"));
+        let cli2 = CliOverrides { port: Some(7002), ..cli };
+        let s = NodeSettings::load(&cli2, &env(&[("PORT", "7001")])).unwrap();
+        assert_eq!(s.port, 7002);
+        assert_eq!(s.apps[0].key, "k");
+    }
+
+    #[test]
+    fn bad_values_are_one_clear_error() {
+        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("PORT", "nope")])).unwrap_err();
+        assert!(e.to_string().contains("PORT"), "{e}");
+        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("ADAPTER_DRIVER", "carrier-pigeon")])).unwrap_err();
+        assert!(e.to_string().contains("ADAPTER_DRIVER"), "{e}");
+        let e = NodeSettings::from_toml("port = \"x\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("f.toml"));
+        let e = NodeSettings::from_toml("bogus_key = 1", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("bogus_key"), "{e}");
+    }
+}

@@ -1,0 +1,35 @@
+//! `GET /apps/{id}/channels/{name}/users` and `POST /apps/{id}/users/{user}/terminate_connections`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use serde_json::Value;
+use sockudo_core::channel::ChannelName;
+use sockudo_core::layers::api_auth::AuthenticatedApp;
+use sockudo_core::protocol::ErrorCode;
+
+use super::error::{bad_request, ApiError};
+use crate::node::Node;
+
+pub async fn list(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Path((_app_id, channel)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let name = ChannelName::parse(&channel).map_err(|e| bad_request(format!("invalid channel {channel:?}: {e}")))?;
+    if !name.is_presence() {
+        return Err(bad_request("users are only available for presence channels"));
+    }
+    let members = node.existing_namespace(&app.id).map(|ns| ns.members(name.as_str())).unwrap_or_default();
+    let users: Vec<Value> = members.iter().map(|(id, _)| serde_json::json!({ "id": &**id })).collect();
+    Ok(Json(serde_json::json!({ "users": users })))
+}
+
+pub async fn terminate(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Path((_app_id, user_id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    if user_id.is_empty() {
+        return Err(bad_request("missing user id"));
+    }
+    if let Some(ns) = node.existing_namespace(&app.id) {
+        for conn in ns.user_connections(&user_id) {
+            conn.close(ErrorCode::Unauthorized);
+        }
+    }
+    Ok(Json(serde_json::json!({})))
+}

@@ -1,0 +1,38 @@
+//! # sockudo-server
+//!
+//! A Sockudo node: the Pusher-compatible WebSocket endpoint, the Pusher HTTP API and the
+//! operational endpoints, as a library (mount [`router`] in your own axum app or call
+//! [`serve`]) and as the thin `sockudo` binary.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let settings = sockudo_server::config::NodeSettings::load(&Default::default(), &Default::default())
+//!     .map_err(std::io::Error::other)?;
+//! let node = sockudo_server::build_node(settings);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6001").await?;
+//! sockudo_server::serve(listener, node, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: operator settings (TOML < env < CLI) and their validation.
+//! - [`node`]: the node's shared state and its local fanout sink.
+//! - [`namespace`]: one app's channels, presence members and users on this node.
+//! - [`connection`]: a connection's handle and its bounded outbound queue.
+//! - `ws`: the WebSocket upgrade, the per-connection task and the protocol handler.
+//! - `http`: the Pusher HTTP API handlers (auth by `sockudo_core::layers`).
+//! - [`publish`]: the one publish path shared by the API and client events.
+//! - [`server`]: router assembly, health/readiness, serve and drain.
+
+pub mod config;
+pub mod connection;
+mod http;
+pub mod namespace;
+pub mod node;
+pub mod publish;
+pub mod server;
+mod ws;
+
+pub use http::api_router;
+pub use node::Node;
+pub use server::{build_node, drain, router, serve};

@@ -1,0 +1,94 @@
+//! `sockudo`: run a node. With no arguments it serves the dev app (`app-id`/`app-key`/
+//! `app-secret`) on port 6001 from memory. See CONFIG.md for every setting.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sockudo_server::config::{CliOverrides, NodeSettings};
+
+#[derive(Debug, Parser)]
+#[command(name = "sockudo", version, about = "Pusher-compatible realtime server")]
+struct Cli {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<String>,
+    /// Listen address (overrides HOST).
+    #[arg(long)]
+    host: Option<String>,
+    /// Listen port (overrides PORT).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let overrides = CliOverrides { config: cli.config, host: cli.host, port: cli.port };
+    let settings = match NodeSettings::load(&overrides, &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sockudo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sockudo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", settings.host, settings.port);
+        let listener = match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sockudo: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(%addr, node_id = %settings.node_id, apps = settings.apps.len(), "sockudo listening");
+        let node = sockudo_server::build_node(settings);
+        match sockudo_server::serve(listener, node, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockudo: server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

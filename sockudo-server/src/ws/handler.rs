@@ -1,0 +1,327 @@
+//! The protocol handler of one connection: what each client frame means.
+//!
+//! Replies are queued on the connection's own outbound queue, behind any broadcast already
+//! queued, so a client sees events in the order the node decided them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use sockudo_core::auth::{verify_channel_auth, verify_user_auth};
+use sockudo_core::channel::{ChannelKind, ChannelName};
+use sockudo_core::protocol::events::{self, classify, EventKind, Family};
+use sockudo_core::protocol::frame::{PresenceChannelData, SigninData, SigninUserData, SubscribeData, UnsubscribeData};
+use sockudo_core::protocol::{ClientFrame, ErrorCode, OutboundFrame};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::connection::Connection;
+use crate::namespace::{Namespace, PresenceJoin, SubscribeError};
+use crate::node::Node;
+use crate::publish::{cache_channel_key, decode_cached, publish_frame};
+
+/// Longest event name accepted from a client (Pusher's limit).
+const MAX_EVENT_NAME_LEN: usize = 200;
+/// Longest presence user id.
+const MAX_USER_ID_LEN: usize = 128;
+
+/// What the session loop does after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close(ErrorCode),
+}
+
+/// Per-connection protocol state.
+pub struct Session {
+    node: Arc<Node>,
+    conn: Arc<Connection>,
+    ns: Arc<Namespace>,
+    family: Family,
+    channels: HashSet<Arc<str>>,
+    window_start: Instant,
+    window_count: u32,
+}
+
+impl Session {
+    pub fn new(node: Arc<Node>, conn: Arc<Connection>, ns: Arc<Namespace>) -> Self {
+        let family = conn.protocol.family();
+        Session { node, conn, ns, family, channels: HashSet::new(), window_start: Instant::now(), window_count: 0 }
+    }
+
+    fn error(&self, message: &str, code: Option<ErrorCode>) {
+        self.conn.send_text(OutboundFrame::error(self.family, message, code.map(ErrorCode::code)));
+    }
+
+    fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16) {
+        self.conn.send_text(OutboundFrame::subscription_error(self.family, channel, kind, message, status));
+    }
+
+    pub fn reject_binary(&self) {
+        self.error("Binary frames are not supported: send UTF-8 JSON text frames", None);
+    }
+
+    pub async fn handle_text(&mut self, text: &str) -> Flow {
+        let frame = match ClientFrame::parse(text, self.node.settings.max_frame_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(&format!("Invalid frame: {e}"), None);
+                return Flow::Continue;
+            }
+        };
+        match classify(&frame.event) {
+            EventKind::System(_, name) => self.handle_system(name, &frame).await,
+            EventKind::Client => {
+                self.handle_client_event(&frame).await;
+                Flow::Continue
+            }
+            EventKind::Internal(..) => {
+                self.error("Internal events cannot be sent by clients", None);
+                Flow::Continue
+            }
+            EventKind::Other => {
+                self.error("Clients may only send client- events and protocol events", None);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle_system(&mut self, name: &str, frame: &ClientFrame) -> Flow {
+        match name {
+            events::PING => {
+                self.conn.send_text(OutboundFrame::pong(self.family));
+            }
+            events::PONG => {}
+            events::SUBSCRIBE => match frame.system_data::<SubscribeData>() {
+                Ok(d) => self.subscribe(d).await,
+                Err(e) => self.error(&format!("Invalid subscribe: {e}"), None),
+            },
+            events::UNSUBSCRIBE => match frame.system_data::<UnsubscribeData>() {
+                Ok(d) => {
+                    if let Some(ch) = self.channels.take(d.channel.as_str()) {
+                        self.leave(&ch).await;
+                    }
+                }
+                Err(e) => self.error(&format!("Invalid unsubscribe: {e}"), None),
+            },
+            events::SIGNIN => return self.signin(frame),
+            other => self.error(&format!("Unsupported event: {}{other}", self.family.prefix()), None),
+        }
+        Flow::Continue
+    }
+
+    fn signin(&mut self, frame: &ClientFrame) -> Flow {
+        let app = &self.conn.app;
+        let Ok(data) = frame.system_data::<SigninData>() else {
+            self.error("Invalid signin: data must hold auth and user_data", Some(ErrorCode::Unauthorized));
+            return Flow::Close(ErrorCode::Unauthorized);
+        };
+        if let Err(e) = verify_user_auth(&app.key, &app.secret, &self.conn.socket_id, &data.user_data, &data.auth) {
+            self.error(&format!("Invalid signin signature: {e}"), Some(ErrorCode::Unauthorized));
+            return Flow::Close(ErrorCode::Unauthorized);
+        }
+        let user: SigninUserData = match serde_json::from_str::<SigninUserData>(&data.user_data) {
+            Ok(u) if !u.id.0.is_empty() => u,
+            _ => {
+                self.error("Invalid signin: user_data must be JSON with a non-empty string id", Some(ErrorCode::Unauthorized));
+                return Flow::Close(ErrorCode::Unauthorized);
+            }
+        };
+        let user_id: Arc<str> = Arc::from(user.id.0);
+        match self.conn.user_id() {
+            Some(existing) if existing != user_id => {
+                self.error("Already signed in as another user", Some(ErrorCode::Unauthorized));
+                return Flow::Close(ErrorCode::Unauthorized);
+            }
+            Some(_) => {}
+            None => {
+                self.conn.set_user_id(Arc::clone(&user_id));
+                self.ns.add_user(user_id, Arc::clone(&self.conn));
+            }
+        }
+        self.conn.send_text(OutboundFrame::signin_success(self.family, &data.user_data));
+        Flow::Continue
+    }
+
+    async fn subscribe(&mut self, d: SubscribeData) {
+        let name = match ChannelName::parse(&d.channel) {
+            Ok(n) => n,
+            Err(e) => return self.subscription_error(&d.channel, "InvalidChannel", &format!("Invalid channel name: {e}"), 400),
+        };
+        let app = Arc::clone(&self.conn.app);
+        let socket_id = Arc::clone(&self.conn.socket_id);
+        let mut presence = None;
+        match name.kind() {
+            ChannelKind::Public => {}
+            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
+                let auth = d.auth.as_deref().unwrap_or("");
+                if let Err(e) = verify_channel_auth(&app.key, &app.secret, &socket_id, name.as_str(), None, auth) {
+                    return self.subscription_error(name.as_str(), "AuthError", &format!("Invalid signature: {e}"), 401);
+                }
+            }
+            ChannelKind::Presence => {
+                let Some(channel_data) = d.channel_data.as_deref() else {
+                    return self.subscription_error(name.as_str(), "AuthError", "Presence channels require channel_data", 401);
+                };
+                let auth = d.auth.as_deref().unwrap_or("");
+                if let Err(e) = verify_channel_auth(&app.key, &app.secret, &socket_id, name.as_str(), Some(channel_data), auth) {
+                    return self.subscription_error(name.as_str(), "AuthError", &format!("Invalid signature: {e}"), 401);
+                }
+                let member: PresenceChannelData = match serde_json::from_str(channel_data) {
+                    Ok(m) => m,
+                    Err(_) => return self.subscription_error(name.as_str(), "AuthError", "channel_data must be JSON with a user_id", 400),
+                };
+                if member.user_id.0.is_empty() || member.user_id.0.len() > MAX_USER_ID_LEN {
+                    return self.subscription_error(name.as_str(), "AuthError", "user_id must be 1 to 128 characters", 400);
+                }
+                let info_len = member.user_info.as_ref().map_or(0, |i| i.get().len());
+                if info_len > app.max_presence_user_info_bytes {
+                    let msg = format!("user_info is {info_len} bytes, over the limit of {}", app.max_presence_user_info_bytes);
+                    return self.subscription_error(name.as_str(), "LimitReached", &msg, 413);
+                }
+                presence = Some(PresenceJoin {
+                    user_id: Arc::from(member.user_id.0),
+                    info: member.user_info.map(Arc::from),
+                    max_members: app.max_presence_members,
+                });
+            }
+            ChannelKind::ServerToUser => {
+                let owner = name.server_to_user_id();
+                if self.conn.user_id().as_deref() != owner {
+                    return self.subscription_error(name.as_str(), "AuthError", "Only the signed-in user may subscribe to its own user channel", 403);
+                }
+            }
+        }
+
+        let joined = match self.ns.subscribe(name.as_str(), &self.conn, presence.clone()) {
+            Ok(j) => j,
+            Err(SubscribeError::MemberLimit(max)) => {
+                return self.subscription_error(name.as_str(), "LimitReached", &format!("Presence channel is full ({max} members)"), 403);
+            }
+        };
+        let channel: Arc<str> = Arc::from(name.as_str());
+        self.channels.insert(Arc::clone(&channel));
+
+        let data = if name.is_presence() { presence_data(&joined.members) } else { String::from("{}") };
+        self.conn.send_text(OutboundFrame::subscription_succeeded(self.family, &channel, &data));
+
+        if let (true, Some(join)) = (joined.member_added, presence) {
+            let frame = OutboundFrame::member_added(self.family, &channel, &join.user_id, join.info.as_deref());
+            self.broadcast_control(&name, frame, Some(Arc::clone(&socket_id))).await;
+        }
+        if name.is_cache() && joined.new_subscription {
+            match self.node.cache.get(&cache_channel_key(&app.id, &channel)).await {
+                Ok(Some(entry)) => {
+                    if let Some(f) = decode_cached(&entry).and_then(|(_, f)| Utf8Bytes::try_from(entry.slice_ref(f)).ok()) {
+                        self.conn.send(f);
+                    }
+                }
+                Ok(None) => {
+                    self.conn.send_text(OutboundFrame::cache_miss(self.family, &channel));
+                }
+                Err(e) => tracing::warn!(error = %e, channel = %channel, "cache channel lookup failed"),
+            }
+        }
+    }
+
+    /// Internal broadcasts (member events) go through the adapter like any event but never
+    /// touch the cache-channel store.
+    async fn broadcast_control(&self, channel: &ChannelName<'_>, frame: String, except: Option<Arc<str>>) {
+        let msg = sockudo_core::adapter::Broadcast {
+            app_id: Arc::from(self.conn.app.id.as_str()),
+            channel: Arc::from(channel.as_str()),
+            frame: bytes::Bytes::from(frame),
+            except_socket: except,
+        };
+        if let Err(e) = self.node.adapter.publish(msg).await {
+            tracing::warn!(error = %e, channel = %channel, "member event broadcast failed");
+        }
+    }
+
+    async fn leave(&mut self, channel: &str) {
+        let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else { return };
+        if let Some(user) = left.member_removed {
+            if let Ok(name) = ChannelName::parse(channel) {
+                let frame = OutboundFrame::member_removed(self.family, channel, &user);
+                self.broadcast_control(&name, frame, None).await;
+            }
+        }
+    }
+
+    fn client_event_allowed(&mut self) -> bool {
+        let max = self.conn.app.max_client_events_per_second;
+        if max == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.window_start).as_secs() >= 1 {
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count += 1;
+        self.window_count <= max
+    }
+
+    async fn handle_client_event(&mut self, frame: &ClientFrame) {
+        let app = Arc::clone(&self.conn.app);
+        if !app.enable_client_messages {
+            return self.error("Client events are not enabled for this app", None);
+        }
+        let Some(channel) = frame.channel.as_deref() else {
+            return self.error("Client event must name a channel", None);
+        };
+        let name = match ChannelName::parse(channel) {
+            Ok(n) => n,
+            Err(e) => return self.error(&format!("Invalid channel name: {e}"), None),
+        };
+        if !name.kind().allows_client_events() {
+            return self.error("Client events are only allowed on private and presence channels", None);
+        }
+        if !self.channels.contains(channel) {
+            return self.error("Client event rejected: not subscribed to the channel", None);
+        }
+        if frame.event.len() > MAX_EVENT_NAME_LEN {
+            return self.error("Event name is longer than 200 characters", None);
+        }
+        let null;
+        let data: &RawValue = match frame.data.as_deref() {
+            Some(d) => d,
+            None => {
+                null = RawValue::NULL;
+                null
+            }
+        };
+        if data.get().len() > app.max_event_payload_bytes {
+            return self.error(&format!("Client event data is over {} bytes", app.max_event_payload_bytes), None);
+        }
+        if !self.client_event_allowed() {
+            return self.error(ErrorCode::ClientEventRateLimited.message(), Some(ErrorCode::ClientEventRateLimited));
+        }
+        let user_id = if name.is_presence() { self.ns.presence_user_of(channel, &self.conn.socket_id) } else { None };
+        let out = OutboundFrame::event(&frame.event, channel, data, user_id.as_deref());
+        if let Err(e) = publish_frame(&self.node, &app.id, &name, out, Some(Arc::clone(&self.conn.socket_id))).await {
+            tracing::warn!(error = %e, channel, "client event publish failed");
+            self.error("Client event could not be delivered", None);
+        }
+    }
+
+    /// Leave every channel (member_removed where this was the user's last connection).
+    pub async fn cleanup(&mut self) {
+        let channels: Vec<Arc<str>> = self.channels.drain().collect();
+        for ch in channels {
+            self.leave(&ch).await;
+        }
+    }
+}
+
+fn presence_data(members: &[(Arc<str>, Option<Arc<RawValue>>)]) -> String {
+    let ids: Vec<&str> = members.iter().map(|(id, _)| &**id).collect();
+    let hash: serde_json::Map<String, serde_json::Value> = members
+        .iter()
+        .map(|(id, info)| {
+            let v = info.as_deref().and_then(|i| serde_json::from_str(i.get()).ok()).unwrap_or(serde_json::Value::Null);
+            (id.to_string(), v)
+        })
+        .collect();
+    serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } }).to_string()
+}
