@@ -49,7 +49,9 @@ pub fn json_error<B: From<Bytes>>(status: StatusCode, message: &str) -> Response
     );
     let mut response = Response::new(B::from(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -65,6 +67,9 @@ mod tests {
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(value, serde_json::json!({"error": "bad \"sig\"\n", "status": 401}));
+        assert_eq!(
+            value,
+            serde_json::json!({"error": "bad \"sig\"\n", "status": 401})
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::node::Node;
 
 /// The API routes, each protected by [`ApiAuthLayer`].
 pub fn api_router(node: Arc<Node>) -> Router {
-    let auth = ApiAuthLayer::new(Arc::new(Arc::clone(&node.apps)));
+    let auth = ApiAuthLayer::new(Arc::clone(&node.apps));
     Router::new()
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::trigger_batch))

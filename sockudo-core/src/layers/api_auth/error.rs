@@ -48,7 +48,9 @@ impl ApiAuthRejection {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Auth(error) => StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            Self::Auth(error) => {
+                StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
             Self::UnknownKey | Self::AppIdMismatch => StatusCode::UNAUTHORIZED,
             Self::AppDisabled => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,7 +74,10 @@ mod tests {
     #[test]
     fn statuses() {
         let cases = [
-            (ApiAuthRejection::Auth(ApiAuthError::MissingParam("auth_key")), 400),
+            (
+                ApiAuthRejection::Auth(ApiAuthError::MissingParam("auth_key")),
+                400,
+            ),
             (ApiAuthRejection::Auth(ApiAuthError::InvalidSignature), 401),
             (ApiAuthRejection::UnknownKey, 401),
             (ApiAuthRejection::AppIdMismatch, 401),
@@ -84,6 +89,9 @@ mod tests {
         for (rejection, status) in cases {
             assert_eq!(rejection.status().as_u16(), status, "{rejection:?}");
         }
-        assert_eq!(ApiAuthRejection::from(ApiAuthError::InvalidSignature).to_string(), "invalid auth_signature");
+        assert_eq!(
+            ApiAuthRejection::from(ApiAuthError::InvalidSignature).to_string(),
+            "invalid auth_signature"
+        );
     }
 }

@@ -42,7 +42,9 @@ impl fmt::Debug for Settings {
 /// Seconds since the unix epoch; 0 if the system clock is before 1970 (which then fails every
 /// request as expired rather than panicking).
 fn system_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// A [`Layer`] that authenticates Pusher HTTP API requests before they reach the wrapped
@@ -73,7 +75,10 @@ impl<M: AppManager + ?Sized> ApiAuthLayer<M> {
     /// ([`DEFAULT_TIMESTAMP_WINDOW_SECS`]), a 1 MiB body limit ([`DEFAULT_MAX_BODY_BYTES`]),
     /// and the system clock.
     pub const fn new(apps: Arc<M>) -> Self {
-        Self { apps, settings: Settings::DEFAULT }
+        Self {
+            apps,
+            settings: Settings::DEFAULT,
+        }
     }
 
     /// How far `auth_timestamp` may be from the server clock, either way (whole seconds;
@@ -119,13 +124,18 @@ impl<M: AppManager + ?Sized> ApiAuthLayer<M> {
 
 impl<M: ?Sized> Clone for ApiAuthLayer<M> {
     fn clone(&self) -> Self {
-        Self { apps: Arc::clone(&self.apps), settings: self.settings }
+        Self {
+            apps: Arc::clone(&self.apps),
+            settings: self.settings,
+        }
     }
 }
 
 impl<M: ?Sized> fmt::Debug for ApiAuthLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiAuthLayer").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("ApiAuthLayer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 

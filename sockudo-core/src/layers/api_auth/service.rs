@@ -37,7 +37,11 @@ impl<S, M: AppManager + ?Sized> ApiAuth<S, M> {
     }
 
     pub(crate) const fn with_settings(inner: S, apps: Arc<M>, settings: Settings) -> Self {
-        Self { inner, apps, settings }
+        Self {
+            inner,
+            apps,
+            settings,
+        }
     }
 
     /// An [`ApiAuthLayer`] (same as [`ApiAuthLayer::new`]), tower-style.
@@ -63,7 +67,11 @@ impl<S, M: AppManager + ?Sized> ApiAuth<S, M> {
 
 impl<S: Clone, M: ?Sized> Clone for ApiAuth<S, M> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), apps: Arc::clone(&self.apps), settings: self.settings }
+        Self {
+            inner: self.inner.clone(),
+            apps: Arc::clone(&self.apps),
+            settings: self.settings,
+        }
     }
 }
 
@@ -117,7 +125,11 @@ where
 
 /// Every check, in the documented order; on success the request is rebuilt around the
 /// collected body, with the extensions inserted.
-async fn authenticate<B, M>(req: Request<B>, apps: &M, settings: Settings) -> Result<Request<B>, ApiAuthRejection>
+async fn authenticate<B, M>(
+    req: Request<B>,
+    apps: &M,
+    settings: Settings,
+) -> Result<Request<B>, ApiAuthRejection>
 where
     M: AppManager + ?Sized,
     B: Body + From<Bytes>,

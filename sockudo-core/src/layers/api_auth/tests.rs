@@ -36,7 +36,10 @@ const EVENT: &[u8] = br#"{"name":"greet","channel":"news","data":"{\"hi\":1}"}"#
 fn apps() -> Arc<StaticAppManager> {
     let mut disabled = App::new(DISABLED_ID, DISABLED_KEY, "other-secret");
     disabled.enabled = false;
-    Arc::new(StaticAppManager::new([App::new(APP_ID, KEY, SECRET), disabled]))
+    Arc::new(StaticAppManager::new([
+        App::new(APP_ID, KEY, SECRET),
+        disabled,
+    ]))
 }
 
 fn layer() -> ApiAuthLayer<StaticAppManager> {
@@ -50,19 +53,30 @@ struct DownAppManager;
 #[async_trait]
 impl AppManager for DownAppManager {
     async fn find_by_id(&self, _: &str) -> Result<Option<Arc<App>>, AppManagerError> {
-        Err(AppManagerError::Unavailable("connection refused".to_owned()))
+        Err(AppManagerError::Unavailable(
+            "connection refused".to_owned(),
+        ))
     }
     async fn find_by_key(&self, _: &str) -> Result<Option<Arc<App>>, AppManagerError> {
-        Err(AppManagerError::Unavailable("connection refused".to_owned()))
+        Err(AppManagerError::Unavailable(
+            "connection refused".to_owned(),
+        ))
     }
     async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError> {
-        Err(AppManagerError::Unavailable("connection refused".to_owned()))
+        Err(AppManagerError::Unavailable(
+            "connection refused".to_owned(),
+        ))
     }
 }
 
 /// The inner service: counts calls and reports what it saw (extensions and the body it
 /// read itself) as JSON.
-fn echo<B>(calls: Arc<AtomicUsize>) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send + 'static
+fn echo<B>(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static
 where
     B: Body + Send + 'static,
     B::Data: Send,
@@ -71,9 +85,18 @@ where
     service_fn(move |req: Request<B>| {
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
-            let app = req.extensions().get::<AuthenticatedApp>().map(|app| app.0.id.clone());
-            let extension_body = req.extensions().get::<RequestBody>().map(|body| body.0.clone());
-            let info = req.extensions().get::<ApiQuery>().and_then(|query| query.get("info").map(str::to_owned));
+            let app = req
+                .extensions()
+                .get::<AuthenticatedApp>()
+                .map(|app| app.0.id.clone());
+            let extension_body = req
+                .extensions()
+                .get::<RequestBody>()
+                .map(|body| body.0.clone());
+            let info = req
+                .extensions()
+                .get::<ApiQuery>()
+                .and_then(|query| query.get("info").map(str::to_owned));
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let report = json!({
                 "app": app,
@@ -87,11 +110,18 @@ where
 }
 
 fn signed(method: &str, path: &str, extra: &[(&str, &str)], body: &[u8], timestamp: u64) -> String {
-    format!("{path}?{}", sign_api_request(KEY, SECRET, method, path, extra, body, timestamp))
+    format!(
+        "{path}?{}",
+        sign_api_request(KEY, SECRET, method, path, extra, body, timestamp)
+    )
 }
 
 fn request(method: Method, uri: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
-    Request::builder().method(method).uri(uri).body(Full::new(Bytes::from_static(body))).unwrap()
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
 }
 
 async fn json_body<B>(response: Response<B>) -> (StatusCode, Value)
@@ -109,9 +139,14 @@ where
 
 /// Send one `Full<Bytes>` request through `layer` around [`echo`]; returns status, JSON body
 /// and how many times the inner service ran.
-async fn send_with<M: AppManager + ?Sized>(layer: ApiAuthLayer<M>, req: Request<Full<Bytes>>) -> (StatusCode, Value, usize) {
+async fn send_with<M: AppManager + ?Sized>(
+    layer: ApiAuthLayer<M>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, Value, usize) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let service = ServiceBuilder::new().layer(layer).service(echo(Arc::clone(&calls)));
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(echo(Arc::clone(&calls)));
     let response = service.oneshot(req).await.unwrap();
     let (status, body) = json_body(response).await;
     (status, body, calls.load(Ordering::SeqCst))
@@ -127,7 +162,13 @@ fn error(status: u16, message: &str) -> Value {
 
 #[tokio::test]
 async fn valid_post_reaches_inner_with_extensions() {
-    let uri = signed("POST", "/apps/42/events", &[("info", "user_count")], EVENT, NOW - 30);
+    let uri = signed(
+        "POST",
+        "/apps/42/events",
+        &[("info", "user_count")],
+        EVENT,
+        NOW - 30,
+    );
     let (status, body, calls) = send(request(Method::POST, &uri, EVENT)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(calls, 1);
@@ -162,10 +203,23 @@ async fn each_failure_has_its_status_and_json_body_and_skips_inner() {
     let valid = signed("POST", "/apps/42/events", &[], EVENT, NOW);
     let disabled = format!(
         "/apps/43/events?{}",
-        sign_api_request(DISABLED_KEY, "other-secret", "POST", "/apps/43/events", &[], EVENT, NOW)
+        sign_api_request(
+            DISABLED_KEY,
+            "other-secret",
+            "POST",
+            "/apps/43/events",
+            &[],
+            EVENT,
+            NOW
+        )
     );
     let cases: Vec<(&str, String, &'static [u8], Value)> = vec![
-        ("no query", "/apps/42/events".to_owned(), EVENT, error(400, "missing required query parameter `auth_key`")),
+        (
+            "no query",
+            "/apps/42/events".to_owned(),
+            EVENT,
+            error(400, "missing required query parameter `auth_key`"),
+        ),
         (
             "no signature",
             valid.split("&auth_signature").next().unwrap().to_owned(),
@@ -176,7 +230,10 @@ async fn each_failure_has_its_status_and_json_body_and_skips_inner() {
             "bad escape",
             format!("{valid}&x=%zz"),
             EVENT,
-            error(400, "malformed query string: invalid percent-escape at byte 0"),
+            error(
+                400,
+                "malformed query string: invalid percent-escape at byte 0",
+            ),
         ),
         (
             "bad version",
@@ -184,16 +241,36 @@ async fn each_failure_has_its_status_and_json_body_and_skips_inner() {
             EVENT,
             error(400, "unsupported auth_version (expected 1.0)"),
         ),
-        ("unknown key", valid.replace(KEY, "nobody"), EVENT, error(401, "unknown auth_key")),
+        (
+            "unknown key",
+            valid.replace(KEY, "nobody"),
+            EVENT,
+            error(401, "unknown auth_key"),
+        ),
         (
             "path id of another app",
             signed("POST", "/apps/43/events", &[], EVENT, NOW),
             EVENT,
             error(401, "app id does not match auth_key"),
         ),
-        ("disabled app", disabled, EVENT, error(403, "app is disabled")),
-        ("tampered param", format!("{valid}&info=user_count"), EVENT, error(401, "invalid auth_signature")),
-        ("tampered body", valid.clone(), br#"{"name":"evil"}"#, error(401, "body_md5 does not match the request body")),
+        (
+            "disabled app",
+            disabled,
+            EVENT,
+            error(403, "app is disabled"),
+        ),
+        (
+            "tampered param",
+            format!("{valid}&info=user_count"),
+            EVENT,
+            error(401, "invalid auth_signature"),
+        ),
+        (
+            "tampered body",
+            valid.clone(),
+            br#"{"name":"evil"}"#,
+            error(401, "body_md5 does not match the request body"),
+        ),
         (
             "body without body_md5",
             signed("POST", "/apps/42/events", &[], b"", NOW),
@@ -204,13 +281,19 @@ async fn each_failure_has_its_status_and_json_body_and_skips_inner() {
             "expired",
             signed("POST", "/apps/42/events", &[], EVENT, NOW - 601),
             EVENT,
-            error(401, "auth_timestamp is 601s away from the server clock; check the client's clock"),
+            error(
+                401,
+                "auth_timestamp is 601s away from the server clock; check the client's clock",
+            ),
         ),
         (
             "from the future",
             signed("POST", "/apps/42/events", &[], EVENT, NOW + 601),
             EVENT,
-            error(401, "auth_timestamp is 601s away from the server clock; check the client's clock"),
+            error(
+                401,
+                "auth_timestamp is 601s away from the server clock; check the client's clock",
+            ),
         ),
     ];
     for (name, uri, body, expected) in cases {
@@ -239,7 +322,11 @@ async fn app_manager_failure_is_503() {
 async fn works_with_a_dyn_app_manager() {
     let apps: Arc<dyn AppManager> = apps();
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
-    let (status, body, calls) = send_with(ApiAuthLayer::new(apps).clock(|| NOW), request(Method::POST, &uri, EVENT)).await;
+    let (status, body, calls) = send_with(
+        ApiAuthLayer::new(apps).clock(|| NOW),
+        request(Method::POST, &uri, EVENT),
+    )
+    .await;
     assert_eq!((status, calls), (StatusCode::OK, 1), "{body}");
 }
 
@@ -252,7 +339,10 @@ async fn timestamp_window_is_configurable() {
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW - 11);
     let (status, body, calls) = send_with(layer(), request(Method::POST, &uri, EVENT)).await;
     assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
-    assert_eq!(body["error"], "auth_timestamp is 11s away from the server clock; check the client's clock");
+    assert_eq!(
+        body["error"],
+        "auth_timestamp is 11s away from the server clock; check the client's clock"
+    );
 }
 
 #[tokio::test]
@@ -263,7 +353,10 @@ async fn builder_defaults() {
     assert_eq!(layer.get_timestamp_window(), Duration::from_secs(600));
     assert!(format!("{layer:?}").contains("max_body_bytes"));
     // The default clock is the system clock: a request signed now passes.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let uri = signed("POST", "/apps/42/events", &[], EVENT, now);
     let (status, body, _) = send_with(layer, request(Method::POST, &uri, EVENT)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -278,9 +371,17 @@ struct ChunkedBody {
 }
 
 impl ChunkedBody {
-    fn new(chunks: impl IntoIterator<Item = Result<Bytes, &'static str>>) -> (Self, Arc<AtomicUsize>) {
+    fn new(
+        chunks: impl IntoIterator<Item = Result<Bytes, &'static str>>,
+    ) -> (Self, Arc<AtomicUsize>) {
         let polls = Arc::new(AtomicUsize::new(0));
-        (Self { chunks: chunks.into_iter().collect(), polls: Arc::clone(&polls) }, polls)
+        (
+            Self {
+                chunks: chunks.into_iter().collect(),
+                polls: Arc::clone(&polls),
+            },
+            polls,
+        )
     }
 }
 
@@ -294,9 +395,16 @@ impl Body for ChunkedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.polls.fetch_add(1, Ordering::SeqCst);
-        Poll::Ready(self.chunks.pop_front().map(|chunk| chunk.map(Frame::data).map_err(Into::into)))
+        Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|chunk| chunk.map(Frame::data).map_err(Into::into)),
+        )
     }
 }
 
@@ -321,14 +429,19 @@ async fn send_chunked(
 async fn content_length_over_limit_is_413_without_reading() {
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
     let (body, polls) = ChunkedBody::new([Ok(Bytes::from_static(EVENT))]);
-    let (status, json, calls) = send_chunked(layer().max_body_bytes(16), &uri, Some(EVENT.len()), body).await;
+    let (status, json, calls) =
+        send_chunked(layer().max_body_bytes(16), &uri, Some(EVENT.len()), body).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json, error(413, "request body exceeds 16 bytes"));
     assert_eq!(polls.load(Ordering::SeqCst), 0, "body must not be read");
     assert_eq!(calls, 0);
 
     // A body with an exact size hint (Full) is caught the same way, even without the header.
-    let (status, json, calls) = send_with(layer().max_body_bytes(16), request(Method::POST, &uri, EVENT)).await;
+    let (status, json, calls) = send_with(
+        layer().max_body_bytes(16),
+        request(Method::POST, &uri, EVENT),
+    )
+    .await;
     assert_eq!((status, calls), (StatusCode::PAYLOAD_TOO_LARGE, 0));
     assert_eq!(json, error(413, "request body exceeds 16 bytes"));
 }
@@ -341,7 +454,11 @@ async fn streamed_body_over_limit_stops_reading_at_the_limit() {
     let (status, json, calls) = send_chunked(layer().max_body_bytes(25), &uri, None, body).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json, error(413, "request body exceeds 25 bytes"));
-    assert_eq!(polls.load(Ordering::SeqCst), 3, "reading stops at the chunk that crosses the limit");
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        3,
+        "reading stops at the chunk that crosses the limit"
+    );
     assert_eq!(calls, 0);
 }
 
@@ -349,8 +466,13 @@ async fn streamed_body_over_limit_stops_reading_at_the_limit() {
 async fn streamed_body_is_reassembled_exactly_at_the_limit() {
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
     let (head, tail) = EVENT.split_at(10);
-    let (body, _) = ChunkedBody::new([Ok(Bytes::from_static(head)), Ok(Bytes::new()), Ok(Bytes::from_static(tail))]);
-    let (status, json, calls) = send_chunked(layer().max_body_bytes(EVENT.len()), &uri, None, body).await;
+    let (body, _) = ChunkedBody::new([
+        Ok(Bytes::from_static(head)),
+        Ok(Bytes::new()),
+        Ok(Bytes::from_static(tail)),
+    ]);
+    let (status, json, calls) =
+        send_chunked(layer().max_body_bytes(EVENT.len()), &uri, None, body).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(calls, 1);
     assert_eq!(json["body"], std::str::from_utf8(EVENT).unwrap());
@@ -372,10 +494,14 @@ type MockResponse = Response<Full<Bytes>>;
 
 #[tokio::test]
 async fn readiness_passes_through_and_the_readied_service_is_called() {
-    let (mut service, mut handle) = tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
+    let (mut service, mut handle) =
+        tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
 
     handle.allow(0);
-    assert!(service.poll_ready().is_pending(), "inner not ready => layer not ready");
+    assert!(
+        service.poll_ready().is_pending(),
+        "inner not ready => layer not ready"
+    );
     handle.allow(1);
     assert!(service.is_woken());
     assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
@@ -385,7 +511,10 @@ async fn readiness_passes_through_and_the_readied_service_is_called() {
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
     let response = tokio::spawn(service.call(request(Method::POST, &uri, EVENT)));
     let (req, reply) = handle.next_request().await.unwrap();
-    assert_eq!(req.extensions().get::<AuthenticatedApp>().unwrap().0.id, APP_ID);
+    assert_eq!(
+        req.extensions().get::<AuthenticatedApp>().unwrap().0.id,
+        APP_ID
+    );
     assert_eq!(req.extensions().get::<RequestBody>().unwrap().0, EVENT);
     reply.send_response(Response::new(Full::new(Bytes::from_static(b"ok"))));
     let response = response.await.unwrap().unwrap();
@@ -397,17 +526,25 @@ async fn readiness_passes_through_and_the_readied_service_is_called() {
 
 #[tokio::test]
 async fn rejection_never_reaches_the_readied_inner_service() {
-    let (mut service, mut handle) = tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
+    let (mut service, mut handle) =
+        tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
     handle.allow(2);
     assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
-    let response = service.call(request(Method::POST, "/apps/42/events?auth_key=x", EVENT)).await.unwrap();
+    let response = service
+        .call(request(Method::POST, "/apps/42/events?auth_key=x", EVENT))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(handle.next_request().now_or_never().is_none(), "no request may reach the inner service");
+    assert!(
+        handle.next_request().now_or_never().is_none(),
+        "no request may reach the inner service"
+    );
 }
 
 #[tokio::test]
 async fn inner_errors_pass_through_unchanged() {
-    let (mut service, mut handle) = tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
+    let (mut service, mut handle) =
+        tower_test::mock::spawn_layer::<MockRequest, MockResponse, _>(layer());
     handle.allow(1);
     assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
@@ -447,18 +584,26 @@ async fn works_in_an_axum_router() {
         .layer(layer());
 
     let uri = signed("POST", "/apps/42/events", &[], EVENT, NOW);
-    let req = Request::post(&uri).body(axum::body::Body::from(EVENT)).unwrap();
+    let req = Request::post(&uri)
+        .body(axum::body::Body::from(EVENT))
+        .unwrap();
     let response = router.clone().oneshot(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(text, format!("42:{KEY}:{}", EVENT.len()));
 
     let uri = signed("GET", "/apps/42/channels", &[], b"", NOW);
-    let response = router.clone().oneshot(Request::get(&uri).body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let response = router
+        .clone()
+        .oneshot(Request::get(&uri).body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
     let uri = signed("POST", "/apps/43/events", &[], EVENT, NOW);
-    let req = Request::post(&uri).body(axum::body::Body::from(EVENT)).unwrap();
+    let req = Request::post(&uri)
+        .body(axum::body::Body::from(EVENT))
+        .unwrap();
     let (status, json) = json_body(router.oneshot(req).await.unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(json, error(401, "app id does not match auth_key"));
@@ -469,9 +614,12 @@ fn layer_and_service_are_clone_send_sync_debug() {
     fn assert_traits<T: Clone + Send + Sync + std::fmt::Debug + 'static>(_: &T) {}
     let layer = layer();
     assert_traits(&layer);
-    let service = ApiAuth::new(tower::service_fn(|_: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-    }), apps());
+    let service = ApiAuth::new(
+        tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }),
+        apps(),
+    );
     assert_traits(&service);
     assert!(format!("{:?}", layer.layer(())).contains("ApiAuth"));
 }
