@@ -20,6 +20,7 @@ pub(crate) struct Settings {
     pub(crate) timestamp_window: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) clock: fn() -> u64,
+    pub(crate) path_prefix: Option<&'static str>,
 }
 
 impl Settings {
@@ -27,6 +28,7 @@ impl Settings {
         timestamp_window: Duration::from_secs(DEFAULT_TIMESTAMP_WINDOW_SECS),
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         clock: system_clock,
+        path_prefix: None,
     };
 }
 
@@ -35,6 +37,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("timestamp_window", &self.timestamp_window)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("path_prefix", &self.path_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +106,16 @@ impl<M: AppManager + ?Sized> ApiAuthLayer<M> {
     #[must_use]
     pub const fn clock(mut self, clock: fn() -> u64) -> Self {
         self.settings.clock = clock;
+        self
+    }
+
+    /// The prefix under which the API is mounted (e.g. `"/realtime"` when the router is
+    /// `nest`ed there). Routers that strip a prefix hand the layer the shortened path, while a
+    /// client configured with the prefix signs the full one: with a prefix set, a signature
+    /// over either path is accepted.
+    #[must_use]
+    pub const fn path_prefix(mut self, prefix: &'static str) -> Self {
+        self.settings.path_prefix = Some(prefix);
         self
     }
 

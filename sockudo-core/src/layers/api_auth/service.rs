@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::layer::Settings;
 use super::{ApiAuthLayer, ApiAuthRejection, AuthenticatedApp, RequestBody, ResponseFuture};
 use crate::app::AppManager;
-use crate::auth::ApiQuery;
+use crate::auth::{ApiAuthError, ApiQuery};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -158,14 +158,23 @@ where
 
     let (mut parts, body) = req.into_parts();
     let body = collect_limited(body, limit).await?;
-    query.verify(
-        &app.secret,
-        parts.method.as_str(),
-        parts.uri.path(),
-        &body,
-        (settings.clock)(),
-        settings.timestamp_window.as_secs(),
-    )?;
+    let verify = |path: &str| {
+        query.verify(
+            &app.secret,
+            parts.method.as_str(),
+            path,
+            &body,
+            (settings.clock)(),
+            settings.timestamp_window.as_secs(),
+        )
+    };
+    match (verify(parts.uri.path()), settings.path_prefix) {
+        (Ok(()), _) => {}
+        (Err(ApiAuthError::InvalidSignature), Some(prefix)) => {
+            verify(&format!("{}{}", prefix.trim_end_matches('/'), parts.uri.path()))?
+        }
+        (Err(e), _) => return Err(e.into()),
+    }
 
     parts.extensions.insert(AuthenticatedApp(app));
     parts.extensions.insert(RequestBody(body.clone()));
