@@ -83,7 +83,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0)]
     pub idle: f64,
 
-    /// Server process id: sample its VmRSS before connecting and once all are connected and idle.
+    /// Server process id: sample its VmRSS before connecting and once all are connected and idle
+    /// (start the server fresh: memory kept from an earlier run hides the per-connection cost).
     #[arg(long)]
     pub server_pid: Option<u32>,
 

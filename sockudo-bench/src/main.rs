@@ -32,7 +32,9 @@
 //!   (TCP + upgrade + `pusher:connection_established` + subscribe + `subscription_succeeded`) in
 //!   flight. Setup rate = subscribed clients / (last subscribe − first attempt).
 //! - Memory: server `VmRSS` before connecting and after everyone subscribed and `--idle` seconds
-//!   passed; the difference over the connection count is the RSS per idle connection.
+//!   passed; the difference over the connection count is the RSS per idle connection. Use a
+//!   freshly started server: an allocator keeps freed pages, so after an earlier run "before"
+//!   already holds the old connections' memory and the per-connection figure comes out near zero.
 //! - Publish phase: publish `n` is due at `n / rate`; its `data` carries the send time as
 //!   nanoseconds since a process-wide monotonic origin (publishers and clients share one process),
 //!   so latency = receipt − send with no clock skew. Messages sent during `--warmup` are

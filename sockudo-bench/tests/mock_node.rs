@@ -5,6 +5,9 @@
 //! publishes carry the signed-query parameters; it does not verify the signature itself (that is
 //! sockudo-core's job). The bench's JSON report must then show every in-window message delivered.
 
+// Test-only mock helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
