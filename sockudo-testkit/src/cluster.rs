@@ -1,0 +1,345 @@
+//! [`Cluster`]: N nodes behind a [`LoadBalancer`], optionally sharing a [`RedisServer`] that
+//! each node reaches through its own [`TcpProxy`] (so one node's link can be cut).
+//!
+//! **Cross-node fanout is not there yet.** With `redis(true)` the nodes share Redis as their
+//! cache (`cache.driver = "redis"`), but the adapter stays `local`: a message published on one
+//! node reaches only that node's subscribers. When the Redis adapter lands, the builder will
+//! set `adapter.driver = "redis"` as well and cluster-wide assertions become possible.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use sockudo_core::app::App;
+use sockudo_server::config::NodeSettings;
+
+use crate::balancer::LoadBalancer;
+use crate::client::{ApiClient, TestClient};
+use crate::node::TestNode;
+use crate::process::{settings_env, ProcessNode};
+use crate::proxy::TcpProxy;
+use crate::redis::RedisServer;
+use crate::TestkitError;
+
+/// How the cluster's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeMode {
+    /// [`TestNode`]s: in this process, each on its own runtime. Fast; `kill` drops the runtime.
+    #[default]
+    InProcess,
+    /// [`ProcessNode`]s: the real `sockudo` binary, configured through the environment.
+    Process,
+}
+
+type SettingsFn = Box<dyn Fn(usize, &mut NodeSettings) + Send + Sync>;
+type EnvFn = Box<dyn Fn(usize, &mut Vec<(String, String)>) + Send + Sync>;
+
+/// Configures a [`Cluster`]; see [`Cluster::builder`].
+pub struct ClusterBuilder {
+    nodes: usize,
+    redis: bool,
+    mode: NodeMode,
+    app: App,
+    settings: Option<SettingsFn>,
+    env: Option<EnvFn>,
+}
+
+impl fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("nodes", &self.nodes)
+            .field("redis", &self.redis)
+            .field("mode", &self.mode)
+            .field("app", &self.app.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterBuilder {
+    /// Number of nodes (default 2).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Start a Redis and point every node's Redis-backed parts at it (default off).
+    pub fn redis(mut self, on: bool) -> Self {
+        self.redis = on;
+        self
+    }
+
+    /// In-process or process nodes (default in-process).
+    pub fn mode(mut self, mode: NodeMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The app every node serves (default [`crate::test_app`]).
+    pub fn app(mut self, app: App) -> Self {
+        self.app = app;
+        self
+    }
+
+    /// Adjust node `i`'s settings after the testkit's defaults (and Redis wiring) are set.
+    /// Process nodes receive them as environment variables ([`settings_env`]), which carry
+    /// only the first app.
+    pub fn settings(mut self, f: impl Fn(usize, &mut NodeSettings) + Send + Sync + 'static) -> Self {
+        self.settings = Some(Box::new(f));
+        self
+    }
+
+    /// Process mode only: adjust node `i`'s environment last (any CONFIG.md variable).
+    pub fn env(mut self, f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static) -> Self {
+        self.env = Some(Box::new(f));
+        self
+    }
+
+    /// Start Redis (if asked), the proxies, the nodes and the balancer.
+    pub async fn build(self) -> Result<Cluster, TestkitError> {
+        if self.nodes == 0 {
+            return Err(TestkitError::Usage("a cluster needs at least one node".into()));
+        }
+        let redis = if self.redis { Some(RedisServer::start().await?) } else { None };
+        let mut proxies = Vec::new();
+        let mut nodes = Vec::with_capacity(self.nodes);
+        for i in 0..self.nodes {
+            let mut settings = crate::test_settings(vec![self.app.clone()]);
+            settings.node_id = format!("node-{i}");
+            if let Some(redis) = &redis {
+                let proxy = TcpProxy::start(redis.addr()).await?;
+                settings.cache.driver = "redis".into();
+                settings.redis.url = proxy.redis_url();
+                proxies.push(proxy);
+            }
+            if let Some(f) = &self.settings {
+                f(i, &mut settings);
+            }
+            let node = match self.mode {
+                NodeMode::InProcess => ClusterNode::InProcess(Box::new(TestNode::start(settings).await?)),
+                NodeMode::Process => {
+                    let mut env = settings_env(&settings);
+                    if let Some(f) = &self.env {
+                        f(i, &mut env);
+                    }
+                    ClusterNode::Process(ProcessNode::start(env).await?)
+                }
+            };
+            nodes.push(node);
+        }
+        let balancer = LoadBalancer::start(nodes.iter().map(ClusterNode::addr).collect()).await?;
+        Ok(Cluster { nodes, proxies, redis, balancer, app: self.app })
+    }
+}
+
+/// One node of a [`Cluster`].
+#[derive(Debug)]
+pub enum ClusterNode {
+    /// An in-process node.
+    InProcess(Box<TestNode>),
+    /// A `sockudo` child process.
+    Process(ProcessNode),
+}
+
+impl ClusterNode {
+    /// The node's listen address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            ClusterNode::InProcess(n) => n.addr(),
+            ClusterNode::Process(n) => n.addr(),
+        }
+    }
+
+    /// `http://127.0.0.1:P`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The Pusher WebSocket URL for app `key` on this node.
+    pub fn ws_url(&self, key: &str) -> String {
+        crate::ws_url(self.addr(), key)
+    }
+
+    /// The in-process node, if this is one.
+    pub fn as_in_process(&self) -> Option<&TestNode> {
+        match self {
+            ClusterNode::InProcess(n) => Some(n),
+            ClusterNode::Process(_) => None,
+        }
+    }
+
+    /// The process node, if this is one.
+    pub fn as_process(&self) -> Option<&ProcessNode> {
+        match self {
+            ClusterNode::Process(n) => Some(n),
+            ClusterNode::InProcess(_) => None,
+        }
+    }
+
+    /// Crash the node (runtime dropped / SIGKILL).
+    pub fn kill(&mut self) -> Result<(), TestkitError> {
+        match self {
+            ClusterNode::InProcess(n) => n.kill(),
+            ClusterNode::Process(n) => n.kill(),
+        }
+    }
+
+    /// Kill if running, start again on the same port.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        match self {
+            ClusterNode::InProcess(n) => n.restart().await,
+            ClusterNode::Process(n) => n.restart().await,
+        }
+    }
+
+    /// Graceful stop: the drain sequence (SIGTERM for a process, which must then exit 0).
+    pub async fn drain(&mut self) -> Result<(), TestkitError> {
+        match self {
+            ClusterNode::InProcess(n) => n.drain().await,
+            ClusterNode::Process(n) => {
+                let status = n.terminate().await?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(TestkitError::Node(format!("sockudo exited with {status} after SIGTERM; log tail:\n{}", n.log_tail(20))))
+                }
+            }
+        }
+    }
+}
+
+/// A running cluster; everything stops when it is dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order is drop order: the balancer and nodes go before the proxies and Redis.
+    balancer: LoadBalancer,
+    nodes: Vec<ClusterNode>,
+    proxies: Vec<TcpProxy>,
+    redis: Option<RedisServer>,
+    app: App,
+}
+
+impl Cluster {
+    /// A builder with 2 in-process nodes, no Redis, the test app.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder { nodes: 2, redis: false, mode: NodeMode::InProcess, app: crate::test_app(), settings: None, env: None }
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
+    /// Node `i`. Panics when out of range, like indexing (test code).
+    pub fn node(&self, i: usize) -> &ClusterNode {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, mutably.
+    pub fn node_mut(&mut self, i: usize) -> &mut ClusterNode {
+        &mut self.nodes[i]
+    }
+
+    /// The shared Redis, when the cluster has one.
+    pub fn redis(&self) -> Option<&RedisServer> {
+        self.redis.as_ref()
+    }
+
+    /// Node `i`'s proxy to Redis, when the cluster has Redis.
+    pub fn redis_proxy(&self, i: usize) -> Option<&TcpProxy> {
+        self.proxies.get(i)
+    }
+
+    /// The balancer.
+    pub fn balancer(&self) -> &LoadBalancer {
+        &self.balancer
+    }
+
+    /// `http://127.0.0.1:P` of the balancer.
+    pub fn balancer_url(&self) -> String {
+        self.balancer.url()
+    }
+
+    /// The app's WebSocket URL through the balancer.
+    pub fn balancer_ws_url(&self) -> String {
+        self.balancer.ws_url(&self.app.key)
+    }
+
+    /// The app's WebSocket URL on node `i`.
+    pub fn ws_url(&self, i: usize) -> String {
+        self.nodes[i].ws_url(&self.app.key)
+    }
+
+    /// The app every node serves.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// A signed API client for node `i`.
+    pub fn api(&self, i: usize) -> ApiClient {
+        ApiClient::new(&self.nodes[i].http_url(), &self.app.id, &self.app.key, &self.app.secret)
+    }
+
+    /// A signed API client through the balancer.
+    pub fn balancer_api(&self) -> ApiClient {
+        ApiClient::new(&self.balancer.url(), &self.app.id, &self.app.key, &self.app.secret)
+    }
+
+    /// A connected client on node `i`.
+    pub async fn client(&self, i: usize) -> Result<TestClient, TestkitError> {
+        TestClient::connect(&self.ws_url(i)).await
+    }
+
+    /// A connected client through the balancer.
+    pub async fn balancer_client(&self) -> Result<TestClient, TestkitError> {
+        TestClient::connect(&self.balancer_ws_url()).await
+    }
+
+    /// Crash node `i`. The balancer skips it while its port refuses connections.
+    pub fn kill_node(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.checked(i)?.kill()
+    }
+
+    /// Restart node `i` on its port (fresh state).
+    pub async fn restart_node(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.checked(i)?.restart().await
+    }
+
+    /// Drain node `i` gracefully.
+    pub async fn drain_node(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.checked(i)?.drain().await
+    }
+
+    /// Kill Redis (its data is lost).
+    pub fn stop_redis(&mut self) -> Result<(), TestkitError> {
+        self.redis_mut()?.stop()
+    }
+
+    /// Start Redis again on the same port, empty.
+    pub async fn start_redis(&mut self) -> Result<(), TestkitError> {
+        self.redis_mut()?.start_again().await
+    }
+
+    /// Cut node `i`'s link to Redis: live connections drop, new ones are refused.
+    pub fn cut_redis(&self, i: usize) -> Result<(), TestkitError> {
+        self.proxy(i)?.cut();
+        Ok(())
+    }
+
+    /// Restore node `i`'s link to Redis.
+    pub fn restore_redis(&self, i: usize) -> Result<(), TestkitError> {
+        self.proxy(i)?.restore();
+        Ok(())
+    }
+
+    fn checked(&mut self, i: usize) -> Result<&mut ClusterNode, TestkitError> {
+        let n = self.nodes.len();
+        self.nodes.get_mut(i).ok_or_else(|| TestkitError::Usage(format!("node {i} does not exist (cluster of {n})")))
+    }
+
+    fn redis_mut(&mut self) -> Result<&mut RedisServer, TestkitError> {
+        self.redis.as_mut().ok_or_else(|| TestkitError::Usage("the cluster was built without redis(true)".into()))
+    }
+
+    fn proxy(&self, i: usize) -> Result<&TcpProxy, TestkitError> {
+        self.proxies.get(i).ok_or_else(|| TestkitError::Usage(format!("no Redis proxy for node {i} (built without redis(true)?)")))
+    }
+}

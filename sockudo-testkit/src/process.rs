@@ -1,0 +1,324 @@
+//! [`ProcessNode`]: the real `sockudo` binary as a child process, configured only through the
+//! environment names of CONFIG.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use sockudo_server::config::NodeSettings;
+
+use crate::util::{free_port, kill_and_reap, log_tail, loopback, scratch_dir, wait_exit};
+use crate::TestkitError;
+
+/// How long a fresh process gets until `GET /health` answers 200.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time for a terminated process beyond its `SHUTDOWN_GRACE_PERIOD`.
+const TERMINATE_SLACK: Duration = Duration::from_secs(15);
+/// Ports tried when the picked one is taken before the node binds it.
+const PORT_ATTEMPTS: usize = 5;
+/// Log lines quoted in errors.
+const LOG_LINES: usize = 20;
+
+/// Every variable of CONFIG.md. They are removed from the inherited environment so that the
+/// developer's shell cannot change what a test runs against.
+const CONFIG_VARS: &[&str] = &[
+    "HOST",
+    "PORT",
+    "SOCKUDO_NODE_ID",
+    "SOCKUDO_DEFAULT_APP_ID",
+    "SOCKUDO_DEFAULT_APP_KEY",
+    "SOCKUDO_DEFAULT_APP_SECRET",
+    "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
+    "ADAPTER_DRIVER",
+    "CACHE_DRIVER",
+    "QUEUE_DRIVER",
+    "HISTORY_DRIVER",
+    "APP_MANAGER_DRIVER",
+    "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "NATS_URL",
+    "DATABASE_URL",
+    "METRICS_PORT",
+    "SHUTDOWN_GRACE_PERIOD",
+    "ACTIVITY_TIMEOUT",
+    "LOG_FORMAT",
+];
+
+/// Defaults for tests, applied before the caller's variables: loopback, no metrics listener,
+/// no drain grace.
+const TEST_DEFAULTS: &[(&str, &str)] = &[("HOST", "127.0.0.1"), ("METRICS_PORT", "0"), ("SHUTDOWN_GRACE_PERIOD", "0")];
+
+/// A `sockudo` child process. Killed (SIGKILL) when dropped.
+///
+/// Its stdout and stderr go to a log file ([`ProcessNode::log_path`]) whose tail is quoted in
+/// start-up errors.
+#[derive(Debug)]
+pub struct ProcessNode {
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ProcessNode {
+    /// Start the binary found by [`sockudo_binary`] with `env` on top of the test defaults
+    /// (`HOST=127.0.0.1`, `METRICS_PORT=0`, `SHUTDOWN_GRACE_PERIOD=0`) and a free `PORT`
+    /// (unless `env` sets one), then wait for `GET /health` = 200.
+    pub async fn start(env: Vec<(String, String)>) -> Result<ProcessNode, TestkitError> {
+        let bin = sockudo_binary()?;
+        let fixed_port = env.iter().rev().find(|(k, _)| k == "PORT").map(|(_, v)| v.clone());
+        let attempts = if fixed_port.is_some() { 1 } else { PORT_ATTEMPTS };
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            let port = match &fixed_port {
+                Some(p) => p.trim().parse().map_err(|_| TestkitError::Usage(format!("PORT={p:?} is not a port number")))?,
+                None => free_port()?,
+            };
+            let dir = scratch_dir("node")?;
+            let log = dir.join(format!("sockudo-{port}.log"));
+            let mut node = ProcessNode { bin: bin.clone(), env: env.clone(), port, child: None, dir, log };
+            match node.spawn_and_wait().await {
+                Ok(()) => return Ok(node),
+                // The port was taken between picking and binding: try another.
+                Err(e) if matches!(&e, TestkitError::ProcessExited { log_tail, .. } if log_tail.contains("cannot listen")) => {
+                    tracing::debug!(attempt, error = %e, "sockudo did not start");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TestkitError::Usage("no start attempts were made".into())))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// The port, kept across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The Pusher WebSocket URL for app `key`.
+    pub fn ws_url(&self, key: &str) -> String {
+        crate::ws_url(self.addr(), key)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where the process's stdout and stderr go.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL and reap: a crash. Idempotent.
+    pub fn kill(&mut self) -> Result<(), TestkitError> {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the process to drain and exit; returns its exit status.
+    pub async fn terminate(&mut self) -> Result<ExitStatus, TestkitError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(TestkitError::Usage("terminate: the process is not running".into()));
+        };
+        if let Some(status) = child.try_wait().map_err(|e| TestkitError::io("poll sockudo", e))? {
+            return Ok(status);
+        }
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| TestkitError::io("run `kill -TERM`", e))?;
+        if !sent.success() {
+            let _ = kill_and_reap(&mut child);
+            return Err(TestkitError::Usage(format!("`kill -TERM {}` failed with {sent}", child.id())));
+        }
+        let limit = Duration::from_secs(self.grace_period()) + TERMINATE_SLACK;
+        match wait_exit(&mut child, limit).await? {
+            Some(status) => Ok(status),
+            None => {
+                let _ = kill_and_reap(&mut child);
+                Err(TestkitError::timeout("sockudo to exit after SIGTERM (it was killed)", limit))
+            }
+        }
+    }
+
+    /// Kill the process if it runs, then start it again with the same environment and port.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.kill()?;
+        self.spawn_and_wait().await
+    }
+
+    fn grace_period(&self) -> u64 {
+        self.env.iter().rev().find(|(k, _)| k == "SHUTDOWN_GRACE_PERIOD").and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0)
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), TestkitError> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| TestkitError::io(format!("open {}", self.log.display()), e))?;
+        let log_err = log_file.try_clone().map_err(|e| TestkitError::io("clone log handle", e))?;
+        let mut command = Command::new(&self.bin);
+        for name in CONFIG_VARS {
+            command.env_remove(name);
+        }
+        command.envs(TEST_DEFAULTS.iter().copied());
+        command.env("PORT", self.port.to_string());
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .map_err(|e| TestkitError::io(format!("spawn {}", self.bin.display()), e))?;
+        self.child = Some(child);
+        let health = format!("{}/health", self.http_url());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().map_err(|e| TestkitError::io("poll sockudo", e))? {
+                    self.child = None;
+                    return Err(TestkitError::ProcessExited { what: format!("sockudo on port {}", self.port), status, log_tail: self.log_tail(LOG_LINES) });
+                }
+            }
+            if let Ok(response) = http.get(&health).send().await {
+                if response.status() == reqwest::StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.kill()?;
+                return Err(TestkitError::timeout(format!("sockudo on port {} to answer GET /health (log: {})", self.port, self.log.display()), START_TIMEOUT));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The environment (CONFIG.md names) that configures the binary like `settings`, as far as
+/// the environment can: listener, node id, drivers, URLs, timings, and the first app as the
+/// dev app. Further apps and per-app limits need a TOML file and are not carried over.
+pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("SOCKUDO_NODE_ID", settings.node_id.clone()),
+        ("ADAPTER_DRIVER", settings.adapter.driver.clone()),
+        ("CACHE_DRIVER", settings.cache.driver.clone()),
+        ("QUEUE_DRIVER", settings.queue.driver.clone()),
+        ("HISTORY_DRIVER", settings.history.driver.clone()),
+        ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
+        ("REDIS_URL", settings.redis.url.clone()),
+        ("NATS_URL", settings.nats.url.clone()),
+        ("METRICS_PORT", settings.metrics_port.to_string()),
+        ("SHUTDOWN_GRACE_PERIOD", settings.shutdown_grace_period.to_string()),
+        ("ACTIVITY_TIMEOUT", settings.activity_timeout.to_string()),
+        ("LOG_FORMAT", settings.log_format.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(url) = &settings.database_url {
+        env.push(("DATABASE_URL".into(), url.clone()));
+    }
+    if let Some(app) = settings.apps.first() {
+        env.push(("SOCKUDO_DEFAULT_APP_ID".into(), app.id.clone()));
+        env.push(("SOCKUDO_DEFAULT_APP_KEY".into(), app.key.clone()));
+        env.push(("SOCKUDO_DEFAULT_APP_SECRET".into(), app.secret.clone()));
+        env.push(("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES".into(), app.enable_client_messages.to_string()));
+    }
+    if settings.apps.len() > 1 {
+        tracing::warn!(apps = settings.apps.len(), "process nodes get only the first app through the environment");
+    }
+    env
+}
+
+/// Where the `sockudo` binary is, first match wins: `$SOCKUDO_BIN`;
+/// `$CARGO_TARGET_DIR/debug/sockudo`; next to the running test binary (`target/debug/deps/..`);
+/// `target/debug/sockudo` under the workspace root.
+pub fn sockudo_binary() -> Result<PathBuf, TestkitError> {
+    let candidates = binary_candidates();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or(TestkitError::BinaryNotFound { searched: candidates })
+}
+
+/// [`sockudo_binary`], building it with `cargo build -p sockudo-server --bin sockudo` (using
+/// `$CARGO`, which cargo sets for tests) when it is missing. Blocks while cargo runs.
+pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
+    if let Ok(path) = sockudo_binary() {
+        return Ok(path);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "-p", "sockudo-server", "--bin", "sockudo"])
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestkitError::io("run cargo build for the sockudo binary", e))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(LOG_LINES).collect();
+        return Err(TestkitError::BuildFailed { status: output.status, stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n") });
+    }
+    sockudo_binary()
+}
+
+fn binary_candidates() -> Vec<PathBuf> {
+    let name = format!("sockudo{}", std::env::consts::EXE_SUFFIX);
+    let mut out = Vec::new();
+    if let Some(bin) = std::env::var_os("SOCKUDO_BIN") {
+        out.push(PathBuf::from(bin));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        let dir = if dir.is_relative() { workspace_root().join(dir) } else { dir };
+        out.push(dir.join("debug").join(&name));
+    }
+    // Test binaries live in `<target>/debug/deps/`.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) {
+            out.push(profile_dir.join(&name));
+        }
+    }
+    out.push(workspace_root().join("target").join("debug").join(&name));
+    out
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
