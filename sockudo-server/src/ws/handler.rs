@@ -6,12 +6,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sockudo_core::auth::{verify_channel_auth, verify_user_auth};
 use sockudo_core::channel::{ChannelKind, ChannelName};
 use sockudo_core::protocol::events::{self, classify, EventKind, Family};
 use sockudo_core::protocol::frame::{PresenceChannelData, SigninData, SigninUserData, SubscribeData, UnsubscribeData};
-use sockudo_core::protocol::{ClientFrame, ErrorCode, OutboundFrame};
+use sockudo_core::protocol::{ClientFrame, ErrorCode, FrameError, OutboundFrame};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -92,11 +93,11 @@ impl Session {
                 self.conn.send_text(OutboundFrame::pong(self.family));
             }
             events::PONG => {}
-            events::SUBSCRIBE => match frame.system_data::<SubscribeData>() {
+            events::SUBSCRIBE => match object_data::<SubscribeData>(frame) {
                 Ok(d) => self.subscribe(d).await,
                 Err(e) => self.error(&format!("Invalid subscribe: {e}"), None),
             },
-            events::UNSUBSCRIBE => match frame.system_data::<UnsubscribeData>() {
+            events::UNSUBSCRIBE => match object_data::<UnsubscribeData>(frame) {
                 Ok(d) => {
                     if let Some(ch) = self.channels.take(d.channel.as_str()) {
                         self.leave(&ch).await;
@@ -112,7 +113,7 @@ impl Session {
 
     fn signin(&mut self, frame: &ClientFrame) -> Flow {
         let app = &self.conn.app;
-        let Ok(data) = frame.system_data::<SigninData>() else {
+        let Ok(data) = object_data::<SigninData>(frame) else {
             self.error("Invalid signin: data must hold auth and user_data", Some(ErrorCode::Unauthorized));
             return Flow::Close(ErrorCode::Unauthorized);
         };
@@ -312,6 +313,13 @@ impl Session {
             self.leave(&ch).await;
         }
     }
+}
+
+/// The `data` of a system event as `T`. It must be a JSON object (inline or double-encoded):
+/// serde alone would also accept an array holding the fields in order.
+fn object_data<T: DeserializeOwned>(frame: &ClientFrame) -> Result<T, FrameError> {
+    let map = frame.system_data::<serde_json::Map<String, serde_json::Value>>()?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| FrameError::InvalidData(e.to_string()))
 }
 
 fn presence_data(members: &[(Arc<str>, Option<Arc<RawValue>>)]) -> String {

@@ -73,6 +73,14 @@ async fn write_batch(ws: &mut Ws, first: tokio_tungstenite::tungstenite::Utf8Byt
     ws.flush().await
 }
 
+/// Write every frame already queued, then flush.
+async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection) -> Result<(), WsError> {
+    while let Some(f) = outbox.try_recv(conn) {
+        ws.feed(Message::Text(f)).await?;
+    }
+    ws.flush().await
+}
+
 /// Why the loop ended.
 enum End {
     /// Close with this code and reason.
@@ -126,6 +134,9 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                         }
                         Some(Ok(Message::Text(text))) => {
                             if let Flow::Close(code) = session.handle_text(&text).await {
+                                // The handler queued its `pusher:error` for this code: deliver
+                                // what is queued before the close frame.
+                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn)).await;
                                 break End::Code(code.code(), code.message());
                             }
                         }
