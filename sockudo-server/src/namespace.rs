@@ -1,9 +1,9 @@
 //! One app's live state on this node: its connections, channels, presence members and
 //! signed-in users.
 //!
-//! Each channel's subscriber map and member map sit under one map entry, so membership
-//! decisions (first connection of a user, member cap) are made atomically with the
-//! subscription change that causes them.
+//! Each channel's subscriber map and local member counts sit under one map entry, so "first
+//! / last connection of a user on this node" is decided atomically with the subscription
+//! change that causes it; the cluster-wide decision is the adapter's presence store's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,17 +11,9 @@ use std::sync::Arc;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connection::Connection;
-
-/// A presence member: what other subscribers see, and how many of its connections are in.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub info: Option<Arc<RawValue>>,
-    connections: usize,
-}
 
 #[derive(Debug)]
 struct Subscriber {
@@ -32,16 +24,9 @@ struct Subscriber {
 #[derive(Debug, Default)]
 struct Channel {
     subscribers: HashMap<Arc<str>, Subscriber, RandomState>,
-    members: HashMap<Arc<str>, Member, RandomState>,
-}
-
-/// Presence identity of a subscribing connection.
-#[derive(Debug, Clone)]
-pub struct PresenceJoin {
-    pub user_id: Arc<str>,
-    pub info: Option<Arc<RawValue>>,
-    /// Member cap of the app.
-    pub max_members: usize,
+    /// Presence: this node's connections per user. The cluster-wide member set lives in the
+    /// adapter's presence store; this count only decides when this node joins or leaves it.
+    local_members: HashMap<Arc<str>, usize, RandomState>,
 }
 
 /// What a subscribe changed.
@@ -51,25 +36,16 @@ pub struct Subscribed {
     pub new_subscription: bool,
     /// The channel had no subscriber on this node before.
     pub occupied: bool,
-    /// Presence: this was the user's first connection in the channel.
-    pub member_added: bool,
-    /// Presence: members after the join (ids and info), for `subscription_succeeded`.
-    pub members: Vec<(Arc<str>, Option<Arc<RawValue>>)>,
-}
-
-/// Why a subscribe was refused by the namespace.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SubscribeError {
-    #[error("presence channel is full ({0} members)")]
-    MemberLimit(usize),
+    /// Presence: this was the user's first connection in the channel on this node.
+    pub node_first: bool,
 }
 
 /// What an unsubscribe changed.
 #[derive(Debug, Default)]
 pub struct Unsubscribed {
     pub vacated: bool,
-    /// Presence: the user's last connection left.
-    pub member_removed: Option<Arc<str>>,
+    /// Presence: the user's last connection on this node left.
+    pub node_last: Option<Arc<str>>,
 }
 
 /// Per-app state on this node.
@@ -138,34 +114,20 @@ impl Namespace {
         self.users.get(user).map(|v| v.clone()).unwrap_or_default()
     }
 
-    pub fn subscribe(&self, channel: &str, conn: &Arc<Connection>, presence: Option<PresenceJoin>) -> Result<Subscribed, SubscribeError> {
+    pub fn subscribe(&self, channel: &str, conn: &Arc<Connection>, presence_user: Option<Arc<str>>) -> Subscribed {
         let mut entry = self.channels.entry(Arc::from(channel)).or_default();
         let ch = entry.value_mut();
-        let mut out = Subscribed { occupied: ch.subscribers.is_empty(), ..Default::default() };
         if ch.subscribers.contains_key(&conn.socket_id) {
-            out.occupied = false;
-            out.members = snapshot(&ch.members);
-            return Ok(out);
+            return Subscribed::default();
         }
-        if let Some(join) = &presence {
-            match ch.members.get_mut(&join.user_id) {
-                Some(m) => m.connections += 1,
-                None => {
-                    if ch.members.len() >= join.max_members {
-                        return Err(SubscribeError::MemberLimit(join.max_members));
-                    }
-                    ch.members.insert(Arc::clone(&join.user_id), Member { info: join.info.clone(), connections: 1 });
-                    out.member_added = true;
-                }
-            }
-            out.members = snapshot(&ch.members);
+        let mut out = Subscribed { new_subscription: true, occupied: ch.subscribers.is_empty(), node_first: false };
+        if let Some(user) = &presence_user {
+            let n = ch.local_members.entry(Arc::clone(user)).or_insert(0);
+            *n += 1;
+            out.node_first = *n == 1;
         }
-        ch.subscribers.insert(
-            Arc::clone(&conn.socket_id),
-            Subscriber { conn: Arc::clone(conn), presence_user: presence.map(|p| p.user_id) },
-        );
-        out.new_subscription = true;
-        Ok(out)
+        ch.subscribers.insert(Arc::clone(&conn.socket_id), Subscriber { conn: Arc::clone(conn), presence_user });
+        out
     }
 
     /// Leave a channel; `None` when the socket was not subscribed.
@@ -175,16 +137,13 @@ impl Namespace {
             if let Some(sub) = ch.subscribers.remove(socket_id) {
                 let mut u = Unsubscribed::default();
                 if let Some(user) = sub.presence_user {
-                    let last = match ch.members.get_mut(&user) {
-                        Some(m) => {
-                            m.connections = m.connections.saturating_sub(1);
-                            m.connections == 0
-                        }
-                        None => false,
-                    };
+                    let last = ch.local_members.get_mut(&user).is_some_and(|n| {
+                        *n = n.saturating_sub(1);
+                        *n == 0
+                    });
                     if last {
-                        ch.members.remove(&user);
-                        u.member_removed = Some(user);
+                        ch.local_members.remove(&user);
+                        u.node_last = Some(user);
                     }
                 }
                 u.vacated = ch.subscribers.is_empty();
@@ -224,27 +183,26 @@ impl Namespace {
         self.channels.get(channel).map_or(0, |c| c.subscribers.len())
     }
 
-    pub fn user_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, |c| c.members.len())
-    }
-
-    pub fn members(&self, channel: &str) -> Vec<(Arc<str>, Option<Arc<RawValue>>)> {
-        self.channels.get(channel).map(|c| snapshot(&c.members)).unwrap_or_default()
-    }
-
-    /// Occupied channels, optionally filtered by prefix.
-    pub fn channel_names(&self, prefix: Option<&str>) -> Vec<Arc<str>> {
+    /// Occupied channels with their subscription counts, optionally filtered by prefix.
+    pub fn channels(&self, prefix: Option<&str>) -> Vec<(String, u64)> {
         self.channels
             .iter()
             .filter(|e| !e.subscribers.is_empty())
             .filter(|e| prefix.is_none_or(|p| e.key().starts_with(p)))
-            .map(|e| Arc::clone(e.key()))
+            .map(|e| (e.key().to_string(), e.subscribers.len() as u64))
             .collect()
     }
-}
 
-fn snapshot(members: &HashMap<Arc<str>, Member, RandomState>) -> Vec<(Arc<str>, Option<Arc<RawValue>>)> {
-    members.iter().map(|(id, m)| (Arc::clone(id), m.info.clone())).collect()
+    /// Connections holding (or having reserved) a quota slot.
+    pub fn reserved_connections(&self) -> usize {
+        self.connection_count.load(Ordering::Acquire)
+    }
+
+    /// Give back a slot reserved by [`Namespace::try_reserve_connection`] for a connection
+    /// that never started.
+    pub fn release_reservation(&self) {
+        self.connection_count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
@@ -262,45 +220,31 @@ mod tests {
         Connection::new(id.into(), Arc::new(App::new("a", "k", "s")), ProtocolVersion::V1, QueueLimits { frames: 8, bytes: 1024 })
     }
 
-    fn join(user: &str, max: usize) -> Option<PresenceJoin> {
-        Some(PresenceJoin { user_id: user.into(), info: None, max_members: max })
-    }
-
     #[test]
-    fn member_added_and_removed_on_first_and_last_connection() {
+    fn node_first_and_last_connection_of_a_user() {
         let ns = Namespace::new("a".into());
         let (c1, c2) = (conn("1.1"), conn("1.2"));
-        let s1 = ns.subscribe("presence-x", &c1, join("u", 10)).unwrap();
-        assert!(s1.occupied && s1.member_added);
-        let s2 = ns.subscribe("presence-x", &c2, join("u", 10)).unwrap();
-        assert!(!s2.occupied && !s2.member_added);
-        assert_eq!(ns.user_count("presence-x"), 1);
+        let s1 = ns.subscribe("presence-x", &c1, Some("u".into()));
+        assert!(s1.occupied && s1.node_first && s1.new_subscription);
+        let s2 = ns.subscribe("presence-x", &c2, Some("u".into()));
+        assert!(!s2.occupied && !s2.node_first);
+        assert!(!ns.subscribe("presence-x", &c2, Some("u".into())).new_subscription, "re-subscribe is a no-op");
         assert_eq!(ns.subscription_count("presence-x"), 2);
         let u1 = ns.unsubscribe("presence-x", "1.1").unwrap();
-        assert!(u1.member_removed.is_none() && !u1.vacated);
+        assert!(u1.node_last.is_none() && !u1.vacated);
         let u2 = ns.unsubscribe("presence-x", "1.2").unwrap();
-        assert_eq!(u2.member_removed.as_deref(), Some("u"));
+        assert_eq!(u2.node_last.as_deref(), Some("u"));
         assert!(u2.vacated);
         assert!(ns.unsubscribe("presence-x", "1.2").is_none());
-        assert!(ns.channel_names(None).is_empty());
-    }
-
-    #[test]
-    fn member_cap_counts_distinct_users() {
-        let ns = Namespace::new("a".into());
-        ns.subscribe("presence-x", &conn("1.1"), join("a", 2)).unwrap();
-        ns.subscribe("presence-x", &conn("1.2"), join("b", 2)).unwrap();
-        ns.subscribe("presence-x", &conn("1.3"), join("b", 2)).unwrap();
-        assert_eq!(ns.subscribe("presence-x", &conn("1.4"), join("c", 2)).unwrap_err(), SubscribeError::MemberLimit(2));
-        assert_eq!(ns.subscription_count("presence-x"), 3);
+        assert!(ns.channels(None).is_empty());
     }
 
     #[test]
     fn fanout_skips_excluded_socket() {
         let ns = Namespace::new("a".into());
         let ((c1, _o1), (c2, _o2)) = (conn_with_outbox("1.1"), conn_with_outbox("1.2"));
-        ns.subscribe("c", &c1, None).unwrap();
-        ns.subscribe("c", &c2, None).unwrap();
+        ns.subscribe("c", &c1, None);
+        ns.subscribe("c", &c2, None);
         assert_eq!(ns.fanout("c", &"x".into(), Some("1.1")), 1);
         assert_eq!(ns.fanout("c", &"x".into(), None), 2);
         assert_eq!(ns.fanout("nope", &"x".into(), None), 0);

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use sockudo_core::adapter::{Adapter, Broadcast, BroadcastSink};
+use sockudo_core::adapter::{Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, NodeHandler, RemovedMember};
+use sockudo_core::protocol::events::Family;
+use sockudo_core::protocol::{ErrorCode, OutboundFrame};
 use sockudo_core::app::AppManager;
 use sockudo_core::cache::Cache;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -50,7 +52,7 @@ impl Node {
             socket_seq: AtomicU64::new(rand::random::<u32>() as u64),
             socket_prefix: rand::random::<u32>() as u64,
         });
-        node.adapter.attach(Arc::new(LocalFanout(Arc::downgrade(&node))));
+        node.adapter.attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
     }
 
@@ -99,10 +101,10 @@ impl Node {
     }
 }
 
-/// The node's sink: delivers adapter broadcasts to local subscribers.
-struct LocalFanout(std::sync::Weak<Node>);
+/// The node as its adapter sees it: local fanout, local answers, local commands.
+struct LocalHandler(std::sync::Weak<Node>);
 
-impl BroadcastSink for LocalFanout {
+impl NodeHandler for LocalHandler {
     fn deliver(&self, msg: &Broadcast) {
         let Some(node) = self.0.upgrade() else { return };
         let Some(ns) = node.existing_namespace(&msg.app_id) else { return };
@@ -112,5 +114,56 @@ impl BroadcastSink for LocalFanout {
             return;
         };
         ns.fanout(&msg.channel, &frame, msg.except_socket.as_deref());
+    }
+
+    fn control(&self, msg: &ControlMessage) {
+        let Some(node) = self.0.upgrade() else { return };
+        match msg {
+            ControlMessage::TerminateUser { app_id, user_id } => {
+                if let Some(ns) = node.existing_namespace(app_id) {
+                    for conn in ns.user_connections(user_id) {
+                        conn.close(ErrorCode::Unauthorized);
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, query: &ClusterQuery) -> ClusterAnswer {
+        let Some(node) = self.0.upgrade() else { return ClusterAnswer::Count { count: 0 } };
+        match query {
+            ClusterQuery::SubscriptionCount { app_id, channel } => {
+                let count = node.existing_namespace(app_id).map_or(0, |ns| ns.subscription_count(channel)) as u64;
+                ClusterAnswer::Count { count }
+            }
+            ClusterQuery::Channels { app_id, prefix } => {
+                let channels = node.existing_namespace(app_id).map(|ns| ns.channels(prefix.as_deref())).unwrap_or_default();
+                ClusterAnswer::Channels { channels }
+            }
+            ClusterQuery::ConnectionCount { app_id } => {
+                let count = node.existing_namespace(app_id).map_or(0, |ns| ns.reserved_connections()) as u64;
+                ClusterAnswer::Count { count }
+            }
+        }
+    }
+
+    fn members_removed(&self, removed: Vec<RemovedMember>) {
+        let Some(node) = self.0.upgrade() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { node.announce_removed(removed).await });
+        }
+    }
+}
+
+impl Node {
+    /// Tell every subscriber that these members left (their last node went away).
+    pub async fn announce_removed(&self, removed: Vec<RemovedMember>) {
+        for m in removed {
+            let frame = OutboundFrame::member_removed(Family::Pusher, &m.channel, &m.user_id);
+            let msg = Broadcast { app_id: Arc::from(m.app_id.as_str()), channel: Arc::from(m.channel.as_str()), frame: frame.into(), except_socket: None };
+            if let Err(e) = self.adapter.publish(msg).await {
+                tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");
+            }
+        }
     }
 }

@@ -1,66 +1,88 @@
-//! The [`Adapter`] contract: how a published message reaches every subscriber of a channel,
-//! on every node.
+//! The [`Adapter`] contract: how a node's events reach every other node, and how cluster-wide
+//! questions are answered.
 //!
-//! A node registers one [`BroadcastSink`] (its local fanout); the adapter's only job is to get
-//! each [`Broadcast`] to every node's sink. The local adapter hands it straight to this node's
-//! sink; a cluster adapter carries it over a shared transport.
+//! A node attaches one [`NodeHandler`] (its local fanout and local state); the adapter gets
+//! each [`Broadcast`] and [`ControlMessage`] to every node's handler, aggregates
+//! [`ClusterQuery`] answers over all live nodes, and keeps presence membership in a shared
+//! [`PresenceStore`] so member events fire on a user's first/last connection *cluster-wide*.
+//!
+//! [`LocalAdapter`] is the single-node default. A cluster adapter is
+//! `ClusterAdapter` over a small [`Transport`] (publish, subscribe as a stream),
+//! so another broker only needs a transport driver.
 
 mod local;
+pub mod presence;
+mod transport;
+mod types;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 pub use local::LocalAdapter;
+pub use presence::{MemoryPresenceStore, PresenceStore};
+pub use transport::{Transport, TransportStream};
+pub use types::*;
 
-/// One message for one channel of one app, already encoded for V1 connections.
-///
-/// The frame is encoded once by the publisher and shared by reference count with every
-/// recipient; nothing downstream re-serialises it per connection.
-#[derive(Debug, Clone)]
-pub struct Broadcast {
-    pub app_id: Arc<str>,
-    pub channel: Arc<str>,
-    /// The complete text frame.
-    pub frame: Bytes,
-    /// A socket that must not receive it (the publisher's own, Pusher `socket_id`).
-    pub except_socket: Option<Arc<str>>,
-}
-
-/// Why the adapter could not accept a broadcast.
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum AdapterError {
-    #[error("adapter transport unavailable: {0}")]
-    Unavailable(String),
-    #[error("no sink attached: the node has not started its adapter")]
-    NotAttached,
-}
-
-/// Where a node delivers broadcasts to its own connections.
-pub trait BroadcastSink: Send + Sync + 'static {
+/// What a node exposes to its adapter.
+pub trait NodeHandler: Send + Sync + 'static {
     /// Deliver to local subscribers. Must not block: implementations enqueue into bounded
     /// per-connection queues and return.
     fn deliver(&self, msg: &Broadcast);
+
+    /// Act on a cluster-wide command (e.g. close a user's connections on this node).
+    fn control(&self, msg: &ControlMessage);
+
+    /// Answer a question from this node's local state only.
+    fn answer(&self, query: &ClusterQuery) -> ClusterAnswer;
+
+    /// Presence members whose last connection was on a node that died (or left): the node
+    /// that swept them announces `member_removed` to subscribers.
+    fn members_removed(&self, removed: Vec<RemovedMember>);
 }
 
-/// Cross-node fanout.
+/// Cross-node fanout, cluster queries and presence.
 ///
 /// Contract:
-/// - `publish` returning `Ok` means the message was accepted for delivery to every node
-///   (including the caller's own sink, exactly once); `Err` means it may have reached no node,
-///   and the caller reports the failure to its publisher.
-/// - Messages published by one caller to one channel reach each sink in publish order.
-/// - A node never receives its own message twice (origin echo is suppressed by the adapter).
+/// - `publish`: `Ok` means the message was delivered to this node's handler and accepted by
+///   the transport for every other live node; each handler receives it **exactly once** (the
+///   origin's echo from the transport is dropped). `Err` means other nodes may not have it.
+/// - Messages published by one node to one channel reach each handler in publish order.
+/// - `control` reaches every live node's handler, including this one.
+/// - `query` aggregates the answers of every live node (this one included); when a node does
+///   not answer within the adapter's timeout the query fails rather than under-counting.
+/// - Presence methods are atomic in the shared store; see [`PresenceStore`].
 #[async_trait]
 pub trait Adapter: Send + Sync + 'static {
-    /// Register this node's sink; called once at start, before any `publish`.
-    fn attach(&self, sink: Arc<dyn BroadcastSink>);
+    /// Register this node's handler; called once at start, before anything else.
+    fn attach(&self, handler: Arc<dyn NodeHandler>);
+
+    /// This node's id in the cluster.
+    fn node_id(&self) -> &str;
 
     async fn publish(&self, msg: Broadcast) -> Result<(), AdapterError>;
+
+    async fn control(&self, msg: ControlMessage) -> Result<(), AdapterError>;
+
+    async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, AdapterError>;
+
+    /// This node now has a connection of `user` in the channel (call on the node's first).
+    async fn presence_join(&self, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError>;
+
+    /// This node no longer has any connection of `user` in the channel. Returns whether the
+    /// user left the channel cluster-wide (this node was its last).
+    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<bool, AdapterError>;
+
+    async fn presence_members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError>;
 
     /// Whether the transport is currently usable (readiness).
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// Leave the cluster cleanly: withdraw this node's presence contributions (returned so the
+    /// node can announce them) and stop heartbeats.
+    async fn leave_cluster(&self) -> Result<Vec<RemovedMember>, AdapterError> {
+        Ok(Vec::new())
     }
 }

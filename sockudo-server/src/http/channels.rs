@@ -11,7 +11,8 @@ use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::api_auth::AuthenticatedApp;
 
 use super::error::{bad_request, ApiError};
-use super::events::{channel_attributes, InfoAttrs};
+use super::events::{channel_attributes, subscription_count, unavailable, InfoAttrs};
+use sockudo_core::adapter::{ClusterAnswer, ClusterQuery};
 use crate::node::Node;
 use crate::publish::{cache_channel_key, decode_cached};
 
@@ -24,14 +25,18 @@ pub async fn list(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)
     if info.user_count && !prefix.is_some_and(|p| p.starts_with("presence-")) {
         return Err(bad_request("user_count requires filter_by_prefix=presence-"));
     }
-    let names = node.existing_namespace(&app.id).map(|ns| ns.channel_names(prefix)).unwrap_or_default();
+    let q = ClusterQuery::Channels { app_id: app.id.clone(), prefix: prefix.map(str::to_owned) };
+    let names = match node.adapter.query(q).await.map_err(unavailable)? {
+        ClusterAnswer::Channels { channels } => channels,
+        ClusterAnswer::Count { .. } => Vec::new(),
+    };
     let mut channels = Map::new();
-    for name in names {
+    for (name, _) in names {
         let attrs = match ChannelName::parse(&name) {
-            Ok(c) => channel_attributes(&node, &app.id, &c, info),
+            Ok(c) => channel_attributes(&node, &app.id, &c, info).await?,
             Err(_) => Map::new(),
         };
-        channels.insert(name.to_string(), Value::Object(attrs));
+        channels.insert(name, Value::Object(attrs));
     }
     Ok(Json(serde_json::json!({ "channels": channels })))
 }
@@ -45,10 +50,10 @@ pub async fn show(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)
     if info.cache && !name.is_cache() {
         return Err(bad_request("cache is only available for cache channels"));
     }
-    let subs = node.existing_namespace(&app.id).map_or(0, |ns| ns.subscription_count(name.as_str()));
+    let subs = subscription_count(&node, &app.id, name.as_str()).await?;
     let mut out = Map::new();
     out.insert("occupied".into(), Value::Bool(subs > 0));
-    out.extend(channel_attributes(&node, &app.id, &name, info));
+    out.extend(channel_attributes(&node, &app.id, &name, info).await?);
     if info.cache {
         let cached = node
             .cache

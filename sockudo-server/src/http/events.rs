@@ -8,6 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sockudo_core::adapter::{AdapterError, ClusterQuery};
 use sockudo_core::app::App;
 use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::api_auth::{AuthenticatedApp, RequestBody};
@@ -128,17 +129,27 @@ async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Attributes of one channel, as `info` asked.
-pub fn channel_attributes(node: &Node, app_id: &str, channel: &ChannelName<'_>, info: InfoAttrs) -> Map<String, Value> {
+/// Attributes of one channel, as `info` asked, cluster-wide.
+pub async fn channel_attributes(node: &Node, app_id: &str, channel: &ChannelName<'_>, info: InfoAttrs) -> Result<Map<String, Value>, ApiError> {
     let mut m = Map::new();
-    let ns = node.existing_namespace(app_id);
     if info.user_count && channel.is_presence() {
-        m.insert("user_count".into(), ns.as_ref().map_or(0, |n| n.user_count(channel.as_str())).into());
+        let members = node.adapter.presence_members(app_id, channel.as_str()).await.map_err(unavailable)?;
+        m.insert("user_count".into(), members.len().into());
     }
     if info.subscription_count {
-        m.insert("subscription_count".into(), ns.as_ref().map_or(0, |n| n.subscription_count(channel.as_str())).into());
+        m.insert("subscription_count".into(), subscription_count(node, app_id, channel.as_str()).await?.into());
     }
-    m
+    Ok(m)
+}
+
+/// Connections subscribed to `channel` across the cluster.
+pub async fn subscription_count(node: &Node, app_id: &str, channel: &str) -> Result<u64, ApiError> {
+    let q = ClusterQuery::SubscriptionCount { app_id: app_id.to_owned(), channel: channel.to_owned() };
+    Ok(node.adapter.query(q).await.map_err(unavailable)?.count())
+}
+
+pub fn unavailable(e: AdapterError) -> ApiError {
+    ApiError::Unavailable(format!("cluster state unavailable: {e}"))
 }
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -152,11 +163,10 @@ pub async fn trigger(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(a
     if !p.info.any() {
         return Ok(Json(Value::Object(Map::new())));
     }
-    let channels: Map<String, Value> = p
-        .channels
-        .iter()
-        .map(|c| (c.as_str().to_string(), Value::Object(channel_attributes(&node, &app.id, c, p.info))))
-        .collect();
+    let mut channels = Map::new();
+    for c in &p.channels {
+        channels.insert(c.as_str().to_string(), Value::Object(channel_attributes(&node, &app.id, c, p.info).await?));
+    }
     Ok(Json(serde_json::json!({ "channels": channels })))
 }
 
@@ -178,13 +188,13 @@ pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(Authenticate
     for p in &prepared {
         publish(&node, &app, p).await?;
     }
-    let items: Vec<Value> = prepared
-        .iter()
-        .map(|p| match p.channels.first() {
-            Some(c) if p.info.any() => Value::Object(channel_attributes(&node, &app.id, c, p.info)),
+    let mut items = Vec::with_capacity(prepared.len());
+    for p in &prepared {
+        items.push(match p.channels.first() {
+            Some(c) if p.info.any() => Value::Object(channel_attributes(&node, &app.id, c, p.info).await?),
             _ => Value::Object(Map::new()),
-        })
-        .collect();
+        });
+    }
     Ok(Json(serde_json::json!({ "batch": items })))
 }
 

@@ -7,9 +7,10 @@ use axum::{Extension, Json};
 use serde_json::Value;
 use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::api_auth::AuthenticatedApp;
-use sockudo_core::protocol::ErrorCode;
+use sockudo_core::adapter::ControlMessage;
 
 use super::error::{bad_request, ApiError};
+use super::events::unavailable;
 use crate::node::Node;
 
 pub async fn list(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Path((_app_id, channel)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
@@ -17,8 +18,8 @@ pub async fn list(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)
     if !name.is_presence() {
         return Err(bad_request("users are only available for presence channels"));
     }
-    let members = node.existing_namespace(&app.id).map(|ns| ns.members(name.as_str())).unwrap_or_default();
-    let users: Vec<Value> = members.iter().map(|(id, _)| serde_json::json!({ "id": &**id })).collect();
+    let members = node.adapter.presence_members(&app.id, name.as_str()).await.map_err(unavailable)?;
+    let users: Vec<Value> = members.iter().map(|m| serde_json::json!({ "id": m.user_id })).collect();
     Ok(Json(serde_json::json!({ "users": users })))
 }
 
@@ -26,10 +27,7 @@ pub async fn terminate(State(node): State<Arc<Node>>, Extension(AuthenticatedApp
     if user_id.is_empty() {
         return Err(bad_request("missing user id"));
     }
-    if let Some(ns) = node.existing_namespace(&app.id) {
-        for conn in ns.user_connections(&user_id) {
-            conn.close(ErrorCode::Unauthorized);
-        }
-    }
+    let cmd = ControlMessage::TerminateUser { app_id: app.id.clone(), user_id };
+    node.adapter.control(cmd).await.map_err(unavailable)?;
     Ok(Json(serde_json::json!({})))
 }

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connection::Connection;
-use crate::namespace::{Namespace, PresenceJoin, SubscribeError};
+use crate::namespace::Namespace;
+use sockudo_core::adapter::{PresenceJoin, PresenceMember};
 use crate::node::Node;
 use crate::publish::{cache_channel_key, decode_cached, publish_frame};
 
@@ -180,11 +181,7 @@ impl Session {
                     let msg = format!("user_info is {info_len} bytes, over the limit of {}", app.max_presence_user_info_bytes);
                     return self.subscription_error(name.as_str(), "LimitReached", &msg, 413);
                 }
-                presence = Some(PresenceJoin {
-                    user_id: Arc::from(member.user_id.0),
-                    info: member.user_info.map(Arc::from),
-                    max_members: app.max_presence_members,
-                });
+                presence = Some((Arc::<str>::from(member.user_id.0), member.user_info));
             }
             ChannelKind::ServerToUser => {
                 let owner = name.server_to_user_id();
@@ -194,20 +191,46 @@ impl Session {
             }
         }
 
-        let joined = match self.ns.subscribe(name.as_str(), &self.conn, presence.clone()) {
-            Ok(j) => j,
-            Err(SubscribeError::MemberLimit(max)) => {
-                return self.subscription_error(name.as_str(), "LimitReached", &format!("Presence channel is full ({max} members)"), 403);
+        let presence_user = presence.as_ref().map(|(u, _)| Arc::clone(u));
+        let joined = self.ns.subscribe(name.as_str(), &self.conn, presence_user);
+        let channel: Arc<str> = Arc::from(name.as_str());
+        let mut member_added = None;
+        let data = match &presence {
+            None => String::from("{}"),
+            Some((user, info)) => {
+                let info_text = info.as_deref().map(RawValue::get);
+                let outcome = if joined.node_first {
+                    let join = PresenceJoin { app_id: &app.id, channel: &channel, user_id: user, info: info_text, max_members: app.max_presence_members };
+                    self.node.adapter.presence_join(join).await.map(|o| (o.full, o.first, o.members))
+                } else {
+                    self.node.adapter.presence_members(&app.id, &channel).await.map(|m| (false, false, m))
+                };
+                match outcome {
+                    Ok((false, first, members)) => {
+                        if first {
+                            member_added = Some(OutboundFrame::member_added(self.family, &channel, user, info.as_deref()));
+                        }
+                        presence_data(&members)
+                    }
+                    Ok((true, _, _)) => {
+                        self.ns.unsubscribe(&channel, &socket_id);
+                        let msg = format!("Presence channel is full ({} members)", app.max_presence_members);
+                        return self.subscription_error(&channel, "LimitReached", &msg, 403);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel = %channel, "presence store unavailable");
+                        if let Some(u) = self.ns.unsubscribe(&channel, &socket_id).and_then(|u| u.node_last) {
+                            // Undo a join that may have reached the store before the error.
+                            let _ = self.node.adapter.presence_leave(&app.id, &channel, &u).await;
+                        }
+                        return self.subscription_error(&channel, "ServiceUnavailable", "Presence is temporarily unavailable", 503);
+                    }
+                }
             }
         };
-        let channel: Arc<str> = Arc::from(name.as_str());
         self.channels.insert(Arc::clone(&channel));
-
-        let data = if name.is_presence() { presence_data(&joined.members) } else { String::from("{}") };
         self.conn.send_text(OutboundFrame::subscription_succeeded(self.family, &channel, &data));
-
-        if let (true, Some(join)) = (joined.member_added, presence) {
-            let frame = OutboundFrame::member_added(self.family, &channel, &join.user_id, join.info.as_deref());
+        if let Some(frame) = member_added {
             self.broadcast_control(&name, frame, Some(Arc::clone(&socket_id))).await;
         }
         if name.is_cache() && joined.new_subscription {
@@ -241,7 +264,17 @@ impl Session {
 
     async fn leave(&mut self, channel: &str) {
         let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else { return };
-        if let Some(user) = left.member_removed {
+        let Some(user) = left.node_last else { return };
+        let gone = match self.node.adapter.presence_leave(&self.conn.app.id, channel, &user).await {
+            Ok(gone) => gone,
+            Err(e) => {
+                // The store keeps this node's contribution; liveness sweeping removes it if
+                // the node dies, and a later leave retries it.
+                tracing::warn!(error = %e, channel, "presence leave failed");
+                false
+            }
+        };
+        if gone {
             if let Ok(name) = ChannelName::parse(channel) {
                 let frame = OutboundFrame::member_removed(self.family, channel, &user);
                 self.broadcast_control(&name, frame, None).await;
@@ -322,13 +355,13 @@ fn object_data<T: DeserializeOwned>(frame: &ClientFrame) -> Result<T, FrameError
     serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| FrameError::InvalidData(e.to_string()))
 }
 
-fn presence_data(members: &[(Arc<str>, Option<Arc<RawValue>>)]) -> String {
-    let ids: Vec<&str> = members.iter().map(|(id, _)| &**id).collect();
+fn presence_data(members: &[PresenceMember]) -> String {
+    let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
     let hash: serde_json::Map<String, serde_json::Value> = members
         .iter()
-        .map(|(id, info)| {
-            let v = info.as_deref().and_then(|i| serde_json::from_str(i.get()).ok()).unwrap_or(serde_json::Value::Null);
-            (id.to_string(), v)
+        .map(|m| {
+            let v = m.info.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or(serde_json::Value::Null);
+            (m.user_id.clone(), v)
         })
         .collect();
     serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } }).to_string()

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sockudo_core::adapter::ClusterQuery;
 use sockudo_core::protocol::{ErrorCode, ProtocolVersion};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -74,7 +75,11 @@ pub(crate) fn ws_config(node: &Node) -> WebSocketConfig {
 }
 
 /// Upgrade and hand the socket to a session, or to a refusal that closes it with a code.
-fn upgrade(node: Arc<Node>, req: Request<Body>, outcome: impl FnOnce(Arc<Node>) -> Result<session::Accepted, Refusal> + Send + 'static) -> Response<Body> {
+fn upgrade<F, Fut>(node: Arc<Node>, req: Request<Body>, outcome: F) -> Response<Body>
+where
+    F: FnOnce(Arc<Node>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<session::Accepted, Refusal>> + Send,
+{
     if node.is_draining() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "node is draining");
     }
@@ -94,7 +99,7 @@ fn upgrade(node: Arc<Node>, req: Request<Body>, outcome: impl FnOnce(Arc<Node>) 
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&node))).await;
-        match outcome(Arc::clone(&node)) {
+        match outcome(Arc::clone(&node)).await {
             Ok(accepted) => session::run(node, ws, accepted).await,
             Err(refusal) => session::refuse(ws, refusal).await,
         }
@@ -108,7 +113,7 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, 
     // App lookup may hit a remote app manager, so it happens before spawning the session
     // but its failure is still reported over the socket, the way Pusher clients expect.
     let lookup = node.apps.find_by_key(&key).await;
-    upgrade(node, req, move |node| {
+    upgrade(node, req, move |node| async move {
         let protocol = match protocol.as_deref() {
             None | Some("") => return Err(Refusal::new(ProtocolVersion::V1, ErrorCode::NoProtocol)),
             Some(p) => match ProtocolVersion::from_query(p) {
@@ -132,6 +137,22 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, 
         if !ns.try_reserve_connection(app.max_connections) {
             return Err(Refusal::new(protocol, ErrorCode::OverConnectionQuota));
         }
+        if app.max_connections > 0 {
+            // The quota is cluster-wide: our reservation is already counted in the total.
+            let q = ClusterQuery::ConnectionCount { app_id: app.id.clone() };
+            match node.adapter.query(q).await {
+                Ok(total) if total.count() <= app.max_connections => {}
+                Ok(_) => {
+                    ns.release_reservation();
+                    return Err(Refusal::new(protocol, ErrorCode::OverConnectionQuota));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, app_id = %app.id, "cannot count cluster connections; refusing");
+                    ns.release_reservation();
+                    return Err(Refusal::new(protocol, ErrorCode::OverCapacity));
+                }
+            }
+        }
         Ok(session::Accepted { app, protocol, namespace: ns })
     })
 }
@@ -139,7 +160,7 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, 
 /// Any other path: WebSocket upgrades are closed with 4005, plain requests get 404.
 pub async fn ws_fallback(State(node): State<Arc<Node>>, req: Request<Body>) -> Response<Body> {
     if header_has_token(req.headers(), header::UPGRADE, "websocket") {
-        return upgrade(node, req, |_| Err(Refusal::new(ProtocolVersion::V1, ErrorCode::PathNotFound)));
+        return upgrade(node, req, |_| async { Err(Refusal::new(ProtocolVersion::V1, ErrorCode::PathNotFound)) });
     }
     plain(StatusCode::NOT_FOUND, "not found")
 }

@@ -1,0 +1,133 @@
+//! The cluster envelope: one compact JSON header line, `\n`, then the raw payload bytes.
+//!
+//! ```text
+//! {"k":"b","o":"node-a","e":81723,"s":42,"a":"app-1","c":"presence-room"}\n<frame bytes…>
+//! ```
+//!
+//! - The header is serialised by `serde_json` in compact form, which escapes every control
+//!   character inside strings, so it never contains a raw `\n`; the first `\n` of a message
+//!   therefore always ends the header, whatever the payload holds.
+//! - A broadcast's payload is the published V1 frame, untouched: the receiver slices it out of
+//!   the transport's buffer (`Bytes::slice`, no copy) and hands that slice to its handler, so a
+//!   frame is decoded once per node and never re-encoded.
+//! - Control messages, queries and answers carry their JSON (`ControlMessage`,
+//!   `ClusterQuery`, `ClusterAnswer`) as the payload.
+//! - Heartbeats have an empty payload.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::AdapterError;
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    /// A [`super::Broadcast`]; payload = frame.
+    #[serde(rename = "b")]
+    Broadcast,
+    /// A [`super::ControlMessage`]; payload = JSON.
+    #[serde(rename = "c")]
+    Control,
+    /// A [`super::ClusterQuery`]; payload = JSON, `s` = request id.
+    #[serde(rename = "q")]
+    Request,
+    /// A [`super::ClusterAnswer`]; payload = JSON, `s` = request id.
+    #[serde(rename = "r")]
+    Response,
+    /// "I am alive"; no payload.
+    #[serde(rename = "h")]
+    Heartbeat,
+    /// "I am leaving the cluster: forget me"; no payload.
+    #[serde(rename = "l")]
+    Leaving,
+}
+
+/// The header line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Header<'a> {
+    #[serde(rename = "k")]
+    pub kind: Kind,
+    /// Origin node id.
+    #[serde(rename = "o", borrow)]
+    pub origin: Cow<'a, str>,
+    /// Origin incarnation (random per adapter instance): tells a restarted node with the same
+    /// id apart from its previous life.
+    #[serde(rename = "e", default)]
+    pub epoch: u64,
+    /// Per-origin, per-kind sequence number (broadcast / control), or the request id
+    /// (request / response).
+    #[serde(rename = "s", default)]
+    pub seq: u64,
+    /// App id (broadcast).
+    #[serde(rename = "a", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Cow<'a, str>>,
+    /// Channel (broadcast).
+    #[serde(rename = "c", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Cow<'a, str>>,
+    /// Socket to skip (broadcast).
+    #[serde(rename = "x", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub except: Option<Cow<'a, str>>,
+}
+
+impl<'a> Header<'a> {
+    pub fn new(kind: Kind, origin: &'a str, epoch: u64, seq: u64) -> Self {
+        Header { kind, origin: Cow::Borrowed(origin), epoch, seq, app: None, channel: None, except: None }
+    }
+}
+
+/// Header line + `\n` + payload, in one buffer.
+pub(crate) fn encode(header: &Header<'_>, payload: &[u8]) -> Result<Bytes, AdapterError> {
+    let head = serde_json::to_vec(header).map_err(|e| AdapterError::Malformed(format!("encode header: {e}")))?;
+    let mut buf = BytesMut::with_capacity(head.len() + 1 + payload.len());
+    buf.put_slice(&head);
+    buf.put_u8(b'\n');
+    buf.put_slice(payload);
+    Ok(buf.freeze())
+}
+
+/// Split a message into its header (borrowing from `msg`) and payload (a zero-copy slice).
+pub(crate) fn decode(msg: &Bytes) -> Result<(Header<'_>, Bytes), AdapterError> {
+    let nl = msg
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| AdapterError::Malformed("cluster message without header line".into()))?;
+    let header: Header<'_> =
+        serde_json::from_slice(&msg[..nl]).map_err(|e| AdapterError::Malformed(format!("cluster header: {e}")))?;
+    Ok((header, msg.slice(nl + 1..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_payload_bytes_verbatim() {
+        let mut h = Header::new(Kind::Broadcast, "node\n\"a\"", 7, 42);
+        h.app = Some("app".into());
+        h.channel = Some("ch".into());
+        h.except = Some("1.2".into());
+        let payload = b"{\"event\":\"x\"}\n\nline two\0";
+        let msg = encode(&h, payload).unwrap();
+        let (back, body) = decode(&msg).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(&body[..], &payload[..]);
+    }
+
+    #[test]
+    fn heartbeat_is_compact_and_empty() {
+        let msg = encode(&Header::new(Kind::Heartbeat, "n1", 1, 0), b"").unwrap();
+        assert_eq!(&msg[..], b"{\"k\":\"h\",\"o\":\"n1\",\"e\":1,\"s\":0}\n");
+        let (h, body) = decode(&msg).unwrap();
+        assert_eq!(h.kind, Kind::Heartbeat);
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for bad in [&b""[..], b"no newline", b"{\"k\":\"z\",\"o\":\"n\"}\n", b"\n", b"{\"o\":1}\nxx"] {
+            assert!(matches!(decode(&Bytes::copy_from_slice(bad)), Err(AdapterError::Malformed(_))), "{bad:?}");
+        }
+    }
+}

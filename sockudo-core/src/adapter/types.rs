@@ -1,0 +1,125 @@
+//! Messages and answers that travel between nodes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One message for one channel of one app, already encoded for V1 connections.
+///
+/// The frame is encoded once by the publisher and shared by reference count with every
+/// recipient; nothing downstream re-serialises it per connection.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    pub app_id: Arc<str>,
+    pub channel: Arc<str>,
+    /// The complete text frame.
+    pub frame: Bytes,
+    /// A socket that must not receive it (the publisher's own, Pusher `socket_id`).
+    pub except_socket: Option<Arc<str>>,
+}
+
+/// A command every node executes on its own connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Close every connection of a signed-in user (HTTP `terminate_connections`).
+    TerminateUser { app_id: String, user_id: String },
+}
+
+/// A question answered from each node's local state and aggregated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterQuery {
+    /// Subscriptions (connections) to one channel.
+    SubscriptionCount { app_id: String, channel: String },
+    /// Occupied channels with their subscription counts, optionally by prefix.
+    Channels { app_id: String, prefix: Option<String> },
+    /// Open connections of an app.
+    ConnectionCount { app_id: String },
+}
+
+/// An answer; node answers of the same kind are merged by [`ClusterAnswer::merge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterAnswer {
+    Count { count: u64 },
+    Channels { channels: Vec<(String, u64)> },
+}
+
+impl ClusterAnswer {
+    /// Combine two nodes' answers (counts add up, channel lists merge by name).
+    pub fn merge(self, other: ClusterAnswer) -> ClusterAnswer {
+        match (self, other) {
+            (ClusterAnswer::Count { count: a }, ClusterAnswer::Count { count: b }) => ClusterAnswer::Count { count: a + b },
+            (ClusterAnswer::Channels { channels: mut a }, ClusterAnswer::Channels { channels: b }) => {
+                for (name, n) in b {
+                    match a.iter_mut().find(|(x, _)| *x == name) {
+                        Some((_, m)) => *m += n,
+                        None => a.push((name, n)),
+                    }
+                }
+                ClusterAnswer::Channels { channels: a }
+            }
+            (a, _) => a,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        match self {
+            ClusterAnswer::Count { count } => *count,
+            ClusterAnswer::Channels { channels } => channels.len() as u64,
+        }
+    }
+}
+
+/// A presence member as the cluster knows it. `info` is the member's `user_info` JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    pub user_id: String,
+    pub info: Option<String>,
+}
+
+/// A node's request to add a user to a presence channel.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceJoin<'a> {
+    pub app_id: &'a str,
+    pub channel: &'a str,
+    pub user_id: &'a str,
+    /// `user_info` JSON text.
+    pub info: Option<&'a str>,
+    /// Members allowed in the channel; a new user beyond it is refused.
+    pub max_members: usize,
+}
+
+/// Result of [`PresenceJoin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceJoinOutcome {
+    /// The user was not in the channel on any node before.
+    pub first: bool,
+    /// Refused: the channel is full. Nothing was recorded.
+    pub full: bool,
+    /// Members after the join (for `subscription_succeeded`).
+    pub members: Vec<PresenceMember>,
+}
+
+/// A member that left because its last node went away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedMember {
+    pub app_id: String,
+    pub channel: String,
+    pub user_id: String,
+}
+
+/// Why the adapter could not do what was asked.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum AdapterError {
+    #[error("adapter transport unavailable: {0}")]
+    Unavailable(String),
+    #[error("no handler attached: the node has not started its adapter")]
+    NotAttached,
+    #[error("cluster query timed out waiting for {missing} node(s)")]
+    Timeout { missing: usize },
+    #[error("malformed cluster message: {0}")]
+    Malformed(String),
+}
