@@ -13,14 +13,22 @@
 //! - [`auth`]: channel/presence/signin signatures, HTTP API query signing, webhook signing.
 //! - [`app`]: the app model and the [`app::AppManager`] trait (static, config-backed default).
 //! - [`cache`]: the shared [`cache::Cache`] contract (TTL, set-if-absent, increment) + memory impl.
+//! - [`history`]: V2 serials, stream generations, the [`history::HistoryStore`] contract and
+//!   the pure resume decision ([`history::recovery`]).
+//! - [`queue`]: the shared work [`queue::Queue`] contract (at-least-once, leases, backoff,
+//!   dead letters) + memory impl (Redis impl behind the `redis` feature).
 //! - [`adapter`]: the [`adapter::Adapter`] contract for (cross-node) fanout + the local impl.
 //! - [`layers`]: tower middleware for the HTTP API ([`layers::ApiAuthLayer`]: signed-request
-//!   auth) and the shared JSON error response ([`layers::json_error`]).
+//!   auth; [`layers::RateLimitLayer`]: cluster-wide GCRA rate limits over the cache;
+//!   [`layers::IdempotencyLayer`]: one effect per `idempotency_key`) and the shared JSON error
+//!   response ([`layers::json_error`]).
 
 pub mod adapter;
 pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod channel;
+pub mod history;
 pub mod layers;
 pub mod protocol;
+pub mod queue;

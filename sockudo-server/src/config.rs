@@ -32,6 +32,27 @@ pub struct UrlSection {
     pub url: String,
 }
 
+/// `[cluster]`: how nodes find each other over the adapter.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Topic/key prefix; clusters sharing a broker need distinct prefixes.
+    pub prefix: String,
+    /// How often a node announces it is alive.
+    pub heartbeat_interval_ms: u64,
+    /// A node silent this long is dead: its presence members are removed cluster-wide. Load
+    /// balancer idle timeouts should exceed the client activity timeout, not this.
+    pub node_timeout_ms: u64,
+    /// How long cluster-wide queries wait for every node.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { prefix: "sockudo".into(), heartbeat_interval_ms: 2000, node_timeout_ms: 10_000, request_timeout_ms: 2000 }
+    }
+}
+
 /// Everything a node needs, resolved.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +77,33 @@ pub struct NodeSettings {
     pub shutdown_grace_period: u64,
     pub metrics_port: u16,
     pub log_format: String,
+    /// HTTP API rate limit per app and route class, shared by all nodes through the cache:
+    /// sustained requests per second (0 = off, the default). The limiter has 1 ms
+    /// resolution, so at most 1000 per second are enforced exactly.
+    pub api_rate_limit_per_second: u32,
+    /// HTTP API rate limit burst: requests allowed back to back (0 = same as the rate).
+    pub api_rate_limit_burst: u32,
+    /// How long an HTTP publish `idempotency_key` is remembered, in seconds (PROTOCOL.md §7).
+    pub idempotency_ttl: u64,
+    /// V2 hot tier per channel on each node: messages kept, and for how long (seconds).
+    pub hot_buffer_messages: usize,
+    pub hot_buffer_secs: u64,
+    /// V2 cold tier (history store) retention.
+    pub history_max_messages: usize,
+    pub history_max_age_secs: u64,
+    /// Window in which a repeated `message_id` is the same message (one serial), in seconds,
+    /// and how many recent ids each node remembers to suppress redeliveries.
+    pub message_dedup_secs: u64,
+    pub message_dedup_capacity: usize,
+    /// Expose `message_id`/`serial`/`stream_id` to protocol 7 connections too (opt-in).
+    pub v1_expose_stream_fields: bool,
+    /// Webhooks: events are batched per app for this many milliseconds (and ≤ 50 per POST).
+    pub webhook_batch_ms: u64,
+    /// Webhooks: `channel_vacated` / `member_removed` wait this many seconds and are dropped
+    /// when the channel / member came back meanwhile.
+    pub webhook_delay_secs: u64,
+    /// Webhooks: timeout of one POST, in seconds.
+    pub webhook_timeout_secs: u64,
     pub adapter: DriverSection,
     pub cache: DriverSection,
     pub queue: DriverSection,
@@ -63,6 +111,8 @@ pub struct NodeSettings {
     pub app_manager: DriverSection,
     pub redis: UrlSection,
     pub nats: UrlSection,
+    /// Cluster adapter timing (`[cluster]`).
+    pub cluster: ClusterSection,
     pub database_url: Option<String>,
     pub apps: Vec<App>,
 }
@@ -82,12 +132,26 @@ impl Default for NodeSettings {
             shutdown_grace_period: 10,
             metrics_port: 9601,
             log_format: "text".into(),
+            api_rate_limit_per_second: 0,
+            api_rate_limit_burst: 0,
+            idempotency_ttl: 120,
+            hot_buffer_messages: 100,
+            hot_buffer_secs: 120,
+            history_max_messages: 1000,
+            history_max_age_secs: 3600,
+            message_dedup_secs: 120,
+            message_dedup_capacity: 100_000,
+            v1_expose_stream_fields: false,
+            webhook_batch_ms: 250,
+            webhook_delay_secs: 3,
+            webhook_timeout_secs: 5,
             adapter: DriverSection { driver: "local".into() },
             cache: DriverSection { driver: "memory".into() },
             queue: DriverSection { driver: "memory".into() },
             history: DriverSection { driver: "memory".into() },
             app_manager: DriverSection { driver: "static".into() },
             redis: UrlSection { url: "redis://127.0.0.1:6379".into() },
+            cluster: ClusterSection::default(),
             nats: UrlSection { url: "nats://127.0.0.1:4222".into() },
             database_url: None,
             apps: Vec::new(),
@@ -177,6 +241,15 @@ impl NodeSettings {
         if let Some(v) = get("ACTIVITY_TIMEOUT") {
             self.activity_timeout = parse_env("ACTIVITY_TIMEOUT", &v, "whole seconds")?;
         }
+        if let Some(v) = get("CLUSTER_HEARTBEAT_INTERVAL_MS") {
+            self.cluster.heartbeat_interval_ms = parse_env("CLUSTER_HEARTBEAT_INTERVAL_MS", &v, "milliseconds")?;
+        }
+        if let Some(v) = get("CLUSTER_NODE_TIMEOUT_MS") {
+            self.cluster.node_timeout_ms = parse_env("CLUSTER_NODE_TIMEOUT_MS", &v, "milliseconds")?;
+        }
+        if let Some(v) = get("CLUSTER_REQUEST_TIMEOUT_MS") {
+            self.cluster.request_timeout_ms = parse_env("CLUSTER_REQUEST_TIMEOUT_MS", &v, "milliseconds")?;
+        }
         if let Some(v) = get("LOG_FORMAT") {
             self.log_format = v;
         }
@@ -192,14 +265,25 @@ impl NodeSettings {
                 Err(ConfigError::Invalid(format!("{name} = {value:?} is not supported by this build (supported: {})", allowed.join(", "))))
             }
         };
-        check("adapter.driver (ADAPTER_DRIVER)", &self.adapter.driver, &["local"])?;
-        check("cache.driver (CACHE_DRIVER)", &self.cache.driver, &["memory"])?;
-        check("queue.driver (QUEUE_DRIVER)", &self.queue.driver, &["memory"])?;
-        check("history.driver (HISTORY_DRIVER)", &self.history.driver, &["memory", "none"])?;
+        let adapters: &[&str] = if cfg!(feature = "redis") { &["local", "redis"] } else { &["local"] };
+        check("adapter.driver (ADAPTER_DRIVER)", &self.adapter.driver, adapters)?;
+        let caches: &[&str] = if cfg!(feature = "redis") { &["memory", "redis"] } else { &["memory"] };
+        check("cache.driver (CACHE_DRIVER)", &self.cache.driver, caches)?;
+        let queues: &[&str] = if cfg!(feature = "redis") { &["memory", "redis"] } else { &["memory"] };
+        check("queue.driver (QUEUE_DRIVER)", &self.queue.driver, queues)?;
+        let histories: &[&str] = if cfg!(feature = "redis") { &["memory", "none", "redis"] } else { &["memory", "none"] };
+        check("history.driver (HISTORY_DRIVER)", &self.history.driver, histories)?;
+        let c = &self.cluster;
+        if c.heartbeat_interval_ms == 0 || c.node_timeout_ms <= c.heartbeat_interval_ms || c.node_timeout_ms > 30_000 || c.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("cluster: need heartbeat_interval_ms > 0, heartbeat_interval_ms < node_timeout_ms <= 30000, request_timeout_ms > 0".into()));
+        }
         check("app_manager.driver (APP_MANAGER_DRIVER)", &self.app_manager.driver, &["static"])?;
         check("log_format (LOG_FORMAT)", &self.log_format, &["text", "json"])?;
         if self.activity_timeout == 0 || self.pong_timeout == 0 {
             return Err(ConfigError::Invalid("activity_timeout and pong_timeout must be at least 1 second".into()));
+        }
+        if self.idempotency_ttl == 0 {
+            return Err(ConfigError::Invalid("idempotency_ttl must be at least 1 second".into()));
         }
         if self.outbound_queue_frames == 0 || self.outbound_queue_bytes == 0 {
             return Err(ConfigError::Invalid("outbound queue bounds must be positive".into()));
@@ -271,6 +355,23 @@ mod tests {
         let s = NodeSettings::load(&cli2, &env(&[("PORT", "7001")])).unwrap();
         assert_eq!(s.port, 7002);
         assert_eq!(s.apps[0].key, "k");
+    }
+
+    #[test]
+    fn cache_driver_redis_needs_the_redis_feature() {
+        let e = env(&[("CACHE_DRIVER", "redis"), ("REDIS_URL", "redis://10.0.0.1:6380")]);
+        let r = NodeSettings::load(&CliOverrides::default(), &e);
+        if cfg!(feature = "redis") {
+            let s = r.unwrap();
+            assert_eq!((s.cache.driver.as_str(), s.redis.url.as_str()), ("redis", "redis://10.0.0.1:6380"));
+            let s = NodeSettings::from_toml("[cache]\ndriver = \"redis\"\n[redis]\nurl = \"redis://h:1\"\n", "f.toml").unwrap();
+            assert!(s.validate().is_ok());
+            assert_eq!((s.cache.driver.as_str(), s.redis.url.as_str()), ("redis", "redis://h:1"));
+        } else {
+            assert!(r.unwrap_err().to_string().contains("CACHE_DRIVER"));
+        }
+        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("CACHE_DRIVER", "redis-cluster")])).unwrap_err();
+        assert!(e.to_string().contains("CACHE_DRIVER"), "{e}");
     }
 
     #[test]

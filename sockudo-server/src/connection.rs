@@ -5,6 +5,7 @@
 //! means the client is not reading fast enough, and the connection is closed with 4100 rather
 //! than letting memory grow or the publisher wait.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +34,35 @@ pub struct Connection {
     close_code: AtomicU16,
     close_notify: Notify,
     user_id: Mutex<Option<Arc<str>>>,
+    /// V2 only: per-channel serials delivered live, and channels held while resuming.
+    streams: Mutex<StreamState>,
+    /// Channels being subscribed (`StreamState::joining` is non-empty): lets the fanout skip
+    /// the lock in the common case.
+    joining: AtomicUsize,
 }
+
+/// Live serials seen by one V2 connection on one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSerials {
+    pub first: u64,
+    pub last: u64,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    live: HashMap<Arc<str>, LiveSerials>,
+    /// Channels being resumed: their live frames wait here until the replay is written.
+    held: HashMap<Arc<str>, Vec<(u64, Utf8Bytes)>>,
+    held_frames: usize,
+    /// Channels being subscribed: every frame for them (positioned or not, any protocol)
+    /// waits here until `subscription_succeeded` is queued, so that no channel event reaches
+    /// the client before the subscription's snapshot (presence members, stream head) that the
+    /// event may postdate.
+    joining: HashMap<Arc<str>, Vec<Utf8Bytes>>,
+}
+
+/// Frames a resuming connection may hold before it is closed (reconnect and resume again).
+pub const MAX_HELD_FRAMES: usize = 4096;
 
 /// The receiving half, owned by the connection's task.
 #[derive(Debug)]
@@ -54,6 +83,8 @@ impl Connection {
             close_code: AtomicU16::new(0),
             close_notify: Notify::new(),
             user_id: Mutex::new(None),
+            streams: Mutex::new(StreamState::default()),
+            joining: AtomicUsize::new(0),
         });
         (conn, Outbox { rx })
     }
@@ -71,6 +102,116 @@ impl Connection {
             return false;
         }
         true
+    }
+
+    /// Queue a message that has a stream position, on a V2 connection: held while the channel
+    /// is being resumed, otherwise recorded (first/last live serial) and queued.
+    pub fn send_positioned(&self, channel: &Arc<str>, serial: u64, frame: Utf8Bytes) -> bool {
+        {
+            let mut st = self.streams.lock();
+            if let Some(held) = st.held.get_mut(channel) {
+                held.push((serial, frame));
+                st.held_frames += 1;
+                if st.held_frames > MAX_HELD_FRAMES {
+                    drop(st);
+                    self.close(ErrorCode::ReconnectImmediately);
+                    return false;
+                }
+                return true;
+            }
+            st.live
+                .entry(Arc::clone(channel))
+                .and_modify(|l| l.last = l.last.max(serial))
+                .or_insert(LiveSerials { first: serial, last: serial });
+            if let Some(waiting) = st.joining.get_mut(channel) {
+                return self.hold_joining(waiting, frame);
+            }
+        }
+        self.send(frame)
+    }
+
+    /// Keep a frame for a channel being subscribed; over [`MAX_HELD_FRAMES`] the connection is
+    /// closed (4200: reconnect) instead of growing.
+    fn hold_joining(&self, waiting: &mut Vec<Utf8Bytes>, frame: Utf8Bytes) -> bool {
+        if waiting.len() >= MAX_HELD_FRAMES {
+            self.close(ErrorCode::ReconnectImmediately);
+            return false;
+        }
+        waiting.push(frame);
+        true
+    }
+
+    /// Queue a channel frame without a stream position: like [`send`](Self::send), except
+    /// while `channel` is being subscribed ([`begin_join`](Self::begin_join)).
+    pub fn send_on(&self, channel: &Arc<str>, frame: Utf8Bytes) -> bool {
+        if self.joining.load(Ordering::Acquire) > 0 {
+            let mut st = self.streams.lock();
+            if let Some(waiting) = st.joining.get_mut(channel) {
+                return self.hold_joining(waiting, frame);
+            }
+        }
+        self.send(frame)
+    }
+
+    /// Hold every frame for `channel` from now until [`finish_join`](Self::finish_join) (or
+    /// [`cancel_join`](Self::cancel_join)). Call before the connection is added to the
+    /// channel's subscribers.
+    pub fn begin_join(&self, channel: &Arc<str>) {
+        let mut st = self.streams.lock();
+        st.joining.entry(Arc::clone(channel)).or_default();
+        self.joining.store(st.joining.len(), Ordering::Release);
+    }
+
+    /// Queue the frames held since [`begin_join`](Self::begin_join), in arrival order, and
+    /// stop holding. Call right after queuing `subscription_succeeded`. Atomic with respect to
+    /// concurrent fanout: no newer frame can overtake a held one.
+    pub fn finish_join(&self, channel: &str) {
+        let mut st = self.streams.lock();
+        if let Some(waiting) = st.joining.remove(channel) {
+            for frame in waiting {
+                if !self.send(frame) {
+                    break;
+                }
+            }
+        }
+        self.joining.store(st.joining.len(), Ordering::Release);
+    }
+
+    /// Drop the frames held for a subscription that failed.
+    pub fn cancel_join(&self, channel: &str) {
+        let mut st = self.streams.lock();
+        st.joining.remove(channel);
+        self.joining.store(st.joining.len(), Ordering::Release);
+    }
+
+    /// Start holding `channel`'s live frames; returns the live serials delivered so far.
+    pub fn hold(&self, channel: &Arc<str>) -> Option<LiveSerials> {
+        let mut st = self.streams.lock();
+        st.held.entry(Arc::clone(channel)).or_default();
+        st.live.get(channel).copied()
+    }
+
+    /// Stop holding `channel`; returns the held frames in arrival order.
+    pub fn release(&self, channel: &str) -> Vec<(u64, Utf8Bytes)> {
+        let mut st = self.streams.lock();
+        let held = st.held.remove(channel).unwrap_or_default();
+        st.held_frames = st.held_frames.saturating_sub(held.len());
+        if let Some(last) = held.iter().map(|(s, _)| *s).max() {
+            st.live.entry(Arc::from(channel)).and_modify(|l| l.last = l.last.max(last)).or_insert(LiveSerials { first: last, last });
+        }
+        held
+    }
+
+    /// Forget the stream bookkeeping of a channel the connection left.
+    pub fn forget_channel(&self, channel: &str) {
+        let mut st = self.streams.lock();
+        st.live.remove(channel);
+        if let Some(h) = st.held.remove(channel) {
+            st.held_frames = st.held_frames.saturating_sub(h.len());
+        }
+        if st.joining.remove(channel).is_some() {
+            self.joining.store(st.joining.len(), Ordering::Release);
+        }
     }
 
     /// Queue a frame built from an owned string (control frames: not on the fanout path).
@@ -166,6 +307,22 @@ mod tests {
         assert_eq!(c.requested_close(), Some(4100));
         out.recv(&c).await;
         assert!(c.send("ab".into()), "bytes are released when dequeued");
+    }
+
+    #[tokio::test]
+    async fn held_frames_wait_until_release() {
+        let (c, mut out) = conn(16, 1 << 20);
+        let ch: Arc<str> = Arc::from("c");
+        assert!(c.send_positioned(&ch, 5, "5".into()));
+        assert_eq!(c.hold(&ch), Some(LiveSerials { first: 5, last: 5 }));
+        assert!(c.send_positioned(&ch, 6, "6".into()));
+        assert!(c.send_positioned(&ch, 7, "7".into()));
+        assert_eq!(out.recv(&c).await.as_deref(), Some("5"));
+        assert!(out.try_recv(&c).is_none(), "held frames are not queued");
+        let held: Vec<u64> = c.release("c").into_iter().map(|(s, _)| s).collect();
+        assert_eq!(held, vec![6, 7]);
+        assert!(c.send_positioned(&ch, 8, "8".into()));
+        assert_eq!(out.recv(&c).await.as_deref(), Some("8"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! # async fn run() -> std::io::Result<()> {
 //! let settings = sockudo_server::config::NodeSettings::load(&Default::default(), &Default::default())
 //!     .map_err(std::io::Error::other)?;
-//! let node = sockudo_server::build_node(settings);
+//! let node = sockudo_server::build_node(settings).await.map_err(std::io::Error::other)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:6001").await?;
 //! sockudo_server::serve(listener, node, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
@@ -19,20 +19,25 @@
 //! - [`node`]: the node's shared state and its local fanout sink.
 //! - [`namespace`]: one app's channels, presence members and users on this node.
 //! - [`connection`]: a connection's handle and its bounded outbound queue.
+//! - [`hot`]: the V2 hot tier (recent messages per channel); [`dedup`]: duplicate suppression.
 //! - `ws`: the WebSocket upgrade, the per-connection task and the protocol handler.
 //! - `http`: the Pusher HTTP API handlers (auth by `sockudo_core::layers`).
 //! - [`publish`]: the one publish path shared by the API and client events.
+//! - [`webhooks`]: webhook batching, signing and queued at-least-once delivery.
 //! - [`server`]: router assembly, health/readiness, serve and drain.
 
 pub mod config;
 pub mod connection;
+pub mod dedup;
+pub mod hot;
 mod http;
 pub mod namespace;
 pub mod node;
 pub mod publish;
 pub mod server;
+pub mod webhooks;
 mod ws;
 
 pub use http::api_router;
 pub use node::Node;
-pub use server::{build_node, drain, router, serve};
+pub use server::{build_node, build_node_memory, drain, router, serve, BuildError};

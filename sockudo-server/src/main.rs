@@ -82,7 +82,13 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(%addr, node_id = %settings.node_id, apps = settings.apps.len(), "sockudo listening");
-        let node = sockudo_server::build_node(settings);
+        let node = match sockudo_server::build_node(settings).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("sockudo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match sockudo_server::serve(listener, node, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -13,7 +13,10 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use sockudo_core::protocol::ProtocolVersion;
+
 use crate::connection::Connection;
+use crate::hot::{HotBuffer, HotLimits};
 
 #[derive(Debug)]
 struct Subscriber {
@@ -48,25 +51,63 @@ pub struct Unsubscribed {
     pub node_last: Option<Arc<str>>,
 }
 
+/// One broadcast as this node delivers it: a frame per wire variant.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub v1: Utf8Bytes,
+    pub v2: Option<Utf8Bytes>,
+    pub serial: Option<u64>,
+    pub except: Option<&'a str>,
+}
+
+impl Delivery<'_> {
+    /// The same frame for every connection.
+    pub fn plain(frame: Utf8Bytes) -> Self {
+        Delivery { v1: frame, v2: None, serial: None, except: None }
+    }
+}
+
 /// Per-app state on this node.
 #[derive(Debug)]
 pub struct Namespace {
     pub app_id: Arc<str>,
+    /// V2 hot tier: recent positioned messages per channel.
+    pub hot: HotBuffer,
     channels: DashMap<Arc<str>, Channel, RandomState>,
     sockets: DashMap<Arc<str>, Arc<Connection>, RandomState>,
     users: DashMap<Arc<str>, Vec<Arc<Connection>>, RandomState>,
     connection_count: AtomicUsize,
+    /// Striped locks over (channel, user): see [`Namespace::presence_guard`].
+    presence_locks: Box<[tokio::sync::Mutex<()>]>,
+    lock_hasher: RandomState,
 }
 
+/// Stripes of [`Namespace::presence_guard`]: unrelated users rarely share one.
+const PRESENCE_LOCK_STRIPES: usize = 64;
+
 impl Namespace {
-    pub fn new(app_id: Arc<str>) -> Self {
+    pub fn new(app_id: Arc<str>, hot: HotLimits) -> Self {
         Namespace {
             app_id,
+            hot: HotBuffer::new(hot),
             channels: DashMap::default(),
             sockets: DashMap::default(),
             users: DashMap::default(),
             connection_count: AtomicUsize::new(0),
+            presence_locks: (0..PRESENCE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            lock_hasher: RandomState::new(),
         }
+    }
+
+    /// Serialises, per (channel, user) on this node, the local first/last decision with the
+    /// presence-store call and the member event it leads to. Without it a leave and a join of
+    /// the same user on this node can reach the store in the opposite order of their local
+    /// decisions (the store keeps one entry per node and user, so a late "leave" would remove
+    /// the user while a connection of it is subscribed here), and their member events can
+    /// overtake each other.
+    pub async fn presence_guard(&self, channel: &str, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = self.lock_hasher.hash_one((channel, user)) as usize % self.presence_locks.len();
+        self.presence_locks[stripe].lock().await
     }
 
     /// Reserve a connection slot under `max` (0 = unlimited). The check and the increment
@@ -154,16 +195,23 @@ impl Namespace {
         out
     }
 
-    /// Queue `frame` to every subscriber of `channel` except `except`. Returns how many
-    /// connections it was queued to. Runs under the channel's read lock and never waits.
-    pub fn fanout(&self, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+    /// Queue a delivery to every subscriber of `channel` except its excluded socket. Returns
+    /// how many connections it was queued to. Runs under the channel's read lock and never
+    /// waits; each recipient gets a reference-counted handle to its protocol's frame.
+    pub fn fanout(&self, channel: &str, d: &Delivery<'_>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };
+        let key = ch.key();
         let mut n = 0;
         for (sid, sub) in &ch.subscribers {
-            if except.is_some_and(|e| e == &**sid) {
+            if d.except.is_some_and(|e| e == &**sid) {
                 continue;
             }
-            if sub.conn.send(frame.clone()) {
+            let sent = match (sub.conn.protocol, &d.v2, d.serial) {
+                (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, serial, v2.clone()),
+                (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
+                _ => sub.conn.send_on(key, d.v1.clone()),
+            };
+            if sent {
                 n += 1;
             }
         }
@@ -222,7 +270,7 @@ mod tests {
 
     #[test]
     fn node_first_and_last_connection_of_a_user() {
-        let ns = Namespace::new("a".into());
+        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
         let (c1, c2) = (conn("1.1"), conn("1.2"));
         let s1 = ns.subscribe("presence-x", &c1, Some("u".into()));
         assert!(s1.occupied && s1.node_first && s1.new_subscription);
@@ -241,18 +289,19 @@ mod tests {
 
     #[test]
     fn fanout_skips_excluded_socket() {
-        let ns = Namespace::new("a".into());
+        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
         let ((c1, _o1), (c2, _o2)) = (conn_with_outbox("1.1"), conn_with_outbox("1.2"));
         ns.subscribe("c", &c1, None);
         ns.subscribe("c", &c2, None);
-        assert_eq!(ns.fanout("c", &"x".into(), Some("1.1")), 1);
-        assert_eq!(ns.fanout("c", &"x".into(), None), 2);
-        assert_eq!(ns.fanout("nope", &"x".into(), None), 0);
+        let except = Delivery { except: Some("1.1"), ..Delivery::plain("x".into()) };
+        assert_eq!(ns.fanout("c", &except), 1);
+        assert_eq!(ns.fanout("c", &Delivery::plain("x".into())), 2);
+        assert_eq!(ns.fanout("nope", &Delivery::plain("x".into())), 0);
     }
 
     #[test]
     fn quota_is_enforced_atomically() {
-        let ns = Namespace::new("a".into());
+        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
         assert!(ns.try_reserve_connection(2));
         assert!(ns.try_reserve_connection(2));
         assert!(!ns.try_reserve_connection(2));

@@ -12,11 +12,14 @@ use sockudo_core::protocol::events::Family;
 use sockudo_core::protocol::{ErrorCode, OutboundFrame};
 use sockudo_core::app::AppManager;
 use sockudo_core::cache::Cache;
+use sockudo_core::history::HistoryStore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeSettings;
-use crate::namespace::Namespace;
+use crate::dedup::RecentIds;
+use crate::hot::HotLimits;
+use crate::namespace::{Delivery, Namespace};
 
 /// Shared state of one node. Cheap to clone through `Arc`.
 pub struct Node {
@@ -30,6 +33,12 @@ pub struct Node {
     drain: CancellationToken,
     socket_seq: AtomicU64,
     socket_prefix: u64,
+    /// V2 history (serials, streams, cold tier); `None` when `history.driver = "none"`.
+    pub history: Option<Arc<dyn HistoryStore>>,
+    pub recent_ids: RecentIds,
+    // webhooks: begin (set once by `build_node`; see `crate::webhooks`)
+    webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
+    // webhooks: end
 }
 
 impl std::fmt::Debug for Node {
@@ -40,8 +49,11 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Build a node and attach its local fanout to the adapter.
-    pub fn new(settings: NodeSettings, apps: Arc<dyn AppManager>, adapter: Arc<dyn Adapter>, cache: Arc<dyn Cache>) -> Arc<Self> {
+    pub fn new(settings: NodeSettings, apps: Arc<dyn AppManager>, adapter: Arc<dyn Adapter>, cache: Arc<dyn Cache>, history: Option<Arc<dyn HistoryStore>>) -> Arc<Self> {
+        let recent_ids = RecentIds::new(Duration::from_secs(settings.message_dedup_secs), settings.message_dedup_capacity);
         let node = Arc::new(Node {
+            history,
+            recent_ids,
             settings,
             apps,
             adapter,
@@ -51,16 +63,30 @@ impl Node {
             drain: CancellationToken::new(),
             socket_seq: AtomicU64::new(rand::random::<u32>() as u64),
             socket_prefix: rand::random::<u32>() as u64,
+            webhooks: std::sync::OnceLock::new(), // webhooks
         });
         node.adapter.attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
     }
 
+    // webhooks: begin
+    /// The node's webhook pipeline, when one was installed.
+    pub fn webhooks(&self) -> Option<&Arc<crate::webhooks::Webhooks>> {
+        self.webhooks.get()
+    }
+
+    /// Install the webhook pipeline (once; later calls are ignored and return false).
+    pub fn set_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) -> bool {
+        self.webhooks.set(webhooks).is_ok()
+    }
+    // webhooks: end
+
     pub fn namespace(&self, app_id: &str) -> Arc<Namespace> {
         if let Some(ns) = self.namespaces.get(app_id) {
             return Arc::clone(&ns);
         }
-        Arc::clone(&self.namespaces.entry(Arc::from(app_id)).or_insert_with(|| Arc::new(Namespace::new(Arc::from(app_id)))))
+        let limits = HotLimits { messages: self.settings.hot_buffer_messages, max_age: Duration::from_secs(self.settings.hot_buffer_secs) };
+        Arc::clone(&self.namespaces.entry(Arc::from(app_id)).or_insert_with(|| Arc::new(Namespace::new(Arc::from(app_id), limits))))
     }
 
     pub fn existing_namespace(&self, app_id: &str) -> Option<Arc<Namespace>> {
@@ -107,13 +133,23 @@ struct LocalHandler(std::sync::Weak<Node>);
 impl NodeHandler for LocalHandler {
     fn deliver(&self, msg: &Broadcast) {
         let Some(node) = self.0.upgrade() else { return };
+        if let Some(mid) = &msg.message_id {
+            if !node.recent_ids.first_delivery(&msg.app_id, &msg.channel, mid) {
+                tracing::debug!(channel = %msg.channel, message_id = %mid, "duplicate delivery suppressed");
+                return;
+            }
+        }
         let Some(ns) = node.existing_namespace(&msg.app_id) else { return };
-        // Validate UTF-8 once per broadcast; every recipient then shares the same bytes.
-        let Ok(frame) = Utf8Bytes::try_from(msg.frame.clone()) else {
+        // Validate UTF-8 once per broadcast and variant; every recipient then shares the bytes.
+        let (Ok(v1), Ok(v2)) = (Utf8Bytes::try_from(msg.frame.clone()), msg.frame_v2.clone().map(Utf8Bytes::try_from).transpose()) else {
             tracing::warn!(channel = %msg.channel, "dropping broadcast that is not UTF-8");
             return;
         };
-        ns.fanout(&msg.channel, &frame, msg.except_socket.as_deref());
+        if let (Some(serial), Some(stream_id), Some(v2)) = (msg.serial, &msg.stream_id, &v2) {
+            ns.hot.push(&msg.channel, stream_id, serial, v2);
+        }
+        let d = Delivery { v1, v2, serial: msg.serial, except: msg.except_socket.as_deref() };
+        ns.fanout(&msg.channel, &d);
     }
 
     fn control(&self, msg: &ControlMessage) {
@@ -160,10 +196,18 @@ impl Node {
     pub async fn announce_removed(&self, removed: Vec<RemovedMember>) {
         for m in removed {
             let frame = OutboundFrame::member_removed(Family::Pusher, &m.channel, &m.user_id);
-            let msg = Broadcast { app_id: Arc::from(m.app_id.as_str()), channel: Arc::from(m.channel.as_str()), frame: frame.into(), except_socket: None };
+            let mut msg = Broadcast::plain(&m.app_id, &m.channel, frame.into(), None);
+            msg.frame_v2 = Some(OutboundFrame::member_removed(Family::Sockudo, &m.channel, &m.user_id).into());
             if let Err(e) = self.adapter.publish(msg).await {
                 tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");
             }
+            // webhooks: begin
+            if let Some(w) = self.webhooks() {
+                if let Ok(Some(app)) = self.apps.find_by_id(&m.app_id).await {
+                    w.member_removed(&app, &m.channel, &m.user_id);
+                }
+            }
+            // webhooks: end
         }
     }
 }

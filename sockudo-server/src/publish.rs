@@ -1,11 +1,16 @@
-//! The one publish path shared by the HTTP API and client events: remember the last event of
-//! cache channels, then hand the frame to the adapter.
+//! The one publish path shared by the HTTP API and client events: V2 identity and serial,
+//! one encoding per wire variant, the cache-channel store, then the adapter.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use sockudo_core::adapter::{AdapterError, Broadcast};
+use sockudo_core::history::HistoryError;
+use sockudo_core::protocol::{MessageMeta, OutboundFrame};
 use sockudo_core::cache::CacheError;
 use sockudo_core::channel::ChannelName;
 
@@ -18,6 +23,8 @@ pub enum PublishError {
     Adapter(#[from] AdapterError),
     #[error("cache channel store failed: {0}")]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// Cache key of a cache channel's last event.
@@ -25,15 +32,86 @@ pub fn cache_channel_key(app_id: &str, channel: &str) -> String {
     format!("sockudo:cache_channel:{app_id}:{channel}")
 }
 
-/// Publish an already-encoded frame to `channel`.
-pub async fn publish_frame(node: &Node, app_id: &str, channel: &ChannelName<'_>, frame: Bytes, except_socket: Option<Arc<str>>) -> Result<(), PublishError> {
+/// One event to publish on one channel.
+#[derive(Debug, Clone, Copy)]
+pub struct EventToPublish<'a> {
+    pub event: &'a str,
+    pub data: &'a RawValue,
+    /// Presence client events carry the sender's user id.
+    pub user_id: Option<&'a str>,
+    /// The publisher's message id (V2 dedup identity); generated when absent.
+    pub message_id: Option<&'a str>,
+    pub extras: Option<&'a RawValue>,
+    pub except_socket: Option<&'a Arc<str>>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub message_id: Arc<str>,
+    /// Position in the channel's stream (with history).
+    pub serial: Option<u64>,
+    pub stream_id: Option<Arc<str>>,
+    /// The message id was already published in this channel within the dedup window: the
+    /// original serial is returned and nothing was delivered again.
+    pub duplicate: bool,
+}
+
+/// A fresh message id: 128 random bits, hex.
+pub fn new_message_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Publish an event: assign its V2 identity (and serial, with history), encode it once per
+/// wire variant, remember it for cache channels, and hand it to the adapter.
+pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>, ev: EventToPublish<'_>) -> Result<Published, PublishError> {
+    let generated;
+    let message_id = match ev.message_id {
+        Some(m) => m,
+        None => {
+            generated = new_message_id();
+            &generated
+        }
+    };
+    let encode_v2 = |position: Option<(&str, u64)>| {
+        OutboundFrame::event_v2(ev.event, channel.as_str(), ev.data, ev.user_id, MessageMeta { message_id, position, extras: ev.extras })
+    };
+    let (v2, serial, stream_id) = match &node.history {
+        Some(history) => {
+            let built = parking_lot::Mutex::new(None::<Bytes>);
+            let frame_for = |stream_id: &str, serial: u64| {
+                let f = encode_v2(Some((stream_id, serial)));
+                *built.lock() = Some(f.clone());
+                f
+            };
+            let window = Duration::from_secs(node.settings.message_dedup_secs);
+            let appended = history.append(app_id, channel.as_str(), message_id, window, &frame_for).await?;
+            if appended.duplicate {
+                return Ok(Published { message_id: Arc::from(message_id), serial: Some(appended.serial), stream_id: Some(Arc::from(appended.stream_id)), duplicate: true });
+            }
+            let frame = built.into_inner().unwrap_or_else(|| encode_v2(Some((&appended.stream_id, appended.serial))));
+            (frame, Some(appended.serial), Some(Arc::<str>::from(appended.stream_id)))
+        }
+        None => (encode_v2(None), None, None),
+    };
+    let v1 = if node.settings.v1_expose_stream_fields { v2.clone() } else { OutboundFrame::event(ev.event, channel.as_str(), ev.data, ev.user_id) };
     if channel.is_cache() {
-        node.cache.set(&cache_channel_key(app_id, channel.as_str()), encode_cached(&frame), Some(node.cache_ttl())).await?;
+        node.cache.set(&cache_channel_key(app_id, channel.as_str()), encode_cached(&v1), Some(node.cache_ttl())).await?;
     }
+    let message_id: Arc<str> = Arc::from(message_id);
     node.adapter
-        .publish(Broadcast { app_id: Arc::from(app_id), channel: Arc::from(channel.as_str()), frame, except_socket })
+        .publish(Broadcast {
+            app_id: Arc::from(app_id),
+            channel: Arc::from(channel.as_str()),
+            frame: v1,
+            frame_v2: Some(v2),
+            message_id: Some(Arc::clone(&message_id)),
+            serial,
+            stream_id: stream_id.clone(),
+            except_socket: ev.except_socket.cloned(),
+        })
         .await?;
-    Ok(())
+    Ok(Published { message_id, serial, stream_id, duplicate: false })
 }
 
 /// Cache-channel entries hold the store time (for the `cache` channel attribute's `ttl`) and

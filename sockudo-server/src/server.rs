@@ -8,21 +8,128 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use sockudo_core::adapter::LocalAdapter;
+use sockudo_core::adapter::{Adapter, LocalAdapter};
 use sockudo_core::app::StaticAppManager;
-use sockudo_core::cache::MemoryCache;
+use sockudo_core::cache::{Cache, CacheError, MemoryCache};
+use sockudo_core::history::{HistoryStore, MemoryHistoryStore, Retention};
 use tokio::net::TcpListener;
 
 use crate::config::NodeSettings;
 use crate::node::Node;
 use crate::ws::{ws_fallback, ws_handler};
 
-/// Build a node from resolved settings, with the backends they name.
-pub fn build_node(settings: NodeSettings) -> Arc<Node> {
-    let apps = Arc::new(StaticAppManager::new(settings.apps.clone()));
+/// Why a node could not be built from its settings. Its `Display` is one line for stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cache driver {driver:?} cannot reach {url}: {source}")]
+    Cache { driver: String, url: String, source: CacheError },
+    #[error("cache driver {0:?} is not supported by this build")]
+    UnsupportedCache(String),
+    #[error("{what} driver {driver:?} is not supported by this build")]
+    Unsupported { what: &'static str, driver: String },
+    #[error("{what} backend at {url} is unavailable: {message}")]
+    Backend { what: &'static str, url: String, message: String },
+}
+
+/// Build a node from resolved settings, with the backends they name. Shared backends are
+/// connected here: when one is unreachable at start the node is not built (fail fast) and the
+/// error says which and where.
+pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError> {
+    let cache: Arc<dyn Cache> = match settings.cache.driver.as_str() {
+        "memory" => memory_cache(),
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let cache = sockudo_core::cache::RedisCache::connect(&settings.redis.url, sockudo_core::cache::RedisCache::DEFAULT_PREFIX)
+                .await
+                .map_err(|source| BuildError::Cache { driver: "redis".into(), url: redact_url(&settings.redis.url), source })?;
+            Arc::new(cache)
+        }
+        other => return Err(BuildError::UnsupportedCache(other.to_owned())),
+    };
+    let adapter: Arc<dyn Adapter> = match settings.adapter.driver.as_str() {
+        "local" => Arc::new(LocalAdapter::new()),
+        #[cfg(feature = "redis")]
+        "redis" => redis_adapter(&settings).await?,
+        other => return Err(BuildError::Unsupported { what: "adapter", driver: other.to_owned() }),
+    };
+    let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
+        "memory" | "none" => memory_history(&settings),
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let store = sockudo_core::history::RedisHistoryStore::connect(&settings.redis.url, "sockudo", retention(&settings), Duration::from_secs(1))
+                .await
+                .map_err(|e| BuildError::Backend { what: "history", url: redact_url(&settings.redis.url), message: e.to_string() })?;
+            Some(Arc::new(store))
+        }
+        other => return Err(BuildError::Unsupported { what: "history", driver: other.to_owned() }),
+    };
+    Ok(assemble_with(settings, cache, adapter, history))
+}
+
+/// The Redis cluster adapter: pub/sub transport plus the shared presence store.
+#[cfg(feature = "redis")]
+async fn redis_adapter(settings: &NodeSettings) -> Result<Arc<dyn Adapter>, BuildError> {
+    use sockudo_core::adapter::{ClusterAdapter, ClusterOptions, RedisPresenceStore, RedisTransport};
+    let url = &settings.redis.url;
+    let backend = |e: sockudo_core::adapter::AdapterError| BuildError::Backend { what: "adapter", url: redact_url(url), message: e.to_string() };
+    let transport = Arc::new(RedisTransport::connect(url).await.map_err(backend)?);
+    let presence = Arc::new(RedisPresenceStore::connect(url).await.map_err(backend)?);
+    let opts = ClusterOptions {
+        prefix: settings.cluster.prefix.clone(),
+        heartbeat_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
+        node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
+        request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
+    };
+    let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts).await.map_err(backend)?;
+    Ok(adapter)
+}
+
+/// Build a node on memory backends only, whatever the settings name (sync, infallible): for
+/// tests and embedding. [`build_node`] is the one that honours the configured drivers.
+pub fn build_node_memory(settings: NodeSettings) -> Arc<Node> {
+    assemble(settings, memory_cache())
+}
+
+fn memory_cache() -> Arc<dyn Cache> {
     let cache = Arc::new(MemoryCache::new());
     spawn_cache_purger(&cache);
-    Node::new(settings, apps, Arc::new(LocalAdapter::new()), cache)
+    cache
+}
+
+/// `scheme://user:password@host/…` → `scheme://***@host/…`, so errors never print secrets.
+fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_owned()
+}
+
+/// The configured retention of the history store.
+fn retention(settings: &NodeSettings) -> Retention {
+    Retention { max_messages: settings.history_max_messages, max_age: Duration::from_secs(settings.history_max_age_secs) }
+}
+
+/// The in-process history store, or none (`history.driver = "none"`).
+fn memory_history(settings: &NodeSettings) -> Option<Arc<dyn HistoryStore>> {
+    match settings.history.driver.as_str() {
+        "none" => None,
+        _ => Some(Arc::new(MemoryHistoryStore::new(retention(settings)))),
+    }
+}
+
+fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
+    let history = memory_history(&settings);
+    assemble_with(settings, cache, Arc::new(LocalAdapter::new()), history)
+}
+
+fn assemble_with(settings: NodeSettings, cache: Arc<dyn Cache>, adapter: Arc<dyn Adapter>, history: Option<Arc<dyn HistoryStore>>) -> Arc<Node> {
+    let apps = Arc::new(StaticAppManager::new(settings.apps.clone()));
+    let node = Node::new(settings, apps, adapter, cache, history);
+    crate::webhooks::install(&node); // webhooks
+    node
 }
 
 fn spawn_cache_purger(cache: &Arc<MemoryCache>) {
@@ -103,5 +210,38 @@ pub async fn drain(node: &Node) {
     while node.total_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // webhooks: enqueue events still buffered (the queue delivers them, here or elsewhere).
+    if let Some(w) = node.webhooks() {
+        w.flush().await;
+    }
+    // Leave the cluster cleanly: peers drop what is left of this node's presence now rather
+    // than after the liveness timeout.
+    match node.adapter.leave_cluster().await {
+        Ok(removed) => node.announce_removed(removed).await,
+        Err(e) => tracing::warn!(error = %e, "leaving the cluster failed; peers will sweep this node after the timeout"),
+    }
     tracing::info!("drained");
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_errors_hide_credentials() {
+        assert_eq!(redact_url("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact_url("redis://:secret@host"), "redis://***@host");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn unreachable_redis_cache_is_one_clear_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let mut settings = NodeSettings::default();
+        settings.cache.driver = "redis".into();
+        settings.redis.url = format!("redis://u:pw@127.0.0.1:{port}");
+        let e = build_node(settings).await.err().unwrap().to_string();
+        assert!(e.contains("redis") && e.contains(&port.to_string()) && !e.contains("pw") && !e.contains('\n'), "{e}");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sockudo_core::auth::{sign_api_request, sign_channel};
+use sockudo_core::auth::{sign_api_request, sign_channel, sign_user};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -45,7 +45,7 @@ impl Event {
         let channel = raw.get("channel").and_then(Value::as_str).map(str::to_string);
         let user_id = raw.get("user_id").and_then(Value::as_str).map(str::to_string);
         let mut data = raw.get("data").cloned().unwrap_or(Value::Null);
-        if event.starts_with("pusher:") || event.starts_with("pusher_internal:") {
+        if is_system_event(&event) {
             if let Value::String(text) = &data {
                 data = serde_json::from_str(text).map_err(|e| TestkitError::Protocol(format!("{event}: data is not a JSON string ({e}): {raw}")))?;
             }
@@ -65,6 +65,18 @@ impl Event {
             other => other.clone(),
         }
     }
+}
+
+/// Whether `event` is a system event (`pusher:`, `pusher_internal:`, `sockudo:`,
+/// `sockudo_internal:`), whose `data` is a JSON-encoded string.
+fn is_system_event(event: &str) -> bool {
+    ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().any(|p| event.starts_with(p))
+}
+
+/// `event` without its system prefix (`pusher:x`, `sockudo_internal:x` → `x`); other names as
+/// they are.
+fn system_name(event: &str) -> &str {
+    ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().find_map(|p| event.strip_prefix(p)).unwrap_or(event)
 }
 
 /// How a WebSocket ended.
@@ -103,6 +115,8 @@ pub struct TestClient {
     activity_timeout: u64,
     pending: VecDeque<Event>,
     closed: Option<CloseOutcome>,
+    /// `pusher` (protocol 7) or `sockudo` (protocol 2): the family of the frames we send.
+    family: &'static str,
 }
 
 impl fmt::Debug for TestClient {
@@ -118,12 +132,13 @@ impl TestClient {
         let (ws, _) = tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| TestkitError::timeout(format!("websocket connect to {url}"), DEFAULT_TIMEOUT))??;
-        let mut client = TestClient { ws, socket_id: String::new(), activity_timeout: 0, pending: VecDeque::new(), closed: None };
+        let family = if url.contains("protocol=2") { "sockudo" } else { "pusher" };
+        let mut client = TestClient { ws, socket_id: String::new(), activity_timeout: 0, pending: VecDeque::new(), closed: None, family };
         let deadline = Deadline::after(DEFAULT_TIMEOUT);
         loop {
-            let event = client.next_event(deadline, "pusher:connection_established").await?;
+            let event = client.next_event(deadline, "connection_established").await?;
             match event.event.as_str() {
-                "pusher:connection_established" => {
+                "pusher:connection_established" | "sockudo:connection_established" => {
                     client.socket_id = event
                         .data
                         .get("socket_id")
@@ -133,8 +148,87 @@ impl TestClient {
                     client.activity_timeout = event.data.get("activity_timeout").and_then(Value::as_u64).unwrap_or(0);
                     return Ok(client);
                 }
-                "pusher:error" => return Err(TestkitError::Protocol(format!("connection refused: {}", event.raw))),
+                "pusher:error" | "sockudo:error" => return Err(TestkitError::Protocol(format!("connection refused: {}", event.raw))),
                 _ => {}
+            }
+        }
+    }
+
+    /// Connect with protocol V2: `url` is a protocol 7 URL (as [`crate::ws_url`] builds) or
+    /// any URL; its `protocol` parameter is replaced by `2`. The client then speaks the
+    /// `sockudo:` family.
+    pub async fn connect_v2(url: &str) -> Result<TestClient, TestkitError> {
+        TestClient::connect(&v2_url(url)).await
+    }
+
+    /// Whether this client speaks protocol V2.
+    pub fn is_v2(&self) -> bool {
+        self.family == "sockudo"
+    }
+
+    /// Send one raw text frame as is (need not be JSON).
+    pub async fn send_raw(&mut self, text: &str) -> Result<(), TestkitError> {
+        self.ws.send(Message::text(text.to_string())).await?;
+        Ok(())
+    }
+
+    /// V2: send `sockudo:resume` with `channel_positions` (`{"<channel>": {"serial", "stream_id",
+    /// "last_message_id"?}}`) and return every frame up to and including
+    /// `sockudo:resume_success` (replays, `resume_failed` frames, live events), in order.
+    pub async fn resume(&mut self, channel_positions: Value, timeout: Duration) -> Result<Vec<Event>, TestkitError> {
+        self.send_json(&json!({ "event": "sockudo:resume", "data": { "channel_positions": channel_positions } })).await?;
+        let deadline = Deadline::after(timeout);
+        let mut out = Vec::new();
+        loop {
+            let event = self.next_event(deadline, "sockudo:resume_success").await?;
+            let done = event.event == "sockudo:resume_success";
+            out.push(event);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// V2: send `sockudo:channel_history` with `request` (`{"channel", "limit"?, ...}`) and
+    /// wait for the answer for that channel (or an error event).
+    pub async fn channel_history(&mut self, request: Value, timeout: Duration) -> Result<Event, TestkitError> {
+        let channel = request.get("channel").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.send_json(&json!({ "event": "sockudo:channel_history", "data": request })).await?;
+        let deadline = Deadline::after(timeout);
+        let mut skipped = Vec::new();
+        let outcome = loop {
+            match self.read_event(deadline, &format!("channel_history of {channel}")).await {
+                Ok(e) if e.event == "sockudo:channel_history" && e.channel.as_deref() == Some(channel.as_str()) => break Ok(e),
+                Ok(e) if e.event == "sockudo:error" => break Err(TestkitError::Protocol(format!("channel_history failed: {}", e.raw))),
+                Ok(e) => skipped.push(e),
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.extend(skipped);
+        outcome
+    }
+
+    /// The events already received but not yet consumed (for example those that arrived
+    /// while [`subscribe`](Self::subscribe) waited), without reading the socket.
+    pub fn take_pending(&mut self) -> Vec<Event> {
+        self.pending.drain(..).collect()
+    }
+
+    /// Every event until nothing has arrived for `quiet` (or `max` has passed, or the socket
+    /// closed): "wait for quiet" when counting deliveries.
+    pub async fn events_until_quiet(&mut self, quiet: Duration, max: Duration) -> Result<Vec<Event>, TestkitError> {
+        let end = Instant::now() + max;
+        let mut out = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(out);
+            }
+            let wait = quiet.min(end - now);
+            match self.next_event(Deadline::after(wait), "events").await {
+                Ok(event) => out.push(event),
+                Err(TestkitError::Timeout { .. } | TestkitError::Closed(..)) => return Ok(out),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -178,7 +272,7 @@ impl TestClient {
     /// Send `pusher:subscribe` with `data` and wait for the outcome for `data.channel`.
     pub async fn subscribe_with(&mut self, data: Value) -> Result<Event, TestkitError> {
         let channel = data.get("channel").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.send_json(&json!({ "event": "pusher:subscribe", "data": data })).await?;
+        self.send_json(&json!({ "event": format!("{}:subscribe", self.family), "data": data })).await?;
         let deadline = Deadline::after(DEFAULT_TIMEOUT);
         let what = format!("subscription to {channel}");
         let mut skipped = Vec::new();
@@ -188,11 +282,32 @@ impl TestClient {
                 Err(e) => break Err(e),
             };
             let ours = event.channel.as_deref() == Some(channel.as_str());
-            match event.event.as_str() {
-                "pusher_internal:subscription_succeeded" if ours => break Ok(event),
-                "pusher:subscription_error" if ours => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
-                "pusher:error" => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
+            let system = is_system_event(&event.event);
+            match (system, system_name(&event.event)) {
+                (true, "subscription_succeeded") if ours => break Ok(event),
+                (true, "subscription_error") if ours => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
+                (true, "error") => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
                 _ => skipped.push(event),
+            }
+        };
+        self.pending.extend(skipped);
+        outcome
+    }
+
+    /// Sign in as `user_id` (`pusher:signin`, signed with `key`/`secret`) and wait for
+    /// `signin_success`.
+    pub async fn signin(&mut self, user_id: &str, key: &str, secret: &str) -> Result<Event, TestkitError> {
+        let user_data = json!({ "id": user_id }).to_string();
+        let auth = sign_user(key, secret, &self.socket_id, &user_data);
+        self.send_json(&json!({ "event": format!("{}:signin", self.family), "data": { "auth": auth, "user_data": user_data } })).await?;
+        let deadline = Deadline::after(DEFAULT_TIMEOUT);
+        let mut skipped = Vec::new();
+        let outcome = loop {
+            match self.read_event(deadline, "signin_success").await {
+                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "signin_success" => break Ok(e),
+                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "error" => break Err(TestkitError::Protocol(format!("signin failed: {}", e.raw))),
+                Ok(e) => skipped.push(e),
+                Err(e) => break Err(e),
             }
         };
         self.pending.extend(skipped);
@@ -201,7 +316,7 @@ impl TestClient {
 
     /// Send `pusher:unsubscribe`.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), TestkitError> {
-        self.send_json(&json!({ "event": "pusher:unsubscribe", "data": { "channel": channel } })).await
+        self.send_json(&json!({ "event": format!("{}:unsubscribe", self.family), "data": { "channel": channel } })).await
     }
 
     /// Send a client event (`client-*`) on a channel.
@@ -312,8 +427,8 @@ impl TestClient {
             match next {
                 Some(Ok(Message::Text(text))) => {
                     let event = Event::from_frame(serde_json::from_str(text.as_str())?)?;
-                    if event.event == "pusher:ping" {
-                        self.send_json(&json!({ "event": "pusher:pong", "data": {} })).await?;
+                    if event.event == "pusher:ping" || event.event == "sockudo:ping" {
+                        self.send_json(&json!({ "event": format!("{}:pong", self.family), "data": {} })).await?;
                     }
                     return Ok(event);
                 }
@@ -372,6 +487,23 @@ impl ApiClient {
         self.post("/events", &body).await
     }
 
+    /// `POST /apps/{id}/events` with any body (a `name`/`data`/`channel(s)` object, possibly
+    /// with `socket_id`, `message_id`, `idempotency_key`, ...).
+    pub async fn trigger_body(&self, body: &Value) -> Result<(u16, Value), TestkitError> {
+        self.post("/events", body).await
+    }
+
+    /// A signed POST with extra request headers (e.g. `X-Idempotency-Key`); returns the
+    /// status, the response headers (names lower-case) and the JSON body.
+    pub async fn post_with_headers(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
+        self.request_full("POST", path, &[], serde_json::to_vec(body)?, headers).await
+    }
+
+    /// A signed GET returning the response headers too (names lower-case).
+    pub async fn get_with_headers(&self, path: &str, params: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
+        self.request_full("GET", path, params, Vec::new(), &[]).await
+    }
+
     /// A signed GET. `path` is either absolute (`/apps/1/channels`) or relative to the app
     /// (`/channels` → `/apps/{id}/channels`).
     pub async fn get(&self, path: &str, params: &[(&str, &str)]) -> Result<(u16, Value), TestkitError> {
@@ -384,19 +516,32 @@ impl ApiClient {
     }
 
     async fn request(&self, method: &str, path: &str, params: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Value), TestkitError> {
+        let (status, _, json) = self.request_full(method, path, params, body, &[]).await?;
+        Ok((status, json))
+    }
+
+    async fn request_full(&self, method: &str, path: &str, params: &[(&str, &str)], body: Vec<u8>, headers: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
         let path = if path.starts_with("/apps/") { path.to_string() } else { format!("/apps/{}/{}", self.app_id, path.trim_start_matches('/')) };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let query = sign_api_request(&self.key, &self.secret, method, &path, params, &body, now);
         let url = format!("{}{}?{}", self.base, path, query);
-        let request = match method {
+        let mut request = match method {
             "POST" => self.http.post(url).header("content-type", "application/json").body(body),
             _ => self.http.get(url),
         };
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         let response = request.timeout(DEFAULT_TIMEOUT).send().await?;
         let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let text = response.text().await?;
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, json))
+        Ok((status, headers, json))
     }
 }
 
@@ -411,6 +556,14 @@ impl Deadline {
     fn after(total: Duration) -> Deadline {
         Deadline { at: Instant::now() + total, total }
     }
+}
+
+/// `url` with its `protocol` query parameter set to `2` (added when missing).
+pub fn v2_url(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("protocol=")).map(str::to_string).collect();
+    params.insert(0, "protocol=2".into());
+    format!("{base}?{}", params.join("&"))
 }
 
 fn event_body(channel: &str, event: &str, data: Value) -> Value {

@@ -1,10 +1,10 @@
 //! [`Cluster`]: N nodes behind a [`LoadBalancer`], optionally sharing a [`RedisServer`] that
 //! each node reaches through its own [`TcpProxy`] (so one node's link can be cut).
 //!
-//! **Cross-node fanout is not there yet.** With `redis(true)` the nodes share Redis as their
-//! cache (`cache.driver = "redis"`), but the adapter stays `local`: a message published on one
-//! node reaches only that node's subscribers. When the Redis adapter lands, the builder will
-//! set `adapter.driver = "redis"` as well and cluster-wide assertions become possible.
+//! With `redis(true)` the nodes share Redis for everything a cluster shares: the adapter
+//! (cross-node fanout, presence, cluster queries), the cache and the V2 history store. Node
+//! liveness is tuned for tests (heartbeat 200 ms, dead after 2 s); override it through
+//! [`ClusterBuilder::settings`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +14,8 @@ use sockudo_server::config::NodeSettings;
 
 use crate::balancer::LoadBalancer;
 use crate::client::{ApiClient, TestClient};
+#[cfg(feature = "containers")]
+use crate::containers::{image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer};
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
@@ -28,6 +30,11 @@ pub enum NodeMode {
     InProcess,
     /// [`ProcessNode`]s: the real `sockudo` binary, configured through the environment.
     Process,
+    /// [`ContainerNode`]s: the `sockudo` binary in Docker containers, configured through the
+    /// environment, with Redis in a container too (cargo feature `containers`; needs a
+    /// reachable Docker Engine). See [`ClusterBuilder::containers`] for images and networking.
+    #[cfg(feature = "containers")]
+    Container,
 }
 
 type SettingsFn = Box<dyn Fn(usize, &mut NodeSettings) + Send + Sync>;
@@ -41,6 +48,8 @@ pub struct ClusterBuilder {
     app: App,
     settings: Option<SettingsFn>,
     env: Option<EnvFn>,
+    #[cfg(feature = "containers")]
+    containers: ContainerOptions,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -87,7 +96,18 @@ impl ClusterBuilder {
         self
     }
 
-    /// Process mode only: adjust node `i`'s environment last (any CONFIG.md variable).
+    /// Containers mode with these images and networking (sets the mode to
+    /// [`NodeMode::Container`]). Without this call containers mode uses host networking and
+    /// [`ContainerImages::from_env`](crate::containers::ContainerImages::from_env): images named
+    /// by the environment, else built from the host's binaries.
+    #[cfg(feature = "containers")]
+    pub fn containers(mut self, options: ContainerOptions) -> Self {
+        self.mode = NodeMode::Container;
+        self.containers = options;
+        self
+    }
+
+    /// Process and containers modes: adjust node `i`'s environment last (any CONFIG.md variable).
     pub fn env(mut self, f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static) -> Self {
         self.env = Some(Box::new(f));
         self
@@ -98,17 +118,42 @@ impl ClusterBuilder {
         if self.nodes == 0 {
             return Err(TestkitError::Usage("a cluster needs at least one node".into()));
         }
-        let redis = if self.redis { Some(RedisServer::start().await?) } else { None };
+        #[cfg(feature = "containers")]
+        let containers = match self.mode {
+            NodeMode::Container => Some(ContainerParts::start(&self.containers, self.redis).await?),
+            _ => None,
+        };
+        #[cfg(not(feature = "containers"))]
+        let containers: Option<ContainerParts> = None;
+        let redis = if self.redis && containers.is_none() { Some(RedisServer::start().await?) } else { None };
+        // Where the nodes' proxies forward to; in bridge mode the nodes reach Redis directly.
+        let redis_upstream = match (&redis, &containers) {
+            (Some(redis), _) => Some(redis.addr()),
+            (None, Some(parts)) => parts.proxy_upstream(),
+            (None, None) => None,
+        };
+        let redis_direct = containers.as_ref().and_then(ContainerParts::direct_redis_url);
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
             let mut settings = crate::test_settings(vec![self.app.clone()]);
             settings.node_id = format!("node-{i}");
-            if let Some(redis) = &redis {
-                let proxy = TcpProxy::start(redis.addr()).await?;
+            if redis_upstream.is_some() || redis_direct.is_some() {
                 settings.cache.driver = "redis".into();
-                settings.redis.url = proxy.redis_url();
-                proxies.push(proxy);
+                settings.adapter.driver = "redis".into();
+                settings.history.driver = "redis".into();
+                settings.cluster.heartbeat_interval_ms = 200;
+                settings.cluster.node_timeout_ms = 2000;
+                settings.cluster.request_timeout_ms = 1000;
+                match (redis_upstream, &redis_direct) {
+                    (Some(upstream), _) => {
+                        let proxy = TcpProxy::start(upstream).await?;
+                        settings.redis.url = proxy.redis_url();
+                        proxies.push(proxy);
+                    }
+                    (None, Some(url)) => settings.redis.url = url.clone(),
+                    (None, None) => {}
+                }
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
@@ -122,11 +167,89 @@ impl ClusterBuilder {
                     }
                     ClusterNode::Process(ProcessNode::start(env).await?)
                 }
+                #[cfg(feature = "containers")]
+                NodeMode::Container => {
+                    let parts = containers.as_ref().ok_or_else(|| TestkitError::Usage("containers mode was not set up".into()))?;
+                    let mut env = settings_env(&settings);
+                    if let Some(f) = &self.env {
+                        f(i, &mut env);
+                    }
+                    ClusterNode::Container(ContainerNode::start(&parts.engine, &parts.sockudo_image, parts.network, env).await?)
+                }
             };
             nodes.push(node);
         }
         let balancer = LoadBalancer::start(nodes.iter().map(ClusterNode::addr).collect()).await?;
-        Ok(Cluster { nodes, proxies, redis, balancer, app: self.app })
+        #[cfg(feature = "containers")]
+        let redis_container = containers.and_then(|parts| parts.redis);
+        Ok(Cluster {
+            nodes,
+            proxies,
+            redis,
+            #[cfg(feature = "containers")]
+            redis_container,
+            balancer,
+            app: self.app,
+        })
+    }
+}
+
+/// What containers mode sets up before the nodes: the engine, the images, Redis.
+#[cfg(feature = "containers")]
+struct ContainerParts {
+    engine: DockerEngine,
+    sockudo_image: String,
+    network: ContainerNetwork,
+    redis: Option<RedisContainer>,
+    /// The Redis address the containers use (bridge mode).
+    redis_container_addr: Option<String>,
+}
+
+#[cfg(feature = "containers")]
+impl ContainerParts {
+    async fn start(options: &ContainerOptions, with_redis: bool) -> Result<ContainerParts, TestkitError> {
+        let engine = DockerEngine::connect().await?;
+        let sockudo_image = image::sockudo_image(&engine, &options.images).await?;
+        let (redis, redis_container_addr) = if with_redis {
+            let redis_image = image::redis_image(&engine, &options.images).await?;
+            let redis = RedisContainer::start(&engine, &redis_image, options.network).await?;
+            let addr = redis.container_addr().await?;
+            (Some(redis), Some(addr))
+        } else {
+            (None, None)
+        };
+        Ok(ContainerParts { engine, sockudo_image, network: options.network, redis, redis_container_addr })
+    }
+
+    /// Host networking: the per-node proxies on the host forward to Redis's loopback port.
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        match self.network {
+            ContainerNetwork::Host => self.redis.as_ref().map(RedisContainer::addr),
+            ContainerNetwork::Bridge => None,
+        }
+    }
+
+    /// Bridge mode: the nodes use Redis's bridge address (no proxies, no `cut_redis`).
+    fn direct_redis_url(&self) -> Option<String> {
+        match self.network {
+            ContainerNetwork::Host => None,
+            ContainerNetwork::Bridge => self.redis_container_addr.as_ref().map(|addr| format!("redis://{addr}")),
+        }
+    }
+}
+
+/// Without the feature there are no container parts; this keeps `build` free of `cfg`s.
+#[cfg(not(feature = "containers"))]
+struct ContainerParts;
+
+#[cfg(not(feature = "containers"))]
+impl ContainerParts {
+    fn proxy_upstream(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    fn direct_redis_url(&self) -> Option<String> {
+        None
     }
 }
 
@@ -137,6 +260,9 @@ pub enum ClusterNode {
     InProcess(Box<TestNode>),
     /// A `sockudo` child process.
     Process(ProcessNode),
+    /// A `sockudo` container.
+    #[cfg(feature = "containers")]
+    Container(ContainerNode),
 }
 
 impl ClusterNode {
@@ -145,6 +271,8 @@ impl ClusterNode {
         match self {
             ClusterNode::InProcess(n) => n.addr(),
             ClusterNode::Process(n) => n.addr(),
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(n) => n.addr(),
         }
     }
 
@@ -162,7 +290,7 @@ impl ClusterNode {
     pub fn as_in_process(&self) -> Option<&TestNode> {
         match self {
             ClusterNode::InProcess(n) => Some(n),
-            ClusterNode::Process(_) => None,
+            _ => None,
         }
     }
 
@@ -170,15 +298,26 @@ impl ClusterNode {
     pub fn as_process(&self) -> Option<&ProcessNode> {
         match self {
             ClusterNode::Process(n) => Some(n),
-            ClusterNode::InProcess(_) => None,
+            _ => None,
         }
     }
 
-    /// Crash the node (runtime dropped / SIGKILL).
+    /// The container node, if this is one.
+    #[cfg(feature = "containers")]
+    pub fn as_container(&self) -> Option<&ContainerNode> {
+        match self {
+            ClusterNode::Container(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Crash the node (runtime dropped / SIGKILL / `docker kill`).
     pub fn kill(&mut self) -> Result<(), TestkitError> {
         match self {
             ClusterNode::InProcess(n) => n.kill(),
             ClusterNode::Process(n) => n.kill(),
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(n) => n.kill(),
         }
     }
 
@@ -187,6 +326,8 @@ impl ClusterNode {
         match self {
             ClusterNode::InProcess(n) => n.restart().await,
             ClusterNode::Process(n) => n.restart().await,
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(n) => n.restart().await,
         }
     }
 
@@ -202,6 +343,11 @@ impl ClusterNode {
                     Err(TestkitError::Node(format!("sockudo exited with {status} after SIGTERM; log tail:\n{}", n.log_tail(20))))
                 }
             }
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(n) => match n.terminate().await? {
+                0 => Ok(()),
+                code => Err(TestkitError::Node(format!("the sockudo container exited with {code} after SIGTERM; log tail:\n{}", n.log_tail(20).await))),
+            },
         }
     }
 }
@@ -214,13 +360,24 @@ pub struct Cluster {
     nodes: Vec<ClusterNode>,
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
+    #[cfg(feature = "containers")]
+    redis_container: Option<RedisContainer>,
     app: App,
 }
 
 impl Cluster {
     /// A builder with 2 in-process nodes, no Redis, the test app.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { nodes: 2, redis: false, mode: NodeMode::InProcess, app: crate::test_app(), settings: None, env: None }
+        ClusterBuilder {
+            nodes: 2,
+            redis: false,
+            mode: NodeMode::InProcess,
+            app: crate::test_app(),
+            settings: None,
+            env: None,
+            #[cfg(feature = "containers")]
+            containers: ContainerOptions { images: crate::containers::ContainerImages::from_env(), ..ContainerOptions::default() },
+        }
     }
 
     /// All nodes.
@@ -243,7 +400,13 @@ impl Cluster {
         self.redis.as_ref()
     }
 
-    /// Node `i`'s proxy to Redis, when the cluster has Redis.
+    /// The shared Redis container (containers mode with `redis(true)`).
+    #[cfg(feature = "containers")]
+    pub fn redis_container(&self) -> Option<&RedisContainer> {
+        self.redis_container.as_ref()
+    }
+
+    /// Node `i`'s proxy to Redis, when the cluster has Redis (not in bridge containers mode).
     pub fn redis_proxy(&self, i: usize) -> Option<&TcpProxy> {
         self.proxies.get(i)
     }
@@ -310,11 +473,19 @@ impl Cluster {
 
     /// Kill Redis (its data is lost).
     pub fn stop_redis(&mut self) -> Result<(), TestkitError> {
+        #[cfg(feature = "containers")]
+        if let Some(redis) = self.redis_container.as_mut() {
+            return redis.stop();
+        }
         self.redis_mut()?.stop()
     }
 
     /// Start Redis again on the same port, empty.
     pub async fn start_redis(&mut self) -> Result<(), TestkitError> {
+        #[cfg(feature = "containers")]
+        if let Some(redis) = self.redis_container.as_mut() {
+            return redis.start_again().await;
+        }
         self.redis_mut()?.start_again().await
     }
 

@@ -100,6 +100,11 @@ pub enum TestkitError {
     #[error("node: {0}")]
     Node(String),
 
+    /// The Docker Engine (containers mode) failed or refused a request; the message says
+    /// which request and includes the engine's answer.
+    #[error("docker: {0}")]
+    Docker(String),
+
     /// The caller asked for something that does not exist (a node index, a stopped server, ...).
     #[error("invalid use: {0}")]
     Usage(String),

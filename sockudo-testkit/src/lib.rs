@@ -13,6 +13,8 @@
 //!   drop the runtime, drain = the graceful shutdown).
 //! - [`process`]: [`ProcessNode`], the real `sockudo` binary configured via CONFIG.md names.
 //! - [`cluster`]: [`Cluster`], N nodes + balancer (+ Redis behind per-node proxies).
+//! - `containers` (cargo feature `containers`, on by default): Redis and sockudo nodes as
+//!   Docker containers, with images built locally from the host's binaries.
 //! - [`client`]: [`TestClient`] (Pusher WebSocket protocol) and [`ApiClient`] (signed HTTP API).
 //! - [`error`]: [`TestkitError`], the one error type.
 //!
@@ -51,6 +53,8 @@
 pub mod balancer;
 pub mod client;
 pub mod cluster;
+#[cfg(feature = "containers")]
+pub mod containers;
 pub mod error;
 pub mod node;
 pub mod process;
@@ -66,6 +70,8 @@ use sockudo_server::config::NodeSettings;
 pub use balancer::LoadBalancer;
 pub use client::{ApiClient, CloseOutcome, Event, TestClient};
 pub use cluster::{Cluster, ClusterBuilder, ClusterNode, NodeMode};
+#[cfg(feature = "containers")]
+pub use containers::{ContainerImages, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer};
 pub use error::TestkitError;
 pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};

@@ -222,12 +222,8 @@ fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Build the node with the backends its settings name, inside the node's runtime (so its
 /// backend connections die with it).
-///
-/// The one place that knows how the server builds nodes: when `sockudo_server::build_node`
-/// becomes `async` and fallible (Redis-backed drivers), change this to
-/// `sockudo_server::build_node(settings).await.map_err(|e| e.to_string())`.
 async fn build(settings: NodeSettings) -> Result<Arc<Node>, String> {
-    Ok(sockudo_server::build_node(settings))
+    sockudo_server::build_node(settings).await.map_err(|e| e.to_string())
 }
 
 fn thread_outcome(outcome: std::thread::Result<Result<(), String>>) -> String {

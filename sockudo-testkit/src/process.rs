@@ -34,6 +34,9 @@ const CONFIG_VARS: &[&str] = &[
     "CACHE_DRIVER",
     "QUEUE_DRIVER",
     "HISTORY_DRIVER",
+    "CLUSTER_HEARTBEAT_INTERVAL_MS",
+    "CLUSTER_NODE_TIMEOUT_MS",
+    "CLUSTER_REQUEST_TIMEOUT_MS",
     "APP_MANAGER_DRIVER",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
@@ -241,6 +244,9 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("CACHE_DRIVER", settings.cache.driver.clone()),
         ("QUEUE_DRIVER", settings.queue.driver.clone()),
         ("HISTORY_DRIVER", settings.history.driver.clone()),
+        ("CLUSTER_HEARTBEAT_INTERVAL_MS", settings.cluster.heartbeat_interval_ms.to_string()),
+        ("CLUSTER_NODE_TIMEOUT_MS", settings.cluster.node_timeout_ms.to_string()),
+        ("CLUSTER_REQUEST_TIMEOUT_MS", settings.cluster.request_timeout_ms.to_string()),
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
@@ -275,15 +281,30 @@ pub fn sockudo_binary() -> Result<PathBuf, TestkitError> {
     candidates.iter().find(|p| p.is_file()).cloned().ok_or(TestkitError::BinaryNotFound { searched: candidates })
 }
 
-/// [`sockudo_binary`], building it with `cargo build -p sockudo-server --bin sockudo` (using
-/// `$CARGO`, which cargo sets for tests) when it is missing. Blocks while cargo runs.
+/// Build the `sockudo` binary (`cargo build -p sockudo-server --bin sockudo`, default
+/// features, using `$CARGO`, which cargo sets for tests) and return its path. Cargo runs every
+/// time, once per test process: when the binary is fresh that is a quick no-op, and it means a
+/// binary left over from older sources is never run by mistake. Blocks while cargo runs.
+///
+/// With `$SOCKUDO_BIN` set, that file is used as is and nothing is built. Otherwise the build
+/// goes to the target directory of the running tests (`$CARGO_TARGET_DIR`, else the one the
+/// test binary lives in), which is also where [`sockudo_binary`] looks first.
 pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
-    if let Ok(path) = sockudo_binary() {
-        return Ok(path);
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    if let Some(bin) = std::env::var_os("SOCKUDO_BIN") {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() { Ok(bin) } else { Err(TestkitError::BinaryNotFound { searched: vec![bin] }) };
     }
+    // One build per process, even when tests ask concurrently.
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let target_dir = target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["build", "-p", "sockudo-server", "--bin", "sockudo"])
+        .args(["build", "-p", "sockudo-server", "--bin", "sockudo", "--target-dir"])
+        .arg(&target_dir)
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .output()
@@ -293,7 +314,30 @@ pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
         let tail: Vec<&str> = stderr.lines().rev().take(LOG_LINES).collect();
         return Err(TestkitError::BuildFailed { status: output.status, stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n") });
     }
-    sockudo_binary()
+    let path = target_dir.join("debug").join(format!("sockudo{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        return Err(TestkitError::BinaryNotFound { searched: vec![path] });
+    }
+    *built = Some(path.clone());
+    Ok(path)
+}
+
+/// The cargo target directory of this test run: `$CARGO_TARGET_DIR`, else the one holding the
+/// running test binary (`<target>/debug/deps/<test>`), else `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_relative() { workspace_root().join(dir) } else { dir };
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let deps = exe.parent();
+        if deps.and_then(|d| d.file_name()).is_some_and(|n| n == "deps") {
+            if let Some(target) = deps.and_then(|d| d.parent()).and_then(|p| p.parent()) {
+                return target.to_path_buf();
+            }
+        }
+    }
+    workspace_root().join("target")
 }
 
 fn binary_candidates() -> Vec<PathBuf> {

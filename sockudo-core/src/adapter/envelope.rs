@@ -10,6 +10,9 @@
 //! - A broadcast's payload is the published V1 frame, untouched: the receiver slices it out of
 //!   the transport's buffer (`Bytes::slice`, no copy) and hands that slice to its handler, so a
 //!   frame is decoded once per node and never re-encoded.
+//! - A broadcast with a separate V2 frame sends both back to back; the header's `v` gives the
+//!   V1 frame's length, and both become zero-copy slices on receipt. `m`, `n` and `i` carry the
+//!   V2 message id, serial and stream id; `x` the socket to skip.
 //! - Control messages, queries and answers carry their JSON (`ControlMessage`,
 //!   `ClusterQuery`, `ClusterAnswer`) as the payload.
 //! - Heartbeats have an empty payload.
@@ -69,21 +72,53 @@ pub(crate) struct Header<'a> {
     /// Socket to skip (broadcast).
     #[serde(rename = "x", default, borrow, skip_serializing_if = "Option::is_none")]
     pub except: Option<Cow<'a, str>>,
+    /// V2 message id (broadcast).
+    #[serde(rename = "m", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Cow<'a, str>>,
+    /// Stream serial (broadcast).
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// Stream id of `serial` (broadcast).
+    #[serde(rename = "i", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<Cow<'a, str>>,
+    /// Present when the broadcast carries a separate V2 frame: the payload is the V1 frame
+    /// (this many bytes) followed by the V2 frame.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub v1_len: Option<usize>,
 }
 
 impl<'a> Header<'a> {
     pub fn new(kind: Kind, origin: &'a str, epoch: u64, seq: u64) -> Self {
-        Header { kind, origin: Cow::Borrowed(origin), epoch, seq, app: None, channel: None, except: None }
+        Header {
+            kind,
+            origin: Cow::Borrowed(origin),
+            epoch,
+            seq,
+            app: None,
+            channel: None,
+            except: None,
+            message_id: None,
+            serial: None,
+            stream_id: None,
+            v1_len: None,
+        }
     }
 }
 
 /// Header line + `\n` + payload, in one buffer.
 pub(crate) fn encode(header: &Header<'_>, payload: &[u8]) -> Result<Bytes, AdapterError> {
+    encode_parts(header, &[payload])
+}
+
+/// Header line + `\n` + the payload parts one after the other, in one buffer.
+pub(crate) fn encode_parts(header: &Header<'_>, parts: &[&[u8]]) -> Result<Bytes, AdapterError> {
     let head = serde_json::to_vec(header).map_err(|e| AdapterError::Malformed(format!("encode header: {e}")))?;
-    let mut buf = BytesMut::with_capacity(head.len() + 1 + payload.len());
+    let mut buf = BytesMut::with_capacity(head.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
     buf.put_slice(&head);
     buf.put_u8(b'\n');
-    buf.put_slice(payload);
+    for p in parts {
+        buf.put_slice(p);
+    }
     Ok(buf.freeze())
 }
 
@@ -108,11 +143,16 @@ mod tests {
         h.app = Some("app".into());
         h.channel = Some("ch".into());
         h.except = Some("1.2".into());
+        h.message_id = Some("m-1".into());
+        h.serial = Some(9);
+        h.stream_id = Some("s-1".into());
+        h.v1_len = Some(4);
         let payload = b"{\"event\":\"x\"}\n\nline two\0";
-        let msg = encode(&h, payload).unwrap();
+        let msg = encode_parts(&h, &[b"v1\n!", payload]).unwrap();
         let (back, body) = decode(&msg).unwrap();
         assert_eq!(back, h);
-        assert_eq!(&body[..], &payload[..]);
+        assert_eq!(&body[..4], b"v1\n!");
+        assert_eq!(&body[4..], &payload[..]);
     }
 
     #[test]

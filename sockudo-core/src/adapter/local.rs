@@ -96,7 +96,7 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_once_and_answers_locally() {
         let a = LocalAdapter::new();
-        let msg = |s: &'static str| Broadcast { app_id: "a".into(), channel: "c".into(), frame: Bytes::from_static(s.as_bytes()), except_socket: None };
+        let msg = |s: &'static str| Broadcast::plain("a", "c", Bytes::from_static(s.as_bytes()), None);
         assert!(matches!(a.publish(msg("x")).await, Err(AdapterError::NotAttached)));
         let r = Arc::new(Recorder::default());
         a.attach(r.clone());

@@ -6,12 +6,20 @@
 //! [`ClusterQuery`] answers over all live nodes, and keeps presence membership in a shared
 //! [`PresenceStore`] so member events fire on a user's first/last connection *cluster-wide*.
 //!
-//! [`LocalAdapter`] is the single-node default. A cluster adapter is
-//! `ClusterAdapter` over a small [`Transport`] (publish, subscribe as a stream),
-//! so another broker only needs a transport driver.
+//! [`LocalAdapter`] is the single-node default. The cluster adapter is [`ClusterAdapter`] over
+//! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
+//! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
+//! feature, `RedisTransport` + `RedisPresenceStore`.
 
+mod cluster;
+mod envelope;
 mod local;
+mod memory_transport;
 pub mod presence;
+#[cfg(feature = "redis")]
+mod redis_presence;
+#[cfg(feature = "redis")]
+mod redis_transport;
 mod transport;
 mod types;
 
@@ -19,7 +27,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
 pub use local::LocalAdapter;
+pub use memory_transport::MemoryTransport;
+#[cfg(feature = "redis")]
+pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
+#[cfg(feature = "redis")]
+pub use redis_transport::{RedisTransport, RedisTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
 pub use transport::{Transport, TransportStream};
 pub use types::*;

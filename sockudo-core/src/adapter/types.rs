@@ -5,18 +5,33 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One message for one channel of one app, already encoded for V1 connections.
+/// One message for one channel of one app, already encoded once per wire variant.
 ///
-/// The frame is encoded once by the publisher and shared by reference count with every
-/// recipient; nothing downstream re-serialises it per connection.
+/// The frames are encoded once by the publisher and shared by reference count with every
+/// recipient; nothing downstream re-serialises them per connection.
 #[derive(Debug, Clone)]
 pub struct Broadcast {
     pub app_id: Arc<str>,
     pub channel: Arc<str>,
-    /// The complete text frame.
+    /// The complete text frame for protocol 7 connections.
     pub frame: Bytes,
+    /// The frame for V2 connections (`sockudo` family, `message_id`, `serial`, …); `None`
+    /// means V2 connections get `frame` too.
+    pub frame_v2: Option<Bytes>,
+    /// V2 identity, used by nodes to suppress duplicate deliveries.
+    pub message_id: Option<Arc<str>>,
+    /// Position in the channel's stream when history assigned one (with its stream id).
+    pub serial: Option<u64>,
+    pub stream_id: Option<Arc<str>>,
     /// A socket that must not receive it (the publisher's own, Pusher `socket_id`).
     pub except_socket: Option<Arc<str>>,
+}
+
+impl Broadcast {
+    /// A message without V2 identity, the same bytes for every connection.
+    pub fn plain(app_id: &str, channel: &str, frame: Bytes, except_socket: Option<Arc<str>>) -> Self {
+        Broadcast { app_id: Arc::from(app_id), channel: Arc::from(channel), frame, frame_v2: None, message_id: None, serial: None, stream_id: None, except_socket }
+    }
 }
 
 /// A command every node executes on its own connections.

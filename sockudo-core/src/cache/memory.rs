@@ -58,9 +58,12 @@ fn deadline(ttl: Option<Duration>) -> Option<Instant> {
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let now = Instant::now();
-        match self.entries.get(key) {
-            Some(e) if e.live(now) => Ok(Some(e.value.clone())),
-            Some(_) => {
+        // Read under the shard's read guard and release it before removing: `remove_if`
+        // takes the write lock of the same shard, so holding the guard across it deadlocks.
+        let found = self.entries.get(key).map(|e| e.live(now).then(|| e.value.clone()));
+        match found {
+            Some(Some(value)) => Ok(Some(value)),
+            Some(None) => {
                 drop(self.entries.remove_if(key, |_, e| !e.live(now)));
                 Ok(None)
             }
@@ -96,6 +99,20 @@ impl Cache for MemoryCache {
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let now = Instant::now();
         Ok(self.entries.remove(key).is_some_and(|(_, e)| e.live(now)))
+    }
+
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError> {
+        let now = Instant::now();
+        let entry = self.entries.entry(key.to_owned());
+        let current = match &entry {
+            dashmap::Entry::Occupied(o) if o.get().live(now) => Some(o.get().value.clone()),
+            _ => None,
+        };
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        entry.insert(Entry { value: new, expires_at: deadline(ttl) });
+        Ok(true)
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {

@@ -2,9 +2,16 @@
 //!
 //! Every node of a cluster shares one cache (rate limits, idempotency records, cache-channel
 //! payloads), so the contract is written for the distributed case; the memory implementation
-//! honours it within one process.
+//! honours it within one process, `RedisCache` (feature `redis`) across nodes.
+//!
+//! Every implementation must pass [`conformance::run_all`], the executable form of the
+//! contract below.
 
+#[doc(hidden)]
+pub mod conformance;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::time::Duration;
 
@@ -12,6 +19,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use memory::MemoryCache;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisCache, RedisCacheOptions};
 
 /// Why the cache could not answer. Callers that protect effects (idempotency) must fail
 /// closed on any error: an error never means "absent".
@@ -50,6 +59,12 @@ pub trait Cache: Send + Sync + 'static {
     /// TTL is applied only when this call creates the key, so fixed windows expire on time
     /// however often they are incremented.
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, CacheError>;
+
+    /// Replace the value at `key` with `new` only if it currently holds `expected` (`None`:
+    /// absent or expired). Returns whether the swap happened. Check and write are one atomic
+    /// step cluster-wide, which is what lock-free algorithms on shared state (GCRA rate
+    /// limits) build on.
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError>;
 
     /// Whether the backend currently answers (readiness probes).
     async fn ping(&self) -> Result<(), CacheError> {

@@ -11,13 +11,29 @@
 //!
 //! - [`api_auth`]: authenticates Pusher HTTP API requests (the signed `auth_*` query,
 //!   PROTOCOL.md §5), resolves the app, and hands the handler the app and the already-read body.
+//! - [`rate_limit`]: cluster-wide GCRA rate limiting over the shared cache, per app and route
+//!   class, per client IP, or per any key; 429 with `Retry-After` and `X-RateLimit-*` headers.
+//! - [`idempotency`]: `idempotency_key` / `X-Idempotency-Key` handling for publishes
+//!   (PROTOCOL.md §7): one effect per key cluster-wide, replays, 409 on a different payload,
+//!   fail closed when the cache is down.
+//!
+//! In a stack, order them `api_auth` (outermost) → `idempotency` → `rate_limit` → handler: the
+//! inner two read the [`AuthenticatedApp`] extension, and a replayed retry should not spend
+//! rate budget.
 //!
 //! Layers answer a rejected request themselves, with [`json_error`], rather than failing the
 //! service: rejections are responses, and the inner service's error type passes through as is.
 
 pub mod api_auth;
+pub mod idempotency;
+pub mod rate_limit;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use api_auth::{ApiAuth, ApiAuthLayer, ApiAuthRejection, AuthenticatedApp, RequestBody};
+pub use idempotency::{Idempotency, IdempotencyLayer, IdempotencyRejection};
+pub use rate_limit::{FailMode, KeyBy, PeerAddr, Quota, RateLimit, RateLimitLayer, RateLimiter};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

@@ -169,6 +169,31 @@ struct EventFrame<'a> {
     user_id: Option<&'a str>,
 }
 
+#[derive(Serialize)]
+struct EventFrameV2<'a> {
+    event: &'a str,
+    channel: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extras: Option<&'a RawValue>,
+}
+
+/// The V2 identity of a broadcast message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageMeta<'a> {
+    pub message_id: &'a str,
+    /// Position in the channel's stream, when history assigns one.
+    pub position: Option<(&'a str, u64)>,
+    pub extras: Option<&'a RawValue>,
+}
+
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serialising these plain structs of strings and raw values cannot fail; fall back to an
     // empty object rather than panic if a future change ever makes it fallible.
@@ -243,6 +268,16 @@ impl OutboundFrame {
     pub fn event(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>) -> Bytes {
         Bytes::from(to_json(&EventFrame { event, channel, data, user_id }))
     }
+
+    /// The same event for V2 connections: adds `message_id`, and `serial`/`stream_id` when the
+    /// message has a stream position, and `extras` when given.
+    pub fn event_v2(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>, meta: MessageMeta<'_>) -> Bytes {
+        let (stream_id, serial) = match meta.position {
+            Some((s, n)) => (Some(s), Some(n)),
+            None => (None, None),
+        };
+        Bytes::from(to_json(&EventFrameV2 { event, channel, data, user_id, message_id: meta.message_id, serial, stream_id, extras: meta.extras }))
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +329,17 @@ mod tests {
             std::str::from_utf8(&f).unwrap(),
             r#"{"event":"my-event","channel":"c","data":"{\"a\":1}","user_id":"u1"}"#
         );
+    }
+
+    #[test]
+    fn v2_event_frames_carry_identity() {
+        let data = RawValue::from_string(r#""x""#.to_string()).unwrap();
+        let meta = MessageMeta { message_id: "m1", position: Some(("s1", 7)), extras: None };
+        let f = OutboundFrame::event_v2("e", "c", &data, None, meta);
+        assert_eq!(std::str::from_utf8(&f).unwrap(), r#"{"event":"e","channel":"c","data":"x","message_id":"m1","serial":7,"stream_id":"s1"}"#);
+        let meta = MessageMeta { message_id: "m2", position: None, extras: None };
+        let f = OutboundFrame::event_v2("e", "c", &data, Some("u"), meta);
+        assert_eq!(std::str::from_utf8(&f).unwrap(), r#"{"event":"e","channel":"c","data":"x","user_id":"u","message_id":"m2"}"#);
     }
 
     #[test]

@@ -9,4 +9,4 @@ pub mod events;
 pub mod frame;
 
 pub use codes::ErrorCode;
-pub use frame::{ClientFrame, FrameError, OutboundFrame, ProtocolVersion};
+pub use frame::{ClientFrame, FrameError, MessageMeta, OutboundFrame, ProtocolVersion};

@@ -1,9 +1,12 @@
 //! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::Extension;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,11 +15,12 @@ use sockudo_core::adapter::{AdapterError, ClusterQuery};
 use sockudo_core::app::App;
 use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::api_auth::{AuthenticatedApp, RequestBody};
-use sockudo_core::protocol::OutboundFrame;
+use sockudo_core::layers::idempotency::{claim_item, release_item, validate_item_key, Fingerprint, ItemClaim, BODY_KEY_FIELD};
+use sockudo_core::layers::json_error;
 
 use super::error::{bad_request, ApiError};
 use crate::node::Node;
-use crate::publish::publish_frame;
+use crate::publish::{publish_event, EventToPublish, Published};
 
 /// Channels one publish may name.
 pub const MAX_CHANNELS_PER_EVENT: usize = 100;
@@ -32,7 +36,15 @@ struct EventRequest {
     channels: Option<Vec<String>>,
     socket_id: Option<String>,
     info: Option<String>,
+    /// V2: the publisher's message id; a retry with the same id within the dedup window is
+    /// the same message (one serial).
+    message_id: Option<String>,
+    /// V2: opaque metadata delivered to V2 connections only.
+    extras: Option<Box<RawValue>>,
 }
+
+/// Longest message id accepted.
+const MAX_MESSAGE_ID_LEN: usize = 128;
 
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
@@ -79,6 +91,8 @@ struct Prepared<'a> {
     channels: Vec<ChannelName<'a>>,
     socket_id: Option<Arc<str>>,
     info: InfoAttrs,
+    message_id: Option<&'a str>,
+    extras: Option<&'a RawValue>,
 }
 
 fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiError> {
@@ -116,17 +130,38 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
         Some(s) => return Err(bad_request(format!("invalid socket_id {s:?}"))),
     };
     let info = InfoAttrs::parse(req.info.as_deref())?;
-    Ok(Prepared { name, data, channels, socket_id, info })
+    let message_id = match req.message_id.as_deref() {
+        None => None,
+        Some(m) if !m.is_empty() && m.len() <= MAX_MESSAGE_ID_LEN => Some(m),
+        Some(_) => return Err(bad_request(format!("message_id must be 1 to {MAX_MESSAGE_ID_LEN} characters"))),
+    };
+    Ok(Prepared { name, data, channels, socket_id, info, message_id, extras: req.extras.as_deref() })
 }
 
-async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<(), ApiError> {
+async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<Vec<Published>, ApiError> {
+    let mut out = Vec::with_capacity(p.channels.len());
     for channel in &p.channels {
-        let frame = OutboundFrame::event(p.name, channel.as_str(), p.data, None);
-        publish_frame(node, &app.id, channel, frame, p.socket_id.clone())
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("publish failed: {e}")))?;
+        let ev = EventToPublish { event: p.name, data: p.data, user_id: None, message_id: p.message_id, extras: p.extras, except_socket: p.socket_id.as_ref() };
+        let published = publish_event(node, &app.id, channel, ev).await.map_err(|e| ApiError::Unavailable(format!("publish failed: {e}")))?;
+        out.push(published);
     }
-    Ok(())
+    Ok(out)
+}
+
+/// With a publisher-given `message_id`, the response says which serial each channel gave it
+/// (the original one for a retry), so a publisher can tell a retry from a new message.
+fn identity(p: &Prepared<'_>, published: &[Published], out: &mut Map<String, Value>) {
+    let Some(mid) = p.message_id else { return };
+    out.insert("message_id".into(), mid.into());
+    let serials: Map<String, Value> = p
+        .channels
+        .iter()
+        .zip(published)
+        .filter_map(|(c, r)| r.serial.map(|s| (c.as_str().to_string(), Value::from(s))))
+        .collect();
+    if !serials.is_empty() {
+        out.insert("serials".into(), Value::Object(serials));
+    }
 }
 
 /// Attributes of one channel, as `info` asked, cluster-wide.
@@ -159,18 +194,20 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 pub async fn trigger(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Extension(RequestBody(body)): Extension<RequestBody>) -> Result<Json<Value>, ApiError> {
     let req: EventRequest = parse_body(&body)?;
     let p = prepare(&app, &req)?;
-    publish(&node, &app, &p).await?;
-    if !p.info.any() {
-        return Ok(Json(Value::Object(Map::new())));
+    let published = publish(&node, &app, &p).await?;
+    let mut out = Map::new();
+    identity(&p, &published, &mut out);
+    if p.info.any() {
+        let mut channels = Map::new();
+        for c in &p.channels {
+            channels.insert(c.as_str().to_string(), Value::Object(channel_attributes(&node, &app.id, c, p.info).await?));
+        }
+        out.insert("channels".into(), Value::Object(channels));
     }
-    let mut channels = Map::new();
-    for c in &p.channels {
-        channels.insert(c.as_str().to_string(), Value::Object(channel_attributes(&node, &app.id, c, p.info).await?));
-    }
-    Ok(Json(serde_json::json!({ "channels": channels })))
+    Ok(Json(Value::Object(out)))
 }
 
-pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Extension(RequestBody(body)): Extension<RequestBody>) -> Result<Json<Value>, ApiError> {
+pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Extension(RequestBody(body)): Extension<RequestBody>) -> Result<Response, ApiError> {
     let req: BatchRequest = parse_body(&body)?;
     if req.batch.is_empty() {
         return Err(bad_request("batch must not be empty"));
@@ -185,8 +222,20 @@ pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(Authenticate
         }
         prepare(&app, r)
     }).collect::<Result<Vec<_>, _>>()?;
-    for p in &prepared {
-        publish(&node, &app, p).await?;
+    // Per-item `idempotency_key`s: claim them all before publishing anything.
+    let gates = match gate_batch_items(&node, &app.id, &body, prepared.len()).await? {
+        Ok(gates) => gates,
+        Err(refusal) => return Ok(refusal),
+    };
+    for (index, p) in prepared.iter().enumerate() {
+        let Some(ItemGate::Publish(_)) = gates.get(index) else {
+            continue; // Already published within the TTL: not again.
+        };
+        if let Err(error) = publish(&node, &app, p).await {
+            // Items from here on were not published: release their keys so a retry sends them.
+            release_item_keys(&node, &app.id, gates.get(index..).unwrap_or_default()).await;
+            return Err(error);
+        }
     }
     let mut items = Vec::with_capacity(prepared.len());
     for p in &prepared {
@@ -195,7 +244,72 @@ pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(Authenticate
             _ => Value::Object(Map::new()),
         });
     }
-    Ok(Json(serde_json::json!({ "batch": items })))
+    Ok(Json(serde_json::json!({ "batch": items })).into_response())
+}
+
+/// What to do with one batch item, per its `idempotency_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ItemGate {
+    /// Publish it; `Some(key)`: this request claimed that key (released if not published).
+    Publish(Option<String>),
+    /// Its key was used, within the TTL, for the same item: already published, skip it.
+    Skip,
+}
+
+/// Claim the per-item keys of a batch (PROTOCOL.md §7) with the core's `claim_item`: an item
+/// whose key was already used for the same item is skipped; one whose key was used for a
+/// different item refuses the whole batch with 409, before anything is published (the claims
+/// this call made are released). A cache failure refuses the batch with 503 (fail closed).
+/// Batches without item keys cost one substring scan.
+async fn gate_batch_items(node: &Node, app_id: &str, body: &[u8], count: usize) -> Result<Result<Vec<ItemGate>, Response>, ApiError> {
+    let mut gates = vec![ItemGate::Publish(None); count];
+    if !body.windows(BODY_KEY_FIELD.len()).any(|w| w == BODY_KEY_FIELD.as_bytes()) && !body.windows(2).any(|w| w == b"\\u") {
+        return Ok(Ok(gates));
+    }
+    let value: Value = parse_body(body)?;
+    let items = value.get("batch").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let ttl = Duration::from_secs(node.settings.idempotency_ttl);
+    for (index, item) in items.iter().enumerate().take(count) {
+        let key = match item.get(BODY_KEY_FIELD) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(key)) => key,
+            Some(_) => {
+                release_item_keys(node, app_id, &gates).await;
+                return Err(bad_request(format!("batch[{index}].idempotency_key must be a string")));
+            }
+        };
+        if let Err(rejection) = validate_item_key(key) {
+            release_item_keys(node, app_id, &gates).await;
+            return Err(bad_request(format!("batch[{index}]: {rejection}")));
+        }
+        let claim = claim_item(node.cache.as_ref(), app_id, key, &Fingerprint::of_json(item), ttl).await;
+        match claim {
+            Ok(ItemClaim::Claimed) => gates[index] = ItemGate::Publish(Some(key.clone())),
+            Ok(ItemClaim::Duplicate) => gates[index] = ItemGate::Skip,
+            Ok(ItemClaim::Conflict) => {
+                release_item_keys(node, app_id, &gates).await;
+                let message = format!("batch[{index}].idempotency_key was already used for a different event");
+                return Ok(Err(json_error(StatusCode::CONFLICT, &message)));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "idempotency cache failed; refusing the batch");
+                release_item_keys(node, app_id, &gates).await;
+                return Err(ApiError::Unavailable("idempotency store unavailable; nothing was published".into()));
+            }
+        }
+    }
+    Ok(Ok(gates))
+}
+
+/// Release the item keys these gates claimed (best effort: a failure leaves them to expire).
+async fn release_item_keys(node: &Node, app_id: &str, gates: &[ItemGate]) {
+    for gate in gates {
+        if let ItemGate::Publish(Some(key)) = gate {
+            if let Err(error) = release_item(node.cache.as_ref(), app_id, key).await {
+                tracing::warn!(%error, "failed to release a batch item's idempotency key");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Replies are queued on the connection's own outbound queue, behind any broadcast already
 //! queued, so a client sees events in the order the node decided them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -12,15 +12,16 @@ use sockudo_core::auth::{verify_channel_auth, verify_user_auth};
 use sockudo_core::channel::{ChannelKind, ChannelName};
 use sockudo_core::protocol::events::{self, classify, EventKind, Family};
 use sockudo_core::protocol::frame::{PresenceChannelData, SigninData, SigninUserData, SubscribeData, UnsubscribeData};
-use sockudo_core::protocol::{ClientFrame, ErrorCode, FrameError, OutboundFrame};
+use sockudo_core::protocol::{ClientFrame, ErrorCode, FrameError, OutboundFrame, ProtocolVersion};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connection::Connection;
+use super::v2::{self, ResumePlan};
 use crate::namespace::Namespace;
-use sockudo_core::adapter::{PresenceJoin, PresenceMember};
+use sockudo_core::adapter::{Broadcast, PresenceJoin, PresenceMember};
 use crate::node::Node;
-use crate::publish::{cache_channel_key, decode_cached, publish_frame};
+use crate::publish::{cache_channel_key, decode_cached, publish_event, EventToPublish};
 
 /// Longest event name accepted from a client (Pusher's limit).
 const MAX_EVENT_NAME_LEN: usize = 200;
@@ -28,10 +29,12 @@ const MAX_EVENT_NAME_LEN: usize = 200;
 const MAX_USER_ID_LEN: usize = 128;
 
 /// What the session loop does after a frame.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Flow {
     Continue,
     Close(ErrorCode),
+    /// Write a resume (replays, held frames, outcome frames) straight to the socket.
+    Resume(ResumePlan),
 }
 
 /// Per-connection protocol state.
@@ -41,6 +44,8 @@ pub struct Session {
     ns: Arc<Namespace>,
     family: Family,
     channels: HashSet<Arc<str>>,
+    /// V2: stream head at subscribe time per channel (`until_attach` backfill).
+    attach: HashMap<Arc<str>, u64>,
     window_start: Instant,
     window_count: u32,
 }
@@ -48,7 +53,7 @@ pub struct Session {
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Connection>, ns: Arc<Namespace>) -> Self {
         let family = conn.protocol.family();
-        Session { node, conn, ns, family, channels: HashSet::new(), window_start: Instant::now(), window_count: 0 }
+        Session { node, conn, ns, family, channels: HashSet::new(), attach: HashMap::new(), window_start: Instant::now(), window_count: 0 }
     }
 
     fn error(&self, message: &str, code: Option<ErrorCode>) {
@@ -107,6 +112,32 @@ impl Session {
                 Err(e) => self.error(&format!("Invalid unsubscribe: {e}"), None),
             },
             events::SIGNIN => return self.signin(frame),
+            "resume" if self.conn.protocol == ProtocolVersion::V2 => match object_data::<v2::ResumeData>(frame) {
+                Ok(d) => {
+                    let channels = &self.channels;
+                    let subscribed = |name: &str| channels.get(name).cloned();
+                    let plan = v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, d).await;
+                    return Flow::Resume(plan);
+                }
+                Err(e) => self.error(&format!("Invalid resume: {e}"), None),
+            },
+            "channel_history" if self.conn.protocol == ProtocolVersion::V2 => match object_data::<v2::HistoryRequest>(frame) {
+                Ok(req) => {
+                    let Some(channel) = self.channels.get(req.channel.as_str()).cloned() else {
+                        self.error("channel_history requires a subscription to the channel", None);
+                        return Flow::Continue;
+                    };
+                    let attach = self.attach.get(&channel).copied();
+                    match v2::channel_history(&self.node, &self.conn.app.id, &req, attach).await {
+                        Ok(frame) => {
+                            self.conn.send_text(frame);
+                        }
+                        Err(msg) => self.error(&format!("channel_history failed: {msg}"), None),
+                    }
+                }
+                Err(e) => self.error(&format!("Invalid channel_history: {e}"), None),
+            },
+            "resume" | "channel_history" => self.error("resume and channel_history require protocol 2", None),
             other => self.error(&format!("Unsupported event: {}{other}", self.family.prefix()), None),
         }
         Flow::Continue
@@ -192,8 +223,17 @@ impl Session {
         }
 
         let presence_user = presence.as_ref().map(|(u, _)| Arc::clone(u));
-        let joined = self.ns.subscribe(name.as_str(), &self.conn, presence_user);
         let channel: Arc<str> = Arc::from(name.as_str());
+        // Held until the member event (if any) is published; see `Namespace::presence_guard`.
+        let ns = Arc::clone(&self.ns);
+        let _presence_guard = match &presence_user {
+            Some(user) => Some(ns.presence_guard(&channel, user).await),
+            None => None,
+        };
+        // No channel frame may reach the client before subscription_succeeded: a member
+        // event delivered earlier may postdate the snapshot below (which would then undo it).
+        self.conn.begin_join(&channel);
+        let joined = self.ns.subscribe(name.as_str(), &self.conn, presence_user);
         let mut member_added = None;
         let data = match &presence {
             None => String::from("{}"),
@@ -208,18 +248,21 @@ impl Session {
                 match outcome {
                     Ok((false, first, members)) => {
                         if first {
-                            member_added = Some(OutboundFrame::member_added(self.family, &channel, user, info.as_deref()));
+                            member_added = Some((Arc::clone(user), info.clone()));
                         }
                         presence_data(&members)
                     }
                     Ok((true, _, _)) => {
                         self.ns.unsubscribe(&channel, &socket_id);
+                        self.conn.cancel_join(&channel);
                         let msg = format!("Presence channel is full ({} members)", app.max_presence_members);
                         return self.subscription_error(&channel, "LimitReached", &msg, 403);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, channel = %channel, "presence store unavailable");
-                        if let Some(u) = self.ns.unsubscribe(&channel, &socket_id).and_then(|u| u.node_last) {
+                        let left = self.ns.unsubscribe(&channel, &socket_id);
+                        self.conn.cancel_join(&channel);
+                        if let Some(u) = left.and_then(|u| u.node_last) {
                             // Undo a join that may have reached the store before the error.
                             let _ = self.node.adapter.presence_leave(&app.id, &channel, &u).await;
                         }
@@ -228,10 +271,30 @@ impl Session {
                 }
             }
         };
+        let data = match self.conn.protocol {
+            ProtocolVersion::V2 => match v2::subscribe_fields(&self.node, &app.id, &channel).await {
+                Some(position) => {
+                    self.attach.insert(Arc::clone(&channel), position.1);
+                    v2::with_stream_fields(&data, &position)
+                }
+                None => data,
+            },
+            ProtocolVersion::V1 => data,
+        };
         self.channels.insert(Arc::clone(&channel));
         self.conn.send_text(OutboundFrame::subscription_succeeded(self.family, &channel, &data));
-        if let Some(frame) = member_added {
-            self.broadcast_control(&name, frame, Some(Arc::clone(&socket_id))).await;
+        self.conn.finish_join(&channel);
+        // webhooks: begin
+        if let Some(w) = self.node.webhooks() {
+            w.subscribed(&app, &channel).await;
+            if let Some((user, _)) = &member_added {
+                w.member_added(&app, &channel, user).await;
+            }
+        }
+        // webhooks: end
+        if let Some((user, info)) = member_added {
+            let encode = |f: Family| OutboundFrame::member_added(f, &channel, &user, info.as_deref());
+            self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id))).await;
         }
         if name.is_cache() && joined.new_subscription {
             match self.node.cache.get(&cache_channel_key(&app.id, &channel)).await {
@@ -242,6 +305,9 @@ impl Session {
                 }
                 Ok(None) => {
                     self.conn.send_text(OutboundFrame::cache_miss(self.family, &channel));
+                    if let Some(w) = self.node.webhooks() {
+                        w.cache_miss(&app, &channel); // webhooks
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, channel = %channel, "cache channel lookup failed"),
             }
@@ -250,20 +316,27 @@ impl Session {
 
     /// Internal broadcasts (member events) go through the adapter like any event but never
     /// touch the cache-channel store.
-    async fn broadcast_control(&self, channel: &ChannelName<'_>, frame: String, except: Option<Arc<str>>) {
-        let msg = sockudo_core::adapter::Broadcast {
-            app_id: Arc::from(self.conn.app.id.as_str()),
-            channel: Arc::from(channel.as_str()),
-            frame: bytes::Bytes::from(frame),
-            except_socket: except,
-        };
+    /// `encode` builds the frame for a family; V1 and V2 connections each get their own.
+    async fn broadcast_control(&self, channel: &ChannelName<'_>, encode: impl Fn(Family) -> String, except: Option<Arc<str>>) {
+        let mut msg = Broadcast::plain(&self.conn.app.id, channel.as_str(), encode(Family::Pusher).into(), except);
+        msg.frame_v2 = Some(encode(Family::Sockudo).into());
         if let Err(e) = self.node.adapter.publish(msg).await {
             tracing::warn!(error = %e, channel = %channel, "member event broadcast failed");
         }
     }
 
     async fn leave(&mut self, channel: &str) {
+        self.attach.remove(channel);
+        self.conn.forget_channel(channel);
+        let ns = Arc::clone(&self.ns);
+        let _presence_guard = match ns.presence_user_of(channel, &self.conn.socket_id) {
+            Some(user) => Some(ns.presence_guard(channel, &user).await),
+            None => None,
+        };
         let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else { return };
+        if let Some(w) = self.node.webhooks() {
+            w.unsubscribed(&self.conn.app, channel).await; // webhooks
+        }
         let Some(user) = left.node_last else { return };
         let gone = match self.node.adapter.presence_leave(&self.conn.app.id, channel, &user).await {
             Ok(gone) => gone,
@@ -276,8 +349,11 @@ impl Session {
         };
         if gone {
             if let Ok(name) = ChannelName::parse(channel) {
-                let frame = OutboundFrame::member_removed(self.family, channel, &user);
-                self.broadcast_control(&name, frame, None).await;
+                let encode = |f: Family| OutboundFrame::member_removed(f, channel, &user);
+                self.broadcast_control(&name, encode, None).await;
+            }
+            if let Some(w) = self.node.webhooks() {
+                w.member_removed(&self.conn.app, channel, &user); // webhooks
             }
         }
     }
@@ -332,10 +408,12 @@ impl Session {
             return self.error(ErrorCode::ClientEventRateLimited.message(), Some(ErrorCode::ClientEventRateLimited));
         }
         let user_id = if name.is_presence() { self.ns.presence_user_of(channel, &self.conn.socket_id) } else { None };
-        let out = OutboundFrame::event(&frame.event, channel, data, user_id.as_deref());
-        if let Err(e) = publish_frame(&self.node, &app.id, &name, out, Some(Arc::clone(&self.conn.socket_id))).await {
+        let ev = EventToPublish { event: &frame.event, data, user_id: user_id.as_deref(), message_id: None, extras: None, except_socket: Some(&self.conn.socket_id) };
+        if let Err(e) = publish_event(&self.node, &app.id, &name, ev).await {
             tracing::warn!(error = %e, channel, "client event publish failed");
             self.error("Client event could not be delivered", None);
+        } else if let Some(w) = self.node.webhooks() {
+            w.client_event(&app, channel, &frame.event, data, &self.conn.socket_id, user_id.as_deref()); // webhooks
         }
     }
 

@@ -3,5 +3,6 @@
 mod handler;
 mod session;
 mod upgrade;
+mod v2;
 
 pub use upgrade::{ws_fallback, ws_handler};

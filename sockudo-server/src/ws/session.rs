@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use sockudo_core::history::recovery;
+
 use super::handler::{Flow, Session};
+use super::v2::{ChannelPlan, ResumePlan};
 use crate::connection::{Connection, Outbox, QueueLimits};
 use crate::namespace::Namespace;
 use crate::node::Node;
@@ -81,6 +84,46 @@ async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection) -> Re
     ws.flush().await
 }
 
+/// Execute a resume plan: what was queued before it goes first, then per channel the replay
+/// and the held live frames (checked contiguous), then the outcome frames.
+async fn write_resume(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, plan: ResumePlan) -> Result<Option<ErrorCode>, WsError> {
+    write_queued(ws, outbox, conn).await?;
+    let mut broken = false;
+    for step in plan.channels {
+        match step {
+            ChannelPlan::Recovered { channel, replay, continue_after } => {
+                for f in replay {
+                    ws.feed(Message::Text(f)).await?;
+                }
+                match recovery::merge_held(continue_after, conn.release(&channel)) {
+                    Ok(held) => {
+                        for (_, f) in held {
+                            ws.feed(Message::Text(f)).await?;
+                        }
+                    }
+                    // Live frames after the replay are not contiguous: never pretend they are.
+                    Err(_) => broken = true,
+                }
+            }
+            ChannelPlan::Failed { channel, failed } => {
+                ws.feed(Message::text(failed)).await?;
+                for (_, f) in conn.release(&channel) {
+                    ws.feed(Message::Text(f)).await?;
+                }
+            }
+        }
+    }
+    if broken {
+        ws.flush().await?;
+        return Ok(Some(ErrorCode::ReconnectImmediately));
+    }
+    if let Some(success) = plan.success {
+        ws.feed(Message::text(success)).await?;
+    }
+    ws.flush().await?;
+    Ok(None)
+}
+
 /// Why the loop ended.
 enum End {
     /// Close with this code and reason.
@@ -132,14 +175,26 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                             tracing::debug!(socket_id = %socket_id, error = %e, "socket error");
                             break End::Gone;
                         }
-                        Some(Ok(Message::Text(text))) => {
-                            if let Flow::Close(code) = session.handle_text(&text).await {
+                        Some(Ok(Message::Text(text))) => match session.handle_text(&text).await {
+                            Flow::Continue => {}
+                            Flow::Close(code) => {
                                 // The handler queued its `pusher:error` for this code: deliver
                                 // what is queued before the close frame.
                                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn)).await;
                                 break End::Code(code.code(), code.message());
                             }
-                        }
+                            Flow::Resume(plan) => {
+                                let written = tokio::select! {
+                                    r = write_resume(&mut ws, &mut outbox, &conn, plan) => r,
+                                    code = conn.close_requested() => { break End::Code(code, close_reason(code)) }
+                                };
+                                match written {
+                                    Ok(None) => {}
+                                    Ok(Some(code)) => break End::Code(code.code(), "cannot prove continuity after replay: reconnect and resume"),
+                                    Err(_) => break End::Gone,
+                                }
+                            }
+                        },
                         Some(Ok(Message::Binary(_))) => session.reject_binary(),
                         Some(Ok(Message::Close(_))) => break End::Gone,
                         // Ping frames are answered by tungstenite on the next write/flush.

@@ -66,7 +66,7 @@ impl TestNode {
     pub async fn start(settings: NodeSettings) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let node = sockudo_server::build_node(settings);
+        let node = sockudo_server::build_node_memory(settings);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(sockudo_server::serve(listener, Arc::clone(&node), async move {
             let _ = rx.await;
@@ -132,7 +132,7 @@ pub struct TestClient {
 /// Decode a text frame; the `data` of `pusher:`/`pusher_internal:` events is double-encoded.
 pub fn decode_frame(text: &str) -> Value {
     let mut v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON text {text:?}: {e}"));
-    let system = v["event"].as_str().is_some_and(|e| e.starts_with("pusher:") || e.starts_with("pusher_internal:"));
+    let system = v["event"].as_str().is_some_and(|e| ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().any(|p| e.starts_with(p)));
     if system {
         if let Some(inner) = v["data"].as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
             v["data"] = inner;
@@ -177,7 +177,12 @@ impl TestClient {
 
     /// Wait for `pusher:connection_established` and remember the socket id.
     pub async fn established(&mut self) -> Value {
-        let ev = self.recv_event("pusher:connection_established", WAIT).await;
+        self.established_as("pusher:connection_established").await
+    }
+
+    /// The same for either family (`sockudo:connection_established` on V2).
+    pub async fn established_as(&mut self, event: &str) -> Value {
+        let ev = self.recv_event(event, WAIT).await;
         self.socket_id = ev["data"]["socket_id"].as_str().expect("socket_id").to_owned();
         ev
     }

@@ -1,0 +1,127 @@
+//! What the client hands to the application: channel events, connection events, messages.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::state::ConnectionState;
+
+/// An app event, client event or user event as delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub channel: String,
+    pub event: String,
+    /// The `data` as sent by the publisher (a JSON string stays a string). On encrypted
+    /// channels: the decrypted plaintext, parsed as JSON when it is JSON.
+    pub data: Value,
+    /// The sender of a client event on a presence channel.
+    pub user_id: Option<String>,
+    /// V2: the stable identity of the message (dedup key).
+    pub message_id: Option<String>,
+    /// V2: position in the channel's stream.
+    pub serial: Option<u64>,
+    /// V2: the stream generation.
+    pub stream_id: Option<String>,
+    /// V2: optional extras.
+    pub extras: Option<Value>,
+}
+
+impl Message {
+    /// `data` when it is a string.
+    pub fn data_str(&self) -> Option<&str> {
+        self.data.as_str()
+    }
+
+    /// Decode `data` as `T`; a string holding JSON (as the HTTP API delivers) is parsed first.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        let decoded = match &self.data {
+            Value::String(text) => serde_json::from_str(text),
+            other => serde_json::from_value(other.clone()),
+        };
+        decoded.map_err(|e| Error::new(ErrorKind::Protocol, format!("event data is not the expected JSON: {e}")))
+    }
+}
+
+/// A presence member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub user_id: String,
+    /// `user_info` from the member's `channel_data` (`Null` when none).
+    pub info: Value,
+}
+
+/// Why a V2 resume could not prove continuity for a channel (`sockudo:resume_failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryFailure {
+    pub channel: String,
+    /// `stream_reset`, `position_expired`, `continuity_unverifiable`,
+    /// `persistence_unavailable`, or a client-side `resume_timeout` / `not_acknowledged`.
+    pub code: String,
+    pub reason: Option<String>,
+    pub expected_stream_id: Option<String>,
+    pub current_stream_id: Option<String>,
+    pub oldest_available_serial: Option<u64>,
+    pub newest_available_serial: Option<u64>,
+}
+
+impl RecoveryFailure {
+    /// A failure decided by the client itself (no server answer to trust).
+    pub fn client_side(channel: &str, code: &str, reason: &str) -> Self {
+        RecoveryFailure {
+            channel: channel.to_owned(),
+            code: code.to_owned(),
+            reason: Some(reason.to_owned()),
+            expected_stream_id: None,
+            current_stream_id: None,
+            oldest_available_serial: None,
+            newest_available_serial: None,
+        }
+    }
+}
+
+/// Everything a [`Subscription`](crate::Subscription) yields, in server order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// An app or client event.
+    Message(Message),
+    /// A user's first connection joined the presence channel.
+    MemberAdded(Member),
+    /// A user's last connection left the presence channel.
+    MemberRemoved(Member),
+    /// Cache channel: nothing was cached when this client subscribed.
+    CacheMiss,
+    /// Subscribed again after a reconnect, without a resume: events may have been missed.
+    Resubscribed,
+    /// V2: the resume proved continuity; `replayed` missed events were delivered before this.
+    Recovered { source: String, replayed: u64 },
+    /// V2: the resume could not prove continuity. Delivered before any new live event of
+    /// the channel; backfill with [`Client::history`](crate::Client::history).
+    RecoveryFailed(RecoveryFailure),
+    /// An encrypted event could not be decrypted (it is not delivered).
+    DecryptionFailed { event: String, error: Error },
+    /// The channel could not be subscribed again after a reconnect; the stream ends.
+    SubscriptionFailed(Error),
+}
+
+/// Connection-level events ([`Client::events`](crate::Client::events)).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The connection state changed.
+    State(ConnectionState),
+    /// The server sent `pusher:error` that no pending request claimed.
+    ServerError { message: String, code: Option<u16> },
+    /// V2 resume failed for a channel (also delivered on that channel's stream).
+    RecoveryFailed(RecoveryFailure),
+    /// A subscription's buffer was full and an event was dropped.
+    SlowConsumer { channel: String },
+    /// Signin succeeded (also after an automatic re-signin on reconnect).
+    SignedIn { user_id: String },
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.code() == other.code() && self.message() == other.message()
+    }
+}

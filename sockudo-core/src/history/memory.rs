@@ -1,0 +1,301 @@
+//! [`HistoryStore`] in process memory: the single-node default and the reference
+//! implementation for the conformance suite.
+//!
+//! Each (app, channel) stream is one mutex-protected record: its `stream_id`, the last
+//! assigned serial, the retained messages (a `VecDeque`, contiguous by construction) and a
+//! `message_id → serial` map for deduplication. `append` assigns the serial, builds the frame
+//! and stores it under the stream's lock, so serials are 1, 2, 3, … without gaps or repeats.
+//!
+//! Retention ([`Retention`]) is applied on every append and every read: the oldest messages
+//! are dropped while there are more than `max_messages` or while the oldest is older than
+//! `max_age` (a message exactly `max_age` old is still retained). Ages use the monotonic
+//! clock; `published_at_ms` is the wall clock at append.
+//!
+//! Deduplication: a `message_id` is remembered for the `dedup_window` given when it was first
+//! appended. An empty `message_id` or a zero window disables deduplication for that append.
+//!
+//! A stream record lives as long as the store (one small record per channel ever used), so an
+//! idle channel keeps its `stream_id` and head and can always be resumed at its head.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::ids::fresh_stream_id;
+use super::{Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition};
+
+#[derive(Debug)]
+struct Entry {
+    message: StoredMessage,
+    appended_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    serial: u64,
+    /// `None`: the window does not fit the clock (never expires).
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    stream_id: String,
+    serial: u64,
+    messages: VecDeque<Entry>,
+    dedup: HashMap<String, Claim>,
+    /// Claims with an expiry, in insertion order, for amortised pruning. An entry whose claim
+    /// was replaced is skipped when pruned (its expiry no longer matches the map).
+    dedup_order: VecDeque<(Instant, String)>,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            stream_id: fresh_stream_id(),
+            serial: 0,
+            messages: VecDeque::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition { stream_id: self.stream_id.clone(), serial: self.serial }
+    }
+
+    fn trim(&mut self, retention: Retention, now: Instant) {
+        while self.messages.len() > retention.max_messages {
+            self.messages.pop_front();
+        }
+        while self.messages.front().is_some_and(|e| now.saturating_duration_since(e.appended_at) > retention.max_age) {
+            self.messages.pop_front();
+        }
+    }
+
+    fn prune_dedup(&mut self, now: Instant) {
+        while let Some((at, _)) = self.dedup_order.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((at, id)) = self.dedup_order.pop_front() {
+                if self.dedup.get(&id).is_some_and(|c| c.expires_at == Some(at)) {
+                    self.dedup.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn live_claim(&self, message_id: &str, now: Instant) -> Option<u64> {
+        let c = self.dedup.get(message_id)?;
+        match c.expires_at {
+            Some(at) if at <= now => None,
+            _ => Some(c.serial),
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.messages.front().map(|e| e.message.serial)
+    }
+
+    fn page(&self, messages: Vec<StoredMessage>) -> HistoryPage {
+        HistoryPage { stream_id: self.stream_id.clone(), messages, oldest_serial: self.oldest(), newest_serial: self.serial }
+    }
+}
+
+/// In-memory [`HistoryStore`]. See the module docs.
+#[derive(Debug)]
+pub struct MemoryHistoryStore {
+    retention: Retention,
+    streams: DashMap<String, Arc<Mutex<Stream>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `{len(app)}:{app}:{channel}`: injective over (app, channel).
+fn stream_key(app_id: &str, channel: &str) -> String {
+    format!("{}:{app_id}:{channel}", app_id.len())
+}
+
+impl MemoryHistoryStore {
+    pub fn new(retention: Retention) -> Self {
+        MemoryHistoryStore { retention, streams: DashMap::new() }
+    }
+
+    /// The retention this store applies.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    fn stream(&self, app_id: &str, channel: &str) -> Arc<Mutex<Stream>> {
+        let key = stream_key(app_id, channel);
+        if let Some(s) = self.streams.get(&key) {
+            return Arc::clone(&s);
+        }
+        Arc::clone(&self.streams.entry(key).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))))
+    }
+}
+
+impl Default for MemoryHistoryStore {
+    fn default() -> Self {
+        MemoryHistoryStore::new(Retention::default())
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistoryStore {
+    async fn append(
+        &self,
+        app_id: &str,
+        channel: &str,
+        message_id: &str,
+        dedup_window: Duration,
+        frame_for: &(dyn for<'s> Fn(&'s str, u64) -> Bytes + Send + Sync),
+    ) -> Result<Appended, HistoryError> {
+        let stream = self.stream(app_id, channel);
+        let mut s = stream.lock();
+        let now = Instant::now();
+        s.prune_dedup(now);
+        let dedup = !message_id.is_empty() && !dedup_window.is_zero();
+        if dedup {
+            if let Some(serial) = s.live_claim(message_id, now) {
+                return Ok(Appended { stream_id: s.stream_id.clone(), serial, duplicate: true });
+            }
+        }
+        let serial = s
+            .serial
+            .checked_add(1)
+            .ok_or_else(|| HistoryError::Corrupt("serial space exhausted".to_owned()))?;
+        let frame = frame_for(&s.stream_id, serial);
+        s.serial = serial;
+        s.messages.push_back(Entry {
+            message: StoredMessage { serial, message_id: message_id.to_owned(), published_at_ms: now_ms(), frame },
+            appended_at: now,
+        });
+        if dedup {
+            let expires_at = now.checked_add(dedup_window);
+            s.dedup.insert(message_id.to_owned(), Claim { serial, expires_at });
+            if let Some(at) = expires_at {
+                s.dedup_order.push_back((at, message_id.to_owned()));
+            }
+        }
+        s.trim(self.retention, now);
+        Ok(Appended { stream_id: s.stream_id.clone(), serial, duplicate: false })
+    }
+
+    async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
+        let stream = self.stream(app_id, channel);
+        let s = stream.lock();
+        Ok(s.position())
+    }
+
+    async fn read_after(&self, app_id: &str, channel: &str, after: u64, limit: usize) -> Result<HistoryPage, HistoryError> {
+        let stream = self.stream(app_id, channel);
+        let mut s = stream.lock();
+        s.trim(self.retention, Instant::now());
+        let skip = match s.oldest() {
+            // Index of `after + 1`: everything before it is skipped.
+            Some(oldest) if after >= oldest => usize::try_from(after - oldest + 1).unwrap_or(usize::MAX),
+            _ => 0,
+        };
+        let messages = s.messages.iter().skip(skip).take(limit).map(|e| e.message.clone()).collect();
+        Ok(s.page(messages))
+    }
+
+    async fn read_before(&self, app_id: &str, channel: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, HistoryError> {
+        let stream = self.stream(app_id, channel);
+        let mut s = stream.lock();
+        s.trim(self.retention, Instant::now());
+        // Number of retained messages with serial < before.
+        let count = match (before, s.oldest()) {
+            (None, _) => s.messages.len(),
+            (Some(_), None) => 0,
+            (Some(b), Some(oldest)) => usize::try_from(b.saturating_sub(oldest)).unwrap_or(usize::MAX).min(s.messages.len()),
+        };
+        let messages = s.messages.iter().take(count).rev().take(limit).map(|e| e.message.clone()).collect();
+        Ok(s.page(messages))
+    }
+
+    async fn reset(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
+        let stream = self.stream(app_id, channel);
+        let mut s = stream.lock();
+        *s = Stream::new();
+        Ok(s.position())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::history::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_store_passes_conformance() {
+        let store: Arc<dyn HistoryStore> = Arc::new(MemoryHistoryStore::new(conformance::RETENTION));
+        conformance::run_all(&store, "mem").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_store_age_retention() {
+        let store: Arc<dyn HistoryStore> = Arc::new(MemoryHistoryStore::new(conformance::AGE_RETENTION));
+        conformance::age_retention(&store, "mem-age").await;
+    }
+
+    fn frame(sid: &str, serial: u64) -> Bytes {
+        Bytes::from(format!("{sid}/{serial}"))
+    }
+
+    #[tokio::test]
+    async fn empty_message_id_and_zero_window_do_not_dedup() {
+        let store = MemoryHistoryStore::default();
+        let w = Duration::from_secs(60);
+        assert_eq!(store.append("a", "c", "", w, &frame).await.unwrap().serial, 1);
+        assert_eq!(store.append("a", "c", "", w, &frame).await.unwrap().serial, 2);
+        assert_eq!(store.append("a", "c", "x", Duration::ZERO, &frame).await.unwrap().serial, 3);
+        assert_eq!(store.append("a", "c", "x", Duration::ZERO, &frame).await.unwrap().serial, 4);
+        // Huge windows do not overflow the clock.
+        assert_eq!(store.append("a", "c", "y", Duration::MAX, &frame).await.unwrap().serial, 5);
+        assert!(store.append("a", "c", "y", Duration::MAX, &frame).await.unwrap().duplicate);
+    }
+
+    #[tokio::test]
+    async fn dedup_claims_are_pruned_after_their_window() {
+        let store = MemoryHistoryStore::default();
+        let short = Duration::from_millis(20);
+        for i in 0..100 {
+            store.append("a", "c", &format!("m{i}"), short, &frame).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        store.append("a", "c", "last", short, &frame).await.unwrap();
+        let stream = store.stream("a", "c");
+        let s = stream.lock();
+        assert_eq!(s.dedup.len(), 1);
+        assert_eq!(s.dedup_order.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_do_not_collide_across_apps() {
+        let store = MemoryHistoryStore::default();
+        let w = Duration::from_secs(1);
+        store.append("a:b", "c", "1", w, &frame).await.unwrap();
+        assert_eq!(store.head("a", "b:c").await.unwrap().serial, 0);
+    }
+
+    #[tokio::test]
+    async fn zero_count_retention_keeps_nothing_but_counts() {
+        let store = MemoryHistoryStore::new(Retention { max_messages: 0, max_age: Duration::from_secs(60) });
+        let w = Duration::from_secs(1);
+        store.append("a", "c", "1", w, &frame).await.unwrap();
+        store.append("a", "c", "2", w, &frame).await.unwrap();
+        let page = store.read_after("a", "c", 0, 10).await.unwrap();
+        assert!(page.messages.is_empty());
+        assert_eq!((page.oldest_serial, page.newest_serial), (None, 2));
+    }
+}

@@ -1,0 +1,256 @@
+//! Webhooks (PROTOCOL.md §8): per-app targets, Pusher bodies and signatures, batching,
+//! cluster-wide occupied/vacated and member events, and at-least-once delivery through the
+//! shared [`Queue`].
+//!
+//! # Flow
+//! 1. The WebSocket handler reports what happened ([`Webhooks::subscribed`],
+//!    [`Webhooks::unsubscribed`], [`Webhooks::member_added`], [`Webhooks::member_removed`],
+//!    [`Webhooks::client_event`], [`Webhooks::cache_miss`]). Nothing is done for an app
+//!    without a target that wants the event type.
+//! 2. Events are buffered per app for [`WebhookSettings::batch_window`] (default 250 ms) or
+//!    until [`WebhookSettings::batch_max`] (default 50) accumulate, then split per target by
+//!    its `event_types` filter. Each (app, target, batch) becomes one queue job holding the
+//!    exact body, its headers (`X-Pusher-Key`, `X-Pusher-Signature` = hex HMAC-SHA256 of the
+//!    body under the app secret, custom headers) and the URL.
+//! 3. A worker on every node claims jobs ([`WebhookSettings::lease`], default 30 s), POSTs
+//!    them with a timeout (default 5 s) and a per-target concurrency limit, acks on 2xx, and
+//!    nacks with exponential backoff and jitter on 5xx/408/429/connection errors (honouring
+//!    `Retry-After` in seconds), from 1 s capped at 60 s, with enough attempts to keep
+//!    retrying for [`WebhookSettings::retry_window`] (default 5 min); then the job is
+//!    dead-lettered. Any other non-2xx answer dead-letters it at once. A node that dies
+//!    holding a job leaves it to another node after the lease.
+//!
+//! # Cluster-wide occupancy and membership
+//! Each node counts its own subscriptions per (app, channel) and contributes one unit to a
+//! shared counter in the [`Cache`] while it has any (`increment` on its first subscriber,
+//! decrement on its last). `channel_occupied` is sent when the counter is positive and the
+//! shared "announced" marker of the channel could be set (set-if-absent); `channel_vacated`
+//! is scheduled when the counter drops to 0 and sent after [`WebhookSettings::removal_delay`]
+//! only if the counter is still 0 and this node removed the marker. The marker makes the
+//! events alternate cluster-wide: a vacate-then-rejoin within the delay sends nothing at all.
+//! Members work the same way on the adapter's presence outcomes (`first` / `gone`): the
+//! delayed `member_removed` is dropped when the user is back in the presence members, and a
+//! per-member marker keeps `member_added`/`member_removed` alternating.
+//!
+//! Emission is best effort: when the cache or the queue cannot answer, the event is logged
+//! and dropped (counted in [`WebhookStats::emit_errors`]); once enqueued, delivery is
+//! at-least-once.
+
+mod delivery;
+mod emitter;
+#[cfg(feature = "redis")]
+mod lazy_redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sockudo_core::queue::{MemoryQueue, Queue};
+
+use crate::config::NodeSettings;
+
+pub use delivery::{backoff_delay, max_attempts_for};
+pub use emitter::Webhooks;
+
+/// Tunables of the webhook pipeline.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// How long events are buffered per app before a batch is sent (default 250 ms).
+    pub batch_window: Duration,
+    /// Most events in one POST (default 50, Pusher's batch size).
+    pub batch_max: usize,
+    /// Delay of `channel_vacated` / `member_removed` (default 3 s).
+    pub removal_delay: Duration,
+    /// Timeout of one POST (default 5 s).
+    pub request_timeout: Duration,
+    /// Lease of a claimed job (default 30 s): a node that dies holding it leaves it to
+    /// others after this.
+    pub lease: Duration,
+    /// First retry delay (default 1 s).
+    pub backoff_base: Duration,
+    /// Largest retry delay (default 60 s).
+    pub backoff_cap: Duration,
+    /// Keep retrying a failing job at least this long (default 5 min).
+    pub retry_window: Duration,
+    /// Most concurrent POSTs to one URL from one node (default 8).
+    pub per_target_concurrency: usize,
+    /// Most jobs in flight on one node (default 64).
+    pub max_in_flight: usize,
+    /// How often an idle worker polls the queue (default 250 ms; local enqueues wake it).
+    pub poll_interval: Duration,
+    /// The queue name (default `webhooks`).
+    pub queue_name: String,
+    /// Consumer name in the queue (the node id).
+    pub consumer: String,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            batch_window: Duration::from_millis(250),
+            batch_max: 50,
+            removal_delay: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            retry_window: Duration::from_secs(300),
+            per_target_concurrency: 8,
+            max_in_flight: 64,
+            poll_interval: Duration::from_millis(250),
+            queue_name: "webhooks".into(),
+            consumer: "node".into(),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The operator-facing values of `settings` (`webhook_batch_ms`, `webhook_delay_secs`,
+    /// `webhook_timeout_secs`, `node_id`) over the defaults.
+    pub fn from_node(settings: &NodeSettings) -> Self {
+        WebhookSettings {
+            batch_window: Duration::from_millis(settings.webhook_batch_ms),
+            removal_delay: Duration::from_secs(settings.webhook_delay_secs),
+            request_timeout: Duration::from_secs(settings.webhook_timeout_secs.max(1)),
+            consumer: settings.node_id.clone(),
+            ..WebhookSettings::default()
+        }
+    }
+
+    /// Attempts allowed before dead-lettering, so retries span at least `retry_window`.
+    pub fn max_attempts(&self) -> u32 {
+        max_attempts_for(self.backoff_base, self.backoff_cap, self.retry_window)
+    }
+}
+
+/// Delivery counters (read by metrics).
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Jobs enqueued (one per app, target and batch).
+    pub enqueued: AtomicU64,
+    /// POSTs answered with 2xx.
+    pub sent: AtomicU64,
+    /// POSTs that failed (non-2xx, timeout, connection error).
+    pub failed: AtomicU64,
+    /// Failed jobs rescheduled for another attempt.
+    pub retried: AtomicU64,
+    /// Jobs given up on (permanent failure or attempts exhausted).
+    pub dead_lettered: AtomicU64,
+    /// Events lost before reaching the queue (cache or queue unavailable).
+    pub emit_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`WebhookStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WebhookStatsSnapshot {
+    pub enqueued: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub emit_errors: u64,
+}
+
+impl WebhookStats {
+    pub fn snapshot(&self) -> WebhookStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WebhookStatsSnapshot {
+            enqueued: l(&self.enqueued),
+            sent: l(&self.sent),
+            failed: l(&self.failed),
+            retried: l(&self.retried),
+            dead_lettered: l(&self.dead_lettered),
+            emit_errors: l(&self.emit_errors),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One event in a webhook body; `name` is the event type, as Pusher sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum WebhookEvent {
+    ChannelOccupied {
+        channel: String,
+    },
+    ChannelVacated {
+        channel: String,
+    },
+    MemberAdded {
+        channel: String,
+        user_id: String,
+    },
+    MemberRemoved {
+        channel: String,
+        user_id: String,
+    },
+    ClientEvent {
+        channel: String,
+        event: String,
+        /// The event data as a string (JSON text when the client sent a non-string value).
+        data: String,
+        socket_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+    },
+    CacheMiss {
+        channel: String,
+    },
+}
+
+impl WebhookEvent {
+    /// The event type (`name` on the wire, `event_types` entries in the config).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WebhookEvent::ChannelOccupied { .. } => "channel_occupied",
+            WebhookEvent::ChannelVacated { .. } => "channel_vacated",
+            WebhookEvent::MemberAdded { .. } => "member_added",
+            WebhookEvent::MemberRemoved { .. } => "member_removed",
+            WebhookEvent::ClientEvent { .. } => "client_event",
+            WebhookEvent::CacheMiss { .. } => "cache_miss",
+        }
+    }
+}
+
+/// Why the webhook pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook HTTP client: {0}")]
+    Client(String),
+    #[error("webhook queue: {0}")]
+    Queue(String),
+}
+
+/// The queue `settings.queue.driver` names: `memory` (default), or `redis` (feature
+/// `redis`) at `settings.redis.url`, connected lazily on first use so building a node
+/// stays synchronous; a connection failure surfaces as queue errors (logged, retried).
+pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError> {
+    match settings.queue.driver.as_str() {
+        "memory" => Ok(Arc::new(MemoryQueue::new())),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(settings.redis.url.clone()))),
+        other => Err(WebhookError::Queue(format!("queue driver {other:?} is not supported by this build"))),
+    }
+}
+
+/// Build the pipeline `node.settings` describe on the node's cache and adapter, install it
+/// on the node and start its worker (when a Tokio runtime is running). Errors are logged and
+/// leave the node without webhooks: they never stop it from serving.
+pub fn install(node: &Arc<crate::node::Node>) {
+    let built = queue_for(&node.settings).and_then(|queue| {
+        Webhooks::new(WebhookSettings::from_node(&node.settings), queue, Arc::clone(&node.cache), Arc::clone(&node.adapter))
+    });
+    match built {
+        Ok(w) => {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                w.spawn_worker();
+            }
+            node.set_webhooks(Arc::new(w));
+        }
+        Err(e) => tracing::error!(error = %e, "webhooks disabled"),
+    }
+}

@@ -1,0 +1,117 @@
+//! Helpers shared by the cluster scenario tests (`cluster_*.rs`).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sockudo_testkit::{Cluster, Event, TestClient, APP_KEY, APP_SECRET};
+use tokio::time::Instant;
+
+/// Generous bound for anything that should happen "soon" (a wait, never an assertion).
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a client must stay silent before its deliveries are considered complete.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// Poll `check` until it yields `Some`, or panic with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cluster of `n` in-process nodes sharing a Redis, with every node known to every other
+/// (see [`wait_formed`]).
+pub async fn redis_cluster(n: usize) -> Cluster {
+    let cluster = Cluster::builder().nodes(n).redis(true).build().await.unwrap();
+    wait_formed(&cluster).await;
+    cluster
+}
+
+/// Wait until every node answers cluster-wide queries with every other node's state: one probe
+/// connection per node subscribes to `probe-formation`, and every node must count all of them.
+/// The probes are closed afterwards (and the channel checked vacated everywhere).
+pub async fn wait_formed(cluster: &Cluster) {
+    let n = cluster.nodes().len();
+    let mut probes = Vec::new();
+    for i in 0..n {
+        let mut c = cluster.client(i).await.unwrap();
+        c.subscribe("probe-formation").await.unwrap();
+        probes.push(c);
+    }
+    for i in 0..n {
+        let api = cluster.api(i);
+        wait_for(&format!("node {i} to see all {n} probes"), WAIT * 2, || {
+            let api = api.clone();
+            async move {
+                let (status, body) = api.get("/channels/probe-formation", &[("info", "subscription_count")]).await.ok()?;
+                (status == 200 && body["subscription_count"] == json!(n)).then_some(())
+            }
+        })
+        .await;
+    }
+    for c in probes {
+        c.close().await.unwrap();
+    }
+    for i in 0..n {
+        let api = cluster.api(i);
+        wait_for(&format!("node {i} to see the probes gone"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let (status, body) = api.get("/channels/probe-formation", &[]).await.ok()?;
+                (status == 200 && body["occupied"] == json!(false)).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Subscribe `client` to `channel` with the auth its kind needs (presence as `user`).
+pub async fn join(client: &mut TestClient, channel: &str, user: &str) -> Event {
+    if channel.starts_with("presence-") {
+        client.subscribe_presence(channel, APP_KEY, APP_SECRET, user, json!({ "name": user })).await.unwrap()
+    } else if channel.starts_with("private-") {
+        client.subscribe_private(channel, APP_KEY, APP_SECRET).await.unwrap()
+    } else {
+        client.subscribe(channel).await.unwrap()
+    }
+}
+
+/// Every event a client receives until it has been quiet for [`QUIET`].
+pub async fn drain(client: &mut TestClient) -> Vec<Event> {
+    client.events_until_quiet(QUIET, Duration::from_secs(10)).await.unwrap()
+}
+
+/// Occurrences of app event `name` per (channel, data) among `events`.
+pub fn count_app_events(events: &[Event], name: &str) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for e in events.iter().filter(|e| e.event == name) {
+        let data = match &e.data {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        *out.entry((e.channel.clone().unwrap_or_default(), data)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The user ids of a `/channels/{c}/users` answer.
+pub fn user_ids(body: &Value) -> BTreeSet<String> {
+    body["users"].as_array().unwrap_or(&Vec::new()).iter().filter_map(|u| u["id"].as_str().map(str::to_string)).collect()
+}
+
+/// The member ids in a presence `subscription_succeeded`.
+pub fn presence_ids(event: &Event) -> BTreeSet<String> {
+    event.data["presence"]["ids"].as_array().unwrap_or(&Vec::new()).iter().filter_map(|u| u.as_str().map(str::to_string)).collect()
+}
