@@ -9,6 +9,15 @@ pub enum Mode {
     Publish,
     /// Only connect + subscribe: setup rate and idle RSS per connection.
     ConnectOnly,
+    /// Start 3 (`--nodes`) sockudo processes + redis-server (or attach with `--node-urls`),
+    /// subscribers spread over the nodes, publishes round-robin at rising `--rates`.
+    ClusterFanout,
+    /// 2+ nodes + Redis: V2 clients on node A, SIGKILL A, publish more, everyone resumes on
+    /// node B; time to resume, loss and duplicates by serial; Redis history append rate.
+    ResumeStorm,
+    /// One node with QUEUE_DRIVER=redis and a webhook target served by this tool:
+    /// end-to-end webhook events/s, and retries under a failing target.
+    Webhooks,
 }
 
 /// Load tool for a Sockudo (Pusher protocol 7) node.
@@ -99,6 +108,68 @@ pub struct Args {
     /// Tokio worker threads (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Multi-process modes: the `sockudo` binary to start (default
+    /// `$CARGO_TARGET_DIR/release/sockudo`, then `target/release/sockudo`).
+    #[arg(long, env = "SOCKUDO_BIN")]
+    pub sockudo_bin: Option<String>,
+
+    /// cluster-fanout / resume-storm: number of sockudo nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+
+    /// cluster-fanout: attach to running nodes (`http://host:port`, comma separated) instead
+    /// of starting Redis and nodes.
+    #[arg(long, value_delimiter = ',')]
+    pub node_urls: Vec<String>,
+
+    /// cluster-fanout: publish rates to step through, comma separated.
+    #[arg(long, default_value = "10,20,50,100,200,400")]
+    pub rates: String,
+
+    /// cluster-fanout: seconds of publishing per rate step.
+    #[arg(long, default_value_t = 4.0)]
+    pub step_secs: f64,
+
+    /// cluster-fanout: a step whose p99 latency exceeds this (ms) is the knee.
+    #[arg(long, default_value_t = 1000.0)]
+    pub knee_p99_ms: f64,
+
+    /// resume-storm: channels the clients are spread over (client i on channel i % C).
+    #[arg(long, default_value_t = 4)]
+    pub storm_channels: usize,
+
+    /// resume-storm: steady publishes per second (through node B) before, during and after.
+    #[arg(long, default_value_t = 20.0)]
+    pub storm_rate: f64,
+
+    /// resume-storm: extra messages published while the clients are disconnected.
+    #[arg(long, default_value_t = 200)]
+    pub storm_messages: u64,
+
+    /// resume-storm: seconds of each direct `RedisHistoryStore::append` loop (0 skips it).
+    #[arg(long, default_value_t = 3.0)]
+    pub history_secs: f64,
+
+    /// webhooks: client events per second in the healthy phase (all clients together).
+    #[arg(long, default_value_t = 500.0)]
+    pub webhook_rate: f64,
+
+    /// webhooks: seconds of the healthy phase.
+    #[arg(long, default_value_t = 4.0)]
+    pub webhook_secs: f64,
+
+    /// webhooks: clients sending client events (one private channel each).
+    #[arg(long, default_value_t = 20)]
+    pub webhook_clients: usize,
+
+    /// webhooks: in the second phase the receiver answers 503 to this many POSTs first.
+    #[arg(long, default_value_t = 10)]
+    pub webhook_fail_first: u64,
+
+    /// webhooks: in the third phase the receiver answers 503 for this many seconds.
+    #[arg(long, default_value_t = 8.0)]
+    pub webhook_outage_secs: f64,
 }
 
 impl Args {
@@ -135,6 +206,20 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    /// `--rates` parsed.
+    pub fn rate_list(&self) -> Result<Vec<f64>, String> {
+        let rates: Result<Vec<f64>, _> = self
+            .rates
+            .split(',')
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| r.trim().parse::<f64>())
+            .collect();
+        match rates {
+            Ok(r) if !r.is_empty() && r.iter().all(|v| *v > 0.0 && v.is_finite()) => Ok(r),
+            _ => Err(format!("--rates {:?}: need positive numbers, comma separated", self.rates)),
+        }
     }
 
     /// Channel names in use, index = channel number.

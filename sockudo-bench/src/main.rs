@@ -46,16 +46,22 @@
 //! [`payload`] message build/parse · [`histogram`] log-linear histogram · [`clock`] time origin ·
 //! [`rss`] `/proc` memory · [`limits`] open-file limit · [`run`] phases · [`report`] output.
 
+mod api;
 mod cli;
 mod client;
 mod clock;
+mod cluster_fanout;
 mod histogram;
 mod limits;
 mod payload;
+mod procs;
 mod publisher;
 mod report;
+mod resume_storm;
 mod rss;
 mod run;
+mod webhooks;
+mod wsc;
 
 use std::process::ExitCode;
 
@@ -98,6 +104,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let multi = match args.mode {
+        cli::Mode::ClusterFanout => Some(runtime.block_on(cluster_fanout::run(&args, clock))),
+        cli::Mode::ResumeStorm => Some(runtime.block_on(resume_storm::run(&args, clock))),
+        cli::Mode::Webhooks => Some(runtime.block_on(webhooks::run(&args, clock))),
+        cli::Mode::Publish | cli::Mode::ConnectOnly => None,
+    };
+    if let Some(result) = multi {
+        // Child processes are killed as their handles drop inside the mode.
+        return match result {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sockudo-bench: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let json = args.json;
     let report = runtime.block_on(run::run(args, clock, nofile));
     if json {

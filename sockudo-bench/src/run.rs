@@ -223,6 +223,9 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
         mode: match args.mode {
             Mode::Publish => "publish",
             Mode::ConnectOnly => "connect-only",
+            Mode::ClusterFanout => "cluster-fanout",
+            Mode::ResumeStorm => "resume-storm",
+            Mode::Webhooks => "webhooks",
         },
         setup: Setup {
             ws_url: plan.url.clone(),

@@ -253,6 +253,31 @@ impl NodeSettings {
         if let Some(v) = get("LOG_FORMAT") {
             self.log_format = v;
         }
+        if let Some(v) = get("CLUSTER_PREFIX") {
+            self.cluster.prefix = v;
+        }
+        let seconds = "whole seconds";
+        let count = "a whole number";
+        num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
+        num_env(&get, "CACHE_CHANNEL_TTL", seconds, &mut self.cache_channel_ttl)?;
+        num_env(&get, "MAX_FRAME_BYTES", count, &mut self.max_frame_bytes)?;
+        num_env(&get, "OUTBOUND_QUEUE_FRAMES", count, &mut self.outbound_queue_frames)?;
+        num_env(&get, "OUTBOUND_QUEUE_BYTES", count, &mut self.outbound_queue_bytes)?;
+        num_env(&get, "API_RATE_LIMIT_PER_SECOND", count, &mut self.api_rate_limit_per_second)?;
+        num_env(&get, "API_RATE_LIMIT_BURST", count, &mut self.api_rate_limit_burst)?;
+        num_env(&get, "IDEMPOTENCY_TTL", seconds, &mut self.idempotency_ttl)?;
+        num_env(&get, "HOT_BUFFER_MESSAGES", count, &mut self.hot_buffer_messages)?;
+        num_env(&get, "HOT_BUFFER_SECS", seconds, &mut self.hot_buffer_secs)?;
+        num_env(&get, "HISTORY_MAX_MESSAGES", count, &mut self.history_max_messages)?;
+        num_env(&get, "HISTORY_MAX_AGE_SECS", seconds, &mut self.history_max_age_secs)?;
+        num_env(&get, "MESSAGE_DEDUP_SECS", seconds, &mut self.message_dedup_secs)?;
+        num_env(&get, "MESSAGE_DEDUP_CAPACITY", count, &mut self.message_dedup_capacity)?;
+        num_env(&get, "WEBHOOK_BATCH_MS", "milliseconds", &mut self.webhook_batch_ms)?;
+        num_env(&get, "WEBHOOK_DELAY_SECS", seconds, &mut self.webhook_delay_secs)?;
+        num_env(&get, "WEBHOOK_TIMEOUT_SECS", seconds, &mut self.webhook_timeout_secs)?;
+        if let Some(v) = get("V1_EXPOSE_STREAM_FIELDS") {
+            self.v1_expose_stream_fields = parse_bool("V1_EXPOSE_STREAM_FIELDS", &v)?;
+        }
         Ok(())
     }
 
@@ -299,6 +324,22 @@ impl NodeSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// Set `target` from the variable `name` when it is set (and not empty).
+fn num_env<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, expected: &'static str, target: &mut T) -> Result<(), ConfigError> {
+    if let Some(v) = get(name) {
+        *target = parse_env(name, &v, expected)?;
+    }
+    Ok(())
+}
+
+fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::InvalidEnv { name, value: value.into(), expected: "true or false" }),
     }
 }
 
@@ -372,6 +413,31 @@ mod tests {
         }
         let e = NodeSettings::load(&CliOverrides::default(), &env(&[("CACHE_DRIVER", "redis-cluster")])).unwrap_err();
         assert!(e.to_string().contains("CACHE_DRIVER"), "{e}");
+    }
+
+    #[test]
+    fn operator_env_names_override_toml() {
+        let mut s = NodeSettings::from_toml("idempotency_ttl = 30\nhot_buffer_messages = 5\n[cluster]\nprefix = \"t\"\n", "f.toml").unwrap();
+        let e = env(&[
+            ("IDEMPOTENCY_TTL", "60"),
+            ("HOT_BUFFER_MESSAGES", "7"),
+            ("CLUSTER_PREFIX", "e"),
+            ("PONG_TIMEOUT", "9"),
+            ("API_RATE_LIMIT_PER_SECOND", "100"),
+            ("WEBHOOK_DELAY_SECS", "1"),
+            ("V1_EXPOSE_STREAM_FIELDS", "yes"),
+        ]);
+        s.apply_env(&e).unwrap();
+        assert_eq!((s.idempotency_ttl, s.hot_buffer_messages, s.cluster.prefix.as_str()), (60, 7, "e"));
+        assert_eq!((s.pong_timeout, s.api_rate_limit_per_second, s.webhook_delay_secs), (9, 100, 1));
+        assert!(s.v1_expose_stream_fields);
+        let mut s = NodeSettings::from_toml("idempotency_ttl = 30\n", "f.toml").unwrap();
+        s.apply_env(&env(&[])).unwrap();
+        assert_eq!(s.idempotency_ttl, 30, "TOML wins over the default when the env is silent");
+        let err = NodeSettings::load(&CliOverrides::default(), &env(&[("OUTBOUND_QUEUE_BYTES", "lots")])).unwrap_err().to_string();
+        assert!(err.contains("OUTBOUND_QUEUE_BYTES") && !err.contains('\n'), "{err}");
+        let err = NodeSettings::load(&CliOverrides::default(), &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")])).unwrap_err().to_string();
+        assert!(err.contains("V1_EXPOSE_STREAM_FIELDS"), "{err}");
     }
 
     #[test]

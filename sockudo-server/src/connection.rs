@@ -52,13 +52,23 @@ pub struct LiveSerials {
 struct StreamState {
     live: HashMap<Arc<str>, LiveSerials>,
     /// Channels being resumed: their live frames wait here until the replay is written.
-    held: HashMap<Arc<str>, Vec<(u64, Utf8Bytes)>>,
+    held: HashMap<Arc<str>, Vec<Held>>,
     held_frames: usize,
     /// Channels being subscribed: every frame for them (positioned or not, any protocol)
     /// waits here until `subscription_succeeded` is queued, so that no channel event reaches
     /// the client before the subscription's snapshot (presence members, stream head) that the
     /// event may postdate.
     joining: HashMap<Arc<str>, Vec<Utf8Bytes>>,
+}
+
+/// A live frame held while its channel is being resumed.
+#[derive(Debug)]
+pub struct Held {
+    pub serial: u64,
+    /// The stream the frame belongs to: a replay may only be followed by frames of its own
+    /// stream.
+    pub stream_id: Option<Arc<str>>,
+    pub frame: Utf8Bytes,
 }
 
 /// Frames a resuming connection may hold before it is closed (reconnect and resume again).
@@ -106,11 +116,11 @@ impl Connection {
 
     /// Queue a message that has a stream position, on a V2 connection: held while the channel
     /// is being resumed, otherwise recorded (first/last live serial) and queued.
-    pub fn send_positioned(&self, channel: &Arc<str>, serial: u64, frame: Utf8Bytes) -> bool {
+    pub fn send_positioned(&self, channel: &Arc<str>, stream_id: Option<&Arc<str>>, serial: u64, frame: Utf8Bytes) -> bool {
         {
             let mut st = self.streams.lock();
             if let Some(held) = st.held.get_mut(channel) {
-                held.push((serial, frame));
+                held.push(Held { serial, stream_id: stream_id.cloned(), frame });
                 st.held_frames += 1;
                 if st.held_frames > MAX_HELD_FRAMES {
                     drop(st);
@@ -192,11 +202,11 @@ impl Connection {
     }
 
     /// Stop holding `channel`; returns the held frames in arrival order.
-    pub fn release(&self, channel: &str) -> Vec<(u64, Utf8Bytes)> {
+    pub fn release(&self, channel: &str) -> Vec<Held> {
         let mut st = self.streams.lock();
         let held = st.held.remove(channel).unwrap_or_default();
         st.held_frames = st.held_frames.saturating_sub(held.len());
-        if let Some(last) = held.iter().map(|(s, _)| *s).max() {
+        if let Some(last) = held.iter().map(|h| h.serial).max() {
             st.live.entry(Arc::from(channel)).and_modify(|l| l.last = l.last.max(last)).or_insert(LiveSerials { first: last, last });
         }
         held
@@ -313,15 +323,15 @@ mod tests {
     async fn held_frames_wait_until_release() {
         let (c, mut out) = conn(16, 1 << 20);
         let ch: Arc<str> = Arc::from("c");
-        assert!(c.send_positioned(&ch, 5, "5".into()));
+        assert!(c.send_positioned(&ch, None, 5, "5".into()));
         assert_eq!(c.hold(&ch), Some(LiveSerials { first: 5, last: 5 }));
-        assert!(c.send_positioned(&ch, 6, "6".into()));
-        assert!(c.send_positioned(&ch, 7, "7".into()));
+        assert!(c.send_positioned(&ch, None, 6, "6".into()));
+        assert!(c.send_positioned(&ch, None, 7, "7".into()));
         assert_eq!(out.recv(&c).await.as_deref(), Some("5"));
         assert!(out.try_recv(&c).is_none(), "held frames are not queued");
-        let held: Vec<u64> = c.release("c").into_iter().map(|(s, _)| s).collect();
+        let held: Vec<u64> = c.release("c").into_iter().map(|h| h.serial).collect();
         assert_eq!(held, vec![6, 7]);
-        assert!(c.send_positioned(&ch, 8, "8".into()));
+        assert!(c.send_positioned(&ch, None, 8, "8".into()));
         assert_eq!(out.recv(&c).await.as_deref(), Some("8"));
     }
 

@@ -2,6 +2,7 @@
 //! kept by every node from what it delivers, so most resumes never touch the shared store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +26,54 @@ struct Ring {
 }
 
 impl Ring {
-    fn trim(&mut self, limits: HotLimits, now: Instant) {
-        while self.entries.len() > limits.messages {
-            self.entries.pop_front();
+    /// Drop entries over the bounds; returns (entries, bytes) dropped.
+    fn trim(&mut self, limits: HotLimits, now: Instant) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        while self.entries.len() > limits.messages || self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > limits.max_age) {
+            match self.entries.pop_front() {
+                Some((_, _, f)) => {
+                    n += 1;
+                    bytes += f.len() as u64;
+                }
+                None => break,
+            }
         }
-        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > limits.max_age) {
-            self.entries.pop_front();
+        (n, bytes)
+    }
+}
+
+/// Size and evictions of the hot buffers (metrics: `sockudo_hot_buffer_*`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HotStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+impl std::ops::AddAssign for HotStats {
+    fn add_assign(&mut self, o: HotStats) {
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+        self.evictions += o.evictions;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl Counters {
+    fn removed(&self, (n, bytes): (u64, u64), evicted: bool) {
+        if n == 0 {
+            return;
+        }
+        self.entries.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if evicted {
+            self.evictions.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
@@ -40,11 +83,12 @@ impl Ring {
 pub struct HotBuffer {
     limits: HotLimits,
     rings: DashMap<Arc<str>, Ring, RandomState>,
+    counters: Counters,
 }
 
 impl HotBuffer {
     pub fn new(limits: HotLimits) -> Self {
-        HotBuffer { limits, rings: DashMap::default() }
+        HotBuffer { limits, rings: DashMap::default(), counters: Counters::default() }
     }
 
     /// Record a delivered message. A gap (a serial that does not follow the ring's last one)
@@ -62,16 +106,28 @@ impl HotBuffer {
                 return; // an old or duplicate delivery: nothing new to remember
             }
             ring.stream_id = Arc::from(stream_id);
+            let dropped = (ring.entries.len() as u64, ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum());
             ring.entries.clear();
+            self.counters.removed(dropped, true);
         }
         ring.entries.push_back((serial, now, frame.clone()));
-        ring.trim(self.limits, now);
+        self.counters.entries.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let trimmed = ring.trim(self.limits, now);
+        self.counters.removed(trimmed, true);
+    }
+
+    /// Entries and bytes held now, and evictions so far.
+    pub fn stats(&self) -> HotStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HotStats { entries: l(&self.counters.entries), bytes: l(&self.counters.bytes), evictions: l(&self.counters.evictions) }
     }
 
     /// What the ring can prove about a channel right now.
     pub fn view(&self, channel: &str) -> Option<TierView> {
         let mut ring = self.rings.get_mut(channel)?;
-        ring.trim(self.limits, Instant::now());
+        let trimmed = ring.trim(self.limits, Instant::now());
+        self.counters.removed(trimmed, true);
         let oldest = ring.entries.front().map(|(s, _, _)| *s);
         let head = ring.entries.back().map(|(s, _, _)| *s)?;
         Some(TierView { stream_id: ring.stream_id.to_string(), head, oldest })
@@ -88,7 +144,10 @@ impl HotBuffer {
     }
 
     pub fn forget(&self, channel: &str) {
-        self.rings.remove(channel);
+        if let Some((_, ring)) = self.rings.remove(channel) {
+            let bytes = ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum();
+            self.counters.removed((ring.entries.len() as u64, bytes), false);
+        }
     }
 }
 
@@ -112,6 +171,9 @@ mod tests {
         assert_eq!(b.range("c", "s1", 2, 5).map(|r| r.len()), Some(3));
         assert!(b.range("c", "s1", 1, 5).is_none(), "serial 2 is gone");
         assert!(b.range("c", "s2", 2, 5).is_none(), "other stream");
+        assert_eq!(b.stats(), HotStats { entries: 3, bytes: 3, evictions: 2 });
+        b.forget("c");
+        assert_eq!(b.stats(), HotStats { entries: 0, bytes: 0, evictions: 2 }, "forgetting is not evicting");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - [`publish`]: the one publish path shared by the API and client events.
 //! - [`webhooks`]: webhook batching, signing and queued at-least-once delivery.
 //! - [`server`]: router assembly, health/readiness, serve and drain.
+//! - [`metrics`]: every Prometheus metric's name, the recorder and `GET /metrics`.
 
 pub mod config;
 pub mod connection;
@@ -32,6 +33,7 @@ pub mod dedup;
 pub mod hot;
 mod http;
 pub mod namespace;
+pub mod metrics;
 pub mod node;
 pub mod publish;
 pub mod server;

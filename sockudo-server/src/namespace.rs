@@ -57,13 +57,14 @@ pub struct Delivery<'a> {
     pub v1: Utf8Bytes,
     pub v2: Option<Utf8Bytes>,
     pub serial: Option<u64>,
+    pub stream_id: Option<&'a Arc<str>>,
     pub except: Option<&'a str>,
 }
 
 impl Delivery<'_> {
     /// The same frame for every connection.
     pub fn plain(frame: Utf8Bytes) -> Self {
-        Delivery { v1: frame, v2: None, serial: None, except: None }
+        Delivery { v1: frame, v2: None, serial: None, stream_id: None, except: None }
     }
 }
 
@@ -168,6 +169,7 @@ impl Namespace {
             out.node_first = *n == 1;
         }
         ch.subscribers.insert(Arc::clone(&conn.socket_id), Subscriber { conn: Arc::clone(conn), presence_user });
+        crate::metrics::subscription_changed(&self.app_id, channel, 1.0);
         out
     }
 
@@ -188,6 +190,7 @@ impl Namespace {
                     }
                 }
                 u.vacated = ch.subscribers.is_empty();
+                crate::metrics::subscription_changed(&self.app_id, channel, -1.0);
                 out = Some(u);
             }
             ch.subscribers.is_empty()
@@ -207,7 +210,7 @@ impl Namespace {
                 continue;
             }
             let sent = match (sub.conn.protocol, &d.v2, d.serial) {
-                (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, serial, v2.clone()),
+                (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, d.stream_id, serial, v2.clone()),
                 (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
                 _ => sub.conn.send_on(key, d.v1.clone()),
             };

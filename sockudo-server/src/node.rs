@@ -29,6 +29,9 @@ pub struct Node {
     pub cache: Arc<dyn Cache>,
     namespaces: DashMap<Arc<str>, Arc<Namespace>, RandomState>,
     draining: AtomicBool,
+    /// Set once the node is serving (listener accepting, adapter attached): `/ready` is 503
+    /// ("starting") before.
+    serving: AtomicBool,
     /// Cancelled when the node starts draining: connection tasks watch it.
     drain: CancellationToken,
     socket_seq: AtomicU64,
@@ -39,7 +42,12 @@ pub struct Node {
     // webhooks: begin (set once by `build_node`; see `crate::webhooks`)
     webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
     // webhooks: end
+    /// The cluster adapter's counters, when the adapter is one (metrics).
+    cluster_stats: std::sync::OnceLock<ClusterStatsFn>,
 }
+
+/// Reads the cluster adapter's counters.
+pub type ClusterStatsFn = Arc<dyn Fn() -> Option<sockudo_core::adapter::ClusterStats> + Send + Sync>;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,10 +68,12 @@ impl Node {
             cache,
             namespaces: DashMap::default(),
             draining: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             drain: CancellationToken::new(),
             socket_seq: AtomicU64::new(rand::random::<u32>() as u64),
             socket_prefix: rand::random::<u32>() as u64,
             webhooks: std::sync::OnceLock::new(), // webhooks
+            cluster_stats: std::sync::OnceLock::new(),
         });
         node.adapter.attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
@@ -98,6 +108,37 @@ impl Node {
     pub fn next_socket_id(&self) -> Arc<str> {
         let n = self.socket_seq.fetch_add(1, Ordering::Relaxed);
         Arc::from(format!("{}.{}", self.socket_prefix, n))
+    }
+
+    /// Whether the node has been marked serving ([`Node::mark_serving`]).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Mark the node as serving: [`crate::serve`] does this once its listener accepts. Apps
+    /// that run the [`crate::router`] on their own server call it once they listen; until
+    /// then `/ready` answers 503 "starting".
+    pub fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Install the reader of the cluster adapter's counters (once).
+    pub fn set_cluster_stats(&self, f: ClusterStatsFn) -> bool {
+        self.cluster_stats.set(f).is_ok()
+    }
+
+    /// The cluster adapter's counters, when the adapter is a cluster adapter.
+    pub fn cluster_stats(&self) -> Option<sockudo_core::adapter::ClusterStats> {
+        self.cluster_stats.get().and_then(|f| f())
+    }
+
+    /// Hot buffer size and evictions over every app on this node.
+    pub fn hot_stats(&self) -> crate::hot::HotStats {
+        let mut out = crate::hot::HotStats::default();
+        for ns in self.namespaces.iter() {
+            out += ns.hot.stats();
+        }
+        out
     }
 
     pub fn is_draining(&self) -> bool {
@@ -140,6 +181,7 @@ impl NodeHandler for LocalHandler {
             }
         }
         let Some(ns) = node.existing_namespace(&msg.app_id) else { return };
+        let started = std::time::Instant::now();
         // Validate UTF-8 once per broadcast and variant; every recipient then shares the bytes.
         let (Ok(v1), Ok(v2)) = (Utf8Bytes::try_from(msg.frame.clone()), msg.frame_v2.clone().map(Utf8Bytes::try_from).transpose()) else {
             tracing::warn!(channel = %msg.channel, "dropping broadcast that is not UTF-8");
@@ -148,8 +190,11 @@ impl NodeHandler for LocalHandler {
         if let (Some(serial), Some(stream_id), Some(v2)) = (msg.serial, &msg.stream_id, &v2) {
             ns.hot.push(&msg.channel, stream_id, serial, v2);
         }
-        let d = Delivery { v1, v2, serial: msg.serial, except: msg.except_socket.as_deref() };
-        ns.fanout(&msg.channel, &d);
+        let d = Delivery { v1, v2, serial: msg.serial, stream_id: msg.stream_id.as_ref(), except: msg.except_socket.as_deref() };
+        let frames = ns.fanout(&msg.channel, &d);
+        metrics::histogram!(crate::metrics::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => msg.app_id.to_string()).increment(1);
+        metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => msg.app_id.to_string()).increment(frames as u64);
     }
 
     fn control(&self, msg: &ControlMessage) {

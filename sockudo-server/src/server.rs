@@ -46,10 +46,15 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         }
         other => return Err(BuildError::UnsupportedCache(other.to_owned())),
     };
+    let mut cluster_stats: Option<crate::node::ClusterStatsFn> = None;
     let adapter: Arc<dyn Adapter> = match settings.adapter.driver.as_str() {
         "local" => Arc::new(LocalAdapter::new()),
         #[cfg(feature = "redis")]
-        "redis" => redis_adapter(&settings).await?,
+        "redis" => {
+            let (adapter, stats) = redis_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => return Err(BuildError::Unsupported { what: "adapter", driver: other.to_owned() }),
     };
     let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
@@ -63,12 +68,16 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         }
         other => return Err(BuildError::Unsupported { what: "history", driver: other.to_owned() }),
     };
-    Ok(assemble_with(settings, cache, adapter, history))
+    let node = assemble_with(settings, cache, adapter, history);
+    if let Some(stats) = cluster_stats {
+        node.set_cluster_stats(stats);
+    }
+    Ok(node)
 }
 
 /// The Redis cluster adapter: pub/sub transport plus the shared presence store.
 #[cfg(feature = "redis")]
-async fn redis_adapter(settings: &NodeSettings) -> Result<Arc<dyn Adapter>, BuildError> {
+async fn redis_adapter(settings: &NodeSettings) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
     use sockudo_core::adapter::{ClusterAdapter, ClusterOptions, RedisPresenceStore, RedisTransport};
     let url = &settings.redis.url;
     let backend = |e: sockudo_core::adapter::AdapterError| BuildError::Backend { what: "adapter", url: redact_url(url), message: e.to_string() };
@@ -81,7 +90,9 @@ async fn redis_adapter(settings: &NodeSettings) -> Result<Arc<dyn Adapter>, Buil
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
     };
     let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts).await.map_err(backend)?;
-    Ok(adapter)
+    let weak = Arc::downgrade(&adapter);
+    let stats: crate::node::ClusterStatsFn = Arc::new(move || weak.upgrade().map(|a| a.stats()));
+    Ok((adapter, stats))
 }
 
 /// Build a node on memory backends only, whatever the settings name (sync, infallible): for
@@ -153,51 +164,128 @@ fn spawn_cache_purger(cache: &Arc<MemoryCache>) {
 
 /// Everything the node serves on its main port: `GET /app/{key}` (WebSocket), the Pusher HTTP
 /// API under `/apps/...`, `GET /health` and `GET /ready`. Mount it in your own axum app with
-/// `Router::merge` or `Router::nest`.
+/// `Router::merge` at the root; to `Router::nest` it under a prefix use [`router_with`].
 pub fn router(node: Arc<Node>) -> Router {
+    router_with(node, RouterOptions::default())
+}
+
+/// Options of [`router_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterOptions {
+    /// The prefix the router is `nest`ed under in the embedding app (e.g. `"/realtime"`), or
+    /// `None` (the default) when it is served at the root. axum strips the prefix before the
+    /// API routes see the request, but HTTP API clients sign the full path
+    /// (`/realtime/apps/{id}/events`): with the prefix set, the API-auth layer accepts a
+    /// signature over either. The WebSocket endpoint needs nothing (pusher-js:
+    /// `wsPath: '/realtime'`).
+    pub api_path_prefix: Option<&'static str>,
+}
+
+/// [`router`] with [`RouterOptions`]. To serve Sockudo under `/realtime` next to your own
+/// routes:
+///
+/// ```no_run
+/// # fn mount(node: std::sync::Arc<sockudo_server::Node>) -> axum::Router {
+/// use sockudo_server::server::{router_with, RouterOptions};
+/// let realtime = router_with(node, RouterOptions { api_path_prefix: Some("/realtime") });
+/// axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "my app" }))
+///     .nest("/realtime", realtime)
+/// # }
+/// ```
+pub fn router_with(node: Arc<Node>, options: RouterOptions) -> Router {
     Router::new()
         .route("/app/{key}", get(ws_handler))
         .route("/health", get(|| async { "OK" }))
         .route("/ready", get(ready))
         .fallback(ws_fallback)
         .with_state(Arc::clone(&node))
-        .merge(crate::http::api_router(node))
+        .merge(crate::http::api_router_with_prefix(node, options.api_path_prefix))
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
+    match readiness(&node).await {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// How long `/ready` waits for the cache to answer before calling it unreachable.
+const READY_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the node should receive traffic; `Err` names the first reason it should not:
+/// `starting` (not serving yet), `draining`, `adapter unavailable`, `cache unavailable: …`.
+pub async fn readiness(node: &Node) -> Result<(), String> {
     if node.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining".into());
+        return Err("draining".into());
+    }
+    if !node.is_serving() {
+        return Err("starting".into());
     }
     if !node.adapter.is_healthy() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "adapter unavailable".into());
+        return Err("adapter unavailable".into());
     }
-    if let Err(e) = node.cache.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("cache unavailable: {e}"));
+    match tokio::time::timeout(READY_CACHE_TIMEOUT, node.cache.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cache unavailable: {e}")),
+        Err(_) => Err(format!("cache unavailable: no answer within {READY_CACHE_TIMEOUT:?}")),
     }
-    (StatusCode::OK, "ready".into())
 }
 
 /// Serve `node` on `listener` until `shutdown` resolves, then drain: unready at once, new
 /// upgrades refused, existing sockets kept for the grace period (or until they are gone),
 /// then closed with 4200.
+///
+/// With `metrics_port` ≠ 0 it also installs the process's Prometheus recorder (once, see
+/// [`crate::metrics::install`]) and serves `GET /metrics` on `host:metrics_port` until the
+/// node stops; a metrics port that cannot be bound is an error before anything is served.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let app = router(Arc::clone(&node));
     let drain_node = Arc::clone(&node);
     let stopped = tokio_util::sync::CancellationToken::new();
+    let metrics_task = start_metrics(&node, stopped.clone()).await?;
     let stop_http = stopped.clone();
     let drainer = tokio::spawn(async move {
         shutdown.await;
         drain(&drain_node).await;
         stop_http.cancel();
     });
+    node.mark_serving();
+    tracing::info!(node_id = %node.settings.node_id, "serving");
     let result = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
     drainer.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     result
+}
+
+/// Install the recorder and serve `/metrics` when `metrics_port` is set; start the sampler.
+async fn start_metrics(node: &Arc<Node>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    if node.settings.metrics_port == 0 {
+        crate::metrics::spawn_sampler(node, None);
+        return Ok(None);
+    }
+    let addr = format!("{}:{}", node.settings.host, node.settings.metrics_port);
+    let listener = TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics: {e}")))?;
+    let Some(handle) = crate::metrics::install(&node.settings.node_id) else {
+        crate::metrics::spawn_sampler(node, None);
+        return Ok(None);
+    };
+    crate::metrics::spawn_sampler(node, Some(handle.clone()));
+    tracing::info!(%addr, "metrics listening");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve_metrics(listener, handle, async move { stop.cancelled().await }).await {
+            tracing::warn!(error = %e, "metrics listener failed");
+        }
+    })))
 }
 
 /// The drain sequence, usable without [`serve`] by apps that run their own server.
 pub async fn drain(node: &Node) {
     node.start_draining();
+    metrics::gauge!(crate::metrics::DRAINING).set(1.0);
+    metrics::gauge!(crate::metrics::READY).set(0.0);
     tracing::info!(connections = node.total_connections(), grace_secs = node.settings.shutdown_grace_period, "draining");
     let grace = Duration::from_secs(node.settings.shutdown_grace_period);
     let deadline = tokio::time::Instant::now() + grace;
@@ -226,6 +314,16 @@ pub async fn drain(node: &Node) {
 #[cfg(test)]
 mod build_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn readiness_names_starting_then_ready_then_draining() {
+        let node = build_node_memory(NodeSettings::default());
+        assert_eq!(readiness(&node).await, Err("starting".to_string()), "not ready before serving");
+        node.mark_serving();
+        assert_eq!(readiness(&node).await, Ok(()));
+        node.start_draining();
+        assert_eq!(readiness(&node).await, Err("draining".to_string()));
+    }
 
     #[test]
     fn urls_in_errors_hide_credentials() {

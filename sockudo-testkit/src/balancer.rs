@@ -27,6 +27,28 @@ struct Shared {
     next: AtomicUsize,
     /// Connections routed to each backend since start.
     routed: Mutex<HashMap<SocketAddr, u64>>,
+    /// With [`LoadBalancer::probe_readiness`]: the last `/ready` status of each backend
+    /// (`None`: no answer) and every change seen.
+    probe: Mutex<Option<Probe>>,
+}
+
+#[derive(Debug, Default)]
+struct Probe {
+    last: HashMap<SocketAddr, Option<u16>>,
+    log: Vec<ProbeRecord>,
+}
+
+/// One change of a backend's `/ready` answer seen by the readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRecord {
+    /// The backend.
+    pub backend: SocketAddr,
+    /// When the probe saw it.
+    pub at: std::time::Instant,
+    /// The status (`None`: no HTTP answer, e.g. the port refuses connections).
+    pub status: Option<u16>,
+    /// The body (the reason, when unready).
+    pub body: String,
 }
 
 impl Shared {
@@ -36,6 +58,24 @@ impl Shared {
 
     fn routed(&self) -> MutexGuard<'_, HashMap<SocketAddr, u64>> {
         self.routed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn probe(&self) -> MutexGuard<'_, Option<Probe>> {
+        self.probe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The backends to try: with probing, those whose last `/ready` was 200 (all of them
+    /// when none is, as balancers fail open).
+    fn eligible(&self) -> Vec<SocketAddr> {
+        let backends = self.backends().clone();
+        let probe = self.probe();
+        let Some(probe) = probe.as_ref() else { return backends };
+        let ready: Vec<SocketAddr> = backends.iter().copied().filter(|b| probe.last.get(b).copied().flatten() == Some(200)).collect();
+        if ready.is_empty() {
+            backends
+        } else {
+            ready
+        }
     }
 }
 
@@ -47,6 +87,7 @@ pub struct LoadBalancer {
     shared: Arc<Shared>,
     state: watch::Sender<LinkState>,
     accept_task: JoinHandle<()>,
+    probe_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LoadBalancer {
@@ -57,7 +98,7 @@ impl LoadBalancer {
         let shared = Arc::new(Shared { backends: Mutex::new(backends), ..Shared::default() });
         let (state, _) = watch::channel(LinkState::Open);
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), state.clone()));
-        Ok(LoadBalancer { addr, shared, state, accept_task })
+        Ok(LoadBalancer { addr, shared, state, accept_task, probe_task: Mutex::new(None) })
     }
 
     /// The balancer's own address.
@@ -89,12 +130,60 @@ impl LoadBalancer {
     pub fn routed(&self) -> HashMap<SocketAddr, u64> {
         self.shared.routed().clone()
     }
+
+    /// Probe every backend's `GET /ready` each `interval` (like a Kubernetes readiness probe
+    /// behind a Service) and route new connections only to backends that answered 200 last
+    /// (to every backend when none did). Changes are kept for [`probe_log`](Self::probe_log).
+    /// Calling it again restarts the probe with the new interval.
+    pub fn probe_readiness(&self, interval: Duration) {
+        {
+            let mut probe = self.shared.probe();
+            if probe.is_none() {
+                *probe = Some(Probe::default());
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            let Ok(http) = reqwest::Client::builder().timeout(interval.max(Duration::from_millis(200))).build() else { return };
+            loop {
+                let backends = shared.backends().clone();
+                for backend in backends {
+                    let (status, body) = match http.get(format!("http://{backend}/ready")).send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            (Some(status), r.text().await.unwrap_or_default())
+                        }
+                        Err(_) => (None, String::new()),
+                    };
+                    if let Some(probe) = shared.probe().as_mut() {
+                        if probe.last.get(&backend) != Some(&status) {
+                            probe.last.insert(backend, status);
+                            probe.log.push(ProbeRecord { backend, at: std::time::Instant::now(), status, body });
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        let mut slot = self.probe_task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Every change of a backend's `/ready` answer the probe saw, in order.
+    pub fn probe_log(&self) -> Vec<ProbeRecord> {
+        self.shared.probe().as_ref().map(|p| p.log.clone()).unwrap_or_default()
+    }
 }
 
 impl Drop for LoadBalancer {
     fn drop(&mut self) {
         self.state.send_replace(LinkState::Closed);
         self.accept_task.abort();
+        if let Some(task) = self.probe_task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 
@@ -121,7 +210,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, state: watch::S
 
 /// Try every backend once, starting at the next round-robin position.
 async fn connect_backend(shared: &Shared) -> Option<TcpStream> {
-    let backends = shared.backends().clone();
+    let backends = shared.eligible();
     if backends.is_empty() {
         return None;
     }

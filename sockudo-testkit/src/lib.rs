@@ -67,7 +67,7 @@ use std::net::SocketAddr;
 use sockudo_core::app::App;
 use sockudo_server::config::NodeSettings;
 
-pub use balancer::LoadBalancer;
+pub use balancer::{LoadBalancer, ProbeRecord};
 pub use client::{ApiClient, CloseOutcome, Event, TestClient};
 pub use cluster::{Cluster, ClusterBuilder, ClusterNode, NodeMode};
 #[cfg(feature = "containers")]

@@ -58,7 +58,8 @@ pub struct Appended {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
     pub stream_id: String,
-    /// Messages in ascending serial order, contiguous (no gaps).
+    /// Messages, contiguous (no gaps): ascending from `read_after`, newest first from
+    /// `read_before`.
     pub messages: Vec<StoredMessage>,
     /// Oldest serial still retained (None: stream empty or fully trimmed).
     pub oldest_serial: Option<u64>,

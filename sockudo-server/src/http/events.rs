@@ -142,7 +142,17 @@ async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<Vec<Publish
     let mut out = Vec::with_capacity(p.channels.len());
     for channel in &p.channels {
         let ev = EventToPublish { event: p.name, data: p.data, user_id: None, message_id: p.message_id, extras: p.extras, except_socket: p.socket_id.as_ref() };
-        let published = publish_event(node, &app.id, channel, ev).await.map_err(|e| ApiError::Unavailable(format!("publish failed: {e}")))?;
+        let published = match publish_event(node, &app.id, channel, ev).await {
+            Ok(p) => {
+                metrics::counter!(crate::metrics::PUBLISHES_ACCEPTED, "app_id" => app.id.clone(), "source" => "http").increment(1);
+                p
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::PUBLISHES_FAILED, "app_id" => app.id.clone(), "source" => "http").increment(1);
+                tracing::warn!(app_id = %app.id, channel = %channel.as_str(), error = %e, "publish failed");
+                return Err(ApiError::Unavailable(format!("publish failed: {e}")));
+            }
+        };
         out.push(published);
     }
     Ok(out)

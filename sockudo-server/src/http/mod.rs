@@ -34,7 +34,17 @@ use crate::node::Node;
 /// the previous ones: the *last* call is the *outermost* layer. Hence the calls below run in
 /// reverse order of the request's path through them.
 pub fn api_router(node: Arc<Node>) -> Router {
-    let auth = ApiAuthLayer::new(Arc::clone(&node.apps));
+    api_router_with_prefix(node, None)
+}
+
+/// [`api_router`] for an API that is `nest`ed under `prefix` (e.g. `"/realtime"`): axum hands
+/// the nested routes the stripped path, while clients sign the full one, so the API-auth layer
+/// is told the prefix ([`ApiAuthLayer::path_prefix`]) and accepts a signature over either.
+pub(crate) fn api_router_with_prefix(node: Arc<Node>, prefix: Option<&'static str>) -> Router {
+    let auth = match prefix {
+        Some(prefix) => ApiAuthLayer::new(Arc::clone(&node.apps)).path_prefix(prefix),
+        None => ApiAuthLayer::new(Arc::clone(&node.apps)),
+    };
     let idempotency = IdempotencyLayer::new(Arc::clone(&node.cache)).ttl(Duration::from_secs(node.settings.idempotency_ttl));
     let rate_limit = api_rate_limit(&node.settings, &node.cache);
 
@@ -50,7 +60,37 @@ pub fn api_router(node: Arc<Node>) -> Router {
         publish = publish.route_layer(rate_limit.clone());
         others = others.route_layer(rate_limit);
     }
-    publish.route_layer(idempotency).merge(others).route_layer(auth).with_state(node)
+    publish
+        .route_layer(idempotency)
+        .merge(others)
+        .route_layer(auth)
+        .route_layer(axum::middleware::from_fn(count_api_responses))
+        .with_state(node)
+}
+
+/// Outermost API layer: counts what the core's layers decided, from their answers alone (the
+/// core knows nothing of metrics): 429 is a rate-limit rejection, 409 an idempotency conflict,
+/// `X-Idempotent-Replayed: true` a replayed retry; and every response by status class.
+async fn count_api_responses(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    match status.as_u16() {
+        429 => metrics::counter!(crate::metrics::RATE_LIMITED, "scope" => "http").increment(1),
+        409 => metrics::counter!(crate::metrics::IDEMPOTENCY_CONFLICTS).increment(1),
+        _ => {}
+    }
+    if response.headers().get("x-idempotent-replayed").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")) {
+        metrics::counter!(crate::metrics::IDEMPOTENCY_REPLAYS).increment(1);
+    }
+    let class = match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(crate::metrics::HTTP_RESPONSES, "status" => class).increment(1);
+    response
 }
 
 /// The API rate limit configured in `settings`, if any.

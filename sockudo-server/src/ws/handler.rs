@@ -405,14 +405,19 @@ impl Session {
             return self.error(&format!("Client event data is over {} bytes", app.max_event_payload_bytes), None);
         }
         if !self.client_event_allowed() {
+            metrics::counter!(crate::metrics::RATE_LIMITED, "scope" => "client_event").increment(1);
             return self.error(ErrorCode::ClientEventRateLimited.message(), Some(ErrorCode::ClientEventRateLimited));
         }
         let user_id = if name.is_presence() { self.ns.presence_user_of(channel, &self.conn.socket_id) } else { None };
         let ev = EventToPublish { event: &frame.event, data, user_id: user_id.as_deref(), message_id: None, extras: None, except_socket: Some(&self.conn.socket_id) };
         if let Err(e) = publish_event(&self.node, &app.id, &name, ev).await {
-            tracing::warn!(error = %e, channel, "client event publish failed");
+            metrics::counter!(crate::metrics::PUBLISHES_FAILED, "app_id" => app.id.clone(), "source" => "client_event").increment(1);
+            tracing::warn!(app_id = %app.id, socket_id = %self.conn.socket_id, error = %e, channel, "client event publish failed");
             self.error("Client event could not be delivered", None);
-        } else if let Some(w) = self.node.webhooks() {
+            return;
+        }
+        metrics::counter!(crate::metrics::PUBLISHES_ACCEPTED, "app_id" => app.id.clone(), "source" => "client_event").increment(1);
+        if let Some(w) = self.node.webhooks() {
             w.client_event(&app, channel, &frame.event, data, &self.conn.socket_id, user_id.as_deref()); // webhooks
         }
     }

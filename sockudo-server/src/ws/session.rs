@@ -59,26 +59,34 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<
 /// Send the error the Pusher way (an error event, then a close with the same code).
 pub async fn refuse(mut ws: Ws, refusal: Refusal) {
     let code = refusal.code;
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "code" => code.code().to_string()).increment(1);
+    tracing::debug!(code = code.code(), "connection refused");
     let text = OutboundFrame::error(refusal.protocol.family(), code.message(), Some(code.code()));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::text(text))).await;
     close_with(&mut ws, code.code(), code.message()).await;
 }
 
 /// Write `first` and whatever else is already queued, then flush once.
-async fn write_batch(ws: &mut Ws, first: tokio_tungstenite::tungstenite::Utf8Bytes, outbox: &mut Outbox, conn: &Connection) -> Result<(), WsError> {
+async fn write_batch(ws: &mut Ws, first: tokio_tungstenite::tungstenite::Utf8Bytes, outbox: &mut Outbox, conn: &Connection, sent: &metrics::Counter) -> Result<(), WsError> {
+    let mut bytes = first.len();
     ws.feed(Message::Text(first)).await?;
     for _ in 1..WRITE_BATCH {
         match outbox.try_recv(conn) {
-            Some(f) => ws.feed(Message::Text(f)).await?,
+            Some(f) => {
+                bytes += f.len();
+                ws.feed(Message::Text(f)).await?
+            }
             None => break,
         }
     }
+    sent.increment(bytes as u64);
     ws.flush().await
 }
 
 /// Write every frame already queued, then flush.
-async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection) -> Result<(), WsError> {
+async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, sent: &metrics::Counter) -> Result<(), WsError> {
     while let Some(f) = outbox.try_recv(conn) {
+        sent.increment(f.len() as u64);
         ws.feed(Message::Text(f)).await?;
     }
     ws.flush().await
@@ -86,29 +94,36 @@ async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection) -> Re
 
 /// Execute a resume plan: what was queued before it goes first, then per channel the replay
 /// and the held live frames (checked contiguous), then the outcome frames.
-async fn write_resume(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, plan: ResumePlan) -> Result<Option<ErrorCode>, WsError> {
-    write_queued(ws, outbox, conn).await?;
+async fn write_resume(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, plan: ResumePlan, sent: &metrics::Counter) -> Result<Option<ErrorCode>, WsError> {
+    write_queued(ws, outbox, conn, sent).await?;
     let mut broken = false;
     for step in plan.channels {
         match step {
-            ChannelPlan::Recovered { channel, replay, continue_after } => {
+            ChannelPlan::Recovered { channel, stream_id, replay, continue_after } => {
                 for f in replay {
+                    sent.increment(f.len() as u64);
                     ws.feed(Message::Text(f)).await?;
                 }
-                match recovery::merge_held(continue_after, conn.release(&channel)) {
-                    Ok(held) => {
-                        for (_, f) in held {
+                let held = conn.release(&channel);
+                // A held frame of another stream (a reset raced the replay) cannot follow it.
+                let same_stream = held.iter().all(|h| h.stream_id.as_deref().is_none_or(|s| s == stream_id));
+                let merged = if same_stream { recovery::merge_held(continue_after, held.into_iter().map(|h| (h.serial, h.frame)).collect()).ok() } else { None };
+                match merged {
+                    Some(frames) => {
+                        for (_, f) in frames {
+                            sent.increment(f.len() as u64);
                             ws.feed(Message::Text(f)).await?;
                         }
                     }
-                    // Live frames after the replay are not contiguous: never pretend they are.
-                    Err(_) => broken = true,
+                    // Live frames after the replay are not provably contiguous: never pretend.
+                    None => broken = true,
                 }
             }
             ChannelPlan::Failed { channel, failed } => {
                 ws.feed(Message::text(failed)).await?;
-                for (_, f) in conn.release(&channel) {
-                    ws.feed(Message::Text(f)).await?;
+                for h in conn.release(&channel) {
+                    sent.increment(h.frame.len() as u64);
+                    ws.feed(Message::Text(h.frame)).await?;
                 }
             }
         }
@@ -138,7 +153,13 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
     let limits = QueueLimits { frames: node.settings.outbound_queue_frames, bytes: node.settings.outbound_queue_bytes };
     let (conn, mut outbox) = Connection::new(Arc::clone(&socket_id), app, protocol, limits);
     namespace.add_connection(Arc::clone(&conn));
-    tracing::debug!(app_id = %conn.app.id, socket_id = %socket_id, "connection opened");
+    let app_label = conn.app.id.clone();
+    let _connected = crate::metrics::ConnectionGauge::open(&namespace.app_id);
+    let protocol_label = if protocol == ProtocolVersion::V2 { "2" } else { "7" };
+    metrics::counter!(crate::metrics::CONNECTIONS_OPENED, "app_id" => app_label.clone(), "protocol" => protocol_label).increment(1);
+    let bytes_in = metrics::counter!(crate::metrics::BYTES_IN, "app_id" => app_label.clone());
+    let bytes_out = metrics::counter!(crate::metrics::BYTES_OUT, "app_id" => app_label.clone());
+    tracing::debug!(app_id = %conn.app.id, socket_id = %socket_id, protocol = protocol_label, "connection opened");
 
     let family = protocol.family();
     let activity = Duration::from_secs(node.settings.activity_timeout);
@@ -150,29 +171,41 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
     let end = if ws.send(Message::text(hello)).await.is_err() {
         End::Gone
     } else {
-        let mut deadline = Instant::now() + activity;
-        let mut pinged = false;
+        // The loop runs once per delivered frame, so everything it waits on is created once
+        // and polled by reference: no timer re-registration and no waiter list churn on the
+        // node-wide drain token per message. Activity only stamps `last_seen`; the one timer
+        // is re-armed when it fires.
+        let mut last_seen = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let timer = sleep_until(last_seen + activity);
+        tokio::pin!(timer);
+        let drained = drain.clone().cancelled_owned();
+        tokio::pin!(drained);
+        let closing = conn.close_requested();
+        tokio::pin!(closing);
         loop {
             tokio::select! {
                 biased;
-                code = conn.close_requested() => break End::Code(code, close_reason(code)),
-                _ = drain.cancelled() => break End::Code(ErrorCode::ReconnectImmediately.code(), ErrorCode::ReconnectImmediately.message()),
+                code = &mut closing => break End::Code(code, close_reason(code)),
+                _ = &mut drained => break End::Code(ErrorCode::ReconnectImmediately.code(), ErrorCode::ReconnectImmediately.message()),
                 frame = outbox.recv(&conn) => {
                     let Some(frame) = frame else { break End::Gone };
                     let written = tokio::select! {
-                        r = write_batch(&mut ws, frame, &mut outbox, &conn) => r,
-                        code = conn.close_requested() => { break End::Code(code, close_reason(code)) }
+                        r = write_batch(&mut ws, frame, &mut outbox, &conn, &bytes_out) => r,
+                        code = &mut closing => { break End::Code(code, close_reason(code)) }
                     };
                     if written.is_err() { break End::Gone }
                 }
                 msg = ws.next() => {
-                    deadline = Instant::now() + activity;
-                    pinged = false;
+                    last_seen = Instant::now();
+                    if let Some(Ok(Message::Text(text))) = &msg {
+                        bytes_in.increment(text.len() as u64);
+                    }
                     match msg {
                         None => break End::Gone,
                         Some(Err(WsError::Capacity(_))) => break End::Code(1009, "message too big"),
                         Some(Err(e)) => {
-                            tracing::debug!(socket_id = %socket_id, error = %e, "socket error");
+                            tracing::debug!(app_id = %app_label, socket_id = %socket_id, error = %e, "socket error");
                             break End::Gone;
                         }
                         Some(Ok(Message::Text(text))) => match session.handle_text(&text).await {
@@ -180,13 +213,13 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                             Flow::Close(code) => {
                                 // The handler queued its `pusher:error` for this code: deliver
                                 // what is queued before the close frame.
-                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn)).await;
+                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn, &bytes_out)).await;
                                 break End::Code(code.code(), code.message());
                             }
                             Flow::Resume(plan) => {
                                 let written = tokio::select! {
-                                    r = write_resume(&mut ws, &mut outbox, &conn, plan) => r,
-                                    code = conn.close_requested() => { break End::Code(code, close_reason(code)) }
+                                    r = write_resume(&mut ws, &mut outbox, &conn, plan, &bytes_out) => r,
+                                    code = &mut closing => { break End::Code(code, close_reason(code)) }
                                 };
                                 match written {
                                     Ok(None) => {}
@@ -203,14 +236,23 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => {
-                    if pinged {
-                        break End::Code(ErrorCode::PongNotReceived.code(), ErrorCode::PongNotReceived.message());
-                    }
-                    pinged = true;
-                    deadline = Instant::now() + pong_wait;
-                    if ws.send(Message::text(OutboundFrame::ping(family))).await.is_err() {
-                        break End::Gone;
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    match ping_sent {
+                        // Anything heard since our ping counts as the answer.
+                        Some(sent) if last_seen >= sent => {
+                            ping_sent = None;
+                            timer.as_mut().reset(last_seen + activity);
+                        }
+                        Some(_) => break End::Code(ErrorCode::PongNotReceived.code(), ErrorCode::PongNotReceived.message()),
+                        None if last_seen + activity > now => timer.as_mut().reset(last_seen + activity),
+                        None => {
+                            ping_sent = Some(now);
+                            timer.as_mut().reset(now + pong_wait);
+                            if ws.send(Message::text(OutboundFrame::ping(family))).await.is_err() {
+                                break End::Gone;
+                            }
+                        }
                     }
                 }
             }
@@ -221,11 +263,25 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
     namespace.remove_connection(&conn);
     match end {
         End::Code(code, reason) => {
-            tracing::debug!(socket_id = %socket_id, code, "closing connection");
+            metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "app_id" => app_label.clone(), "code" => code.to_string()).increment(1);
+            if is_error_close(code) {
+                tracing::warn!(app_id = %app_label, socket_id = %socket_id, code, reason, "closing connection");
+            } else {
+                tracing::debug!(app_id = %app_label, socket_id = %socket_id, code, reason, "closing connection");
+            }
             close_with(&mut ws, code, reason).await;
         }
-        End::Gone => tracing::debug!(socket_id = %socket_id, "connection gone"),
+        End::Gone => {
+            metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "app_id" => app_label.clone(), "code" => "peer").increment(1);
+            tracing::debug!(app_id = %app_label, socket_id = %socket_id, "connection closed by peer");
+        }
     }
+}
+
+/// Closes that mean something went wrong (logged at warn): over capacity, pong timeout, too
+/// big a message. Drains (4200), signin failures (4009) and terminations are routine.
+fn is_error_close(code: u16) -> bool {
+    matches!(code, 1009 | 4100 | 4201)
 }
 
 fn close_reason(code: u16) -> &'static str {

@@ -46,8 +46,9 @@ pub struct ResumePlan {
 
 #[derive(Debug)]
 pub enum ChannelPlan {
-    /// Write `replay`, then the held frames of `channel` after `continue_after`.
-    Recovered { channel: Arc<str>, replay: Vec<Utf8Bytes>, continue_after: u64 },
+    /// Write `replay`, then the held frames of `channel` after `continue_after` (all of them
+    /// from `stream_id`).
+    Recovered { channel: Arc<str>, stream_id: String, replay: Vec<Utf8Bytes>, continue_after: u64 },
     /// Release held frames as they are, then write `failed`.
     Failed { channel: Arc<str>, failed: String },
 }
@@ -98,6 +99,7 @@ pub async fn plan_resume(node: &Node, conn: &Connection, ns: &Namespace, subscri
     for (name, pos) in positions {
         let client = ClientPosition { stream_id: pos.stream_id, serial: pos.serial, last_message_id: pos.last_message_id };
         let Some(channel) = subscribed(&name) else {
+            metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => FailureCode::ContinuityUnverifiable.as_str()).increment(1);
             let (d, f) = failed_frame(&name, &client, FailureCode::ContinuityUnverifiable, "not subscribed to the channel", None, None, None);
             failed.push(d);
             plan.channels.push(ChannelPlan::Failed { channel: Arc::from(name.as_str()), failed: f });
@@ -117,9 +119,12 @@ pub async fn plan_resume(node: &Node, conn: &Connection, ns: &Namespace, subscri
                     // A success proves the client's stream is current.
                     "position": { "stream_id": client.stream_id, "serial": continue_after, "last_message_id": last_message_id.or(client.last_message_id.clone()) },
                 }));
-                plan.channels.push(ChannelPlan::Recovered { channel, replay, continue_after });
+                metrics::counter!(crate::metrics::RECOVERY, "outcome" => "success", "source" => source.as_str(), "code" => "").increment(1);
+                plan.channels.push(ChannelPlan::Recovered { channel, stream_id: client.stream_id.clone(), replay, continue_after });
             }
             Err((code, reason, current, oldest, newest)) => {
+                metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => code.as_str()).increment(1);
+                tracing::debug!(app_id = %app_id, socket_id = %conn.socket_id, channel = %channel, code = code.as_str(), %reason, "resume failed");
                 let (d, f) = failed_frame(&channel, &client, code, &reason, current.as_deref(), oldest, newest);
                 failed.push(d);
                 plan.channels.push(ChannelPlan::Failed { channel, failed: f });
