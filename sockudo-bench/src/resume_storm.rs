@@ -108,6 +108,12 @@ impl Track {
         s
     }
 
+    /// The first serial in (base, head] never received.
+    fn first_missing(&self, head: u64) -> Option<u64> {
+        let c = self.contiguous();
+        (c < head).then_some(c + 1)
+    }
+
     /// Distinct serials received in (base, head].
     fn distinct_upto(&self, head: u64) -> u64 {
         let mut n = 0;
@@ -199,12 +205,16 @@ pub struct StormReport {
     pub replayed_total: u64,
     /// Most replayed by one client.
     pub replayed_max: u64,
-    /// Expected deliveries summed over clients.
+    /// Expected deliveries summed over resumed clients.
     pub expected: u64,
-    /// Messages lost, summed; and clients with any loss.
+    /// Messages lost by clients that got resume_success (silent loss; must be 0).
     pub lost: u64,
-    /// Clients with any loss.
+    /// Resumed clients with any loss.
     pub clients_with_loss: usize,
+    /// Channel index → (lost at resumed clients, first missing serial of up to 3 of them).
+    pub lost_by_channel: BTreeMap<usize, (u64, Vec<u64>)>,
+    /// Messages missing at clients whose resume failed closed (they were told).
+    pub missed_after_failed_resume: u64,
     /// Duplicates before resume_success (dropped by the client gate), summed.
     pub dup_before_resume: u64,
     /// Duplicates after resume_success, summed (must be 0).
@@ -437,6 +447,8 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         expected: 0,
         lost: 0,
         clients_with_loss: 0,
+        missed_after_failed_resume: 0,
+        lost_by_channel: BTreeMap::new(),
         dup_before_resume: 0,
         dup_after_resume: 0,
         clients_with_dup_after: 0,
@@ -453,10 +465,22 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         let expected = head.saturating_sub(o.track.base);
         let distinct = o.track.distinct_upto(head);
         let lost = expected.saturating_sub(distinct);
-        r.expected += expected;
-        r.lost += lost;
-        if lost > 0 {
-            r.clients_with_loss += 1;
+        let recovered = o.resumed_after_ns.is_some() && o.failure.is_none();
+        if recovered {
+            r.expected += expected;
+            r.lost += lost;
+            if lost > 0 {
+                r.clients_with_loss += 1;
+                let e = r.lost_by_channel.entry(o.track.channel).or_default();
+                e.0 += lost;
+                if e.1.len() < 3 {
+                    e.1.extend(o.track.first_missing(head));
+                }
+            }
+        } else {
+            // Failed closed: the client was told (resume_failed) and must refetch; not a
+            // silent loss.
+            r.missed_after_failed_resume += lost;
         }
         r.dup_before_resume += o.track.dup_before_resume;
         r.dup_after_resume += o.track.dup_after_resume;
@@ -508,8 +532,10 @@ fn table(r: &StormReport) -> String {
         ("per-client connect → resume_success p50 / p99 / max", format!("{:.1} / {:.1} / {:.1} ms", r.resume_latency_ms.p50, r.resume_latency_ms.p99, r.resume_latency_ms.max)),
         ("resume source (clients)", format!("{:?}", r.sources)),
         ("replayed messages total / max per client", format!("{} / {}", r.replayed_total, r.replayed_max)),
-        ("expected deliveries (Σ head − subscribe serial)", format!("{}", r.expected)),
-        ("lost (clients with loss)", format!("{} ({})", r.lost, r.clients_with_loss)),
+        ("expected deliveries, resumed clients (Σ head − subscribe serial)", format!("{}", r.expected)),
+        ("lost at resumed clients (clients with loss)", format!("{} ({})", r.lost, r.clients_with_loss)),
+        ("lost at resumed clients by channel: (lost, first missing serials)", format!("{:?}", r.lost_by_channel)),
+        ("missing at clients whose resume failed closed (told via resume_failed)", format!("{}", r.missed_after_failed_resume)),
         ("duplicates after resume_success (clients)", format!("{} ({})", r.dup_after_resume, r.clients_with_dup_after)),
         ("duplicates after resume_success: examples (resumed from, success position, serials)", format!("{:?}", r.dup_after_examples)),
         ("duplicates before resume_success (live frame then replay; client gate drops)", format!("{}", r.dup_before_resume)),
