@@ -320,6 +320,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_of_a_channel_being_subscribed_wait_for_finish_join() {
+        let (c, mut out) = conn(16, 1 << 20);
+        let ch: Arc<str> = Arc::from("presence-c");
+        c.begin_join(&ch);
+        assert!(c.send_on(&ch, "member".into()));
+        assert!(c.send_positioned(&ch, None, 3, "positioned".into()));
+        assert!(c.send_on(&Arc::from("other"), "other".into()), "other channels are not held");
+        assert_eq!(out.try_recv(&c).as_deref(), Some("other"));
+        assert!(out.try_recv(&c).is_none(), "held until the subscription succeeds");
+        assert!(c.send_text("succeeded".into()));
+        c.finish_join("presence-c");
+        assert!(c.send_on(&ch, "later".into()));
+        let got: Vec<String> = std::iter::from_fn(|| out.try_recv(&c)).map(|f| f.to_string()).collect();
+        assert_eq!(got, ["succeeded", "member", "positioned", "later"]);
+        c.begin_join(&ch);
+        assert!(c.send_on(&ch, "dropped".into()));
+        c.cancel_join("presence-c");
+        assert!(out.try_recv(&c).is_none(), "a failed subscription's frames are dropped");
+    }
+
+    #[tokio::test]
     async fn held_frames_wait_until_release() {
         let (c, mut out) = conn(16, 1 << 20);
         let ch: Arc<str> = Arc::from("c");
