@@ -25,6 +25,7 @@
 //! service: rejections are responses, and the inner service's error type passes through as is.
 
 pub mod api_auth;
+pub mod boxed_future;
 pub mod idempotency;
 pub mod rate_limit;
 

@@ -115,10 +115,12 @@ mod tests {
     use super::*;
 
     fn router(rate: u32, burst: u32) -> Router {
-        let mut settings = NodeSettings::default();
-        settings.apps = vec![App::new("1", "key", "secret")];
-        settings.api_rate_limit_per_second = rate;
-        settings.api_rate_limit_burst = burst;
+        let settings = NodeSettings {
+            apps: vec![App::new("1", "key", "secret")],
+            api_rate_limit_per_second: rate,
+            api_rate_limit_burst: burst,
+            ..NodeSettings::default()
+        };
         api_router(crate::server::build_node_memory(settings))
     }
 

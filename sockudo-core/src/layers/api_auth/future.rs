@@ -1,42 +1,5 @@
 //! [`ResponseFuture`]: the future [`ApiAuth`](super::ApiAuth) returns.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use futures_util::future::BoxFuture;
-use pin_project_lite::pin_project;
-
-pin_project! {
-    /// Response future of [`ApiAuth`](super::ApiAuth).
-    ///
-    /// Resolves to the inner service's response when the request authenticates, to a JSON
-    /// error response when it does not, and to the inner service's error (unchanged) only when
-    /// the inner service itself fails. Boxed, because authenticating awaits the app manager
-    /// and the request body before the inner call.
-    pub struct ResponseFuture<T, E> {
-        #[pin]
-        inner: BoxFuture<'static, Result<T, E>>,
-    }
-}
-
-impl<T, E> ResponseFuture<T, E> {
-    pub(crate) fn new(inner: BoxFuture<'static, Result<T, E>>) -> Self {
-        Self { inner }
-    }
-}
-
-impl<T, E> Future for ResponseFuture<T, E> {
-    type Output = Result<T, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
-
-impl<T, E> fmt::Debug for ResponseFuture<T, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+/// Response future of [`ApiAuth`](super::ApiAuth): the inner service's response when the request authenticates, a JSON error response when it does not; the inner
+/// service's own error passes through unchanged.
+pub type ResponseFuture<T, E> = crate::layers::boxed_future::BoxedResponseFuture<T, E>;
