@@ -218,7 +218,10 @@ impl Args {
             .collect();
         match rates {
             Ok(r) if !r.is_empty() && r.iter().all(|v| *v > 0.0 && v.is_finite()) => Ok(r),
-            _ => Err(format!("--rates {:?}: need positive numbers, comma separated", self.rates)),
+            _ => Err(format!(
+                "--rates {:?}: need positive numbers, comma separated",
+                self.rates
+            )),
         }
     }
 

@@ -243,7 +243,10 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         http_bases.len()
     ));
     if subscribed == 0 {
-        return Err(format!("no client subscribed: {:?}", stats.errors.lock().map(|m| m.clone()).unwrap_or_default()));
+        return Err(format!(
+            "no client subscribed: {:?}",
+            stats.errors.lock().map(|m| m.clone()).unwrap_or_default()
+        ));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -300,11 +303,14 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
                         match api.publish(base, &channel, "bench", &data).await {
                             Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
-                                http.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                                http.record(
+                                    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                                );
                             }
                             Ok((s, body)) => {
                                 bad.fetch_add(1, Ordering::Relaxed);
-                                let msg: String = String::from_utf8_lossy(&body).chars().take(120).collect();
+                                let msg: String =
+                                    String::from_utf8_lossy(&body).chars().take(120).collect();
                                 if let Ok(mut m) = errors.lock() {
                                     *m.entry(format!("HTTP {s}: {msg}")).or_default() += 1;
                                 }

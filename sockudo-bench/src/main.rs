@@ -23,6 +23,13 @@
 //! # spread over 10 channels, 4 KiB payloads, 8 publishers, JSON output
 //! cargo run --release -p sockudo-bench -- --connections 5000 --channels 10 --rate 200 \
 //!     --publishers 8 --payload-bytes 4096 --json
+//!
+//! # multi-process modes: the tool starts redis-server and release `sockudo` nodes itself
+//! # (BENCHMARKS.md has the commands and results)
+//! SOCKUDO_BIN=$CARGO_TARGET_DIR/release/sockudo cargo run --release -p sockudo-bench -- \
+//!     --mode cluster-fanout --connections 1000 --publishers 32     # 3 nodes + Redis, rising rates
+//! ... --mode resume-storm --connections 5000 --connect-concurrency 500   # SIGKILL A, resume on B
+//! ... --mode webhooks --webhook-rate 500                                # webhooks via the Redis queue
 //! ```
 //!
 //! `--help` lists every option. Progress goes to stderr; the result (table or `--json`) to stdout.
@@ -45,6 +52,8 @@
 //! [`cli`] options · [`client`] subscriber tasks · [`publisher`] HTTP publishers ·
 //! [`payload`] message build/parse · [`histogram`] log-linear histogram · [`clock`] time origin ·
 //! [`rss`] `/proc` memory · [`limits`] open-file limit · [`run`] phases · [`report`] output.
+//! Multi-process modes: [`cluster_fanout`], [`resume_storm`], [`webhooks`], on [`procs`] (child
+//! redis-server / sockudo), [`api`] (signed publishes to any node) and [`wsc`] (V1/V2 sockets).
 
 mod api;
 mod cli;

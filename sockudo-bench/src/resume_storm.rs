@@ -263,12 +263,18 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     for i in 0..args.nodes.max(2) {
         nodes.push(procs::start_node(&bin, &dir, &format!("node-{i}"), &env, None).await?);
     }
-    progress(&format!("redis on {}, {} nodes, logs in {}", redis.port, nodes.len(), dir.display()));
+    progress(&format!(
+        "redis on {}, {} nodes, logs in {}",
+        redis.port,
+        nodes.len(),
+        dir.display()
+    ));
     let url_a = wsc::url(&nodes[0].ws_base(), &args.key, Family::V2);
     let url_b = wsc::url(&nodes[1].ws_base(), &args.key, Family::V2);
     let http_b = nodes[1].http_url();
     let c = args.storm_channels.max(1);
-    let channels: Arc<Vec<String>> = Arc::new((0..c).map(|i| format!("{}-{i}", args.channel)).collect());
+    let channels: Arc<Vec<String>> =
+        Arc::new((0..c).map(|i| format!("{}-{i}", args.channel)).collect());
 
     let shared = Arc::new(Shared {
         clock,
@@ -300,7 +306,10 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
                 stop_rx.clone(),
             );
             tokio::spawn(async move {
-                client(i, &channels, &url_a, &url_b, gate, timeout, shared, go, stop).await
+                client(
+                    i, &channels, &url_a, &url_b, gate, timeout, shared, go, stop,
+                )
+                .await
             })
         })
         .collect();
@@ -320,8 +329,15 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     let seq = Arc::new(AtomicU64::new(0));
     let steady_stop = Arc::new(AtomicBool::new(false));
     let steady = {
-        let (api, ok, bad, seq, stop, channels, http_b) =
-            (api.clone(), ok.clone(), bad.clone(), seq.clone(), steady_stop.clone(), channels.clone(), http_b.clone());
+        let (api, ok, bad, seq, stop, channels, http_b) = (
+            api.clone(),
+            ok.clone(),
+            bad.clone(),
+            seq.clone(),
+            steady_stop.clone(),
+            channels.clone(),
+            http_b.clone(),
+        );
         let rate = args.storm_rate.max(0.1);
         let payload_bytes = args.payload_bytes;
         tokio::spawn(async move {
@@ -350,14 +366,22 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     }
     let disconnect_ms = t_kill.elapsed().as_secs_f64() * 1e3;
     let disconnected = shared.disconnected.load(Ordering::Acquire);
-    progress(&format!("{disconnected} clients disconnected within {disconnect_ms:.0} ms"));
+    progress(&format!(
+        "{disconnected} clients disconnected within {disconnect_ms:.0} ms"
+    ));
 
     // Burst of M messages while everyone is away.
     let t_burst = Instant::now();
     let burst_tasks: Vec<_> = (0..8u64)
         .map(|p| {
-            let (api, ok, bad, seq, channels, http_b) =
-                (api.clone(), ok.clone(), bad.clone(), seq.clone(), channels.clone(), http_b.clone());
+            let (api, ok, bad, seq, channels, http_b) = (
+                api.clone(),
+                ok.clone(),
+                bad.clone(),
+                seq.clone(),
+                channels.clone(),
+                http_b.clone(),
+            );
             let m = args.storm_messages;
             let payload_bytes = args.payload_bytes;
             tokio::spawn(async move {
@@ -380,26 +404,40 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     }
     let burst_s = t_burst.elapsed().as_secs_f64();
     let burst_rate = args.storm_messages as f64 / burst_s;
-    progress(&format!("published {} messages during the outage in {burst_s:.2} s ({burst_rate:.0}/s)", args.storm_messages));
+    progress(&format!(
+        "published {} messages during the outage in {burst_s:.2} s ({burst_rate:.0}/s)",
+        args.storm_messages
+    ));
 
     // The storm.
-    shared.storm_start_ns.store(clock.now_ns(), Ordering::Release);
+    shared
+        .storm_start_ns
+        .store(clock.now_ns(), Ordering::Release);
     let t_storm = Instant::now();
     let _ = go_tx.send(true);
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last_print = Instant::now();
-    while shared.resumed.load(Ordering::Acquire) + shared.resume_failed.load(Ordering::Acquire) < disconnected
+    while shared.resumed.load(Ordering::Acquire) + shared.resume_failed.load(Ordering::Acquire)
+        < disconnected
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            progress(&format!("  {} resumed, {} failed", shared.resumed.load(Ordering::Relaxed), shared.resume_failed.load(Ordering::Relaxed)));
+            progress(&format!(
+                "  {} resumed, {} failed",
+                shared.resumed.load(Ordering::Relaxed),
+                shared.resume_failed.load(Ordering::Relaxed)
+            ));
         }
     }
     let storm_wall = t_storm.elapsed().as_secs_f64();
     let storm_start = shared.storm_start_ns.load(Ordering::Relaxed);
-    let storm_ms = shared.last_resume_ns.load(Ordering::Relaxed).saturating_sub(storm_start) as f64 / 1e6;
+    let storm_ms = shared
+        .last_resume_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(storm_start) as f64
+        / 1e6;
     progress(&format!(
         "storm over after {storm_wall:.2} s: {} resumed, {} failed; last resume_success at {storm_ms:.0} ms",
         shared.resumed.load(Ordering::Relaxed),
@@ -487,7 +525,11 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         if o.track.dup_after_resume > 0 {
             r.clients_with_dup_after += 1;
             if r.dup_after_examples.len() < 5 {
-                r.dup_after_examples.push((o.resumed_from, o.position, o.track.dup_after_examples.clone()));
+                r.dup_after_examples.push((
+                    o.resumed_from,
+                    o.position,
+                    o.track.dup_after_examples.clone(),
+                ));
             }
         }
         if o.resumed_after_ns.is_some() && o.failure.is_none() {
@@ -507,8 +549,10 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     drop(nodes);
 
     if args.history_secs > 0.0 {
-        r.history.push(history_loop(&redis_url, "4 tasks, 4 channels", 4, args).await?);
-        r.history.push(history_loop(&redis_url, "4 tasks, 1 channel", 1, args).await?);
+        r.history
+            .push(history_loop(&redis_url, "4 tasks, 4 channels", 4, args).await?);
+        r.history
+            .push(history_loop(&redis_url, "4 tasks, 1 channel", 1, args).await?);
     }
     drop(redis);
     if args.json {
@@ -524,22 +568,73 @@ fn table(r: &StormReport) -> String {
     );
     s.push_str("| metric | value |\n|---|---:|\n");
     let rows: Vec<(&str, String)> = vec![
-        ("clients disconnected by SIGKILL of A", format!("{} (last noticed after {:.0} ms)", r.disconnected, r.disconnect_ms)),
-        ("messages published while away (M)", format!("{} at {:.0}/s (HTTP publish, Redis history)", r.burst_messages, r.burst_rate)),
-        ("resumed (resume_success, no failed channel)", format!("{}", r.resumed)),
+        (
+            "clients disconnected by SIGKILL of A",
+            format!(
+                "{} (last noticed after {:.0} ms)",
+                r.disconnected, r.disconnect_ms
+            ),
+        ),
+        (
+            "messages published while away (M)",
+            format!(
+                "{} at {:.0}/s (HTTP publish, Redis history)",
+                r.burst_messages, r.burst_rate
+            ),
+        ),
+        (
+            "resumed (resume_success, no failed channel)",
+            format!("{}", r.resumed),
+        ),
         ("not resumed", format!("{}", r.not_resumed)),
-        ("storm start → last resume_success", format!("{:.0} ms", r.storm_ms)),
-        ("per-client connect → resume_success p50 / p99 / max", format!("{:.1} / {:.1} / {:.1} ms", r.resume_latency_ms.p50, r.resume_latency_ms.p99, r.resume_latency_ms.max)),
+        (
+            "storm start → last resume_success",
+            format!("{:.0} ms", r.storm_ms),
+        ),
+        (
+            "per-client connect → resume_success p50 / p99 / max",
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                r.resume_latency_ms.p50, r.resume_latency_ms.p99, r.resume_latency_ms.max
+            ),
+        ),
         ("resume source (clients)", format!("{:?}", r.sources)),
-        ("replayed messages total / max per client", format!("{} / {}", r.replayed_total, r.replayed_max)),
-        ("expected deliveries, resumed clients (Σ head − subscribe serial)", format!("{}", r.expected)),
-        ("lost at resumed clients (clients with loss)", format!("{} ({})", r.lost, r.clients_with_loss)),
-        ("lost at resumed clients by channel: (lost, first missing serials)", format!("{:?}", r.lost_by_channel)),
-        ("missing at clients whose resume failed closed (told via resume_failed)", format!("{}", r.missed_after_failed_resume)),
-        ("duplicates after resume_success (clients)", format!("{} ({})", r.dup_after_resume, r.clients_with_dup_after)),
-        ("duplicates after resume_success: examples (resumed from, success position, serials)", format!("{:?}", r.dup_after_examples)),
-        ("duplicates before resume_success (live frame then replay; client gate drops)", format!("{}", r.dup_before_resume)),
-        ("publishes 200 / failed", format!("{} / {}", r.published_ok, r.published_failed)),
+        (
+            "replayed messages total / max per client",
+            format!("{} / {}", r.replayed_total, r.replayed_max),
+        ),
+        (
+            "expected deliveries, resumed clients (Σ head − subscribe serial)",
+            format!("{}", r.expected),
+        ),
+        (
+            "lost at resumed clients (clients with loss)",
+            format!("{} ({})", r.lost, r.clients_with_loss),
+        ),
+        (
+            "lost at resumed clients by channel: (lost, first missing serials)",
+            format!("{:?}", r.lost_by_channel),
+        ),
+        (
+            "missing at clients whose resume failed closed (told via resume_failed)",
+            format!("{}", r.missed_after_failed_resume),
+        ),
+        (
+            "duplicates after resume_success (clients)",
+            format!("{} ({})", r.dup_after_resume, r.clients_with_dup_after),
+        ),
+        (
+            "duplicates after resume_success: examples (resumed from, success position, serials)",
+            format!("{:?}", r.dup_after_examples),
+        ),
+        (
+            "duplicates before resume_success (live frame then replay; client gate drops)",
+            format!("{}", r.dup_before_resume),
+        ),
+        (
+            "publishes 200 / failed",
+            format!("{} / {}", r.published_ok, r.published_failed),
+        ),
         ("resume failures", format!("{:?}", r.failures)),
         ("client errors", format!("{:?}", r.errors)),
         ("load average (1 min) at the end", r.loadavg.clone()),
@@ -560,12 +655,22 @@ fn table(r: &StormReport) -> String {
 }
 
 /// `tasks` = 4 appenders for `--history-secs` on `channels` channels (task t on `t % channels`).
-async fn history_loop(redis_url: &str, label: &str, channels: usize, args: &Args) -> Result<HistoryRow, String> {
+async fn history_loop(
+    redis_url: &str,
+    label: &str,
+    channels: usize,
+    args: &Args,
+) -> Result<HistoryRow, String> {
     let prefix = format!("bench-hist-{}-{channels}:", std::process::id());
     let store = Arc::new(
-        RedisHistoryStore::connect(redis_url, &prefix, Retention::default(), Duration::from_secs(2))
-            .await
-            .map_err(|e| format!("history store: {e}"))?,
+        RedisHistoryStore::connect(
+            redis_url,
+            &prefix,
+            Retention::default(),
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| format!("history store: {e}"))?,
     );
     let lat = Arc::new(Histogram::new());
     let count = Arc::new(AtomicU64::new(0));
@@ -613,7 +718,10 @@ async fn history_loop(redis_url: &str, label: &str, channels: usize, args: &Args
         latency_ms: Latency::from_ns(&lat.snapshot()),
         errors: errors.load(Ordering::Relaxed),
     };
-    progress(&format!("history append, {label}: {appends} in {secs:.1} s = {:.0}/s", row.per_s));
+    progress(&format!(
+        "history append, {label}: {appends} in {secs:.1} s = {:.0}/s",
+        row.per_s
+    ));
     Ok(row)
 }
 
@@ -659,7 +767,11 @@ async fn client(
     let mut out = Outcome {
         track: Track {
             channel: ch_idx,
-            stream_id: data.get("stream_id").and_then(Value::as_str).unwrap_or_default().to_string(),
+            stream_id: data
+                .get("stream_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             base: data.get("serial").and_then(Value::as_u64).unwrap_or(0),
             ..Track::default()
         },
@@ -675,7 +787,9 @@ async fn client(
                     if text.contains("\"event\":\"bench\"") {
                         out.track.mark(serial);
                     }
-                } else if text.contains(&ping) && ws.send(Message::text(family.pong())).await.is_err() {
+                } else if text.contains(&ping)
+                    && ws.send(Message::text(family.pong())).await.is_err()
+                {
                     break;
                 }
             }
@@ -706,7 +820,9 @@ async fn client(
         ws.send(Message::text(wsc::subscribe_frame(family, channel, None)))
             .await
             .map_err(|e| format!("send subscribe: {e}"))?;
-        ws.send(Message::text(resume)).await.map_err(|e| format!("send resume: {e}"))?;
+        ws.send(Message::text(resume))
+            .await
+            .map_err(|e| format!("send resume: {e}"))?;
         Ok::<_, String>(ws)
     })
     .await;
@@ -795,7 +911,10 @@ mod tests {
 
     #[test]
     fn track_counts_gaps_and_duplicates() {
-        let mut t = Track { base: 10, ..Track::default() };
+        let mut t = Track {
+            base: 10,
+            ..Track::default()
+        };
         for s in [11, 12, 13, 15, 13, 9] {
             t.mark(s);
         }

@@ -120,7 +120,9 @@ impl Receiver {
             return StatusCode::SERVICE_UNAVAILABLE;
         }
         if phase.rejected.load(Ordering::Relaxed) > 0 {
-            phase.first_ok_after_fail_ns.fetch_min(now, Ordering::Relaxed);
+            phase
+                .first_ok_after_fail_ns
+                .fetch_min(now, Ordering::Relaxed);
         }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return StatusCode::BAD_REQUEST;
@@ -131,7 +133,10 @@ impl Receiver {
         for e in events {
             phase.events.fetch_add(1, Ordering::Relaxed);
             let data = e.get("data").and_then(Value::as_str).unwrap_or_default();
-            let (Some(seq), Some(ts)) = (wsc::u64_after(data, "bench_seq"), wsc::u64_after(data, "bench_ts")) else {
+            let (Some(seq), Some(ts)) = (
+                wsc::u64_after(data, "bench_seq"),
+                wsc::u64_after(data, "bench_ts"),
+            ) else {
                 phase.stray.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -139,7 +144,11 @@ impl Receiver {
                 phase.stray.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let fresh = phase.seen.lock().map(|mut s| s.insert(seq)).unwrap_or(false);
+            let fresh = phase
+                .seen
+                .lock()
+                .map(|mut s| s.insert(seq))
+                .unwrap_or(false);
             if fresh {
                 phase.latency.record(now.saturating_sub(ts));
                 phase.first_recv_ns.fetch_min(now, Ordering::Relaxed);
@@ -162,14 +171,21 @@ async fn serve(listener: TcpListener, rx: Arc<Receiver>) {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let rx = rx.clone();
                 async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let status = rx.handle(&body);
                     let mut resp = Response::new(Full::new(Bytes::new()));
                     *resp.status_mut() = status;
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -214,16 +230,29 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     let redis = procs::start_redis(&dir).await?;
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind receiver: {e}"))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind receiver: {e}"))?;
     let hook_port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let rx = Arc::new(Receiver { clock, phase: Mutex::new(Arc::new(Phase::new(0, 0))) });
+    let rx = Arc::new(Receiver {
+        clock,
+        phase: Mutex::new(Arc::new(Phase::new(0, 0))),
+    });
     let server = tokio::spawn(serve(listener, rx.clone()));
 
     let config = dir.join("webhooks.toml");
     write_config(&config, args, &redis_url, hook_port)?;
-    let env = vec![("QUEUE_DRIVER".to_string(), "redis".to_string()), ("REDIS_URL".to_string(), redis_url.clone())];
+    let env = vec![
+        ("QUEUE_DRIVER".to_string(), "redis".to_string()),
+        ("REDIS_URL".to_string(), redis_url.clone()),
+    ];
     let node = procs::start_node(&bin, &dir, "webhook-node", &env, Some(&config)).await?;
-    progress(&format!("redis on {}, node on {}, receiver on {hook_port}, config {}", redis.port, node.port, config.display()));
+    progress(&format!(
+        "redis on {}, node on {}, receiver on {hook_port}, config {}",
+        redis.port,
+        node.port,
+        config.display()
+    ));
 
     // Senders: one private channel each.
     let g = args.webhook_clients.max(1);
@@ -233,7 +262,8 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     for i in 0..g {
         let (mut ws, socket_id) = wsc::connect(&url, Family::V1).await?;
         let channel = format!("private-wh-{i}");
-        let auth = sockudo_core::auth::sign_channel(&args.key, &args.secret, &socket_id, &channel, None);
+        let auth =
+            sockudo_core::auth::sign_channel(&args.key, &args.secret, &socket_id, &channel, None);
         wsc::subscribe(&mut ws, Family::V1, &channel, Some(&auth)).await?;
         let (sink, mut stream) = ws.split();
         let errors = client_errors.clone();
@@ -258,8 +288,22 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     let plans: Vec<(&str, u64, f64, u64, f64, f64)> = vec![
         // name, events, rate, fail first N, outage secs, timeout secs
         ("healthy target", healthy_n, args.webhook_rate, 0, 0.0, 25.0),
-        ("first N POSTs answered 503", 200, 200.0, args.webhook_fail_first, 0.0, 30.0),
-        ("target down (503) for the outage", 200, 100.0, 0, args.webhook_outage_secs, args.webhook_outage_secs + 40.0),
+        (
+            "first N POSTs answered 503",
+            200,
+            200.0,
+            args.webhook_fail_first,
+            0.0,
+            30.0,
+        ),
+        (
+            "target down (503) for the outage",
+            200,
+            100.0,
+            0,
+            args.webhook_outage_secs,
+            args.webhook_outage_secs + 40.0,
+        ),
     ];
     let mut seq_base = 0u64;
     for (name, count, rate, fail_first, outage, timeout) in plans {
@@ -267,7 +311,9 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         phase.fail_remaining.store(fail_first, Ordering::Relaxed);
         let start_ns = clock.now_ns() + 20_000_000;
         if outage > 0.0 {
-            phase.fail_until_ns.store(start_ns + (outage * 1e9) as u64, Ordering::Relaxed);
+            phase
+                .fail_until_ns
+                .store(start_ns + (outage * 1e9) as u64, Ordering::Relaxed);
         }
         if let Ok(mut p) = rx.phase.lock() {
             *p = phase.clone();
@@ -324,9 +370,17 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
             duplicates: phase.dups.load(Ordering::Relaxed),
             posts: phase.posts.load(Ordering::Relaxed),
             rejected: phase.rejected.load(Ordering::Relaxed),
-            events_per_post: if accepted > 0 { phase.events.load(Ordering::Relaxed) as f64 / accepted as f64 } else { 0.0 },
+            events_per_post: if accepted > 0 {
+                phase.events.load(Ordering::Relaxed) as f64 / accepted as f64
+            } else {
+                0.0
+            },
             all_delivered_s: all_s,
-            delivered_per_s: if all_s > 0.0 { delivered as f64 / all_s } else { 0.0 },
+            delivered_per_s: if all_s > 0.0 {
+                delivered as f64 / all_s
+            } else {
+                0.0
+            },
             latency_ms: Latency::from_ns(&phase.latency.snapshot()),
             recovery_s: (phase.rejected.load(Ordering::Relaxed) > 0 && ok_after != u64::MAX)
                 .then(|| ok_after.saturating_sub(fail_end) as f64 / 1e9),

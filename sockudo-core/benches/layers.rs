@@ -291,7 +291,9 @@ mod redis_child {
                 std::env::split_paths(&paths).any(|d| d.join("redis-server").is_file())
             });
             if !on_path {
-                eprintln!("layers (redis): redis-server is not on PATH; skipping the Redis variants");
+                eprintln!(
+                    "layers (redis): redis-server is not on PATH; skipping the Redis variants"
+                );
                 return None;
             }
             let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
@@ -302,7 +304,16 @@ mod redis_child {
                 }
             };
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

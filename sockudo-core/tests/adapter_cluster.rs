@@ -158,11 +158,13 @@ async fn broadcast_fields_survive_the_trip<E: Env>(env: &E) {
         serial: Some(42),
         stream_id: Some("stream-7".into()),
         except_socket: Some("123.456".into()),
+        member: Some(sockudo_core::adapter::MemberEvent { user_id: "u-1".into(), seq: 1 << 60 }),
     };
     nodes[0].0.publish(b.clone()).await.unwrap();
     assert!(eventually(Duration::from_secs(2), || nodes[1].1.delivered.lock().len() == 1).await);
     let got = nodes[1].1.delivered.lock()[0].clone();
     assert_eq!((got.app_id, got.channel, got.frame, got.frame_v2), (b.app_id, b.channel, b.frame, b.frame_v2));
+    assert_eq!(got.member, b.member, "a member event keeps its user and sequence number");
     assert_eq!((got.message_id, got.serial, got.stream_id, got.except_socket), (b.message_id, b.serial, b.stream_id, b.except_socket));
 }
 
@@ -254,7 +256,9 @@ async fn leave_cluster_sweeps_at_once<E: Env>(env: &E) {
     c.presence_join(pjoin(ch, "shared")).await.unwrap();
     nodes[0].0.presence_join(pjoin(ch, "shared")).await.unwrap();
     let removed = c.leave_cluster().await.unwrap();
-    assert_eq!(removed, vec![RemovedMember { app_id: "app".into(), channel: ch.into(), user_id: "only-c".into() }]);
+    let seq = removed.first().map_or(0, |r| r.seq);
+    assert!(seq > 0, "a removal takes a presence sequence number: {removed:?}");
+    assert_eq!(removed, vec![RemovedMember { app_id: "app".into(), channel: ch.into(), user_id: "only-c".into(), seq }]);
     assert!(c.leave_cluster().await.unwrap().is_empty(), "leaving twice removes nothing more");
     assert!(c.presence_join(pjoin(ch, "late")).await.is_err(), "no presence after leaving");
     // Peers forget it long before node_timeout.
@@ -472,11 +476,17 @@ mod redis_env {
             .unwrap();
         conformance::run_all(&other, "a").await;
         assert!(env.presence.nodes().await.unwrap().is_empty(), "sweeps leave no node behind");
-        // Nothing at all is left in Redis.
+        // Nothing is left in Redis but the channels' presence sequence numbers, which must
+        // outlive their members (a restarted sequence would make fresh member events look
+        // stale) and so expire instead.
         let client = redis::Client::open(env.server.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
-        assert!(keys.is_empty(), "left behind: {keys:?}");
+        assert!(keys.iter().all(|k| k.ends_with(":seq")), "left behind: {keys:?}");
+        for k in &keys {
+            let ttl: i64 = redis::cmd("TTL").arg(k).query_async(&mut c).await.unwrap();
+            assert!(ttl > 0, "{k} never expires");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -91,6 +91,10 @@ pub struct NodeSettings {
     /// V2 cold tier (history store) retention.
     pub history_max_messages: usize,
     pub history_max_age_secs: u64,
+    /// Per-operation timeout of the shared history store, in milliseconds. Resume storms
+    /// queue thousands of reads on one connection: too short a bound fails them closed
+    /// (`persistence_unavailable`) although Redis is healthy.
+    pub history_timeout_ms: u64,
     /// Window in which a repeated `message_id` is the same message (one serial), in seconds,
     /// and how many recent ids each node remembers to suppress redeliveries.
     pub message_dedup_secs: u64,
@@ -139,6 +143,7 @@ impl Default for NodeSettings {
             hot_buffer_secs: 120,
             history_max_messages: 1000,
             history_max_age_secs: 3600,
+            history_timeout_ms: 3000,
             message_dedup_secs: 120,
             message_dedup_capacity: 100_000,
             v1_expose_stream_fields: false,
@@ -270,6 +275,7 @@ impl NodeSettings {
         num_env(&get, "HOT_BUFFER_SECS", seconds, &mut self.hot_buffer_secs)?;
         num_env(&get, "HISTORY_MAX_MESSAGES", count, &mut self.history_max_messages)?;
         num_env(&get, "HISTORY_MAX_AGE_SECS", seconds, &mut self.history_max_age_secs)?;
+        num_env(&get, "HISTORY_TIMEOUT_MS", "milliseconds", &mut self.history_timeout_ms)?;
         num_env(&get, "MESSAGE_DEDUP_SECS", seconds, &mut self.message_dedup_secs)?;
         num_env(&get, "MESSAGE_DEDUP_CAPACITY", count, &mut self.message_dedup_capacity)?;
         num_env(&get, "WEBHOOK_BATCH_MS", "milliseconds", &mut self.webhook_batch_ms)?;

@@ -51,6 +51,11 @@ pub struct LiveSerials {
 #[derive(Debug, Default)]
 struct StreamState {
     live: HashMap<Arc<str>, LiveSerials>,
+    /// After a resume: (stream, serial) up to which the channel's replay was contiguous. A
+    /// live copy of a replayed message (appended before the replay read, fanned out after the
+    /// hold was released) is dropped instead of being delivered twice. Only this exact bound
+    /// is safe: other serials may arrive out of order from different publishers.
+    replayed: HashMap<Arc<str>, (Arc<str>, u64)>,
     /// Channels being resumed: their live frames wait here until the replay is written.
     held: HashMap<Arc<str>, Vec<Held>>,
     held_frames: usize,
@@ -129,6 +134,11 @@ impl Connection {
                 }
                 return true;
             }
+            if let (Some(sid), Some((rsid, upto))) = (stream_id, st.replayed.get(channel)) {
+                if sid == rsid && serial <= *upto {
+                    return true;
+                }
+            }
             st.live
                 .entry(Arc::clone(channel))
                 .and_modify(|l| l.last = l.last.max(serial))
@@ -203,7 +213,16 @@ impl Connection {
 
     /// Stop holding `channel`; returns the held frames in arrival order.
     pub fn release(&self, channel: &str) -> Vec<Held> {
+        self.release_after(channel, None)
+    }
+
+    /// Stop holding `channel` after a replay of `stream_id` up to `upto`; live copies of
+    /// replayed messages that arrive later are dropped (see `StreamState::replayed`).
+    pub fn release_after(&self, channel: &str, replayed: Option<(&str, u64)>) -> Vec<Held> {
         let mut st = self.streams.lock();
+        if let Some((sid, upto)) = replayed {
+            st.replayed.insert(Arc::from(channel), (Arc::from(sid), upto));
+        }
         let held = st.held.remove(channel).unwrap_or_default();
         st.held_frames = st.held_frames.saturating_sub(held.len());
         if let Some(last) = held.iter().map(|h| h.serial).max() {
@@ -215,6 +234,7 @@ impl Connection {
     /// Forget the stream bookkeeping of a channel the connection left.
     pub fn forget_channel(&self, channel: &str) {
         let mut st = self.streams.lock();
+        st.replayed.remove(channel);
         st.live.remove(channel);
         if let Some(h) = st.held.remove(channel) {
             st.held_frames = st.held_frames.saturating_sub(h.len());
@@ -338,6 +358,21 @@ mod tests {
         assert!(c.send_on(&ch, "dropped".into()));
         c.cancel_join("presence-c");
         assert!(out.try_recv(&c).is_none(), "a failed subscription's frames are dropped");
+    }
+
+    #[tokio::test]
+    async fn live_copies_of_replayed_messages_are_dropped_once_released() {
+        let (c, mut out) = conn(16, 1 << 20);
+        let ch: Arc<str> = Arc::from("c");
+        let s1: Arc<str> = Arc::from("s1");
+        let s2: Arc<str> = Arc::from("s2");
+        c.hold(&ch);
+        assert!(c.release_after("c", Some(("s1", 7))).is_empty());
+        assert!(c.send_positioned(&ch, Some(&s1), 7, "late copy of 7".into()));
+        assert!(c.send_positioned(&ch, Some(&s1), 8, "8".into()));
+        assert!(c.send_positioned(&ch, Some(&s2), 1, "new stream 1".into()));
+        assert_eq!(out.recv(&c).await.as_deref(), Some("8"), "7 was replayed already");
+        assert_eq!(out.recv(&c).await.as_deref(), Some("new stream 1"), "the bound is per stream");
     }
 
     #[tokio::test]

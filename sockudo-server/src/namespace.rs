@@ -30,6 +30,12 @@ struct Channel {
     /// Presence: this node's connections per user. The cluster-wide member set lives in the
     /// adapter's presence store; this count only decides when this node joins or leaves it.
     local_members: HashMap<Arc<str>, usize, RandomState>,
+    /// Presence: per user, the store's sequence number of the last member event delivered
+    /// here (see [`Namespace::fanout_member`]). Kept with the subscribers so it goes away
+    /// with the channel's last local subscriber: with nobody here to have seen those events,
+    /// nothing is left to protect, and a channel that is subscribed again starts from its
+    /// `subscription_succeeded` snapshot.
+    member_seqs: HashMap<Arc<str>, u64, RandomState>,
 }
 
 /// What a subscribe changed.
@@ -50,6 +56,21 @@ pub struct Unsubscribed {
     /// Presence: the user's last connection on this node left.
     pub node_last: Option<Arc<str>>,
 }
+
+/// Outcome of [`Namespace::fanout_member`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberFanout {
+    /// Queued to this many connections.
+    Delivered(usize),
+    /// Dropped: a later decision about the same user was already delivered here.
+    Stale,
+}
+
+/// Most member sequence entries one app keeps on this node. Beyond it member events of users
+/// not yet recorded are delivered unrecorded, that is unprotected against reordering as they
+/// were before sequence numbers: memory stays bounded however many presence members an app
+/// has, at the cost of ordering only in that extreme.
+const MEMBER_SEQ_CAP: usize = 100_000;
 
 /// One broadcast as this node delivers it: a frame per wire variant.
 #[derive(Debug)]
@@ -81,6 +102,8 @@ pub struct Namespace {
     /// Striped locks over (channel, user): see [`Namespace::presence_guard`].
     presence_locks: Box<[tokio::sync::Mutex<()>]>,
     lock_hasher: RandomState,
+    /// Entries of every channel's `member_seqs` (bounded by [`MEMBER_SEQ_CAP`]).
+    member_seq_entries: AtomicUsize,
 }
 
 /// Stripes of [`Namespace::presence_guard`]: unrelated users rarely share one.
@@ -97,6 +120,7 @@ impl Namespace {
             connection_count: AtomicUsize::new(0),
             presence_locks: (0..PRESENCE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             lock_hasher: RandomState::new(),
+            member_seq_entries: AtomicUsize::new(0),
         }
     }
 
@@ -193,9 +217,46 @@ impl Namespace {
                 crate::metrics::subscription_changed(&self.app_id, channel, -1.0);
                 out = Some(u);
             }
-            ch.subscribers.is_empty()
+            let vacated = ch.subscribers.is_empty();
+            if vacated {
+                self.member_seq_entries.fetch_sub(ch.member_seqs.len(), Ordering::AcqRel);
+            }
+            vacated
         });
         out
+    }
+
+    /// Deliver a presence member event unless it is stale.
+    ///
+    /// The store numbers each membership decision of a channel, but the decisions about one
+    /// user can be published by different nodes, and the transport orders broadcasts per
+    /// publisher only; so a `member_removed` decided before a `member_added` can arrive after
+    /// it. Delivering it then would leave every subscriber believing the user gone although
+    /// it is present. An event whose number is not above the last one delivered here for that
+    /// user is therefore dropped: the later decision already told subscribers the current
+    /// state. The price is that a subscriber may see `member_added` for a user it already
+    /// lists (the removal in between having been dropped); Pusher clients (pusher-js's
+    /// `Members::addMember`) overwrite the member, which ends in the right state.
+    ///
+    /// The check, the record and the fanout happen under the channel's write lock, so two
+    /// deliveries for one user (one from the transport, one published by this node) cannot
+    /// pass the check in one order and reach the connections in the other.
+    pub fn fanout_member(&self, channel: &str, user: &Arc<str>, seq: u64, d: &Delivery<'_>) -> MemberFanout {
+        let Some(mut entry) = self.channels.get_mut(channel) else { return MemberFanout::Delivered(0) };
+        let (key, ch) = entry.pair_mut();
+        match ch.member_seqs.get_mut(user) {
+            Some(last) if seq <= *last => return MemberFanout::Stale,
+            Some(last) => *last = seq,
+            None => {
+                if self.member_seq_entries.fetch_add(1, Ordering::AcqRel) < MEMBER_SEQ_CAP {
+                    ch.member_seqs.insert(Arc::clone(user), seq);
+                } else {
+                    self.member_seq_entries.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(app_id = %self.app_id, channel, "member sequence map full; delivering unrecorded");
+                }
+            }
+        }
+        MemberFanout::Delivered(fanout_to(key, ch, d))
     }
 
     /// Queue a delivery to every subscriber of `channel` except its excluded socket. Returns
@@ -203,22 +264,7 @@ impl Namespace {
     /// waits; each recipient gets a reference-counted handle to its protocol's frame.
     pub fn fanout(&self, channel: &str, d: &Delivery<'_>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };
-        let key = ch.key();
-        let mut n = 0;
-        for (sid, sub) in &ch.subscribers {
-            if d.except.is_some_and(|e| e == &**sid) {
-                continue;
-            }
-            let sent = match (sub.conn.protocol, &d.v2, d.serial) {
-                (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, d.stream_id, serial, v2.clone()),
-                (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
-                _ => sub.conn.send_on(key, d.v1.clone()),
-            };
-            if sent {
-                n += 1;
-            }
-        }
-        n
+        fanout_to(ch.key(), ch.value(), d)
     }
 
     pub fn is_subscribed(&self, channel: &str, socket_id: &str) -> bool {
@@ -254,6 +300,24 @@ impl Namespace {
     pub fn release_reservation(&self) {
         self.connection_count.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+fn fanout_to(key: &Arc<str>, ch: &Channel, d: &Delivery<'_>) -> usize {
+    let mut n = 0;
+    for (sid, sub) in &ch.subscribers {
+        if d.except.is_some_and(|e| e == &**sid) {
+            continue;
+        }
+        let sent = match (sub.conn.protocol, &d.v2, d.serial) {
+            (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, d.stream_id, serial, v2.clone()),
+            (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
+            _ => sub.conn.send_on(key, d.v1.clone()),
+        };
+        if sent {
+            n += 1;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -300,6 +364,27 @@ mod tests {
         assert_eq!(ns.fanout("c", &except), 1);
         assert_eq!(ns.fanout("c", &Delivery::plain("x".into())), 2);
         assert_eq!(ns.fanout("nope", &Delivery::plain("x".into())), 0);
+    }
+
+    #[test]
+    fn stale_member_events_are_dropped_and_forgotten_with_the_channel() {
+        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
+        let (c1, _o1) = conn_with_outbox("1.1");
+        ns.subscribe("presence-x", &c1, Some("w".into()));
+        let u: Arc<str> = "u".into();
+        let d = || Delivery::plain("x".into());
+        // The re-addition (3) overtook the removal (2) it follows.
+        assert_eq!(ns.fanout_member("presence-x", &u, 1, &d()), MemberFanout::Delivered(1));
+        assert_eq!(ns.fanout_member("presence-x", &u, 3, &d()), MemberFanout::Delivered(1));
+        assert_eq!(ns.fanout_member("presence-x", &u, 2, &d()), MemberFanout::Stale);
+        assert_eq!(ns.fanout_member("presence-x", &u, 3, &d()), MemberFanout::Stale, "a repeat is not newer");
+        assert_eq!(ns.fanout_member("presence-x", &"v".into(), 2, &d()), MemberFanout::Delivered(1), "numbers are per user");
+        assert_eq!(ns.member_seq_entries.load(Ordering::Acquire), 2);
+        // The last local subscriber leaves: nothing of the channel is kept.
+        ns.unsubscribe("presence-x", "1.1");
+        assert_eq!(ns.member_seq_entries.load(Ordering::Acquire), 0);
+        ns.subscribe("presence-x", &c1, Some("w".into()));
+        assert_eq!(ns.fanout_member("presence-x", &u, 2, &d()), MemberFanout::Delivered(1));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use sockudo_core::adapter::{Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, NodeHandler, RemovedMember};
+use sockudo_core::adapter::{Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent, NodeHandler, RemovedMember};
 use sockudo_core::protocol::events::Family;
 use sockudo_core::protocol::{ErrorCode, OutboundFrame};
 use sockudo_core::app::AppManager;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeSettings;
 use crate::dedup::RecentIds;
 use crate::hot::HotLimits;
-use crate::namespace::{Delivery, Namespace};
+use crate::namespace::{Delivery, MemberFanout, Namespace};
 
 /// Shared state of one node. Cheap to clone through `Arc`.
 pub struct Node {
@@ -44,6 +44,8 @@ pub struct Node {
     // webhooks: end
     /// The cluster adapter's counters, when the adapter is one (metrics).
     cluster_stats: std::sync::OnceLock<ClusterStatsFn>,
+    /// Member events dropped as stale (see `Namespace::fanout_member`).
+    stale_member_events: AtomicU64,
 }
 
 /// Reads the cluster adapter's counters.
@@ -74,6 +76,7 @@ impl Node {
             socket_prefix: rand::random::<u32>() as u64,
             webhooks: std::sync::OnceLock::new(), // webhooks
             cluster_stats: std::sync::OnceLock::new(),
+            stale_member_events: AtomicU64::new(0),
         });
         node.adapter.attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
@@ -163,6 +166,12 @@ impl Node {
         self.namespaces.iter().map(|n| n.connection_count()).sum()
     }
 
+    /// Presence member events this node dropped because a later decision about the same user
+    /// had already been delivered here.
+    pub fn stale_member_events(&self) -> u64 {
+        self.stale_member_events.load(Ordering::Relaxed)
+    }
+
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.cache_channel_ttl)
     }
@@ -191,7 +200,17 @@ impl NodeHandler for LocalHandler {
             ns.hot.push(&msg.channel, stream_id, serial, v2);
         }
         let d = Delivery { v1, v2, serial: msg.serial, stream_id: msg.stream_id.as_ref(), except: msg.except_socket.as_deref() };
-        let frames = ns.fanout(&msg.channel, &d);
+        let frames = match &msg.member {
+            None => ns.fanout(&msg.channel, &d),
+            Some(m) => match ns.fanout_member(&msg.channel, &m.user_id, m.seq, &d) {
+                MemberFanout::Delivered(n) => n,
+                MemberFanout::Stale => {
+                    node.stale_member_events.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(channel = %msg.channel, user_id = %m.user_id, seq = m.seq, "stale member event dropped");
+                    return;
+                }
+            },
+        };
         metrics::histogram!(crate::metrics::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => msg.app_id.to_string()).increment(1);
         metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => msg.app_id.to_string()).increment(frames as u64);
@@ -243,6 +262,7 @@ impl Node {
             let frame = OutboundFrame::member_removed(Family::Pusher, &m.channel, &m.user_id);
             let mut msg = Broadcast::plain(&m.app_id, &m.channel, frame.into(), None);
             msg.frame_v2 = Some(OutboundFrame::member_removed(Family::Sockudo, &m.channel, &m.user_id).into());
+            msg.member = Some(MemberEvent { user_id: Arc::from(m.user_id.as_str()), seq: m.seq });
             if let Err(e) = self.adapter.publish(msg).await {
                 tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");
             }

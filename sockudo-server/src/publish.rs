@@ -78,18 +78,34 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
     };
     let (v2, serial, stream_id) = match &node.history {
         Some(history) => {
-            let built = parking_lot::Mutex::new(None::<Bytes>);
+            // The frame the store asked for last, with the position it was built for.
+            let built = parking_lot::Mutex::new(None::<(String, u64, Bytes)>);
             let frame_for = |stream_id: &str, serial: u64| {
                 let f = encode_v2(Some((stream_id, serial)));
-                *built.lock() = Some(f.clone());
+                *built.lock() = Some((stream_id.to_owned(), serial, f.clone()));
                 f
             };
             let window = Duration::from_secs(node.settings.message_dedup_secs);
-            let appended = history.append(app_id, channel.as_str(), message_id, window, &frame_for).await?;
-            if appended.duplicate {
+            let (appended, recovered) = match history.append(app_id, channel.as_str(), message_id, window, &frame_for).await {
+                Ok(a) => (a, false),
+                // A timed-out append may still have committed. Ask again under the same
+                // message id: the store's dedup answers "already appended" with the original
+                // serial if it did, and that message was never broadcast, so it must go out
+                // now (a stored-but-unsent message would be a silent gap for live clients).
+                Err(HistoryError::Unavailable(first)) => {
+                    tracing::warn!(channel = %channel, error = %first, "history append failed; retrying under the same message id");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    (history.append(app_id, channel.as_str(), message_id, window, &frame_for).await?, true)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if appended.duplicate && !recovered {
                 return Ok(Published { message_id: Arc::from(message_id), serial: Some(appended.serial), stream_id: Some(Arc::from(appended.stream_id)), duplicate: true });
             }
-            let frame = built.into_inner().unwrap_or_else(|| encode_v2(Some((&appended.stream_id, appended.serial))));
+            let frame = match built.into_inner() {
+                Some((sid, serial, f)) if sid == appended.stream_id && serial == appended.serial => f,
+                _ => encode_v2(Some((&appended.stream_id, appended.serial))),
+            };
             (frame, Some(appended.serial), Some(Arc::<str>::from(appended.stream_id)))
         }
         None => (encode_v2(None), None, None),
@@ -109,6 +125,7 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
             serial,
             stream_id: stream_id.clone(),
             except_socket: ev.except_socket.cloned(),
+            member: None,
         })
         .await?;
     Ok(Published { message_id, serial, stream_id, duplicate: false })

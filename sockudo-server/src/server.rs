@@ -61,7 +61,7 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         "memory" | "none" => memory_history(&settings),
         #[cfg(feature = "redis")]
         "redis" => {
-            let store = sockudo_core::history::RedisHistoryStore::connect(&settings.redis.url, "sockudo", retention(&settings), Duration::from_secs(1))
+            let store = sockudo_core::history::RedisHistoryStore::connect(&settings.redis.url, "sockudo", retention(&settings), Duration::from_millis(settings.history_timeout_ms.max(1)))
                 .await
                 .map_err(|e| BuildError::Backend { what: "history", url: redact_url(&settings.redis.url), message: e.to_string() })?;
             Some(Arc::new(store))

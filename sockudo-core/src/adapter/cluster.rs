@@ -78,8 +78,8 @@ use tokio::time::Instant;
 
 use super::envelope::{self, Header, Kind};
 use super::{
-    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, NodeHandler, PresenceJoin, PresenceJoinOutcome,
-    PresenceMember, PresenceStore, RemovedMember, Transport, TransportStream,
+    Adapter, AdapterError, Broadcast, ClusterAnswer, MemberEvent, ClusterQuery, ControlMessage, NodeHandler, PresenceJoin, PresenceJoinOutcome,
+    PresenceLeave, PresenceMember, PresenceStore, RemovedMember, Transport, TransportStream,
 };
 
 /// Settings of a [`ClusterAdapter`].
@@ -443,6 +443,10 @@ impl<T: Transport> Inner<T> {
             serial: h.serial,
             stream_id: h.stream_id.map(|m| Arc::from(m.as_ref())),
             except_socket: h.except.map(|x| Arc::from(x.as_ref())),
+            member: match (h.member_user, h.member_seq) {
+                (Some(user_id), Some(seq)) => Some(MemberEvent { user_id: Arc::from(user_id.as_ref()), seq }),
+                _ => None,
+            },
         };
         if let Some(handler) = self.handler() {
             bump(&self.counters.received);
@@ -727,6 +731,10 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         h.message_id = msg.message_id.as_deref().map(Into::into);
         h.serial = msg.serial;
         h.stream_id = msg.stream_id.as_deref().map(Into::into);
+        if let Some(m) = &msg.member {
+            h.member_user = Some((&*m.user_id).into());
+            h.member_seq = Some(m.seq);
+        }
         let wire = match &msg.frame_v2 {
             Some(v2) => {
                 h.v1_len = Some(msg.frame.len());
@@ -796,7 +804,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         self.inner.presence.join(&self.inner.node_id, join).await
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<bool, AdapterError> {
+    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
         self.inner.presence.leave(&self.inner.node_id, app_id, channel, user_id).await
     }
 

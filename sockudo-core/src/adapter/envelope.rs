@@ -12,7 +12,9 @@
 //!   frame is decoded once per node and never re-encoded.
 //! - A broadcast with a separate V2 frame sends both back to back; the header's `v` gives the
 //!   V1 frame's length, and both become zero-copy slices on receipt. `m`, `n` and `i` carry the
-//!   V2 message id, serial and stream id; `x` the socket to skip.
+//!   V2 message id, serial and stream id; `x` the socket to skip; `u` and `p` the user id and
+//!   presence sequence number of a member event (absent otherwise, so nodes that predate
+//!   them read these messages as before, and their messages as ordinary broadcasts).
 //! - Control messages, queries and answers carry their JSON (`ControlMessage`,
 //!   `ClusterQuery`, `ClusterAnswer`) as the payload.
 //! - Heartbeats have an empty payload.
@@ -85,6 +87,12 @@ pub(crate) struct Header<'a> {
     /// (this many bytes) followed by the V2 frame.
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub v1_len: Option<usize>,
+    /// Member event: the user it is about (broadcast).
+    #[serde(rename = "u", default, borrow, skip_serializing_if = "Option::is_none")]
+    pub member_user: Option<Cow<'a, str>>,
+    /// Member event: the store's presence sequence number of the decision (broadcast).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub member_seq: Option<u64>,
 }
 
 impl<'a> Header<'a> {
@@ -101,6 +109,8 @@ impl<'a> Header<'a> {
             serial: None,
             stream_id: None,
             v1_len: None,
+            member_user: None,
+            member_seq: None,
         }
     }
 }
@@ -147,6 +157,8 @@ mod tests {
         h.serial = Some(9);
         h.stream_id = Some("s-1".into());
         h.v1_len = Some(4);
+        h.member_user = Some("u\"1".into());
+        h.member_seq = Some(1 << 60);
         let payload = b"{\"event\":\"x\"}\n\nline two\0";
         let msg = encode_parts(&h, &[b"v1\n!", payload]).unwrap();
         let (back, body) = decode(&msg).unwrap();
@@ -162,6 +174,13 @@ mod tests {
         let (h, body) = decode(&msg).unwrap();
         assert_eq!(h.kind, Kind::Heartbeat);
         assert!(body.is_empty());
+    }
+
+    #[test]
+    fn headers_without_member_fields_still_decode() {
+        let msg = Bytes::from_static(b"{\"k\":\"b\",\"o\":\"n1\",\"e\":1,\"s\":3,\"a\":\"app\",\"c\":\"ch\"}\nframe");
+        let (h, _) = decode(&msg).unwrap();
+        assert_eq!((h.member_user, h.member_seq), (None, None));
     }
 
     #[test]

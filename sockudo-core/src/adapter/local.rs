@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use super::{
     Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemoryPresenceStore, NodeHandler, PresenceJoin,
-    PresenceJoinOutcome, PresenceMember, PresenceStore,
+    PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
 };
 
 const LOCAL_NODE: &str = "local";
@@ -64,7 +64,7 @@ impl Adapter for LocalAdapter {
         self.presence.join(LOCAL_NODE, join).await
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<bool, AdapterError> {
+    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
         self.presence.leave(LOCAL_NODE, app_id, channel, user_id).await
     }
 

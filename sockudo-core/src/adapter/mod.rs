@@ -84,8 +84,9 @@ pub trait Adapter: Send + Sync + 'static {
     async fn presence_join(&self, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError>;
 
     /// This node no longer has any connection of `user` in the channel. Returns whether the
-    /// user left the channel cluster-wide (this node was its last).
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<bool, AdapterError>;
+    /// user left the channel cluster-wide (this node was its last), with the removal's
+    /// presence sequence number.
+    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError>;
 
     async fn presence_members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError>;
 

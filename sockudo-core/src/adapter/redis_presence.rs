@@ -7,6 +7,7 @@
 //! | `P:presence:{app}:{channel}:users` | hash | user → number of nodes holding it |
 //! | `P:presence:{app}:{channel}:info` | hash | user → `user_info` JSON (set by the first join) |
 //! | `P:presence:{app}:{channel}:nodes` | set | `node \0 user` for every (node, user) pair |
+//! | `P:presence:{app}:{channel}:seq` | string | the channel's presence sequence number |
 //! | `P:presence_node:{node}` | set | `app \0 channel \0 user`: everything `node` contributed |
 //! | `P:presence_nodes` | set | nodes with a non-empty `presence_node` set |
 //!
@@ -17,7 +18,12 @@
 //! peer watched them ([`PresenceStore::nodes`]).
 //!
 //! Redis deletes empty hashes and sets by itself, so nothing is left behind when the last
-//! member of a channel leaves or a node is swept.
+//! member of a channel leaves or a node is swept. The `seq` key cannot go with them (the
+//! sequence must not restart when a channel empties, see [`PresenceStore`]), so it expires
+//! [`SEQ_TTL_SECS`] after its last use instead, and a missing key starts from the server's
+//! clock in microseconds: a restarted sequence still begins above every number the expired
+//! one handed out, as long as a channel averages fewer than a million membership changes a
+//! second.
 //!
 //! Injectivity: Pusher channel names cannot contain `:` or NUL, node ids are refused when they
 //! contain NUL, so the composite keys and set members above never collide (an app id
@@ -28,6 +34,8 @@
 //!   (node, user) pair once, increments the user's node count on a new pair, and reports
 //!   `first` when the count went from 0 to 1. Returns the members after the join.
 //! - `leave`: removes the pair once; reports the removal when the count reaches 0.
+//! - A `first` join and every removal (leave or sweep) take the channel's next `seq` in the
+//!   same script.
 //! - `sweep_node`: removes every pair of the node in one script and returns the members whose
 //!   count reached 0. Scripts run one at a time, so of several concurrent sweeps of one node
 //!   the first removes everything and the others find an empty index: each removal is
@@ -40,6 +48,8 @@
 //!   single Redis (or a primary with replicas / Sentinel). For Redis Cluster the layout would
 //!   put every key a node writes under the node's hash tag (`P:{node}:…`) and make `members`
 //!   gather from all nodes' keys, which is a different design; left as a documented limitation.
+//! - The scripts read `TIME` before writing (seeding a channel's `seq`), which Redis allows
+//!   with effects replication, the default since Redis 5; older servers refuse it.
 //! - A sweep runs in one script: a node holding N presence memberships blocks Redis for a
 //!   time linear in N (a few ms per 10,000 memberships).
 
@@ -51,22 +61,42 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
-use super::{AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceMember, PresenceStore, RemovedMember};
+use super::{AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore, RemovedMember};
 
-/// KEYS: users, info, nodes, node index, presence_nodes.
-/// ARGV: user, node, has_info ('1'/'0'), info, max_members, index entry.
-/// Returns {first, full, users, flat info hash}. (No `HMGET … unpack(users)`: Lua's
+/// How long a channel's `seq` key outlives its last use (see the module docs).
+const SEQ_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// `next_seq(key, ttl)`: the channel's next presence sequence number. A missing key is
+/// seeded from `TIME` (seconds and zero-padded microseconds concatenated as text, since Lua
+/// would print a 16-digit number in exponent form, which `INCR` refuses).
+const NEXT_SEQ: &str = r"
+local function next_seq(key, ttl)
+  if redis.call('EXISTS', key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', key, t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+  end
+  local seq = redis.call('INCR', key)
+  redis.call('EXPIRE', key, ttl)
+  return seq
+end
+";
+
+/// KEYS: users, info, nodes, node index, presence_nodes, seq.
+/// ARGV: user, node, has_info ('1'/'0'), info, max_members, index entry, seq ttl.
+/// Returns {first, full, users, flat info hash, seq}. (No `HMGET … unpack(users)`: Lua's
 /// `unpack` fails beyond a few thousand values.)
 const JOIN_SCRIPT: &str = r"
 local user = ARGV[1]
 local pair = ARGV[2] .. '\0' .. user
 local first = 0
 local full = 0
+local seq = 0
 if redis.call('HEXISTS', KEYS[1], user) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
   full = 1
 elseif redis.call('SADD', KEYS[3], pair) == 1 then
   if redis.call('HINCRBY', KEYS[1], user, 1) == 1 then
     first = 1
+    seq = next_seq(KEYS[6], ARGV[7])
     if ARGV[3] == '1' then
       redis.call('HSET', KEYS[2], user, ARGV[4])
     else
@@ -76,11 +106,12 @@ elseif redis.call('SADD', KEYS[3], pair) == 1 then
   redis.call('SADD', KEYS[4], ARGV[6])
   redis.call('SADD', KEYS[5], ARGV[2])
 end
-return {first, full, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+return {first, full, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), seq}
 ";
 
-/// KEYS: users, info, nodes, node index, presence_nodes.
-/// ARGV: user, node, index entry. Returns 1 when the user left the channel.
+/// KEYS: users, info, nodes, node index, presence_nodes, seq.
+/// ARGV: user, node, index entry, seq ttl. Returns the removal's seq when the user left the
+/// channel, 0 otherwise.
 const LEAVE_SCRIPT: &str = r"
 local user = ARGV[1]
 if redis.call('SREM', KEYS[3], ARGV[2] .. '\0' .. user) == 0 then
@@ -93,7 +124,7 @@ end
 if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
   redis.call('HDEL', KEYS[1], user)
   redis.call('HDEL', KEYS[2], user)
-  return 1
+  return next_seq(KEYS[6], ARGV[4])
 end
 return 0
 ";
@@ -103,8 +134,8 @@ const MEMBERS_SCRIPT: &str = r"
 return {redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 ";
 
-/// KEYS: node index, presence_nodes. ARGV: prefix, node.
-/// Returns a flat list app, channel, user, … of members whose last node this was.
+/// KEYS: node index, presence_nodes. ARGV: prefix, node, seq ttl.
+/// Returns a flat list app, channel, user, seq, … of members whose last node this was.
 const SWEEP_SCRIPT: &str = r"
 local prefix = ARGV[1]
 local node = ARGV[2]
@@ -124,6 +155,7 @@ for _, entry in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         removed[#removed + 1] = app
         removed[#removed + 1] = channel
         removed[#removed + 1] = user
+        removed[#removed + 1] = next_seq(base .. ':seq', ARGV[3])
       end
     end
   end
@@ -195,6 +227,7 @@ struct ChannelKeys {
     users: String,
     info: String,
     nodes: String,
+    seq: String,
 }
 
 impl RedisPresenceStore {
@@ -223,16 +256,16 @@ impl RedisPresenceStore {
         Ok(RedisPresenceStore {
             conn,
             opts,
-            join: Script::new(JOIN_SCRIPT),
-            leave: Script::new(LEAVE_SCRIPT),
+            join: Script::new(&format!("{NEXT_SEQ}{JOIN_SCRIPT}")),
+            leave: Script::new(&format!("{NEXT_SEQ}{LEAVE_SCRIPT}")),
             members: Script::new(MEMBERS_SCRIPT),
-            sweep: Script::new(SWEEP_SCRIPT),
+            sweep: Script::new(&format!("{NEXT_SEQ}{SWEEP_SCRIPT}")),
         })
     }
 
     fn channel_keys(&self, app: &str, channel: &str) -> ChannelKeys {
         let base = format!("{}:presence:{app}:{channel}", self.opts.prefix);
-        ChannelKeys { users: format!("{base}:users"), info: format!("{base}:info"), nodes: format!("{base}:nodes") }
+        ChannelKeys { users: format!("{base}:users"), info: format!("{base}:info"), nodes: format!("{base}:nodes"), seq: format!("{base}:seq") }
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -269,25 +302,26 @@ impl PresenceStore for RedisPresenceStore {
         check_node(node_id)?;
         let k = self.channel_keys(j.app_id, j.channel);
         let mut inv = self.join.prepare_invoke();
-        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key());
+        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key()).key(&k.seq);
         inv.arg(j.user_id)
             .arg(node_id)
             .arg(if j.info.is_some() { "1" } else { "0" })
             .arg(j.info.unwrap_or_default())
             .arg(j.max_members)
-            .arg(index_entry(j.app_id, j.channel, j.user_id));
-        let (first, full, users, infos): (i64, i64, Vec<String>, Vec<String>) = self.run("join", &inv).await?;
-        Ok(PresenceJoinOutcome { first: first == 1, full: full == 1, members: to_members(users, infos) })
+            .arg(index_entry(j.app_id, j.channel, j.user_id))
+            .arg(SEQ_TTL_SECS);
+        let (first, full, users, infos, seq): (i64, i64, Vec<String>, Vec<String>, u64) = self.run("join", &inv).await?;
+        Ok(PresenceJoinOutcome { first: first == 1, full: full == 1, members: to_members(users, infos), seq })
     }
 
-    async fn leave(&self, node_id: &str, app_id: &str, channel: &str, user_id: &str) -> Result<bool, AdapterError> {
+    async fn leave(&self, node_id: &str, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
         check_node(node_id)?;
         let k = self.channel_keys(app_id, channel);
         let mut inv = self.leave.prepare_invoke();
-        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key());
-        inv.arg(user_id).arg(node_id).arg(index_entry(app_id, channel, user_id));
-        let gone: i64 = self.run("leave", &inv).await?;
-        Ok(gone == 1)
+        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key()).key(&k.seq);
+        inv.arg(user_id).arg(node_id).arg(index_entry(app_id, channel, user_id)).arg(SEQ_TTL_SECS);
+        let seq: u64 = self.run("leave", &inv).await?;
+        Ok(PresenceLeave { gone: seq != 0, seq })
     }
 
     async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError> {
@@ -302,12 +336,14 @@ impl PresenceStore for RedisPresenceStore {
         check_node(node_id)?;
         let mut inv = self.sweep.prepare_invoke();
         inv.key(self.node_key(node_id)).key(self.nodes_key());
-        inv.arg(&self.opts.prefix).arg(node_id);
-        let flat: Vec<String> = self.run("sweep", &inv).await?;
-        let mut removed = Vec::with_capacity(flat.len() / 3);
+        inv.arg(&self.opts.prefix).arg(node_id).arg(SEQ_TTL_SECS);
+        let flat: Vec<Value> = self.run("sweep", &inv).await?;
+        let mut removed = Vec::with_capacity(flat.len() / 4);
         let mut it = flat.into_iter();
-        while let (Some(app_id), Some(channel), Some(user_id)) = (it.next(), it.next(), it.next()) {
-            removed.push(RemovedMember { app_id, channel, user_id });
+        while let (Some(app_id), Some(channel), Some(user_id), Some(seq)) = (it.next(), it.next(), it.next(), it.next()) {
+            let text = |v: Value| redis::from_redis_value::<String>(&v).map_err(|e| unavailable("sweep reply", e));
+            let seq = redis::from_redis_value::<u64>(&seq).map_err(|e| unavailable("sweep reply", e))?;
+            removed.push(RemovedMember { app_id: text(app_id)?, channel: text(channel)?, user_id: text(user_id)?, seq });
         }
         Ok(removed)
     }

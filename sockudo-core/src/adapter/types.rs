@@ -25,12 +25,27 @@ pub struct Broadcast {
     pub stream_id: Option<Arc<str>>,
     /// A socket that must not receive it (the publisher's own, Pusher `socket_id`).
     pub except_socket: Option<Arc<str>>,
+    /// Set on presence `member_added` / `member_removed` only; `None` for everything else.
+    pub member: Option<MemberEvent>,
+}
+
+/// The presence decision a member broadcast announces.
+///
+/// A user's removal and re-addition can be decided by the store in that order but published
+/// by two different nodes, whose broadcasts the transport does not order against each other.
+/// `seq` is the store's per-channel presence sequence number of the decision, so a receiving
+/// node can tell that an event arriving after a later decision about the same user is stale
+/// and drop it instead of letting it undo that later decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEvent {
+    pub user_id: Arc<str>,
+    pub seq: u64,
 }
 
 impl Broadcast {
     /// A message without V2 identity, the same bytes for every connection.
     pub fn plain(app_id: &str, channel: &str, frame: Bytes, except_socket: Option<Arc<str>>) -> Self {
-        Broadcast { app_id: Arc::from(app_id), channel: Arc::from(channel), frame, frame_v2: None, message_id: None, serial: None, stream_id: None, except_socket }
+        Broadcast { app_id: Arc::from(app_id), channel: Arc::from(channel), frame, frame_v2: None, message_id: None, serial: None, stream_id: None, except_socket, member: None }
     }
 }
 
@@ -116,6 +131,18 @@ pub struct PresenceJoinOutcome {
     pub full: bool,
     /// Members after the join (for `subscription_succeeded`).
     pub members: Vec<PresenceMember>,
+    /// The channel's presence sequence number after this join when `first` (the join is a
+    /// membership change and took a number); 0 otherwise. See [`MemberEvent`].
+    pub seq: u64,
+}
+
+/// Result of a presence leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PresenceLeave {
+    /// The user left the channel cluster-wide (this node was its last).
+    pub gone: bool,
+    /// The channel's presence sequence number after this removal when `gone`; 0 otherwise.
+    pub seq: u64,
 }
 
 /// A member that left because its last node went away.
@@ -124,6 +151,10 @@ pub struct RemovedMember {
     pub app_id: String,
     pub channel: String,
     pub user_id: String,
+    /// The channel's presence sequence number of this removal. `default` keeps older
+    /// serialised forms readable; 0 is below every number a store hands out.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Why the adapter could not do what was asked.

@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, Value};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
 
 use super::{Cache, CacheError};
 
@@ -162,33 +162,8 @@ impl RedisCache {
 
     /// Connect with explicit options.
     pub async fn connect_with(url: &str, options: RedisCacheOptions) -> Result<Self, CacheError> {
-        let client = Client::open(url).map_err(|e| CacheError::Unavailable(format!("invalid redis url: {e}")))?;
         let op = options.operation_timeout;
-        // Reconnection rounds: an immediate attempt, then two more 1–2 s apart (the back-off
-        // starts at 1 s plus jitter and is capped at 1 s before jitter). When a round fails,
-        // the next command that hits the I/O error starts a new one, so the manager never
-        // gives up for good and a restarted Redis is picked up within about 2 s, while a dead
-        // one costs about one connection attempt per second.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(op)
-            .set_response_timeout(op)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000);
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-            let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
-            Ok::<_, CacheError>(conn)
-        };
-        let conn = match tokio::time::timeout(options.connect_timeout, connect).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(CacheError::Unavailable(format!(
-                    "redis did not answer within {} ms",
-                    options.connect_timeout.as_millis()
-                )))
-            }
-        };
+        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout).await.map_err(CacheError::Unavailable)?;
         Ok(RedisCache { conn, prefix: options.prefix, operation_timeout: op, increment: Script::new(INCREMENT_SCRIPT),
             compare_and_swap: Script::new(COMPARE_AND_SWAP_SCRIPT),
         })

@@ -71,8 +71,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, Value};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
 
 use super::ids::fresh_stream_id;
 use super::{Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition};
@@ -365,26 +365,7 @@ impl RedisHistoryStore {
     /// bounded by `op_timeout`; a Redis that does not answer in time is
     /// [`HistoryError::Unavailable`].
     pub async fn connect(url: &str, prefix: &str, retention: Retention, op_timeout: Duration) -> Result<Self, HistoryError> {
-        let client = Client::open(url).map_err(|e| HistoryError::Unavailable(format!("invalid redis url: {e}")))?;
-        // As in `RedisCache`: an immediate reconnection attempt, then two more about 1–2 s
-        // apart; a later command that hits an I/O error starts a new round.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(op_timeout)
-            .set_response_timeout(op_timeout)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000);
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-            let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
-            Ok::<_, HistoryError>(conn)
-        };
-        let conn = match tokio::time::timeout(op_timeout, connect).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(HistoryError::Unavailable(format!("redis did not answer within {} ms", op_timeout.as_millis())))
-            }
-        };
+        let conn = crate::redis_conn::connect_manager(url, op_timeout, op_timeout).await.map_err(HistoryError::Unavailable)?;
         Ok(RedisHistoryStore {
             conn,
             prefix: prefix.to_owned(),

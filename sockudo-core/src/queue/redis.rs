@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, Value};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
 
 use super::{Job, JobId, NackOutcome, Queue, QueueError, QueueStats};
 
@@ -238,28 +238,8 @@ impl RedisQueue {
     /// Connect with explicit options. Fails with [`QueueError::Unavailable`] when Redis does
     /// not answer a `PING` within the connect timeout.
     pub async fn connect_with(url: &str, options: RedisQueueOptions) -> Result<Self, QueueError> {
-        let client = Client::open(url).map_err(|e| QueueError::Unavailable(format!("invalid redis url: {e}")))?;
         let op = options.operation_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(op)
-            .set_response_timeout(op)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000);
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-            let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
-            Ok::<_, QueueError>(conn)
-        };
-        let conn = match tokio::time::timeout(options.connect_timeout, connect).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(QueueError::Unavailable(format!(
-                    "redis did not answer within {} ms",
-                    options.connect_timeout.as_millis()
-                )))
-            }
-        };
+        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout).await.map_err(QueueError::Unavailable)?;
         let scripts = Scripts {
             enqueue: script(ENQUEUE),
             claim: script(CLAIM),

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::connection::Connection;
 use super::v2::{self, ResumePlan};
 use crate::namespace::Namespace;
-use sockudo_core::adapter::{Broadcast, PresenceJoin, PresenceMember};
+use sockudo_core::adapter::{Broadcast, MemberEvent, PresenceJoin, PresenceLeave, PresenceMember};
 use crate::node::Node;
 use crate::publish::{cache_channel_key, decode_cached, publish_event, EventToPublish};
 
@@ -241,14 +241,14 @@ impl Session {
                 let info_text = info.as_deref().map(RawValue::get);
                 let outcome = if joined.node_first {
                     let join = PresenceJoin { app_id: &app.id, channel: &channel, user_id: user, info: info_text, max_members: app.max_presence_members };
-                    self.node.adapter.presence_join(join).await.map(|o| (o.full, o.first, o.members))
+                    self.node.adapter.presence_join(join).await.map(|o| (o.full, o.first.then_some(o.seq), o.members))
                 } else {
-                    self.node.adapter.presence_members(&app.id, &channel).await.map(|m| (false, false, m))
+                    self.node.adapter.presence_members(&app.id, &channel).await.map(|m| (false, None, m))
                 };
                 match outcome {
                     Ok((false, first, members)) => {
-                        if first {
-                            member_added = Some((Arc::clone(user), info.clone()));
+                        if let Some(seq) = first {
+                            member_added = Some((Arc::clone(user), info.clone(), seq));
                         }
                         presence_data(&members)
                     }
@@ -287,14 +287,15 @@ impl Session {
         // webhooks: begin
         if let Some(w) = self.node.webhooks() {
             w.subscribed(&app, &channel).await;
-            if let Some((user, _)) = &member_added {
+            if let Some((user, _, _)) = &member_added {
                 w.member_added(&app, &channel, user).await;
             }
         }
         // webhooks: end
-        if let Some((user, info)) = member_added {
+        if let Some((user, info, seq)) = member_added {
             let encode = |f: Family| OutboundFrame::member_added(f, &channel, &user, info.as_deref());
-            self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id))).await;
+            let member = MemberEvent { user_id: Arc::clone(&user), seq };
+            self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id)), Some(member)).await;
         }
         if name.is_cache() && joined.new_subscription {
             match self.node.cache.get(&cache_channel_key(&app.id, &channel)).await {
@@ -317,9 +318,12 @@ impl Session {
     /// Internal broadcasts (member events) go through the adapter like any event but never
     /// touch the cache-channel store.
     /// `encode` builds the frame for a family; V1 and V2 connections each get their own.
-    async fn broadcast_control(&self, channel: &ChannelName<'_>, encode: impl Fn(Family) -> String, except: Option<Arc<str>>) {
+    /// `member` carries the store's decision so receivers can drop it once a later decision
+    /// about the same user was delivered (see `Namespace::fanout_member`).
+    async fn broadcast_control(&self, channel: &ChannelName<'_>, encode: impl Fn(Family) -> String, except: Option<Arc<str>>, member: Option<MemberEvent>) {
         let mut msg = Broadcast::plain(&self.conn.app.id, channel.as_str(), encode(Family::Pusher).into(), except);
         msg.frame_v2 = Some(encode(Family::Sockudo).into());
+        msg.member = member;
         if let Err(e) = self.node.adapter.publish(msg).await {
             tracing::warn!(error = %e, channel = %channel, "member event broadcast failed");
         }
@@ -338,19 +342,20 @@ impl Session {
             w.unsubscribed(&self.conn.app, channel).await; // webhooks
         }
         let Some(user) = left.node_last else { return };
-        let gone = match self.node.adapter.presence_leave(&self.conn.app.id, channel, &user).await {
-            Ok(gone) => gone,
+        let left = match self.node.adapter.presence_leave(&self.conn.app.id, channel, &user).await {
+            Ok(left) => left,
             Err(e) => {
                 // The store keeps this node's contribution; liveness sweeping removes it if
                 // the node dies, and a later leave retries it.
                 tracing::warn!(error = %e, channel, "presence leave failed");
-                false
+                PresenceLeave::default()
             }
         };
-        if gone {
+        if left.gone {
             if let Ok(name) = ChannelName::parse(channel) {
                 let encode = |f: Family| OutboundFrame::member_removed(f, channel, &user);
-                self.broadcast_control(&name, encode, None).await;
+                let member = MemberEvent { user_id: Arc::clone(&user), seq: left.seq };
+                self.broadcast_control(&name, encode, None, Some(member)).await;
             }
             if let Some(w) = self.node.webhooks() {
                 w.member_removed(&self.conn.app, channel, &user); // webhooks

@@ -104,7 +104,7 @@ async fn write_resume(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, plan:
                     sent.increment(f.len() as u64);
                     ws.feed(Message::Text(f)).await?;
                 }
-                let held = conn.release(&channel);
+                let held = conn.release_after(&channel, Some((&stream_id, continue_after)));
                 // A held frame of another stream (a reset raced the replay) cannot follow it.
                 let same_stream = held.iter().all(|h| h.stream_id.as_deref().is_none_or(|s| s == stream_id));
                 let merged = if same_stream { recovery::merge_held(continue_after, held.into_iter().map(|h| (h.serial, h.frame)).collect()).ok() } else { None };
