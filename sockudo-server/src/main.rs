@@ -53,6 +53,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// Bind with a deep accept backlog: a reconnect storm (a node drained behind a load balancer)
+/// arrives as thousands of SYNs at once, and an overflowing backlog turns into 1 s SYN
+/// retransmits on the clients' side.
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "address resolved to nothing");
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -74,7 +90,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let addr = format!("{}:{}", settings.host, settings.port);
-        let listener = match tokio::net::TcpListener::bind(&addr).await {
+        let listener = match listen(&addr).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("sockudo: cannot listen on {addr}: {e}");
