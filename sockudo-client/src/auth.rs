@@ -37,7 +37,11 @@ pub struct ChannelAuth {
 
 impl ChannelAuth {
     pub fn new(auth: impl Into<String>) -> Self {
-        ChannelAuth { auth: auth.into(), channel_data: None, shared_secret: None }
+        ChannelAuth {
+            auth: auth.into(),
+            channel_data: None,
+            shared_secret: None,
+        }
     }
 }
 
@@ -59,7 +63,10 @@ pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
     /// Authenticate the user of `socket_id` for `signin`. Unsupported unless overridden.
     async fn authenticate_user(&self, socket_id: &str) -> Result<UserAuth> {
         let _ = socket_id;
-        Err(Error::new(ErrorKind::Unsupported, "this authorizer does not support user signin"))
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this authorizer does not support user signin",
+        ))
     }
 }
 
@@ -143,24 +150,42 @@ impl HttpAuthorizer {
         self
     }
 
-    async fn post<T: for<'de> Deserialize<'de>>(&self, url: &str, form: Vec<(String, String)>) -> Result<T> {
+    async fn post<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: &str,
+        form: Vec<(String, String)>,
+    ) -> Result<T> {
         let mut request = self.http.post(url).timeout(self.timeout).form(&form);
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Auth, format!("auth endpoint {url} unreachable: {e}")).with_source(e))?;
+        let response = request.send().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Auth,
+                format!("auth endpoint {url} unreachable: {e}"),
+            )
+            .with_source(e)
+        })?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Auth, format!("auth endpoint {url}: reading the body failed: {e}")))?;
+        let body = response.text().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Auth,
+                format!("auth endpoint {url}: reading the body failed: {e}"),
+            )
+        })?;
         if !status.is_success() {
-            return Err(Error::new(ErrorKind::Auth, format!("auth endpoint {url} answered {status}: {body}")).with_code(Some(status.as_u16())));
+            return Err(Error::new(
+                ErrorKind::Auth,
+                format!("auth endpoint {url} answered {status}: {body}"),
+            )
+            .with_code(Some(status.as_u16())));
         }
-        serde_json::from_str(&body).map_err(|e| Error::new(ErrorKind::Auth, format!("auth endpoint {url} answered invalid JSON: {e}")))
+        serde_json::from_str(&body).map_err(|e| {
+            Error::new(
+                ErrorKind::Auth,
+                format!("auth endpoint {url} answered invalid JSON: {e}"),
+            )
+        })
     }
 
     fn form(&self, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -175,13 +200,19 @@ impl HttpAuthorizer {
 #[async_trait]
 impl Authorizer for HttpAuthorizer {
     async fn authorize_channel(&self, request: ChannelAuthRequest) -> Result<ChannelAuth> {
-        let form = self.form(&[("socket_id", &request.socket_id), ("channel_name", &request.channel_name)]);
+        let form = self.form(&[
+            ("socket_id", &request.socket_id),
+            ("channel_name", &request.channel_name),
+        ]);
         self.post(&self.channel_endpoint, form).await
     }
 
     async fn authenticate_user(&self, socket_id: &str) -> Result<UserAuth> {
         let Some(url) = self.user_endpoint.as_deref() else {
-            return Err(Error::new(ErrorKind::Unsupported, "no user auth endpoint configured (HttpAuthorizer::user_endpoint)"));
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "no user auth endpoint configured (HttpAuthorizer::user_endpoint)",
+            ));
         };
         let form = self.form(&[("socket_id", socket_id)]);
         self.post(url, form).await

@@ -25,19 +25,31 @@ pub struct ExponentialBackoff {
 
 impl Default for ExponentialBackoff {
     fn default() -> Self {
-        ExponentialBackoff { base: Duration::from_millis(500), factor: 2.0, max: Duration::from_secs(30) }
+        ExponentialBackoff {
+            base: Duration::from_millis(500),
+            factor: 2.0,
+            max: Duration::from_secs(30),
+        }
     }
 }
 
 impl ExponentialBackoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        ExponentialBackoff { base, max, ..Self::default() }
+        ExponentialBackoff {
+            base,
+            max,
+            ..Self::default()
+        }
     }
 
     /// The upper bound of attempt `attempt`'s delay (before jitter).
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;
-        let factor = if self.factor.is_finite() && self.factor >= 1.0 { self.factor } else { 1.0 };
+        let factor = if self.factor.is_finite() && self.factor >= 1.0 {
+            self.factor
+        } else {
+            1.0
+        };
         let secs = self.base.as_secs_f64() * factor.powi(exp);
         let max = self.max.as_secs_f64();
         Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
@@ -45,7 +57,11 @@ impl ExponentialBackoff {
 
     /// The delay for `attempt` given a jitter sample `unit` in `[0, 1]`: pure, for tests.
     pub fn delay_with(&self, attempt: u32, unit: f64) -> Duration {
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 1.0 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         self.ceiling(attempt).mul_f64(unit)
     }
 }
@@ -108,7 +124,11 @@ mod tests {
 
     #[test]
     fn ceiling_grows_then_caps() {
-        let b = ExponentialBackoff { base: Duration::from_millis(100), factor: 2.0, max: Duration::from_secs(1) };
+        let b = ExponentialBackoff {
+            base: Duration::from_millis(100),
+            factor: 2.0,
+            max: Duration::from_secs(1),
+        };
         assert_eq!(b.ceiling(1), Duration::from_millis(100));
         assert_eq!(b.ceiling(2), Duration::from_millis(200));
         assert_eq!(b.ceiling(4), Duration::from_millis(800));
@@ -134,14 +154,20 @@ mod tests {
         let b = ExponentialBackoff::new(Duration::from_secs(1), Duration::from_secs(1));
         let samples: Vec<Duration> = (0..64).map(|_| b.delay(1)).collect();
         let distinct: std::collections::HashSet<_> = samples.iter().collect();
-        assert!(distinct.len() > 32, "jitter must spread delays: {samples:?}");
+        assert!(
+            distinct.len() > 32,
+            "jitter must spread delays: {samples:?}"
+        );
     }
 
     #[test]
     fn close_code_policy() {
         assert_eq!(reaction(Some(4001)), Reaction::DoNotRetry);
         assert_eq!(reaction(Some(4009)), Reaction::DoNotRetry);
-        assert_eq!(reaction(Some(4100)), Reaction::BackoffAtLeast(OVER_CAPACITY_MIN_DELAY));
+        assert_eq!(
+            reaction(Some(4100)),
+            Reaction::BackoffAtLeast(OVER_CAPACITY_MIN_DELAY)
+        );
         assert_eq!(reaction(Some(4200)), Reaction::Immediate);
         assert_eq!(reaction(Some(4201)), Reaction::Immediate);
         assert_eq!(reaction(Some(1006)), Reaction::Backoff);
@@ -149,9 +175,21 @@ mod tests {
 
         let fixed = ConstantBackoff(Duration::from_millis(50));
         assert_eq!(delay_for(Reaction::DoNotRetry, 1, &fixed), None);
-        assert_eq!(delay_for(Reaction::Immediate, 1, &fixed), Some(Duration::ZERO));
-        assert_eq!(delay_for(Reaction::Immediate, 2, &fixed), Some(Duration::from_millis(50)));
-        assert_eq!(delay_for(Reaction::BackoffAtLeast(Duration::from_secs(1)), 1, &fixed), Some(Duration::from_secs(1)));
-        assert_eq!(delay_for(Reaction::Backoff, 1, &fixed), Some(Duration::from_millis(50)));
+        assert_eq!(
+            delay_for(Reaction::Immediate, 1, &fixed),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            delay_for(Reaction::Immediate, 2, &fixed),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            delay_for(Reaction::BackoffAtLeast(Duration::from_secs(1)), 1, &fixed),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            delay_for(Reaction::Backoff, 1, &fixed),
+            Some(Duration::from_millis(50))
+        );
     }
 }

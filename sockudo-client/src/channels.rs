@@ -56,7 +56,8 @@ pub(crate) struct Fanout {
 
 impl ChannelEntry {
     pub fn new(kind: ChannelKind, dedup: DedupConfig) -> Self {
-        let presence = matches!(kind, ChannelKind::Presence).then(|| Arc::new(Mutex::new(PresenceState::default())));
+        let presence = matches!(kind, ChannelKind::Presence)
+            .then(|| Arc::new(Mutex::new(PresenceState::default())));
         ChannelEntry {
             kind,
             listeners: Vec::new(),
@@ -76,14 +77,15 @@ impl ChannelEntry {
     /// that listener (counted), a closed one is forgotten.
     pub fn fanout(&mut self, event: &ChannelEvent) -> Fanout {
         let mut out = Fanout::default();
-        self.listeners.retain(|l| match l.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                out.slow += 1;
-                true
-            }
-            Err(TrySendError::Closed(_)) => false,
-        });
+        self.listeners
+            .retain(|l| match l.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    out.slow += 1;
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            });
         out
     }
 

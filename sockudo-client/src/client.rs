@@ -50,10 +50,23 @@ impl Client {
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
         let stats = Arc::new(StatsCell::default());
-        let task = Task::new(Arc::clone(&opts), cmd_rx, state_tx, events_tx.clone(), Arc::clone(&stats));
+        let task = Task::new(
+            Arc::clone(&opts),
+            cmd_rx,
+            state_tx,
+            events_tx.clone(),
+            Arc::clone(&stats),
+        );
         tokio::spawn(task.run());
         let client = Client {
-            inner: Arc::new(Inner { cmd: cmd_tx, state: state_rx, events: events_tx, stats, opts, next_id: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                cmd: cmd_tx,
+                state: state_rx,
+                events: events_tx,
+                stats,
+                opts,
+                next_id: AtomicU64::new(0),
+            }),
         };
         if client.inner.opts.retry_on_initial_connect {
             return Ok(client);
@@ -81,13 +94,23 @@ impl Client {
     }
 
     /// Wait until `pred` holds for the state, at most `timeout`.
-    pub async fn wait_for_state(&self, timeout: Duration, pred: impl FnMut(&ConnectionState) -> bool) -> Result<ConnectionState> {
+    pub async fn wait_for_state(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&ConnectionState) -> bool,
+    ) -> Result<ConnectionState> {
         let mut rx = self.inner.state.clone();
-        let waited = tokio::time::timeout(timeout, async { rx.wait_for(pred).await.map(|s| s.clone()) }).await;
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(pred).await.map(|s| s.clone())
+        })
+        .await;
         match waited {
             Ok(Ok(state)) => Ok(state),
             Ok(Err(_)) => Err(Error::closed()),
-            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("state still {:?} after {timeout:?}", self.state()))),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("state still {:?} after {timeout:?}", self.state()),
+            )),
         }
     }
 
@@ -120,22 +143,42 @@ impl Client {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.opts.subscription_capacity);
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Subscribe { channel: channel.clone(), id, tx, reply })?;
+        self.send(Command::Subscribe {
+            channel: channel.clone(),
+            id,
+            tx,
+            reply,
+        })?;
         let presence = match tokio::time::timeout(self.inner.opts.request_timeout, answer).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(self.gone()),
             Err(_) => {
-                let _ = self.inner.cmd.send(Command::DropListener { channel: channel.clone(), id });
-                return Err(Error::new(ErrorKind::Timeout, format!("no answer to the subscription of {channel}")));
+                let _ = self.inner.cmd.send(Command::DropListener {
+                    channel: channel.clone(),
+                    id,
+                });
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no answer to the subscription of {channel}"),
+                ));
             }
         };
-        Ok(Subscription { channel, id, rx, cmd: self.inner.cmd.clone(), presence })
+        Ok(Subscription {
+            channel,
+            id,
+            rx,
+            cmd: self.inner.cmd.clone(),
+            presence,
+        })
     }
 
     /// Unsubscribe `channel`: every stream of it ends.
     pub async fn unsubscribe(&self, channel: &str) -> Result<()> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Unsubscribe { channel: channel.to_owned(), reply })?;
+        self.send(Command::Unsubscribe {
+            channel: channel.to_owned(),
+            reply,
+        })?;
         done.await.map_err(|_| self.gone())
     }
 
@@ -143,9 +186,15 @@ impl Client {
     /// once the server has processed it: a refusal (`pusher:error`, e.g. client events
     /// disabled or rate limited) is returned as the error.
     pub async fn trigger(&self, channel: &str, event: &str, data: impl Serialize) -> Result<()> {
-        let data = serde_json::value::to_raw_value(&data).map_err(|e| Error::invalid(format!("event data is not serialisable: {e}")))?;
+        let data = serde_json::value::to_raw_value(&data)
+            .map_err(|e| Error::invalid(format!("event data is not serialisable: {e}")))?;
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Trigger { channel: channel.to_owned(), event: event.to_owned(), data, reply })?;
+        self.send(Command::Trigger {
+            channel: channel.to_owned(),
+            event: event.to_owned(),
+            data,
+            reply,
+        })?;
         self.await_answer(answer, "the client event").await
     }
 
@@ -168,7 +217,11 @@ impl Client {
     /// `HistoryQuery::until_attach()` after a `RecoveryFailed`.
     pub async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::History { channel: channel.to_owned(), query, reply })?;
+        self.send(Command::History {
+            channel: channel.to_owned(),
+            query,
+            reply,
+        })?;
         self.await_answer(answer, "the history request").await
     }
 
@@ -187,7 +240,13 @@ impl Client {
         match tokio::time::timeout(self.inner.opts.request_timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.gone()),
-            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("no answer to {what} within {:?}", self.inner.opts.request_timeout))),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer to {what} within {:?}",
+                    self.inner.opts.request_timeout
+                ),
+            )),
         }
     }
 
@@ -204,7 +263,11 @@ impl Client {
 fn state_error(state: &ConnectionState) -> Error {
     match state {
         ConnectionState::Failed { code, reason } => {
-            let kind = if matches!(code, Some(4000..=4099)) { ErrorKind::Rejected } else { ErrorKind::Connection };
+            let kind = if matches!(code, Some(4000..=4099)) {
+                ErrorKind::Rejected
+            } else {
+                ErrorKind::Connection
+            };
             Error::new(kind, reason.clone()).with_code(*code)
         }
         _ => Error::closed(),

@@ -20,14 +20,40 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 #[derive(Debug)]
 pub(crate) enum Command {
-    Subscribe { channel: String, id: u64, tx: mpsc::Sender<ChannelEvent>, reply: Reply<Option<SharedPresence>> },
-    Unsubscribe { channel: String, reply: oneshot::Sender<()> },
-    DropListener { channel: String, id: u64 },
-    Trigger { channel: String, event: String, data: Box<RawValue>, reply: Reply<()> },
-    Signin { reply: Reply<SignedIn> },
-    UserListener { tx: mpsc::Sender<Message> },
-    History { channel: String, query: HistoryQuery, reply: Reply<HistoryPage> },
-    Close { reply: oneshot::Sender<()> },
+    Subscribe {
+        channel: String,
+        id: u64,
+        tx: mpsc::Sender<ChannelEvent>,
+        reply: Reply<Option<SharedPresence>>,
+    },
+    Unsubscribe {
+        channel: String,
+        reply: oneshot::Sender<()>,
+    },
+    DropListener {
+        channel: String,
+        id: u64,
+    },
+    Trigger {
+        channel: String,
+        event: String,
+        data: Box<RawValue>,
+        reply: Reply<()>,
+    },
+    Signin {
+        reply: Reply<SignedIn>,
+    },
+    UserListener {
+        tx: mpsc::Sender<Message>,
+    },
+    History {
+        channel: String,
+        query: HistoryQuery,
+        reply: Reply<HistoryPage>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) type CommandSender = mpsc::UnboundedSender<Command>;

@@ -45,12 +45,20 @@ pub(crate) enum End {
     /// Close requested or every handle dropped.
     Exit,
     /// The connection is gone; `immediate` when the client itself declared it dead.
-    Lost { code: Option<u16>, reason: String, immediate: bool },
+    Lost {
+        code: Option<u16>,
+        reason: String,
+        immediate: bool,
+    },
 }
 
 impl End {
     fn lost(code: Option<u16>, reason: impl Into<String>) -> Self {
-        End::Lost { code, reason: reason.into(), immediate: false }
+        End::Lost {
+            code,
+            reason: reason.into(),
+            immediate: false,
+        }
     }
 }
 
@@ -64,8 +72,15 @@ struct Established {
 /// A result coming back from an authorizer call.
 #[derive(Debug)]
 pub(crate) enum AuthDone {
-    Channel { epoch: u64, channel: String, result: Result<ChannelAuth> },
-    User { epoch: u64, result: Result<UserAuth> },
+    Channel {
+        epoch: u64,
+        channel: String,
+        result: Result<ChannelAuth>,
+    },
+    User {
+        epoch: u64,
+        result: Result<UserAuth>,
+    },
 }
 
 /// An outstanding `ping`: the heartbeat's, or a barrier after a client event whose error
@@ -184,21 +199,36 @@ impl Task {
             };
             let (code, reason, immediate) = match end {
                 End::Exit => break ConnectionState::Closed,
-                End::Lost { code, reason, immediate } => (code, reason, immediate),
+                End::Lost {
+                    code,
+                    reason,
+                    immediate,
+                } => (code, reason, immediate),
             };
             self.after_disconnect(code, &reason);
             if !self.connected_before && !self.opts.retry_on_initial_connect {
                 break ConnectionState::Failed { code, reason };
             }
             failures = failures.saturating_add(1);
-            let policy = if immediate { Reaction::Immediate } else { reaction(code) };
+            let policy = if immediate {
+                Reaction::Immediate
+            } else {
+                reaction(code)
+            };
             let Some(delay) = delay_for(policy, failures, self.opts.backoff.as_ref()) else {
                 break ConnectionState::Failed { code, reason };
             };
             if self.opts.max_reconnects.is_some_and(|max| failures > max) {
-                break ConnectionState::Failed { code, reason: format!("gave up after {} failed reconnects: {reason}", failures - 1) };
+                break ConnectionState::Failed {
+                    code,
+                    reason: format!("gave up after {} failed reconnects: {reason}", failures - 1),
+                };
             }
-            self.set_state(ConnectionState::Disconnected { code, reason, retry_in: delay });
+            self.set_state(ConnectionState::Disconnected {
+                code,
+                reason,
+                retry_in: delay,
+            });
             if self.wait_offline(delay).await == Flow::Exit {
                 break ConnectionState::Closed;
             }
@@ -272,10 +302,18 @@ impl Task {
         }
         self.connected_before = true;
         self.last_error_code = None;
-        let server_timeout = established.activity_timeout.map(Duration::from_secs).unwrap_or(self.opts.activity_timeout);
-        let activity = server_timeout.min(self.opts.activity_timeout).max(Duration::from_millis(100));
+        let server_timeout = established
+            .activity_timeout
+            .map(Duration::from_secs)
+            .unwrap_or(self.opts.activity_timeout);
+        let activity = server_timeout
+            .min(self.opts.activity_timeout)
+            .max(Duration::from_millis(100));
         self.socket_id = Some(established.socket_id.clone());
-        self.set_state(ConnectionState::Connected { socket_id: established.socket_id, activity_timeout: activity });
+        self.set_state(ConnectionState::Connected {
+            socket_id: established.socket_id,
+            activity_timeout: activity,
+        });
         self.on_connected();
 
         let mut last_rx = Instant::now();
@@ -288,7 +326,9 @@ impl Task {
                 None => last_rx + activity,
                 Some(at) => at + self.opts.pong_timeout,
             };
-            let wake = self.resume_deadline().map_or(heartbeat_at, |r| r.min(heartbeat_at));
+            let wake = self
+                .resume_deadline()
+                .map_or(heartbeat_at, |r| r.min(heartbeat_at));
             tokio::select! {
                 cmd = self.cmd_rx.recv() => match cmd {
                     None => break End::Exit,
@@ -329,7 +369,10 @@ impl Task {
         };
         if matches!(end, End::Exit) {
             let _ = self.flush(&mut ws).await;
-            let frame = CloseFrame { code: CloseCode::Normal, reason: "client closed".into() };
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "client closed".into(),
+            };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
         }
         end
@@ -348,8 +391,15 @@ impl Task {
         };
         match tokio::time::timeout(self.opts.request_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::lost(self.last_error_code, format!("write failed: {e}"))),
-            Err(_) => Err(End::Lost { code: None, reason: "write timed out".into(), immediate: true }),
+            Ok(Err(e)) => Err(End::lost(
+                self.last_error_code,
+                format!("write failed: {e}"),
+            )),
+            Err(_) => Err(End::Lost {
+                code: None,
+                reason: "write timed out".into(),
+                immediate: true,
+            }),
         }
     }
 
@@ -363,7 +413,9 @@ impl Task {
         let v2 = self.is_v2();
         let names: Vec<String> = self.channels.keys().cloned().collect();
         for name in names {
-            let Some(entry) = self.channels.get_mut(&name) else { continue };
+            let Some(entry) = self.channels.get_mut(&name) else {
+                continue;
+            };
             entry.status = Status::Idle;
             if entry.kind == ChannelKind::ServerToUser {
                 continue; // subscribed again after the signin succeeds
@@ -394,7 +446,9 @@ impl Task {
             .filter(|(c, _)| self.channels.get(c).is_some_and(|e| e.gate.is_awaiting()))
             .cloned()
             .collect();
-        if let Some(frame) = resume_frame(self.family, positions.iter().map(|(c, p)| (c.as_str(), p))) {
+        if let Some(frame) =
+            resume_frame(self.family, positions.iter().map(|(c, p)| (c.as_str(), p)))
+        {
             self.outbox.push(frame);
         }
         self.resume_sent = true;
@@ -402,33 +456,52 @@ impl Task {
 
     fn resume_deadline(&self) -> Option<Instant> {
         let timeout = self.opts.resume_timeout;
-        self.channels.values().filter_map(|e| e.gate.deadline(timeout)).min().map(Instant::from_std)
+        self.channels
+            .values()
+            .filter_map(|e| e.gate.deadline(timeout))
+            .min()
+            .map(Instant::from_std)
     }
 
     /// Start subscribing `name` on the current connection (authorizing first if needed).
     pub fn start_subscribe(&mut self, name: &str) {
-        let Some(socket_id) = self.socket_id.clone() else { return };
-        let Some(entry) = self.channels.get_mut(name) else { return };
+        let Some(socket_id) = self.socket_id.clone() else {
+            return;
+        };
+        let Some(entry) = self.channels.get_mut(name) else {
+            return;
+        };
         if entry.status != Status::Idle {
             return;
         }
         if entry.kind.requires_auth() {
             let Some(authorizer) = self.opts.authorizer.clone() else {
-                let e = Error::new(ErrorKind::Auth, format!("{name} needs authorization but no authorizer is configured"));
+                let e = Error::new(
+                    ErrorKind::Auth,
+                    format!("{name} needs authorization but no authorizer is configured"),
+                );
                 self.fail_subscription(name, e);
                 return;
             };
             entry.status = Status::Authorizing;
             let epoch = self.epoch;
             let channel = name.to_owned();
-            let request = ChannelAuthRequest { socket_id, channel_name: name.to_owned() };
+            let request = ChannelAuthRequest {
+                socket_id,
+                channel_name: name.to_owned(),
+            };
             self.auth_tasks.spawn(async move {
                 let result = authorizer.authorize_channel(request).await;
-                AuthDone::Channel { epoch, channel, result }
+                AuthDone::Channel {
+                    epoch,
+                    channel,
+                    result,
+                }
             });
         } else {
             entry.status = Status::Subscribing;
-            self.outbox.push(frames::subscribe(self.family, name, None, None));
+            self.outbox
+                .push(frames::subscribe(self.family, name, None, None));
             self.subscribe_sent(name);
         }
     }
@@ -443,7 +516,9 @@ impl Task {
         if self.user.in_flight {
             return;
         }
-        let Some(socket_id) = self.socket_id.clone() else { return };
+        let Some(socket_id) = self.socket_id.clone() else {
+            return;
+        };
         let Some(authorizer) = self.opts.authorizer.clone() else {
             let e = Error::new(ErrorKind::Auth, "signin needs an authorizer");
             for w in self.user.waiters.drain(..) {
@@ -477,7 +552,8 @@ impl Task {
         self.socket_id = None;
         self.outbox.clear();
         self.auth_tasks.abort_all();
-        let lost = Error::new(ErrorKind::Connection, format!("connection lost: {reason}")).with_code(code);
+        let lost =
+            Error::new(ErrorKind::Connection, format!("connection lost: {reason}")).with_code(code);
         for ping in self.pings.drain(..) {
             if let PendingPing::Barrier(Some(reply)) = ping {
                 let _ = reply.send(Err(lost.clone()));
@@ -495,7 +571,8 @@ impl Task {
         self.resume_positions.clear();
         self.resume_waiting.clear();
         if self.user.in_flight && code == Some(4009) {
-            let e = Error::new(ErrorKind::Auth, format!("signin refused: {reason}")).with_code(code);
+            let e =
+                Error::new(ErrorKind::Auth, format!("signin refused: {reason}")).with_code(code);
             for w in self.user.waiters.drain(..) {
                 let _ = w.send(Err(e.clone()));
             }
@@ -508,7 +585,11 @@ impl Task {
     fn finish(&mut self, terminal: &ConnectionState) {
         let error = match terminal {
             ConnectionState::Failed { code, reason } => {
-                let kind = if matches!(code, Some(4000..=4099)) { ErrorKind::Rejected } else { ErrorKind::Connection };
+                let kind = if matches!(code, Some(4000..=4099)) {
+                    ErrorKind::Rejected
+                } else {
+                    ErrorKind::Connection
+                };
                 Error::new(kind, reason.clone()).with_code(*code)
             }
             _ => Error::closed(),
@@ -529,7 +610,12 @@ impl Task {
     pub fn handle_command(&mut self, cmd: Command) -> Flow {
         let online = self.socket_id.is_some();
         match cmd {
-            Command::Subscribe { channel, id, tx, reply } => self.cmd_subscribe(channel, id, tx, reply),
+            Command::Subscribe {
+                channel,
+                id,
+                tx,
+                reply,
+            } => self.cmd_subscribe(channel, id, tx, reply),
             Command::Unsubscribe { channel, reply } => {
                 self.remove_channel(&channel);
                 let _ = reply.send(());
@@ -543,11 +629,17 @@ impl Task {
                     self.remove_channel(&channel);
                 }
             }
-            Command::Trigger { channel, event, data, reply } => {
+            Command::Trigger {
+                channel,
+                event,
+                data,
+                reply,
+            } => {
                 if let Err(e) = self.check_trigger(&channel, &event, online) {
                     let _ = reply.send(Err(e));
                 } else {
-                    self.outbox.push(frames::client_event(&event, &channel, &data));
+                    self.outbox
+                        .push(frames::client_event(&event, &channel, &data));
                     self.outbox.push(frames::ping(self.family));
                     self.pings.push_back(PendingPing::Barrier(Some(reply)));
                 }
@@ -564,15 +656,30 @@ impl Task {
                 }
             },
             Command::UserListener { tx } => self.user_listeners.push(tx),
-            Command::History { channel, query, reply } => {
+            Command::History {
+                channel,
+                query,
+                reply,
+            } => {
                 if !self.is_v2() {
-                    let _ = reply.send(Err(Error::new(ErrorKind::Unsupported, "history needs protocol V2")));
+                    let _ = reply.send(Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "history needs protocol V2",
+                    )));
                 } else if !online {
                     let _ = reply.send(Err(Error::new(ErrorKind::NotConnected, "not connected")));
                 } else {
-                    let frame = sockudo_core::protocol::OutboundFrame::system(self.family, CHANNEL_HISTORY, None, &query.to_data(&channel));
+                    let frame = sockudo_core::protocol::OutboundFrame::system(
+                        self.family,
+                        CHANNEL_HISTORY,
+                        None,
+                        &query.to_data(&channel),
+                    );
                     self.outbox.push(frame);
-                    self.history_waiters.entry(channel).or_default().push_back(reply);
+                    self.history_waiters
+                        .entry(channel)
+                        .or_default()
+                        .push_back(reply);
                 }
             }
             Command::Close { reply } => {
@@ -583,20 +690,33 @@ impl Task {
         Flow::Continue
     }
 
-    fn cmd_subscribe(&mut self, channel: String, id: u64, tx: mpsc::Sender<ChannelEvent>, reply: Reply<Option<crate::presence::SharedPresence>>) {
+    fn cmd_subscribe(
+        &mut self,
+        channel: String,
+        id: u64,
+        tx: mpsc::Sender<ChannelEvent>,
+        reply: Reply<Option<crate::presence::SharedPresence>>,
+    ) {
         let kind = match ChannelName::parse(&channel) {
             Ok(name) if name.kind() == ChannelKind::ServerToUser => {
-                let _ = reply.send(Err(Error::invalid("the user channel is managed by signin: use Client::user_events")));
+                let _ = reply.send(Err(Error::invalid(
+                    "the user channel is managed by signin: use Client::user_events",
+                )));
                 return;
             }
             Ok(name) => name.kind(),
             Err(e) => {
-                let _ = reply.send(Err(Error::invalid(format!("invalid channel name {channel:?}: {e}"))));
+                let _ = reply.send(Err(Error::invalid(format!(
+                    "invalid channel name {channel:?}: {e}"
+                ))));
                 return;
             }
         };
         let dedup = self.opts.dedup;
-        let entry = self.channels.entry(channel.clone()).or_insert_with(|| ChannelEntry::new(kind, dedup));
+        let entry = self
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| ChannelEntry::new(kind, dedup));
         entry.listeners.push(Listener { id, tx });
         if entry.status == Status::Subscribed {
             let _ = reply.send(Ok(entry.presence.clone()));
@@ -607,29 +727,46 @@ impl Task {
     }
 
     fn check_trigger(&self, channel: &str, event: &str, online: bool) -> Result<()> {
-        if !matches!(classify(event), EventKind::Client) || event.len() <= events::CLIENT_EVENT_PREFIX.len() {
-            return Err(Error::invalid(format!("client events must be named client-…, got {event:?}")));
+        if !matches!(classify(event), EventKind::Client)
+            || event.len() <= events::CLIENT_EVENT_PREFIX.len()
+        {
+            return Err(Error::invalid(format!(
+                "client events must be named client-…, got {event:?}"
+            )));
         }
-        let name = ChannelName::parse(channel).map_err(|e| Error::invalid(format!("invalid channel name {channel:?}: {e}")))?;
+        let name = ChannelName::parse(channel)
+            .map_err(|e| Error::invalid(format!("invalid channel name {channel:?}: {e}")))?;
         if !name.kind().allows_client_events() {
-            return Err(Error::invalid(format!("client events are only allowed on private and presence channels, not {channel:?}")));
+            return Err(Error::invalid(format!(
+                "client events are only allowed on private and presence channels, not {channel:?}"
+            )));
         }
         if !online {
             return Err(Error::new(ErrorKind::NotConnected, "not connected"));
         }
         match self.channels.get(channel) {
             Some(e) if e.status == Status::Subscribed => Ok(()),
-            _ => Err(Error::new(ErrorKind::NotSubscribed, format!("not subscribed to {channel}"))),
+            _ => Err(Error::new(
+                ErrorKind::NotSubscribed,
+                format!("not subscribed to {channel}"),
+            )),
         }
     }
 
     /// Forget a channel (its streams end) and unsubscribe it on the server.
     pub(crate) fn remove_channel(&mut self, channel: &str) {
-        let Some(mut entry) = self.channels.remove(channel) else { return };
+        let Some(mut entry) = self.channels.remove(channel) else {
+            return;
+        };
         for w in entry.waiters.drain(..) {
-            let _ = w.send(Err(Error::new(ErrorKind::Closed, format!("{channel} was unsubscribed"))));
+            let _ = w.send(Err(Error::new(
+                ErrorKind::Closed,
+                format!("{channel} was unsubscribed"),
+            )));
         }
-        if self.socket_id.is_some() && matches!(entry.status, Status::Subscribing | Status::Subscribed) {
+        if self.socket_id.is_some()
+            && matches!(entry.status, Status::Subscribing | Status::Subscribed)
+        {
             self.outbox.push(frames::unsubscribe(self.family, channel));
         }
         self.subscribe_sent(channel);
@@ -637,45 +774,79 @@ impl Task {
 }
 
 /// Open the WebSocket and read up to `connection_established`.
-async fn open_socket(opts: Arc<ClientOptions>, connector: Option<Connector>) -> Result<(Ws, Established), End> {
+async fn open_socket(
+    opts: Arc<ClientOptions>,
+    connector: Option<Connector>,
+) -> Result<(Ws, Established), End> {
     let url = opts.endpoint();
     let limit = opts.connect_timeout;
     let deadline = Instant::now() + limit;
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, connector);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, connector);
     let (mut ws, _) = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(End::lost(None, format!("cannot connect to {url}: {e}"))),
-        Err(_) => return Err(End::lost(None, format!("connecting to {url} timed out after {limit:?}"))),
+        Err(_) => {
+            return Err(End::lost(
+                None,
+                format!("connecting to {url} timed out after {limit:?}"),
+            ))
+        }
     };
     let mut error_code = None;
     loop {
         let frame = match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(frame) => frame,
-            Err(_) => return Err(End::lost(None, format!("no connection_established within {limit:?}"))),
+            Err(_) => {
+                return Err(End::lost(
+                    None,
+                    format!("no connection_established within {limit:?}"),
+                ))
+            }
         };
         match frame {
             Some(Ok(WsMessage::Text(text))) => {
-                let Ok(incoming) = frames::parse(text.as_str()) else { continue };
+                let Ok(incoming) = frames::parse(text.as_str()) else {
+                    continue;
+                };
                 match classify(&incoming.frame.event) {
                     EventKind::System(_, events::CONNECTION_ESTABLISHED) => {
-                        let established = serde_json::from_value::<Established>(incoming.system_data())
-                            .map_err(|e| End::lost(None, format!("invalid connection_established: {e}")))?;
+                        let established =
+                            serde_json::from_value::<Established>(incoming.system_data()).map_err(
+                                |e| End::lost(None, format!("invalid connection_established: {e}")),
+                            )?;
                         return Ok((ws, established));
                     }
                     EventKind::System(_, events::ERROR) => {
-                        error_code = incoming.system_data().get("code").and_then(serde_json::Value::as_u64).and_then(|c| u16::try_from(c).ok());
+                        error_code = incoming
+                            .system_data()
+                            .get("code")
+                            .and_then(serde_json::Value::as_u64)
+                            .and_then(|c| u16::try_from(c).ok());
                     }
                     _ => {}
                 }
             }
             Some(Ok(WsMessage::Close(frame))) => {
-                let code = frame.as_ref().map(|f| u16::from(f.code)).filter(|c| *c != 1005).or(error_code);
-                let reason = frame.map(|f| f.reason.to_string()).filter(|r| !r.is_empty()).unwrap_or_else(|| "closed by the server".into());
+                let code = frame
+                    .as_ref()
+                    .map(|f| u16::from(f.code))
+                    .filter(|c| *c != 1005)
+                    .or(error_code);
+                let reason = frame
+                    .map(|f| f.reason.to_string())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "closed by the server".into());
                 return Err(End::lost(code, reason));
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(End::lost(error_code, format!("connection error: {e}"))),
-            None => return Err(End::lost(error_code, "closed before connection_established")),
+            None => {
+                return Err(End::lost(
+                    error_code,
+                    "closed before connection_established",
+                ))
+            }
         }
     }
 }

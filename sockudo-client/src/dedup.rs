@@ -19,7 +19,10 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig { capacity: 1024, max_age: Duration::from_secs(120) }
+        DedupConfig {
+            capacity: 1024,
+            max_age: Duration::from_secs(120),
+        }
     }
 }
 
@@ -34,7 +37,12 @@ pub struct DedupWindow {
 
 impl DedupWindow {
     pub fn new(config: DedupConfig) -> Self {
-        DedupWindow { config, order: VecDeque::new(), seen: HashSet::new(), dropped: 0 }
+        DedupWindow {
+            config,
+            order: VecDeque::new(),
+            seen: HashSet::new(),
+            dropped: 0,
+        }
     }
 
     /// Record `message_id` at `now`. Returns `true` when it is new (deliver it) and `false`
@@ -91,7 +99,10 @@ mod tests {
     use super::*;
 
     fn cfg(capacity: usize, secs: u64) -> DedupConfig {
-        DedupConfig { capacity, max_age: Duration::from_secs(secs) }
+        DedupConfig {
+            capacity,
+            max_age: Duration::from_secs(secs),
+        }
     }
 
     #[test]
@@ -124,7 +135,10 @@ mod tests {
         let mut w = DedupWindow::new(cfg(100, 10));
         assert!(w.admit("a", now));
         assert!(!w.admit("a", now + Duration::from_secs(9)));
-        assert!(w.admit("a", now + Duration::from_secs(10)), "expired ids are new again");
+        assert!(
+            w.admit("a", now + Duration::from_secs(10)),
+            "expired ids are new again"
+        );
         assert_eq!(w.len(), 1);
     }
 

@@ -31,10 +31,15 @@ impl std::fmt::Debug for SharedSecret {
 impl SharedSecret {
     /// Decode the base64 `shared_secret` of an auth response.
     pub fn from_base64(text: &str) -> Result<Self> {
-        let bytes = STANDARD.decode(text.trim()).map_err(|e| decryption(format!("shared_secret is not base64: {e}")))?;
-        let key: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| decryption(format!("shared_secret must be {KEY_LEN} bytes, got {}", b.len())))?;
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|e| decryption(format!("shared_secret is not base64: {e}")))?;
+        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
+            decryption(format!(
+                "shared_secret must be {KEY_LEN} bytes, got {}",
+                b.len()
+            ))
+        })?;
         Ok(SharedSecret(key))
     }
 
@@ -50,15 +55,27 @@ impl SharedSecret {
             other => serde_json::from_value(other.clone()),
         }
         .map_err(|e| decryption(format!("encrypted data must be {{ciphertext, nonce}}: {e}")))?;
-        let nonce = STANDARD.decode(&payload.nonce).map_err(|e| decryption(format!("nonce is not base64: {e}")))?;
+        let nonce = STANDARD
+            .decode(&payload.nonce)
+            .map_err(|e| decryption(format!("nonce is not base64: {e}")))?;
         if nonce.len() != NONCE_LEN {
-            return Err(decryption(format!("nonce must be {NONCE_LEN} bytes, got {}", nonce.len())));
+            return Err(decryption(format!(
+                "nonce must be {NONCE_LEN} bytes, got {}",
+                nonce.len()
+            )));
         }
-        let ciphertext = STANDARD.decode(&payload.ciphertext).map_err(|e| decryption(format!("ciphertext is not base64: {e}")))?;
+        let ciphertext = STANDARD
+            .decode(&payload.ciphertext)
+            .map_err(|e| decryption(format!("ciphertext is not base64: {e}")))?;
         let cipher = XSalsa20Poly1305::new(&self.0.into());
         let plain = cipher
-            .decrypt(crypto_secretbox::Nonce::from_slice(&nonce), ciphertext.as_slice())
-            .map_err(|_| decryption("authentication failed: wrong shared secret or tampered data"))?;
+            .decrypt(
+                crypto_secretbox::Nonce::from_slice(&nonce),
+                ciphertext.as_slice(),
+            )
+            .map_err(|_| {
+                decryption("authentication failed: wrong shared secret or tampered data")
+            })?;
         let text = String::from_utf8(plain).map_err(|_| decryption("plaintext is not UTF-8"))?;
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
@@ -70,7 +87,9 @@ impl SharedSecret {
         let ciphertext = cipher
             .encrypt(crypto_secretbox::Nonce::from_slice(&nonce), plaintext)
             .map_err(|_| decryption("encryption failed"))?;
-        Ok(serde_json::json!({ "ciphertext": STANDARD.encode(ciphertext), "nonce": STANDARD.encode(nonce) }))
+        Ok(
+            serde_json::json!({ "ciphertext": STANDARD.encode(ciphertext), "nonce": STANDARD.encode(nonce) }),
+        )
     }
 }
 
@@ -92,13 +111,25 @@ mod tests {
     fn round_trip_and_tamper() {
         let key = SharedSecret::from_bytes([7; KEY_LEN]);
         let sealed = key.encrypt(br#"{"msg":"hi"}"#, [1; NONCE_LEN]).unwrap();
-        assert_eq!(key.decrypt(&sealed).unwrap(), serde_json::json!({"msg":"hi"}));
+        assert_eq!(
+            key.decrypt(&sealed).unwrap(),
+            serde_json::json!({"msg":"hi"})
+        );
         // As the HTTP API delivers it: a JSON string.
-        assert_eq!(key.decrypt(&Value::String(sealed.to_string())).unwrap()["msg"], "hi");
+        assert_eq!(
+            key.decrypt(&Value::String(sealed.to_string())).unwrap()["msg"],
+            "hi"
+        );
         let other = SharedSecret::from_bytes([8; KEY_LEN]);
-        assert_eq!(other.decrypt(&sealed).unwrap_err().kind(), ErrorKind::Decryption);
+        assert_eq!(
+            other.decrypt(&sealed).unwrap_err().kind(),
+            ErrorKind::Decryption
+        );
         let plain = key.encrypt(b"not json", [2; NONCE_LEN]).unwrap();
-        assert_eq!(key.decrypt(&plain).unwrap(), Value::String("not json".into()));
+        assert_eq!(
+            key.decrypt(&plain).unwrap(),
+            Value::String("not json".into())
+        );
     }
 
     #[test]
@@ -107,7 +138,9 @@ mod tests {
         // the ciphertext of the same length as the plaintext.
         let key = SharedSecret::from_bytes([0; KEY_LEN]);
         let sealed = key.encrypt(b"hello", [0; NONCE_LEN]).unwrap();
-        let ct = STANDARD.decode(sealed["ciphertext"].as_str().unwrap()).unwrap();
+        let ct = STANDARD
+            .decode(sealed["ciphertext"].as_str().unwrap())
+            .unwrap();
         assert_eq!(ct.len(), 16 + 5, "Poly1305 tag prepended as in NaCl");
     }
 

@@ -78,7 +78,12 @@ pub struct Error {
 impl Error {
     /// A new error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), code: None, source: None }
+        Error {
+            kind,
+            message: message.into(),
+            code: None,
+            source: None,
+        }
     }
 
     /// The same error with the server's Pusher code (4xxx) or HTTP status attached.
@@ -144,7 +149,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -38,7 +38,12 @@ impl Message {
             Value::String(text) => serde_json::from_str(text),
             other => serde_json::from_value(other.clone()),
         };
-        decoded.map_err(|e| Error::new(ErrorKind::Protocol, format!("event data is not the expected JSON: {e}")))
+        decoded.map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!("event data is not the expected JSON: {e}"),
+            )
+        })
     }
 }
 
@@ -122,6 +127,8 @@ pub enum ClientEvent {
 
 impl PartialEq for Error {
     fn eq(&self, other: &Self) -> bool {
-        self.kind() == other.kind() && self.code() == other.code() && self.message() == other.message()
+        self.kind() == other.kind()
+            && self.code() == other.code()
+            && self.message() == other.message()
     }
 }

@@ -41,7 +41,8 @@ pub(crate) struct Incoming {
 }
 
 pub(crate) fn parse(text: &str) -> Result<Incoming> {
-    let frame = ClientFrame::parse(text, MAX_FRAME_BYTES).map_err(|e| Error::new(ErrorKind::Protocol, format!("bad frame from server: {e}")))?;
+    let frame = ClientFrame::parse(text, MAX_FRAME_BYTES)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad frame from server: {e}")))?;
     let meta = serde_json::from_str::<FrameMeta>(text).unwrap_or_default();
     Ok(Incoming { frame, meta })
 }
@@ -57,7 +58,11 @@ impl Incoming {
 
     /// `data` of an app event as sent (a JSON string stays a string).
     pub fn app_data(&self) -> Value {
-        self.frame.data.as_deref().and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or(Value::Null)
+        self.frame
+            .data
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
     }
 
     pub fn into_message(self, channel: String) -> Message {
@@ -75,7 +80,12 @@ impl Incoming {
     }
 }
 
-pub(crate) fn subscribe(family: Family, channel: &str, auth: Option<&str>, channel_data: Option<&str>) -> String {
+pub(crate) fn subscribe(
+    family: Family,
+    channel: &str,
+    auth: Option<&str>,
+    channel_data: Option<&str>,
+) -> String {
     let mut data = serde_json::json!({ "channel": channel });
     if let Some(auth) = auth {
         data["auth"] = Value::String(auth.to_owned());
@@ -117,13 +127,22 @@ mod tests {
     fn reads_v2_fields_and_numeric_user_ids() {
         let inc = parse(r#"{"event":"e","channel":"c","data":"x","message_id":"m1","serial":3,"stream_id":"s","user_id":7}"#).unwrap();
         let m = inc.into_message("c".into());
-        assert_eq!((m.message_id.as_deref(), m.serial, m.stream_id.as_deref(), m.user_id.as_deref()), (Some("m1"), Some(3), Some("s"), Some("7")));
+        assert_eq!(
+            (
+                m.message_id.as_deref(),
+                m.serial,
+                m.stream_id.as_deref(),
+                m.user_id.as_deref()
+            ),
+            (Some("m1"), Some(3), Some("s"), Some("7"))
+        );
         assert_eq!(m.data, Value::String("x".into()));
     }
 
     #[test]
     fn system_data_both_forms() {
-        let a = parse(r#"{"event":"pusher:error","data":"{\"message\":\"m\",\"code\":4001}"}"#).unwrap();
+        let a = parse(r#"{"event":"pusher:error","data":"{\"message\":\"m\",\"code\":4001}"}"#)
+            .unwrap();
         assert_eq!(a.system_data()["code"], 4001);
         let b = parse(r#"{"event":"pusher:error","data":{"message":"m","code":null}}"#).unwrap();
         assert_eq!(b.system_data()["message"], "m");
@@ -133,12 +152,20 @@ mod tests {
 
     #[test]
     fn writes_double_encoded_subscribe() {
-        let f = subscribe(Family::Pusher, "presence-x", Some("k:s"), Some(r#"{"user_id":"1"}"#));
+        let f = subscribe(
+            Family::Pusher,
+            "presence-x",
+            Some("k:s"),
+            Some(r#"{"user_id":"1"}"#),
+        );
         let v: Value = serde_json::from_str(&f).unwrap();
         assert_eq!(v["event"], "pusher:subscribe");
         let d: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
         assert_eq!(d["channel_data"], r#"{"user_id":"1"}"#);
         let raw = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
-        assert_eq!(client_event("client-x", "private-a", &raw), r#"{"event":"client-x","channel":"private-a","data":{"a":1}}"#);
+        assert_eq!(
+            client_event("client-x", "private-a", &raw),
+            r#"{"event":"client-x","channel":"private-a","data":{"a":1}}"#
+        );
     }
 }

@@ -63,14 +63,24 @@ impl Task {
             }
             events::ERROR => self.on_error(incoming.system_data()),
             events::SUBSCRIPTION_ERROR => {
-                let Some(channel) = incoming.frame.channel.clone() else { return };
-                let d: SubscriptionErrorData = serde_json::from_value(incoming.system_data()).unwrap_or(SubscriptionErrorData { kind: None, error: None, status: None });
+                let Some(channel) = incoming.frame.channel.clone() else {
+                    return;
+                };
+                let d: SubscriptionErrorData = serde_json::from_value(incoming.system_data())
+                    .unwrap_or(SubscriptionErrorData {
+                        kind: None,
+                        error: None,
+                        status: None,
+                    });
                 let message = format!(
                     "subscription to {channel} refused: {}: {}",
                     d.kind.as_deref().unwrap_or("Error"),
                     d.error.as_deref().unwrap_or("no reason given")
                 );
-                self.fail_subscription(&channel, Error::new(ErrorKind::Auth, message).with_code(d.status));
+                self.fail_subscription(
+                    &channel,
+                    Error::new(ErrorKind::Auth, message).with_code(d.status),
+                );
             }
             events::CACHE_MISS => {
                 if let Some(channel) = incoming.frame.channel.as_deref() {
@@ -80,16 +90,36 @@ impl Task {
             events::SIGNIN_SUCCESS => self.on_signin_success(incoming.system_data()),
             RESUME_SUCCESS => self.on_resume_success(incoming.system_data()),
             RESUME_FAILED => {
-                if let Some(failure) = resume::parse_failure(incoming.frame.channel.as_deref(), &incoming.system_data()) {
+                if let Some(failure) = resume::parse_failure(
+                    incoming.frame.channel.as_deref(),
+                    &incoming.system_data(),
+                ) {
                     self.apply_failure(failure);
                 }
             }
             CHANNEL_HISTORY => {
-                let channel = incoming.frame.channel.clone().or_else(|| incoming.system_data().get("channel").and_then(Value::as_str).map(str::to_owned));
+                let channel = incoming.frame.channel.clone().or_else(|| {
+                    incoming
+                        .system_data()
+                        .get("channel")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
                 let Some(channel) = channel else { return };
-                let Some(reply) = self.history_waiters.get_mut(&channel).and_then(|q| q.pop_front()) else { return };
-                let page = serde_json::from_value::<HistoryPage>(incoming.system_data())
-                    .map_err(|e| Error::new(ErrorKind::Protocol, format!("invalid channel_history answer: {e}")));
+                let Some(reply) = self
+                    .history_waiters
+                    .get_mut(&channel)
+                    .and_then(|q| q.pop_front())
+                else {
+                    return;
+                };
+                let page =
+                    serde_json::from_value::<HistoryPage>(incoming.system_data()).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Protocol,
+                            format!("invalid channel_history answer: {e}"),
+                        )
+                    });
                 let _ = reply.send(page);
             }
             _ => {}
@@ -99,7 +129,10 @@ impl Task {
     /// `pusher:error`: connection-level codes are remembered for the close policy; others
     /// answer the oldest client event still waiting for its barrier pong.
     fn on_error(&mut self, data: Value) {
-        let d: ErrorData = serde_json::from_value(data).unwrap_or(ErrorData { message: None, code: None });
+        let d: ErrorData = serde_json::from_value(data).unwrap_or(ErrorData {
+            message: None,
+            code: None,
+        });
         let message = d.message.unwrap_or_else(|| "unknown server error".into());
         if let Some(code @ 4000..=4299) = d.code {
             self.last_error_code = Some(code);
@@ -109,31 +142,60 @@ impl Task {
                 _ => None,
             });
             if let Some(reply) = claimed {
-                let kind = if d.code == Some(4301) { ErrorKind::RateLimited } else { ErrorKind::Server };
+                let kind = if d.code == Some(4301) {
+                    ErrorKind::RateLimited
+                } else {
+                    ErrorKind::Server
+                };
                 let _ = reply.send(Err(Error::new(kind, message).with_code(d.code)));
                 return;
             }
         }
-        let _ = self.events_tx.send(ClientEvent::ServerError { message, code: d.code });
+        let _ = self.events_tx.send(ClientEvent::ServerError {
+            message,
+            code: d.code,
+        });
     }
 
     fn on_internal(&mut self, name: &str, incoming: Incoming) {
-        let Some(channel) = incoming.frame.channel.clone() else { return };
+        let Some(channel) = incoming.frame.channel.clone() else {
+            return;
+        };
         match name {
             events::SUBSCRIPTION_SUCCEEDED => self.on_subscribed(&channel, &incoming),
             events::MEMBER_ADDED => {
-                let Ok(d) = incoming.frame.system_data::<PresenceChannelData>() else { return };
-                let info = d.user_info.as_deref().and_then(|i| serde_json::from_str(i.get()).ok()).unwrap_or(Value::Null);
-                let member = Member { user_id: d.user_id.0, info };
-                let Some(presence) = self.channels.get(&channel).and_then(|e| e.presence.clone()) else { return };
+                let Ok(d) = incoming.frame.system_data::<PresenceChannelData>() else {
+                    return;
+                };
+                let info = d
+                    .user_info
+                    .as_deref()
+                    .and_then(|i| serde_json::from_str(i.get()).ok())
+                    .unwrap_or(Value::Null);
+                let member = Member {
+                    user_id: d.user_id.0,
+                    info,
+                };
+                let Some(presence) = self.channels.get(&channel).and_then(|e| e.presence.clone())
+                else {
+                    return;
+                };
                 presence.lock().add(&member);
                 self.deliver(&channel, ChannelEvent::MemberAdded(member));
             }
             events::MEMBER_REMOVED => {
-                let Ok(d) = incoming.frame.system_data::<PresenceChannelData>() else { return };
-                let Some(presence) = self.channels.get(&channel).and_then(|e| e.presence.clone()) else { return };
+                let Ok(d) = incoming.frame.system_data::<PresenceChannelData>() else {
+                    return;
+                };
+                let Some(presence) = self.channels.get(&channel).and_then(|e| e.presence.clone())
+                else {
+                    return;
+                };
                 let removed = presence.lock().remove(&d.user_id.0);
-                let member = removed.unwrap_or(Member { user_id: d.user_id.0, info: Value::Null });
+                let member = removed.unwrap_or(Member {
+                    user_id: d.user_id.0,
+                    info: Value::Null,
+                });
                 self.deliver(&channel, ChannelEvent::MemberRemoved(member));
             }
             _ => {}
@@ -142,7 +204,9 @@ impl Task {
 
     fn on_subscribed(&mut self, channel: &str, incoming: &Incoming) {
         let data = incoming.system_data();
-        let Some(entry) = self.channels.get_mut(channel) else { return };
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
         if entry.status == Status::Subscribed {
             return;
         }
@@ -150,8 +214,15 @@ impl Task {
         if let Some(presence) = &entry.presence {
             presence.lock().reset_from(&data, entry.me.clone());
         }
-        let stream_id = incoming.meta.stream_id.clone().or_else(|| data.get("stream_id").and_then(Value::as_str).map(str::to_owned));
-        let serial = incoming.meta.serial.or_else(|| data.get("serial").and_then(Value::as_u64));
+        let stream_id = incoming.meta.stream_id.clone().or_else(|| {
+            data.get("stream_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        let serial = incoming
+            .meta
+            .serial
+            .or_else(|| data.get("serial").and_then(Value::as_u64));
         if let (Some(stream_id), Some(serial)) = (stream_id, serial) {
             let head = Position::new(stream_id, serial);
             if !entry.gate.attach(head.clone()) {
@@ -169,9 +240,13 @@ impl Task {
     }
 
     fn on_message(&mut self, incoming: Incoming) {
-        let Some(channel) = incoming.frame.channel.clone() else { return };
+        let Some(channel) = incoming.frame.channel.clone() else {
+            return;
+        };
         let stats = &self.stats;
-        let Some(entry) = self.channels.get_mut(&channel) else { return };
+        let Some(entry) = self.channels.get_mut(&channel) else {
+            return;
+        };
         if let Some(id) = incoming.meta.message_id.as_deref() {
             if !entry.dedup.admit(id, std::time::Instant::now()) {
                 stats.duplicate(&channel);
@@ -182,7 +257,10 @@ impl Task {
         if entry.kind == ChannelKind::PrivateEncrypted {
             let decrypted = match &entry.secret {
                 Some(secret) => secret.decrypt(&message.data),
-                None => Err(Error::new(ErrorKind::Decryption, "no shared secret for this channel")),
+                None => Err(Error::new(
+                    ErrorKind::Decryption,
+                    "no shared secret for this channel",
+                )),
             };
             match decrypted {
                 Ok(plain) => message.data = plain,
@@ -204,9 +282,13 @@ impl Task {
             }
             return;
         }
-        let Some(message) = entry.gate.admit(message) else { return };
+        let Some(message) = entry.gate.admit(message) else {
+            return;
+        };
         if let (Some(stream), Some(serial)) = (message.stream_id.as_deref(), message.serial) {
-            entry.position.observe(stream, serial, message.message_id.as_deref());
+            entry
+                .position
+                .observe(stream, serial, message.message_id.as_deref());
         }
         self.deliver(&channel, ChannelEvent::Message(message));
     }
@@ -214,7 +296,9 @@ impl Task {
     /// Fan `event` out to the channel's listeners, with counters and slow-consumer reports;
     /// a channel nobody listens to any more is unsubscribed.
     pub(crate) fn deliver(&mut self, channel: &str, event: ChannelEvent) {
-        let Some(entry) = self.channels.get_mut(channel) else { return };
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
         // Counted before the hand-off so a reader that got the event sees it counted.
         if matches!(event, ChannelEvent::Message(_)) && !entry.listeners.is_empty() {
             StatsCell::bump(&self.stats.messages_delivered);
@@ -222,7 +306,9 @@ impl Task {
         let out = entry.fanout(&event);
         for _ in 0..out.slow {
             StatsCell::bump(&self.stats.slow_consumer_drops);
-            let _ = self.events_tx.send(ClientEvent::SlowConsumer { channel: channel.to_owned() });
+            let _ = self.events_tx.send(ClientEvent::SlowConsumer {
+                channel: channel.to_owned(),
+            });
         }
         if entry.abandoned() && entry.kind != ChannelKind::ServerToUser {
             self.remove_channel(channel);
@@ -230,29 +316,49 @@ impl Task {
     }
 
     fn on_signin_success(&mut self, data: Value) {
-        let Some(user_data) = data.get("user_data").and_then(Value::as_str).map(str::to_owned) else { return };
+        let Some(user_data) = data
+            .get("user_data")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return;
+        };
         let Ok(user) = serde_json::from_str::<SigninUserData>(&user_data) else {
             tracing::warn!("signin_success with user_data lacking an id");
             return;
         };
         self.user.in_flight = false;
-        let signed = SignedIn { user_id: user.id.0, user_data };
+        let signed = SignedIn {
+            user_id: user.id.0,
+            user_data,
+        };
         self.user.signed_in = Some(signed.clone());
         for w in self.user.waiters.drain(..) {
             let _ = w.send(Ok(signed.clone()));
         }
-        let _ = self.events_tx.send(ClientEvent::SignedIn { user_id: signed.user_id.clone() });
-        let channel = format!("{}{}", sockudo_core::channel::SERVER_TO_USER_PREFIX, signed.user_id);
+        let _ = self.events_tx.send(ClientEvent::SignedIn {
+            user_id: signed.user_id.clone(),
+        });
+        let channel = format!(
+            "{}{}",
+            sockudo_core::channel::SERVER_TO_USER_PREFIX,
+            signed.user_id
+        );
         let dedup = self.opts.dedup;
-        self.channels.retain(|name, e| e.kind != ChannelKind::ServerToUser || *name == channel);
-        self.channels.entry(channel.clone()).or_insert_with(|| crate::channels::ChannelEntry::new(ChannelKind::ServerToUser, dedup));
+        self.channels
+            .retain(|name, e| e.kind != ChannelKind::ServerToUser || *name == channel);
+        self.channels.entry(channel.clone()).or_insert_with(|| {
+            crate::channels::ChannelEntry::new(ChannelKind::ServerToUser, dedup)
+        });
         self.start_subscribe(&channel);
     }
 
     fn on_resume_success(&mut self, data: Value) {
         let answer = resume::parse_success(&data);
         for recovered in answer.recovered {
-            let Some(entry) = self.channels.get_mut(&recovered.channel) else { continue };
+            let Some(entry) = self.channels.get_mut(&recovered.channel) else {
+                continue;
+            };
             if let Some(release) = entry.gate.succeed(&recovered) {
                 StatsCell::bump(&self.stats.resumes_succeeded);
                 self.release(&recovered.channel, release);
@@ -266,8 +372,12 @@ impl Task {
     /// Fail a channel's resume closed: `RecoveryFailed` strictly before its live events.
     pub(crate) fn apply_failure(&mut self, failure: RecoveryFailure) {
         let channel = failure.channel.clone();
-        let Some(entry) = self.channels.get_mut(&channel) else { return };
-        let Some(release) = entry.gate.fail(failure.clone()) else { return };
+        let Some(entry) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let Some(release) = entry.gate.fail(failure.clone()) else {
+            return;
+        };
         StatsCell::bump(&self.stats.resumes_failed);
         let _ = self.events_tx.send(ClientEvent::RecoveryFailed(failure));
         self.release(&channel, release);
@@ -281,8 +391,14 @@ impl Task {
         }
         for event in release.events {
             if let ChannelEvent::Message(m) = &event {
-                if let (Some(entry), Some(stream), Some(serial)) = (self.channels.get_mut(channel), m.stream_id.as_deref(), m.serial) {
-                    entry.position.observe(stream, serial, m.message_id.as_deref());
+                if let (Some(entry), Some(stream), Some(serial)) = (
+                    self.channels.get_mut(channel),
+                    m.stream_id.as_deref(),
+                    m.serial,
+                ) {
+                    entry
+                        .position
+                        .observe(stream, serial, m.message_id.as_deref());
                 }
             }
             self.deliver(channel, event);
@@ -291,46 +407,103 @@ impl Task {
 
     pub(crate) fn check_resume_timeouts(&mut self, now: std::time::Instant) {
         let timeout = self.opts.resume_timeout;
-        let overdue: Vec<String> = self.channels.iter().filter(|(_, e)| e.gate.overdue(now, timeout)).map(|(c, _)| c.clone()).collect();
+        let overdue: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, e)| e.gate.overdue(now, timeout))
+            .map(|(c, _)| c.clone())
+            .collect();
         for channel in overdue {
-            let failure = RecoveryFailure::client_side(&channel, CODE_RESUME_TIMEOUT, "no resume verdict from the server in time");
+            let failure = RecoveryFailure::client_side(
+                &channel,
+                CODE_RESUME_TIMEOUT,
+                "no resume verdict from the server in time",
+            );
             self.apply_failure(failure);
         }
     }
 
     pub(crate) fn on_auth(&mut self, done: AuthDone) {
         match done {
-            AuthDone::Channel { epoch, channel, result } => {
+            AuthDone::Channel {
+                epoch,
+                channel,
+                result,
+            } => {
                 if epoch != self.epoch || self.socket_id.is_none() {
                     return;
                 }
-                let Some(entry) = self.channels.get_mut(&channel) else { return };
+                let Some(entry) = self.channels.get_mut(&channel) else {
+                    return;
+                };
                 if entry.status != Status::Authorizing {
                     return;
                 }
                 let auth = match result {
                     Ok(auth) => auth,
                     Err(e) => {
-                        let e = if e.kind() == ErrorKind::Auth { e } else { Error::new(ErrorKind::Auth, format!("authorizing {channel} failed: {e}")).with_code(e.code()) };
+                        let e = if e.kind() == ErrorKind::Auth {
+                            e
+                        } else {
+                            Error::new(
+                                ErrorKind::Auth,
+                                format!("authorizing {channel} failed: {e}"),
+                            )
+                            .with_code(e.code())
+                        };
                         return self.fail_subscription(&channel, e);
                     }
                 };
                 if entry.kind == ChannelKind::PrivateEncrypted {
                     match auth.shared_secret.as_deref().map(SharedSecret::from_base64) {
                         Some(Ok(secret)) => entry.secret = Some(secret),
-                        Some(Err(e)) => return self.fail_subscription(&channel, Error::new(ErrorKind::Auth, format!("bad shared_secret for {channel}: {e}"))),
-                        None => return self.fail_subscription(&channel, Error::new(ErrorKind::Auth, format!("the authorizer gave no shared_secret for {channel}"))),
+                        Some(Err(e)) => {
+                            return self.fail_subscription(
+                                &channel,
+                                Error::new(
+                                    ErrorKind::Auth,
+                                    format!("bad shared_secret for {channel}: {e}"),
+                                ),
+                            )
+                        }
+                        None => {
+                            return self.fail_subscription(
+                                &channel,
+                                Error::new(
+                                    ErrorKind::Auth,
+                                    format!("the authorizer gave no shared_secret for {channel}"),
+                                ),
+                            )
+                        }
                     }
                 }
                 if entry.kind == ChannelKind::Presence {
-                    let me = auth.channel_data.as_deref().and_then(|cd| serde_json::from_str::<PresenceChannelData>(cd).ok());
+                    let me = auth
+                        .channel_data
+                        .as_deref()
+                        .and_then(|cd| serde_json::from_str::<PresenceChannelData>(cd).ok());
                     match me {
                         Some(d) => entry.me = Some(d.user_id.0),
-                        None => return self.fail_subscription(&channel, Error::new(ErrorKind::Auth, format!("the authorizer gave no valid channel_data for {channel}"))),
+                        None => {
+                            return self.fail_subscription(
+                                &channel,
+                                Error::new(
+                                    ErrorKind::Auth,
+                                    format!(
+                                        "the authorizer gave no valid channel_data for {channel}"
+                                    ),
+                                ),
+                            )
+                        }
                     }
                 }
                 entry.status = Status::Subscribing;
-                self.outbox.push(frames::subscribe(self.family, &channel, Some(&auth.auth), auth.channel_data.as_deref()));
+                self.outbox.push(frames::subscribe(
+                    self.family,
+                    &channel,
+                    Some(&auth.auth),
+                    auth.channel_data.as_deref(),
+                ));
                 self.subscribe_sent(&channel);
             }
             AuthDone::User { epoch, result } => {
@@ -338,10 +511,18 @@ impl Task {
                     return;
                 }
                 match result {
-                    Ok(user) => self.outbox.push(frames::signin(self.family, &user.auth, &user.user_data)),
+                    Ok(user) => {
+                        self.outbox
+                            .push(frames::signin(self.family, &user.auth, &user.user_data))
+                    }
                     Err(e) => {
                         self.user.in_flight = false;
-                        let e = if e.kind() == ErrorKind::Auth || e.kind() == ErrorKind::Unsupported { e } else { Error::new(ErrorKind::Auth, format!("user authentication failed: {e}")) };
+                        let e = if e.kind() == ErrorKind::Auth || e.kind() == ErrorKind::Unsupported
+                        {
+                            e
+                        } else {
+                            Error::new(ErrorKind::Auth, format!("user authentication failed: {e}"))
+                        };
                         for w in self.user.waiters.drain(..) {
                             let _ = w.send(Err(e.clone()));
                         }

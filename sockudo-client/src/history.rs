@@ -25,7 +25,10 @@ pub struct HistoryQuery {
 impl HistoryQuery {
     /// Everything up to this connection's attach point.
     pub fn until_attach() -> Self {
-        HistoryQuery { until_attach: true, ..Self::default() }
+        HistoryQuery {
+            until_attach: true,
+            ..Self::default()
+        }
     }
 
     pub fn limit(mut self, limit: u32) -> Self {
@@ -40,7 +43,8 @@ impl HistoryQuery {
 
     /// The request `data` for `channel`.
     pub(crate) fn to_data(&self, channel: &str) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Default::default()));
+        let mut v =
+            serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Default::default()));
         if let Value::Object(map) = &mut v {
             map.insert("channel".into(), Value::String(channel.to_owned()));
         }
@@ -74,8 +78,12 @@ mod tests {
 
     #[test]
     fn request_shape() {
-        let d: Value = serde_json::from_str(&HistoryQuery::until_attach().limit(50).to_data("c")).unwrap();
-        assert_eq!(d, serde_json::json!({"channel":"c","limit":50,"until_attach":true}));
+        let d: Value =
+            serde_json::from_str(&HistoryQuery::until_attach().limit(50).to_data("c")).unwrap();
+        assert_eq!(
+            d,
+            serde_json::json!({"channel":"c","limit":50,"until_attach":true})
+        );
         let d: Value = serde_json::from_str(&HistoryQuery::default().to_data("c")).unwrap();
         assert_eq!(d, serde_json::json!({"channel":"c"}));
     }

@@ -80,7 +80,10 @@ pub mod state;
 pub mod stats;
 pub mod subscription;
 
-pub use auth::{authorizer_fn, Authorizer, ChannelAuth, ChannelAuthRequest, FnAuthorizer, HttpAuthorizer, UserAuth};
+pub use auth::{
+    authorizer_fn, Authorizer, ChannelAuth, ChannelAuthRequest, FnAuthorizer, HttpAuthorizer,
+    UserAuth,
+};
 pub use backoff::{Backoff, ConstantBackoff, ExponentialBackoff};
 pub use client::Client;
 pub use command::SignedIn;

@@ -105,7 +105,9 @@ impl ClientOptions {
         } else if let Some(rest) = base.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(Error::invalid(format!("unsupported URL scheme in {base:?}: use ws:// or wss://")));
+            return Err(Error::invalid(format!(
+                "unsupported URL scheme in {base:?}: use ws:// or wss://"
+            )));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -114,7 +116,11 @@ impl ClientOptions {
         let (host, port_text) = if let Some(v6) = authority.strip_prefix('[') {
             match v6.split_once(']') {
                 Some((h, rest)) => (&authority[..h.len() + 2], rest.strip_prefix(':')),
-                None => return Err(Error::invalid(format!("unterminated IPv6 address in {base:?}"))),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "unterminated IPv6 address in {base:?}"
+                    )))
+                }
             }
         } else {
             match authority.rsplit_once(':') {
@@ -123,7 +129,10 @@ impl ClientOptions {
             }
         };
         let port = match port_text {
-            Some(p) => Some(p.parse::<u16>().map_err(|_| Error::invalid(format!("invalid port in {base:?}")))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| Error::invalid(format!("invalid port in {base:?}")))?,
+            ),
             None => None,
         };
         if host.is_empty() {
@@ -273,14 +282,24 @@ impl ClientOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.app_key.is_empty() || !self.app_key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(Error::invalid(format!("invalid app key {:?}", self.app_key)));
+        if self.app_key.is_empty()
+            || !self
+                .app_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Error::invalid(format!(
+                "invalid app key {:?}",
+                self.app_key
+            )));
         }
         if self.host.is_empty() {
             return Err(Error::invalid("empty host"));
         }
         if self.activity_timeout.is_zero() || self.pong_timeout.is_zero() {
-            return Err(Error::invalid("activity and pong timeouts must be positive"));
+            return Err(Error::invalid(
+                "activity and pong timeouts must be positive",
+            ));
         }
         Ok(())
     }
@@ -293,9 +312,20 @@ mod tests {
     #[test]
     fn url_parsing() {
         let o = ClientOptions::new("k").url("ws://127.0.0.1:1234").unwrap();
-        assert_eq!(o.endpoint(), format!("ws://127.0.0.1:1234/app/k?protocol=7&client=sockudo-rust&version={}", env!("CARGO_PKG_VERSION")));
-        let o = ClientOptions::new("k").url("wss://example.com/rt/").unwrap().protocol(Protocol::V2);
-        assert!(o.endpoint().starts_with("wss://example.com:443/rt/app/k?protocol=2&"));
+        assert_eq!(
+            o.endpoint(),
+            format!(
+                "ws://127.0.0.1:1234/app/k?protocol=7&client=sockudo-rust&version={}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        let o = ClientOptions::new("k")
+            .url("wss://example.com/rt/")
+            .unwrap()
+            .protocol(Protocol::V2);
+        assert!(o
+            .endpoint()
+            .starts_with("wss://example.com:443/rt/app/k?protocol=2&"));
         assert!(ClientOptions::new("k").url("ftp://x").is_err());
         assert!(ClientOptions::new("k").url("ws://h:notaport").is_err());
         let o = ClientOptions::new("k").host("h").port(80).path("/p/");

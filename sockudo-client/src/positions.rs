@@ -18,7 +18,11 @@ pub struct Position {
 
 impl Position {
     pub fn new(stream_id: impl Into<String>, serial: u64) -> Self {
-        Position { stream_id: stream_id.into(), serial, last_message_id: None }
+        Position {
+            stream_id: stream_id.into(),
+            serial,
+            last_message_id: None,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ impl ChannelPosition {
 
     /// Apply a message's `stream_id`/`serial`/`message_id`.
     pub fn observe(&mut self, stream_id: &str, serial: u64, message_id: Option<&str>) -> Advance {
-        let next = || Position { stream_id: stream_id.to_owned(), serial, last_message_id: message_id.map(str::to_owned) };
+        let next = || Position {
+            stream_id: stream_id.to_owned(),
+            serial,
+            last_message_id: message_id.map(str::to_owned),
+        };
         match &mut self.current {
             None => {
                 self.current = Some(next());
@@ -88,7 +96,14 @@ mod tests {
         assert_eq!(p.observe("s1", 6, Some("m6")), Advance::Forward);
         assert_eq!(p.observe("s1", 4, Some("m4")), Advance::Stale);
         assert_eq!(p.observe("s1", 6, Some("m6")), Advance::Stale);
-        assert_eq!(p.get(), Some(&Position { stream_id: "s1".into(), serial: 6, last_message_id: Some("m6".into()) }));
+        assert_eq!(
+            p.get(),
+            Some(&Position {
+                stream_id: "s1".into(),
+                serial: 6,
+                last_message_id: Some("m6".into())
+            })
+        );
     }
 
     #[test]
@@ -102,7 +117,10 @@ mod tests {
     #[test]
     fn wire_shape() {
         let mut pos = Position::new("s1", 7);
-        assert_eq!(serde_json::to_string(&pos).ok().as_deref(), Some(r#"{"stream_id":"s1","serial":7}"#));
+        assert_eq!(
+            serde_json::to_string(&pos).ok().as_deref(),
+            Some(r#"{"stream_id":"s1","serial":7}"#)
+        );
         pos.last_message_id = Some("m7".into());
         assert_eq!(
             serde_json::to_string(&pos).ok().as_deref(),

@@ -48,16 +48,27 @@ impl PresenceState {
 
     /// Returns true when the member is new.
     pub fn add(&mut self, member: &Member) -> bool {
-        self.members.insert(member.user_id.clone(), member.info.clone()).is_none()
+        self.members
+            .insert(member.user_id.clone(), member.info.clone())
+            .is_none()
     }
 
     /// Returns the removed member (with its last known info).
     pub fn remove(&mut self, user_id: &str) -> Option<Member> {
-        self.members.remove(user_id).map(|info| Member { user_id: user_id.to_owned(), info })
+        self.members.remove(user_id).map(|info| Member {
+            user_id: user_id.to_owned(),
+            info,
+        })
     }
 
     pub fn members(&self) -> Vec<Member> {
-        self.members.iter().map(|(id, info)| Member { user_id: id.clone(), info: info.clone() }).collect()
+        self.members
+            .iter()
+            .map(|(id, info)| Member {
+                user_id: id.clone(),
+                info: info.clone(),
+            })
+            .collect()
     }
 
     pub fn count(&self) -> usize {
@@ -65,7 +76,10 @@ impl PresenceState {
     }
 
     pub fn get(&self, user_id: &str) -> Option<Member> {
-        self.members.get(user_id).map(|info| Member { user_id: user_id.to_owned(), info: info.clone() })
+        self.members.get(user_id).map(|info| Member {
+            user_id: user_id.to_owned(),
+            info: info.clone(),
+        })
     }
 
     /// This client's own member entry.
@@ -87,9 +101,21 @@ mod tests {
         let data = serde_json::json!({"presence":{"ids":["1","2"],"hash":{"1":{"name":"a"},"2":null},"count":2}});
         p.reset_from(&data, Some("1".into()));
         assert_eq!(p.count(), 2);
-        assert_eq!(p.me(), Some(Member { user_id: "1".into(), info: serde_json::json!({"name":"a"}) }));
-        assert!(p.add(&Member { user_id: "3".into(), info: Value::Null }));
-        assert!(!p.add(&Member { user_id: "3".into(), info: Value::Null }));
+        assert_eq!(
+            p.me(),
+            Some(Member {
+                user_id: "1".into(),
+                info: serde_json::json!({"name":"a"})
+            })
+        );
+        assert!(p.add(&Member {
+            user_id: "3".into(),
+            info: Value::Null
+        }));
+        assert!(!p.add(&Member {
+            user_id: "3".into(),
+            info: Value::Null
+        }));
         assert_eq!(p.remove("2").map(|m| m.user_id), Some("2".into()));
         assert_eq!(p.remove("2"), None);
         let ids: Vec<String> = p.members().into_iter().map(|m| m.user_id).collect();

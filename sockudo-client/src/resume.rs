@@ -27,10 +27,17 @@ pub const RESUME_FAILED: &str = "resume_failed";
 pub const CODE_RESUME_TIMEOUT: &str = "resume_timeout";
 
 /// The `sockudo:resume` frame for `positions`, or `None` when there is nothing to resume.
-pub fn resume_frame<'a>(family: Family, positions: impl IntoIterator<Item = (&'a str, &'a Position)>) -> Option<String> {
+pub fn resume_frame<'a>(
+    family: Family,
+    positions: impl IntoIterator<Item = (&'a str, &'a Position)>,
+) -> Option<String> {
     let map: serde_json::Map<String, Value> = positions
         .into_iter()
-        .filter_map(|(channel, pos)| serde_json::to_value(pos).ok().map(|v| (channel.to_owned(), v)))
+        .filter_map(|(channel, pos)| {
+            serde_json::to_value(pos)
+                .ok()
+                .map(|v| (channel.to_owned(), v))
+        })
         .collect();
     if map.is_empty() {
         return None;
@@ -79,13 +86,19 @@ struct FailureData {
 pub fn parse_failure(frame_channel: Option<&str>, data: &Value) -> Option<RecoveryFailure> {
     if let Value::String(channel) = data {
         // A bare channel name (as a `failed` list item may be).
-        return Some(RecoveryFailure::client_side(channel, "continuity_unverifiable", "listed as failed by the server"));
+        return Some(RecoveryFailure::client_side(
+            channel,
+            "continuity_unverifiable",
+            "listed as failed by the server",
+        ));
     }
     let d: FailureData = serde_json::from_value(data.clone()).ok()?;
     let channel = d.channel.or_else(|| frame_channel.map(str::to_owned))?;
     Some(RecoveryFailure {
         channel,
-        code: d.code.unwrap_or_else(|| "continuity_unverifiable".to_owned()),
+        code: d
+            .code
+            .unwrap_or_else(|| "continuity_unverifiable".to_owned()),
         reason: d.reason,
         expected_stream_id: d.expected_stream_id,
         current_stream_id: d.current_stream_id,
@@ -100,12 +113,22 @@ pub fn parse_success(data: &Value) -> ResumeSuccess {
     let recovered = data
         .get("recovered")
         .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(|i| serde_json::from_value::<Recovered>(i.clone()).ok()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| serde_json::from_value::<Recovered>(i.clone()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let failed = data
         .get("failed")
         .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(|i| parse_failure(None, i)).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| parse_failure(None, i))
+                .collect()
+        })
         .unwrap_or_default();
     ResumeSuccess { recovered, failed }
 }
@@ -121,7 +144,12 @@ pub struct Release {
 #[derive(Debug, Clone)]
 enum GateState {
     Live,
-    Awaiting { since: Instant, held: Vec<Message>, attach: Option<Position>, previous: Option<Position> },
+    Awaiting {
+        since: Instant,
+        held: Vec<Message>,
+        attach: Option<Position>,
+        previous: Option<Position>,
+    },
 }
 
 /// The fail-closed gate of one channel.
@@ -132,14 +160,21 @@ pub struct RecoveryGate {
 
 impl Default for RecoveryGate {
     fn default() -> Self {
-        RecoveryGate { state: GateState::Live }
+        RecoveryGate {
+            state: GateState::Live,
+        }
     }
 }
 
 impl RecoveryGate {
     /// Start waiting for a verdict on a resume from `previous`.
     pub fn begin(&mut self, previous: Option<Position>, now: Instant) {
-        self.state = GateState::Awaiting { since: now, held: Vec::new(), attach: None, previous };
+        self.state = GateState::Awaiting {
+            since: now,
+            held: Vec::new(),
+            attach: None,
+            previous,
+        };
     }
 
     pub fn is_awaiting(&self) -> bool {
@@ -172,25 +207,51 @@ impl RecoveryGate {
     /// The server proved continuity: `Recovered`, then the held events in stream order
     /// (anything at or before the pre-disconnect position is dropped as already seen).
     pub fn succeed(&mut self, recovered: &Recovered) -> Option<Release> {
-        let GateState::Awaiting { mut held, previous, .. } = std::mem::replace(&mut self.state, GateState::Live) else {
+        let GateState::Awaiting {
+            mut held, previous, ..
+        } = std::mem::replace(&mut self.state, GateState::Live)
+        else {
             return None;
         };
         held.sort_by_key(|m| m.serial);
-        let mut events = vec![ChannelEvent::Recovered { source: recovered.source.clone(), replayed: recovered.replayed }];
-        events.extend(held.into_iter().filter(|m| !already_seen(previous.as_ref(), m)).map(ChannelEvent::Message));
-        Some(Release { events, position: Some(recovered.position.clone()) })
+        let mut events = vec![ChannelEvent::Recovered {
+            source: recovered.source.clone(),
+            replayed: recovered.replayed,
+        }];
+        events.extend(
+            held.into_iter()
+                .filter(|m| !already_seen(previous.as_ref(), m))
+                .map(ChannelEvent::Message),
+        );
+        Some(Release {
+            events,
+            position: Some(recovered.position.clone()),
+        })
     }
 
     /// The server (or the clock) refused continuity: `RecoveryFailed` first, then the held
     /// live events. The channel continues from the subscription head.
     pub fn fail(&mut self, failure: RecoveryFailure) -> Option<Release> {
-        let GateState::Awaiting { mut held, attach, previous, .. } = std::mem::replace(&mut self.state, GateState::Live) else {
+        let GateState::Awaiting {
+            mut held,
+            attach,
+            previous,
+            ..
+        } = std::mem::replace(&mut self.state, GateState::Live)
+        else {
             return None;
         };
         held.sort_by_key(|m| m.serial);
         let mut events = vec![ChannelEvent::RecoveryFailed(failure)];
-        events.extend(held.into_iter().filter(|m| !already_seen(previous.as_ref(), m)).map(ChannelEvent::Message));
-        Some(Release { events, position: attach })
+        events.extend(
+            held.into_iter()
+                .filter(|m| !already_seen(previous.as_ref(), m))
+                .map(ChannelEvent::Message),
+        );
+        Some(Release {
+            events,
+            position: attach,
+        })
     }
 
     /// Whether the verdict is overdue at `now`.
@@ -254,8 +315,12 @@ mod tests {
         let frame = resume_frame(Family::Sockudo, [("chat", &pos)]).unwrap_or_default();
         let v: Value = serde_json::from_str(&frame).unwrap_or_default();
         assert_eq!(v["event"], "sockudo:resume");
-        let data: Value = serde_json::from_str(v["data"].as_str().unwrap_or("")).unwrap_or_default();
-        assert_eq!(data["channel_positions"]["chat"], serde_json::json!({"serial":7,"stream_id":"s1","last_message_id":"m7"}));
+        let data: Value =
+            serde_json::from_str(v["data"].as_str().unwrap_or("")).unwrap_or_default();
+        assert_eq!(
+            data["channel_positions"]["chat"],
+            serde_json::json!({"serial":7,"stream_id":"s1","last_message_id":"m7"})
+        );
         assert!(resume_frame(Family::Sockudo, std::iter::empty()).is_none());
     }
 
@@ -272,9 +337,22 @@ mod tests {
         assert_eq!(ok.failed[1].channel, "c");
 
         // Channel on the frame only, or in data only.
-        let f = parse_failure(Some("x"), &serde_json::json!({"code":"position_expired","oldest_available_serial":3}));
-        assert_eq!(f.as_ref().map(|f| (f.channel.as_str(), f.code.as_str(), f.oldest_available_serial)), Some(("x", "position_expired", Some(3))));
-        let f = parse_failure(None, &serde_json::json!({"channel":"y","code":"stream_reset"}));
+        let f = parse_failure(
+            Some("x"),
+            &serde_json::json!({"code":"position_expired","oldest_available_serial":3}),
+        );
+        assert_eq!(
+            f.as_ref().map(|f| (
+                f.channel.as_str(),
+                f.code.as_str(),
+                f.oldest_available_serial
+            )),
+            Some(("x", "position_expired", Some(3)))
+        );
+        let f = parse_failure(
+            None,
+            &serde_json::json!({"channel":"y","code":"stream_reset"}),
+        );
         assert_eq!(f.map(|f| f.channel), Some("y".to_owned()));
         assert!(parse_failure(None, &serde_json::json!({"code":"stream_reset"})).is_none());
     }
@@ -284,7 +362,9 @@ mod tests {
         let mut g = RecoveryGate::default();
         assert!(g.admit(msg(1)).is_some());
         assert!(!g.attach(Position::new("s1", 1)));
-        assert!(g.fail(RecoveryFailure::client_side("c", "x", "y")).is_none());
+        assert!(g
+            .fail(RecoveryFailure::client_side("c", "x", "y"))
+            .is_none());
     }
 
     #[test]
@@ -296,7 +376,9 @@ mod tests {
         assert!(g.admit(msg(41)).is_none(), "held while waiting");
         assert!(g.admit(msg(42)).is_none());
         let failure = RecoveryFailure::client_side("c", "stream_reset", "reset");
-        let Some(release) = g.fail(failure.clone()) else { panic!("gate was awaiting") };
+        let Some(release) = g.fail(failure.clone()) else {
+            panic!("gate was awaiting")
+        };
         assert_eq!(release.events[0], ChannelEvent::RecoveryFailed(failure));
         assert_eq!(serials(&release.events[1..]), vec![Some(41), Some(42)]);
         assert_eq!(release.position, Some(Position::new("s2", 40)));
@@ -312,10 +394,26 @@ mod tests {
         for s in [8, 5, 6, 7] {
             assert!(g.admit(msg(s)).is_none());
         }
-        let recovered = Recovered { channel: "c".into(), source: "hot".into(), replayed: 3, position: Position::new("s1", 8) };
-        let Some(release) = g.succeed(&recovered) else { panic!("gate was awaiting") };
-        assert_eq!(release.events[0], ChannelEvent::Recovered { source: "hot".into(), replayed: 3 });
-        assert_eq!(serials(&release.events[1..]), vec![Some(6), Some(7), Some(8)]);
+        let recovered = Recovered {
+            channel: "c".into(),
+            source: "hot".into(),
+            replayed: 3,
+            position: Position::new("s1", 8),
+        };
+        let Some(release) = g.succeed(&recovered) else {
+            panic!("gate was awaiting")
+        };
+        assert_eq!(
+            release.events[0],
+            ChannelEvent::Recovered {
+                source: "hot".into(),
+                replayed: 3
+            }
+        );
+        assert_eq!(
+            serials(&release.events[1..]),
+            vec![Some(6), Some(7), Some(8)]
+        );
         assert_eq!(release.position, Some(Position::new("s1", 8)));
     }
 
@@ -329,6 +427,13 @@ mod tests {
         g.admit(msg(1));
         g.abandon();
         assert!(!g.is_awaiting());
-        assert!(g.succeed(&Recovered { channel: "c".into(), source: String::new(), replayed: 0, position: Position::new("s", 1) }).is_none());
+        assert!(g
+            .succeed(&Recovered {
+                channel: "c".into(),
+                source: String::new(),
+                replayed: 0,
+                position: Position::new("s", 1)
+            })
+            .is_none());
     }
 }

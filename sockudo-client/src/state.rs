@@ -10,9 +10,16 @@ pub enum ConnectionState {
     /// Opening the WebSocket (attempt 0 is the first connection).
     Connecting { attempt: u32 },
     /// `connection_established` received.
-    Connected { socket_id: String, activity_timeout: Duration },
+    Connected {
+        socket_id: String,
+        activity_timeout: Duration,
+    },
     /// The connection ended; the next attempt starts after `retry_in`.
-    Disconnected { code: Option<u16>, reason: String, retry_in: Duration },
+    Disconnected {
+        code: Option<u16>,
+        reason: String,
+        retry_in: Duration,
+    },
     /// The server refused this client for good (close 4000–4099); no retry.
     Failed { code: Option<u16>, reason: String },
     /// Closed by [`Client::close`](crate::Client::close) or because every handle was dropped.
@@ -26,7 +33,10 @@ impl ConnectionState {
 
     /// No further connection will be attempted.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, ConnectionState::Failed { .. } | ConnectionState::Closed)
+        matches!(
+            self,
+            ConnectionState::Failed { .. } | ConnectionState::Closed
+        )
     }
 
     pub fn socket_id(&self) -> Option<&str> {
@@ -41,6 +51,9 @@ impl ConnectionState {
 pub type StateWatch = watch::Receiver<ConnectionState>;
 
 /// Wait until `pred` holds for the state, or the connection task ends.
-pub async fn wait_for(rx: &mut StateWatch, pred: impl FnMut(&ConnectionState) -> bool) -> Option<ConnectionState> {
+pub async fn wait_for(
+    rx: &mut StateWatch,
+    pred: impl FnMut(&ConnectionState) -> bool,
+) -> Option<ConnectionState> {
     rx.wait_for(pred).await.ok().map(|s| s.clone())
 }

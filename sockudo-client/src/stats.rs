@@ -45,7 +45,11 @@ impl StatsCell {
 
     pub fn duplicate(&self, channel: &str) {
         Self::bump(&self.duplicates_dropped);
-        *self.duplicates_by_channel.lock().entry(channel.to_owned()).or_default() += 1;
+        *self
+            .duplicates_by_channel
+            .lock()
+            .entry(channel.to_owned())
+            .or_default() += 1;
     }
 
     pub fn snapshot(&self) -> Stats {

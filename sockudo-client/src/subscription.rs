@@ -43,7 +43,10 @@ impl Subscription {
 
     /// Presence channels: the current members (including `me`).
     pub fn members(&self) -> Vec<Member> {
-        self.presence.as_ref().map(|p| p.lock().members()).unwrap_or_default()
+        self.presence
+            .as_ref()
+            .map(|p| p.lock().members())
+            .unwrap_or_default()
     }
 
     /// Presence channels: this client's member entry.
@@ -53,7 +56,10 @@ impl Subscription {
 
     /// Presence channels: the member count.
     pub fn member_count(&self) -> usize {
-        self.presence.as_ref().map(|p| p.lock().count()).unwrap_or(0)
+        self.presence
+            .as_ref()
+            .map(|p| p.lock().count())
+            .unwrap_or(0)
     }
 
     /// Whether this is a presence subscription.
@@ -72,7 +78,10 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Command::DropListener { channel: std::mem::take(&mut self.channel), id: self.id });
+        let _ = self.cmd.send(Command::DropListener {
+            channel: std::mem::take(&mut self.channel),
+            id: self.id,
+        });
     }
 }
 

@@ -18,7 +18,10 @@ async fn thousand_cycles_leave_no_tasks() {
 
     for i in 0..1000 {
         let client = connect(&node, "u").await;
-        let sub = client.subscribe(if i % 2 == 0 { "public" } else { "private-x" }).await.unwrap();
+        let sub = client
+            .subscribe(if i % 2 == 0 { "public" } else { "private-x" })
+            .await
+            .unwrap();
         drop(sub);
         client.close().await.unwrap();
     }
@@ -32,13 +35,20 @@ async fn thousand_cycles_leave_no_tasks() {
         tokio::task::yield_now().await;
         after = metrics.num_alive_tasks();
     }
-    assert!(after <= before, "runtime tasks: {before} before, {after} after 1,000 cycles");
+    assert!(
+        after <= before,
+        "runtime tasks: {before} before, {after} after 1,000 cycles"
+    );
 
     // Dropping every handle ends the task too.
     let client = connect(&node, "u").await;
     let _sub = client.subscribe("public").await.unwrap();
     drop(client);
-    assert_eq!(live_connection_tasks(), 1, "a live subscription keeps the connection");
+    assert_eq!(
+        live_connection_tasks(),
+        1,
+        "a live subscription keeps the connection"
+    );
     drop(_sub);
     settle(0).await;
 }

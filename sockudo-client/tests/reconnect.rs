@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use sockudo_client::{ChannelEvent, Client, ClientEvent, ClientOptions, ConnectionState, ErrorKind};
+use sockudo_client::{
+    ChannelEvent, Client, ClientEvent, ClientOptions, ConnectionState, ErrorKind,
+};
 use sockudo_testkit::TestNode;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,7 +25,12 @@ async fn resubscribes_every_channel_after_the_node_restarts() {
 
     node.restart().await.unwrap();
     for sub in [&mut public, &mut private, &mut presence] {
-        assert_eq!(next_event(sub).await, ChannelEvent::Resubscribed, "{}", sub.channel());
+        assert_eq!(
+            next_event(sub).await,
+            ChannelEvent::Resubscribed,
+            "{}",
+            sub.channel()
+        );
     }
     assert!(client.state().is_connected());
     assert_ne!(client.socket_id(), first_socket);
@@ -40,9 +47,15 @@ async fn resubscribes_every_channel_after_the_node_restarts() {
 async fn unknown_app_key_fails_without_retry() {
     let node = node().await;
     // Waiting connect: the error carries the code.
-    let opts = ClientOptions::new("no-such-key").url(&format!("ws://{}", node.addr())).unwrap();
+    let opts = ClientOptions::new("no-such-key")
+        .url(&format!("ws://{}", node.addr()))
+        .unwrap();
     let err = Client::connect(opts).await.unwrap_err();
-    assert_eq!((err.kind(), err.code()), (ErrorKind::Rejected, Some(4001)), "{err}");
+    assert_eq!(
+        (err.kind(), err.code()),
+        (ErrorKind::Rejected, Some(4001)),
+        "{err}"
+    );
 
     // Background connect: the state ends Failed and stays there.
     let opts = ClientOptions::new("no-such-key")
@@ -52,17 +65,33 @@ async fn unknown_app_key_fails_without_retry() {
         .backoff(sockudo_client::ConstantBackoff(Duration::from_millis(10)));
     let client = Client::connect(opts).await.unwrap();
     let mut events = client.events();
-    let state = client.wait_for_state(WAIT, ConnectionState::is_terminal).await.unwrap();
-    assert!(matches!(state, ConnectionState::Failed { code: Some(4001), .. }), "{state:?}");
+    let state = client
+        .wait_for_state(WAIT, ConnectionState::is_terminal)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            state,
+            ConnectionState::Failed {
+                code: Some(4001),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut connecting = 0;
     while let Ok(event) = events.try_recv() {
-        if matches!(event, ClientEvent::State(ConnectionState::Connecting { attempt })  if attempt > 0) {
+        if matches!(event, ClientEvent::State(ConnectionState::Connecting { attempt })  if attempt > 0)
+        {
             connecting += 1;
         }
     }
     assert_eq!(connecting, 0, "no reconnect attempt after 4001");
-    assert_eq!(client.subscribe("x").await.unwrap_err().kind(), ErrorKind::Rejected);
+    assert_eq!(
+        client.subscribe("x").await.unwrap_err().kind(),
+        ErrorKind::Rejected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,7 +100,8 @@ async fn drain_close_4200_reconnects_immediately() {
     let port = node.addr().port();
     let settings = node.settings().clone();
     // A long backoff: only the immediate first retry of 4200 can beat it.
-    let opts = options(&node, "u").backoff(sockudo_client::ConstantBackoff(Duration::from_millis(300)));
+    let opts =
+        options(&node, "u").backoff(sockudo_client::ConstantBackoff(Duration::from_millis(300)));
     let client = Client::connect(opts).await.unwrap();
     let mut sub = client.subscribe("news").await.unwrap();
     let mut events = client.events();
@@ -80,7 +110,11 @@ async fn drain_close_4200_reconnects_immediately() {
     // The first disconnect is the drain's 4200, retried without delay (the watch keeps only
     // the latest state, so read the event history).
     let disconnected = loop {
-        match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             ClientEvent::State(s @ ConnectionState::Disconnected { .. }) => break s,
             _ => continue,
         }
@@ -90,7 +124,10 @@ async fn drain_close_4200_reconnects_immediately() {
         "{disconnected:?}"
     );
     let node = TestNode::start_on(settings, port).await.unwrap();
-    client.wait_for_state(WAIT, ConnectionState::is_connected).await.unwrap();
+    client
+        .wait_for_state(WAIT, ConnectionState::is_connected)
+        .await
+        .unwrap();
     assert_eq!(next_event(&mut sub).await, ChannelEvent::Resubscribed);
     publish(&node, "news", "back", json!(1)).await;
     assert_eq!(next_message(&mut sub).await.event, "back");
@@ -108,14 +145,27 @@ async fn a_silent_server_is_detected_as_dead() {
         while let Ok((tcp, _)) = listener.accept().await {
             if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
                 let hello = json!({"event":"pusher:connection_established","data":json!({"socket_id":"1.1","activity_timeout":1}).to_string()});
-                let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(hello.to_string())).await;
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(
+                        hello.to_string(),
+                    ))
+                    .await;
                 held.push(ws); // never read: no pong, no close
             }
         }
     });
-    let opts = ClientOptions::new("k").url(&format!("ws://{addr}")).unwrap().pong_timeout(Duration::from_millis(300));
+    let opts = ClientOptions::new("k")
+        .url(&format!("ws://{addr}"))
+        .unwrap()
+        .pong_timeout(Duration::from_millis(300));
     let client = Client::connect(opts).await.unwrap();
-    let state = client.wait_for_state(WAIT, |s| matches!(s, ConnectionState::Disconnected { .. })).await.unwrap();
-    assert!(matches!(&state, ConnectionState::Disconnected { reason, retry_in, .. } if reason.contains("ping") && retry_in.is_zero()), "{state:?}");
+    let state = client
+        .wait_for_state(WAIT, |s| matches!(s, ConnectionState::Disconnected { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&state, ConnectionState::Disconnected { reason, retry_in, .. } if reason.contains("ping") && retry_in.is_zero()),
+        "{state:?}"
+    );
     client.close().await.unwrap();
 }

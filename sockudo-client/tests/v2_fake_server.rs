@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sockudo_client::{ChannelEvent, Client, ClientOptions, ConstantBackoff, HistoryQuery, Protocol, Subscription};
+use sockudo_client::{
+    ChannelEvent, Client, ClientOptions, ConstantBackoff, HistoryQuery, Protocol, Subscription,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -37,9 +39,16 @@ async fn fake_server() -> (String, mpsc::Receiver<Ws>) {
 }
 
 async fn accept(conns: &mut mpsc::Receiver<Ws>, socket_id: &str) -> Ws {
-    let mut ws = tokio::time::timeout(WAIT, conns.recv()).await.unwrap().unwrap();
+    let mut ws = tokio::time::timeout(WAIT, conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let data = json!({"socket_id": socket_id, "activity_timeout": 120}).to_string();
-    send(&mut ws, json!({"event": "sockudo:connection_established", "data": data})).await;
+    send(
+        &mut ws,
+        json!({"event": "sockudo:connection_established", "data": data}),
+    )
+    .await;
     ws
 }
 
@@ -50,7 +59,11 @@ async fn send(ws: &mut Ws, frame: Value) {
 /// The next frame named `event`, with its data decoded.
 async fn expect(ws: &mut Ws, event: &str) -> (Value, Value) {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let WsMessage::Text(text) = msg else { continue };
         let frame: Value = serde_json::from_str(text.as_str()).unwrap();
         if frame["event"] == event {
@@ -84,7 +97,10 @@ async fn client(url: &str) -> Client {
 }
 
 async fn next(sub: &mut Subscription) -> ChannelEvent {
-    tokio::time::timeout(WAIT, sub.recv()).await.unwrap().unwrap()
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn serial_of(event: &ChannelEvent) -> Option<u64> {
@@ -126,7 +142,12 @@ async fn first_life(client: &Client, conns: &mut mpsc::Receiver<Ws>) -> Subscrip
     let mut sub = sub.unwrap();
     send(&mut ws, message("chat", "s1", 6)).await;
     assert_eq!(serial_of(&next(&mut sub).await), Some(6));
-    ws.close(Some(CloseFrame { code: CloseCode::from(4200), reason: "draining".into() })).await.unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4200),
+        reason: "draining".into(),
+    }))
+    .await
+    .unwrap();
     sub
 }
 
@@ -149,7 +170,10 @@ async fn resume_success_replays_then_goes_live() {
     let mut ws = accept(&mut conns, "2.2").await;
     expect(&mut ws, "sockudo:subscribe").await;
     let (_, resume) = expect(&mut ws, "sockudo:resume").await;
-    assert_eq!(resume["channel_positions"]["chat"], json!({"stream_id": "s1", "serial": 6, "last_message_id": "m6"}));
+    assert_eq!(
+        resume["channel_positions"]["chat"],
+        json!({"stream_id": "s1", "serial": 6, "last_message_id": "m6"})
+    );
     send(&mut ws, subscribed("chat", "s1", 8)).await;
     send(&mut ws, message("chat", "s1", 7)).await; // replayed
     send(&mut ws, message("chat", "s1", 6)).await; // already seen before the drop
@@ -157,14 +181,39 @@ async fn resume_success_replays_then_goes_live() {
     send(&mut ws, message("chat", "s1", 9)).await; // live, before the verdict
     let verdict = json!({"recovered": [{"channel": "chat", "source": "hot", "replayed": 2,
                          "position": {"stream_id": "s1", "serial": 8, "last_message_id": "m8"}}], "failed": []});
-    send(&mut ws, json!({"event": "sockudo:resume_success", "data": verdict.to_string()})).await;
+    send(
+        &mut ws,
+        json!({"event": "sockudo:resume_success", "data": verdict.to_string()}),
+    )
+    .await;
     send(&mut ws, message("chat", "s1", 10)).await;
 
-    assert_eq!(next(&mut sub).await, ChannelEvent::Recovered { source: "hot".into(), replayed: 2 });
-    let serials: Vec<Option<u64>> = [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await, next(&mut sub).await].iter().map(serial_of).collect();
+    assert_eq!(
+        next(&mut sub).await,
+        ChannelEvent::Recovered {
+            source: "hot".into(),
+            replayed: 2
+        }
+    );
+    let serials: Vec<Option<u64>> = [
+        next(&mut sub).await,
+        next(&mut sub).await,
+        next(&mut sub).await,
+        next(&mut sub).await,
+    ]
+    .iter()
+    .map(serial_of)
+    .collect();
     assert_eq!(serials, vec![Some(7), Some(8), Some(9), Some(10)]);
     let stats = client.stats();
-    assert_eq!((stats.resumes_succeeded, stats.resumes_failed, stats.reconnects), (1, 0, 1));
+    assert_eq!(
+        (
+            stats.resumes_succeeded,
+            stats.resumes_failed,
+            stats.reconnects
+        ),
+        (1, 0, 1)
+    );
 }
 
 #[tokio::test]
@@ -182,13 +231,26 @@ async fn resume_failure_comes_before_any_live_event_and_history_backfills() {
     let failed = json!({"channel": "chat", "code": "stream_reset", "reason": "stream restarted",
                         "expected_stream_id": "s1", "current_stream_id": "s2",
                         "oldest_available_serial": 1, "newest_available_serial": 101});
-    send(&mut ws, json!({"event": "sockudo:resume_failed", "channel": "chat", "data": failed.to_string()})).await;
+    send(
+        &mut ws,
+        json!({"event": "sockudo:resume_failed", "channel": "chat", "data": failed.to_string()}),
+    )
+    .await;
     send(&mut ws, message("chat", "s2", 102)).await;
 
     match next(&mut sub).await {
         ChannelEvent::RecoveryFailed(f) => {
-            assert_eq!((f.channel.as_str(), f.code.as_str()), ("chat", "stream_reset"));
-            assert_eq!((f.expected_stream_id.as_deref(), f.current_stream_id.as_deref()), (Some("s1"), Some("s2")));
+            assert_eq!(
+                (f.channel.as_str(), f.code.as_str()),
+                ("chat", "stream_reset")
+            );
+            assert_eq!(
+                (
+                    f.expected_stream_id.as_deref(),
+                    f.current_stream_id.as_deref()
+                ),
+                (Some("s1"), Some("s2"))
+            );
             assert_eq!(f.newest_available_serial, Some(101));
         }
         other => panic!("RecoveryFailed must come first, got {other:?}"),
@@ -203,17 +265,28 @@ async fn resume_failure_comes_before_any_live_event_and_history_backfills() {
     assert!(saw, "the failure is also a connection event");
 
     // Backfill up to the attach point.
-    let (page, _) = tokio::join!(client.history("chat", HistoryQuery::until_attach().limit(10)), async {
-        let (_, req) = expect(&mut ws, "sockudo:channel_history").await;
-        assert_eq!(req, json!({"channel": "chat", "limit": 10, "until_attach": true}));
-        let page = json!({"items": [message("chat", "s2", 99)], "has_more": false, "next_cursor": null});
-        send(&mut ws, json!({"event": "sockudo:channel_history", "channel": "chat", "data": page.to_string()})).await;
-    });
+    let (page, _) = tokio::join!(
+        client.history("chat", HistoryQuery::until_attach().limit(10)),
+        async {
+            let (_, req) = expect(&mut ws, "sockudo:channel_history").await;
+            assert_eq!(
+                req,
+                json!({"channel": "chat", "limit": 10, "until_attach": true})
+            );
+            let page = json!({"items": [message("chat", "s2", 99)], "has_more": false, "next_cursor": null});
+            send(&mut ws, json!({"event": "sockudo:channel_history", "channel": "chat", "data": page.to_string()})).await;
+        }
+    );
     let page = page.unwrap();
     assert_eq!((page.items.len(), page.has_more), (1, false));
 
     // The next resume starts from the new stream's position.
-    ws.close(Some(CloseFrame { code: CloseCode::from(4200), reason: "again".into() })).await.unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4200),
+        reason: "again".into(),
+    }))
+    .await
+    .unwrap();
     let mut ws = accept(&mut conns, "3.3").await;
     let (_, resume) = expect(&mut ws, "sockudo:resume").await;
     assert_eq!(resume["channel_positions"]["chat"]["stream_id"], "s2");
@@ -249,14 +322,20 @@ async fn v1_protocol_has_no_history() {
     let opts = ClientOptions::new("app-key").url(&url).unwrap();
     let (client, _ws) = tokio::join!(Client::connect(opts), accept(&mut conns, "1.1"));
     let client = client.unwrap();
-    let err = client.history("chat", HistoryQuery::default()).await.unwrap_err();
+    let err = client
+        .history("chat", HistoryQuery::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), sockudo_client::ErrorKind::Unsupported);
 }
 
 #[tokio::test]
 async fn wss_to_a_plain_server_is_a_connection_error() {
     let (url, _conns) = fake_server().await;
-    let opts = ClientOptions::new("app-key").url(&url.replacen("ws://", "wss://", 1)).unwrap().connect_timeout(Duration::from_secs(2));
+    let opts = ClientOptions::new("app-key")
+        .url(&url.replacen("ws://", "wss://", 1))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2));
     let err = Client::connect(opts).await.unwrap_err();
     assert_eq!(err.kind(), sockudo_client::ErrorKind::Connection, "{err}");
 }

@@ -26,10 +26,16 @@ async fn resume_after_a_network_cut_replays_what_was_missed() {
     let mut sub = client.subscribe("feed").await.unwrap();
     publish(&node, "feed", "e", json!(1)).await;
     let first = next_message(&mut sub).await;
-    assert!(first.message_id.is_some() && first.serial.is_some() && first.stream_id.is_some(), "{first:?}");
+    assert!(
+        first.message_id.is_some() && first.serial.is_some() && first.stream_id.is_some(),
+        "{first:?}"
+    );
 
     proxy.cut();
-    client.wait_for_state(WAIT, |s| matches!(s, ConnectionState::Disconnected { .. })).await.unwrap();
+    client
+        .wait_for_state(WAIT, |s| matches!(s, ConnectionState::Disconnected { .. }))
+        .await
+        .unwrap();
     publish(&node, "feed", "e", json!(2)).await;
     publish(&node, "feed", "e", json!(3)).await;
     proxy.restore();
@@ -50,14 +56,19 @@ async fn resume_after_a_network_cut_replays_what_was_missed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn node_restart_fails_recovery_closed_before_live_events() {
     let mut node = node().await;
-    let client = Client::connect(options(&node, "u").protocol(Protocol::V2)).await.unwrap();
+    let client = Client::connect(options(&node, "u").protocol(Protocol::V2))
+        .await
+        .unwrap();
     let mut sub = client.subscribe("feed").await.unwrap();
     publish(&node, "feed", "a", json!(1)).await;
     let before = next_message(&mut sub).await;
     node.restart().await.unwrap(); // memory state is gone: a new stream
     match next_event(&mut sub).await {
         ChannelEvent::RecoveryFailed(f) => {
-            assert_eq!((f.channel.as_str(), f.code.as_str()), ("feed", "stream_reset"));
+            assert_eq!(
+                (f.channel.as_str(), f.code.as_str()),
+                ("feed", "stream_reset")
+            );
             assert_eq!(f.expected_stream_id, before.stream_id);
         }
         other => panic!("RecoveryFailed must come first, got {other:?}"),

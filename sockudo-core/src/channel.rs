@@ -25,7 +25,10 @@ pub enum ChannelKind {
 impl ChannelKind {
     /// Whether subscribing needs a signature.
     pub const fn requires_auth(self) -> bool {
-        matches!(self, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+        matches!(
+            self,
+            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+        )
     }
 
     /// Whether clients may send `client-` events on it (encrypted channels excluded: the
@@ -81,7 +84,11 @@ impl<'a> ChannelName<'a> {
             if user.is_empty() || !user.bytes().all(valid_char) {
                 return Err(ChannelError::InvalidCharacter);
             }
-            return Ok(ChannelName { name, kind: ChannelKind::ServerToUser, cache: false });
+            return Ok(ChannelName {
+                name,
+                kind: ChannelKind::ServerToUser,
+                cache: false,
+            });
         }
         if !name.bytes().all(valid_char) {
             return Err(ChannelError::InvalidCharacter);
@@ -150,7 +157,11 @@ mod tests {
             ("private-a", ChannelKind::Private, false),
             ("private-cache-a", ChannelKind::Private, true),
             ("private-encrypted-a", ChannelKind::PrivateEncrypted, false),
-            ("private-encrypted-cache-a", ChannelKind::PrivateEncrypted, true),
+            (
+                "private-encrypted-cache-a",
+                ChannelKind::PrivateEncrypted,
+                true,
+            ),
             ("presence-a", ChannelKind::Presence, false),
             ("presence-cache-a", ChannelKind::Presence, true),
             ("#server-to-user-42", ChannelKind::ServerToUser, false),
@@ -159,16 +170,36 @@ mod tests {
             let c = ChannelName::parse(name).unwrap();
             assert_eq!((c.kind(), c.is_cache()), (kind, cache), "{name}");
         }
-        assert_eq!(ChannelName::parse("#server-to-user-42").unwrap().server_to_user_id(), Some("42"));
+        assert_eq!(
+            ChannelName::parse("#server-to-user-42")
+                .unwrap()
+                .server_to_user_id(),
+            Some("42")
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
         assert_eq!(ChannelName::parse(""), Err(ChannelError::Empty));
-        assert_eq!(ChannelName::parse(&"a".repeat(165)), Err(ChannelError::TooLong));
+        assert_eq!(
+            ChannelName::parse(&"a".repeat(165)),
+            Err(ChannelError::TooLong)
+        );
         assert!(ChannelName::parse(&"a".repeat(164)).is_ok());
-        for bad in ["a b", "a/b", "é", "a#b", "#server-to-user-", "x\n", "#other"] {
-            assert_eq!(ChannelName::parse(bad), Err(ChannelError::InvalidCharacter), "{bad}");
+        for bad in [
+            "a b",
+            "a/b",
+            "é",
+            "a#b",
+            "#server-to-user-",
+            "x\n",
+            "#other",
+        ] {
+            assert_eq!(
+                ChannelName::parse(bad),
+                Err(ChannelError::InvalidCharacter),
+                "{bad}"
+            );
         }
         assert!(ChannelName::parse("a_-=@,.;Z9").is_ok());
     }

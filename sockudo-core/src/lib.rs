@@ -31,6 +31,6 @@ pub mod channel;
 pub mod history;
 pub mod layers;
 pub mod protocol;
+pub mod queue;
 #[cfg(feature = "redis")]
 mod redis_conn;
-pub mod queue;

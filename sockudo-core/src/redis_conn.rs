@@ -13,7 +13,11 @@ use redis::{Client, Value};
 
 /// Connect to `url` with per-command `op_timeout`; the whole connect + `PING` must finish
 /// within `connect_timeout`. The error is a one-line message for the caller's error type.
-pub(crate) async fn connect_manager(url: &str, op_timeout: Duration, connect_timeout: Duration) -> Result<ConnectionManager, String> {
+pub(crate) async fn connect_manager(
+    url: &str,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<ConnectionManager, String> {
     let client = Client::open(url).map_err(|e| format!("invalid redis url: {e}"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(op_timeout)
@@ -22,12 +26,20 @@ pub(crate) async fn connect_manager(url: &str, op_timeout: Duration, connect_tim
         .set_factor(2)
         .set_max_delay(1000);
     let connect = async {
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| e.to_string())?;
-        let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _: Value = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(conn)
     };
     match tokio::time::timeout(connect_timeout, connect).await {
         Ok(r) => r,
-        Err(_) => Err(format!("redis did not answer within {} ms", connect_timeout.as_millis())),
+        Err(_) => Err(format!(
+            "redis did not answer within {} ms",
+            connect_timeout.as_millis()
+        )),
     }
 }

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sockudo_core::adapter::{
-    Adapter, AdapterError, Broadcast, ClusterAdapter, ClusterAnswer, ClusterOptions, ClusterQuery, ControlMessage, MemoryPresenceStore,
-    MemoryTransport, NodeHandler, PresenceJoin, PresenceStore, RemovedMember, Transport,
+    Adapter, AdapterError, Broadcast, ClusterAdapter, ClusterAnswer, ClusterOptions, ClusterQuery,
+    ControlMessage, MemoryPresenceStore, MemoryTransport, NodeHandler, PresenceJoin, PresenceStore,
+    RemovedMember, Transport,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -31,13 +32,24 @@ struct Recorder {
 
 impl Recorder {
     fn with_connections(n: u64) -> Arc<Self> {
-        Arc::new(Recorder { connections: n, ..Default::default() })
+        Arc::new(Recorder {
+            connections: n,
+            ..Default::default()
+        })
     }
     fn frames(&self) -> Vec<Bytes> {
-        self.delivered.lock().iter().map(|b| b.frame.clone()).collect()
+        self.delivered
+            .lock()
+            .iter()
+            .map(|b| b.frame.clone())
+            .collect()
     }
     fn removed_users(&self) -> Vec<String> {
-        self.removed.lock().iter().map(|r| r.user_id.clone()).collect()
+        self.removed
+            .lock()
+            .iter()
+            .map(|r| r.user_id.clone())
+            .collect()
     }
 }
 
@@ -50,10 +62,15 @@ impl NodeHandler for Recorder {
     }
     fn answer(&self, query: &ClusterQuery) -> ClusterAnswer {
         match query {
-            ClusterQuery::Channels { .. } => {
-                ClusterAnswer::Channels { channels: vec![("shared".into(), 1), (format!("only-{}", self.connections), self.connections)] }
-            }
-            _ => ClusterAnswer::Count { count: self.connections },
+            ClusterQuery::Channels { .. } => ClusterAnswer::Channels {
+                channels: vec![
+                    ("shared".into(), 1),
+                    (format!("only-{}", self.connections), self.connections),
+                ],
+            },
+            _ => ClusterAnswer::Count {
+                count: self.connections,
+            },
         }
     }
     fn members_removed(&self, removed: Vec<RemovedMember>) {
@@ -89,7 +106,13 @@ fn msg(channel: &str, frame: impl Into<Bytes>) -> Broadcast {
 }
 
 fn pjoin<'a>(channel: &'a str, user: &'a str) -> PresenceJoin<'a> {
-    PresenceJoin { app_id: "app", channel, user_id: user, info: Some(r#"{"name":"x"}"#), max_members: 100 }
+    PresenceJoin {
+        app_id: "app",
+        channel,
+        user_id: user,
+        info: Some(r#"{"name":"x"}"#),
+        max_members: 100,
+    }
 }
 
 /// A cluster under test: how to get one more node's transport, and the shared presence.
@@ -103,7 +126,9 @@ trait Env: Send + Sync {
 type Node<T> = (Arc<ClusterAdapter<T>>, Arc<Recorder>);
 
 async fn node<E: Env>(env: &E, id: &str, opts: &ClusterOptions, connections: u64) -> Node<E::T> {
-    let a = ClusterAdapter::start(id, env.transport().await, env.presence(), opts.clone()).await.unwrap();
+    let a = ClusterAdapter::start(id, env.transport().await, env.presence(), opts.clone())
+        .await
+        .unwrap();
     let r = Recorder::with_connections(connections);
     a.attach(r.clone());
     (a, r)
@@ -117,7 +142,10 @@ async fn cluster<E: Env>(env: &E, n: usize, opts: &ClusterOptions) -> Vec<Node<E
     }
     let all = nodes.clone();
     assert!(
-        eventually(Duration::from_secs(3), || all.iter().all(|(a, _)| a.live_nodes().len() == n - 1)).await,
+        eventually(Duration::from_secs(3), || all
+            .iter()
+            .all(|(a, _)| a.live_nodes().len() == n - 1))
+        .await,
         "nodes did not discover each other: {:?}",
         all.iter().map(|(a, _)| a.live_nodes()).collect::<Vec<_>>()
     );
@@ -133,13 +161,25 @@ async fn publish_reaches_every_handler_exactly_once<E: Env>(env: &E) {
     let (a, _) = &nodes[0];
     a.publish(msg("c", "hello")).await.unwrap();
     nodes[1].0.publish(msg("c", "from-b")).await.unwrap();
-    assert!(eventually(Duration::from_secs(2), || nodes.iter().all(|(_, r)| r.delivered.lock().len() == 2)).await);
+    assert!(
+        eventually(Duration::from_secs(2), || nodes.iter().all(|(_, r)| r
+            .delivered
+            .lock()
+            .len()
+            == 2))
+        .await
+    );
     // Quiescence: no late duplicate (e.g. an echo) arrives.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (adapter, r) in &nodes {
         let mut frames = r.frames();
         frames.sort();
-        assert_eq!(frames, vec![Bytes::from_static(b"from-b"), Bytes::from_static(b"hello")], "node {}", adapter.node_id());
+        assert_eq!(
+            frames,
+            vec![Bytes::from_static(b"from-b"), Bytes::from_static(b"hello")],
+            "node {}",
+            adapter.node_id()
+        );
     }
     assert_eq!(a.stats().echoes_dropped, 1);
     assert_eq!(a.stats().published, 1);
@@ -158,14 +198,30 @@ async fn broadcast_fields_survive_the_trip<E: Env>(env: &E) {
         serial: Some(42),
         stream_id: Some("stream-7".into()),
         except_socket: Some("123.456".into()),
-        member: Some(sockudo_core::adapter::MemberEvent { user_id: "u-1".into(), seq: 1 << 60 }),
+        member: Some(sockudo_core::adapter::MemberEvent {
+            user_id: "u-1".into(),
+            seq: 1 << 60,
+        }),
     };
     nodes[0].0.publish(b.clone()).await.unwrap();
-    assert!(eventually(Duration::from_secs(2), || nodes[1].1.delivered.lock().len() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(2), || nodes[1].1.delivered.lock().len()
+            == 1)
+        .await
+    );
     let got = nodes[1].1.delivered.lock()[0].clone();
-    assert_eq!((got.app_id, got.channel, got.frame, got.frame_v2), (b.app_id, b.channel, b.frame, b.frame_v2));
-    assert_eq!(got.member, b.member, "a member event keeps its user and sequence number");
-    assert_eq!((got.message_id, got.serial, got.stream_id, got.except_socket), (b.message_id, b.serial, b.stream_id, b.except_socket));
+    assert_eq!(
+        (got.app_id, got.channel, got.frame, got.frame_v2),
+        (b.app_id, b.channel, b.frame, b.frame_v2)
+    );
+    assert_eq!(
+        got.member, b.member,
+        "a member event keeps its user and sequence number"
+    );
+    assert_eq!(
+        (got.message_id, got.serial, got.stream_id, got.except_socket),
+        (b.message_id, b.serial, b.stream_id, b.except_socket)
+    );
 }
 
 async fn order_is_preserved<E: Env>(env: &E) {
@@ -175,7 +231,14 @@ async fn order_is_preserved<E: Env>(env: &E) {
     for f in &expected {
         nodes[0].0.publish(msg("ordered", f.clone())).await.unwrap();
     }
-    assert!(eventually(Duration::from_secs(3), || nodes.iter().all(|(_, r)| r.delivered.lock().len() >= 200)).await);
+    assert!(
+        eventually(Duration::from_secs(3), || nodes.iter().all(|(_, r)| r
+            .delivered
+            .lock()
+            .len()
+            >= 200))
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (a, r) in &nodes {
         assert_eq!(r.frames(), expected, "order on {}", a.node_id());
@@ -185,9 +248,17 @@ async fn order_is_preserved<E: Env>(env: &E) {
 async fn control_reaches_every_node<E: Env>(env: &E) {
     let opts = fast();
     let nodes = cluster(env, 3, &opts).await;
-    let c = ControlMessage::TerminateUser { app_id: "app".into(), user_id: "u1".into() };
+    let c = ControlMessage::TerminateUser {
+        app_id: "app".into(),
+        user_id: "u1".into(),
+    };
     nodes[1].0.control(c.clone()).await.unwrap();
-    assert!(eventually(Duration::from_secs(2), || nodes.iter().all(|(_, r)| !r.controls.lock().is_empty())).await);
+    assert!(
+        eventually(Duration::from_secs(2), || nodes
+            .iter()
+            .all(|(_, r)| !r.controls.lock().is_empty()))
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (_, r) in &nodes {
         assert_eq!(*r.controls.lock(), vec![c.clone()]);
@@ -198,28 +269,74 @@ async fn query_merges_every_live_node<E: Env>(env: &E) {
     let opts = fast();
     let nodes = cluster(env, 3, &opts).await;
     for (a, _) in &nodes {
-        let n = a.query(ClusterQuery::ConnectionCount { app_id: "app".into() }).await.unwrap();
-        assert_eq!(n, ClusterAnswer::Count { count: 1 + 2 + 3 }, "asked {}", a.node_id());
+        let n = a
+            .query(ClusterQuery::ConnectionCount {
+                app_id: "app".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            n,
+            ClusterAnswer::Count { count: 1 + 2 + 3 },
+            "asked {}",
+            a.node_id()
+        );
     }
-    let ClusterAnswer::Channels { mut channels } = nodes[0].0.query(ClusterQuery::Channels { app_id: "app".into(), prefix: None }).await.unwrap()
+    let ClusterAnswer::Channels { mut channels } = nodes[0]
+        .0
+        .query(ClusterQuery::Channels {
+            app_id: "app".into(),
+            prefix: None,
+        })
+        .await
+        .unwrap()
     else {
         panic!("channels answer expected")
     };
     channels.sort();
-    assert_eq!(channels, vec![("only-1".into(), 1), ("only-2".into(), 2), ("only-3".into(), 3), ("shared".into(), 3)]);
+    assert_eq!(
+        channels,
+        vec![
+            ("only-1".into(), 1),
+            ("only-2".into(), 2),
+            ("only-3".into(), 3),
+            ("shared".into(), 3)
+        ]
+    );
 }
 
 async fn query_fails_rather_than_undercount<E: Env>(env: &E) {
     // node_timeout well above request_timeout: the silent node is still live when the query gives up.
-    let opts = ClusterOptions { node_timeout: Duration::from_millis(1000), ..fast() };
+    let opts = ClusterOptions {
+        node_timeout: Duration::from_millis(1000),
+        ..fast()
+    };
     let nodes = cluster(env, 3, &opts).await;
     nodes[2].0.halt(); // still "live" for node_timeout, but no longer answers
-    let r = nodes[0].0.query(ClusterQuery::ConnectionCount { app_id: "app".into() }).await;
-    assert!(matches!(r, Err(AdapterError::Timeout { missing: 1 })), "{r:?}");
+    let r = nodes[0]
+        .0
+        .query(ClusterQuery::ConnectionCount {
+            app_id: "app".into(),
+        })
+        .await;
+    assert!(
+        matches!(r, Err(AdapterError::Timeout { missing: 1 })),
+        "{r:?}"
+    );
     assert_eq!(nodes[0].0.stats().query_timeouts, 1);
     // Once it is declared dead, queries succeed without it.
-    assert!(eventually(Duration::from_secs(3), || nodes[0].0.live_nodes() == vec!["n1".to_owned()]).await);
-    let n = nodes[0].0.query(ClusterQuery::ConnectionCount { app_id: "app".into() }).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || nodes[0].0.live_nodes()
+            == vec!["n1".to_owned()])
+        .await
+    );
+    let n = nodes[0]
+        .0
+        .query(ClusterQuery::ConnectionCount {
+            app_id: "app".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(n.count(), 1 + 2);
 }
 
@@ -231,19 +348,49 @@ async fn dead_node_is_swept_once<E: Env>(env: &E) {
     assert!(c.presence_join(pjoin(ch, "only-c")).await.unwrap().first);
     assert!(c.presence_join(pjoin(ch, "only-c-2")).await.unwrap().first);
     assert!(c.presence_join(pjoin(ch, "shared")).await.unwrap().first);
-    assert!(!nodes[0].0.presence_join(pjoin(ch, "shared")).await.unwrap().first);
+    assert!(
+        !nodes[0]
+            .0
+            .presence_join(pjoin(ch, "shared"))
+            .await
+            .unwrap()
+            .first
+    );
     drop(c); // the last handle: its tasks are aborted, it stops heartbeating
     let survivors = nodes.clone();
-    let removed_total = || survivors.iter().map(|(_, r)| r.removed.lock().len()).sum::<usize>();
-    assert!(eventually(Duration::from_secs(3), || removed_total() >= 2).await, "the dead node was not swept");
+    let removed_total = || {
+        survivors
+            .iter()
+            .map(|(_, r)| r.removed.lock().len())
+            .sum::<usize>()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || removed_total() >= 2).await,
+        "the dead node was not swept"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await; // let every survivor run its sweep
     let mut users: Vec<String> = nodes.iter().flat_map(|(_, r)| r.removed_users()).collect();
     users.sort();
-    assert_eq!(users, vec!["only-c".to_owned(), "only-c-2".to_owned()], "each removal is reported once, across survivors");
-    let members: Vec<String> = nodes[1].0.presence_members("app", ch).await.unwrap().into_iter().map(|m| m.user_id).collect();
+    assert_eq!(
+        users,
+        vec!["only-c".to_owned(), "only-c-2".to_owned()],
+        "each removal is reported once, across survivors"
+    );
+    let members: Vec<String> = nodes[1]
+        .0
+        .presence_members("app", ch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
     assert_eq!(members, vec!["shared".to_owned()]);
     for (a, _) in &nodes {
-        assert!(!a.live_nodes().contains(&"n2".to_owned()), "{} still thinks n2 is live", a.node_id());
+        assert!(
+            !a.live_nodes().contains(&"n2".to_owned()),
+            "{} still thinks n2 is live",
+            a.node_id()
+        );
     }
 }
 
@@ -257,17 +404,46 @@ async fn leave_cluster_sweeps_at_once<E: Env>(env: &E) {
     nodes[0].0.presence_join(pjoin(ch, "shared")).await.unwrap();
     let removed = c.leave_cluster().await.unwrap();
     let seq = removed.first().map_or(0, |r| r.seq);
-    assert!(seq > 0, "a removal takes a presence sequence number: {removed:?}");
-    assert_eq!(removed, vec![RemovedMember { app_id: "app".into(), channel: ch.into(), user_id: "only-c".into(), seq }]);
-    assert!(c.leave_cluster().await.unwrap().is_empty(), "leaving twice removes nothing more");
-    assert!(c.presence_join(pjoin(ch, "late")).await.is_err(), "no presence after leaving");
+    assert!(
+        seq > 0,
+        "a removal takes a presence sequence number: {removed:?}"
+    );
+    assert_eq!(
+        removed,
+        vec![RemovedMember {
+            app_id: "app".into(),
+            channel: ch.into(),
+            user_id: "only-c".into(),
+            seq
+        }]
+    );
+    assert!(
+        c.leave_cluster().await.unwrap().is_empty(),
+        "leaving twice removes nothing more"
+    );
+    assert!(
+        c.presence_join(pjoin(ch, "late")).await.is_err(),
+        "no presence after leaving"
+    );
     // Peers forget it long before node_timeout.
     let peers = nodes.clone();
-    assert!(eventually(Duration::from_millis(250), || peers.iter().all(|(a, _)| a.live_nodes() == vec![if a.node_id() == "n0" { "n1" } else { "n0" }.to_owned()])).await);
+    assert!(
+        eventually(Duration::from_millis(250), || peers.iter().all(|(a, _)| a
+            .live_nodes()
+            == vec![if a.node_id() == "n0" { "n1" } else { "n0" }.to_owned()]))
+        .await
+    );
     // And nobody announces its members again.
     tokio::time::sleep(opts.node_timeout * 2).await;
     assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
-    let members: Vec<String> = nodes[0].0.presence_members("app", ch).await.unwrap().into_iter().map(|m| m.user_id).collect();
+    let members: Vec<String> = nodes[0]
+        .0
+        .presence_members("app", ch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
     assert_eq!(members, vec!["shared".to_owned()]);
     drop(c);
 }
@@ -278,30 +454,66 @@ async fn restart_under_same_id_announces_stale_members<E: Env>(env: &E) {
     let ch = "presence-restart";
     nodes[1].0.presence_join(pjoin(ch, "ghost")).await.unwrap();
     nodes[1].0.halt(); // crash…
-    // … and come back at once under the same id, before anyone times it out.
+                       // … and come back at once under the same id, before anyone times it out.
     let (again, r) = node(env, "n1", &opts, 2).await;
-    assert!(eventually(Duration::from_secs(2), || r.removed_users() == vec!["ghost".to_owned()]).await);
+    assert!(
+        eventually(Duration::from_secs(2), || r.removed_users()
+            == vec!["ghost".to_owned()])
+        .await
+    );
     assert!(again.presence_members("app", ch).await.unwrap().is_empty());
     tokio::time::sleep(opts.node_timeout * 2).await;
-    assert!(nodes[0].1.removed.lock().is_empty(), "the restarted node kept heartbeating: nobody else sweeps");
+    assert!(
+        nodes[0].1.removed.lock().is_empty(),
+        "the restarted node kept heartbeating: nobody else sweeps"
+    );
 }
 
 async fn nothing_before_attach<E: Env>(env: &E) {
     let opts = fast();
-    let a = ClusterAdapter::start("solo", env.transport().await, env.presence(), opts.clone()).await.unwrap();
-    assert!(matches!(a.publish(msg("c", "x")).await, Err(AdapterError::NotAttached)));
-    assert!(matches!(a.query(ClusterQuery::ConnectionCount { app_id: "app".into() }).await, Err(AdapterError::NotAttached)));
+    let a = ClusterAdapter::start("solo", env.transport().await, env.presence(), opts.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.publish(msg("c", "x")).await,
+        Err(AdapterError::NotAttached)
+    ));
+    assert!(matches!(
+        a.query(ClusterQuery::ConnectionCount {
+            app_id: "app".into()
+        })
+        .await,
+        Err(AdapterError::NotAttached)
+    ));
     let peer = node(env, "peer", &opts, 1).await;
     peer.0.publish(msg("c", "early")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = Recorder::with_connections(5);
     a.attach(r.clone());
     // What arrived before attach waited in the subscription and is delivered now, once.
-    assert!(eventually(Duration::from_secs(2), || r.frames() == vec![Bytes::from_static(b"early")]).await);
-    let bad = ClusterOptions { node_timeout: Duration::from_secs(31), ..fast() };
-    assert!(ClusterAdapter::start("x", env.transport().await, env.presence(), bad).await.is_err());
-    let bad = ClusterOptions { node_timeout: Duration::from_millis(50), ..fast() };
-    assert!(ClusterAdapter::start("x", env.transport().await, env.presence(), bad).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(2), || r.frames()
+            == vec![Bytes::from_static(b"early")])
+        .await
+    );
+    let bad = ClusterOptions {
+        node_timeout: Duration::from_secs(31),
+        ..fast()
+    };
+    assert!(
+        ClusterAdapter::start("x", env.transport().await, env.presence(), bad)
+            .await
+            .is_err()
+    );
+    let bad = ClusterOptions {
+        node_timeout: Duration::from_millis(50),
+        ..fast()
+    };
+    assert!(
+        ClusterAdapter::start("x", env.transport().await, env.presence(), bad)
+            .await
+            .is_err()
+    );
 }
 
 macro_rules! scenarios {
@@ -332,7 +544,10 @@ struct MemoryEnv {
 
 impl MemoryEnv {
     fn new() -> Self {
-        MemoryEnv { hub: MemoryTransport::new(), presence: Arc::new(MemoryPresenceStore::new()) }
+        MemoryEnv {
+            hub: MemoryTransport::new(),
+            presence: Arc::new(MemoryPresenceStore::new()),
+        }
     }
 }
 
@@ -366,9 +581,17 @@ mod memory {
         assert!(nodes[1].0.live_nodes().is_empty());
         t.set_healthy(true);
         assert!(nodes[0].0.is_healthy());
-        assert!(eventually(Duration::from_secs(2), || nodes[1].0.live_nodes() == vec!["n0".to_owned()]).await);
+        assert!(
+            eventually(Duration::from_secs(2), || nodes[1].0.live_nodes()
+                == vec!["n0".to_owned()])
+            .await
+        );
         nodes[0].0.publish(msg("c", "back")).await.unwrap();
-        assert!(eventually(Duration::from_secs(2), || nodes[1].1.frames() == vec![Bytes::from_static(b"back")]).await);
+        assert!(
+            eventually(Duration::from_secs(2), || nodes[1].1.frames()
+                == vec![Bytes::from_static(b"back")])
+            .await
+        );
     }
 }
 
@@ -380,7 +603,9 @@ mod redis_env {
     use std::net::TcpListener;
     use std::process::{Child, Command, Stdio};
 
-    use sockudo_core::adapter::{presence::conformance, RedisPresenceOptions, RedisPresenceStore, RedisTransport};
+    use sockudo_core::adapter::{
+        presence::conformance, RedisPresenceOptions, RedisPresenceStore, RedisTransport,
+    };
 
     use super::*;
 
@@ -393,22 +618,40 @@ mod redis_env {
 
     impl RedisProcess {
         pub fn start() -> Self {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
             Self::on_port(port)
         }
 
         pub fn on_port(port: u16) -> Self {
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
-            let p = RedisProcess { port, child: Some(child) };
+            let p = RedisProcess {
+                port,
+                child: Some(child),
+            };
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !p.answers_ping() {
-                assert!(std::time::Instant::now() < deadline, "redis-server did not start on {port}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start on {port}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             p
@@ -420,10 +663,14 @@ mod redis_env {
 
         fn answers_ping(&self) -> bool {
             use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+                return false;
+            };
             let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
             let mut reply = [0u8; 7];
-            s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+            s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
         }
 
         pub fn kill(&mut self) {
@@ -471,18 +718,34 @@ mod redis_env {
         let env = RedisEnv::new().await;
         conformance::run_all(env.presence.as_ref(), "a").await;
         // Another prefix on the same server is another namespace.
-        let other = RedisPresenceStore::connect_with(&env.server.url(), RedisPresenceOptions { prefix: "other".into(), ..Default::default() })
-            .await
-            .unwrap();
+        let other = RedisPresenceStore::connect_with(
+            &env.server.url(),
+            RedisPresenceOptions {
+                prefix: "other".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         conformance::run_all(&other, "a").await;
-        assert!(env.presence.nodes().await.unwrap().is_empty(), "sweeps leave no node behind");
+        assert!(
+            env.presence.nodes().await.unwrap().is_empty(),
+            "sweeps leave no node behind"
+        );
         // Nothing is left in Redis but the channels' presence sequence numbers, which must
         // outlive their members (a restarted sequence would make fresh member events look
         // stale) and so expire instead.
         let client = redis::Client::open(env.server.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
-        assert!(keys.iter().all(|k| k.ends_with(":seq")), "left behind: {keys:?}");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(
+            keys.iter().all(|k| k.ends_with(":seq")),
+            "left behind: {keys:?}"
+        );
         for k in &keys {
             let ttl: i64 = redis::cmd("TTL").arg(k).query_async(&mut c).await.unwrap();
             assert!(ttl > 0, "{k} never expires");
@@ -498,10 +761,12 @@ mod redis_env {
             let user = format!("u{i}");
             store.join("dead", pjoin(&ch, &user)).await.unwrap();
         }
-        let sweeps: Vec<_> = (0..4).map(|_| {
-            let s = store.clone();
-            tokio::spawn(async move { s.sweep_node("dead").await.unwrap() })
-        }).collect();
+        let sweeps: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.sweep_node("dead").await.unwrap() })
+            })
+            .collect();
         let mut users = Vec::new();
         for s in sweeps {
             users.extend(s.await.unwrap().into_iter().map(|r| r.user_id));
@@ -531,9 +796,22 @@ mod redis_env {
         let _: i64 = infos.query_async(&mut c).await.unwrap();
         let m = env.presence.members("app", "presence-big").await.unwrap();
         assert_eq!(m.len(), 9_000);
-        assert_eq!((m[0].user_id.as_str(), m[0].info.as_deref()), ("u00000", Some("{}")));
+        assert_eq!(
+            (m[0].user_id.as_str(), m[0].info.as_deref()),
+            ("u00000", Some("{}"))
+        );
         assert_eq!(m[1].info, None);
-        let o = env.presence.join("n", PresenceJoin { max_members: 10_000, ..pjoin("presence-big", "late") }).await.unwrap();
+        let o = env
+            .presence
+            .join(
+                "n",
+                PresenceJoin {
+                    max_members: 10_000,
+                    ..pjoin("presence-big", "late")
+                },
+            )
+            .await
+            .unwrap();
         assert!(o.first && !o.full);
         assert_eq!(o.members.len(), 9_001);
     }
@@ -542,21 +820,45 @@ mod redis_env {
     async fn orphaned_node_is_swept() {
         let env = RedisEnv::new().await;
         // A node that died before anyone here started: only the store remembers it.
-        env.presence.join("ghost-node", pjoin("presence-o", "ghost")).await.unwrap();
+        env.presence
+            .join("ghost-node", pjoin("presence-o", "ghost"))
+            .await
+            .unwrap();
         let nodes = cluster(&env, 2, &fast()).await;
         let all = nodes.clone();
         // Two consecutive checks, node_timeout apart, after node_timeout of uptime.
-        assert!(eventually(Duration::from_secs(4), || all.iter().map(|(_, r)| r.removed.lock().len()).sum::<usize>() == 1).await);
-        assert!(env.presence.members("app", "presence-o").await.unwrap().is_empty());
+        assert!(
+            eventually(Duration::from_secs(4), || all
+                .iter()
+                .map(|(_, r)| r.removed.lock().len())
+                .sum::<usize>()
+                == 1)
+            .await
+        );
+        assert!(env
+            .presence
+            .members("app", "presence-o")
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(env.presence.nodes().await.unwrap(), Vec::<String>::new());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn connect_fails_when_redis_is_down() {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         let url = format!("redis://127.0.0.1:{port}");
-        assert!(matches!(RedisTransport::connect(&url).await, Err(AdapterError::Unavailable(_))));
-        assert!(matches!(RedisPresenceStore::connect(&url).await, Err(AdapterError::Unavailable(_))));
+        assert!(matches!(
+            RedisTransport::connect(&url).await,
+            Err(AdapterError::Unavailable(_))
+        ));
+        assert!(matches!(
+            RedisPresenceStore::connect(&url).await,
+            Err(AdapterError::Unavailable(_))
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -566,29 +868,54 @@ mod redis_env {
         let nodes = cluster(&env, 2, &fast()).await;
         env.server.kill();
         let a = nodes[0].0.clone();
-        assert!(eventually(Duration::from_secs(3), || !a.is_healthy()).await, "outage not visible");
+        assert!(
+            eventually(Duration::from_secs(3), || !a.is_healthy()).await,
+            "outage not visible"
+        );
         let started = std::time::Instant::now();
         assert!(a.publish(msg("c", "lost")).await.is_err());
-        assert!(started.elapsed() < Duration::from_millis(1500), "publish took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "publish took {:?}",
+            started.elapsed()
+        );
         // Longer than node_timeout: nobody may be declared dead for a transport outage.
         tokio::time::sleep(Duration::from_millis(800)).await;
         env.server = RedisProcess::on_port(port);
-        assert!(eventually(Duration::from_secs(6), || nodes.iter().all(|(a, _)| a.is_healthy())).await, "health did not return");
+        assert!(
+            eventually(Duration::from_secs(6), || nodes
+                .iter()
+                .all(|(a, _)| a.is_healthy()))
+            .await,
+            "health did not return"
+        );
         // The subscription resumed by itself: a publish after the restart arrives.
         let b = nodes[1].clone();
         let mut delivered = false;
         for i in 0..50 {
             // The subscriber may re-subscribe a little after the publisher reconnects.
             let _ = a.publish(msg("c", format!("back-{i}"))).await;
-            if eventually(Duration::from_millis(100), || !b.1.delivered.lock().is_empty()).await {
+            if eventually(Duration::from_millis(100), || {
+                !b.1.delivered.lock().is_empty()
+            })
+            .await
+            {
                 delivered = true;
                 break;
             }
         }
         assert!(delivered, "no message after the restart");
-        assert!(eventually(Duration::from_secs(3), || nodes.iter().all(|(a, _)| a.live_nodes().len() == 1)).await);
+        assert!(
+            eventually(Duration::from_secs(3), || nodes
+                .iter()
+                .all(|(a, _)| a.live_nodes().len() == 1))
+            .await
+        );
         assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
         let t = a.transport();
-        assert!(t.connections() >= 2, "the pub/sub connection was re-established");
+        assert!(
+            t.connections() >= 2,
+            "the pub/sub connection was re-established"
+        );
     }
 }

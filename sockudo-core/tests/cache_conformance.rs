@@ -30,23 +30,27 @@ macro_rules! conformance_tests {
 
 macro_rules! all_checks {
     ($backend:ident, $make:expr) => {
-        conformance_tests!($backend, $make, [
-            ping_answers,
-            get_set_overwrite,
-            ttl_expiry_is_visible,
-            set_replaces_ttl,
-            set_if_absent_basic,
-            set_if_absent_one_winner,
-            set_if_absent_after_expiry,
-            delete_reports_live_value,
-            increment_from_absent,
-            increment_concurrent,
-            increment_ttl_only_at_creation,
-            increment_not_an_integer,
-            compare_and_swap_semantics,
-            compare_and_swap_one_winner,
-            keys_isolated,
-        ]);
+        conformance_tests!(
+            $backend,
+            $make,
+            [
+                ping_answers,
+                get_set_overwrite,
+                ttl_expiry_is_visible,
+                set_replaces_ttl,
+                set_if_absent_basic,
+                set_if_absent_one_winner,
+                set_if_absent_after_expiry,
+                delete_reports_live_value,
+                increment_from_absent,
+                increment_concurrent,
+                increment_ttl_only_at_creation,
+                increment_not_an_integer,
+                compare_and_swap_semantics,
+                compare_and_swap_one_winner,
+                keys_isolated,
+            ]
+        );
     };
 }
 
@@ -88,13 +92,25 @@ mod redis_support {
         /// Start on `port` and wait until it answers `PING`.
         pub fn start_on(port: u16) -> Self {
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start redis-server (must be on PATH): {e}"));
-            let server = RedisServer { port, child: Some(child) };
+            let server = RedisServer {
+                port,
+                child: Some(child),
+            };
             server.wait_ready();
             server
         }
@@ -109,7 +125,11 @@ mod redis_support {
                 if ping_blocking(self.port) {
                     return;
                 }
-                assert!(std::time::Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server on port {} did not start",
+                    self.port
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -132,7 +152,9 @@ mod redis_support {
     /// A raw RESP `PING` over a fresh TCP connection.
     fn ping_blocking(port: u16) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -178,11 +200,18 @@ mod redis_specific {
     #[tokio::test]
     async fn connect_fails_promptly_when_redis_is_down() {
         let port = free_port(); // nothing listens there
-        let options = RedisCacheOptions { connect_timeout: Duration::from_millis(500), ..Default::default() };
+        let options = RedisCacheOptions {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
         let started = Instant::now();
         let r = RedisCache::connect_with(&format!("redis://127.0.0.1:{port}"), options).await;
         assert!(matches!(r, Err(CacheError::Unavailable(_))), "{r:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "connect took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "connect took {:?}",
+            started.elapsed()
+        );
         let r = RedisCache::connect("not a url", "p:").await;
         assert!(matches!(r, Err(CacheError::Unavailable(_))), "{r:?}");
     }
@@ -193,14 +222,23 @@ mod redis_specific {
         let cache = RedisCache::connect(&server.url(), "myapp:").await.unwrap();
         assert_eq!(cache.prefix(), "myapp:");
         assert_eq!(cache.redis_key("rl:1"), "myapp:{rl:1}");
-        cache.set("rl:1", Bytes::from_static(b"v"), None).await.unwrap();
+        cache
+            .set("rl:1", Bytes::from_static(b"v"), None)
+            .await
+            .unwrap();
         // The raw key is visible to other Redis clients under the documented name.
         let client = redis::Client::open(server.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let raw: Option<Vec<u8>> = redis::cmd("GET").arg("myapp:{rl:1}").query_async(&mut conn).await.unwrap();
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg("myapp:{rl:1}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(raw.as_deref(), Some(&b"v"[..]));
         // Another prefix is another namespace.
-        let other = RedisCache::connect(&server.url(), RedisCache::DEFAULT_PREFIX).await.unwrap();
+        let other = RedisCache::connect(&server.url(), RedisCache::DEFAULT_PREFIX)
+            .await
+            .unwrap();
         assert_eq!(other.get("rl:1").await.unwrap(), None);
     }
 
@@ -209,21 +247,56 @@ mod redis_specific {
         let mut server = RedisServer::start();
         let port = server.port;
         let timeout = Duration::from_millis(500);
-        let cache: Arc<dyn Cache> =
-            Arc::new(redis_cache(&server, RedisCacheOptions { operation_timeout: timeout, ..Default::default() }).await);
-        cache.set("k", Bytes::from_static(b"before"), None).await.unwrap();
-        assert_eq!(cache.get("k").await.unwrap(), Some(Bytes::from_static(b"before")));
+        let cache: Arc<dyn Cache> = Arc::new(
+            redis_cache(
+                &server,
+                RedisCacheOptions {
+                    operation_timeout: timeout,
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+        cache
+            .set("k", Bytes::from_static(b"before"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("k").await.unwrap(),
+            Some(Bytes::from_static(b"before"))
+        );
 
         server.stop();
         // Every operation fails (never a false "absent") and none outlives the timeout by much.
         let bound = timeout + Duration::from_secs(1);
         for _ in 0..2 {
             for (name, fut) in [
-                ("get", Box::pin(async { cache.get("k").await.map(|_| ()) }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>),
-                ("set", Box::pin(async { cache.set("k", Bytes::from_static(b"x"), None).await })),
-                ("set_if_absent", Box::pin(async { cache.set_if_absent("k2", Bytes::from_static(b"x"), None).await.map(|_| ()) })),
-                ("increment", Box::pin(async { cache.increment("n", 1, None).await.map(|_| ()) })),
-                ("delete", Box::pin(async { cache.delete("k").await.map(|_| ()) })),
+                (
+                    "get",
+                    Box::pin(async { cache.get("k").await.map(|_| ()) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>,
+                ),
+                (
+                    "set",
+                    Box::pin(async { cache.set("k", Bytes::from_static(b"x"), None).await }),
+                ),
+                (
+                    "set_if_absent",
+                    Box::pin(async {
+                        cache
+                            .set_if_absent("k2", Bytes::from_static(b"x"), None)
+                            .await
+                            .map(|_| ())
+                    }),
+                ),
+                (
+                    "increment",
+                    Box::pin(async { cache.increment("n", 1, None).await.map(|_| ()) }),
+                ),
+                (
+                    "delete",
+                    Box::pin(async { cache.delete("k").await.map(|_| ()) }),
+                ),
                 ("ping", Box::pin(async { cache.ping().await })),
             ] {
                 let started = Instant::now();
@@ -231,8 +304,14 @@ mod redis_specific {
                 let r = tokio::time::timeout(Duration::from_secs(10), fut).await;
                 let elapsed = started.elapsed();
                 let r = r.unwrap_or_else(|_| panic!("{name} hung while redis was down"));
-                assert!(matches!(r, Err(CacheError::Unavailable(_))), "{name} while redis is down: {r:?}");
-                assert!(elapsed < bound, "{name} took {elapsed:?} while redis was down (timeout {timeout:?})");
+                assert!(
+                    matches!(r, Err(CacheError::Unavailable(_))),
+                    "{name} while redis is down: {r:?}"
+                );
+                assert!(
+                    elapsed < bound,
+                    "{name} took {elapsed:?} while redis was down (timeout {timeout:?})"
+                );
             }
         }
 
@@ -240,16 +319,34 @@ mod redis_specific {
         let _server = RedisServer::start_on(port);
         let deadline = Instant::now() + Duration::from_secs(15);
         while cache.ping().await.is_err() {
-            assert!(Instant::now() < deadline, "the cache did not reconnect after redis restarted");
+            assert!(
+                Instant::now() < deadline,
+                "the cache did not reconnect after redis restarted"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // The restarted server is empty (no persistence); everything works again.
         assert_eq!(cache.get("k").await.unwrap(), None);
-        cache.set("k", Bytes::from_static(b"after"), None).await.unwrap();
-        assert_eq!(cache.get("k").await.unwrap(), Some(Bytes::from_static(b"after")));
-        assert!(cache.set_if_absent("k2", Bytes::from_static(b"x"), None).await.unwrap());
+        cache
+            .set("k", Bytes::from_static(b"after"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("k").await.unwrap(),
+            Some(Bytes::from_static(b"after"))
+        );
+        assert!(cache
+            .set_if_absent("k2", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap());
         // The increment script was flushed with the server; it is loaded again transparently.
-        assert_eq!(cache.increment("n", 2, Some(Duration::from_secs(5))).await.unwrap(), 2);
+        assert_eq!(
+            cache
+                .increment("n", 2, Some(Duration::from_secs(5)))
+                .await
+                .unwrap(),
+            2
+        );
         assert!(cache.delete("k").await.unwrap());
     }
 }

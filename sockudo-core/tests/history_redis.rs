@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sockudo_core::history::{conformance, HistoryError, HistoryStore, RedisHistoryStore, Retention};
+use sockudo_core::history::{
+    conformance, HistoryError, HistoryStore, RedisHistoryStore, Retention,
+};
 
 /// A `redis-server` on a loopback port without persistence, killed on drop.
 #[derive(Debug)]
@@ -20,7 +22,11 @@ struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
@@ -30,15 +36,30 @@ impl RedisServer {
 
     fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed to run these tests");
-        let server = RedisServer { port, child: Some(child) };
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
@@ -76,7 +97,11 @@ impl Drop for RedisServer {
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn store(server: &RedisServer, retention: Retention) -> Arc<dyn HistoryStore> {
-    Arc::new(RedisHistoryStore::connect(&server.url(), "t:", retention, OP_TIMEOUT).await.unwrap())
+    Arc::new(
+        RedisHistoryStore::connect(&server.url(), "t:", retention, OP_TIMEOUT)
+            .await
+            .unwrap(),
+    )
 }
 
 fn frame(sid: &str, serial: u64) -> Bytes {
@@ -123,7 +148,10 @@ async fn flushall_starts_a_new_stream() {
     assert_eq!((d.serial, d.duplicate), (1, false));
     // A message id seen before the flush is new again.
     let c = append(s.as_ref(), "c", "1").await;
-    assert_eq!((c.stream_id.as_str(), c.serial, c.duplicate), (head.stream_id.as_str(), 1, false));
+    assert_eq!(
+        (c.stream_id.as_str(), c.serial, c.duplicate),
+        (head.stream_id.as_str(), 1, false)
+    );
     let page = s.read_after("app", "d", 0, 10).await.unwrap();
     assert_eq!(page.messages.len(), 1);
     assert_eq!(page.messages[0].frame, frame(&d.stream_id, 1));
@@ -132,7 +160,9 @@ async fn flushall_starts_a_new_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_loss_starts_a_new_stream() {
     let server = RedisServer::start();
-    let redis = RedisHistoryStore::connect(&server.url(), "t:", Retention::default(), OP_TIMEOUT).await.unwrap();
+    let redis = RedisHistoryStore::connect(&server.url(), "t:", Retention::default(), OP_TIMEOUT)
+        .await
+        .unwrap();
     let keys = redis.keys("app", "c");
     let s: Arc<dyn HistoryStore> = Arc::new(redis);
 
@@ -142,10 +172,16 @@ async fn partial_loss_starts_a_new_stream() {
     server.cmd(&["DEL", &keys.meta]).await;
     let page = s.read_after("app", "c", 0, 10).await.unwrap();
     assert_ne!(page.stream_id, a.stream_id);
-    assert!(page.messages.is_empty(), "the old generation's entries are gone");
+    assert!(
+        page.messages.is_empty(),
+        "the old generation's entries are gone"
+    );
     assert_eq!(page.newest_serial, 0);
     let b = append(s.as_ref(), "c", "3").await;
-    assert_eq!((b.stream_id.as_str(), b.serial), (page.stream_id.as_str(), 1));
+    assert_eq!(
+        (b.stream_id.as_str(), b.serial),
+        (page.stream_id.as_str(), 1)
+    );
 
     // Stream lost, meta still there.
     append(s.as_ref(), "c", "4").await;
@@ -175,11 +211,17 @@ async fn partial_loss_starts_a_new_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_sharing_redis_get_contiguous_serials() {
     let server = RedisServer::start();
-    let nodes = [store(&server, Retention::default()).await, store(&server, Retention::default()).await, store(&server, Retention::default()).await];
+    let nodes = [
+        store(&server, Retention::default()).await,
+        store(&server, Retention::default()).await,
+        store(&server, Retention::default()).await,
+    ];
     let mut tasks = Vec::new();
     for i in 0..60 {
         let node = Arc::clone(&nodes[i % 3]);
-        tasks.push(tokio::spawn(async move { append(node.as_ref(), "shared", &format!("m{i}")).await }));
+        tasks.push(tokio::spawn(async move {
+            append(node.as_ref(), "shared", &format!("m{i}")).await
+        }));
     }
     let mut serials = Vec::new();
     for t in tasks {
@@ -190,7 +232,10 @@ async fn nodes_sharing_redis_get_contiguous_serials() {
     // Every node sees the same contiguous stream.
     for node in &nodes {
         let page = node.read_after("app", "shared", 0, 100).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.serial).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+        assert_eq!(
+            page.messages.iter().map(|m| m.serial).collect::<Vec<_>>(),
+            (1..=60).collect::<Vec<_>>()
+        );
         for m in &page.messages {
             assert_eq!(m.frame, frame(&page.stream_id, m.serial));
         }
@@ -201,7 +246,10 @@ async fn nodes_sharing_redis_get_contiguous_serials() {
 }
 
 fn assert_unavailable<T: std::fmt::Debug>(r: Result<T, HistoryError>) {
-    assert!(matches!(r, Err(HistoryError::Unavailable(_))), "expected Unavailable, got {r:?}");
+    assert!(
+        matches!(r, Err(HistoryError::Unavailable(_))),
+        "expected Unavailable, got {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +272,9 @@ async fn stopped_redis_is_unavailable_promptly() {
     }
     // Connecting to a dead server fails within the timeout too.
     let t = Instant::now();
-    assert_unavailable(RedisHistoryStore::connect(&server.url(), "t:", Retention::default(), OP_TIMEOUT).await);
+    assert_unavailable(
+        RedisHistoryStore::connect(&server.url(), "t:", Retention::default(), OP_TIMEOUT).await,
+    );
     assert!(t.elapsed() < bound);
 }
 
@@ -241,7 +291,9 @@ async fn restarted_redis_without_persistence_means_a_new_stream() {
     let b = loop {
         match s.append("app", "c", "2", WINDOW, &frame).await {
             Ok(b) => break b,
-            Err(HistoryError::Unavailable(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(HistoryError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Err(e) => panic!("no reconnection: {e}"),
         }
     };

@@ -34,22 +34,26 @@ macro_rules! conformance_tests {
 
 macro_rules! all_checks {
     ($backend:ident, $make:expr) => {
-        conformance_tests!($backend, $make, [
-            ping_answers,
-            enqueue_claim_ack,
-            claim_respects_max,
-            delay_is_respected,
-            leased_job_is_invisible,
-            expired_lease_is_redelivered,
-            nack_retries_after_delay,
-            nack_dead_letters_at_max_attempts,
-            nack_zero_max_dead_letters_at_once,
-            ack_and_nack_unknown,
-            stats_depth_and_oldest_age,
-            concurrent_claims_never_share_a_job,
-            queues_isolated,
-            payload_bytes_round_trip,
-        ]);
+        conformance_tests!(
+            $backend,
+            $make,
+            [
+                ping_answers,
+                enqueue_claim_ack,
+                claim_respects_max,
+                delay_is_respected,
+                leased_job_is_invisible,
+                expired_lease_is_redelivered,
+                nack_retries_after_delay,
+                nack_dead_letters_at_max_attempts,
+                nack_zero_max_dead_letters_at_once,
+                ack_and_nack_unknown,
+                stats_depth_and_oldest_age,
+                concurrent_claims_never_share_a_job,
+                queues_isolated,
+                payload_bytes_round_trip,
+            ]
+        );
     };
 }
 
@@ -66,12 +70,19 @@ async fn memory_dead_letter_store_is_bounded() {
     use std::time::Duration;
     let q = MemoryQueue::with_dead_letter_cap(2);
     for i in 0..3 {
-        let id = q.enqueue("q", Bytes::from(vec![i]), Duration::ZERO).await.unwrap();
+        let id = q
+            .enqueue("q", Bytes::from(vec![i]), Duration::ZERO)
+            .await
+            .unwrap();
         q.claim("q", "c", Duration::from_secs(60), 1).await.unwrap();
         q.nack("q", &id, Duration::ZERO, 1).await.unwrap();
     }
     let dead = q.dead_letters("q", 10).await.unwrap();
-    assert_eq!(dead.iter().map(|j| j.payload[0]).collect::<Vec<_>>(), vec![2, 1], "oldest dropped first");
+    assert_eq!(
+        dead.iter().map(|j| j.payload[0]).collect::<Vec<_>>(),
+        vec![2, 1],
+        "oldest dropped first"
+    );
 }
 
 #[cfg(feature = "redis")]
@@ -99,16 +110,31 @@ mod redis_support {
         pub fn start() -> Self {
             let port = free_port();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be on PATH");
-            let server = RedisServer { port, child: Some(child) };
+            let server = RedisServer {
+                port,
+                child: Some(child),
+            };
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !ping_blocking(port) {
-                assert!(std::time::Instant::now() < deadline, "redis-server on port {port} did not start");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server on port {port} did not start"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             server
@@ -130,7 +156,9 @@ mod redis_support {
 
     fn ping_blocking(port: u16) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -141,7 +169,9 @@ mod redis_support {
 
     pub async fn fresh() -> (Arc<dyn Queue>, RedisServer) {
         let server = RedisServer::start();
-        let q = RedisQueue::connect_with(&server.url(), RedisQueueOptions::default()).await.unwrap();
+        let q = RedisQueue::connect_with(&server.url(), RedisQueueOptions::default())
+            .await
+            .unwrap();
         (Arc::new(q), server)
     }
 }
@@ -167,7 +197,10 @@ mod redis_specific {
     #[tokio::test]
     async fn connect_fails_promptly_when_redis_is_down() {
         let port = free_port();
-        let options = RedisQueueOptions { connect_timeout: Duration::from_millis(500), ..Default::default() };
+        let options = RedisQueueOptions {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
         let started = Instant::now();
         let r = RedisQueue::connect_with(&format!("redis://127.0.0.1:{port}"), options).await;
         assert!(matches!(r, Err(QueueError::Unavailable(_))), "{r:?}");
@@ -181,12 +214,28 @@ mod redis_specific {
         let server = RedisServer::start();
         let a = RedisQueue::connect(&server.url()).await.unwrap();
         let b = RedisQueue::connect(&server.url()).await.unwrap();
-        let id = a.enqueue("hooks", Bytes::from_static(b"job"), Duration::ZERO).await.unwrap();
-        assert_eq!(a.claim("hooks", "node-a", Duration::from_millis(200), 10).await.unwrap().len(), 1);
+        let id = a
+            .enqueue("hooks", Bytes::from_static(b"job"), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.claim("hooks", "node-a", Duration::from_millis(200), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         drop(a); // node-a dies holding the lease
-        assert!(b.claim("hooks", "node-b", Duration::from_secs(30), 10).await.unwrap().is_empty());
+        assert!(b
+            .claim("hooks", "node-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let jobs = b.claim("hooks", "node-b", Duration::from_secs(30), 10).await.unwrap();
+        let jobs = b
+            .claim("hooks", "node-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!((jobs[0].id.clone(), jobs[0].attempts), (id.clone(), 2));
         assert!(b.ack("hooks", &id).await.unwrap());
@@ -195,18 +244,36 @@ mod redis_specific {
     #[tokio::test]
     async fn dead_letter_store_is_bounded_and_keys_are_documented() {
         let server = RedisServer::start();
-        let q = RedisQueue::connect_with(&server.url(), RedisQueueOptions { dead_letter_cap: 2, ..Default::default() }).await.unwrap();
+        let q = RedisQueue::connect_with(
+            &server.url(),
+            RedisQueueOptions {
+                dead_letter_cap: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         for i in 0..3u8 {
-            let id = q.enqueue("q", Bytes::from(vec![i]), Duration::ZERO).await.unwrap();
+            let id = q
+                .enqueue("q", Bytes::from(vec![i]), Duration::ZERO)
+                .await
+                .unwrap();
             q.claim("q", "c", Duration::from_secs(60), 1).await.unwrap();
             q.nack("q", &id, Duration::ZERO, 1).await.unwrap();
         }
         let dead = q.dead_letters("q", 10).await.unwrap();
-        assert_eq!(dead.iter().map(|j| j.payload[0]).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            dead.iter().map(|j| j.payload[0]).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
         assert_eq!(q.redis_key("q", "ready"), "sockudo:queue:{q}:ready");
         let client = redis::Client::open(server.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let n: i64 = redis::cmd("HLEN").arg("sockudo:queue:{q}:dead:jobs").query_async(&mut conn).await.unwrap();
+        let n: i64 = redis::cmd("HLEN")
+            .arg("sockudo:queue:{q}:dead:jobs")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(n, 2, "evicted dead letters take their data with them");
     }
 
@@ -214,7 +281,15 @@ mod redis_specific {
     async fn errors_when_redis_goes_away() {
         let mut server = Some(RedisServer::start());
         let url = server.as_ref().map(RedisServer::url).unwrap();
-        let q = RedisQueue::connect_with(&url, RedisQueueOptions { operation_timeout: Duration::from_millis(500), ..Default::default() }).await.unwrap();
+        let q = RedisQueue::connect_with(
+            &url,
+            RedisQueueOptions {
+                operation_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         server.take();
         let started = Instant::now();
         let r = q.enqueue("q", Bytes::new(), Duration::ZERO).await;

@@ -10,11 +10,18 @@ use sockudo_core::app::App;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid value for {name}: {value:?} ({expected})")]
-    InvalidEnv { name: &'static str, value: String, expected: &'static str },
+    InvalidEnv {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -49,7 +56,12 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { prefix: "sockudo".into(), heartbeat_interval_ms: 2000, node_timeout_ms: 10_000, request_timeout_ms: 2000 }
+        ClusterSection {
+            prefix: "sockudo".into(),
+            heartbeat_interval_ms: 2000,
+            node_timeout_ms: 10_000,
+            request_timeout_ms: 2000,
+        }
     }
 }
 
@@ -150,14 +162,28 @@ impl Default for NodeSettings {
             webhook_batch_ms: 250,
             webhook_delay_secs: 3,
             webhook_timeout_secs: 5,
-            adapter: DriverSection { driver: "local".into() },
-            cache: DriverSection { driver: "memory".into() },
-            queue: DriverSection { driver: "memory".into() },
-            history: DriverSection { driver: "memory".into() },
-            app_manager: DriverSection { driver: "static".into() },
-            redis: UrlSection { url: "redis://127.0.0.1:6379".into() },
+            adapter: DriverSection {
+                driver: "local".into(),
+            },
+            cache: DriverSection {
+                driver: "memory".into(),
+            },
+            queue: DriverSection {
+                driver: "memory".into(),
+            },
+            history: DriverSection {
+                driver: "memory".into(),
+            },
+            app_manager: DriverSection {
+                driver: "static".into(),
+            },
+            redis: UrlSection {
+                url: "redis://127.0.0.1:6379".into(),
+            },
             cluster: ClusterSection::default(),
-            nats: UrlSection { url: "nats://127.0.0.1:4222".into() },
+            nats: UrlSection {
+                url: "nats://127.0.0.1:4222".into(),
+            },
             database_url: None,
             apps: Vec::new(),
         }
@@ -175,7 +201,10 @@ pub struct CliOverrides {
 impl NodeSettings {
     /// Parse a TOML document.
     pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().replace('\n', " ") })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().replace('\n', " "),
+        })
     }
 
     /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then validate and
@@ -183,7 +212,12 @@ impl NodeSettings {
     pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let mut s = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(Path::new(path)).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(Path::new(path)).map_err(|source| {
+                    ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 Self::from_toml(&text, path)?
             }
             None => NodeSettings::default(),
@@ -247,13 +281,16 @@ impl NodeSettings {
             self.activity_timeout = parse_env("ACTIVITY_TIMEOUT", &v, "whole seconds")?;
         }
         if let Some(v) = get("CLUSTER_HEARTBEAT_INTERVAL_MS") {
-            self.cluster.heartbeat_interval_ms = parse_env("CLUSTER_HEARTBEAT_INTERVAL_MS", &v, "milliseconds")?;
+            self.cluster.heartbeat_interval_ms =
+                parse_env("CLUSTER_HEARTBEAT_INTERVAL_MS", &v, "milliseconds")?;
         }
         if let Some(v) = get("CLUSTER_NODE_TIMEOUT_MS") {
-            self.cluster.node_timeout_ms = parse_env("CLUSTER_NODE_TIMEOUT_MS", &v, "milliseconds")?;
+            self.cluster.node_timeout_ms =
+                parse_env("CLUSTER_NODE_TIMEOUT_MS", &v, "milliseconds")?;
         }
         if let Some(v) = get("CLUSTER_REQUEST_TIMEOUT_MS") {
-            self.cluster.request_timeout_ms = parse_env("CLUSTER_REQUEST_TIMEOUT_MS", &v, "milliseconds")?;
+            self.cluster.request_timeout_ms =
+                parse_env("CLUSTER_REQUEST_TIMEOUT_MS", &v, "milliseconds")?;
         }
         if let Some(v) = get("LOG_FORMAT") {
             self.log_format = v;
@@ -264,23 +301,93 @@ impl NodeSettings {
         let seconds = "whole seconds";
         let count = "a whole number";
         num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
-        num_env(&get, "CACHE_CHANNEL_TTL", seconds, &mut self.cache_channel_ttl)?;
+        num_env(
+            &get,
+            "CACHE_CHANNEL_TTL",
+            seconds,
+            &mut self.cache_channel_ttl,
+        )?;
         num_env(&get, "MAX_FRAME_BYTES", count, &mut self.max_frame_bytes)?;
-        num_env(&get, "OUTBOUND_QUEUE_FRAMES", count, &mut self.outbound_queue_frames)?;
-        num_env(&get, "OUTBOUND_QUEUE_BYTES", count, &mut self.outbound_queue_bytes)?;
-        num_env(&get, "API_RATE_LIMIT_PER_SECOND", count, &mut self.api_rate_limit_per_second)?;
-        num_env(&get, "API_RATE_LIMIT_BURST", count, &mut self.api_rate_limit_burst)?;
+        num_env(
+            &get,
+            "OUTBOUND_QUEUE_FRAMES",
+            count,
+            &mut self.outbound_queue_frames,
+        )?;
+        num_env(
+            &get,
+            "OUTBOUND_QUEUE_BYTES",
+            count,
+            &mut self.outbound_queue_bytes,
+        )?;
+        num_env(
+            &get,
+            "API_RATE_LIMIT_PER_SECOND",
+            count,
+            &mut self.api_rate_limit_per_second,
+        )?;
+        num_env(
+            &get,
+            "API_RATE_LIMIT_BURST",
+            count,
+            &mut self.api_rate_limit_burst,
+        )?;
         num_env(&get, "IDEMPOTENCY_TTL", seconds, &mut self.idempotency_ttl)?;
-        num_env(&get, "HOT_BUFFER_MESSAGES", count, &mut self.hot_buffer_messages)?;
+        num_env(
+            &get,
+            "HOT_BUFFER_MESSAGES",
+            count,
+            &mut self.hot_buffer_messages,
+        )?;
         num_env(&get, "HOT_BUFFER_SECS", seconds, &mut self.hot_buffer_secs)?;
-        num_env(&get, "HISTORY_MAX_MESSAGES", count, &mut self.history_max_messages)?;
-        num_env(&get, "HISTORY_MAX_AGE_SECS", seconds, &mut self.history_max_age_secs)?;
-        num_env(&get, "HISTORY_TIMEOUT_MS", "milliseconds", &mut self.history_timeout_ms)?;
-        num_env(&get, "MESSAGE_DEDUP_SECS", seconds, &mut self.message_dedup_secs)?;
-        num_env(&get, "MESSAGE_DEDUP_CAPACITY", count, &mut self.message_dedup_capacity)?;
-        num_env(&get, "WEBHOOK_BATCH_MS", "milliseconds", &mut self.webhook_batch_ms)?;
-        num_env(&get, "WEBHOOK_DELAY_SECS", seconds, &mut self.webhook_delay_secs)?;
-        num_env(&get, "WEBHOOK_TIMEOUT_SECS", seconds, &mut self.webhook_timeout_secs)?;
+        num_env(
+            &get,
+            "HISTORY_MAX_MESSAGES",
+            count,
+            &mut self.history_max_messages,
+        )?;
+        num_env(
+            &get,
+            "HISTORY_MAX_AGE_SECS",
+            seconds,
+            &mut self.history_max_age_secs,
+        )?;
+        num_env(
+            &get,
+            "HISTORY_TIMEOUT_MS",
+            "milliseconds",
+            &mut self.history_timeout_ms,
+        )?;
+        num_env(
+            &get,
+            "MESSAGE_DEDUP_SECS",
+            seconds,
+            &mut self.message_dedup_secs,
+        )?;
+        num_env(
+            &get,
+            "MESSAGE_DEDUP_CAPACITY",
+            count,
+            &mut self.message_dedup_capacity,
+        )?;
+        num_env(
+            &get,
+            "WEBHOOK_BATCH_MS",
+            "milliseconds",
+            &mut self.webhook_batch_ms,
+        )?;
+        num_env(
+            &get,
+            "WEBHOOK_DELAY_SECS",
+            seconds,
+            &mut self.webhook_delay_secs,
+        )?;
+        num_env(
+            &get,
+            "WEBHOOK_TIMEOUT_SECS",
+            seconds,
+            &mut self.webhook_timeout_secs,
+        )?;
         if let Some(v) = get("V1_EXPOSE_STREAM_FIELDS") {
             self.v1_expose_stream_fields = parse_bool("V1_EXPOSE_STREAM_FIELDS", &v)?;
         }
@@ -293,40 +400,91 @@ impl NodeSettings {
             if allowed.contains(&value) {
                 Ok(())
             } else {
-                Err(ConfigError::Invalid(format!("{name} = {value:?} is not supported by this build (supported: {})", allowed.join(", "))))
+                Err(ConfigError::Invalid(format!(
+                    "{name} = {value:?} is not supported by this build (supported: {})",
+                    allowed.join(", ")
+                )))
             }
         };
-        let adapters: &[&str] = if cfg!(feature = "redis") { &["local", "redis"] } else { &["local"] };
-        check("adapter.driver (ADAPTER_DRIVER)", &self.adapter.driver, adapters)?;
-        let caches: &[&str] = if cfg!(feature = "redis") { &["memory", "redis"] } else { &["memory"] };
+        let adapters: &[&str] = if cfg!(feature = "redis") {
+            &["local", "redis"]
+        } else {
+            &["local"]
+        };
+        check(
+            "adapter.driver (ADAPTER_DRIVER)",
+            &self.adapter.driver,
+            adapters,
+        )?;
+        let caches: &[&str] = if cfg!(feature = "redis") {
+            &["memory", "redis"]
+        } else {
+            &["memory"]
+        };
         check("cache.driver (CACHE_DRIVER)", &self.cache.driver, caches)?;
-        let queues: &[&str] = if cfg!(feature = "redis") { &["memory", "redis"] } else { &["memory"] };
+        let queues: &[&str] = if cfg!(feature = "redis") {
+            &["memory", "redis"]
+        } else {
+            &["memory"]
+        };
         check("queue.driver (QUEUE_DRIVER)", &self.queue.driver, queues)?;
-        let histories: &[&str] = if cfg!(feature = "redis") { &["memory", "none", "redis"] } else { &["memory", "none"] };
-        check("history.driver (HISTORY_DRIVER)", &self.history.driver, histories)?;
+        let histories: &[&str] = if cfg!(feature = "redis") {
+            &["memory", "none", "redis"]
+        } else {
+            &["memory", "none"]
+        };
+        check(
+            "history.driver (HISTORY_DRIVER)",
+            &self.history.driver,
+            histories,
+        )?;
         let c = &self.cluster;
-        if c.heartbeat_interval_ms == 0 || c.node_timeout_ms <= c.heartbeat_interval_ms || c.node_timeout_ms > 30_000 || c.request_timeout_ms == 0 {
+        if c.heartbeat_interval_ms == 0
+            || c.node_timeout_ms <= c.heartbeat_interval_ms
+            || c.node_timeout_ms > 30_000
+            || c.request_timeout_ms == 0
+        {
             return Err(ConfigError::Invalid("cluster: need heartbeat_interval_ms > 0, heartbeat_interval_ms < node_timeout_ms <= 30000, request_timeout_ms > 0".into()));
         }
-        check("app_manager.driver (APP_MANAGER_DRIVER)", &self.app_manager.driver, &["static"])?;
-        check("log_format (LOG_FORMAT)", &self.log_format, &["text", "json"])?;
+        check(
+            "app_manager.driver (APP_MANAGER_DRIVER)",
+            &self.app_manager.driver,
+            &["static"],
+        )?;
+        check(
+            "log_format (LOG_FORMAT)",
+            &self.log_format,
+            &["text", "json"],
+        )?;
         if self.activity_timeout == 0 || self.pong_timeout == 0 {
-            return Err(ConfigError::Invalid("activity_timeout and pong_timeout must be at least 1 second".into()));
+            return Err(ConfigError::Invalid(
+                "activity_timeout and pong_timeout must be at least 1 second".into(),
+            ));
         }
         if self.idempotency_ttl == 0 {
-            return Err(ConfigError::Invalid("idempotency_ttl must be at least 1 second".into()));
+            return Err(ConfigError::Invalid(
+                "idempotency_ttl must be at least 1 second".into(),
+            ));
         }
         if self.outbound_queue_frames == 0 || self.outbound_queue_bytes == 0 {
-            return Err(ConfigError::Invalid("outbound queue bounds must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "outbound queue bounds must be positive".into(),
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for app in &self.apps {
             if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
-                return Err(ConfigError::Invalid(format!("app {:?}: id, key and secret must not be empty", app.id)));
+                return Err(ConfigError::Invalid(format!(
+                    "app {:?}: id, key and secret must not be empty",
+                    app.id
+                )));
             }
             if !ids.insert(&app.id) || !keys.insert(&app.key) {
-                return Err(ConfigError::Invalid(format!("app {:?}: duplicate app id or key", app.id)));
+                return Err(ConfigError::Invalid(format!(
+                    "app {:?}: duplicate app id or key",
+                    app.id
+                )));
             }
         }
         Ok(())
@@ -334,7 +492,12 @@ impl NodeSettings {
 }
 
 /// Set `target` from the variable `name` when it is set (and not empty).
-fn num_env<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, expected: &'static str, target: &mut T) -> Result<(), ConfigError> {
+fn num_env<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    expected: &'static str,
+    target: &mut T,
+) -> Result<(), ConfigError> {
     if let Some(v) = get(name) {
         *target = parse_env(name, &v, expected)?;
     }
@@ -345,17 +508,34 @@ fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::InvalidEnv { name, value: value.into(), expected: "true or false" }),
+        _ => Err(ConfigError::InvalidEnv {
+            name,
+            value: value.into(),
+            expected: "true or false",
+        }),
     }
 }
 
-fn parse_env<T: std::str::FromStr>(name: &'static str, value: &str, expected: &'static str) -> Result<T, ConfigError> {
-    value.trim().parse().map_err(|_| ConfigError::InvalidEnv { name, value: value.into(), expected })
+fn parse_env<T: std::str::FromStr>(
+    name: &'static str,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::InvalidEnv {
+        name,
+        value: value.into(),
+        expected,
+    })
 }
 
 /// The development app served when no apps are configured.
 fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
-    let get = |k: &str, d: &str| env.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| d.to_string());
+    let get = |k: &str, d: &str| {
+        env.get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| d.to_string())
+    };
     let mut app = App::new(
         get("SOCKUDO_DEFAULT_APP_ID", "app-id"),
         get("SOCKUDO_DEFAULT_APP_KEY", "app-key"),
@@ -365,7 +545,13 @@ fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
     app.enable_client_messages = match ecm.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => true,
         "false" | "0" | "no" | "off" => false,
-        _ => return Err(ConfigError::InvalidEnv { name: "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", value: ecm, expected: "true or false" }),
+        _ => {
+            return Err(ConfigError::InvalidEnv {
+                name: "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
+                value: ecm,
+                expected: "true or false",
+            })
+        }
     };
     Ok(app)
 }
@@ -375,7 +561,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -383,7 +572,14 @@ mod tests {
         let s = NodeSettings::load(&CliOverrides::default(), &env(&[])).unwrap();
         assert_eq!(s.port, 6001);
         assert_eq!(s.apps.len(), 1);
-        assert_eq!((s.apps[0].id.as_str(), s.apps[0].key.as_str(), s.apps[0].secret.as_str()), ("app-id", "app-key", "app-secret"));
+        assert_eq!(
+            (
+                s.apps[0].id.as_str(),
+                s.apps[0].key.as_str(),
+                s.apps[0].secret.as_str()
+            ),
+            ("app-id", "app-key", "app-secret")
+        );
         assert!(s.apps[0].enable_client_messages);
     }
 
@@ -393,12 +589,25 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "port = 7000\nhost = \"127.0.0.2\"\nnode_id = \"from-toml\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n").unwrap();
-        let cli = CliOverrides { config: Some(path.to_string_lossy().into_owned()), ..Default::default() };
+        let cli = CliOverrides {
+            config: Some(path.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
         let s = NodeSettings::load(&cli, &env(&[])).unwrap();
-        assert_eq!((s.port, s.host.as_str(), s.node_id.as_str()), (7000, "127.0.0.2", "from-toml"));
-        let s = NodeSettings::load(&cli, &env(&[("PORT", "7001"), ("SOCKUDO_NODE_ID", "from-env")])).unwrap();
+        assert_eq!(
+            (s.port, s.host.as_str(), s.node_id.as_str()),
+            (7000, "127.0.0.2", "from-toml")
+        );
+        let s = NodeSettings::load(
+            &cli,
+            &env(&[("PORT", "7001"), ("SOCKUDO_NODE_ID", "from-env")]),
+        )
+        .unwrap();
         assert_eq!((s.port, s.node_id.as_str()), (7001, "from-env"));
-        let cli2 = CliOverrides { port: Some(7002), ..cli };
+        let cli2 = CliOverrides {
+            port: Some(7002),
+            ..cli
+        };
         let s = NodeSettings::load(&cli2, &env(&[("PORT", "7001")])).unwrap();
         assert_eq!(s.port, 7002);
         assert_eq!(s.apps[0].key, "k");
@@ -406,24 +615,45 @@ mod tests {
 
     #[test]
     fn cache_driver_redis_needs_the_redis_feature() {
-        let e = env(&[("CACHE_DRIVER", "redis"), ("REDIS_URL", "redis://10.0.0.1:6380")]);
+        let e = env(&[
+            ("CACHE_DRIVER", "redis"),
+            ("REDIS_URL", "redis://10.0.0.1:6380"),
+        ]);
         let r = NodeSettings::load(&CliOverrides::default(), &e);
         if cfg!(feature = "redis") {
             let s = r.unwrap();
-            assert_eq!((s.cache.driver.as_str(), s.redis.url.as_str()), ("redis", "redis://10.0.0.1:6380"));
-            let s = NodeSettings::from_toml("[cache]\ndriver = \"redis\"\n[redis]\nurl = \"redis://h:1\"\n", "f.toml").unwrap();
+            assert_eq!(
+                (s.cache.driver.as_str(), s.redis.url.as_str()),
+                ("redis", "redis://10.0.0.1:6380")
+            );
+            let s = NodeSettings::from_toml(
+                "[cache]\ndriver = \"redis\"\n[redis]\nurl = \"redis://h:1\"\n",
+                "f.toml",
+            )
+            .unwrap();
             assert!(s.validate().is_ok());
-            assert_eq!((s.cache.driver.as_str(), s.redis.url.as_str()), ("redis", "redis://h:1"));
+            assert_eq!(
+                (s.cache.driver.as_str(), s.redis.url.as_str()),
+                ("redis", "redis://h:1")
+            );
         } else {
             assert!(r.unwrap_err().to_string().contains("CACHE_DRIVER"));
         }
-        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("CACHE_DRIVER", "redis-cluster")])).unwrap_err();
+        let e = NodeSettings::load(
+            &CliOverrides::default(),
+            &env(&[("CACHE_DRIVER", "redis-cluster")]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("CACHE_DRIVER"), "{e}");
     }
 
     #[test]
     fn operator_env_names_override_toml() {
-        let mut s = NodeSettings::from_toml("idempotency_ttl = 30\nhot_buffer_messages = 5\n[cluster]\nprefix = \"t\"\n", "f.toml").unwrap();
+        let mut s = NodeSettings::from_toml(
+            "idempotency_ttl = 30\nhot_buffer_messages = 5\n[cluster]\nprefix = \"t\"\n",
+            "f.toml",
+        )
+        .unwrap();
         let e = env(&[
             ("IDEMPOTENCY_TTL", "60"),
             ("HOT_BUFFER_MESSAGES", "7"),
@@ -434,23 +664,58 @@ mod tests {
             ("V1_EXPOSE_STREAM_FIELDS", "yes"),
         ]);
         s.apply_env(&e).unwrap();
-        assert_eq!((s.idempotency_ttl, s.hot_buffer_messages, s.cluster.prefix.as_str()), (60, 7, "e"));
-        assert_eq!((s.pong_timeout, s.api_rate_limit_per_second, s.webhook_delay_secs), (9, 100, 1));
+        assert_eq!(
+            (
+                s.idempotency_ttl,
+                s.hot_buffer_messages,
+                s.cluster.prefix.as_str()
+            ),
+            (60, 7, "e")
+        );
+        assert_eq!(
+            (
+                s.pong_timeout,
+                s.api_rate_limit_per_second,
+                s.webhook_delay_secs
+            ),
+            (9, 100, 1)
+        );
         assert!(s.v1_expose_stream_fields);
         let mut s = NodeSettings::from_toml("idempotency_ttl = 30\n", "f.toml").unwrap();
         s.apply_env(&env(&[])).unwrap();
-        assert_eq!(s.idempotency_ttl, 30, "TOML wins over the default when the env is silent");
-        let err = NodeSettings::load(&CliOverrides::default(), &env(&[("OUTBOUND_QUEUE_BYTES", "lots")])).unwrap_err().to_string();
-        assert!(err.contains("OUTBOUND_QUEUE_BYTES") && !err.contains('\n'), "{err}");
-        let err = NodeSettings::load(&CliOverrides::default(), &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")])).unwrap_err().to_string();
+        assert_eq!(
+            s.idempotency_ttl, 30,
+            "TOML wins over the default when the env is silent"
+        );
+        let err = NodeSettings::load(
+            &CliOverrides::default(),
+            &env(&[("OUTBOUND_QUEUE_BYTES", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("OUTBOUND_QUEUE_BYTES") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = NodeSettings::load(
+            &CliOverrides::default(),
+            &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("V1_EXPOSE_STREAM_FIELDS"), "{err}");
     }
 
     #[test]
     fn bad_values_are_one_clear_error() {
-        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("PORT", "nope")])).unwrap_err();
+        let e =
+            NodeSettings::load(&CliOverrides::default(), &env(&[("PORT", "nope")])).unwrap_err();
         assert!(e.to_string().contains("PORT"), "{e}");
-        let e = NodeSettings::load(&CliOverrides::default(), &env(&[("ADAPTER_DRIVER", "carrier-pigeon")])).unwrap_err();
+        let e = NodeSettings::load(
+            &CliOverrides::default(),
+            &env(&[("ADAPTER_DRIVER", "carrier-pigeon")]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("ADAPTER_DRIVER"), "{e}");
         let e = NodeSettings::from_toml("port = \"x\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("f.toml"));

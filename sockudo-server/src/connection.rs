@@ -86,7 +86,12 @@ pub struct Outbox {
 }
 
 impl Connection {
-    pub fn new(socket_id: Arc<str>, app: Arc<App>, protocol: ProtocolVersion, limits: QueueLimits) -> (Arc<Self>, Outbox) {
+    pub fn new(
+        socket_id: Arc<str>,
+        app: Arc<App>,
+        protocol: ProtocolVersion,
+        limits: QueueLimits,
+    ) -> (Arc<Self>, Outbox) {
         let (tx, rx) = mpsc::channel(limits.frames.max(1));
         let conn = Arc::new(Connection {
             socket_id,
@@ -121,11 +126,21 @@ impl Connection {
 
     /// Queue a message that has a stream position, on a V2 connection: held while the channel
     /// is being resumed, otherwise recorded (first/last live serial) and queued.
-    pub fn send_positioned(&self, channel: &Arc<str>, stream_id: Option<&Arc<str>>, serial: u64, frame: Utf8Bytes) -> bool {
+    pub fn send_positioned(
+        &self,
+        channel: &Arc<str>,
+        stream_id: Option<&Arc<str>>,
+        serial: u64,
+        frame: Utf8Bytes,
+    ) -> bool {
         {
             let mut st = self.streams.lock();
             if let Some(held) = st.held.get_mut(channel) {
-                held.push(Held { serial, stream_id: stream_id.cloned(), frame });
+                held.push(Held {
+                    serial,
+                    stream_id: stream_id.cloned(),
+                    frame,
+                });
                 st.held_frames += 1;
                 if st.held_frames > MAX_HELD_FRAMES {
                     drop(st);
@@ -142,7 +157,10 @@ impl Connection {
             st.live
                 .entry(Arc::clone(channel))
                 .and_modify(|l| l.last = l.last.max(serial))
-                .or_insert(LiveSerials { first: serial, last: serial });
+                .or_insert(LiveSerials {
+                    first: serial,
+                    last: serial,
+                });
             if let Some(waiting) = st.joining.get_mut(channel) {
                 return self.hold_joining(waiting, frame);
             }
@@ -221,12 +239,16 @@ impl Connection {
     pub fn release_after(&self, channel: &str, replayed: Option<(&str, u64)>) -> Vec<Held> {
         let mut st = self.streams.lock();
         if let Some((sid, upto)) = replayed {
-            st.replayed.insert(Arc::from(channel), (Arc::from(sid), upto));
+            st.replayed
+                .insert(Arc::from(channel), (Arc::from(sid), upto));
         }
         let held = st.held.remove(channel).unwrap_or_default();
         st.held_frames = st.held_frames.saturating_sub(held.len());
         if let Some(last) = held.iter().map(|h| h.serial).max() {
-            st.live.entry(Arc::from(channel)).and_modify(|l| l.last = l.last.max(last)).or_insert(LiveSerials { first: last, last });
+            st.live
+                .entry(Arc::from(channel))
+                .and_modify(|l| l.last = l.last.max(last))
+                .or_insert(LiveSerials { first: last, last });
         }
         held
     }
@@ -346,18 +368,29 @@ mod tests {
         c.begin_join(&ch);
         assert!(c.send_on(&ch, "member".into()));
         assert!(c.send_positioned(&ch, None, 3, "positioned".into()));
-        assert!(c.send_on(&Arc::from("other"), "other".into()), "other channels are not held");
+        assert!(
+            c.send_on(&Arc::from("other"), "other".into()),
+            "other channels are not held"
+        );
         assert_eq!(out.try_recv(&c).as_deref(), Some("other"));
-        assert!(out.try_recv(&c).is_none(), "held until the subscription succeeds");
+        assert!(
+            out.try_recv(&c).is_none(),
+            "held until the subscription succeeds"
+        );
         assert!(c.send_text("succeeded".into()));
         c.finish_join("presence-c");
         assert!(c.send_on(&ch, "later".into()));
-        let got: Vec<String> = std::iter::from_fn(|| out.try_recv(&c)).map(|f| f.to_string()).collect();
+        let got: Vec<String> = std::iter::from_fn(|| out.try_recv(&c))
+            .map(|f| f.to_string())
+            .collect();
         assert_eq!(got, ["succeeded", "member", "positioned", "later"]);
         c.begin_join(&ch);
         assert!(c.send_on(&ch, "dropped".into()));
         c.cancel_join("presence-c");
-        assert!(out.try_recv(&c).is_none(), "a failed subscription's frames are dropped");
+        assert!(
+            out.try_recv(&c).is_none(),
+            "a failed subscription's frames are dropped"
+        );
     }
 
     #[tokio::test]
@@ -371,8 +404,16 @@ mod tests {
         assert!(c.send_positioned(&ch, Some(&s1), 7, "late copy of 7".into()));
         assert!(c.send_positioned(&ch, Some(&s1), 8, "8".into()));
         assert!(c.send_positioned(&ch, Some(&s2), 1, "new stream 1".into()));
-        assert_eq!(out.recv(&c).await.as_deref(), Some("8"), "7 was replayed already");
-        assert_eq!(out.recv(&c).await.as_deref(), Some("new stream 1"), "the bound is per stream");
+        assert_eq!(
+            out.recv(&c).await.as_deref(),
+            Some("8"),
+            "7 was replayed already"
+        );
+        assert_eq!(
+            out.recv(&c).await.as_deref(),
+            Some("new stream 1"),
+            "the bound is per stream"
+        );
     }
 
     #[tokio::test]

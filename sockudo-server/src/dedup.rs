@@ -26,7 +26,12 @@ struct Inner {
 
 impl RecentIds {
     pub fn new(window: Duration, capacity: usize) -> Self {
-        RecentIds { window, capacity, inner: Mutex::new(Inner::default()), suppressed: AtomicU64::new(0) }
+        RecentIds {
+            window,
+            capacity,
+            inner: Mutex::new(Inner::default()),
+            suppressed: AtomicU64::new(0),
+        }
     }
 
     /// Record a delivery; false (and counted) when the id was already delivered recently.
@@ -73,7 +78,10 @@ mod tests {
         assert!(r.first_delivery("a", "other", "m1"), "scoped per channel");
         assert_eq!(r.suppressed(), 1);
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(r.first_delivery("a", "c", "m1"), "forgotten after the window");
+        assert!(
+            r.first_delivery("a", "c", "m1"),
+            "forgotten after the window"
+        );
     }
 
     #[test]

@@ -29,7 +29,12 @@ impl Ring {
     /// Drop entries over the bounds; returns (entries, bytes) dropped.
     fn trim(&mut self, limits: HotLimits, now: Instant) -> (u64, u64) {
         let (mut n, mut bytes) = (0, 0);
-        while self.entries.len() > limits.messages || self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > limits.max_age) {
+        while self.entries.len() > limits.messages
+            || self
+                .entries
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at) > limits.max_age)
+        {
             match self.entries.pop_front() {
                 Some((_, _, f)) => {
                     n += 1;
@@ -88,7 +93,11 @@ pub struct HotBuffer {
 
 impl HotBuffer {
     pub fn new(limits: HotLimits) -> Self {
-        HotBuffer { limits, rings: DashMap::default(), counters: Counters::default() }
+        HotBuffer {
+            limits,
+            rings: DashMap::default(),
+            counters: Counters::default(),
+        }
     }
 
     /// Record a delivered message. A gap (a serial that does not follow the ring's last one)
@@ -99,20 +108,39 @@ impl HotBuffer {
             return;
         }
         let now = Instant::now();
-        let mut ring = self.rings.entry(Arc::clone(channel)).or_insert_with(|| Ring { stream_id: Arc::from(stream_id), entries: VecDeque::new() });
-        let contiguous = ring.entries.back().is_none_or(|(last, _, _)| serial == last + 1);
+        let mut ring = self
+            .rings
+            .entry(Arc::clone(channel))
+            .or_insert_with(|| Ring {
+                stream_id: Arc::from(stream_id),
+                entries: VecDeque::new(),
+            });
+        let contiguous = ring
+            .entries
+            .back()
+            .is_none_or(|(last, _, _)| serial == last + 1);
         if &*ring.stream_id != stream_id || !contiguous {
-            if ring.entries.back().is_some_and(|(last, _, _)| serial <= *last) && &*ring.stream_id == stream_id {
+            if ring
+                .entries
+                .back()
+                .is_some_and(|(last, _, _)| serial <= *last)
+                && &*ring.stream_id == stream_id
+            {
                 return; // an old or duplicate delivery: nothing new to remember
             }
             ring.stream_id = Arc::from(stream_id);
-            let dropped = (ring.entries.len() as u64, ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum());
+            let dropped = (
+                ring.entries.len() as u64,
+                ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum(),
+            );
             ring.entries.clear();
             self.counters.removed(dropped, true);
         }
         ring.entries.push_back((serial, now, frame.clone()));
         self.counters.entries.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
         let trimmed = ring.trim(self.limits, now);
         self.counters.removed(trimmed, true);
     }
@@ -120,7 +148,11 @@ impl HotBuffer {
     /// Entries and bytes held now, and evictions so far.
     pub fn stats(&self) -> HotStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        HotStats { entries: l(&self.counters.entries), bytes: l(&self.counters.bytes), evictions: l(&self.counters.evictions) }
+        HotStats {
+            entries: l(&self.counters.entries),
+            bytes: l(&self.counters.bytes),
+            evictions: l(&self.counters.evictions),
+        }
     }
 
     /// What the ring can prove about a channel right now.
@@ -130,23 +162,39 @@ impl HotBuffer {
         self.counters.removed(trimmed, true);
         let oldest = ring.entries.front().map(|(s, _, _)| *s);
         let head = ring.entries.back().map(|(s, _, _)| *s)?;
-        Some(TierView { stream_id: ring.stream_id.to_string(), head, oldest })
+        Some(TierView {
+            stream_id: ring.stream_id.to_string(),
+            head,
+            oldest,
+        })
     }
 
     /// Frames with serial in (after, upto], if the ring holds all of them for `stream_id`.
-    pub fn range(&self, channel: &str, stream_id: &str, after: u64, upto: u64) -> Option<Vec<(u64, Utf8Bytes)>> {
+    pub fn range(
+        &self,
+        channel: &str,
+        stream_id: &str,
+        after: u64,
+        upto: u64,
+    ) -> Option<Vec<(u64, Utf8Bytes)>> {
         let ring = self.rings.get(channel)?;
         if &*ring.stream_id != stream_id {
             return None;
         }
-        let out: Vec<(u64, Utf8Bytes)> = ring.entries.iter().filter(|(s, _, _)| *s > after && *s <= upto).map(|(s, _, f)| (*s, f.clone())).collect();
+        let out: Vec<(u64, Utf8Bytes)> = ring
+            .entries
+            .iter()
+            .filter(|(s, _, _)| *s > after && *s <= upto)
+            .map(|(s, _, f)| (*s, f.clone()))
+            .collect();
         (out.len() as u64 == upto.saturating_sub(after)).then_some(out)
     }
 
     pub fn forget(&self, channel: &str) {
         if let Some((_, ring)) = self.rings.remove(channel) {
             let bytes = ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum();
-            self.counters.removed((ring.entries.len() as u64, bytes), false);
+            self.counters
+                .removed((ring.entries.len() as u64, bytes), false);
         }
     }
 }
@@ -156,7 +204,10 @@ mod tests {
     use super::*;
 
     fn buf(n: usize) -> HotBuffer {
-        HotBuffer::new(HotLimits { messages: n, max_age: Duration::from_secs(60) })
+        HotBuffer::new(HotLimits {
+            messages: n,
+            max_age: Duration::from_secs(60),
+        })
     }
 
     #[test]
@@ -171,9 +222,24 @@ mod tests {
         assert_eq!(b.range("c", "s1", 2, 5).map(|r| r.len()), Some(3));
         assert!(b.range("c", "s1", 1, 5).is_none(), "serial 2 is gone");
         assert!(b.range("c", "s2", 2, 5).is_none(), "other stream");
-        assert_eq!(b.stats(), HotStats { entries: 3, bytes: 3, evictions: 2 });
+        assert_eq!(
+            b.stats(),
+            HotStats {
+                entries: 3,
+                bytes: 3,
+                evictions: 2
+            }
+        );
         b.forget("c");
-        assert_eq!(b.stats(), HotStats { entries: 0, bytes: 0, evictions: 2 }, "forgetting is not evicting");
+        assert_eq!(
+            b.stats(),
+            HotStats {
+                entries: 0,
+                bytes: 0,
+                evictions: 2
+            },
+            "forgetting is not evicting"
+        );
     }
 
     #[test]

@@ -22,8 +22,11 @@ struct Cli {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -57,9 +60,16 @@ async fn shutdown_signal() {
 /// arrives as thousands of SYNs at once, and an overflowing backlog turns into 1 s SYN
 /// retransmits on the clients' side.
 async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "address resolved to nothing");
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        "address resolved to nothing",
+    );
     for sa in tokio::net::lookup_host(addr).await? {
-        let socket = if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         match socket.bind(sa).and_then(|()| socket.listen(4096)) {
             Ok(l) => return Ok(l),
@@ -72,7 +82,11 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let overrides = CliOverrides { config: cli.config, host: cli.host, port: cli.port };
+    let overrides = CliOverrides {
+        config: cli.config,
+        host: cli.host,
+        port: cli.port,
+    };
     let settings = match NodeSettings::load(&overrides, &env) {
         Ok(s) => s,
         Err(e) => {
@@ -81,7 +95,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sockudo: cannot start the runtime: {e}");

@@ -125,43 +125,94 @@ pub const DRAINING: &str = "sockudo_draining";
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Histogram buckets, seconds: 50 µs … 2.5 s.
-const BUCKETS: &[f64] = &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
 
 /// Describe every metric (HELP and TYPE lines) and register the push metrics at zero.
 pub fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_OPENED, "WebSocket connections opened");
-    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections ended, by close code (peer = client went away)");
-    describe_counter!(CONNECTIONS_REFUSED, "WebSocket handshakes refused, by Pusher error code");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "WebSocket connections ended, by close code (peer = client went away)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "WebSocket handshakes refused, by Pusher error code"
+    );
     describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received");
     describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent");
-    describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions on this node, by channel class");
-    describe_counter!(PUBLISHES_ACCEPTED, "Publishes accepted, per channel, by source (http, client_event)");
-    describe_counter!(PUBLISHES_FAILED, "Publishes that failed after validation, by source");
-    describe_histogram!(FANOUT_SECONDS, Unit::Seconds, "Time to queue one broadcast to every local subscriber");
-    describe_counter!(FANOUT_BROADCASTS, "Broadcasts delivered to local subscribers");
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Channel subscriptions on this node, by channel class"
+    );
+    describe_counter!(
+        PUBLISHES_ACCEPTED,
+        "Publishes accepted, per channel, by source (http, client_event)"
+    );
+    describe_counter!(
+        PUBLISHES_FAILED,
+        "Publishes that failed after validation, by source"
+    );
+    describe_histogram!(
+        FANOUT_SECONDS,
+        Unit::Seconds,
+        "Time to queue one broadcast to every local subscriber"
+    );
+    describe_counter!(
+        FANOUT_BROADCASTS,
+        "Broadcasts delivered to local subscribers"
+    );
     describe_counter!(FANOUT_FRAMES, "Frames queued to connections by the fanout");
     describe_counter!(ADAPTER_ERRORS, "Cluster adapter errors, by kind");
-    describe_counter!(ADAPTER_DUPLICATES, "Cross-node deliveries dropped as duplicates");
+    describe_counter!(
+        ADAPTER_DUPLICATES,
+        "Cross-node deliveries dropped as duplicates"
+    );
     describe_counter!(RECOVERY, "V2 resume outcomes per channel");
     describe_gauge!(HOT_ENTRIES, "Messages held in the V2 hot buffers");
     describe_gauge!(HOT_BYTES, Unit::Bytes, "Bytes held in the V2 hot buffers");
     describe_counter!(HOT_EVICTIONS, "Hot buffer entries evicted");
-    describe_gauge!(WEBHOOK_QUEUE_DEPTH, "Webhook jobs waiting or leased in the shared queue");
-    describe_gauge!(WEBHOOK_QUEUE_OLDEST, Unit::Seconds, "Age of the oldest undelivered webhook job");
-    describe_gauge!(WEBHOOK_DEAD_LETTERS, "Webhook jobs in the dead-letter store");
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook jobs waiting or leased in the shared queue"
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest undelivered webhook job"
+    );
+    describe_gauge!(
+        WEBHOOK_DEAD_LETTERS,
+        "Webhook jobs in the dead-letter store"
+    );
     describe_counter!(WEBHOOK_ENQUEUED, "Webhook jobs enqueued by this node");
     describe_counter!(WEBHOOK_SENT, "Webhook POSTs answered with 2xx");
     describe_counter!(WEBHOOK_FAILURES, "Webhook failures, by stage");
     describe_counter!(PUSH_ACCEPTED, "Push publishes accepted");
-    describe_counter!(PUSH_DISPATCHED, "Push notifications dispatched to a provider");
+    describe_counter!(
+        PUSH_DISPATCHED,
+        "Push notifications dispatched to a provider"
+    );
     describe_counter!(PUSH_FAILED, "Push notifications that failed");
     describe_gauge!(PUSH_SCHEDULED, "Push notifications scheduled for later");
-    describe_histogram!(PUSH_PROVIDER_SECONDS, Unit::Seconds, "Push provider request latency");
+    describe_histogram!(
+        PUSH_PROVIDER_SECONDS,
+        Unit::Seconds,
+        "Push provider request latency"
+    );
     describe_counter!(PUSH_PROVIDER_ERRORS, "Push provider errors");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
-    describe_counter!(IDEMPOTENCY_REPLAYS, "HTTP publishes answered from the idempotency store");
-    describe_counter!(IDEMPOTENCY_CONFLICTS, "Idempotency keys reused with a different payload");
+    describe_counter!(
+        IDEMPOTENCY_REPLAYS,
+        "HTTP publishes answered from the idempotency store"
+    );
+    describe_counter!(
+        IDEMPOTENCY_CONFLICTS,
+        "Idempotency keys reused with a different payload"
+    );
     describe_counter!(HTTP_RESPONSES, "HTTP API responses by status class");
     describe_gauge!(READY, "1 while the node is ready");
     describe_gauge!(DRAINING, "1 while the node is draining");
@@ -211,15 +262,29 @@ pub fn install(node_id: &str) -> Option<PrometheusHandle> {
 }
 
 /// Serve `GET /metrics` (Prometheus text format) on `listener` until `stop` resolves.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+            }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// The class of a channel for [`SUBSCRIPTIONS`]: cache variants are `cache`, then
@@ -255,7 +320,9 @@ pub struct ConnectionGauge {
 impl ConnectionGauge {
     pub fn open(app_id: &Arc<str>) -> Self {
         gauge!(CONNECTIONS, "app_id" => app_id.to_string()).increment(1.0);
-        ConnectionGauge { app_id: Arc::clone(app_id) }
+        ConnectionGauge {
+            app_id: Arc::clone(app_id),
+        }
     }
 }
 
@@ -267,7 +334,8 @@ impl Drop for ConnectionGauge {
 
 /// A subscription was added (`+1`) or removed (`-1`) on this node.
 pub fn subscription_changed(app_id: &str, channel: &str, delta: f64) {
-    gauge!(SUBSCRIPTIONS, "app_id" => app_id.to_string(), "class" => channel_class(channel)).increment(delta);
+    gauge!(SUBSCRIPTIONS, "app_id" => app_id.to_string(), "class" => channel_class(channel))
+        .increment(delta);
 }
 
 /// Copy stats kept as atomics elsewhere into the registry, every [`SAMPLE_INTERVAL`], until
@@ -299,7 +367,11 @@ pub async fn sample(node: &Node) {
     gauge!(HOT_BYTES).set(hot.bytes as f64);
     counter!(HOT_EVICTIONS).absolute(hot.evictions);
     gauge!(DRAINING).set(if node.is_draining() { 1.0 } else { 0.0 });
-    gauge!(READY).set(if crate::server::readiness(node).await.is_ok() { 1.0 } else { 0.0 });
+    gauge!(READY).set(if crate::server::readiness(node).await.is_ok() {
+        1.0
+    } else {
+        0.0
+    });
     if let Some(stats) = node.cluster_stats() {
         counter!(ADAPTER_ERRORS, "kind" => "publish").absolute(stats.publish_errors);
         counter!(ADAPTER_ERRORS, "kind" => "heartbeat").absolute(stats.heartbeat_errors);
@@ -350,7 +422,9 @@ mod tests {
 
     #[test]
     fn gauges_go_down_as_well_as_up() {
-        let recorder = PrometheusBuilder::new().add_global_label("node_id", "n1").build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .add_global_label("node_id", "n1")
+            .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe();
@@ -360,16 +434,35 @@ mod tests {
             subscription_changed("a1", "presence-x", 1.0);
             subscription_changed("a1", "presence-x", 1.0);
             let text = handle.render();
-            assert!(text.contains(r#"sockudo_connections{node_id="n1",app_id="a1"} 2"#), "{text}");
-            assert!(text.contains(r#"sockudo_subscriptions{node_id="n1",app_id="a1",class="presence"} 2"#), "{text}");
+            assert!(
+                text.contains(r#"sockudo_connections{node_id="n1",app_id="a1"} 2"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    r#"sockudo_subscriptions{node_id="n1",app_id="a1",class="presence"} 2"#
+                ),
+                "{text}"
+            );
             drop(g1);
             drop(g2);
             subscription_changed("a1", "presence-x", -1.0);
             subscription_changed("a1", "presence-x", -1.0);
             let text = handle.render();
-            assert!(text.contains(r#"sockudo_connections{node_id="n1",app_id="a1"} 0"#), "{text}");
-            assert!(text.contains(r#"sockudo_subscriptions{node_id="n1",app_id="a1",class="presence"} 0"#), "{text}");
-            assert!(text.contains("sockudo_push_dispatched_total{node_id=\"n1\"} 0"), "push metrics registered at zero: {text}");
+            assert!(
+                text.contains(r#"sockudo_connections{node_id="n1",app_id="a1"} 0"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    r#"sockudo_subscriptions{node_id="n1",app_id="a1",class="presence"} 0"#
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains("sockudo_push_dispatched_total{node_id=\"n1\"} 0"),
+                "push metrics registered at zero: {text}"
+            );
         });
     }
 }

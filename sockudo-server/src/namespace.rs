@@ -85,7 +85,13 @@ pub struct Delivery<'a> {
 impl Delivery<'_> {
     /// The same frame for every connection.
     pub fn plain(frame: Utf8Bytes) -> Self {
-        Delivery { v1: frame, v2: None, serial: None, stream_id: None, except: None }
+        Delivery {
+            v1: frame,
+            v2: None,
+            serial: None,
+            stream_id: None,
+            except: None,
+        }
     }
 }
 
@@ -118,7 +124,9 @@ impl Namespace {
             sockets: DashMap::default(),
             users: DashMap::default(),
             connection_count: AtomicUsize::new(0),
-            presence_locks: (0..PRESENCE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            presence_locks: (0..PRESENCE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             lock_hasher: RandomState::new(),
             member_seq_entries: AtomicUsize::new(0),
         }
@@ -130,8 +138,13 @@ impl Namespace {
     /// decisions (the store keeps one entry per node and user, so a late "leave" would remove
     /// the user while a connection of it is subscribed here), and their member events can
     /// overtake each other.
-    pub async fn presence_guard(&self, channel: &str, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = self.lock_hasher.hash_one((channel, user)) as usize % self.presence_locks.len();
+    pub async fn presence_guard(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe =
+            self.lock_hasher.hash_one((channel, user)) as usize % self.presence_locks.len();
         self.presence_locks[stripe].lock().await
     }
 
@@ -143,7 +156,12 @@ impl Namespace {
             if max != 0 && current as u64 >= max {
                 return false;
             }
-            match self.connection_count.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self.connection_count.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }
@@ -180,19 +198,34 @@ impl Namespace {
         self.users.get(user).map(|v| v.clone()).unwrap_or_default()
     }
 
-    pub fn subscribe(&self, channel: &str, conn: &Arc<Connection>, presence_user: Option<Arc<str>>) -> Subscribed {
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        conn: &Arc<Connection>,
+        presence_user: Option<Arc<str>>,
+    ) -> Subscribed {
         let mut entry = self.channels.entry(Arc::from(channel)).or_default();
         let ch = entry.value_mut();
         if ch.subscribers.contains_key(&conn.socket_id) {
             return Subscribed::default();
         }
-        let mut out = Subscribed { new_subscription: true, occupied: ch.subscribers.is_empty(), node_first: false };
+        let mut out = Subscribed {
+            new_subscription: true,
+            occupied: ch.subscribers.is_empty(),
+            node_first: false,
+        };
         if let Some(user) = &presence_user {
             let n = ch.local_members.entry(Arc::clone(user)).or_insert(0);
             *n += 1;
             out.node_first = *n == 1;
         }
-        ch.subscribers.insert(Arc::clone(&conn.socket_id), Subscriber { conn: Arc::clone(conn), presence_user });
+        ch.subscribers.insert(
+            Arc::clone(&conn.socket_id),
+            Subscriber {
+                conn: Arc::clone(conn),
+                presence_user,
+            },
+        );
         crate::metrics::subscription_changed(&self.app_id, channel, 1.0);
         out
     }
@@ -219,7 +252,8 @@ impl Namespace {
             }
             let vacated = ch.subscribers.is_empty();
             if vacated {
-                self.member_seq_entries.fetch_sub(ch.member_seqs.len(), Ordering::AcqRel);
+                self.member_seq_entries
+                    .fetch_sub(ch.member_seqs.len(), Ordering::AcqRel);
             }
             vacated
         });
@@ -241,8 +275,16 @@ impl Namespace {
     /// The check, the record and the fanout happen under the channel's write lock, so two
     /// deliveries for one user (one from the transport, one published by this node) cannot
     /// pass the check in one order and reach the connections in the other.
-    pub fn fanout_member(&self, channel: &str, user: &Arc<str>, seq: u64, d: &Delivery<'_>) -> MemberFanout {
-        let Some(mut entry) = self.channels.get_mut(channel) else { return MemberFanout::Delivered(0) };
+    pub fn fanout_member(
+        &self,
+        channel: &str,
+        user: &Arc<str>,
+        seq: u64,
+        d: &Delivery<'_>,
+    ) -> MemberFanout {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return MemberFanout::Delivered(0);
+        };
         let (key, ch) = entry.pair_mut();
         match ch.member_seqs.get_mut(user) {
             Some(last) if seq <= *last => return MemberFanout::Stale,
@@ -263,21 +305,32 @@ impl Namespace {
     /// how many connections it was queued to. Runs under the channel's read lock and never
     /// waits; each recipient gets a reference-counted handle to its protocol's frame.
     pub fn fanout(&self, channel: &str, d: &Delivery<'_>) -> usize {
-        let Some(ch) = self.channels.get(channel) else { return 0 };
+        let Some(ch) = self.channels.get(channel) else {
+            return 0;
+        };
         fanout_to(ch.key(), ch.value(), d)
     }
 
     pub fn is_subscribed(&self, channel: &str, socket_id: &str) -> bool {
-        self.channels.get(channel).is_some_and(|c| c.subscribers.contains_key(socket_id))
+        self.channels
+            .get(channel)
+            .is_some_and(|c| c.subscribers.contains_key(socket_id))
     }
 
     /// Presence user id of a subscribed socket.
     pub fn presence_user_of(&self, channel: &str, socket_id: &str) -> Option<Arc<str>> {
-        self.channels.get(channel)?.subscribers.get(socket_id)?.presence_user.clone()
+        self.channels
+            .get(channel)?
+            .subscribers
+            .get(socket_id)?
+            .presence_user
+            .clone()
     }
 
     pub fn subscription_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, |c| c.subscribers.len())
+        self.channels
+            .get(channel)
+            .map_or(0, |c| c.subscribers.len())
     }
 
     /// Occupied channels with their subscription counts, optionally filtered by prefix.
@@ -309,7 +362,10 @@ fn fanout_to(key: &Arc<str>, ch: &Channel, d: &Delivery<'_>) -> usize {
             continue;
         }
         let sent = match (sub.conn.protocol, &d.v2, d.serial) {
-            (ProtocolVersion::V2, Some(v2), Some(serial)) => sub.conn.send_positioned(key, d.stream_id, serial, v2.clone()),
+            (ProtocolVersion::V2, Some(v2), Some(serial)) => {
+                sub.conn
+                    .send_positioned(key, d.stream_id, serial, v2.clone())
+            }
             (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
             _ => sub.conn.send_on(key, d.v1.clone()),
         };
@@ -332,18 +388,36 @@ mod tests {
     }
 
     fn conn_with_outbox(id: &str) -> (Arc<Connection>, crate::connection::Outbox) {
-        Connection::new(id.into(), Arc::new(App::new("a", "k", "s")), ProtocolVersion::V1, QueueLimits { frames: 8, bytes: 1024 })
+        Connection::new(
+            id.into(),
+            Arc::new(App::new("a", "k", "s")),
+            ProtocolVersion::V1,
+            QueueLimits {
+                frames: 8,
+                bytes: 1024,
+            },
+        )
     }
 
     #[test]
     fn node_first_and_last_connection_of_a_user() {
-        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
+        let ns = Namespace::new(
+            "a".into(),
+            HotLimits {
+                messages: 10,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        );
         let (c1, c2) = (conn("1.1"), conn("1.2"));
         let s1 = ns.subscribe("presence-x", &c1, Some("u".into()));
         assert!(s1.occupied && s1.node_first && s1.new_subscription);
         let s2 = ns.subscribe("presence-x", &c2, Some("u".into()));
         assert!(!s2.occupied && !s2.node_first);
-        assert!(!ns.subscribe("presence-x", &c2, Some("u".into())).new_subscription, "re-subscribe is a no-op");
+        assert!(
+            !ns.subscribe("presence-x", &c2, Some("u".into()))
+                .new_subscription,
+            "re-subscribe is a no-op"
+        );
         assert_eq!(ns.subscription_count("presence-x"), 2);
         let u1 = ns.unsubscribe("presence-x", "1.1").unwrap();
         assert!(u1.node_last.is_none() && !u1.vacated);
@@ -356,11 +430,20 @@ mod tests {
 
     #[test]
     fn fanout_skips_excluded_socket() {
-        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
+        let ns = Namespace::new(
+            "a".into(),
+            HotLimits {
+                messages: 10,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        );
         let ((c1, _o1), (c2, _o2)) = (conn_with_outbox("1.1"), conn_with_outbox("1.2"));
         ns.subscribe("c", &c1, None);
         ns.subscribe("c", &c2, None);
-        let except = Delivery { except: Some("1.1"), ..Delivery::plain("x".into()) };
+        let except = Delivery {
+            except: Some("1.1"),
+            ..Delivery::plain("x".into())
+        };
         assert_eq!(ns.fanout("c", &except), 1);
         assert_eq!(ns.fanout("c", &Delivery::plain("x".into())), 2);
         assert_eq!(ns.fanout("nope", &Delivery::plain("x".into())), 0);
@@ -368,28 +451,60 @@ mod tests {
 
     #[test]
     fn stale_member_events_are_dropped_and_forgotten_with_the_channel() {
-        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
+        let ns = Namespace::new(
+            "a".into(),
+            HotLimits {
+                messages: 10,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        );
         let (c1, _o1) = conn_with_outbox("1.1");
         ns.subscribe("presence-x", &c1, Some("w".into()));
         let u: Arc<str> = "u".into();
         let d = || Delivery::plain("x".into());
         // The re-addition (3) overtook the removal (2) it follows.
-        assert_eq!(ns.fanout_member("presence-x", &u, 1, &d()), MemberFanout::Delivered(1));
-        assert_eq!(ns.fanout_member("presence-x", &u, 3, &d()), MemberFanout::Delivered(1));
-        assert_eq!(ns.fanout_member("presence-x", &u, 2, &d()), MemberFanout::Stale);
-        assert_eq!(ns.fanout_member("presence-x", &u, 3, &d()), MemberFanout::Stale, "a repeat is not newer");
-        assert_eq!(ns.fanout_member("presence-x", &"v".into(), 2, &d()), MemberFanout::Delivered(1), "numbers are per user");
+        assert_eq!(
+            ns.fanout_member("presence-x", &u, 1, &d()),
+            MemberFanout::Delivered(1)
+        );
+        assert_eq!(
+            ns.fanout_member("presence-x", &u, 3, &d()),
+            MemberFanout::Delivered(1)
+        );
+        assert_eq!(
+            ns.fanout_member("presence-x", &u, 2, &d()),
+            MemberFanout::Stale
+        );
+        assert_eq!(
+            ns.fanout_member("presence-x", &u, 3, &d()),
+            MemberFanout::Stale,
+            "a repeat is not newer"
+        );
+        assert_eq!(
+            ns.fanout_member("presence-x", &"v".into(), 2, &d()),
+            MemberFanout::Delivered(1),
+            "numbers are per user"
+        );
         assert_eq!(ns.member_seq_entries.load(Ordering::Acquire), 2);
         // The last local subscriber leaves: nothing of the channel is kept.
         ns.unsubscribe("presence-x", "1.1");
         assert_eq!(ns.member_seq_entries.load(Ordering::Acquire), 0);
         ns.subscribe("presence-x", &c1, Some("w".into()));
-        assert_eq!(ns.fanout_member("presence-x", &u, 2, &d()), MemberFanout::Delivered(1));
+        assert_eq!(
+            ns.fanout_member("presence-x", &u, 2, &d()),
+            MemberFanout::Delivered(1)
+        );
     }
 
     #[test]
     fn quota_is_enforced_atomically() {
-        let ns = Namespace::new("a".into(), HotLimits { messages: 10, max_age: std::time::Duration::from_secs(60) });
+        let ns = Namespace::new(
+            "a".into(),
+            HotLimits {
+                messages: 10,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        );
         assert!(ns.try_reserve_connection(2));
         assert!(ns.try_reserve_connection(2));
         assert!(!ns.try_reserve_connection(2));

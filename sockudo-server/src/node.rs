@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use sockudo_core::adapter::{Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent, NodeHandler, RemovedMember};
-use sockudo_core::protocol::events::Family;
-use sockudo_core::protocol::{ErrorCode, OutboundFrame};
+use sockudo_core::adapter::{
+    Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent, NodeHandler,
+    RemovedMember,
+};
 use sockudo_core::app::AppManager;
 use sockudo_core::cache::Cache;
 use sockudo_core::history::HistoryStore;
+use sockudo_core::protocol::events::Family;
+use sockudo_core::protocol::{ErrorCode, OutboundFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -49,18 +52,30 @@ pub struct Node {
 }
 
 /// Reads the cluster adapter's counters.
-pub type ClusterStatsFn = Arc<dyn Fn() -> Option<sockudo_core::adapter::ClusterStats> + Send + Sync>;
+pub type ClusterStatsFn =
+    Arc<dyn Fn() -> Option<sockudo_core::adapter::ClusterStats> + Send + Sync>;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("node_id", &self.settings.node_id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("node_id", &self.settings.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Node {
     /// Build a node and attach its local fanout to the adapter.
-    pub fn new(settings: NodeSettings, apps: Arc<dyn AppManager>, adapter: Arc<dyn Adapter>, cache: Arc<dyn Cache>, history: Option<Arc<dyn HistoryStore>>) -> Arc<Self> {
-        let recent_ids = RecentIds::new(Duration::from_secs(settings.message_dedup_secs), settings.message_dedup_capacity);
+    pub fn new(
+        settings: NodeSettings,
+        apps: Arc<dyn AppManager>,
+        adapter: Arc<dyn Adapter>,
+        cache: Arc<dyn Cache>,
+        history: Option<Arc<dyn HistoryStore>>,
+    ) -> Arc<Self> {
+        let recent_ids = RecentIds::new(
+            Duration::from_secs(settings.message_dedup_secs),
+            settings.message_dedup_capacity,
+        );
         let node = Arc::new(Node {
             history,
             recent_ids,
@@ -78,7 +93,8 @@ impl Node {
             cluster_stats: std::sync::OnceLock::new(),
             stale_member_events: AtomicU64::new(0),
         });
-        node.adapter.attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
+        node.adapter
+            .attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
     }
 
@@ -98,8 +114,16 @@ impl Node {
         if let Some(ns) = self.namespaces.get(app_id) {
             return Arc::clone(&ns);
         }
-        let limits = HotLimits { messages: self.settings.hot_buffer_messages, max_age: Duration::from_secs(self.settings.hot_buffer_secs) };
-        Arc::clone(&self.namespaces.entry(Arc::from(app_id)).or_insert_with(|| Arc::new(Namespace::new(Arc::from(app_id), limits))))
+        let limits = HotLimits {
+            messages: self.settings.hot_buffer_messages,
+            max_age: Duration::from_secs(self.settings.hot_buffer_secs),
+        };
+        Arc::clone(
+            &self
+                .namespaces
+                .entry(Arc::from(app_id))
+                .or_insert_with(|| Arc::new(Namespace::new(Arc::from(app_id), limits))),
+        )
     }
 
     pub fn existing_namespace(&self, app_id: &str) -> Option<Arc<Namespace>> {
@@ -184,22 +208,36 @@ impl NodeHandler for LocalHandler {
     fn deliver(&self, msg: &Broadcast) {
         let Some(node) = self.0.upgrade() else { return };
         if let Some(mid) = &msg.message_id {
-            if !node.recent_ids.first_delivery(&msg.app_id, &msg.channel, mid) {
+            if !node
+                .recent_ids
+                .first_delivery(&msg.app_id, &msg.channel, mid)
+            {
                 tracing::debug!(channel = %msg.channel, message_id = %mid, "duplicate delivery suppressed");
                 return;
             }
         }
-        let Some(ns) = node.existing_namespace(&msg.app_id) else { return };
+        let Some(ns) = node.existing_namespace(&msg.app_id) else {
+            return;
+        };
         let started = std::time::Instant::now();
         // Validate UTF-8 once per broadcast and variant; every recipient then shares the bytes.
-        let (Ok(v1), Ok(v2)) = (Utf8Bytes::try_from(msg.frame.clone()), msg.frame_v2.clone().map(Utf8Bytes::try_from).transpose()) else {
+        let (Ok(v1), Ok(v2)) = (
+            Utf8Bytes::try_from(msg.frame.clone()),
+            msg.frame_v2.clone().map(Utf8Bytes::try_from).transpose(),
+        ) else {
             tracing::warn!(channel = %msg.channel, "dropping broadcast that is not UTF-8");
             return;
         };
         if let (Some(serial), Some(stream_id), Some(v2)) = (msg.serial, &msg.stream_id, &v2) {
             ns.hot.push(&msg.channel, stream_id, serial, v2);
         }
-        let d = Delivery { v1, v2, serial: msg.serial, stream_id: msg.stream_id.as_ref(), except: msg.except_socket.as_deref() };
+        let d = Delivery {
+            v1,
+            v2,
+            serial: msg.serial,
+            stream_id: msg.stream_id.as_ref(),
+            except: msg.except_socket.as_deref(),
+        };
         let frames = match &msg.member {
             None => ns.fanout(&msg.channel, &d),
             Some(m) => match ns.fanout_member(&msg.channel, &m.user_id, m.seq, &d) {
@@ -212,8 +250,10 @@ impl NodeHandler for LocalHandler {
             },
         };
         metrics::histogram!(crate::metrics::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => msg.app_id.to_string()).increment(1);
-        metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => msg.app_id.to_string()).increment(frames as u64);
+        metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => msg.app_id.to_string())
+            .increment(1);
+        metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => msg.app_id.to_string())
+            .increment(frames as u64);
     }
 
     fn control(&self, msg: &ControlMessage) {
@@ -230,18 +270,27 @@ impl NodeHandler for LocalHandler {
     }
 
     fn answer(&self, query: &ClusterQuery) -> ClusterAnswer {
-        let Some(node) = self.0.upgrade() else { return ClusterAnswer::Count { count: 0 } };
+        let Some(node) = self.0.upgrade() else {
+            return ClusterAnswer::Count { count: 0 };
+        };
         match query {
             ClusterQuery::SubscriptionCount { app_id, channel } => {
-                let count = node.existing_namespace(app_id).map_or(0, |ns| ns.subscription_count(channel)) as u64;
+                let count =
+                    node.existing_namespace(app_id)
+                        .map_or(0, |ns| ns.subscription_count(channel)) as u64;
                 ClusterAnswer::Count { count }
             }
             ClusterQuery::Channels { app_id, prefix } => {
-                let channels = node.existing_namespace(app_id).map(|ns| ns.channels(prefix.as_deref())).unwrap_or_default();
+                let channels = node
+                    .existing_namespace(app_id)
+                    .map(|ns| ns.channels(prefix.as_deref()))
+                    .unwrap_or_default();
                 ClusterAnswer::Channels { channels }
             }
             ClusterQuery::ConnectionCount { app_id } => {
-                let count = node.existing_namespace(app_id).map_or(0, |ns| ns.reserved_connections()) as u64;
+                let count = node
+                    .existing_namespace(app_id)
+                    .map_or(0, |ns| ns.reserved_connections()) as u64;
                 ClusterAnswer::Count { count }
             }
         }
@@ -261,8 +310,12 @@ impl Node {
         for m in removed {
             let frame = OutboundFrame::member_removed(Family::Pusher, &m.channel, &m.user_id);
             let mut msg = Broadcast::plain(&m.app_id, &m.channel, frame.into(), None);
-            msg.frame_v2 = Some(OutboundFrame::member_removed(Family::Sockudo, &m.channel, &m.user_id).into());
-            msg.member = Some(MemberEvent { user_id: Arc::from(m.user_id.as_str()), seq: m.seq });
+            msg.frame_v2 =
+                Some(OutboundFrame::member_removed(Family::Sockudo, &m.channel, &m.user_id).into());
+            msg.member = Some(MemberEvent {
+                user_id: Arc::from(m.user_id.as_str()),
+                seq: m.seq,
+            });
             if let Err(e) = self.adapter.publish(msg).await {
                 tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");
             }

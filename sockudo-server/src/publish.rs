@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use sockudo_core::adapter::{AdapterError, Broadcast};
-use sockudo_core::history::HistoryError;
-use sockudo_core::protocol::{MessageMeta, OutboundFrame};
 use sockudo_core::cache::CacheError;
 use sockudo_core::channel::ChannelName;
+use sockudo_core::history::HistoryError;
+use sockudo_core::protocol::{MessageMeta, OutboundFrame};
 
 use crate::node::Node;
 
@@ -64,7 +64,12 @@ pub fn new_message_id() -> String {
 
 /// Publish an event: assign its V2 identity (and serial, with history), encode it once per
 /// wire variant, remember it for cache channels, and hand it to the adapter.
-pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>, ev: EventToPublish<'_>) -> Result<Published, PublishError> {
+pub async fn publish_event(
+    node: &Node,
+    app_id: &str,
+    channel: &ChannelName<'_>,
+    ev: EventToPublish<'_>,
+) -> Result<Published, PublishError> {
     let generated;
     let message_id = match ev.message_id {
         Some(m) => m,
@@ -74,7 +79,17 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
         }
     };
     let encode_v2 = |position: Option<(&str, u64)>| {
-        OutboundFrame::event_v2(ev.event, channel.as_str(), ev.data, ev.user_id, MessageMeta { message_id, position, extras: ev.extras })
+        OutboundFrame::event_v2(
+            ev.event,
+            channel.as_str(),
+            ev.data,
+            ev.user_id,
+            MessageMeta {
+                message_id,
+                position,
+                extras: ev.extras,
+            },
+        )
     };
     let (v2, serial, stream_id) = match &node.history {
         Some(history) => {
@@ -86,7 +101,10 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
                 f
             };
             let window = Duration::from_secs(node.settings.message_dedup_secs);
-            let (appended, recovered) = match history.append(app_id, channel.as_str(), message_id, window, &frame_for).await {
+            let (appended, recovered) = match history
+                .append(app_id, channel.as_str(), message_id, window, &frame_for)
+                .await
+            {
                 Ok(a) => (a, false),
                 // A timed-out append may still have committed. Ask again under the same
                 // message id: the store's dedup answers "already appended" with the original
@@ -95,24 +113,52 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
                 Err(HistoryError::Unavailable(first)) => {
                     tracing::warn!(channel = %channel, error = %first, "history append failed; retrying under the same message id");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    (history.append(app_id, channel.as_str(), message_id, window, &frame_for).await?, true)
+                    (
+                        history
+                            .append(app_id, channel.as_str(), message_id, window, &frame_for)
+                            .await?,
+                        true,
+                    )
                 }
                 Err(e) => return Err(e.into()),
             };
             if appended.duplicate && !recovered {
-                return Ok(Published { message_id: Arc::from(message_id), serial: Some(appended.serial), stream_id: Some(Arc::from(appended.stream_id)), duplicate: true });
+                return Ok(Published {
+                    message_id: Arc::from(message_id),
+                    serial: Some(appended.serial),
+                    stream_id: Some(Arc::from(appended.stream_id)),
+                    duplicate: true,
+                });
             }
             let frame = match built.into_inner() {
-                Some((sid, serial, f)) if sid == appended.stream_id && serial == appended.serial => f,
+                Some((sid, serial, f))
+                    if sid == appended.stream_id && serial == appended.serial =>
+                {
+                    f
+                }
                 _ => encode_v2(Some((&appended.stream_id, appended.serial))),
             };
-            (frame, Some(appended.serial), Some(Arc::<str>::from(appended.stream_id)))
+            (
+                frame,
+                Some(appended.serial),
+                Some(Arc::<str>::from(appended.stream_id)),
+            )
         }
         None => (encode_v2(None), None, None),
     };
-    let v1 = if node.settings.v1_expose_stream_fields { v2.clone() } else { OutboundFrame::event(ev.event, channel.as_str(), ev.data, ev.user_id) };
+    let v1 = if node.settings.v1_expose_stream_fields {
+        v2.clone()
+    } else {
+        OutboundFrame::event(ev.event, channel.as_str(), ev.data, ev.user_id)
+    };
     if channel.is_cache() {
-        node.cache.set(&cache_channel_key(app_id, channel.as_str()), encode_cached(&v1), Some(node.cache_ttl())).await?;
+        node.cache
+            .set(
+                &cache_channel_key(app_id, channel.as_str()),
+                encode_cached(&v1),
+                Some(node.cache_ttl()),
+            )
+            .await?;
     }
     let message_id: Arc<str> = Arc::from(message_id);
     node.adapter
@@ -128,13 +174,20 @@ pub async fn publish_event(node: &Node, app_id: &str, channel: &ChannelName<'_>,
             member: None,
         })
         .await?;
-    Ok(Published { message_id, serial, stream_id, duplicate: false })
+    Ok(Published {
+        message_id,
+        serial,
+        stream_id,
+        duplicate: false,
+    })
 }
 
 /// Cache-channel entries hold the store time (for the `cache` channel attribute's `ttl`) and
 /// the frame: `"{unix_ms}\n{frame}"`.
 pub fn encode_cached(frame: &[u8]) -> Bytes {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut out = Vec::with_capacity(frame.len() + 21);
     out.extend_from_slice(now_ms.to_string().as_bytes());
     out.push(b'\n');

@@ -22,13 +22,21 @@ use crate::ws::{ws_fallback, ws_handler};
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cache driver {driver:?} cannot reach {url}: {source}")]
-    Cache { driver: String, url: String, source: CacheError },
+    Cache {
+        driver: String,
+        url: String,
+        source: CacheError,
+    },
     #[error("cache driver {0:?} is not supported by this build")]
     UnsupportedCache(String),
     #[error("{what} driver {driver:?} is not supported by this build")]
     Unsupported { what: &'static str, driver: String },
     #[error("{what} backend at {url} is unavailable: {message}")]
-    Backend { what: &'static str, url: String, message: String },
+    Backend {
+        what: &'static str,
+        url: String,
+        message: String,
+    },
 }
 
 /// Build a node from resolved settings, with the backends they name. Shared backends are
@@ -39,9 +47,16 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         "memory" => memory_cache(),
         #[cfg(feature = "redis")]
         "redis" => {
-            let cache = sockudo_core::cache::RedisCache::connect(&settings.redis.url, sockudo_core::cache::RedisCache::DEFAULT_PREFIX)
-                .await
-                .map_err(|source| BuildError::Cache { driver: "redis".into(), url: redact_url(&settings.redis.url), source })?;
+            let cache = sockudo_core::cache::RedisCache::connect(
+                &settings.redis.url,
+                sockudo_core::cache::RedisCache::DEFAULT_PREFIX,
+            )
+            .await
+            .map_err(|source| BuildError::Cache {
+                driver: "redis".into(),
+                url: redact_url(&settings.redis.url),
+                source,
+            })?;
             Arc::new(cache)
         }
         other => return Err(BuildError::UnsupportedCache(other.to_owned())),
@@ -55,18 +70,37 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
-        other => return Err(BuildError::Unsupported { what: "adapter", driver: other.to_owned() }),
+        other => {
+            return Err(BuildError::Unsupported {
+                what: "adapter",
+                driver: other.to_owned(),
+            })
+        }
     };
     let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
         "memory" | "none" => memory_history(&settings),
         #[cfg(feature = "redis")]
         "redis" => {
-            let store = sockudo_core::history::RedisHistoryStore::connect(&settings.redis.url, "sockudo", retention(&settings), Duration::from_millis(settings.history_timeout_ms.max(1)))
-                .await
-                .map_err(|e| BuildError::Backend { what: "history", url: redact_url(&settings.redis.url), message: e.to_string() })?;
+            let store = sockudo_core::history::RedisHistoryStore::connect(
+                &settings.redis.url,
+                "sockudo",
+                retention(&settings),
+                Duration::from_millis(settings.history_timeout_ms.max(1)),
+            )
+            .await
+            .map_err(|e| BuildError::Backend {
+                what: "history",
+                url: redact_url(&settings.redis.url),
+                message: e.to_string(),
+            })?;
             Some(Arc::new(store))
         }
-        other => return Err(BuildError::Unsupported { what: "history", driver: other.to_owned() }),
+        other => {
+            return Err(BuildError::Unsupported {
+                what: "history",
+                driver: other.to_owned(),
+            })
+        }
     };
     let node = assemble_with(settings, cache, adapter, history);
     if let Some(stats) = cluster_stats {
@@ -77,10 +111,18 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
 
 /// The Redis cluster adapter: pub/sub transport plus the shared presence store.
 #[cfg(feature = "redis")]
-async fn redis_adapter(settings: &NodeSettings) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
-    use sockudo_core::adapter::{ClusterAdapter, ClusterOptions, RedisPresenceStore, RedisTransport};
+async fn redis_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{
+        ClusterAdapter, ClusterOptions, RedisPresenceStore, RedisTransport,
+    };
     let url = &settings.redis.url;
-    let backend = |e: sockudo_core::adapter::AdapterError| BuildError::Backend { what: "adapter", url: redact_url(url), message: e.to_string() };
+    let backend = |e: sockudo_core::adapter::AdapterError| BuildError::Backend {
+        what: "adapter",
+        url: redact_url(url),
+        message: e.to_string(),
+    };
     let transport = Arc::new(RedisTransport::connect(url).await.map_err(backend)?);
     let presence = Arc::new(RedisPresenceStore::connect(url).await.map_err(backend)?);
     let opts = ClusterOptions {
@@ -89,7 +131,9 @@ async fn redis_adapter(settings: &NodeSettings) -> Result<(Arc<dyn Adapter>, cra
         node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
     };
-    let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts).await.map_err(backend)?;
+    let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts)
+        .await
+        .map_err(backend)?;
     let weak = Arc::downgrade(&adapter);
     let stats: crate::node::ClusterStatsFn = Arc::new(move || weak.upgrade().map(|a| a.stats()));
     Ok((adapter, stats))
@@ -120,7 +164,10 @@ fn redact_url(url: &str) -> String {
 
 /// The configured retention of the history store.
 fn retention(settings: &NodeSettings) -> Retention {
-    Retention { max_messages: settings.history_max_messages, max_age: Duration::from_secs(settings.history_max_age_secs) }
+    Retention {
+        max_messages: settings.history_max_messages,
+        max_age: Duration::from_secs(settings.history_max_age_secs),
+    }
 }
 
 /// The in-process history store, or none (`history.driver = "none"`).
@@ -136,7 +183,12 @@ fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
     assemble_with(settings, cache, Arc::new(LocalAdapter::new()), history)
 }
 
-fn assemble_with(settings: NodeSettings, cache: Arc<dyn Cache>, adapter: Arc<dyn Adapter>, history: Option<Arc<dyn HistoryStore>>) -> Arc<Node> {
+fn assemble_with(
+    settings: NodeSettings,
+    cache: Arc<dyn Cache>,
+    adapter: Arc<dyn Adapter>,
+    history: Option<Arc<dyn HistoryStore>>,
+) -> Arc<Node> {
     let apps = Arc::new(StaticAppManager::new(settings.apps.clone()));
     let node = Node::new(settings, apps, adapter, cache, history);
     crate::webhooks::install(&node); // webhooks
@@ -200,7 +252,10 @@ pub fn router_with(node: Arc<Node>, options: RouterOptions) -> Router {
         .route("/ready", get(ready))
         .fallback(ws_fallback)
         .with_state(Arc::clone(&node))
-        .merge(crate::http::api_router_with_prefix(node, options.api_path_prefix))
+        .merge(crate::http::api_router_with_prefix(
+            node,
+            options.api_path_prefix,
+        ))
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
@@ -228,7 +283,9 @@ pub async fn readiness(node: &Node) -> Result<(), String> {
     match tokio::time::timeout(READY_CACHE_TIMEOUT, node.cache.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("cache unavailable: {e}")),
-        Err(_) => Err(format!("cache unavailable: no answer within {READY_CACHE_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "cache unavailable: no answer within {READY_CACHE_TIMEOUT:?}"
+        )),
     }
 }
 
@@ -239,7 +296,11 @@ pub async fn readiness(node: &Node) -> Result<(), String> {
 /// With `metrics_port` ≠ 0 it also installs the process's Prometheus recorder (once, see
 /// [`crate::metrics::install`]) and serves `GET /metrics` on `host:metrics_port` until the
 /// node stops; a metrics port that cannot be bound is an error before anything is served.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(Arc::clone(&node));
     let drain_node = Arc::clone(&node);
     let stopped = tokio_util::sync::CancellationToken::new();
@@ -252,7 +313,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     });
     node.mark_serving();
     tracing::info!(node_id = %node.settings.node_id, "serving");
-    let result = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped.cancelled().await })
+        .await;
     drainer.abort();
     if let Some(task) = metrics_task {
         task.abort();
@@ -261,13 +324,21 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 }
 
 /// Install the recorder and serve `/metrics` when `metrics_port` is set; start the sampler.
-async fn start_metrics(node: &Arc<Node>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+async fn start_metrics(
+    node: &Arc<Node>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
     if node.settings.metrics_port == 0 {
         crate::metrics::spawn_sampler(node, None);
         return Ok(None);
     }
     let addr = format!("{}:{}", node.settings.host, node.settings.metrics_port);
-    let listener = TcpListener::bind(&addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics: {e}")))?;
+    let listener = TcpListener::bind(&addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} for metrics: {e}"),
+        )
+    })?;
     let Some(handle) = crate::metrics::install(&node.settings.node_id) else {
         crate::metrics::spawn_sampler(node, None);
         return Ok(None);
@@ -275,7 +346,10 @@ async fn start_metrics(node: &Arc<Node>, stop: tokio_util::sync::CancellationTok
     crate::metrics::spawn_sampler(node, Some(handle.clone()));
     tracing::info!(%addr, "metrics listening");
     Ok(Some(tokio::spawn(async move {
-        if let Err(e) = crate::metrics::serve_metrics(listener, handle, async move { stop.cancelled().await }).await {
+        if let Err(e) =
+            crate::metrics::serve_metrics(listener, handle, async move { stop.cancelled().await })
+                .await
+        {
             tracing::warn!(error = %e, "metrics listener failed");
         }
     })))
@@ -286,7 +360,11 @@ pub async fn drain(node: &Node) {
     node.start_draining();
     metrics::gauge!(crate::metrics::DRAINING).set(1.0);
     metrics::gauge!(crate::metrics::READY).set(0.0);
-    tracing::info!(connections = node.total_connections(), grace_secs = node.settings.shutdown_grace_period, "draining");
+    tracing::info!(
+        connections = node.total_connections(),
+        grace_secs = node.settings.shutdown_grace_period,
+        "draining"
+    );
     let grace = Duration::from_secs(node.settings.shutdown_grace_period);
     let deadline = tokio::time::Instant::now() + grace;
     while node.total_connections() > 0 && tokio::time::Instant::now() < deadline {
@@ -306,7 +384,9 @@ pub async fn drain(node: &Node) {
     // than after the liveness timeout.
     match node.adapter.leave_cluster().await {
         Ok(removed) => node.announce_removed(removed).await,
-        Err(e) => tracing::warn!(error = %e, "leaving the cluster failed; peers will sweep this node after the timeout"),
+        Err(e) => {
+            tracing::warn!(error = %e, "leaving the cluster failed; peers will sweep this node after the timeout")
+        }
     }
     tracing::info!("drained");
 }
@@ -318,7 +398,11 @@ mod build_tests {
     #[tokio::test]
     async fn readiness_names_starting_then_ready_then_draining() {
         let node = build_node_memory(NodeSettings::default());
-        assert_eq!(readiness(&node).await, Err("starting".to_string()), "not ready before serving");
+        assert_eq!(
+            readiness(&node).await,
+            Err("starting".to_string()),
+            "not ready before serving"
+        );
         node.mark_serving();
         assert_eq!(readiness(&node).await, Ok(()));
         node.start_draining();
@@ -327,19 +411,34 @@ mod build_tests {
 
     #[test]
     fn urls_in_errors_hide_credentials() {
-        assert_eq!(redact_url("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
         assert_eq!(redact_url("redis://:secret@host"), "redis://***@host");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn unreachable_redis_cache_is_one_clear_error() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         let mut settings = NodeSettings::default();
         settings.cache.driver = "redis".into();
         settings.redis.url = format!("redis://u:pw@127.0.0.1:{port}");
         let e = build_node(settings).await.err().unwrap().to_string();
-        assert!(e.contains("redis") && e.contains(&port.to_string()) && !e.contains("pw") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("redis")
+                && e.contains(&port.to_string())
+                && !e.contains("pw")
+                && !e.contains('\n'),
+            "{e}"
+        );
     }
 }

@@ -15,9 +15,12 @@ async fn trigger_event_with_and_without_info() {
     let api = node.api(&a);
     let mut c = node.client(APP_KEY).await;
     c.subscribe("news").await;
-    c.subscribe_presence(&a, "presence-room", "u1", json!({})).await;
+    c.subscribe_presence(&a, "presence-room", "u1", json!({}))
+        .await;
 
-    let (status, body) = api.publish(&json!({"name": "e", "channel": "news", "data": "d"})).await;
+    let (status, body) = api
+        .publish(&json!({"name": "e", "channel": "news", "data": "d"}))
+        .await;
     assert_eq!((status, &body), (200, &json!({})));
     assert_eq!(c.recv_event("e", WAIT).await["data"], "d");
 
@@ -26,10 +29,16 @@ async fn trigger_event_with_and_without_info() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["channels"]["news"], json!({"subscription_count": 1}));
-    assert_eq!(body["channels"]["presence-room"], json!({"subscription_count": 1, "user_count": 1}));
+    assert_eq!(
+        body["channels"]["presence-room"],
+        json!({"subscription_count": 1, "user_count": 1})
+    );
     let e1 = c.recv_event("e2", WAIT).await;
     let e2 = c.recv_event("e2", WAIT).await;
-    let mut chans = [e1["channel"].as_str().unwrap_or(""), e2["channel"].as_str().unwrap_or("")];
+    let mut chans = [
+        e1["channel"].as_str().unwrap_or(""),
+        e2["channel"].as_str().unwrap_or(""),
+    ];
     chans.sort_unstable();
     assert_eq!(chans, ["news", "presence-room"]);
     assert_eq!(e1["data"], "{\"x\":1}");
@@ -43,7 +52,9 @@ async fn socket_id_excludes_the_sender() {
     let mut b = node.client(APP_KEY).await;
     a.subscribe("room").await;
     b.subscribe("room").await;
-    let (status, body) = api.publish(&json!({"name": "x", "channel": "room", "data": "1", "socket_id": a.socket_id})).await;
+    let (status, body) = api
+        .publish(&json!({"name": "x", "channel": "room", "data": "1", "socket_id": a.socket_id}))
+        .await;
     assert_eq!(status, 200, "{body}");
     b.recv_event("x", WAIT).await;
     a.expect_no_event("x", QUIET).await;
@@ -60,9 +71,13 @@ async fn channel_and_batch_limits() {
     let api = node.api(&test_app());
     let names = |n: usize| (0..n).map(|i| format!("ch-{i}")).collect::<Vec<_>>();
 
-    let (status, body) = api.publish(&json!({"name": "x", "channels": names(100), "data": "1"})).await;
+    let (status, body) = api
+        .publish(&json!({"name": "x", "channels": names(100), "data": "1"}))
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = api.publish(&json!({"name": "x", "channels": names(101), "data": "1"})).await;
+    let (status, body) = api
+        .publish(&json!({"name": "x", "channels": names(101), "data": "1"}))
+        .await;
     assert_eq!(status, 400);
     assert_json_error(400, &body);
 
@@ -82,7 +97,8 @@ async fn batch_events_deliver_and_report_info() {
     let api = node.api(&a);
     let mut c = node.client(APP_KEY).await;
     c.subscribe("one").await;
-    c.subscribe_presence(&a, "presence-two", "u", json!({})).await;
+    c.subscribe_presence(&a, "presence-two", "u", json!({}))
+        .await;
     let (status, body) = api
         .post(
             "/batch_events",
@@ -94,7 +110,10 @@ async fn batch_events_deliver_and_report_info() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["batch"][0], json!({}));
-    assert_eq!(body["batch"][1], json!({"user_count": 1, "subscription_count": 1}));
+    assert_eq!(
+        body["batch"][1],
+        json!({"user_count": 1, "subscription_count": 1})
+    );
     assert_eq!(c.recv_event("a", WAIT).await["channel"], "one");
     assert_eq!(c.recv_event("b", WAIT).await["channel"], "presence-two");
 }
@@ -105,12 +124,21 @@ async fn data_over_app_limit_is_413() {
     a.max_event_payload_bytes = 1000;
     let node = TestNode::start(settings(vec![a.clone()])).await;
     let api = node.api(&a);
-    let (status, _) = api.publish(&json!({"name": "x", "channel": "c", "data": "y".repeat(1000)})).await;
+    let (status, _) = api
+        .publish(&json!({"name": "x", "channel": "c", "data": "y".repeat(1000)}))
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = api.publish(&json!({"name": "x", "channel": "c", "data": "y".repeat(1001)})).await;
+    let (status, body) = api
+        .publish(&json!({"name": "x", "channel": "c", "data": "y".repeat(1001)}))
+        .await;
     assert_eq!(status, 413);
     assert_json_error(413, &body);
-    let (status, body) = api.post("/batch_events", &json!({"batch": [{"name": "x", "channel": "c", "data": "y".repeat(1001)}]})).await;
+    let (status, body) = api
+        .post(
+            "/batch_events",
+            &json!({"batch": [{"name": "x", "channel": "c", "data": "y".repeat(1001)}]}),
+        )
+        .await;
     assert_eq!(status, 413, "{body}");
 }
 
@@ -122,26 +150,50 @@ async fn list_channels_with_prefix_and_info() {
     let mut c1 = node.client(APP_KEY).await;
     let mut c2 = node.client(APP_KEY).await;
     c1.subscribe("news").await;
-    c1.subscribe_presence(&a, "presence-a", "1", json!({})).await;
-    c2.subscribe_presence(&a, "presence-a", "2", json!({})).await;
-    c2.subscribe_presence(&a, "presence-b", "2", json!({})).await;
+    c1.subscribe_presence(&a, "presence-a", "1", json!({}))
+        .await;
+    c2.subscribe_presence(&a, "presence-a", "2", json!({}))
+        .await;
+    c2.subscribe_presence(&a, "presence-b", "2", json!({}))
+        .await;
 
     let (status, body) = api.get("/channels", &[]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"channels": {"news": {}, "presence-a": {}, "presence-b": {}}}));
+    assert_eq!(
+        body,
+        json!({"channels": {"news": {}, "presence-a": {}, "presence-b": {}}})
+    );
 
-    let (status, body) = api.get("/channels", &[("filter_by_prefix", "presence-")]).await;
+    let (status, body) = api
+        .get("/channels", &[("filter_by_prefix", "presence-")])
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"channels": {"presence-a": {}, "presence-b": {}}}));
+    assert_eq!(
+        body,
+        json!({"channels": {"presence-a": {}, "presence-b": {}}})
+    );
 
-    let (status, body) = api.get("/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")]).await;
+    let (status, body) = api
+        .get(
+            "/channels",
+            &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"channels": {"presence-a": {"user_count": 2}, "presence-b": {"user_count": 1}}}));
+    assert_eq!(
+        body,
+        json!({"channels": {"presence-a": {"user_count": 2}, "presence-b": {"user_count": 1}}})
+    );
 
     let (status, body) = api.get("/channels", &[("info", "user_count")]).await;
     assert_eq!(status, 400);
     assert_json_error(400, &body);
-    let (status, _) = api.get("/channels", &[("filter_by_prefix", "new"), ("info", "user_count")]).await;
+    let (status, _) = api
+        .get(
+            "/channels",
+            &[("filter_by_prefix", "new"), ("info", "user_count")],
+        )
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -155,13 +207,30 @@ async fn show_channel_with_and_without_info() {
 
     let mut c = node.client(APP_KEY).await;
     c.subscribe("news").await;
-    c.subscribe_presence(&a, "presence-room", "7", json!({})).await;
+    c.subscribe_presence(&a, "presence-room", "7", json!({}))
+        .await;
     let (status, body) = api.get("/channels/news", &[]).await;
     assert_eq!((status, body), (200, json!({"occupied": true})));
-    let (status, body) = api.get("/channels/news", &[("info", "subscription_count")]).await;
-    assert_eq!((status, body), (200, json!({"occupied": true, "subscription_count": 1})));
-    let (status, body) = api.get("/channels/presence-room", &[("info", "user_count,subscription_count")]).await;
-    assert_eq!((status, body), (200, json!({"occupied": true, "user_count": 1, "subscription_count": 1})));
+    let (status, body) = api
+        .get("/channels/news", &[("info", "subscription_count")])
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"occupied": true, "subscription_count": 1}))
+    );
+    let (status, body) = api
+        .get(
+            "/channels/presence-room",
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"occupied": true, "user_count": 1, "subscription_count": 1})
+        )
+    );
     let (status, body) = api.get("/channels/news", &[("info", "user_count")]).await;
     assert_eq!(status, 400);
     assert_json_error(400, &body);
@@ -169,8 +238,16 @@ async fn show_channel_with_and_without_info() {
     // User channels are addressable (percent-encoded `#`).
     c.signin(&a, "42").await;
     c.subscribe("#server-to-user-42").await;
-    let (status, body) = api.get("/channels/%23server-to-user-42", &[("info", "subscription_count")]).await;
-    assert_eq!((status, body), (200, json!({"occupied": true, "subscription_count": 1})));
+    let (status, body) = api
+        .get(
+            "/channels/%23server-to-user-42",
+            &[("info", "subscription_count")],
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"occupied": true, "subscription_count": 1}))
+    );
 }
 
 #[tokio::test]
@@ -182,8 +259,10 @@ async fn presence_users_endpoint() {
     assert_eq!((status, body), (200, json!({"users": []})));
     let mut c1 = node.client(APP_KEY).await;
     let mut c2 = node.client(APP_KEY).await;
-    c1.subscribe_presence(&a, "presence-room", "1", json!({"n": 1})).await;
-    c2.subscribe_presence(&a, "presence-room", "1", json!({"n": 1})).await;
+    c1.subscribe_presence(&a, "presence-room", "1", json!({"n": 1}))
+        .await;
+    c2.subscribe_presence(&a, "presence-room", "1", json!({"n": 1}))
+        .await;
     let (status, body) = api.get("/channels/presence-room/users", &[]).await;
     assert_eq!((status, body), (200, json!({"users": [{"id": "1"}]})));
     let (status, body) = api.get("/channels/news/users", &[]).await;
@@ -203,13 +282,17 @@ async fn terminate_connections_closes_the_users_sockets() {
     s2.signin(&a, "victim").await;
     other.signin(&a, "bystander").await;
 
-    let (status, body) = api.post("/users/victim/terminate_connections", &json!({})).await;
+    let (status, body) = api
+        .post("/users/victim/terminate_connections", &json!({}))
+        .await;
     assert_eq!((status, body), (200, json!({})));
     assert_eq!(s1.expect_close(WAIT).await, Some(4009));
     assert_eq!(s2.expect_close(WAIT).await, Some(4009));
     other.assert_alive().await;
 
-    let (status, _) = api.post("/users/nobody/terminate_connections", &json!({})).await;
+    let (status, _) = api
+        .post("/users/nobody/terminate_connections", &json!({}))
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -221,7 +304,9 @@ async fn authentication_failures() {
     let a = test_app();
     let node = TestNode::start(settings(vec![a.clone(), disabled.clone(), other.clone()])).await;
     let api = node.api(&a);
-    let body = json!({"name": "x", "channel": "c", "data": "1"}).to_string().into_bytes();
+    let body = json!({"name": "x", "channel": "c", "data": "1"})
+        .to_string()
+        .into_bytes();
     let path = api.path("/events");
     let now = now_secs();
 
@@ -231,11 +316,15 @@ async fn authentication_failures() {
     };
 
     let good = sign_api_request(APP_KEY, APP_SECRET, "POST", &path, &[], &body, now);
-    let (s, b) = api.raw("POST", &format!("{path}?{good}"), body.clone()).await;
+    let (s, b) = api
+        .raw("POST", &format!("{path}?{good}"), body.clone())
+        .await;
     assert_eq!(s, 200, "control: {b}");
 
     let bad_sig = sign_api_request(APP_KEY, "wrong", "POST", &path, &[], &body, now);
-    let (s, b) = api.raw("POST", &format!("{path}?{bad_sig}"), body.clone()).await;
+    let (s, b) = api
+        .raw("POST", &format!("{path}?{bad_sig}"), body.clone())
+        .await;
     check("bad signature", s, 401, b);
 
     for ts in [now - 700, now + 700] {
@@ -245,12 +334,16 @@ async fn authentication_failures() {
     }
 
     let no_md5 = sign_api_request(APP_KEY, APP_SECRET, "POST", &path, &[], b"", now);
-    let (s, b) = api.raw("POST", &format!("{path}?{no_md5}"), body.clone()).await;
+    let (s, b) = api
+        .raw("POST", &format!("{path}?{no_md5}"), body.clone())
+        .await;
     check("missing body_md5", s, 401, b);
 
     let other_path = "/apps/3/events";
     let q = sign_api_request(APP_KEY, APP_SECRET, "POST", other_path, &[], &body, now);
-    let (s, b) = api.raw("POST", &format!("{other_path}?{q}"), body.clone()).await;
+    let (s, b) = api
+        .raw("POST", &format!("{other_path}?{q}"), body.clone())
+        .await;
     check("app id not matching key", s, 401, b);
 
     let q = sign_api_request("unknown-key", APP_SECRET, "POST", &path, &[], &body, now);
@@ -258,14 +351,24 @@ async fn authentication_failures() {
     check("unknown key", s, 401, b);
 
     let dapi = node.api(&disabled);
-    let (s, b) = dapi.publish(&json!({"name": "x", "channel": "c", "data": "1"})).await;
+    let (s, b) = dapi
+        .publish(&json!({"name": "x", "channel": "c", "data": "1"}))
+        .await;
     check("disabled app", s, 403, b);
     let (s, b) = dapi.get("/channels", &[]).await;
     check("disabled app GET", s, 403, b);
 
     // The Python SDK sends body_md5 of the empty body on GET: tolerated.
     let cpath = api.path("/channels");
-    let q = sign_api_request(APP_KEY, APP_SECRET, "GET", &cpath, &[("body_md5", "d41d8cd98f00b204e9800998ecf8427e")], b"", now);
+    let q = sign_api_request(
+        APP_KEY,
+        APP_SECRET,
+        "GET",
+        &cpath,
+        &[("body_md5", "d41d8cd98f00b204e9800998ecf8427e")],
+        b"",
+        now,
+    );
     let (s, b) = api.raw("GET", &format!("{cpath}?{q}"), Vec::new()).await;
     assert_eq!(s, 200, "GET with empty-body md5: {b}");
 }
@@ -274,7 +377,9 @@ async fn authentication_failures() {
 async fn error_bodies_are_json() {
     let node = TestNode::default_app().await;
     let api = node.api(&test_app());
-    let (s, b) = api.post("/events", &json!({"channel": "c", "data": "1"})).await;
+    let (s, b) = api
+        .post("/events", &json!({"channel": "c", "data": "1"}))
+        .await;
     assert_eq!(s, 400);
     assert_json_error(400, &b);
     let (s, b) = api.raw("POST", &api.path("/events"), b"{}".to_vec()).await;

@@ -8,14 +8,18 @@ use common::{settings, test_app, TestClient, TestNode, WAIT};
 use serde_json::{json, Value};
 
 async fn v2_client(node: &TestNode) -> TestClient {
-    let mut c = node.connect("/app/app-key?protocol=2&client=rust&version=1.0").await;
+    let mut c = node
+        .connect("/app/app-key?protocol=2&client=rust&version=1.0")
+        .await;
     c.established_as("sockudo:connection_established").await;
     c
 }
 
 async fn v2_subscribe(c: &mut TestClient, channel: &str) -> Value {
-    c.send_json(&json!({"event": "sockudo:subscribe", "data": {"channel": channel}})).await;
-    c.recv_event("sockudo_internal:subscription_succeeded", WAIT).await
+    c.send_json(&json!({"event": "sockudo:subscribe", "data": {"channel": channel}}))
+        .await;
+    c.recv_event("sockudo_internal:subscription_succeeded", WAIT)
+        .await
 }
 
 async fn publish(node: &TestNode, channel: &str, data: &str, message_id: Option<&str>) -> Value {
@@ -30,7 +34,8 @@ async fn publish(node: &TestNode, channel: &str, data: &str, message_id: Option<
 
 async fn resume(c: &mut TestClient, channel: &str, stream_id: &str, serial: u64) {
     let positions = json!({ channel: { "serial": serial, "stream_id": stream_id } });
-    c.send_json(&json!({"event": "sockudo:resume", "data": {"channel_positions": positions}})).await;
+    c.send_json(&json!({"event": "sockudo:resume", "data": {"channel_positions": positions}}))
+        .await;
 }
 
 /// Collect `ev` events and the first resume outcome frame, in arrival order.
@@ -57,7 +62,10 @@ async fn v2_frames_carry_identity_and_v1_frames_do_not() {
     let node = TestNode::start(settings(vec![test_app()])).await;
     let mut v2 = v2_client(&node).await;
     let sub = v2_subscribe(&mut v2, "news").await;
-    let stream_id = sub["data"]["stream_id"].as_str().expect("stream_id").to_owned();
+    let stream_id = sub["data"]["stream_id"]
+        .as_str()
+        .expect("stream_id")
+        .to_owned();
     assert_eq!(sub["data"]["serial"], 0);
     assert_eq!(sub["data"]["attach_serial"], 0);
     let mut v1 = node.client("app-key").await;
@@ -69,7 +77,11 @@ async fn v2_frames_carry_identity_and_v1_frames_do_not() {
     assert_eq!(a["stream_id"], stream_id.as_str());
     assert!(a["message_id"].as_str().is_some_and(|m| !m.is_empty()));
     let b = v1.recv_event("ev", WAIT).await;
-    assert_eq!(b, json!({"event": "ev", "channel": "news", "data": "one"}), "V1 sees plain Pusher frames");
+    assert_eq!(
+        b,
+        json!({"event": "ev", "channel": "news", "data": "one"}),
+        "V1 sees plain Pusher frames"
+    );
 }
 
 #[tokio::test]
@@ -80,7 +92,10 @@ async fn a_repeated_message_id_is_one_message_with_one_serial() {
     let first = publish(&node, "orders", "x", Some("order-1")).await;
     let retry = publish(&node, "orders", "x", Some("order-1")).await;
     assert_eq!(first["serials"]["orders"], 1);
-    assert_eq!(retry["serials"]["orders"], 1, "the retry returns the original serial");
+    assert_eq!(
+        retry["serials"]["orders"], 1,
+        "the retry returns the original serial"
+    );
     assert_eq!(c.recv_event("ev", WAIT).await["message_id"], "order-1");
     c.expect_no_event("ev", common::QUIET).await;
     publish(&node, "orders", "y", Some("order-2")).await;
@@ -103,7 +118,10 @@ async fn resume_replays_exactly_the_missed_messages_then_live_ones() {
     v2_subscribe(&mut b, "feed").await;
     resume(&mut b, "feed", &stream_id, 1).await;
     let (events, outcome) = until_outcome(&mut b).await;
-    let serials: Vec<u64> = events.iter().map(|e| e["serial"].as_u64().unwrap()).collect();
+    let serials: Vec<u64> = events
+        .iter()
+        .map(|e| e["serial"].as_u64().unwrap())
+        .collect();
     assert_eq!(serials, vec![2, 3, 4]);
     assert_eq!(outcome["event"], "sockudo:resume_success", "{outcome}");
     let rec = &outcome["data"]["recovered"][0];
@@ -122,7 +140,10 @@ async fn resume_from_the_cold_tier_when_the_hot_ring_is_too_short() {
     s.hot_buffer_messages = 2;
     let node = TestNode::start(s).await;
     let mut a = v2_client(&node).await;
-    let stream_id = v2_subscribe(&mut a, "feed").await["data"]["stream_id"].as_str().unwrap().to_owned();
+    let stream_id = v2_subscribe(&mut a, "feed").await["data"]["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     a.close().await;
     for i in 1..=6 {
         publish(&node, "feed", &format!("m{i}"), None).await;
@@ -131,8 +152,17 @@ async fn resume_from_the_cold_tier_when_the_hot_ring_is_too_short() {
     v2_subscribe(&mut b, "feed").await;
     resume(&mut b, "feed", &stream_id, 0).await;
     let (events, outcome) = until_outcome(&mut b).await;
-    assert_eq!(events.iter().map(|e| e["serial"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
-    assert_eq!(outcome["data"]["recovered"][0]["source"], "cold", "{outcome}");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["serial"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        outcome["data"]["recovered"][0]["source"], "cold",
+        "{outcome}"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +196,10 @@ async fn another_stream_fails_with_stream_reset() {
     assert_eq!(outcome["data"]["channel"], "feed");
     assert_eq!(outcome["data"]["code"], "stream_reset");
     assert_eq!(outcome["data"]["expected_stream_id"], "some-older-stream");
-    assert_eq!(outcome["success"]["data"]["failed"][0]["code"], "stream_reset");
+    assert_eq!(
+        outcome["success"]["data"]["failed"][0]["code"],
+        "stream_reset"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +209,10 @@ async fn a_position_past_retention_fails_then_history_backfills_until_attach() {
     s.history_max_messages = 5;
     let node = TestNode::start(s).await;
     let mut a = v2_client(&node).await;
-    let stream_id = v2_subscribe(&mut a, "feed").await["data"]["stream_id"].as_str().unwrap().to_owned();
+    let stream_id = v2_subscribe(&mut a, "feed").await["data"]["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     a.close().await;
     for i in 1..=12 {
         publish(&node, "feed", &format!("m{i}"), None).await;
@@ -193,14 +229,24 @@ async fn a_position_past_retention_fails_then_history_backfills_until_attach() {
 
     b.send_json(&json!({"event": "sockudo:channel_history", "data": {"channel": "feed", "limit": 3, "until_attach": true}})).await;
     let page = b.recv_event("sockudo:channel_history", WAIT).await;
-    let items: Vec<u64> = page["data"]["items"].as_array().unwrap().iter().map(|i| i["serial"].as_u64().unwrap()).collect();
+    let items: Vec<u64> = page["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["serial"].as_u64().unwrap())
+        .collect();
     assert_eq!(items, vec![12, 11, 10], "newest first");
     assert_eq!(page["data"]["has_more"], true);
     assert_eq!(page["data"]["continuity"], "continuous");
     let cursor = page["data"]["next_cursor"].as_str().unwrap().to_owned();
     b.send_json(&json!({"event": "sockudo:channel_history", "data": {"channel": "feed", "limit": 3, "cursor": cursor, "until_attach": true}})).await;
     let page = b.recv_event("sockudo:channel_history", WAIT).await;
-    let items: Vec<u64> = page["data"]["items"].as_array().unwrap().iter().map(|i| i["serial"].as_u64().unwrap()).collect();
+    let items: Vec<u64> = page["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["serial"].as_u64().unwrap())
+        .collect();
     assert_eq!(items, vec![9, 8]);
     assert_eq!(page["data"]["has_more"], false);
 }
@@ -212,9 +258,12 @@ async fn v2_presence_events_use_the_sockudo_family() {
     let mut a = v2_client(&node).await;
     let channel = "presence-room";
     let cd = json!({"user_id": "u1"}).to_string();
-    let auth = sockudo_core::auth::sign_channel(&app.key, &app.secret, &a.socket_id, channel, Some(&cd));
+    let auth =
+        sockudo_core::auth::sign_channel(&app.key, &app.secret, &a.socket_id, channel, Some(&cd));
     a.send_json(&json!({"event": "sockudo:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": cd}})).await;
-    let ok = a.recv_event("sockudo_internal:subscription_succeeded", WAIT).await;
+    let ok = a
+        .recv_event("sockudo_internal:subscription_succeeded", WAIT)
+        .await;
     assert_eq!(ok["data"]["presence"]["count"], 1);
     let mut b = node.client("app-key").await;
     b.subscribe_presence(&app, channel, "u2", json!({})).await;

@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn is_socket_id(s: &str) -> bool {
     let mut parts = s.split('.');
-    let num = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let num =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     num(parts.next()) && num(parts.next()) && parts.next().is_none()
 }
 
@@ -21,8 +22,15 @@ fn is_socket_id(s: &str) -> bool {
 async fn connection_established_shape() {
     let node = TestNode::default_app().await;
     let mut c = node.connect(&TestNode::app_path(APP_KEY)).await;
-    let ev = c.next_frame(WAIT).await.expect("open").expect("first frame");
-    assert_eq!(ev["event"], "pusher:connection_established", "first frame: {ev}");
+    let ev = c
+        .next_frame(WAIT)
+        .await
+        .expect("open")
+        .expect("first frame");
+    assert_eq!(
+        ev["event"], "pusher:connection_established",
+        "first frame: {ev}"
+    );
     let sid = ev["data"]["socket_id"].as_str().expect("socket_id string");
     assert!(is_socket_id(sid), "socket_id {sid:?}");
     assert_eq!(ev["data"]["activity_timeout"], 120);
@@ -44,12 +52,19 @@ async fn connection_refusals_close_with_their_codes() {
         ("disabled app", TestNode::app_path("disabled-key"), 4003),
         ("unknown path", "/foo/bar?protocol=7".into(), 4005),
         ("protocol=5", format!("/app/{APP_KEY}?protocol=5"), 4007),
-        ("missing protocol", format!("/app/{APP_KEY}?client=js"), 4008),
+        (
+            "missing protocol",
+            format!("/app/{APP_KEY}?client=js"),
+            4008,
+        ),
         ("empty protocol", format!("/app/{APP_KEY}?protocol="), 4008),
     ];
     for (name, path, code) in cases {
         let mut c = node.connect(&path).await;
-        let err = c.try_recv_event("pusher:error", WAIT).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let err = c
+            .try_recv_event("pusher:error", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(err["data"]["code"], code, "{name}: {err}");
         assert_eq!(c.expect_close(WAIT).await, Some(code), "{name}");
     }
@@ -63,7 +78,10 @@ async fn connection_refusals_close_with_their_codes() {
     let mut third = node.connect(&TestNode::app_path("quota-key")).await;
     let mut ok = false;
     for _ in 0..20 {
-        match third.try_recv_event("pusher:connection_established", WAIT).await {
+        match third
+            .try_recv_event("pusher:connection_established", WAIT)
+            .await
+        {
             Ok(_) => {
                 ok = true;
                 break;
@@ -83,7 +101,8 @@ async fn bad_signin_closes_with_4009() {
     let mut c = node.client(APP_KEY).await;
     let user_data = json!({"id": "1"}).to_string();
     let auth = sign_user(APP_KEY, "wrong-secret", &c.socket_id, &user_data);
-    c.send_json(&json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+    c.send_json(&json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
     let err = c.recv_event("pusher:error", WAIT).await;
     assert_eq!(err["data"]["code"], 4009);
     assert_eq!(c.expect_close(WAIT).await, Some(4009));
@@ -98,22 +117,34 @@ async fn ping_pong_and_missing_pong_closes_with_4201() {
 
     let mut silent = node.connect(&TestNode::app_path(APP_KEY)).await;
     let hello = silent.established().await;
-    assert_eq!(hello["data"]["activity_timeout"], 1, "the configured timeout is announced");
+    assert_eq!(
+        hello["data"]["activity_timeout"], 1,
+        "the configured timeout is announced"
+    );
     let mut polite = node.client(APP_KEY).await;
     polite.assert_alive().await;
 
     let answer = tokio::spawn(async move {
         // Answer every server ping for a while: the connection must stay.
         for _ in 0..3 {
-            polite.recv_event("pusher:ping", Duration::from_secs(3)).await;
-            polite.send_json(&json!({"event": "pusher:pong", "data": {}})).await;
+            polite
+                .recv_event("pusher:ping", Duration::from_secs(3))
+                .await;
+            polite
+                .send_json(&json!({"event": "pusher:pong", "data": {}}))
+                .await;
         }
         polite.assert_alive().await;
     });
 
-    let ping = silent.recv_event("pusher:ping", Duration::from_secs(3)).await;
+    let ping = silent
+        .recv_event("pusher:ping", Duration::from_secs(3))
+        .await;
     assert_eq!(ping["data"], json!({}));
-    assert_eq!(silent.expect_close(Duration::from_secs(4)).await, Some(4201));
+    assert_eq!(
+        silent.expect_close(Duration::from_secs(4)).await,
+        Some(4201)
+    );
     answer.await.expect("polite client kept alive");
 }
 
@@ -121,8 +152,12 @@ async fn ping_pong_and_missing_pong_closes_with_4201() {
 async fn websocket_ping_frames_get_pong_frames() {
     use futures_util::{SinkExt, StreamExt};
     let node = TestNode::default_app().await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url(&TestNode::app_path(APP_KEY))).await.expect("connect");
-    ws.send(Message::Ping(b"hi"[..].into())).await.expect("ping");
+    let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url(&TestNode::app_path(APP_KEY)))
+        .await
+        .expect("connect");
+    ws.send(Message::Ping(b"hi"[..].into()))
+        .await
+        .expect("ping");
     let got = tokio::time::timeout(WAIT, async {
         while let Some(Ok(m)) = ws.next().await {
             if let Message::Pong(p) = m {
@@ -146,8 +181,16 @@ async fn drain_closes_with_4200_and_refuses_new_connections() {
     let drained = tokio::spawn(async move { sockudo_server::drain(&n).await });
     assert_eq!(a.expect_close(Duration::from_secs(3)).await, Some(4200));
     assert_eq!(b.expect_close(Duration::from_secs(3)).await, Some(4200));
-    tokio::time::timeout(Duration::from_secs(5), drained).await.expect("drain finishes").expect("drain task");
-    assert!(TestClient::try_connect(&node.ws_url(&TestNode::app_path(APP_KEY))).await.is_err(), "draining node refuses upgrades");
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("drain finishes")
+        .expect("drain task");
+    assert!(
+        TestClient::try_connect(&node.ws_url(&TestNode::app_path(APP_KEY)))
+            .await
+            .is_err(),
+        "draining node refuses upgrades"
+    );
     let api = node.api(&test_app());
     let (status, _) = api.raw("GET", "/ready", Vec::new()).await;
     assert_eq!(status, 503, "unready while draining");
@@ -172,7 +215,9 @@ async fn slow_consumer_is_closed_with_4100_and_publisher_never_blocks() {
     healthy.subscribe("other").await;
 
     let big = "x".repeat(100 * 1024);
-    let batch: Vec<Value> = (0..8).map(|_| json!({"name": "big", "channel": "firehose", "data": big})).collect();
+    let batch: Vec<Value> = (0..8)
+        .map(|_| json!({"name": "big", "channel": "firehose", "data": big}))
+        .collect();
     let body = json!({ "batch": batch });
     let mut batches = 0;
     loop {
@@ -183,7 +228,10 @@ async fn slow_consumer_is_closed_with_4100_and_publisher_never_blocks() {
         if info["occupied"] == false {
             break;
         }
-        assert!(batches < 400, "slow consumer never dropped after {batches} batches");
+        assert!(
+            batches < 400,
+            "slow consumer never dropped after {batches} batches"
+        );
     }
     assert_eq!(slow.expect_close(Duration::from_secs(10)).await, Some(4100));
     // Everyone else is unaffected.
@@ -207,18 +255,30 @@ async fn public_private_encrypted_channels() {
     api.trigger("news", "headline", "{\"a\":1}").await;
     let ev = c.recv_event("headline", WAIT).await;
     assert_eq!(ev["channel"], "news");
-    assert_eq!(ev["data"], "{\"a\":1}", "app event data passes through as the string published");
+    assert_eq!(
+        ev["data"], "{\"a\":1}",
+        "app event data passes through as the string published"
+    );
 
     api.trigger("private-room", "secret", "s").await;
-    assert_eq!(c.recv_event("secret", WAIT).await["channel"], "private-room");
+    assert_eq!(
+        c.recv_event("secret", WAIT).await["channel"],
+        "private-room"
+    );
 
     let payload = json!({"ciphertext": "Y2lwaGVy", "nonce": "bm9uY2U="}).to_string();
     api.trigger("private-encrypted-room", "enc", &payload).await;
     let ev = c.recv_event("enc", WAIT).await;
-    assert_eq!(ev["data"], payload, "encrypted payloads are relayed untouched");
+    assert_eq!(
+        ev["data"], payload,
+        "encrypted payloads are relayed untouched"
+    );
 
     // A bad signature is refused with 401.
-    c.subscribe_raw(json!({"channel": "private-x", "auth": format!("{APP_KEY}:{}", "0".repeat(64))})).await;
+    c.subscribe_raw(
+        json!({"channel": "private-x", "auth": format!("{APP_KEY}:{}", "0".repeat(64))}),
+    )
+    .await;
     let err = c.recv_event("pusher:subscription_error", WAIT).await;
     assert_eq!(err["channel"], "private-x");
     assert_eq!(err["data"]["type"], "AuthError");
@@ -244,7 +304,10 @@ async fn cache_channels_replay_last_event_or_miss() {
     let first = late.next_frame(WAIT).await.expect("open").expect("frame");
     assert_eq!(first["event"], "pusher_internal:subscription_succeeded");
     let cached = late.next_frame(WAIT).await.expect("open").expect("frame");
-    assert_eq!(cached["event"], "second", "last event replayed right after success: {cached}");
+    assert_eq!(
+        cached["event"], "second",
+        "last event replayed right after success: {cached}"
+    );
     assert_eq!(cached["data"], "2");
     late.expect_no_event("pusher:cache_miss", QUIET).await;
 
@@ -264,35 +327,67 @@ async fn presence_members_added_once_per_user_and_removed_with_last_connection()
     let ch = "presence-room";
 
     let mut observer = node.client(APP_KEY).await;
-    let ok = observer.subscribe_presence(&a, ch, "obs", json!({"name": "Observer"})).await;
+    let ok = observer
+        .subscribe_presence(&a, ch, "obs", json!({"name": "Observer"}))
+        .await;
     assert_eq!(ok["data"]["presence"]["count"], 1);
     assert_eq!(ok["data"]["presence"]["ids"], json!(["obs"]));
-    assert_eq!(ok["data"]["presence"]["hash"]["obs"], json!({"name": "Observer"}));
+    assert_eq!(
+        ok["data"]["presence"]["hash"]["obs"],
+        json!({"name": "Observer"})
+    );
 
     let mut u1 = node.client(APP_KEY).await;
-    let ok = u1.subscribe_presence(&a, ch, "u", json!({"name": "U"})).await;
+    let ok = u1
+        .subscribe_presence(&a, ch, "u", json!({"name": "U"}))
+        .await;
     assert_eq!(ok["data"]["presence"]["count"], 2);
-    let added = observer.recv_event("pusher_internal:member_added", WAIT).await;
+    let added = observer
+        .recv_event("pusher_internal:member_added", WAIT)
+        .await;
     assert_eq!(added["channel"], ch);
-    assert_eq!(added["data"], json!({"user_id": "u", "user_info": {"name": "U"}}));
-    u1.expect_no_event("pusher_internal:member_added", QUIET).await; // not to itself
+    assert_eq!(
+        added["data"],
+        json!({"user_id": "u", "user_info": {"name": "U"}})
+    );
+    u1.expect_no_event("pusher_internal:member_added", QUIET)
+        .await; // not to itself
 
     let mut u2 = node.client(APP_KEY).await;
-    let ok = u2.subscribe_presence(&a, ch, "u", json!({"name": "U"})).await;
+    let ok = u2
+        .subscribe_presence(&a, ch, "u", json!({"name": "U"}))
+        .await;
     assert_eq!(ok["data"]["presence"]["count"], 2, "same user counts once");
-    observer.expect_no_event("pusher_internal:member_added", QUIET).await;
+    observer
+        .expect_no_event("pusher_internal:member_added", QUIET)
+        .await;
 
     let (_, users) = api.get(&format!("/channels/{ch}/users"), &[]).await;
-    let mut ids: Vec<&str> = users["users"].as_array().expect("users").iter().filter_map(|u| u["id"].as_str()).collect();
+    let mut ids: Vec<&str> = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["obs", "u"]);
 
     u1.close().await;
-    observer.expect_no_event("pusher_internal:member_removed", QUIET).await;
-    u2.send_json(&json!({"event": "pusher:unsubscribe", "data": {"channel": ch}})).await;
-    let removed = observer.recv_event("pusher_internal:member_removed", WAIT).await;
+    observer
+        .expect_no_event("pusher_internal:member_removed", QUIET)
+        .await;
+    u2.send_json(&json!({"event": "pusher:unsubscribe", "data": {"channel": ch}}))
+        .await;
+    let removed = observer
+        .recv_event("pusher_internal:member_removed", WAIT)
+        .await;
     assert_eq!(removed["data"], json!({"user_id": "u"}));
-    let (_, info) = api.get(&format!("/channels/{ch}"), &[("info", "user_count,subscription_count")]).await;
+    let (_, info) = api
+        .get(
+            &format!("/channels/{ch}"),
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
     assert_eq!(info["user_count"], 1, "{info}");
     assert_eq!(info["subscription_count"], 1, "{info}");
 }
@@ -318,14 +413,22 @@ async fn presence_member_cap_and_user_info_limit() {
     c3.send_presence_subscribe(&a, ch, "3", json!({})).await;
     let err = c3.recv_event("pusher:subscription_error", WAIT).await;
     assert_eq!(err["channel"], ch);
-    assert!(err["data"]["status"].as_u64().is_some_and(|s| (400..500).contains(&s)), "{err}");
-    c1.expect_no_event("pusher_internal:member_added", QUIET).await;
+    assert!(
+        err["data"]["status"]
+            .as_u64()
+            .is_some_and(|s| (400..500).contains(&s)),
+        "{err}"
+    );
+    c1.expect_no_event("pusher_internal:member_added", QUIET)
+        .await;
 
     let mut big = node.client(APP_KEY).await;
-    big.send_presence_subscribe(&a, "presence-other", "9", json!({"bio": "x".repeat(100)})).await;
+    big.send_presence_subscribe(&a, "presence-other", "9", json!({"bio": "x".repeat(100)}))
+        .await;
     let err = big.recv_event("pusher:subscription_error", WAIT).await;
     assert_eq!(err["data"]["status"], 413, "{err}");
-    big.subscribe_presence(&a, "presence-other", "9", json!({"bio": "short"})).await;
+    big.subscribe_presence(&a, "presence-other", "9", json!({"bio": "short"}))
+        .await;
 }
 
 #[tokio::test]
@@ -337,17 +440,28 @@ async fn client_events() {
     sender.subscribe_private(&a, "private-chat").await;
     receiver.subscribe_private(&a, "private-chat").await;
 
-    sender.client_event("private-chat", "client-typing", json!({"who": "me"})).await;
+    sender
+        .client_event("private-chat", "client-typing", json!({"who": "me"}))
+        .await;
     let ev = receiver.recv_event("client-typing", WAIT).await;
     assert_eq!(ev["channel"], "private-chat");
     assert_eq!(ev["data"], json!({"who": "me"}));
-    assert!(ev.get("user_id").is_none(), "no user_id on private channels: {ev}");
+    assert!(
+        ev.get("user_id").is_none(),
+        "no user_id on private channels: {ev}"
+    );
     sender.expect_no_event("client-typing", QUIET).await; // not echoed
 
     // Presence: the frame carries the sender's user_id.
-    sender.subscribe_presence(&a, "presence-chat", "alice", json!({})).await;
-    receiver.subscribe_presence(&a, "presence-chat", "bob", json!({})).await;
-    sender.client_event("presence-chat", "client-hi", json!("hello")).await;
+    sender
+        .subscribe_presence(&a, "presence-chat", "alice", json!({}))
+        .await;
+    receiver
+        .subscribe_presence(&a, "presence-chat", "bob", json!({}))
+        .await;
+    sender
+        .client_event("presence-chat", "client-hi", json!("hello"))
+        .await;
     let ev = receiver.recv_event("client-hi", WAIT).await;
     assert_eq!(ev["user_id"], "alice", "{ev}");
 
@@ -355,8 +469,14 @@ async fn client_events() {
     sender.subscribe("public-chat").await;
     receiver.subscribe("public-chat").await;
     sender.subscribe_private(&a, "private-encrypted-chat").await;
-    receiver.subscribe_private(&a, "private-encrypted-chat").await;
-    for channel in ["public-chat", "private-encrypted-chat", "private-not-joined"] {
+    receiver
+        .subscribe_private(&a, "private-encrypted-chat")
+        .await;
+    for channel in [
+        "public-chat",
+        "private-encrypted-chat",
+        "private-not-joined",
+    ] {
         sender.client_event(channel, "client-nope", json!({})).await;
         let err = sender.recv_event("pusher:error", WAIT).await;
         assert!(err["data"]["message"].is_string(), "{err}");
@@ -374,7 +494,9 @@ async fn client_events_refused_when_app_disables_them() {
     let mut receiver = node.client(APP_KEY).await;
     sender.subscribe_private(&a, "private-chat").await;
     receiver.subscribe_private(&a, "private-chat").await;
-    sender.client_event("private-chat", "client-typing", json!({})).await;
+    sender
+        .client_event("private-chat", "client-typing", json!({}))
+        .await;
     sender.recv_event("pusher:error", WAIT).await;
     receiver.expect_no_event("client-typing", QUIET).await;
     sender.assert_alive().await;
@@ -390,7 +512,9 @@ async fn client_event_rate_limit_4301_keeps_connection_open() {
     receiver.subscribe_private(&a, "private-rate").await;
     // 30 in a burst: more than twice the per-second limit, so some second holds over 10.
     for i in 0..30 {
-        sender.client_event("private-rate", "client-n", json!({ "i": i })).await;
+        sender
+            .client_event("private-rate", "client-n", json!({ "i": i }))
+            .await;
     }
     let err = sender.recv_event("pusher:error", WAIT).await;
     assert_eq!(err["data"]["code"], 4301, "{err}");
@@ -406,7 +530,9 @@ async fn signin_and_server_to_user_channel() {
     let api = node.api(&a);
     let mut c = node.client(APP_KEY).await;
     let ok = c.signin(&a, "42").await;
-    let user_data: Value = serde_json::from_str(ok["data"]["user_data"].as_str().expect("user_data string")).expect("json");
+    let user_data: Value =
+        serde_json::from_str(ok["data"]["user_data"].as_str().expect("user_data string"))
+            .expect("json");
     assert_eq!(user_data["id"], "42");
 
     c.subscribe("#server-to-user-42").await;
@@ -415,13 +541,20 @@ async fn signin_and_server_to_user_channel() {
     assert_eq!(ev["channel"], "#server-to-user-42");
     assert_eq!(ev["data"], "for 42");
 
-    c.subscribe_raw(json!({"channel": "#server-to-user-43"})).await;
+    c.subscribe_raw(json!({"channel": "#server-to-user-43"}))
+        .await;
     let err = c.recv_event("pusher:subscription_error", WAIT).await;
     assert_eq!(err["channel"], "#server-to-user-43");
-    assert!(err["data"]["status"].as_u64().is_some_and(|s| s == 401 || s == 403), "{err}");
+    assert!(
+        err["data"]["status"]
+            .as_u64()
+            .is_some_and(|s| s == 401 || s == 403),
+        "{err}"
+    );
 
     let mut anon = node.client(APP_KEY).await;
-    anon.subscribe_raw(json!({"channel": "#server-to-user-42"})).await;
+    anon.subscribe_raw(json!({"channel": "#server-to-user-42"}))
+        .await;
     anon.recv_event("pusher:subscription_error", WAIT).await;
     api.trigger("#server-to-user-42", "notice", "again").await;
     anon.expect_no_event("notice", QUIET).await;
@@ -436,7 +569,8 @@ async fn unsubscribe_stops_delivery() {
     c.subscribe("news").await;
     api.trigger("news", "one", "1").await;
     c.recv_event("one", WAIT).await;
-    c.send_json(&json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}})).await;
+    c.send_json(&json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}))
+        .await;
     c.assert_alive().await; // the unsubscribe was processed
     api.trigger("news", "two", "2").await;
     c.expect_no_event("two", QUIET).await;
@@ -450,16 +584,24 @@ async fn disconnect_cleans_up_channels_and_members() {
     let a = test_app();
     let api = node.api(&a);
     let mut observer = node.client(APP_KEY).await;
-    observer.subscribe_presence(&a, "presence-room", "obs", json!({})).await;
+    observer
+        .subscribe_presence(&a, "presence-room", "obs", json!({}))
+        .await;
     let mut leaver = node.client(APP_KEY).await;
     leaver.subscribe("lonely").await;
-    leaver.subscribe_presence(&a, "presence-room", "leaver", json!({})).await;
-    observer.recv_event("pusher_internal:member_added", WAIT).await;
+    leaver
+        .subscribe_presence(&a, "presence-room", "leaver", json!({}))
+        .await;
+    observer
+        .recv_event("pusher_internal:member_added", WAIT)
+        .await;
     let (_, info) = api.get("/channels/lonely", &[]).await;
     assert_eq!(info["occupied"], true);
 
     leaver.close().await;
-    let removed = observer.recv_event("pusher_internal:member_removed", WAIT).await;
+    let removed = observer
+        .recv_event("pusher_internal:member_removed", WAIT)
+        .await;
     assert_eq!(removed["data"]["user_id"], "leaver");
     let (_, info) = api.get("/channels/lonely", &[]).await;
     assert_eq!(info["occupied"], false, "{info}");

@@ -53,15 +53,21 @@ pub struct ProbeRecord {
 
 impl Shared {
     fn backends(&self) -> MutexGuard<'_, Vec<SocketAddr>> {
-        self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn routed(&self) -> MutexGuard<'_, HashMap<SocketAddr, u64>> {
-        self.routed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.routed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn probe(&self) -> MutexGuard<'_, Option<Probe>> {
-        self.probe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.probe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The backends to try: with probing, those whose last `/ready` was 200 (all of them
@@ -69,8 +75,14 @@ impl Shared {
     fn eligible(&self) -> Vec<SocketAddr> {
         let backends = self.backends().clone();
         let probe = self.probe();
-        let Some(probe) = probe.as_ref() else { return backends };
-        let ready: Vec<SocketAddr> = backends.iter().copied().filter(|b| probe.last.get(b).copied().flatten() == Some(200)).collect();
+        let Some(probe) = probe.as_ref() else {
+            return backends;
+        };
+        let ready: Vec<SocketAddr> = backends
+            .iter()
+            .copied()
+            .filter(|b| probe.last.get(b).copied().flatten() == Some(200))
+            .collect();
         if ready.is_empty() {
             backends
         } else {
@@ -93,12 +105,25 @@ pub struct LoadBalancer {
 impl LoadBalancer {
     /// Listen on `127.0.0.1:0` and spread connections over `backends` in turn.
     pub async fn start(backends: Vec<SocketAddr>) -> Result<LoadBalancer, TestkitError> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(|e| TestkitError::io("bind the load balancer listener", e))?;
-        let addr = listener.local_addr().map_err(|e| TestkitError::io("read the load balancer address", e))?;
-        let shared = Arc::new(Shared { backends: Mutex::new(backends), ..Shared::default() });
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|e| TestkitError::io("bind the load balancer listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| TestkitError::io("read the load balancer address", e))?;
+        let shared = Arc::new(Shared {
+            backends: Mutex::new(backends),
+            ..Shared::default()
+        });
         let (state, _) = watch::channel(LinkState::Open);
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), state.clone()));
-        Ok(LoadBalancer { addr, shared, state, accept_task, probe_task: Mutex::new(None) })
+        Ok(LoadBalancer {
+            addr,
+            shared,
+            state,
+            accept_task,
+            probe_task: Mutex::new(None),
+        })
     }
 
     /// The balancer's own address.
@@ -144,28 +169,42 @@ impl LoadBalancer {
         }
         let shared = Arc::clone(&self.shared);
         let task = tokio::spawn(async move {
-            let Ok(http) = reqwest::Client::builder().timeout(interval.max(Duration::from_millis(200))).build() else { return };
+            let Ok(http) = reqwest::Client::builder()
+                .timeout(interval.max(Duration::from_millis(200)))
+                .build()
+            else {
+                return;
+            };
             loop {
                 let backends = shared.backends().clone();
                 for backend in backends {
-                    let (status, body) = match http.get(format!("http://{backend}/ready")).send().await {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            (Some(status), r.text().await.unwrap_or_default())
-                        }
-                        Err(_) => (None, String::new()),
-                    };
+                    let (status, body) =
+                        match http.get(format!("http://{backend}/ready")).send().await {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                (Some(status), r.text().await.unwrap_or_default())
+                            }
+                            Err(_) => (None, String::new()),
+                        };
                     if let Some(probe) = shared.probe().as_mut() {
                         if probe.last.get(&backend) != Some(&status) {
                             probe.last.insert(backend, status);
-                            probe.log.push(ProbeRecord { backend, at: std::time::Instant::now(), status, body });
+                            probe.log.push(ProbeRecord {
+                                backend,
+                                at: std::time::Instant::now(),
+                                status,
+                                body,
+                            });
                         }
                     }
                 }
                 tokio::time::sleep(interval).await;
             }
         });
-        let mut slot = self.probe_task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self
+            .probe_task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(old) = slot.replace(task) {
             old.abort();
         }
@@ -173,7 +212,11 @@ impl LoadBalancer {
 
     /// Every change of a backend's `/ready` answer the probe saw, in order.
     pub fn probe_log(&self) -> Vec<ProbeRecord> {
-        self.shared.probe().as_ref().map(|p| p.log.clone()).unwrap_or_default()
+        self.shared
+            .probe()
+            .as_ref()
+            .map(|p| p.log.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -181,7 +224,12 @@ impl Drop for LoadBalancer {
     fn drop(&mut self) {
         self.state.send_replace(LinkState::Closed);
         self.accept_task.abort();
-        if let Some(task) = self.probe_task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+        if let Some(task) = self
+            .probe_task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
             task.abort();
         }
     }
@@ -217,7 +265,9 @@ async fn connect_backend(shared: &Shared) -> Option<TcpStream> {
     let start = shared.next.fetch_add(1, Ordering::Relaxed);
     for offset in 0..backends.len() {
         let backend = backends[(start + offset) % backends.len()];
-        if let Ok(Ok(stream)) = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(backend)).await
+        {
             *shared.routed().entry(backend).or_insert(0) += 1;
             return Some(stream);
         }

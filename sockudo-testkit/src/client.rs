@@ -42,15 +42,31 @@ impl Event {
             .and_then(Value::as_str)
             .ok_or_else(|| TestkitError::Protocol(format!("frame without an event name: {raw}")))?
             .to_string();
-        let channel = raw.get("channel").and_then(Value::as_str).map(str::to_string);
-        let user_id = raw.get("user_id").and_then(Value::as_str).map(str::to_string);
+        let channel = raw
+            .get("channel")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let user_id = raw
+            .get("user_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let mut data = raw.get("data").cloned().unwrap_or(Value::Null);
         if is_system_event(&event) {
             if let Value::String(text) = &data {
-                data = serde_json::from_str(text).map_err(|e| TestkitError::Protocol(format!("{event}: data is not a JSON string ({e}): {raw}")))?;
+                data = serde_json::from_str(text).map_err(|e| {
+                    TestkitError::Protocol(format!(
+                        "{event}: data is not a JSON string ({e}): {raw}"
+                    ))
+                })?;
             }
         }
-        Ok(Event { event, channel, data, user_id, raw })
+        Ok(Event {
+            event,
+            channel,
+            data,
+            user_id,
+            raw,
+        })
     }
 
     /// `data` as a string, when it is one.
@@ -70,13 +86,28 @@ impl Event {
 /// Whether `event` is a system event (`pusher:`, `pusher_internal:`, `sockudo:`,
 /// `sockudo_internal:`), whose `data` is a JSON-encoded string.
 fn is_system_event(event: &str) -> bool {
-    ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().any(|p| event.starts_with(p))
+    [
+        "pusher:",
+        "pusher_internal:",
+        "sockudo:",
+        "sockudo_internal:",
+    ]
+    .iter()
+    .any(|p| event.starts_with(p))
 }
 
 /// `event` without its system prefix (`pusher:x`, `sockudo_internal:x` → `x`); other names as
 /// they are.
 fn system_name(event: &str) -> &str {
-    ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().find_map(|p| event.strip_prefix(p)).unwrap_or(event)
+    [
+        "pusher:",
+        "pusher_internal:",
+        "sockudo:",
+        "sockudo_internal:",
+    ]
+    .iter()
+    .find_map(|p| event.strip_prefix(p))
+    .unwrap_or(event)
 }
 
 /// How a WebSocket ended.
@@ -121,7 +152,10 @@ pub struct TestClient {
 
 impl fmt::Debug for TestClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestClient").field("socket_id", &self.socket_id).field("closed", &self.closed).finish_non_exhaustive()
+        f.debug_struct("TestClient")
+            .field("socket_id", &self.socket_id)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,24 +165,53 @@ impl TestClient {
     pub async fn connect(url: &str) -> Result<TestClient, TestkitError> {
         let (ws, _) = tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
-            .map_err(|_| TestkitError::timeout(format!("websocket connect to {url}"), DEFAULT_TIMEOUT))??;
-        let family = if url.contains("protocol=2") { "sockudo" } else { "pusher" };
-        let mut client = TestClient { ws, socket_id: String::new(), activity_timeout: 0, pending: VecDeque::new(), closed: None, family };
+            .map_err(|_| {
+                TestkitError::timeout(format!("websocket connect to {url}"), DEFAULT_TIMEOUT)
+            })??;
+        let family = if url.contains("protocol=2") {
+            "sockudo"
+        } else {
+            "pusher"
+        };
+        let mut client = TestClient {
+            ws,
+            socket_id: String::new(),
+            activity_timeout: 0,
+            pending: VecDeque::new(),
+            closed: None,
+            family,
+        };
         let deadline = Deadline::after(DEFAULT_TIMEOUT);
         loop {
-            let event = client.next_event(deadline, "connection_established").await?;
+            let event = client
+                .next_event(deadline, "connection_established")
+                .await?;
             match event.event.as_str() {
                 "pusher:connection_established" | "sockudo:connection_established" => {
                     client.socket_id = event
                         .data
                         .get("socket_id")
                         .and_then(Value::as_str)
-                        .ok_or_else(|| TestkitError::Protocol(format!("connection_established without socket_id: {}", event.raw)))?
+                        .ok_or_else(|| {
+                            TestkitError::Protocol(format!(
+                                "connection_established without socket_id: {}",
+                                event.raw
+                            ))
+                        })?
                         .to_string();
-                    client.activity_timeout = event.data.get("activity_timeout").and_then(Value::as_u64).unwrap_or(0);
+                    client.activity_timeout = event
+                        .data
+                        .get("activity_timeout")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     return Ok(client);
                 }
-                "pusher:error" | "sockudo:error" => return Err(TestkitError::Protocol(format!("connection refused: {}", event.raw))),
+                "pusher:error" | "sockudo:error" => {
+                    return Err(TestkitError::Protocol(format!(
+                        "connection refused: {}",
+                        event.raw
+                    )))
+                }
                 _ => {}
             }
         }
@@ -175,7 +238,11 @@ impl TestClient {
     /// V2: send `sockudo:resume` with `channel_positions` (`{"<channel>": {"serial", "stream_id",
     /// "last_message_id"?}}`) and return every frame up to and including
     /// `sockudo:resume_success` (replays, `resume_failed` frames, live events), in order.
-    pub async fn resume(&mut self, channel_positions: Value, timeout: Duration) -> Result<Vec<Event>, TestkitError> {
+    pub async fn resume(
+        &mut self,
+        channel_positions: Value,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, TestkitError> {
         self.send_json(&json!({ "event": "sockudo:resume", "data": { "channel_positions": channel_positions } })).await?;
         let deadline = Deadline::after(timeout);
         let mut out = Vec::new();
@@ -191,15 +258,37 @@ impl TestClient {
 
     /// V2: send `sockudo:channel_history` with `request` (`{"channel", "limit"?, ...}`) and
     /// wait for the answer for that channel (or an error event).
-    pub async fn channel_history(&mut self, request: Value, timeout: Duration) -> Result<Event, TestkitError> {
-        let channel = request.get("channel").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.send_json(&json!({ "event": "sockudo:channel_history", "data": request })).await?;
+    pub async fn channel_history(
+        &mut self,
+        request: Value,
+        timeout: Duration,
+    ) -> Result<Event, TestkitError> {
+        let channel = request
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.send_json(&json!({ "event": "sockudo:channel_history", "data": request }))
+            .await?;
         let deadline = Deadline::after(timeout);
         let mut skipped = Vec::new();
         let outcome = loop {
-            match self.read_event(deadline, &format!("channel_history of {channel}")).await {
-                Ok(e) if e.event == "sockudo:channel_history" && e.channel.as_deref() == Some(channel.as_str()) => break Ok(e),
-                Ok(e) if e.event == "sockudo:error" => break Err(TestkitError::Protocol(format!("channel_history failed: {}", e.raw))),
+            match self
+                .read_event(deadline, &format!("channel_history of {channel}"))
+                .await
+            {
+                Ok(e)
+                    if e.event == "sockudo:channel_history"
+                        && e.channel.as_deref() == Some(channel.as_str()) =>
+                {
+                    break Ok(e)
+                }
+                Ok(e) if e.event == "sockudo:error" => {
+                    break Err(TestkitError::Protocol(format!(
+                        "channel_history failed: {}",
+                        e.raw
+                    )))
+                }
                 Ok(e) => skipped.push(e),
                 Err(e) => break Err(e),
             }
@@ -216,7 +305,11 @@ impl TestClient {
 
     /// Every event until nothing has arrived for `quiet` (or `max` has passed, or the socket
     /// closed): "wait for quiet" when counting deliveries.
-    pub async fn events_until_quiet(&mut self, quiet: Duration, max: Duration) -> Result<Vec<Event>, TestkitError> {
+    pub async fn events_until_quiet(
+        &mut self,
+        quiet: Duration,
+        max: Duration,
+    ) -> Result<Vec<Event>, TestkitError> {
         let end = Instant::now() + max;
         let mut out = Vec::new();
         loop {
@@ -256,23 +349,44 @@ impl TestClient {
     }
 
     /// Subscribe to a private channel, signing the auth with `key`/`secret`.
-    pub async fn subscribe_private(&mut self, channel: &str, key: &str, secret: &str) -> Result<Event, TestkitError> {
+    pub async fn subscribe_private(
+        &mut self,
+        channel: &str,
+        key: &str,
+        secret: &str,
+    ) -> Result<Event, TestkitError> {
         let auth = sign_channel(key, secret, &self.socket_id, channel, None);
-        self.subscribe_with(json!({ "channel": channel, "auth": auth })).await
+        self.subscribe_with(json!({ "channel": channel, "auth": auth }))
+            .await
     }
 
     /// Join a presence channel as `user_id` with `info`; the returned event's data holds the
     /// members (`{"presence":{"ids","hash","count"}}`).
-    pub async fn subscribe_presence(&mut self, channel: &str, key: &str, secret: &str, user_id: &str, info: Value) -> Result<Event, TestkitError> {
+    pub async fn subscribe_presence(
+        &mut self,
+        channel: &str,
+        key: &str,
+        secret: &str,
+        user_id: &str,
+        info: Value,
+    ) -> Result<Event, TestkitError> {
         let channel_data = json!({ "user_id": user_id, "user_info": info }).to_string();
         let auth = sign_channel(key, secret, &self.socket_id, channel, Some(&channel_data));
-        self.subscribe_with(json!({ "channel": channel, "auth": auth, "channel_data": channel_data })).await
+        self.subscribe_with(
+            json!({ "channel": channel, "auth": auth, "channel_data": channel_data }),
+        )
+        .await
     }
 
     /// Send `pusher:subscribe` with `data` and wait for the outcome for `data.channel`.
     pub async fn subscribe_with(&mut self, data: Value) -> Result<Event, TestkitError> {
-        let channel = data.get("channel").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.send_json(&json!({ "event": format!("{}:subscribe", self.family), "data": data })).await?;
+        let channel = data
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.send_json(&json!({ "event": format!("{}:subscribe", self.family), "data": data }))
+            .await?;
         let deadline = Deadline::after(DEFAULT_TIMEOUT);
         let what = format!("subscription to {channel}");
         let mut skipped = Vec::new();
@@ -285,8 +399,18 @@ impl TestClient {
             let system = is_system_event(&event.event);
             match (system, system_name(&event.event)) {
                 (true, "subscription_succeeded") if ours => break Ok(event),
-                (true, "subscription_error") if ours => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
-                (true, "error") => break Err(TestkitError::Protocol(format!("subscription to {channel} failed: {}", event.raw))),
+                (true, "subscription_error") if ours => {
+                    break Err(TestkitError::Protocol(format!(
+                        "subscription to {channel} failed: {}",
+                        event.raw
+                    )))
+                }
+                (true, "error") => {
+                    break Err(TestkitError::Protocol(format!(
+                        "subscription to {channel} failed: {}",
+                        event.raw
+                    )))
+                }
                 _ => skipped.push(event),
             }
         };
@@ -296,7 +420,12 @@ impl TestClient {
 
     /// Sign in as `user_id` (`pusher:signin`, signed with `key`/`secret`) and wait for
     /// `signin_success`.
-    pub async fn signin(&mut self, user_id: &str, key: &str, secret: &str) -> Result<Event, TestkitError> {
+    pub async fn signin(
+        &mut self,
+        user_id: &str,
+        key: &str,
+        secret: &str,
+    ) -> Result<Event, TestkitError> {
         let user_data = json!({ "id": user_id }).to_string();
         let auth = sign_user(key, secret, &self.socket_id, &user_data);
         self.send_json(&json!({ "event": format!("{}:signin", self.family), "data": { "auth": auth, "user_data": user_data } })).await?;
@@ -304,8 +433,12 @@ impl TestClient {
         let mut skipped = Vec::new();
         let outcome = loop {
             match self.read_event(deadline, "signin_success").await {
-                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "signin_success" => break Ok(e),
-                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "error" => break Err(TestkitError::Protocol(format!("signin failed: {}", e.raw))),
+                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "signin_success" => {
+                    break Ok(e)
+                }
+                Ok(e) if is_system_event(&e.event) && system_name(&e.event) == "error" => {
+                    break Err(TestkitError::Protocol(format!("signin failed: {}", e.raw)))
+                }
                 Ok(e) => skipped.push(e),
                 Err(e) => break Err(e),
             }
@@ -320,15 +453,27 @@ impl TestClient {
     }
 
     /// Send a client event (`client-*`) on a channel.
-    pub async fn trigger(&mut self, channel: &str, event: &str, data: Value) -> Result<(), TestkitError> {
-        self.send_json(&json!({ "event": event, "channel": channel, "data": data })).await
+    pub async fn trigger(
+        &mut self,
+        channel: &str,
+        event: &str,
+        data: Value,
+    ) -> Result<(), TestkitError> {
+        self.send_json(&json!({ "event": event, "channel": channel, "data": data }))
+            .await
     }
 
     /// Wait up to `timeout` for an event named `name`, skipping others.
-    pub async fn recv_event(&mut self, name: &str, timeout: Duration) -> Result<Event, TestkitError> {
+    pub async fn recv_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Event, TestkitError> {
         let deadline = Deadline::after(timeout);
         loop {
-            let event = self.next_event(deadline, &format!("event {name:?}")).await?;
+            let event = self
+                .next_event(deadline, &format!("event {name:?}"))
+                .await?;
             if event.event == name {
                 return Ok(event);
             }
@@ -336,10 +481,17 @@ impl TestClient {
     }
 
     /// Like [`recv_event`](Self::recv_event), also requiring the channel.
-    pub async fn recv_event_on(&mut self, channel: &str, name: &str, timeout: Duration) -> Result<Event, TestkitError> {
+    pub async fn recv_event_on(
+        &mut self,
+        channel: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Event, TestkitError> {
         let deadline = Deadline::after(timeout);
         loop {
-            let event = self.next_event(deadline, &format!("event {name:?} on {channel}")).await?;
+            let event = self
+                .next_event(deadline, &format!("event {name:?} on {channel}"))
+                .await?;
             if event.event == name && event.channel.as_deref() == Some(channel) {
                 return Ok(event);
             }
@@ -351,7 +503,10 @@ impl TestClient {
     pub async fn expect_no_event(&mut self, name: &str, dur: Duration) -> Result<(), TestkitError> {
         for event in self.events_until(dur).await? {
             if event.event == name {
-                return Err(TestkitError::UnexpectedEvent { name: event.event, frame: event.raw });
+                return Err(TestkitError::UnexpectedEvent {
+                    name: event.event,
+                    frame: event.raw,
+                });
             }
         }
         Ok(())
@@ -428,17 +583,30 @@ impl TestClient {
                 Some(Ok(Message::Text(text))) => {
                     let event = Event::from_frame(serde_json::from_str(text.as_str())?)?;
                     if event.event == "pusher:ping" || event.event == "sockudo:ping" {
-                        self.send_json(&json!({ "event": format!("{}:pong", self.family), "data": {} })).await?;
+                        self.send_json(
+                            &json!({ "event": format!("{}:pong", self.family), "data": {} }),
+                        )
+                        .await?;
                     }
                     return Ok(event);
                 }
                 Some(Ok(Message::Close(frame))) => {
                     self.closed = Some(match frame {
-                        Some(frame) => CloseOutcome::Frame { code: u16::from(frame.code), reason: frame.reason.to_string() },
-                        None => CloseOutcome::Frame { code: u16::from(CloseCode::Status), reason: String::new() },
+                        Some(frame) => CloseOutcome::Frame {
+                            code: u16::from(frame.code),
+                            reason: frame.reason.to_string(),
+                        },
+                        None => CloseOutcome::Frame {
+                            code: u16::from(CloseCode::Status),
+                            reason: String::new(),
+                        },
                     });
                 }
-                Some(Ok(Message::Binary(_))) => return Err(TestkitError::Protocol("the server sent a binary frame".into())),
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(TestkitError::Protocol(
+                        "the server sent a binary frame".into(),
+                    ))
+                }
                 Some(Ok(_)) => {} // ping/pong frames: tungstenite answers pings itself
                 Some(Err(e)) => self.closed = Some(CloseOutcome::Abrupt(e.to_string())),
                 None => self.closed = Some(CloseOutcome::Abrupt("stream ended".into())),
@@ -471,17 +639,32 @@ impl ApiClient {
 
     /// The same credentials against another base URL.
     pub fn with_base(&self, http_url: &str) -> ApiClient {
-        ApiClient { base: http_url.trim_end_matches('/').to_string(), ..self.clone() }
+        ApiClient {
+            base: http_url.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
     }
 
     /// `POST /apps/{id}/events` to one channel. A string `data` is sent as is, anything else
     /// as its JSON text (as the SDKs do). Returns the status and the JSON body.
-    pub async fn trigger(&self, channel: &str, event: &str, data: Value) -> Result<(u16, Value), TestkitError> {
-        self.post("/events", &event_body(channel, event, data)).await
+    pub async fn trigger(
+        &self,
+        channel: &str,
+        event: &str,
+        data: Value,
+    ) -> Result<(u16, Value), TestkitError> {
+        self.post("/events", &event_body(channel, event, data))
+            .await
     }
 
     /// [`trigger`](Self::trigger) with an `idempotency_key` in the body.
-    pub async fn trigger_with_key(&self, channel: &str, event: &str, data: Value, idempotency_key: &str) -> Result<(u16, Value), TestkitError> {
+    pub async fn trigger_with_key(
+        &self,
+        channel: &str,
+        event: &str,
+        data: Value,
+        idempotency_key: &str,
+    ) -> Result<(u16, Value), TestkitError> {
         let mut body = event_body(channel, event, data);
         body["idempotency_key"] = Value::String(idempotency_key.into());
         self.post("/events", &body).await
@@ -495,38 +678,78 @@ impl ApiClient {
 
     /// A signed POST with extra request headers (e.g. `X-Idempotency-Key`); returns the
     /// status, the response headers (names lower-case) and the JSON body.
-    pub async fn post_with_headers(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
-        self.request_full("POST", path, &[], serde_json::to_vec(body)?, headers).await
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
+        self.request_full("POST", path, &[], serde_json::to_vec(body)?, headers)
+            .await
     }
 
     /// A signed GET returning the response headers too (names lower-case).
-    pub async fn get_with_headers(&self, path: &str, params: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
-        self.request_full("GET", path, params, Vec::new(), &[]).await
+    pub async fn get_with_headers(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
+        self.request_full("GET", path, params, Vec::new(), &[])
+            .await
     }
 
     /// A signed GET. `path` is either absolute (`/apps/1/channels`) or relative to the app
     /// (`/channels` → `/apps/{id}/channels`).
-    pub async fn get(&self, path: &str, params: &[(&str, &str)]) -> Result<(u16, Value), TestkitError> {
+    pub async fn get(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Value), TestkitError> {
         self.request("GET", path, params, Vec::new()).await
     }
 
     /// A signed POST of a JSON body; `path` as in [`get`](Self::get).
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), TestkitError> {
-        self.request("POST", path, &[], serde_json::to_vec(body)?).await
+        self.request("POST", path, &[], serde_json::to_vec(body)?)
+            .await
     }
 
-    async fn request(&self, method: &str, path: &str, params: &[(&str, &str)], body: Vec<u8>) -> Result<(u16, Value), TestkitError> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Value), TestkitError> {
         let (status, _, json) = self.request_full(method, path, params, body, &[]).await?;
         Ok((status, json))
     }
 
-    async fn request_full(&self, method: &str, path: &str, params: &[(&str, &str)], body: Vec<u8>, headers: &[(&str, &str)]) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
-        let path = if path.starts_with("/apps/") { path.to_string() } else { format!("/apps/{}/{}", self.app_id, path.trim_start_matches('/')) };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    async fn request_full(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Vec<(String, String)>, Value), TestkitError> {
+        let path = if path.starts_with("/apps/") {
+            path.to_string()
+        } else {
+            format!("/apps/{}/{}", self.app_id, path.trim_start_matches('/'))
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let query = sign_api_request(&self.key, &self.secret, method, &path, params, &body, now);
         let url = format!("{}{}?{}", self.base, path, query);
         let mut request = match method {
-            "POST" => self.http.post(url).header("content-type", "application/json").body(body),
+            "POST" => self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body),
             _ => self.http.get(url),
         };
         for (name, value) in headers {
@@ -537,7 +760,12 @@ impl ApiClient {
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let text = response.text().await?;
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -554,14 +782,21 @@ struct Deadline {
 
 impl Deadline {
     fn after(total: Duration) -> Deadline {
-        Deadline { at: Instant::now() + total, total }
+        Deadline {
+            at: Instant::now() + total,
+            total,
+        }
     }
 }
 
 /// `url` with its `protocol` query parameter set to `2` (added when missing).
 pub fn v2_url(url: &str) -> String {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut params: Vec<String> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("protocol=")).map(str::to_string).collect();
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("protocol="))
+        .map(str::to_string)
+        .collect();
     params.insert(0, "protocol=2".into());
     format!("{base}?{}", params.join("&"))
 }

@@ -15,7 +15,9 @@ use sockudo_server::config::NodeSettings;
 use crate::balancer::LoadBalancer;
 use crate::client::{ApiClient, TestClient};
 #[cfg(feature = "containers")]
-use crate::containers::{image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer};
+use crate::containers::{
+    image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer,
+};
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
@@ -91,7 +93,10 @@ impl ClusterBuilder {
     /// Adjust node `i`'s settings after the testkit's defaults (and Redis wiring) are set.
     /// Process nodes receive them as environment variables ([`settings_env`]), which carry
     /// only the first app.
-    pub fn settings(mut self, f: impl Fn(usize, &mut NodeSettings) + Send + Sync + 'static) -> Self {
+    pub fn settings(
+        mut self,
+        f: impl Fn(usize, &mut NodeSettings) + Send + Sync + 'static,
+    ) -> Self {
         self.settings = Some(Box::new(f));
         self
     }
@@ -108,7 +113,10 @@ impl ClusterBuilder {
     }
 
     /// Process and containers modes: adjust node `i`'s environment last (any CONFIG.md variable).
-    pub fn env(mut self, f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static) -> Self {
+    pub fn env(
+        mut self,
+        f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static,
+    ) -> Self {
         self.env = Some(Box::new(f));
         self
     }
@@ -116,7 +124,9 @@ impl ClusterBuilder {
     /// Start Redis (if asked), the proxies, the nodes and the balancer.
     pub async fn build(self) -> Result<Cluster, TestkitError> {
         if self.nodes == 0 {
-            return Err(TestkitError::Usage("a cluster needs at least one node".into()));
+            return Err(TestkitError::Usage(
+                "a cluster needs at least one node".into(),
+            ));
         }
         #[cfg(feature = "containers")]
         let containers = match self.mode {
@@ -125,14 +135,20 @@ impl ClusterBuilder {
         };
         #[cfg(not(feature = "containers"))]
         let containers: Option<ContainerParts> = None;
-        let redis = if self.redis && containers.is_none() { Some(RedisServer::start().await?) } else { None };
+        let redis = if self.redis && containers.is_none() {
+            Some(RedisServer::start().await?)
+        } else {
+            None
+        };
         // Where the nodes' proxies forward to; in bridge mode the nodes reach Redis directly.
         let redis_upstream = match (&redis, &containers) {
             (Some(redis), _) => Some(redis.addr()),
             (None, Some(parts)) => parts.proxy_upstream(),
             (None, None) => None,
         };
-        let redis_direct = containers.as_ref().and_then(ContainerParts::direct_redis_url);
+        let redis_direct = containers
+            .as_ref()
+            .and_then(ContainerParts::direct_redis_url);
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -159,7 +175,9 @@ impl ClusterBuilder {
                 f(i, &mut settings);
             }
             let node = match self.mode {
-                NodeMode::InProcess => ClusterNode::InProcess(Box::new(TestNode::start(settings).await?)),
+                NodeMode::InProcess => {
+                    ClusterNode::InProcess(Box::new(TestNode::start(settings).await?))
+                }
                 NodeMode::Process => {
                     let mut env = settings_env(&settings);
                     if let Some(f) = &self.env {
@@ -169,12 +187,22 @@ impl ClusterBuilder {
                 }
                 #[cfg(feature = "containers")]
                 NodeMode::Container => {
-                    let parts = containers.as_ref().ok_or_else(|| TestkitError::Usage("containers mode was not set up".into()))?;
+                    let parts = containers.as_ref().ok_or_else(|| {
+                        TestkitError::Usage("containers mode was not set up".into())
+                    })?;
                     let mut env = settings_env(&settings);
                     if let Some(f) = &self.env {
                         f(i, &mut env);
                     }
-                    ClusterNode::Container(ContainerNode::start(&parts.engine, &parts.sockudo_image, parts.network, env).await?)
+                    ClusterNode::Container(
+                        ContainerNode::start(
+                            &parts.engine,
+                            &parts.sockudo_image,
+                            parts.network,
+                            env,
+                        )
+                        .await?,
+                    )
                 }
             };
             nodes.push(node);
@@ -207,7 +235,10 @@ struct ContainerParts {
 
 #[cfg(feature = "containers")]
 impl ContainerParts {
-    async fn start(options: &ContainerOptions, with_redis: bool) -> Result<ContainerParts, TestkitError> {
+    async fn start(
+        options: &ContainerOptions,
+        with_redis: bool,
+    ) -> Result<ContainerParts, TestkitError> {
         let engine = DockerEngine::connect().await?;
         let sockudo_image = image::sockudo_image(&engine, &options.images).await?;
         let (redis, redis_container_addr) = if with_redis {
@@ -218,7 +249,13 @@ impl ContainerParts {
         } else {
             (None, None)
         };
-        Ok(ContainerParts { engine, sockudo_image, network: options.network, redis, redis_container_addr })
+        Ok(ContainerParts {
+            engine,
+            sockudo_image,
+            network: options.network,
+            redis,
+            redis_container_addr,
+        })
     }
 
     /// Host networking: the per-node proxies on the host forward to Redis's loopback port.
@@ -233,7 +270,10 @@ impl ContainerParts {
     fn direct_redis_url(&self) -> Option<String> {
         match self.network {
             ContainerNetwork::Host => None,
-            ContainerNetwork::Bridge => self.redis_container_addr.as_ref().map(|addr| format!("redis://{addr}")),
+            ContainerNetwork::Bridge => self
+                .redis_container_addr
+                .as_ref()
+                .map(|addr| format!("redis://{addr}")),
         }
     }
 }
@@ -340,13 +380,19 @@ impl ClusterNode {
                 if status.success() {
                     Ok(())
                 } else {
-                    Err(TestkitError::Node(format!("sockudo exited with {status} after SIGTERM; log tail:\n{}", n.log_tail(20))))
+                    Err(TestkitError::Node(format!(
+                        "sockudo exited with {status} after SIGTERM; log tail:\n{}",
+                        n.log_tail(20)
+                    )))
                 }
             }
             #[cfg(feature = "containers")]
             ClusterNode::Container(n) => match n.terminate().await? {
                 0 => Ok(()),
-                code => Err(TestkitError::Node(format!("the sockudo container exited with {code} after SIGTERM; log tail:\n{}", n.log_tail(20).await))),
+                code => Err(TestkitError::Node(format!(
+                    "the sockudo container exited with {code} after SIGTERM; log tail:\n{}",
+                    n.log_tail(20).await
+                ))),
             },
         }
     }
@@ -376,7 +422,10 @@ impl Cluster {
             settings: None,
             env: None,
             #[cfg(feature = "containers")]
-            containers: ContainerOptions { images: crate::containers::ContainerImages::from_env(), ..ContainerOptions::default() },
+            containers: ContainerOptions {
+                images: crate::containers::ContainerImages::from_env(),
+                ..ContainerOptions::default()
+            },
         }
     }
 
@@ -438,12 +487,22 @@ impl Cluster {
 
     /// A signed API client for node `i`.
     pub fn api(&self, i: usize) -> ApiClient {
-        ApiClient::new(&self.nodes[i].http_url(), &self.app.id, &self.app.key, &self.app.secret)
+        ApiClient::new(
+            &self.nodes[i].http_url(),
+            &self.app.id,
+            &self.app.key,
+            &self.app.secret,
+        )
     }
 
     /// A signed API client through the balancer.
     pub fn balancer_api(&self) -> ApiClient {
-        ApiClient::new(&self.balancer.url(), &self.app.id, &self.app.key, &self.app.secret)
+        ApiClient::new(
+            &self.balancer.url(),
+            &self.app.id,
+            &self.app.key,
+            &self.app.secret,
+        )
     }
 
     /// A connected client on node `i`.
@@ -503,14 +562,22 @@ impl Cluster {
 
     fn checked(&mut self, i: usize) -> Result<&mut ClusterNode, TestkitError> {
         let n = self.nodes.len();
-        self.nodes.get_mut(i).ok_or_else(|| TestkitError::Usage(format!("node {i} does not exist (cluster of {n})")))
+        self.nodes
+            .get_mut(i)
+            .ok_or_else(|| TestkitError::Usage(format!("node {i} does not exist (cluster of {n})")))
     }
 
     fn redis_mut(&mut self) -> Result<&mut RedisServer, TestkitError> {
-        self.redis.as_mut().ok_or_else(|| TestkitError::Usage("the cluster was built without redis(true)".into()))
+        self.redis
+            .as_mut()
+            .ok_or_else(|| TestkitError::Usage("the cluster was built without redis(true)".into()))
     }
 
     fn proxy(&self, i: usize) -> Result<&TcpProxy, TestkitError> {
-        self.proxies.get(i).ok_or_else(|| TestkitError::Usage(format!("no Redis proxy for node {i} (built without redis(true)?)")))
+        self.proxies.get(i).ok_or_else(|| {
+            TestkitError::Usage(format!(
+                "no Redis proxy for node {i} (built without redis(true)?)"
+            ))
+        })
     }
 }

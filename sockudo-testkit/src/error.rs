@@ -113,12 +113,18 @@ pub enum TestkitError {
 impl TestkitError {
     /// Wrap an I/O error with what the testkit was doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        TestkitError::Io { context: context.into(), source }
+        TestkitError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// A timeout error.
     pub fn timeout(what: impl Into<String>, after: Duration) -> Self {
-        TestkitError::Timeout { what: what.into(), after }
+        TestkitError::Timeout {
+            what: what.into(),
+            after,
+        }
     }
 }
 
@@ -129,7 +135,11 @@ impl From<tokio_tungstenite::tungstenite::Error> for TestkitError {
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn log_suffix(tail: &str) -> String {

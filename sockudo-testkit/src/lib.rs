@@ -71,7 +71,10 @@ pub use balancer::{LoadBalancer, ProbeRecord};
 pub use client::{ApiClient, CloseOutcome, Event, TestClient};
 pub use cluster::{Cluster, ClusterBuilder, ClusterNode, NodeMode};
 #[cfg(feature = "containers")]
-pub use containers::{ContainerImages, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer};
+pub use containers::{
+    ContainerImages, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine,
+    RedisContainer,
+};
 pub use error::TestkitError;
 pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};
@@ -94,10 +97,20 @@ pub fn test_app() -> App {
 
 /// Settings for a test node: loopback, port 0, no drain grace, no metrics listener, `apps`.
 pub fn test_settings(apps: Vec<App>) -> NodeSettings {
-    NodeSettings { host: "127.0.0.1".into(), port: 0, shutdown_grace_period: 0, metrics_port: 0, apps, ..NodeSettings::default() }
+    NodeSettings {
+        host: "127.0.0.1".into(),
+        port: 0,
+        shutdown_grace_period: 0,
+        metrics_port: 0,
+        apps,
+        ..NodeSettings::default()
+    }
 }
 
 /// `ws://{addr}/app/{key}?protocol=7&client=sockudo-testkit&version=…`.
 pub fn ws_url(addr: SocketAddr, key: &str) -> String {
-    format!("ws://{addr}/app/{key}?protocol=7&client=sockudo-testkit&version={}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "ws://{addr}/app/{key}?protocol=7&client=sockudo-testkit&version={}",
+        env!("CARGO_PKG_VERSION")
+    )
 }

@@ -63,11 +63,21 @@ impl TestNode {
             .name(name)
             .spawn(move || run_node(thread_settings, port, ready_tx, drain_rx, kill_rx, done_tx))
             .map_err(|e| TestkitError::io("spawn the node thread", e))?;
-        let running = Running { drain: drain_tx, kill: kill_tx, done: done_rx, thread };
+        let running = Running {
+            drain: drain_tx,
+            kill: kill_tx,
+            done: done_rx,
+            thread,
+        };
         match ready_rx.await {
             Ok(Ok((addr, node))) => {
                 settings.port = addr.port();
-                Ok(TestNode { addr, settings, node, running: Some(running) })
+                Ok(TestNode {
+                    addr,
+                    settings,
+                    node,
+                    running: Some(running),
+                })
             }
             Ok(Err(message)) => {
                 let _ = running.thread.join();
@@ -75,7 +85,10 @@ impl TestNode {
             }
             Err(_) => {
                 let outcome = running.thread.join();
-                Err(TestkitError::Node(format!("the node thread ended before the node was ready: {}", thread_outcome(outcome))))
+                Err(TestkitError::Node(format!(
+                    "the node thread ended before the node was ready: {}",
+                    thread_outcome(outcome)
+                )))
             }
         }
     }
@@ -107,24 +120,34 @@ impl TestNode {
 
     /// Whether the node is serving (neither killed nor drained).
     pub fn is_running(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| !r.thread.is_finished())
+        self.running
+            .as_ref()
+            .is_some_and(|r| !r.thread.is_finished())
     }
 
     /// Crash the node: drop its runtime, closing every socket without a close frame.
     /// Blocks briefly while the runtime stops. Idempotent.
     pub fn kill(&mut self) -> Result<(), TestkitError> {
-        let Some(running) = self.running.take() else { return Ok(()) };
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
         let _ = running.kill.send(());
         match running.thread.join() {
             Ok(Ok(())) => Ok(()),
-            outcome => Err(TestkitError::Node(format!("node {} did not stop cleanly: {}", self.settings.node_id, thread_outcome(outcome)))),
+            outcome => Err(TestkitError::Node(format!(
+                "node {} did not stop cleanly: {}",
+                self.settings.node_id,
+                thread_outcome(outcome)
+            ))),
         }
     }
 
     /// Drain gracefully (unready, wait up to the grace period, close with 4200) and wait for
     /// the node to stop. Idempotent.
     pub async fn drain(&mut self) -> Result<(), TestkitError> {
-        let Some(running) = self.running.take() else { return Ok(()) };
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
         let _ = running.drain.send(());
         let limit = Duration::from_secs(self.settings.shutdown_grace_period) + DRAIN_SLACK;
         let finished = tokio::time::timeout(limit, running.done).await.is_ok();
@@ -134,11 +157,18 @@ impl TestNode {
         }
         let outcome = running.thread.join();
         if !finished {
-            return Err(TestkitError::timeout(format!("node {} to drain", self.settings.node_id), limit));
+            return Err(TestkitError::timeout(
+                format!("node {} to drain", self.settings.node_id),
+                limit,
+            ));
         }
         match outcome {
             Ok(Ok(())) => Ok(()),
-            outcome => Err(TestkitError::Node(format!("node {} failed while draining: {}", self.settings.node_id, thread_outcome(outcome)))),
+            outcome => Err(TestkitError::Node(format!(
+                "node {} failed while draining: {}",
+                self.settings.node_id,
+                thread_outcome(outcome)
+            ))),
         }
     }
 
@@ -170,7 +200,12 @@ fn run_node(
     kill: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 ) -> Result<(), String> {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(WORKER_THREADS).enable_all().thread_name("testnode-worker").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .thread_name("testnode-worker")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot build the node runtime: {e}")));
@@ -223,14 +258,20 @@ fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 /// Build the node with the backends its settings name, inside the node's runtime (so its
 /// backend connections die with it).
 async fn build(settings: NodeSettings) -> Result<Arc<Node>, String> {
-    sockudo_server::build_node(settings).await.map_err(|e| e.to_string())
+    sockudo_server::build_node(settings)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn thread_outcome(outcome: std::thread::Result<Result<(), String>>) -> String {
     match outcome {
         Ok(Ok(())) => "stopped".into(),
         Ok(Err(message)) => message,
-        Err(panic) => match panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()) {
+        Err(panic) => match panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+        {
             Some(message) => format!("panicked: {message}"),
             None => "panicked".into(),
         },

@@ -50,7 +50,11 @@ const CONFIG_VARS: &[&str] = &[
 
 /// Defaults for tests, applied before the caller's variables: loopback, no metrics listener,
 /// no drain grace.
-const TEST_DEFAULTS: &[(&str, &str)] = &[("HOST", "127.0.0.1"), ("METRICS_PORT", "0"), ("SHUTDOWN_GRACE_PERIOD", "0")];
+const TEST_DEFAULTS: &[(&str, &str)] = &[
+    ("HOST", "127.0.0.1"),
+    ("METRICS_PORT", "0"),
+    ("SHUTDOWN_GRACE_PERIOD", "0"),
+];
 
 /// A `sockudo` child process. Killed (SIGKILL) when dropped.
 ///
@@ -72,21 +76,40 @@ impl ProcessNode {
     /// (unless `env` sets one), then wait for `GET /health` = 200.
     pub async fn start(env: Vec<(String, String)>) -> Result<ProcessNode, TestkitError> {
         let bin = sockudo_binary()?;
-        let fixed_port = env.iter().rev().find(|(k, _)| k == "PORT").map(|(_, v)| v.clone());
-        let attempts = if fixed_port.is_some() { 1 } else { PORT_ATTEMPTS };
+        let fixed_port = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PORT")
+            .map(|(_, v)| v.clone());
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
         let mut last_error = None;
         for attempt in 0..attempts {
             let port = match &fixed_port {
-                Some(p) => p.trim().parse().map_err(|_| TestkitError::Usage(format!("PORT={p:?} is not a port number")))?,
+                Some(p) => p
+                    .trim()
+                    .parse()
+                    .map_err(|_| TestkitError::Usage(format!("PORT={p:?} is not a port number")))?,
                 None => free_port()?,
             };
             let dir = scratch_dir("node")?;
             let log = dir.join(format!("sockudo-{port}.log"));
-            let mut node = ProcessNode { bin: bin.clone(), env: env.clone(), port, child: None, dir, log };
+            let mut node = ProcessNode {
+                bin: bin.clone(),
+                env: env.clone(),
+                port,
+                child: None,
+                dir,
+                log,
+            };
             match node.spawn_and_wait().await {
                 Ok(()) => return Ok(node),
                 // The port was taken between picking and binding: try another.
-                Err(e) if matches!(&e, TestkitError::ProcessExited { log_tail, .. } if log_tail.contains("cannot listen")) => {
+                Err(e) if matches!(&e, TestkitError::ProcessExited { log_tail, .. } if log_tail.contains("cannot listen")) =>
+                {
                     tracing::debug!(attempt, error = %e, "sockudo did not start");
                     last_error = Some(e);
                 }
@@ -147,9 +170,14 @@ impl ProcessNode {
     /// SIGTERM, then wait for the process to drain and exit; returns its exit status.
     pub async fn terminate(&mut self) -> Result<ExitStatus, TestkitError> {
         let Some(mut child) = self.child.take() else {
-            return Err(TestkitError::Usage("terminate: the process is not running".into()));
+            return Err(TestkitError::Usage(
+                "terminate: the process is not running".into(),
+            ));
         };
-        if let Some(status) = child.try_wait().map_err(|e| TestkitError::io("poll sockudo", e))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| TestkitError::io("poll sockudo", e))?
+        {
             return Ok(status);
         }
         let sent = Command::new("kill")
@@ -160,14 +188,20 @@ impl ProcessNode {
             .map_err(|e| TestkitError::io("run `kill -TERM`", e))?;
         if !sent.success() {
             let _ = kill_and_reap(&mut child);
-            return Err(TestkitError::Usage(format!("`kill -TERM {}` failed with {sent}", child.id())));
+            return Err(TestkitError::Usage(format!(
+                "`kill -TERM {}` failed with {sent}",
+                child.id()
+            )));
         }
         let limit = Duration::from_secs(self.grace_period()) + TERMINATE_SLACK;
         match wait_exit(&mut child, limit).await? {
             Some(status) => Ok(status),
             None => {
                 let _ = kill_and_reap(&mut child);
-                Err(TestkitError::timeout("sockudo to exit after SIGTERM (it was killed)", limit))
+                Err(TestkitError::timeout(
+                    "sockudo to exit after SIGTERM (it was killed)",
+                    limit,
+                ))
             }
         }
     }
@@ -179,7 +213,12 @@ impl ProcessNode {
     }
 
     fn grace_period(&self) -> u64 {
-        self.env.iter().rev().find(|(k, _)| k == "SHUTDOWN_GRACE_PERIOD").and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0)
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SHUTDOWN_GRACE_PERIOD")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), TestkitError> {
@@ -188,7 +227,9 @@ impl ProcessNode {
             .append(true)
             .open(&self.log)
             .map_err(|e| TestkitError::io(format!("open {}", self.log.display()), e))?;
-        let log_err = log_file.try_clone().map_err(|e| TestkitError::io("clone log handle", e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| TestkitError::io("clone log handle", e))?;
         let mut command = Command::new(&self.bin);
         for name in CONFIG_VARS {
             command.env_remove(name);
@@ -204,13 +245,22 @@ impl ProcessNode {
             .map_err(|e| TestkitError::io(format!("spawn {}", self.bin.display()), e))?;
         self.child = Some(child);
         let health = format!("{}/health", self.http_url());
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait().map_err(|e| TestkitError::io("poll sockudo", e))? {
+                if let Some(status) = child
+                    .try_wait()
+                    .map_err(|e| TestkitError::io("poll sockudo", e))?
+                {
                     self.child = None;
-                    return Err(TestkitError::ProcessExited { what: format!("sockudo on port {}", self.port), status, log_tail: self.log_tail(LOG_LINES) });
+                    return Err(TestkitError::ProcessExited {
+                        what: format!("sockudo on port {}", self.port),
+                        status,
+                        log_tail: self.log_tail(LOG_LINES),
+                    });
                 }
             }
             if let Ok(response) = http.get(&health).send().await {
@@ -220,7 +270,14 @@ impl ProcessNode {
             }
             if tokio::time::Instant::now() >= deadline {
                 self.kill()?;
-                return Err(TestkitError::timeout(format!("sockudo on port {} to answer GET /health (log: {})", self.port, self.log.display()), START_TIMEOUT));
+                return Err(TestkitError::timeout(
+                    format!(
+                        "sockudo on port {} to answer GET /health (log: {})",
+                        self.port,
+                        self.log.display()
+                    ),
+                    START_TIMEOUT,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -244,14 +301,26 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("CACHE_DRIVER", settings.cache.driver.clone()),
         ("QUEUE_DRIVER", settings.queue.driver.clone()),
         ("HISTORY_DRIVER", settings.history.driver.clone()),
-        ("CLUSTER_HEARTBEAT_INTERVAL_MS", settings.cluster.heartbeat_interval_ms.to_string()),
-        ("CLUSTER_NODE_TIMEOUT_MS", settings.cluster.node_timeout_ms.to_string()),
-        ("CLUSTER_REQUEST_TIMEOUT_MS", settings.cluster.request_timeout_ms.to_string()),
+        (
+            "CLUSTER_HEARTBEAT_INTERVAL_MS",
+            settings.cluster.heartbeat_interval_ms.to_string(),
+        ),
+        (
+            "CLUSTER_NODE_TIMEOUT_MS",
+            settings.cluster.node_timeout_ms.to_string(),
+        ),
+        (
+            "CLUSTER_REQUEST_TIMEOUT_MS",
+            settings.cluster.request_timeout_ms.to_string(),
+        ),
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
-        ("SHUTDOWN_GRACE_PERIOD", settings.shutdown_grace_period.to_string()),
+        (
+            "SHUTDOWN_GRACE_PERIOD",
+            settings.shutdown_grace_period.to_string(),
+        ),
         ("ACTIVITY_TIMEOUT", settings.activity_timeout.to_string()),
         ("LOG_FORMAT", settings.log_format.clone()),
     ]
@@ -265,10 +334,16 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         env.push(("SOCKUDO_DEFAULT_APP_ID".into(), app.id.clone()));
         env.push(("SOCKUDO_DEFAULT_APP_KEY".into(), app.key.clone()));
         env.push(("SOCKUDO_DEFAULT_APP_SECRET".into(), app.secret.clone()));
-        env.push(("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES".into(), app.enable_client_messages.to_string()));
+        env.push((
+            "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES".into(),
+            app.enable_client_messages.to_string(),
+        ));
     }
     if settings.apps.len() > 1 {
-        tracing::warn!(apps = settings.apps.len(), "process nodes get only the first app through the environment");
+        tracing::warn!(
+            apps = settings.apps.len(),
+            "process nodes get only the first app through the environment"
+        );
     }
     env
 }
@@ -278,7 +353,13 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
 /// `target/debug/sockudo` under the workspace root.
 pub fn sockudo_binary() -> Result<PathBuf, TestkitError> {
     let candidates = binary_candidates();
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or(TestkitError::BinaryNotFound { searched: candidates })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(TestkitError::BinaryNotFound {
+            searched: candidates,
+        })
 }
 
 /// Build the `sockudo` binary (`cargo build -p sockudo-server --bin sockudo`, default
@@ -293,17 +374,32 @@ pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
     static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
     if let Some(bin) = std::env::var_os("SOCKUDO_BIN") {
         let bin = PathBuf::from(bin);
-        return if bin.is_file() { Ok(bin) } else { Err(TestkitError::BinaryNotFound { searched: vec![bin] }) };
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(TestkitError::BinaryNotFound {
+                searched: vec![bin],
+            })
+        };
     }
     // One build per process, even when tests ask concurrently.
-    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(path) = built.as_ref() {
         return Ok(path.clone());
     }
     let target_dir = target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["build", "-p", "sockudo-server", "--bin", "sockudo", "--target-dir"])
+        .args([
+            "build",
+            "-p",
+            "sockudo-server",
+            "--bin",
+            "sockudo",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .current_dir(workspace_root())
         .stdin(Stdio::null())
@@ -312,11 +408,18 @@ pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(LOG_LINES).collect();
-        return Err(TestkitError::BuildFailed { status: output.status, stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n") });
+        return Err(TestkitError::BuildFailed {
+            status: output.status,
+            stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
     }
-    let path = target_dir.join("debug").join(format!("sockudo{}", std::env::consts::EXE_SUFFIX));
+    let path = target_dir
+        .join("debug")
+        .join(format!("sockudo{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
-        return Err(TestkitError::BinaryNotFound { searched: vec![path] });
+        return Err(TestkitError::BinaryNotFound {
+            searched: vec![path],
+        });
     }
     *built = Some(path.clone());
     Ok(path)
@@ -327,11 +430,18 @@ pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
 fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        return if dir.is_relative() { workspace_root().join(dir) } else { dir };
+        return if dir.is_relative() {
+            workspace_root().join(dir)
+        } else {
+            dir
+        };
     }
     if let Ok(exe) = std::env::current_exe() {
         let deps = exe.parent();
-        if deps.and_then(|d| d.file_name()).is_some_and(|n| n == "deps") {
+        if deps
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "deps")
+        {
             if let Some(target) = deps.and_then(|d| d.parent()).and_then(|p| p.parent()) {
                 return target.to_path_buf();
             }
@@ -348,7 +458,11 @@ fn binary_candidates() -> Vec<PathBuf> {
     }
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        let dir = if dir.is_relative() { workspace_root().join(dir) } else { dir };
+        let dir = if dir.is_relative() {
+            workspace_root().join(dir)
+        } else {
+            dir
+        };
         out.push(dir.join("debug").join(&name));
     }
     // Test binaries live in `<target>/debug/deps/`.

@@ -45,12 +45,27 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listen on `127.0.0.1:0` and forward every connection to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Result<TcpProxy, TestkitError> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(|e| TestkitError::io("bind the proxy listener", e))?;
-        let addr = listener.local_addr().map_err(|e| TestkitError::io("read the proxy address", e))?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|e| TestkitError::io("bind the proxy listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| TestkitError::io("read the proxy address", e))?;
         let (state, _) = watch::channel(LinkState::Open);
         let counters = Arc::new(Counters::default());
-        let accept_task = tokio::spawn(accept_loop(listener, upstream, state.clone(), Arc::clone(&counters)));
-        Ok(TcpProxy { addr, upstream, state, counters, accept_task })
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            state.clone(),
+            Arc::clone(&counters),
+        ));
+        Ok(TcpProxy {
+            addr,
+            upstream,
+            state,
+            counters,
+            accept_task,
+        })
     }
 
     /// The address clients connect to.
@@ -106,7 +121,12 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::Sender<LinkState>, counters: Arc<Counters>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    state: watch::Sender<LinkState>,
+    counters: Arc<Counters>,
+) {
     loop {
         let (client, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -139,7 +159,11 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::
 
 /// Copy bytes both ways until either side closes or the link leaves [`LinkState::Open`];
 /// then drop both sockets.
-pub(crate) async fn splice(mut a: TcpStream, mut b: TcpStream, mut state: watch::Receiver<LinkState>) {
+pub(crate) async fn splice(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    mut state: watch::Receiver<LinkState>,
+) {
     let _ = a.set_nodelay(true);
     let _ = b.set_nodelay(true);
     tokio::select! {

@@ -32,13 +32,20 @@ impl RedisServer {
     /// and wait until it answers PING.
     pub async fn start() -> Result<RedisServer, TestkitError> {
         if !on_path("redis-server") {
-            return Err(TestkitError::ProgramNotFound { program: "redis-server", hint: "install it (`apt-get install redis-server`)" });
+            return Err(TestkitError::ProgramNotFound {
+                program: "redis-server",
+                hint: "install it (`apt-get install redis-server`)",
+            });
         }
         let dir = scratch_dir("redis")?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            let mut server = RedisServer { port, child: None, dir: dir.clone() };
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir: dir.clone(),
+            };
             match server.start_again().await {
                 Ok(()) => return Ok(server),
                 // The port was taken between picking and binding: Redis exits at once. Try another.
@@ -83,10 +90,22 @@ impl RedisServer {
             return Ok(());
         }
         let log = self.dir.join(format!("redis-{}.log", self.port));
-        let log_file = std::fs::File::create(&log).map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
-        let log_err = log_file.try_clone().map_err(|e| TestkitError::io("clone log handle", e))?;
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| TestkitError::io("clone log handle", e))?;
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -98,9 +117,16 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait().map_err(|e| TestkitError::io("poll redis-server", e))? {
+                if let Some(status) = child
+                    .try_wait()
+                    .map_err(|e| TestkitError::io("poll redis-server", e))?
+                {
                     self.child = None;
-                    return Err(TestkitError::ProcessExited { what: format!("redis-server on port {}", self.port), status, log_tail: log_tail(&log, 10) });
+                    return Err(TestkitError::ProcessExited {
+                        what: format!("redis-server on port {}", self.port),
+                        status,
+                        log_tail: log_tail(&log, 10),
+                    });
                 }
             }
             if ping(self.addr()).await {
@@ -109,7 +135,10 @@ impl RedisServer {
             }
             if tokio::time::Instant::now() >= deadline {
                 self.stop()?;
-                return Err(TestkitError::timeout(format!("redis-server on port {} to answer PING", self.port), START_TIMEOUT));
+                return Err(TestkitError::timeout(
+                    format!("redis-server on port {} to answer PING", self.port),
+                    START_TIMEOUT,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
@@ -150,5 +179,8 @@ pub async fn ping(addr: SocketAddr) -> bool {
         }
         Some(buf[..filled].starts_with(b"+PONG"))
     };
-    matches!(tokio::time::timeout(Duration::from_secs(1), attempt).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
 }

@@ -12,15 +12,33 @@ const WAIT: Duration = Duration::from_secs(3);
 
 /// The index of the node holding exactly one connection.
 fn node_with_the_client(cluster: &Cluster) -> usize {
-    let counts: Vec<usize> = cluster.nodes().iter().map(|n| n.as_in_process().unwrap().node().total_connections()).collect();
-    let holders: Vec<usize> = counts.iter().enumerate().filter(|(_, c)| **c == 1).map(|(i, _)| i).collect();
-    assert_eq!(holders.len(), 1, "exactly one node holds the client: {counts:?}");
+    let counts: Vec<usize> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.as_in_process().unwrap().node().total_connections())
+        .collect();
+    let holders: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 1)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "exactly one node holds the client: {counts:?}"
+    );
     holders[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_through_balancer_receives_a_publish_on_its_node() {
-    let cluster = Cluster::builder().nodes(2).redis(true).build().await.unwrap();
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .redis(true)
+        .build()
+        .await
+        .unwrap();
     assert!(cluster.redis().unwrap().ping().await);
 
     let mut client = cluster.balancer_client().await.unwrap();
@@ -28,7 +46,11 @@ async fn client_through_balancer_receives_a_publish_on_its_node() {
     client.subscribe("orders").await.unwrap();
     let i = node_with_the_client(&cluster);
 
-    let (status, body) = cluster.api(i).trigger("orders", "created", json!({ "id": 7 })).await.unwrap();
+    let (status, body) = cluster
+        .api(i)
+        .trigger("orders", "created", json!({ "id": 7 }))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let event = client.recv_event("created", WAIT).await.unwrap();
     assert_eq!(event.channel.as_deref(), Some("orders"));
@@ -48,13 +70,27 @@ async fn kill_drops_sockets_without_close_frames_and_restart_serves_again() {
     on1.subscribe("news").await.unwrap();
 
     cluster.kill_node(0).unwrap();
-    assert_eq!(on0.close_code(WAIT).await.unwrap(), None, "a killed node sends no close frame");
-    assert!(TestClient::connect(&cluster.ws_url(0)).await.is_err(), "a killed node refuses connections");
+    assert_eq!(
+        on0.close_code(WAIT).await.unwrap(),
+        None,
+        "a killed node sends no close frame"
+    );
+    assert!(
+        TestClient::connect(&cluster.ws_url(0)).await.is_err(),
+        "a killed node refuses connections"
+    );
 
     // The survivor is untouched, and the balancer routes around the dead node.
-    let (status, _) = cluster.api(1).trigger("news", "still-here", json!("x")).await.unwrap();
+    let (status, _) = cluster
+        .api(1)
+        .trigger("news", "still-here", json!("x"))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(on1.recv_event("still-here", WAIT).await.unwrap().data, json!("x"));
+    assert_eq!(
+        on1.recv_event("still-here", WAIT).await.unwrap().data,
+        json!("x")
+    );
     for _ in 0..2 {
         let c = cluster.balancer_client().await.unwrap();
         c.close().await.unwrap();
@@ -75,7 +111,12 @@ async fn drain_closes_with_4200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_redis_cuts_only_that_nodes_link() {
-    let cluster = Cluster::builder().nodes(2).redis(true).build().await.unwrap();
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .redis(true)
+        .build()
+        .await
+        .unwrap();
     cluster.cut_redis(1).unwrap();
     assert!(cluster.redis_proxy(1).unwrap().is_cut());
     assert!(!cluster.redis_proxy(0).unwrap().is_cut());

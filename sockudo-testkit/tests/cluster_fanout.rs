@@ -9,11 +9,21 @@ mod cluster_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cluster_support::{count_app_events, drain, join, redis_cluster, user_ids, wait_for, wait_formed, WAIT};
+use cluster_support::{
+    count_app_events, drain, join, redis_cluster, user_ids, wait_for, wait_formed, WAIT,
+};
 use serde_json::json;
-use sockudo_testkit::{ensure_sockudo_binary, test_app, Cluster, NodeMode, TestClient, APP_KEY, APP_SECRET};
+use sockudo_testkit::{
+    ensure_sockudo_binary, test_app, Cluster, NodeMode, TestClient, APP_KEY, APP_SECRET,
+};
 
-const KINDS: [&str; 5] = ["fan", "private-fan", "presence-fan", "private-encrypted-fan", "cache-fan"];
+const KINDS: [&str; 5] = [
+    "fan",
+    "private-fan",
+    "presence-fan",
+    "private-encrypted-fan",
+    "cache-fan",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_publish_reaches_every_subscriber_on_every_node_exactly_once() {
@@ -35,18 +45,30 @@ async fn every_publish_reaches_every_subscriber_on_every_node_exactly_once() {
             } else {
                 format!("from-{node}")
             };
-            let (status, body) = cluster.api(node).trigger(ch, "e", json!(data)).await.unwrap();
+            let (status, body) = cluster
+                .api(node)
+                .trigger(ch, "e", json!(data))
+                .await
+                .unwrap();
             assert_eq!(status, 200, "{body}");
         }
     }
     for (i, c) in clients.iter_mut().enumerate() {
         let events = drain(c).await;
         let counts = count_app_events(&events, "e");
-        assert_eq!(counts.len(), 15, "client {i} (node {}) got {counts:?}", i % 3);
+        assert_eq!(
+            counts.len(),
+            15,
+            "client {i} (node {}) got {counts:?}",
+            i % 3
+        );
         for ((ch, data), n) in &counts {
             assert_eq!(*n, 1, "client {i}: {ch} {data} delivered {n} times");
         }
-        assert!(events.iter().all(|e| e.event != "pusher:error"), "client {i}: {events:?}");
+        assert!(
+            events.iter().all(|e| e.event != "pusher:error"),
+            "client {i}: {events:?}"
+        );
     }
 }
 
@@ -66,8 +88,12 @@ async fn socket_exclusion_and_client_events_cross_nodes() {
     let (status, resp) = cluster.api(0).trigger_body(&body).await.unwrap();
     assert_eq!(status, 200, "{resp}");
     // Client events: from node 1 on both channels.
-    c[1].trigger("private-chat", "client-hi", json!({ "from": 1 })).await.unwrap();
-    c[1].trigger("presence-chat", "client-hi", json!({ "from": 1 })).await.unwrap();
+    c[1].trigger("private-chat", "client-hi", json!({ "from": 1 }))
+        .await
+        .unwrap();
+    c[1].trigger("presence-chat", "client-hi", json!({ "from": 1 }))
+        .await
+        .unwrap();
 
     let mut all = Vec::new();
     for client in c.iter_mut() {
@@ -77,20 +103,44 @@ async fn socket_exclusion_and_client_events_cross_nodes() {
         let published = count_app_events(events, "e");
         let client_events: Vec<_> = events.iter().filter(|e| e.event == "client-hi").collect();
         if i == 2 {
-            assert!(published.is_empty(), "the excluded socket on node 2 got {published:?}");
+            assert!(
+                published.is_empty(),
+                "the excluded socket on node 2 got {published:?}"
+            );
         } else {
-            assert_eq!(published.values().copied().collect::<Vec<_>>(), vec![1, 1], "client {i}: {published:?}");
+            assert_eq!(
+                published.values().copied().collect::<Vec<_>>(),
+                vec![1, 1],
+                "client {i}: {published:?}"
+            );
         }
         if i == 1 {
-            assert!(client_events.is_empty(), "client events are not echoed to the sender: {client_events:?}");
+            assert!(
+                client_events.is_empty(),
+                "client events are not echoed to the sender: {client_events:?}"
+            );
         } else {
             assert_eq!(client_events.len(), 2, "client {i}: {client_events:?}");
-            let on_presence = client_events.iter().find(|e| e.channel.as_deref() == Some("presence-chat")).unwrap();
-            assert_eq!(on_presence.user_id.as_deref(), Some("u1"), "{:?}", on_presence.raw);
-            let on_private = client_events.iter().find(|e| e.channel.as_deref() == Some("private-chat")).unwrap();
+            let on_presence = client_events
+                .iter()
+                .find(|e| e.channel.as_deref() == Some("presence-chat"))
+                .unwrap();
+            assert_eq!(
+                on_presence.user_id.as_deref(),
+                Some("u1"),
+                "{:?}",
+                on_presence.raw
+            );
+            let on_private = client_events
+                .iter()
+                .find(|e| e.channel.as_deref() == Some("private-chat"))
+                .unwrap();
             assert_eq!(on_private.data_json(), json!({ "from": 1 }));
         }
-        assert!(events.iter().all(|e| e.event != "pusher:error"), "client {i}: {events:?}");
+        assert!(
+            events.iter().all(|e| e.event != "pusher:error"),
+            "client {i}: {events:?}"
+        );
     }
 }
 
@@ -107,22 +157,44 @@ async fn user_channel_and_terminate_connections_across_nodes() {
     bob0.signin("bob", APP_KEY, APP_SECRET).await.unwrap();
     bob0.subscribe("#server-to-user-bob").await.unwrap();
 
-    let (status, body) = cluster.api(0).trigger("#server-to-user-alice", "note", json!("for alice")).await.unwrap();
+    let (status, body) = cluster
+        .api(0)
+        .trigger("#server-to-user-alice", "note", json!("for alice"))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     for a in [&mut alice1, &mut alice2] {
         let counts = count_app_events(&drain(a).await, "note");
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![1], "{counts:?}");
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![1],
+            "{counts:?}"
+        );
     }
-    assert!(count_app_events(&drain(&mut bob0).await, "note").is_empty(), "bob must not get alice's note");
+    assert!(
+        count_app_events(&drain(&mut bob0).await, "note").is_empty(),
+        "bob must not get alice's note"
+    );
 
-    let (status, body) = cluster.api(0).post("/users/alice/terminate_connections", &json!({})).await.unwrap();
+    let (status, body) = cluster
+        .api(0)
+        .post("/users/alice/terminate_connections", &json!({}))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(alice1.close_code(WAIT).await.unwrap(), Some(4009));
     assert_eq!(alice2.close_code(WAIT).await.unwrap(), Some(4009));
     // Bob is untouched.
-    let (status, _) = cluster.api(2).trigger("#server-to-user-bob", "note", json!("for bob")).await.unwrap();
+    let (status, _) = cluster
+        .api(2)
+        .trigger("#server-to-user-bob", "note", json!("for bob"))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(bob0.recv_event("note", WAIT).await.unwrap().data, json!("for bob"));
+    assert_eq!(
+        bob0.recv_event("note", WAIT).await.unwrap().data,
+        json!("for bob")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +202,14 @@ async fn http_api_answers_are_cluster_wide_from_every_node() {
     let cluster = redis_cluster(3).await;
     let mut keep = Vec::new();
     // news: 2 subscribers (nodes 0, 1); sports: 1 (node 2); presence-room: u1 twice (nodes 0, 1), u2 (node 2).
-    for (node, channel, user) in [(0, "news", ""), (1, "news", ""), (2, "sports", ""), (0, "presence-room", "u1"), (1, "presence-room", "u1"), (2, "presence-room", "u2")] {
+    for (node, channel, user) in [
+        (0, "news", ""),
+        (1, "news", ""),
+        (2, "sports", ""),
+        (0, "presence-room", "u1"),
+        (1, "presence-room", "u1"),
+        (2, "presence-room", "u2"),
+    ] {
         let mut c = cluster.client(node).await.unwrap();
         join(&mut c, channel, user).await;
         keep.push(c);
@@ -139,25 +218,82 @@ async fn http_api_answers_are_cluster_wide_from_every_node() {
         let api = cluster.api(i);
         let (status, body) = api.get("/channels", &[]).await.unwrap();
         assert_eq!(status, 200, "{body}");
-        let names: BTreeSet<&str> = body["channels"].as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(names, BTreeSet::from(["news", "sports", "presence-room"]), "node {i}: {body}");
+        let names: BTreeSet<&str> = body["channels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(["news", "sports", "presence-room"]),
+            "node {i}: {body}"
+        );
 
-        let (status, body) = api.get("/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")]).await.unwrap();
+        let (status, body) = api
+            .get(
+                "/channels",
+                &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+            )
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body, json!({ "channels": { "presence-room": { "user_count": 2 } } }), "node {i}");
+        assert_eq!(
+            body,
+            json!({ "channels": { "presence-room": { "user_count": 2 } } }),
+            "node {i}"
+        );
 
-        let (status, body) = api.get("/channels/news", &[("info", "subscription_count")]).await.unwrap();
-        assert_eq!((status, &body), (200, &json!({ "occupied": true, "subscription_count": 2 })), "node {i}");
-        let (_, body) = api.get("/channels/sports", &[("info", "subscription_count")]).await.unwrap();
-        assert_eq!(body, json!({ "occupied": true, "subscription_count": 1 }), "node {i}");
-        let (_, body) = api.get("/channels/empty", &[("info", "subscription_count")]).await.unwrap();
-        assert_eq!(body, json!({ "occupied": false, "subscription_count": 0 }), "node {i}");
-        let (status, body) = api.get("/channels/presence-room", &[("info", "user_count,subscription_count")]).await.unwrap();
-        assert_eq!((status, &body), (200, &json!({ "occupied": true, "user_count": 2, "subscription_count": 3 })), "node {i}");
+        let (status, body) = api
+            .get("/channels/news", &[("info", "subscription_count")])
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body),
+            (200, &json!({ "occupied": true, "subscription_count": 2 })),
+            "node {i}"
+        );
+        let (_, body) = api
+            .get("/channels/sports", &[("info", "subscription_count")])
+            .await
+            .unwrap();
+        assert_eq!(
+            body,
+            json!({ "occupied": true, "subscription_count": 1 }),
+            "node {i}"
+        );
+        let (_, body) = api
+            .get("/channels/empty", &[("info", "subscription_count")])
+            .await
+            .unwrap();
+        assert_eq!(
+            body,
+            json!({ "occupied": false, "subscription_count": 0 }),
+            "node {i}"
+        );
+        let (status, body) = api
+            .get(
+                "/channels/presence-room",
+                &[("info", "user_count,subscription_count")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body),
+            (
+                200,
+                &json!({ "occupied": true, "user_count": 2, "subscription_count": 3 })
+            ),
+            "node {i}"
+        );
 
         let (status, body) = api.get("/channels/presence-room/users", &[]).await.unwrap();
         assert_eq!(status, 200, "{body}");
-        assert_eq!(user_ids(&body), BTreeSet::from(["u1".to_string(), "u2".to_string()]), "node {i}: {body}");
+        assert_eq!(
+            user_ids(&body),
+            BTreeSet::from(["u1".to_string(), "u2".to_string()]),
+            "node {i}: {body}"
+        );
     }
 }
 
@@ -165,21 +301,31 @@ async fn http_api_answers_are_cluster_wide_from_every_node() {
 async fn connection_quota_counts_the_whole_cluster() {
     let mut app = test_app();
     app.max_connections = 3;
-    let cluster = Cluster::builder().nodes(3).redis(true).app(app).build().await.unwrap();
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .redis(true)
+        .app(app)
+        .build()
+        .await
+        .unwrap();
     // The probes of `wait_formed` are the three allowed connections' worth: run it first.
     wait_formed(&cluster).await;
     let mut held = Vec::new();
     for i in 0..3 {
         // The probes' slots are released as their sessions end: retry briefly.
         let url = cluster.ws_url(i);
-        held.push(wait_for("a connection within the quota", WAIT, || {
-            let url = url.clone();
-            async move { TestClient::connect(&url).await.ok() }
-        })
-        .await);
+        held.push(
+            wait_for("a connection within the quota", WAIT, || {
+                let url = url.clone();
+                async move { TestClient::connect(&url).await.ok() }
+            })
+            .await,
+        );
     }
     for i in 0..3 {
-        let refused = TestClient::connect(&cluster.ws_url(i)).await.expect_err("a 4th connection must be refused");
+        let refused = TestClient::connect(&cluster.ws_url(i))
+            .await
+            .expect_err("a 4th connection must be refused");
         assert!(refused.to_string().contains("4004"), "node {i}: {refused}");
     }
     // Freeing a slot on node 1 lets a connection in on node 2, and only one.
@@ -190,15 +336,26 @@ async fn connection_quota_counts_the_whole_cluster() {
         async move { TestClient::connect(&url).await.ok() }
     })
     .await;
-    let refused = TestClient::connect(&cluster.ws_url(0)).await.expect_err("the quota is full again");
+    let refused = TestClient::connect(&cluster.ws_url(0))
+        .await
+        .expect_err("the quota is full again");
     assert!(refused.to_string().contains("4004"), "{refused}");
     drop(again);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_nodes_deliver_across_nodes() {
-    tokio::task::spawn_blocking(ensure_sockudo_binary).await.unwrap().unwrap_or_else(|e| panic!("the sockudo binary is needed: {e}"));
-    let cluster = Cluster::builder().nodes(2).redis(true).mode(NodeMode::Process).build().await.unwrap();
+    tokio::task::spawn_blocking(ensure_sockudo_binary)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the sockudo binary is needed: {e}"));
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .redis(true)
+        .mode(NodeMode::Process)
+        .build()
+        .await
+        .unwrap();
     wait_formed(&cluster).await;
     let mut on = Vec::new();
     for i in 0..2 {
@@ -208,14 +365,28 @@ async fn process_nodes_deliver_across_nodes() {
         on.push(c);
     }
     for i in 0..2 {
-        let (status, body) = cluster.api(i).trigger("proc", "e", json!(format!("via-{i}"))).await.unwrap();
+        let (status, body) = cluster
+            .api(i)
+            .trigger("proc", "e", json!(format!("via-{i}")))
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
     }
     for (i, c) in on.iter_mut().enumerate() {
         let counts = count_app_events(&drain(c).await, "e");
-        let expected: BTreeMap<(String, String), usize> = (0..2).map(|n| (("proc".to_string(), format!("via-{n}")), 1)).collect();
+        let expected: BTreeMap<(String, String), usize> = (0..2)
+            .map(|n| (("proc".to_string(), format!("via-{n}")), 1))
+            .collect();
         assert_eq!(counts, expected, "process node {i}");
     }
-    let (_, body) = cluster.api(1).get("/channels/presence-proc/users", &[]).await.unwrap();
-    assert_eq!(user_ids(&body), BTreeSet::from(["p0".to_string(), "p1".to_string()]), "{body}");
+    let (_, body) = cluster
+        .api(1)
+        .get("/channels/presence-proc/users", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        user_ids(&body),
+        BTreeSet::from(["p0".to_string(), "p1".to_string()]),
+        "{body}"
+    );
 }

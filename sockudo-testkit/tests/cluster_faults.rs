@@ -10,7 +10,9 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{count_app_events, drain, join, redis_cluster, user_ids, wait_for, wait_formed, WAIT};
+use cluster_support::{
+    count_app_events, drain, join, redis_cluster, user_ids, wait_for, wait_formed, WAIT,
+};
 use serde_json::json;
 use sockudo_testkit::{Cluster, Event};
 
@@ -18,22 +20,37 @@ use sockudo_testkit::{Cluster, Event};
 const SWEEP_WAIT: Duration = Duration::from_secs(10);
 
 fn removed_of(events: &[Event], user: &str) -> usize {
-    events.iter().filter(|e| e.event == "pusher_internal:member_removed" && e.data["user_id"] == user).count()
+    events
+        .iter()
+        .filter(|e| e.event == "pusher_internal:member_removed" && e.data["user_id"] == user)
+        .count()
 }
 
 async fn ready(url: &str) -> u16 {
-    match reqwest::Client::new().get(format!("{url}/ready")).timeout(Duration::from_secs(2)).send().await {
+    match reqwest::Client::new()
+        .get(format!("{url}/ready"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
 }
 
 async fn wait_ready(url: &str, status: u16, what: &str) {
-    wait_for(what, WAIT * 2, || async move { (ready(url).await == status).then_some(()) }).await;
+    wait_for(what, WAIT * 2, || async move {
+        (ready(url).await == status).then_some(())
+    })
+    .await;
 }
 
 async fn members(cluster: &Cluster, node: usize, channel: &str) -> Option<BTreeSet<String>> {
-    let (status, body) = cluster.api(node).get(&format!("/channels/{channel}/users"), &[]).await.ok()?;
+    let (status, body) = cluster
+        .api(node)
+        .get(&format!("/channels/{channel}/users"), &[])
+        .await
+        .ok()?;
     (status == 200).then(|| user_ids(&body))
 }
 
@@ -56,22 +73,57 @@ async fn a_killed_nodes_presence_members_are_removed_everywhere() {
 
     cluster.kill_node(0).unwrap();
     for w in [&mut w1, &mut w2] {
-        let e = w.recv_event_on("presence-k", "pusher_internal:member_removed", SWEEP_WAIT).await.unwrap();
-        assert_eq!(e.data["user_id"], "doomed", "only the user whose last connection died leaves: {:?}", e.raw);
+        let e = w
+            .recv_event_on("presence-k", "pusher_internal:member_removed", SWEEP_WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            e.data["user_id"], "doomed",
+            "only the user whose last connection died leaves: {:?}",
+            e.raw
+        );
     }
     let expected = BTreeSet::from(["shared".to_string(), "w1".to_string(), "w2".to_string()]);
     for node in [1, 2] {
-        let got = wait_for("the users API to drop the dead node's members", WAIT, || async { members(&cluster, node, "presence-k").await.filter(|m| *m == expected) }).await;
+        let got = wait_for(
+            "the users API to drop the dead node's members",
+            WAIT,
+            || async {
+                members(&cluster, node, "presence-k")
+                    .await
+                    .filter(|m| *m == expected)
+            },
+        )
+        .await;
         assert_eq!(got, expected);
     }
     // Publishes still flow between the survivors, once each; removals were announced once.
-    let (status, _) = cluster.api(2).trigger("presence-k", "after", json!("x")).await.unwrap();
+    let (status, _) = cluster
+        .api(2)
+        .trigger("presence-k", "after", json!("x"))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     for (i, w) in [&mut w1, &mut w2].into_iter().enumerate() {
         let events = drain(w).await;
-        assert_eq!(removed_of(&events, "doomed"), 0, "watcher {i}: member_removed announced twice: {events:?}");
-        assert_eq!(removed_of(&events, "shared"), 0, "watcher {i}: shared is still on node 1");
-        assert_eq!(count_app_events(&events, "after").values().copied().collect::<Vec<_>>(), vec![1], "watcher {i}: {events:?}");
+        assert_eq!(
+            removed_of(&events, "doomed"),
+            0,
+            "watcher {i}: member_removed announced twice: {events:?}"
+        );
+        assert_eq!(
+            removed_of(&events, "shared"),
+            0,
+            "watcher {i}: shared is still on node 1"
+        );
+        assert_eq!(
+            count_app_events(&events, "after")
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1],
+            "watcher {i}: {events:?}"
+        );
     }
 }
 
@@ -85,7 +137,11 @@ async fn delivery_resumes_after_redis_restarts_without_restarting_nodes() {
 
     cluster.stop_redis().unwrap();
     // While Redis is down a publish may fail (503) but never hangs or crashes the node.
-    let (status, body) = cluster.api(0).trigger("live", "during", json!("down")).await.unwrap();
+    let (status, body) = cluster
+        .api(0)
+        .trigger("live", "during", json!("down"))
+        .await
+        .unwrap();
     assert!(status == 200 || status == 503, "{status} {body}");
     cluster.start_redis().await.unwrap();
 
@@ -94,24 +150,42 @@ async fn delivery_resumes_after_redis_restarts_without_restarting_nodes() {
     let mut seen = [false, false];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for n in 0.. {
-        assert!(tokio::time::Instant::now() < deadline, "delivery across nodes did not resume after the Redis restart");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery across nodes did not resume after the Redis restart"
+        );
         let _ = api.trigger("live", "probe", json!(format!("p{n}"))).await;
         for (i, c) in [&mut c1, &mut c2].into_iter().enumerate() {
             if !seen[i] {
-                seen[i] = c.recv_event("probe", Duration::from_millis(300)).await.is_ok();
+                seen[i] = c
+                    .recv_event("probe", Duration::from_millis(300))
+                    .await
+                    .is_ok();
             }
         }
         if seen == [true, true] {
             break;
         }
     }
-    let (status, body) = cluster.api(0).trigger("live", "final", json!("f")).await.unwrap();
+    let (status, body) = cluster
+        .api(0)
+        .trigger("live", "final", json!("f"))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     for (i, c) in [&mut c1, &mut c2].into_iter().enumerate() {
         let events = drain(c).await;
         let finals = count_app_events(&events, "final");
-        assert_eq!(finals.values().copied().collect::<Vec<_>>(), vec![1], "client on node {}: {events:?}", i + 1);
-        assert!(count_app_events(&events, "probe").values().all(|n| *n == 1), "a probe was delivered twice: {events:?}");
+        assert_eq!(
+            finals.values().copied().collect::<Vec<_>>(),
+            vec![1],
+            "client on node {}: {events:?}",
+            i + 1
+        );
+        assert!(
+            count_app_events(&events, "probe").values().all(|n| *n == 1),
+            "a probe was delivered twice: {events:?}"
+        );
     }
 }
 
@@ -128,16 +202,28 @@ async fn a_node_cut_from_redis_is_unready_alone_and_recovers() {
     assert_eq!(ready(&urls[2]).await, 200, "node 2 keeps its link");
 
     cluster.restore_redis(1).unwrap();
-    wait_ready(&urls[1], 200, "node 1 to be ready again after the link is restored").await;
+    wait_ready(
+        &urls[1],
+        200,
+        "node 1 to be ready again after the link is restored",
+    )
+    .await;
     // And it takes part in fanout again.
     let mut c1 = cluster.client(1).await.unwrap();
     join(&mut c1, "after-cut", "").await;
     let api = cluster.api(2);
     let deadline = tokio::time::Instant::now() + WAIT * 2;
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "node 1 does not receive publishes from node 2 after the restore");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 does not receive publishes from node 2 after the restore"
+        );
         let _ = api.trigger("after-cut", "probe", json!("x")).await;
-        if c1.recv_event("probe", Duration::from_millis(300)).await.is_ok() {
+        if c1
+            .recv_event("probe", Duration::from_millis(300))
+            .await
+            .is_ok()
+        {
             break;
         }
     }
@@ -179,27 +265,62 @@ async fn a_draining_node_closes_with_4200_and_its_members_leave_at_once() {
         // reaches the draining node's client.
         wait_ready(&url1, 503, "the draining node to turn unready").await;
         let others = (ready(&url0).await, ready(&url2).await);
-        let (status, _) = api0.trigger("plain-d", "during-drain", json!("d")).await.unwrap();
+        let (status, _) = api0
+            .trigger("plain-d", "during-drain", json!("d"))
+            .await
+            .unwrap();
         (others, status)
     });
     drained.unwrap();
-    assert_eq!(observed, ((200, 200), 200), "the other nodes stay ready during the drain");
+    assert_eq!(
+        observed,
+        ((200, 200), 200),
+        "the other nodes stay ready during the drain"
+    );
 
     let events = leaving.events_until(WAIT).await.unwrap();
-    assert_eq!(count_app_events(&events, "during-drain").values().copied().collect::<Vec<_>>(), vec![1], "{events:?}");
+    assert_eq!(
+        count_app_events(&events, "during-drain")
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1],
+        "{events:?}"
+    );
     assert_eq!(leaving.close_code(WAIT).await.unwrap(), Some(4200));
     for w in [&mut w0, &mut w2] {
-        let e = w.recv_event_on("presence-d", "pusher_internal:member_removed", WAIT).await.unwrap();
+        let e = w
+            .recv_event_on("presence-d", "pusher_internal:member_removed", WAIT)
+            .await
+            .unwrap();
         assert_eq!(e.data["user_id"], "on-drained-node");
     }
     for node in [0, 2] {
         let expected = BTreeSet::from(["w0".to_string(), "w2".to_string()]);
-        let got = wait_for("the users API without the drained node's member", WAIT, || async { members(&cluster, node, "presence-d").await.filter(|m| *m == expected) }).await;
+        let got = wait_for(
+            "the users API without the drained node's member",
+            WAIT,
+            || async {
+                members(&cluster, node, "presence-d")
+                    .await
+                    .filter(|m| *m == expected)
+            },
+        )
+        .await;
         assert_eq!(got, expected);
     }
     for (i, w) in [&mut w0, &mut w2].into_iter().enumerate() {
         let events = drain(w).await;
-        assert_eq!(removed_of(&events, "on-drained-node"), 0, "watcher {i}: removal announced twice: {events:?}");
-        assert!(count_app_events(&events, "during-drain").values().all(|n| *n == 1), "watcher {i}: {events:?}");
+        assert_eq!(
+            removed_of(&events, "on-drained-node"),
+            0,
+            "watcher {i}: removal announced twice: {events:?}"
+        );
+        assert!(
+            count_app_events(&events, "during-drain")
+                .values()
+                .all(|n| *n == 1),
+            "watcher {i}: {events:?}"
+        );
     }
 }

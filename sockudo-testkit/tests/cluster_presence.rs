@@ -47,7 +47,10 @@ fn role(k: usize) -> Role {
 }
 
 fn expected_members() -> BTreeSet<String> {
-    let mut users: BTreeSet<String> = (0..USERS).filter(|u| !ALL_LEAVE.contains(u)).map(|u| format!("u{u}")).collect();
+    let mut users: BTreeSet<String> = (0..USERS)
+        .filter(|u| !ALL_LEAVE.contains(u))
+        .map(|u| format!("u{u}"))
+        .collect();
     users.extend(LATE.map(|u| format!("late{u}")));
     users.extend((0..3).map(|i| format!("obs-{i}")));
     users
@@ -83,22 +86,38 @@ enum Check {
 /// Apply member events to a view, checking them as `check` says.
 fn apply(label: &str, view: &mut BTreeSet<String>, events: &[Event], check: Check) {
     let history = |user: &str| -> Vec<String> {
-        events.iter().filter(|e| e.data["user_id"] == user).map(|e| e.event.trim_start_matches("pusher_internal:").to_string()).collect()
+        events
+            .iter()
+            .filter(|e| e.data["user_id"] == user)
+            .map(|e| e.event.trim_start_matches("pusher_internal:").to_string())
+            .collect()
     };
     for e in events {
-        if !e.channel.as_deref().is_some_and(|c| c.starts_with("presence-")) {
+        if !e
+            .channel
+            .as_deref()
+            .is_some_and(|c| c.starts_with("presence-"))
+        {
             continue;
         }
         match e.event.as_str() {
             "pusher_internal:member_added" => {
                 let user = e.data["user_id"].as_str().unwrap().to_string();
                 let fresh = view.insert(user.clone());
-                assert!(fresh || check != Check::Strict, "{label}: member_added for {user}, who was already present; its events: {:?}", history(&user));
+                assert!(
+                    fresh || check != Check::Strict,
+                    "{label}: member_added for {user}, who was already present; its events: {:?}",
+                    history(&user)
+                );
             }
             "pusher_internal:member_removed" => {
                 let user = e.data["user_id"].as_str().unwrap().to_string();
                 let known = view.remove(&user);
-                assert!(known || check == Check::Loose, "{label}: member_removed for {user}, who was not present; its events: {:?}", history(&user));
+                assert!(
+                    known || check == Check::Loose,
+                    "{label}: member_removed for {user}, who was not present; its events: {:?}",
+                    history(&user)
+                );
             }
             "pusher:error" | "pusher:subscription_error" => panic!("{label}: {}", e.raw),
             _ => {}
@@ -134,7 +153,13 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
             c.take_pending(); // nothing: the server sends no channel event before the snapshot
             joined.wait().await;
             match role(k) {
-                Role::Stay => return Some(Remaining { label: format!("storm client {k} ({user}, node {})", k % 3), snapshot, client: c }),
+                Role::Stay => {
+                    return Some(Remaining {
+                        label: format!("storm client {k} ({user}, node {})", k % 3),
+                        snapshot,
+                        client: c,
+                    })
+                }
                 Role::Unsubscribe => {
                     tokio::time::sleep(jitter(300)).await;
                     c.unsubscribe(CHANNEL).await.unwrap();
@@ -152,7 +177,9 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
     }
     joined.wait().await;
     // Newcomers and extra connections while the leavers leave.
-    let newcomers = EXTRA.map(|u| format!("u{u}")).chain(LATE.map(|u| format!("late{u}")));
+    let newcomers = EXTRA
+        .map(|u| format!("u{u}"))
+        .chain(LATE.map(|u| format!("late{u}")));
     for (n, user) in newcomers.enumerate() {
         let node = n % 3;
         let url = cluster.ws_url(node);
@@ -162,7 +189,11 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
             let ok = join(&mut c, CHANNEL, &user).await;
             let snapshot = presence_ids(&ok);
             c.take_pending();
-            Some(Remaining { label: format!("newcomer {user} (node {node})"), snapshot, client: c })
+            Some(Remaining {
+                label: format!("newcomer {user} (node {node})"),
+                snapshot,
+                client: c,
+            })
         }));
     }
     let mut remaining = Vec::new();
@@ -176,25 +207,47 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
     for i in 0..3 {
         let api = cluster.api(i);
         let expected = expected.clone();
-        wait_for(&format!("node {i}'s member list to settle"), WAIT * 2, || {
-            let api = api.clone();
-            let expected = expected.clone();
-            async move {
-                let (status, body) = api.get(&format!("/channels/{CHANNEL}/users"), &[]).await.ok()?;
-                (status == 200 && user_ids(&body) == expected).then_some(())
-            }
-        })
+        wait_for(
+            &format!("node {i}'s member list to settle"),
+            WAIT * 2,
+            || {
+                let api = api.clone();
+                let expected = expected.clone();
+                async move {
+                    let (status, body) = api
+                        .get(&format!("/channels/{CHANNEL}/users"), &[])
+                        .await
+                        .ok()?;
+                    (status == 200 && user_ids(&body) == expected).then_some(())
+                }
+            },
+        )
         .await;
     }
     let mut answers = Vec::new();
     for i in 0..3 {
-        let (status, body) = cluster.api(i).get(&format!("/channels/{CHANNEL}/users"), &[]).await.unwrap();
+        let (status, body) = cluster
+            .api(i)
+            .get(&format!("/channels/{CHANNEL}/users"), &[])
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
         answers.push(user_ids(&body));
-        let (_, info) = cluster.api(i).get(&format!("/channels/{CHANNEL}"), &[("info", "user_count")]).await.unwrap();
-        assert_eq!(info["user_count"], serde_json::json!(expected.len()), "node {i}: {info}");
+        let (_, info) = cluster
+            .api(i)
+            .get(&format!("/channels/{CHANNEL}"), &[("info", "user_count")])
+            .await
+            .unwrap();
+        assert_eq!(
+            info["user_count"],
+            serde_json::json!(expected.len()),
+            "node {i}: {info}"
+        );
     }
-    assert!(answers.iter().all(|a| *a == expected), "every node answers {expected:?}: {answers:?}");
+    assert!(
+        answers.iter().all(|a| *a == expected),
+        "every node answers {expected:?}: {answers:?}"
+    );
 
     // Drain every client at once (each waits for its own quiet).
     // (Clients are handed back, not dropped: a drop would be a leave the others then see.)
@@ -233,8 +286,24 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
         let mut view = r.snapshot.clone();
         apply(&r.label, &mut view, &events, Check::Loose);
         let odd: Vec<_> = view.symmetric_difference(&expected).collect();
-        let histories: Vec<_> = odd.iter().map(|u| (u.to_string(), events.iter().filter(|e| e.data["user_id"] == u.as_str()).map(|e| e.event.clone()).collect::<Vec<_>>())).collect();
-        assert_eq!(view, expected, "{}: ghosts or missing members; snapshot {:?}; their events {histories:?}", r.label, r.snapshot);
+        let histories: Vec<_> = odd
+            .iter()
+            .map(|u| {
+                (
+                    u.to_string(),
+                    events
+                        .iter()
+                        .filter(|e| e.data["user_id"] == u.as_str())
+                        .map(|e| e.event.clone())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view, expected,
+            "{}: ghosts or missing members; snapshot {:?}; their events {histories:?}",
+            r.label, r.snapshot
+        );
     }
 }
 
@@ -247,28 +316,60 @@ async fn subscription_succeeded_lists_members_on_other_nodes() {
 
     let mut bob = cluster.client(1).await.unwrap();
     let ok = join(&mut bob, "presence-lobby", "bob").await;
-    assert_eq!(presence_ids(&ok), BTreeSet::from(["alice".to_string(), "bob".to_string()]), "{:?}", ok.raw);
-    assert_eq!(ok.data["presence"]["hash"]["alice"], serde_json::json!({ "name": "alice" }), "user_info travels: {:?}", ok.raw);
+    assert_eq!(
+        presence_ids(&ok),
+        BTreeSet::from(["alice".to_string(), "bob".to_string()]),
+        "{:?}",
+        ok.raw
+    );
+    assert_eq!(
+        ok.data["presence"]["hash"]["alice"],
+        serde_json::json!({ "name": "alice" }),
+        "user_info travels: {:?}",
+        ok.raw
+    );
     assert_eq!(ok.data["presence"]["count"], serde_json::json!(2));
 
     // alice (node 0) hears bob (node 1) arrive.
-    let added = alice.recv_event_on("presence-lobby", "pusher_internal:member_added", WAIT).await.unwrap();
+    let added = alice
+        .recv_event_on("presence-lobby", "pusher_internal:member_added", WAIT)
+        .await
+        .unwrap();
     assert_eq!(added.data["user_id"], "bob");
-    assert_eq!(added.data["user_info"], serde_json::json!({ "name": "bob" }));
+    assert_eq!(
+        added.data["user_info"],
+        serde_json::json!({ "name": "bob" })
+    );
 
     // A second connection of alice on node 2 sees both, and nobody hears alice again.
     let mut alice2 = cluster.client(2).await.unwrap();
     let ok = join(&mut alice2, "presence-lobby", "alice").await;
-    assert_eq!(presence_ids(&ok), BTreeSet::from(["alice".to_string(), "bob".to_string()]));
+    assert_eq!(
+        presence_ids(&ok),
+        BTreeSet::from(["alice".to_string(), "bob".to_string()])
+    );
     let events = drain(&mut bob).await;
-    assert!(events.iter().all(|e| e.event != "pusher_internal:member_added"), "alice was already present: {events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event != "pusher_internal:member_added"),
+        "alice was already present: {events:?}"
+    );
 
     // alice leaving node 0 is not alice leaving the cluster.
     alice.close().await.unwrap();
     let events = drain(&mut bob).await;
-    assert!(events.iter().all(|e| e.event != "pusher_internal:member_removed"), "alice is still on node 2: {events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event != "pusher_internal:member_removed"),
+        "alice is still on node 2: {events:?}"
+    );
     alice2.close().await.unwrap();
-    let removed = bob.recv_event_on("presence-lobby", "pusher_internal:member_removed", WAIT).await.unwrap();
+    let removed = bob
+        .recv_event_on("presence-lobby", "pusher_internal:member_removed", WAIT)
+        .await
+        .unwrap();
     assert_eq!(removed.data["user_id"], "alice");
 }
 
@@ -288,13 +389,18 @@ async fn rejoin_while_the_last_connection_leaves() {
         let mut a = cluster.client(0).await.unwrap();
         join(&mut a, "presence-flap", &user).await;
         let mut b = cluster.client(1).await.unwrap();
-        let (closed, _) = tokio::join!(a.close(), async { join(&mut b, "presence-flap", &user).await });
+        let (closed, _) = tokio::join!(a.close(), async {
+            join(&mut b, "presence-flap", &user).await
+        });
         closed.unwrap();
         std::mem::forget(b); // stays subscribed until the cluster goes
     }
     let mut view = snapshot;
     let events = drain(&mut watcher).await;
     apply("watcher", &mut view, &events, Check::RepeatedAdds);
-    let expected: BTreeSet<String> = (0..30).map(|r| format!("flap{r}")).chain(["watcher".to_string()]).collect();
+    let expected: BTreeSet<String> = (0..30)
+        .map(|r| format!("flap{r}"))
+        .chain(["watcher".to_string()])
+        .collect();
     assert_eq!(view, expected);
 }

@@ -15,7 +15,11 @@ const CH: &str = "hist";
 
 /// (stream_id, serial, message_id) of a V2 broadcast frame.
 fn position(e: &Event) -> (String, u64, String) {
-    (e.raw["stream_id"].as_str().unwrap().to_string(), e.raw["serial"].as_u64().unwrap(), e.raw["message_id"].as_str().unwrap().to_string())
+    (
+        e.raw["stream_id"].as_str().unwrap().to_string(),
+        e.raw["serial"].as_u64().unwrap(),
+        e.raw["message_id"].as_str().unwrap().to_string(),
+    )
 }
 
 async fn v2_client(cluster: &Cluster, node: usize) -> TestClient {
@@ -23,7 +27,11 @@ async fn v2_client(cluster: &Cluster, node: usize) -> TestClient {
 }
 
 async fn publish(cluster: &Cluster, node: usize, data: &str) {
-    let (status, body) = cluster.api(node).trigger(CH, "m", json!(data)).await.unwrap();
+    let (status, body) = cluster
+        .api(node)
+        .trigger(CH, "m", json!(data))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
 }
 
@@ -32,16 +40,25 @@ fn positions(stream_id: &str, serial: u64, last_message_id: Option<&str>) -> Val
 }
 
 async fn flushall(cluster: &Cluster) {
-    let mut s = tokio::net::TcpStream::connect(cluster.redis().unwrap().addr()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(cluster.redis().unwrap().addr())
+        .await
+        .unwrap();
     s.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").await.unwrap();
     let mut buf = [0u8; 16];
     let n = s.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"+OK"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"+OK"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 fn resume_outcome(frames: &[Event]) -> (Vec<&Event>, Vec<&Event>, &Event) {
     let replayed = frames.iter().filter(|e| e.event == "m").collect();
-    let failed = frames.iter().filter(|e| e.event == "sockudo:resume_failed").collect();
+    let failed = frames
+        .iter()
+        .filter(|e| e.event == "sockudo:resume_failed")
+        .collect();
     (replayed, failed, frames.last().unwrap())
 }
 
@@ -73,26 +90,48 @@ async fn resume_on_another_node_after_a_crash_replays_exactly_what_was_missed() 
 
     let mut back = v2_client(&cluster, 1).await;
     back.subscribe(CH).await.unwrap();
-    let frames = back.resume(positions(&stream_id, serial, last_id.as_deref()), WAIT).await.unwrap();
+    let frames = back
+        .resume(positions(&stream_id, serial, last_id.as_deref()), WAIT)
+        .await
+        .unwrap();
     let (replayed, failed, success) = resume_outcome(&frames);
     assert!(failed.is_empty(), "{frames:?}");
     let data: Vec<&str> = replayed.iter().map(|e| e.data.as_str().unwrap()).collect();
-    assert_eq!(data, ["missed-0", "missed-1", "missed-2", "missed-3"], "exactly the missed messages, in order");
+    assert_eq!(
+        data,
+        ["missed-0", "missed-1", "missed-2", "missed-3"],
+        "exactly the missed messages, in order"
+    );
     let serials: Vec<u64> = replayed.iter().map(|e| position(e).1).collect();
     assert_eq!(serials, (serial + 1..=serial + 4).collect::<Vec<_>>());
     assert_eq!(success.event, "sockudo:resume_success");
     let recovered = success.data["recovered"].as_array().unwrap();
     assert_eq!(recovered.len(), 1, "{:?}", success.raw);
     assert_eq!(recovered[0]["channel"], CH);
-    assert!(matches!(recovered[0]["source"].as_str(), Some("hot" | "cold")), "{:?}", success.raw);
+    assert!(
+        matches!(recovered[0]["source"].as_str(), Some("hot" | "cold")),
+        "{:?}",
+        success.raw
+    );
     assert_eq!(recovered[0]["replayed"], 4);
 
     // Then live messages, once each, after the replay.
     publish(&cluster, 2, "live-0").await;
     publish(&cluster, 1, "live-1").await;
     let events = drain(&mut back).await;
-    let live: Vec<(String, u64)> = events.iter().filter(|e| e.event == "m").map(|e| (e.data.as_str().unwrap().to_string(), position(e).1)).collect();
-    assert_eq!(live, [("live-0".to_string(), serial + 5), ("live-1".to_string(), serial + 6)], "{events:?}");
+    let live: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e.event == "m")
+        .map(|e| (e.data.as_str().unwrap().to_string(), position(e).1))
+        .collect();
+    assert_eq!(
+        live,
+        [
+            ("live-0".to_string(), serial + 5),
+            ("live-1".to_string(), serial + 6)
+        ],
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,16 +147,32 @@ async fn a_flushed_history_fails_resume_with_stream_reset() {
 
     let mut back = v2_client(&cluster, 1).await;
     let ok = back.subscribe(CH).await.unwrap();
-    assert_ne!(ok.data["stream_id"].as_str(), Some(stream_id.as_str()), "a flushed history is a new stream: {:?}", ok.raw);
-    let frames = back.resume(positions(&stream_id, serial, Some(&mid)), WAIT).await.unwrap();
+    assert_ne!(
+        ok.data["stream_id"].as_str(),
+        Some(stream_id.as_str()),
+        "a flushed history is a new stream: {:?}",
+        ok.raw
+    );
+    let frames = back
+        .resume(positions(&stream_id, serial, Some(&mid)), WAIT)
+        .await
+        .unwrap();
     let (replayed, failed, success) = resume_outcome(&frames);
     assert!(replayed.is_empty(), "never a partial replay: {frames:?}");
     assert_eq!(failed.len(), 1, "{frames:?}");
     assert_eq!(failed[0].channel.as_deref(), Some(CH));
     assert_eq!(failed[0].data["channel"], CH);
-    assert_eq!(failed[0].data["code"], "stream_reset", "{:?}", failed[0].raw);
+    assert_eq!(
+        failed[0].data["code"], "stream_reset",
+        "{:?}",
+        failed[0].raw
+    );
     assert_eq!(failed[0].data["expected_stream_id"], stream_id.as_str());
-    assert!(success.data["recovered"].as_array().unwrap().is_empty(), "{:?}", success.raw);
+    assert!(
+        success.data["recovered"].as_array().unwrap().is_empty(),
+        "{:?}",
+        success.raw
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,13 +189,24 @@ async fn resume_with_redis_down_fails_with_persistence_unavailable() {
 
     let mut back = v2_client(&cluster, 1).await;
     back.subscribe(CH).await.unwrap();
-    let frames = back.resume(positions(&stream_id, serial, Some(&mid)), WAIT).await.unwrap();
+    let frames = back
+        .resume(positions(&stream_id, serial, Some(&mid)), WAIT)
+        .await
+        .unwrap();
     let (replayed, failed, success) = resume_outcome(&frames);
     assert!(replayed.is_empty(), "{frames:?}");
     assert_eq!(failed.len(), 1, "{frames:?}");
-    assert_eq!(failed[0].data["code"], "persistence_unavailable", "{:?}", failed[0].raw);
+    assert_eq!(
+        failed[0].data["code"], "persistence_unavailable",
+        "{:?}",
+        failed[0].raw
+    );
     let recovered = success.data["recovered"].as_array().unwrap();
-    assert!(recovered.iter().all(|r| r["channel"] != CH), "{:?}", success.raw);
+    assert!(
+        recovered.iter().all(|r| r["channel"] != CH),
+        "{:?}",
+        success.raw
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,15 +225,27 @@ async fn one_message_id_through_two_nodes_is_one_message() {
     let (s0, r0) = cluster.api(0).trigger_body(&body).await.unwrap();
     let (s1, r1) = cluster.api(1).trigger_body(&body).await.unwrap();
     assert_eq!((s0, s1), (200, 200), "{r0} {r1}");
-    assert_eq!(r0["serials"][CH], r1["serials"][CH], "one message, one serial: {r0} {r1}");
+    assert_eq!(
+        r0["serials"][CH], r1["serials"][CH],
+        "one message, one serial: {r0} {r1}"
+    );
     assert!(r0["serials"][CH].as_u64().is_some(), "{r0}");
 
     // An adapter-level redelivery (the same message id broadcast twice) is dropped by every node.
     let node = cluster.node(2).as_in_process().unwrap().node();
     let frame = json!({ "event": "m", "channel": CH, "data": "redelivered" }).to_string();
-    let before: u64 = cluster.nodes().iter().map(|n| n.as_in_process().unwrap().node().recent_ids.suppressed()).sum();
+    let before: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.as_in_process().unwrap().node().recent_ids.suppressed())
+        .sum();
     for _ in 0..2 {
-        let mut b = sockudo_core::adapter::Broadcast::plain(sockudo_testkit::APP_ID, CH, frame.clone().into(), None);
+        let mut b = sockudo_core::adapter::Broadcast::plain(
+            sockudo_testkit::APP_ID,
+            CH,
+            frame.clone().into(),
+            None,
+        );
         b.message_id = Some("mid-adapter".into());
         node.adapter.publish(b).await.unwrap();
     }
@@ -176,12 +254,31 @@ async fn one_message_id_through_two_nodes_is_one_message() {
         let events = drain(c).await;
         let counts = count_app_events(&events, "m");
         assert_eq!(counts.len(), 2, "client {i}: {events:?}");
-        assert!(counts.values().all(|n| *n == 1), "client {i} got a duplicate: {counts:?}");
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "client {i} got a duplicate: {counts:?}"
+        );
         if i % 2 == 1 {
-            let serials: Vec<u64> = events.iter().filter(|e| e.data == "once").map(|e| position(e).1).collect();
-            assert_eq!(serials, vec![r0["serials"][CH].as_u64().unwrap()], "client {i}");
+            let serials: Vec<u64> = events
+                .iter()
+                .filter(|e| e.data == "once")
+                .map(|e| position(e).1)
+                .collect();
+            assert_eq!(
+                serials,
+                vec![r0["serials"][CH].as_u64().unwrap()],
+                "client {i}"
+            );
         }
     }
-    let after: u64 = cluster.nodes().iter().map(|n| n.as_in_process().unwrap().node().recent_ids.suppressed()).sum();
-    assert_eq!(after - before, 3, "each node suppressed the redelivery once");
+    let after: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.as_in_process().unwrap().node().recent_ids.suppressed())
+        .sum();
+    assert_eq!(
+        after - before,
+        3,
+        "each node suppressed the redelivery once"
+    );
 }

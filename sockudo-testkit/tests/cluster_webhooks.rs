@@ -7,7 +7,7 @@ mod cluster_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster_support::{wait_formed, wait_for, WAIT};
+use cluster_support::{wait_for, wait_formed, WAIT};
 use serde_json::{json, Value};
 use sockudo_core::app::WebhookTarget;
 use sockudo_core::auth::webhook_signature;
@@ -20,16 +20,34 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 async fn received(server: &MockServer) -> BTreeMap<(String, String, String), usize> {
     let mut out = BTreeMap::new();
     for req in server.received_requests().await.unwrap_or_default() {
-        let sig = req.headers.get("x-pusher-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        assert_eq!(sig, webhook_signature(APP_SECRET, &req.body), "every batch is signed with the app secret");
-        assert_eq!(req.headers.get("x-pusher-key").and_then(|v| v.to_str().ok()), Some(APP_KEY));
+        let sig = req
+            .headers
+            .get("x-pusher-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            sig,
+            webhook_signature(APP_SECRET, &req.body),
+            "every batch is signed with the app secret"
+        );
+        assert_eq!(
+            req.headers
+                .get("x-pusher-key")
+                .and_then(|v| v.to_str().ok()),
+            Some(APP_KEY)
+        );
         let body: Value = serde_json::from_slice(&req.body).unwrap();
         for e in body["events"].as_array().unwrap() {
             let channel = e["channel"].as_str().unwrap_or_default().to_owned();
             if channel == "probe-formation" {
                 continue; // the cluster-formation probe's own events
             }
-            let key = (e["name"].as_str().unwrap_or_default().to_owned(), channel, e["user_id"].as_str().unwrap_or_default().to_owned());
+            let key = (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                channel,
+                e["user_id"].as_str().unwrap_or_default().to_owned(),
+            );
             *out.entry(key).or_default() += 1;
         }
     }
@@ -39,9 +57,16 @@ async fn received(server: &MockServer) -> BTreeMap<(String, String, String), usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_wide_events_are_sent_once() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
     let mut app = test_app();
-    app.webhooks = vec![WebhookTarget { url: format!("{}/hooks", server.uri()), event_types: Vec::new(), headers: Default::default() }];
+    app.webhooks = vec![WebhookTarget {
+        url: format!("{}/hooks", server.uri()),
+        event_types: Vec::new(),
+        headers: Default::default(),
+    }];
     let cluster = Cluster::builder()
         .nodes(3)
         .redis(true)
@@ -66,7 +91,9 @@ async fn cluster_wide_events_are_sent_once() {
     }
     for (i, user) in [(0, "ann"), (1, "ann"), (1, "bob"), (2, "bob")] {
         let mut c = cluster.client(i).await.unwrap();
-        c.subscribe_presence("presence-room", APP_KEY, APP_SECRET, user, json!({})).await.unwrap();
+        c.subscribe_presence("presence-room", APP_KEY, APP_SECRET, user, json!({}))
+            .await
+            .unwrap();
         clients.push(c);
     }
     for c in clients {

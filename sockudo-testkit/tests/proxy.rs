@@ -27,7 +27,10 @@ async fn cut_and_restore_are_seen_by_a_client() {
     assert!(is_closed(&mut live).await, "a cut drops live connections");
 
     let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
-    assert!(is_closed(&mut refused).await, "while cut, new connections are closed at once");
+    assert!(
+        is_closed(&mut refused).await,
+        "while cut, new connections are closed at once"
+    );
     assert_eq!(proxy.connections_refused(), 1);
 
     proxy.restore();

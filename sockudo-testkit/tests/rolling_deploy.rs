@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sockudo_client::{authorizer_fn, ChannelAuth, ChannelEvent, Client, ClientOptions, ExponentialBackoff, Protocol};
+use sockudo_client::{
+    authorizer_fn, ChannelAuth, ChannelEvent, Client, ClientOptions, ExponentialBackoff, Protocol,
+};
 use sockudo_testkit::{Cluster, TestClient, APP_KEY, APP_SECRET};
 use tokio::sync::{watch, Mutex};
 
@@ -66,7 +68,13 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 /// Per channel: the seqs whose publish was confirmed (200).
 type Confirmed = Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>;
 
-async fn publisher(cluster_api: sockudo_testkit::ApiClient, channels: Vec<String>, per_second: u64, confirmed: Confirmed, stop: watch::Receiver<bool>) -> (usize, usize) {
+async fn publisher(
+    cluster_api: sockudo_testkit::ApiClient,
+    channels: Vec<String>,
+    per_second: u64,
+    confirmed: Confirmed,
+    stop: watch::Receiver<bool>,
+) -> (usize, usize) {
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second.max(1)));
     let mut seq: HashMap<String, u64> = HashMap::new();
     let (mut sent, mut retries) = (0, 0);
@@ -85,7 +93,12 @@ async fn publisher(cluster_api: sockudo_testkit::ApiClient, channels: Vec<String
         for attempt in 0..20 {
             match cluster_api.trigger_body(&body).await {
                 Ok((200, _)) => {
-                    confirmed.lock().await.entry(channel.clone()).or_default().insert(n);
+                    confirmed
+                        .lock()
+                        .await
+                        .entry(channel.clone())
+                        .or_default()
+                        .insert(n);
                     sent += 1;
                     break;
                 }
@@ -107,8 +120,19 @@ struct V1Outcome {
     user: Option<String>,
 }
 
-async fn v1_client(url: String, idx: usize, channel: String, presence: bool, current_users: Arc<Mutex<BTreeSet<String>>>, stop: watch::Receiver<bool>) -> V1Outcome {
-    let mut out = V1Outcome { seqs: Vec::new(), reconnect_ms: Vec::new(), user: None };
+async fn v1_client(
+    url: String,
+    idx: usize,
+    channel: String,
+    presence: bool,
+    current_users: Arc<Mutex<BTreeSet<String>>>,
+    stop: watch::Receiver<bool>,
+) -> V1Outcome {
+    let mut out = V1Outcome {
+        seqs: Vec::new(),
+        reconnect_ms: Vec::new(),
+        user: None,
+    };
     let mut generation = 0;
     let mut lost_at: Option<Instant> = None;
     'outer: while !*stop.borrow() {
@@ -117,7 +141,8 @@ async fn v1_client(url: String, idx: usize, channel: String, presence: bool, cur
             c.subscribe(&channel).await?;
             let user = format!("v1-{idx}-g{generation}");
             if presence {
-                c.subscribe_presence(PRESENCE, APP_KEY, APP_SECRET, &user, json!({})).await?;
+                c.subscribe_presence(PRESENCE, APP_KEY, APP_SECRET, &user, json!({}))
+                    .await?;
             }
             Ok::<_, sockudo_testkit::TestkitError>((c, user))
         }
@@ -141,7 +166,10 @@ async fn v1_client(url: String, idx: usize, channel: String, presence: bool, cur
             out.reconnect_ms.push(t.elapsed().as_millis());
         }
         loop {
-            let events = client.events_until(Duration::from_millis(100)).await.unwrap_or_default();
+            let events = client
+                .events_until(Duration::from_millis(100))
+                .await
+                .unwrap_or_default();
             for e in events.into_iter().chain(client.take_pending()) {
                 if e.event == "tick" && e.channel.as_deref() == Some(channel.as_str()) {
                     if let Some(n) = e.data_json()["seq"].as_u64() {
@@ -169,26 +197,53 @@ struct V2Outcome {
     client: Client,
 }
 
-async fn v2_client(base: String, idx: usize, channel: String, presence: bool, stop: watch::Receiver<bool>) -> V2Outcome {
+async fn v2_client(
+    base: String,
+    idx: usize,
+    channel: String,
+    presence: bool,
+    stop: watch::Receiver<bool>,
+) -> V2Outcome {
     let user = format!("v2-{idx}");
     let auth_user = user.clone();
     let opts = ClientOptions::new(APP_KEY)
         .url(&base)
         .unwrap()
         .protocol(Protocol::V2)
-        .backoff(ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(2)))
+        .backoff(ExponentialBackoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
         .authorizer(authorizer_fn(move |req| {
             let user = auth_user.clone();
             async move {
                 let channel_data = json!({ "user_id": user }).to_string();
-                let auth = sockudo_core::auth::sign_channel(APP_KEY, APP_SECRET, &req.socket_id, &req.channel_name, Some(&channel_data));
-                Ok(ChannelAuth { auth, channel_data: Some(channel_data), shared_secret: None })
+                let auth = sockudo_core::auth::sign_channel(
+                    APP_KEY,
+                    APP_SECRET,
+                    &req.socket_id,
+                    &req.channel_name,
+                    Some(&channel_data),
+                );
+                Ok(ChannelAuth {
+                    auth,
+                    channel_data: Some(channel_data),
+                    shared_secret: None,
+                })
             }
         }));
     let client = Client::connect(opts).await.unwrap();
     let mut sub = client.subscribe(channel.clone()).await.unwrap();
-    let _presence = if presence { Some(client.subscribe(PRESENCE).await.unwrap()) } else { None };
-    let mut out = V2Outcome { seqs: Vec::new(), recovery_failures: 0, client: client.clone() };
+    let _presence = if presence {
+        Some(client.subscribe(PRESENCE).await.unwrap())
+    } else {
+        None
+    };
+    let mut out = V2Outcome {
+        seqs: Vec::new(),
+        recovery_failures: 0,
+        client: client.clone(),
+    };
     let mut stop = stop;
     loop {
         tokio::select! {
@@ -220,11 +275,25 @@ async fn v2_client(base: String, idx: usize, channel: String, presence: bool, st
 }
 
 async fn ready_status(addr: SocketAddr) -> Option<u16> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
-    Some(http.get(format!("http://{addr}/ready")).send().await.ok()?.status().as_u16())
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()?;
+    Some(
+        http.get(format!("http://{addr}/ready"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .as_u16(),
+    )
 }
 
-async fn wait_until(what: &str, limit: Duration, mut pred: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>) {
+async fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut pred: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+) {
     let deadline = Instant::now() + limit;
     while !pred().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -245,11 +314,16 @@ async fn rolling_deploy(scale: Scale) -> Report {
         .build()
         .await
         .unwrap();
-    cluster.balancer().probe_readiness(Duration::from_millis(50));
+    cluster
+        .balancer()
+        .probe_readiness(Duration::from_millis(50));
     let addrs: Vec<SocketAddr> = cluster.nodes().iter().map(|n| n.addr()).collect();
     for a in &addrs {
         let a = *a;
-        wait_until("nodes ready", Duration::from_secs(10), || Box::pin(async move { ready_status(a).await == Some(200) })).await;
+        wait_until("nodes ready", Duration::from_secs(10), || {
+            Box::pin(async move { ready_status(a).await == Some(200) })
+        })
+        .await;
     }
     let channels: Vec<String> = (0..scale.channels).map(|i| format!("roll-{i}")).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -259,7 +333,14 @@ async fn rolling_deploy(scale: Scale) -> Report {
 
     let mut v1 = Vec::new();
     for i in 0..scale.v1 {
-        let task = v1_client(ws_url.clone(), i, channels[i % channels.len()].clone(), i % 3 == 0, Arc::clone(&users), stop_rx.clone());
+        let task = v1_client(
+            ws_url.clone(),
+            i,
+            channels[i % channels.len()].clone(),
+            i % 3 == 0,
+            Arc::clone(&users),
+            stop_rx.clone(),
+        );
         v1.push((channels[i % channels.len()].clone(), tokio::spawn(task)));
     }
     let mut v2 = Vec::new();
@@ -269,23 +350,39 @@ async fn rolling_deploy(scale: Scale) -> Report {
         if presence {
             v2_users.insert(format!("v2-{i}"));
         }
-        let task = v2_client(base.clone(), i, channels[i % channels.len()].clone(), presence, stop_rx.clone());
+        let task = v2_client(
+            base.clone(),
+            i,
+            channels[i % channels.len()].clone(),
+            presence,
+            stop_rx.clone(),
+        );
         v2.push((channels[i % channels.len()].clone(), tokio::spawn(task)));
     }
     // Let everyone connect and subscribe before the stream starts.
     let expected_v1_presence = scale.v1.div_ceil(3);
     {
         let users = Arc::clone(&users);
-        wait_until("V1 clients subscribed", Duration::from_secs(30), move || {
-            let users = Arc::clone(&users);
-            Box::pin(async move { users.lock().await.len() == expected_v1_presence })
-        })
+        wait_until(
+            "V1 clients subscribed",
+            Duration::from_secs(30),
+            move || {
+                let users = Arc::clone(&users);
+                Box::pin(async move { users.lock().await.len() == expected_v1_presence })
+            },
+        )
         .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let confirmed: Confirmed = Arc::default();
-    let publisher = tokio::spawn(publisher(cluster.balancer_api(), channels.clone(), scale.publishes_per_second, Arc::clone(&confirmed), stop_rx.clone()));
+    let publisher = tokio::spawn(publisher(
+        cluster.balancer_api(),
+        channels.clone(),
+        scale.publishes_per_second,
+        Arc::clone(&confirmed),
+        stop_rx.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Roll every node: drain (SIGTERM path), wait for it to stop, start it on the same port.
@@ -297,10 +394,22 @@ async fn rolling_deploy(scale: Scale) -> Report {
         // Readiness went 503 "draining" after the drain began and before the node stopped.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let log = cluster.balancer().probe_log();
-        let went_unready = log.iter().any(|r| r.backend == addr && r.at >= drain_started && r.at <= stopped_at && r.status == Some(503) && r.body == "draining");
-        assert!(went_unready, "node {i}: no 503 \"draining\" seen before it stopped; probe log: {log:#?}");
+        let went_unready = log.iter().any(|r| {
+            r.backend == addr
+                && r.at >= drain_started
+                && r.at <= stopped_at
+                && r.status == Some(503)
+                && r.body == "draining"
+        });
+        assert!(
+            went_unready,
+            "node {i}: no 503 \"draining\" seen before it stopped; probe log: {log:#?}"
+        );
         cluster.restart_node(i).await.unwrap();
-        wait_until("the restarted node ready", Duration::from_secs(10), || Box::pin(async move { ready_status(addr).await == Some(200) })).await;
+        wait_until("the restarted node ready", Duration::from_secs(10), || {
+            Box::pin(async move { ready_status(addr).await == Some(200) })
+        })
+        .await;
         // Let the clients settle before the next roll.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -308,17 +417,34 @@ async fn rolling_deploy(scale: Scale) -> Report {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // No presence ghost: the members are exactly the live connections' users.
-    let expected_users: BTreeSet<String> = users.lock().await.iter().cloned().chain(v2_users.iter().cloned()).collect();
+    let expected_users: BTreeSet<String> = users
+        .lock()
+        .await
+        .iter()
+        .cloned()
+        .chain(v2_users.iter().cloned())
+        .collect();
     let api = cluster.api(0);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, body) = api.get(&format!("/channels/{PRESENCE}/users"), &[]).await.unwrap();
+        let (status, body) = api
+            .get(&format!("/channels/{PRESENCE}/users"), &[])
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
-        let members: BTreeSet<String> = body["users"].as_array().unwrap().iter().filter_map(|u| u["id"].as_str().map(str::to_owned)).collect();
+        let members: BTreeSet<String> = body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["id"].as_str().map(str::to_owned))
+            .collect();
         if members == expected_users {
             break;
         }
-        assert!(Instant::now() < deadline, "presence members differ from live users\nexpected {expected_users:?}\ngot {body}");
+        assert!(
+            Instant::now() < deadline,
+            "presence members differ from live users\nexpected {expected_users:?}\ngot {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -326,17 +452,33 @@ async fn rolling_deploy(scale: Scale) -> Report {
     let (published, publish_retries) = publisher.await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let confirmed = confirmed.lock().await.clone();
-    let mut report = Report { published, publish_retries, roll_secs, ..Report::default() };
+    let mut report = Report {
+        published,
+        publish_retries,
+        roll_secs,
+        ..Report::default()
+    };
 
     for (channel, task) in v1 {
         let o = task.await.unwrap();
-        assert!(!o.reconnect_ms.is_empty(), "every V1 client was on a drained node and reconnected");
+        assert!(
+            !o.reconnect_ms.is_empty(),
+            "every V1 client was on a drained node and reconnected"
+        );
         report.v1_reconnects += o.reconnect_ms.len();
         report.v1_reconnect_ms.extend(o.reconnect_ms);
         let unique: BTreeSet<u64> = o.seqs.iter().copied().collect();
         report.v1_duplicates += o.seqs.len() - unique.len();
-        let last = confirmed.get(&channel).and_then(|s| s.iter().next_back()).copied().unwrap_or(0);
-        assert!(unique.iter().any(|s| *s + 20 >= last), "V1 client on {channel} resubscribed and receives again (last seen {:?} of {last})", unique.iter().next_back());
+        let last = confirmed
+            .get(&channel)
+            .and_then(|s| s.iter().next_back())
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            unique.iter().any(|s| *s + 20 >= last),
+            "V1 client on {channel} resubscribed and receives again (last seen {:?} of {last})",
+            unique.iter().next_back()
+        );
     }
     for (channel, task) in v2 {
         let o = task.await.unwrap();
@@ -350,13 +492,28 @@ async fn rolling_deploy(scale: Scale) -> Report {
         let unique: BTreeSet<u64> = o.seqs.iter().copied().collect();
         report.v2_duplicates += o.seqs.len() - unique.len();
         let first = unique.iter().next().copied().unwrap_or(u64::MAX);
-        let missing: Vec<u64> = confirmed.get(&channel).map(|s| s.iter().copied().filter(|n| *n >= first && !unique.contains(n)).collect()).unwrap_or_default();
+        let missing: Vec<u64> = confirmed
+            .get(&channel)
+            .map(|s| {
+                s.iter()
+                    .copied()
+                    .filter(|n| *n >= first && !unique.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default();
         if !missing.is_empty() {
-            eprintln!("V2 client on {channel} missed {} messages, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+            eprintln!(
+                "V2 client on {channel} missed {} messages, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
         }
         report.v2_lost += missing.len();
         // Ordering: a V2 stream delivers in serial order.
-        assert!(o.seqs.windows(2).all(|w| w[0] < w[1]), "V2 client on {channel} saw messages out of order");
+        assert!(
+            o.seqs.windows(2).all(|w| w[0] < w[1]),
+            "V2 client on {channel} saw messages out of order"
+        );
     }
     report.v1_reconnect_ms.sort_unstable();
     let r = &report;
@@ -389,18 +546,33 @@ fn assert_no_loss(r: &Report) {
     assert_eq!(r.v2_recovery_failures, 0, "V2 resumes failed: {r:?}");
     assert_eq!(r.v2_lost, 0, "V2 clients lost messages: {r:?}");
     assert_eq!(r.v2_duplicates, 0, "V2 clients saw duplicates: {r:?}");
-    assert!(r.v2_reconnects > 0, "V2 clients were moved by the roll: {r:?}");
+    assert!(
+        r.v2_reconnects > 0,
+        "V2 clients were moved by the roll: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_deploy_loses_nothing() {
-    let report = rolling_deploy(Scale { v1: 30, v2: 30, channels: 3, publishes_per_second: 20 }).await;
+    let report = rolling_deploy(Scale {
+        v1: 30,
+        v2: 30,
+        channels: 3,
+        publishes_per_second: 20,
+    })
+    .await;
     assert_no_loss(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "larger run recorded in BENCHMARKS.md (≥ 300 clients)"]
 async fn rolling_deploy_large() {
-    let report = rolling_deploy(Scale { v1: 150, v2: 150, channels: 6, publishes_per_second: 50 }).await;
+    let report = rolling_deploy(Scale {
+        v1: 150,
+        v2: 150,
+        channels: 6,
+        publishes_per_second: 50,
+    })
+    .await;
     assert_no_loss(&report);
 }

@@ -39,7 +39,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::rate_limit::{Quota, RateLimitLayer};
-use sockudo_core::layers::{json_error, ApiAuthLayer, AuthenticatedApp, IdempotencyLayer, RequestBody};
+use sockudo_core::layers::{
+    json_error, ApiAuthLayer, AuthenticatedApp, IdempotencyLayer, RequestBody,
+};
 use sockudo_server::publish::{publish_event, EventToPublish, Published};
 use sockudo_server::server::{router_with, RouterOptions};
 use sockudo_server::Node;
@@ -83,10 +85,21 @@ impl AppState {
     /// State with two seed todos.
     pub fn new(node: Arc<Node>) -> Self {
         let todos = vec![
-            Todo { id: 1, title: "mount sockudo under /realtime".into(), done: true },
-            Todo { id: 2, title: "point pusher-js at wsPath '/realtime'".into(), done: false },
+            Todo {
+                id: 1,
+                title: "mount sockudo under /realtime".into(),
+                done: true,
+            },
+            Todo {
+                id: 2,
+                title: "point pusher-js at wsPath '/realtime'".into(),
+                done: false,
+            },
         ];
-        AppState { todos: Arc::new(RwLock::new(todos)), node }
+        AppState {
+            todos: Arc::new(RwLock::new(todos)),
+            node,
+        }
     }
 }
 
@@ -109,7 +122,12 @@ pub fn app(node: Arc<Node>) -> Router {
 
     // Sockudo itself: WebSocket endpoint, Pusher HTTP API (told its prefix, so a signature over
     // `/realtime/apps/{id}/events` verifies although `nest` strips `/realtime`), health.
-    let realtime = router_with(node, RouterOptions { api_path_prefix: Some(REALTIME_PREFIX) });
+    let realtime = router_with(
+        node,
+        RouterOptions {
+            api_path_prefix: Some(REALTIME_PREFIX),
+        },
+    );
 
     Router::new()
         .route("/", get(index))
@@ -139,7 +157,11 @@ async fn create_todo(State(state): State<AppState>, Json(new): Json<NewTodo>) ->
     let todo = {
         let mut todos = state.todos.write().await;
         let id = todos.iter().map(|t| t.id).max().unwrap_or(0) + 1;
-        let todo = Todo { id, title: new.title, done: false };
+        let todo = Todo {
+            id,
+            title: new.title,
+            done: false,
+        };
         todos.push(todo.clone());
         todo
     };
@@ -147,7 +169,9 @@ async fn create_todo(State(state): State<AppState>, Json(new): Json<NewTodo>) ->
         return json_error::<Body>(StatusCode::INTERNAL_SERVER_ERROR, "no app configured");
     };
     // Pusher convention: `data` is a string holding JSON.
-    let data = match serde_json::to_string(&todo).and_then(|json| serde_json::value::to_raw_value(&json)) {
+    let data = match serde_json::to_string(&todo)
+        .and_then(|json| serde_json::value::to_raw_value(&json))
+    {
         Ok(data) => data,
         Err(e) => return json_error::<Body>(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -185,7 +209,9 @@ async fn admin_publish(
 ) -> Response {
     let req: AdminPublish = match serde_json::from_slice(&body) {
         Ok(req) => req,
-        Err(e) => return json_error::<Body>(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+        Err(e) => {
+            return json_error::<Body>(StatusCode::BAD_REQUEST, &format!("invalid body: {e}"))
+        }
     };
     match publish(&state.node, &app.id, &req.channel, &req.event, &req.data).await {
         Ok(published) => Json(AdminPublished {
@@ -200,8 +226,24 @@ async fn admin_publish(
 }
 
 /// Publish one event through the node; errors as the JSON error response to send.
-async fn publish(node: &Node, app_id: &str, channel: &str, event: &str, data: &RawValue) -> Result<Published, Response> {
-    let channel = ChannelName::parse(channel).map_err(|e| json_error::<Body>(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    let ev = EventToPublish { event, data, user_id: None, message_id: None, extras: None, except_socket: None };
-    publish_event(node, app_id, &channel, ev).await.map_err(|e| json_error::<Body>(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+async fn publish(
+    node: &Node,
+    app_id: &str,
+    channel: &str,
+    event: &str,
+    data: &RawValue,
+) -> Result<Published, Response> {
+    let channel = ChannelName::parse(channel)
+        .map_err(|e| json_error::<Body>(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    let ev = EventToPublish {
+        event,
+        data,
+        user_id: None,
+        message_id: None,
+        extras: None,
+        except_socket: None,
+    };
+    publish_event(node, app_id, &channel, ev)
+        .await
+        .map_err(|e| json_error::<Body>(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
 }

@@ -45,7 +45,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:3000".into());
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = NodeSettings::load(&CliOverrides::default(), &env)?;
     let node = sockudo_server::build_node(settings).await?;

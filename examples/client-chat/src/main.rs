@@ -21,7 +21,10 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::json;
-use sockudo_client::{Authorizer, ChannelAuth, ChannelAuthRequest, ChannelEvent, Client, ClientEvent, ClientOptions, ConnectionState};
+use sockudo_client::{
+    Authorizer, ChannelAuth, ChannelAuthRequest, ChannelEvent, Client, ClientEvent, ClientOptions,
+    ConnectionState,
+};
 use sockudo_core::auth::sign_channel;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -36,10 +39,24 @@ struct DemoBackend {
 
 #[async_trait]
 impl Authorizer for DemoBackend {
-    async fn authorize_channel(&self, req: ChannelAuthRequest) -> sockudo_client::Result<ChannelAuth> {
-        let channel_data = json!({ "user_id": self.user, "user_info": { "name": self.user } }).to_string();
-        let auth = sign_channel(APP_KEY, APP_SECRET, &req.socket_id, &req.channel_name, Some(&channel_data));
-        Ok(ChannelAuth { auth, channel_data: Some(channel_data), shared_secret: None })
+    async fn authorize_channel(
+        &self,
+        req: ChannelAuthRequest,
+    ) -> sockudo_client::Result<ChannelAuth> {
+        let channel_data =
+            json!({ "user_id": self.user, "user_info": { "name": self.user } }).to_string();
+        let auth = sign_channel(
+            APP_KEY,
+            APP_SECRET,
+            &req.socket_id,
+            &req.channel_name,
+            Some(&channel_data),
+        );
+        Ok(ChannelAuth {
+            auth,
+            channel_data: Some(channel_data),
+            shared_secret: None,
+        })
     }
 }
 
@@ -50,8 +67,14 @@ async fn main() -> ExitCode {
         eprintln!("usage: client-chat USER [ROOM] [URL]");
         return ExitCode::from(2);
     };
-    let room = args.get(1).cloned().unwrap_or_else(|| "presence-lobby".into());
-    let url = args.get(2).cloned().unwrap_or_else(|| "ws://127.0.0.1:6001".into());
+    let room = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "presence-lobby".into());
+    let url = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "ws://127.0.0.1:6001".into());
     match run(user, room, url).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -62,7 +85,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(user: String, room: String, url: String) -> sockudo_client::Result<()> {
-    let opts = ClientOptions::new(APP_KEY).url(&url)?.authorizer(DemoBackend { user: user.clone() });
+    let opts = ClientOptions::new(APP_KEY)
+        .url(&url)?
+        .authorizer(DemoBackend { user: user.clone() });
     let client = Client::connect(opts).await?;
     let mut sub = client.subscribe(room.as_str()).await?;
     let names: Vec<String> = sub.members().into_iter().map(|m| m.user_id).collect();

@@ -17,7 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde_json::json;
-use sockudo_client::{ChannelEvent, Client, ClientEvent, ClientOptions, ConnectionState, ConstantBackoff, Protocol, RecoveryFailure};
+use sockudo_client::{
+    ChannelEvent, Client, ClientEvent, ClientOptions, ConnectionState, ConstantBackoff, Protocol,
+    RecoveryFailure,
+};
 use sockudo_core::auth::sign_api_request;
 use sockudo_testkit::{Cluster, APP_ID, APP_KEY, APP_SECRET};
 
@@ -70,7 +73,15 @@ impl Publisher {
         let path = format!("{}/apps/{}/events", self.prefix, self.app_id);
         let body = json!({ "name": event, "channel": channel, "data": data }).to_string();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let query = sign_api_request(&self.key, &self.secret, "POST", &path, &[], body.as_bytes(), now);
+        let query = sign_api_request(
+            &self.key,
+            &self.secret,
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+            now,
+        );
         let response = self
             .http
             .post(format!("{}{path}?{query}", self.origin))
@@ -116,11 +127,15 @@ impl Tracker {
                 let mut note = String::new();
                 if let (Some(stream_id), Some(serial)) = (&m.stream_id, m.serial) {
                     match &self.last_position {
-                        Some((last_stream, last)) if last_stream == stream_id && serial != last + 1 => {
+                        Some((last_stream, last))
+                            if last_stream == stream_id && serial != last + 1 =>
+                        {
                             self.serial_gaps += 1;
                             note = format!("  <- serial gap: expected {}", last + 1);
                         }
-                        Some((last_stream, _)) if last_stream != stream_id => note = "  <- new stream".to_owned(),
+                        Some((last_stream, _)) if last_stream != stream_id => {
+                            note = "  <- new stream".to_owned()
+                        }
                         _ => {}
                     }
                     self.last_position = Some((stream_id.clone(), serial));
@@ -135,7 +150,10 @@ impl Tracker {
                     }
                     None => self.foreign += 1,
                 }
-                format!("serial {serial:>5}  {} {} {}  (stream {stream}){note}", m.channel, m.event, m.data)
+                format!(
+                    "serial {serial:>5}  {} {} {}  (stream {stream}){note}",
+                    m.channel, m.event, m.data
+                )
             }
             ChannelEvent::Recovered { source, replayed } => {
                 self.recoveries += 1;
@@ -146,9 +164,17 @@ impl Tracker {
                 self.failures.push(f.clone());
                 // Live messages now start a new count; the old position means nothing any more.
                 self.last_position = None;
-                format!("* RecoveryFailed({}) on {}: {}", f.code, f.channel, explain_failure(f))
+                format!(
+                    "* RecoveryFailed({}) on {}: {}",
+                    f.code,
+                    f.channel,
+                    explain_failure(f)
+                )
             }
-            ChannelEvent::Resubscribed => "* resubscribed without resume (protocol 7): messages may have been missed".to_owned(),
+            ChannelEvent::Resubscribed => {
+                "* resubscribed without resume (protocol 7): messages may have been missed"
+                    .to_owned()
+            }
             other => format!("* {other:?}"),
         }
     }
@@ -160,12 +186,17 @@ impl Tracker {
 
     /// Deliveries beyond the first of each sequence number.
     pub fn duplicates(&self) -> u64 {
-        self.seen.values().map(|n| u64::from(n.saturating_sub(1))).sum()
+        self.seen
+            .values()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum()
     }
 
     /// Sequence numbers in `1..=published` never received.
     pub fn lost(&self, published: u64) -> u64 {
-        (1..=published).filter(|seq| !self.seen.contains_key(seq)).count() as u64
+        (1..=published)
+            .filter(|seq| !self.seen.contains_key(seq))
+            .count() as u64
     }
 }
 
@@ -199,10 +230,15 @@ pub struct FollowOptions {
 
 /// Subscribe to `opts.channel` with protocol V2 and print everything until Ctrl-C.
 pub async fn follow(opts: FollowOptions) -> Result<(), BoxError> {
-    let client_opts = ClientOptions::new(APP_KEY).url(&opts.url)?.protocol(Protocol::V2);
+    let client_opts = ClientOptions::new(APP_KEY)
+        .url(&opts.url)?
+        .protocol(Protocol::V2);
     let client = Client::connect(client_opts).await?;
     let mut sub = client.subscribe(opts.channel.as_str()).await?;
-    println!("subscribed to {} on {} (protocol V2); Ctrl-C to stop", opts.channel, opts.url);
+    println!(
+        "subscribed to {} on {} (protocol V2); Ctrl-C to stop",
+        opts.channel, opts.url
+    );
 
     let publisher = opts.publish_every.map(|every| {
         let publisher = Publisher::new(&opts.url, APP_ID, APP_KEY, APP_SECRET);
@@ -274,7 +310,13 @@ pub struct ClusterDemo {
 
 impl Default for ClusterDemo {
     fn default() -> Self {
-        ClusterDemo { channel: "ticker".into(), before_kill: 20, after_kill: 40, interval: Duration::from_millis(20), verbose: true }
+        ClusterDemo {
+            channel: "ticker".into(),
+            before_kill: 20,
+            after_kill: 40,
+            interval: Duration::from_millis(20),
+            verbose: true,
+        }
     }
 }
 
@@ -304,7 +346,10 @@ pub struct ClusterReport {
 impl ClusterReport {
     /// `recovered N messages, L lost, D duplicates`.
     pub fn summary(&self) -> String {
-        format!("recovered {} messages, {} lost, {} duplicates", self.recovered, self.lost, self.duplicates)
+        format!(
+            "recovered {} messages, {} lost, {} duplicates",
+            self.recovered, self.lost, self.duplicates
+        )
     }
 }
 
@@ -324,7 +369,12 @@ pub async fn run_cluster(demo: ClusterDemo) -> Result<ClusterReport, BoxError> {
         }
     };
     let mut cluster = Cluster::builder().nodes(2).redis(true).build().await?;
-    say(&format!("cluster: node-0 {}, node-1 {}, balancer {}", cluster.node(0).addr(), cluster.node(1).addr(), cluster.balancer().addr()));
+    say(&format!(
+        "cluster: node-0 {}, node-1 {}, balancer {}",
+        cluster.node(0).addr(),
+        cluster.node(1).addr(),
+        cluster.balancer().addr()
+    ));
 
     let opts = ClientOptions::new(APP_KEY)
         .url(&format!("ws://{}", cluster.balancer().addr()))?
@@ -334,10 +384,18 @@ pub async fn run_cluster(demo: ClusterDemo) -> Result<ClusterReport, BoxError> {
     let mut sub = client.subscribe(demo.channel.as_str()).await?;
     let killed_node = node_holding_the_client(&cluster, None).await?;
     let survivor = 1 - killed_node;
-    say(&format!("client subscribed to {} on node-{killed_node}; publishing through node-{survivor}", demo.channel));
+    say(&format!(
+        "client subscribed to {} on node-{killed_node}; publishing through node-{survivor}",
+        demo.channel
+    ));
 
     // The publisher runs on its own task and asks for the kill when `before_kill` are out.
-    let publisher = Publisher::new(&cluster.node(survivor).http_url(), APP_ID, APP_KEY, APP_SECRET);
+    let publisher = Publisher::new(
+        &cluster.node(survivor).http_url(),
+        APP_ID,
+        APP_KEY,
+        APP_SECRET,
+    );
     let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
     let total = demo.before_kill + demo.after_kill;
     let (channel, interval, before_kill) = (demo.channel.clone(), demo.interval, demo.before_kill);
@@ -358,7 +416,9 @@ pub async fn run_cluster(demo: ClusterDemo) -> Result<ClusterReport, BoxError> {
     let mut tracker = Tracker::default();
     let mut published: Option<u64> = None;
     let mut kill_pending = true;
-    let mut deadline = tokio::time::Instant::now() + interval * u32::try_from(total).unwrap_or(u32::MAX) + SETTLE * 2;
+    let mut deadline = tokio::time::Instant::now()
+        + interval * u32::try_from(total).unwrap_or(u32::MAX)
+        + SETTLE * 2;
     loop {
         if published.is_some_and(|n| tracker.unique() >= n) {
             break;
@@ -397,7 +457,9 @@ pub async fn run_cluster(demo: ClusterDemo) -> Result<ClusterReport, BoxError> {
             return Err("the publisher did not finish in time".into());
         }
     };
-    let resumed_on = node_holding_the_client(&cluster, Some(killed_node)).await.ok();
+    let resumed_on = node_holding_the_client(&cluster, Some(killed_node))
+        .await
+        .ok();
     client.close().await?;
 
     Ok(ClusterReport {
@@ -416,12 +478,20 @@ pub async fn run_cluster(demo: ClusterDemo) -> Result<ClusterReport, BoxError> {
 
 /// The index of the one live node holding a connection (our client's), waiting up to 3 s for
 /// it to be counted. A killed node's counters are frozen, so it is skipped.
-async fn node_holding_the_client(cluster: &Cluster, skip: Option<usize>) -> Result<usize, BoxError> {
+async fn node_holding_the_client(
+    cluster: &Cluster,
+    skip: Option<usize>,
+) -> Result<usize, BoxError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let holders: Vec<usize> = (0..cluster.nodes().len())
             .filter(|i| Some(*i) != skip)
-            .filter(|i| cluster.node(*i).as_in_process().is_some_and(|n| n.node().total_connections() > 0))
+            .filter(|i| {
+                cluster
+                    .node(*i)
+                    .as_in_process()
+                    .is_some_and(|n| n.node().total_connections() > 0)
+            })
             .collect();
         if let [one] = holders.as_slice() {
             return Ok(*one);

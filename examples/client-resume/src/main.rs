@@ -42,7 +42,9 @@ use client_resume::{follow, run_cluster, ClusterDemo, FollowOptions};
 async fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: client-resume [--publish] [URL] [CHANNEL]\n       client-resume --cluster");
+        println!(
+            "usage: client-resume [--publish] [URL] [CHANNEL]\n       client-resume --cluster"
+        );
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "--cluster") {
@@ -50,7 +52,10 @@ async fn main() -> ExitCode {
     }
     let publish = take_flag(&mut args, "--publish");
     let opts = FollowOptions {
-        url: args.first().cloned().unwrap_or_else(|| "ws://127.0.0.1:6001".into()),
+        url: args
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "ws://127.0.0.1:6001".into()),
         channel: args.get(1).cloned().unwrap_or_else(|| "ticker".into()),
         publish_every: publish.then_some(Duration::from_millis(500)),
     };

@@ -12,7 +12,14 @@ async fn killing_the_clients_node_loses_nothing_and_duplicates_nothing() {
     assert_eq!(report.published, 60);
     assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
     assert_eq!(report.received, report.published, "{report:?}");
-    assert!(report.recoveries >= 1 && report.recovery_failures == 0, "{report:?}");
+    assert!(
+        report.recoveries >= 1 && report.recovery_failures == 0,
+        "{report:?}"
+    );
     assert_eq!(report.serial_gaps, 0, "{report:?}");
-    assert_eq!(report.resumed_on, Some(1 - report.killed_node), "{report:?}");
+    assert_eq!(
+        report.resumed_on,
+        Some(1 - report.killed_node),
+        "{report:?}"
+    );
 }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use sockudo_client::{
-    Authorizer, ChannelAuth, ChannelAuthRequest, ChannelEvent, Client, ClientOptions, ConstantBackoff, Message, Subscription,
-    UserAuth,
+    Authorizer, ChannelAuth, ChannelAuthRequest, ChannelEvent, Client, ClientOptions,
+    ConstantBackoff, Message, Subscription, UserAuth,
 };
 use sockudo_core::auth::{sign_channel, sign_user};
 use sockudo_testkit::{ApiClient, TestNode, APP_ID, APP_KEY, APP_SECRET};
@@ -18,7 +18,10 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const MASTER_KEY: &str = "an-encryption-master-key-of-32-bytes!!";
 
 pub async fn node() -> TestNode {
-    node_with(sockudo_testkit::test_settings(vec![sockudo_testkit::test_app()])).await
+    node_with(sockudo_testkit::test_settings(vec![
+        sockudo_testkit::test_app(),
+    ]))
+    .await
 }
 
 pub async fn node_with(settings: sockudo_server::config::NodeSettings) -> TestNode {
@@ -55,7 +58,9 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(user_id: &str) -> Self {
-        Backend { user_id: user_id.into() }
+        Backend {
+            user_id: user_id.into(),
+        }
     }
 }
 
@@ -66,23 +71,40 @@ pub fn shared_secret(channel: &str) -> [u8; 32] {
 
 #[async_trait]
 impl Authorizer for Backend {
-    async fn authorize_channel(&self, req: ChannelAuthRequest) -> sockudo_client::Result<ChannelAuth> {
+    async fn authorize_channel(
+        &self,
+        req: ChannelAuthRequest,
+    ) -> sockudo_client::Result<ChannelAuth> {
         let channel = req.channel_name.as_str();
         if channel.starts_with("presence-") {
             let data = serde_json::json!({ "user_id": self.user_id, "user_info": { "name": format!("user {}", self.user_id) } }).to_string();
             let auth = sign_channel(APP_KEY, APP_SECRET, &req.socket_id, channel, Some(&data));
-            return Ok(ChannelAuth { auth, channel_data: Some(data), shared_secret: None });
+            return Ok(ChannelAuth {
+                auth,
+                channel_data: Some(data),
+                shared_secret: None,
+            });
         }
-        let mut auth = ChannelAuth::new(sign_channel(APP_KEY, APP_SECRET, &req.socket_id, channel, None));
+        let mut auth = ChannelAuth::new(sign_channel(
+            APP_KEY,
+            APP_SECRET,
+            &req.socket_id,
+            channel,
+            None,
+        ));
         if channel.starts_with("private-encrypted-") {
-            auth.shared_secret = Some(base64::engine::general_purpose::STANDARD.encode(shared_secret(channel)));
+            auth.shared_secret =
+                Some(base64::engine::general_purpose::STANDARD.encode(shared_secret(channel)));
         }
         Ok(auth)
     }
 
     async fn authenticate_user(&self, socket_id: &str) -> sockudo_client::Result<UserAuth> {
         let user_data = serde_json::json!({ "id": self.user_id }).to_string();
-        Ok(UserAuth { auth: sign_user(APP_KEY, APP_SECRET, socket_id, &user_data), user_data })
+        Ok(UserAuth {
+            auth: sign_user(APP_KEY, APP_SECRET, socket_id, &user_data),
+            user_data,
+        })
     }
 }
 

@@ -78,8 +78,9 @@ use tokio::time::Instant;
 
 use super::envelope::{self, Header, Kind};
 use super::{
-    Adapter, AdapterError, Broadcast, ClusterAnswer, MemberEvent, ClusterQuery, ControlMessage, NodeHandler, PresenceJoin, PresenceJoinOutcome,
-    PresenceLeave, PresenceMember, PresenceStore, RemovedMember, Transport, TransportStream,
+    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent,
+    NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
+    RemovedMember, Transport, TransportStream,
 };
 
 /// Settings of a [`ClusterAdapter`].
@@ -115,7 +116,11 @@ impl ClusterOptions {
 
     /// Check the bounds documented on each field.
     pub fn validate(&self) -> Result<(), AdapterError> {
-        let bad = |why: &str| Err(AdapterError::Malformed(format!("invalid cluster options: {why}")));
+        let bad = |why: &str| {
+            Err(AdapterError::Malformed(format!(
+                "invalid cluster options: {why}"
+            )))
+        };
         if self.heartbeat_interval.is_zero() {
             return bad("heartbeat_interval must be positive");
         }
@@ -285,7 +290,9 @@ impl<T: Transport> ClusterAdapter<T> {
         let node_id = node_id.into();
         opts.validate()?;
         if node_id.is_empty() || node_id.contains(['\0', '\n']) {
-            return Err(AdapterError::Malformed("node id must be non-empty, without NUL or newline".into()));
+            return Err(AdapterError::Malformed(
+                "node id must be non-empty, without NUL or newline".into(),
+            ));
         }
         let topics = Topics::new(&opts.prefix);
         let stale = presence.sweep_node(&node_id).await?;
@@ -317,7 +324,9 @@ impl<T: Transport> ClusterAdapter<T> {
             tasks: Mutex::new(Vec::new()),
             heartbeat_task: Mutex::new(None),
         };
-        Ok(Arc::new(ClusterAdapter { inner: Arc::new(inner) }))
+        Ok(Arc::new(ClusterAdapter {
+            inner: Arc::new(inner),
+        }))
     }
 
     /// The options in force.
@@ -363,7 +372,11 @@ impl<T: Transport> ClusterAdapter<T> {
     }
 
     fn handler(&self) -> Result<Arc<dyn NodeHandler>, AdapterError> {
-        self.inner.handler.get().cloned().ok_or(AdapterError::NotAttached)
+        self.inner
+            .handler
+            .get()
+            .cloned()
+            .ok_or(AdapterError::NotAttached)
     }
 }
 
@@ -427,11 +440,19 @@ impl<T: Transport> Inner<T> {
             return;
         }
         let (Kind::Broadcast, Some(app), Some(channel)) = (h.kind, h.app, h.channel) else {
-            return self.malformed("broadcast", &AdapterError::Malformed("not a broadcast".into()));
+            return self.malformed(
+                "broadcast",
+                &AdapterError::Malformed("not a broadcast".into()),
+            );
         };
         let (frame, frame_v2) = match h.v1_len {
             Some(n) if n <= payload.len() => (payload.slice(..n), Some(payload.slice(n..))),
-            Some(_) => return self.malformed("broadcast", &AdapterError::Malformed("V1 frame length beyond payload".into())),
+            Some(_) => {
+                return self.malformed(
+                    "broadcast",
+                    &AdapterError::Malformed("V1 frame length beyond payload".into()),
+                )
+            }
             None => (payload, None),
         };
         let b = Broadcast {
@@ -444,7 +465,10 @@ impl<T: Transport> Inner<T> {
             stream_id: h.stream_id.map(|m| Arc::from(m.as_ref())),
             except_socket: h.except.map(|x| Arc::from(x.as_ref())),
             member: match (h.member_user, h.member_seq) {
-                (Some(user_id), Some(seq)) => Some(MemberEvent { user_id: Arc::from(user_id.as_ref()), seq }),
+                (Some(user_id), Some(seq)) => Some(MemberEvent {
+                    user_id: Arc::from(user_id.as_ref()),
+                    seq,
+                }),
                 _ => None,
             },
         };
@@ -464,7 +488,10 @@ impl<T: Transport> Inner<T> {
             return;
         }
         if h.kind != Kind::Control {
-            return self.malformed("control", &AdapterError::Malformed("not a control message".into()));
+            return self.malformed(
+                "control",
+                &AdapterError::Malformed("not a control message".into()),
+            );
         }
         match serde_json::from_slice::<ControlMessage>(&body) {
             Ok(c) => {
@@ -491,11 +518,18 @@ impl<T: Transport> Inner<T> {
             Ok(q) => q,
             Err(e) => return self.malformed("requests", &AdapterError::Malformed(e.to_string())),
         };
-        let Some(handler) = self.handler() else { return };
+        let Some(handler) = self.handler() else {
+            return;
+        };
         let answer = handler.answer(&query);
         let reply = serde_json::to_vec(&answer)
             .map_err(|e| AdapterError::Malformed(e.to_string()))
-            .and_then(|body| envelope::encode(&Header::new(Kind::Response, &self.node_id, self.epoch, h.seq), &body));
+            .and_then(|body| {
+                envelope::encode(
+                    &Header::new(Kind::Response, &self.node_id, self.epoch, h.seq),
+                    &body,
+                )
+            });
         let reply = match reply {
             Ok(r) => r,
             Err(e) => return self.malformed("responses", &e),
@@ -516,7 +550,10 @@ impl<T: Transport> Inner<T> {
             Err(e) => return self.malformed("responses", &e),
         };
         if h.kind != Kind::Response {
-            return self.malformed("responses", &AdapterError::Malformed("not a response".into()));
+            return self.malformed(
+                "responses",
+                &AdapterError::Malformed("not a response".into()),
+            );
         }
         let answer = match serde_json::from_slice::<ClusterAnswer>(&body) {
             Ok(a) => a,
@@ -536,7 +573,9 @@ impl<T: Transport> Inner<T> {
         let mut live = self.liveness.lock();
         if h.origin == self.node_id {
             if h.kind == Kind::Heartbeat && h.epoch == self.epoch {
-                let was_blind = live.last_self_echo.is_none_or(|t| now.duration_since(t) > self.blind_after());
+                let was_blind = live
+                    .last_self_echo
+                    .is_none_or(|t| now.duration_since(t) > self.blind_after());
                 if was_blind {
                     // Our receive path was down (or we just started): nobody could be heard,
                     // so restart every peer's clock instead of declaring them all dead.
@@ -551,7 +590,10 @@ impl<T: Transport> Inner<T> {
         match h.kind {
             Kind::Heartbeat => {
                 live.unswept.remove(h.origin.as_ref());
-                let new = live.peers.insert(h.origin.into_owned(), Peer { last_seen: now }).is_none();
+                let new = live
+                    .peers
+                    .insert(h.origin.into_owned(), Peer { last_seen: now })
+                    .is_none();
                 drop(live);
                 if new && !self.leaving.load(Ordering::SeqCst) {
                     // Introduce ourselves right away so the newcomer's queries count us.
@@ -566,7 +608,10 @@ impl<T: Transport> Inner<T> {
             }
             _ => {
                 drop(live);
-                self.malformed("heartbeat", &AdapterError::Malformed("not a heartbeat".into()));
+                self.malformed(
+                    "heartbeat",
+                    &AdapterError::Malformed("not a heartbeat".into()),
+                );
             }
         }
     }
@@ -576,11 +621,17 @@ impl<T: Transport> Inner<T> {
         let now = Instant::now();
         let to_sweep: Vec<String> = {
             let mut live = self.liveness.lock();
-            let blind = live.last_self_echo.is_none_or(|t| now.duration_since(t) > self.blind_after());
+            let blind = live
+                .last_self_echo
+                .is_none_or(|t| now.duration_since(t) > self.blind_after());
             if !blind {
                 let timeout = self.opts.node_timeout;
-                let dead: Vec<String> =
-                    live.peers.iter().filter(|(_, p)| now.duration_since(p.last_seen) > timeout).map(|(n, _)| n.clone()).collect();
+                let dead: Vec<String> = live
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| now.duration_since(p.last_seen) > timeout)
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 for n in dead {
                     live.peers.remove(&n);
                     tracing::info!(node = %self.node_id, dead = %n, "cluster node timed out");
@@ -600,7 +651,9 @@ impl<T: Transport> Inner<T> {
                 self.liveness.lock().unswept.remove(dead);
                 bump(&self.counters.nodes_swept);
                 if !removed.is_empty() {
-                    self.counters.members_swept.fetch_add(removed.len() as u64, Ordering::Relaxed);
+                    self.counters
+                        .members_swept
+                        .fetch_add(removed.len() as u64, Ordering::Relaxed);
                     tracing::info!(node = %self.node_id, dead, members = removed.len(), "swept presence of a dead node");
                     if let Some(h) = self.handler() {
                         h.members_removed(removed);
@@ -626,13 +679,17 @@ impl<T: Transport> Inner<T> {
         };
         let candidates: HashSet<String> = {
             let live = self.liveness.lock();
-            let blind = live.last_self_echo.is_none_or(|t| Instant::now().duration_since(t) > self.blind_after());
+            let blind = live
+                .last_self_echo
+                .is_none_or(|t| Instant::now().duration_since(t) > self.blind_after());
             if blind {
                 return HashSet::new();
             }
             nodes
                 .into_iter()
-                .filter(|n| *n != self.node_id && !live.peers.contains_key(n) && !live.unswept.contains(n))
+                .filter(|n| {
+                    *n != self.node_id && !live.peers.contains_key(n) && !live.unswept.contains(n)
+                })
                 .collect()
         };
         let mut next = HashSet::new();
@@ -658,7 +715,9 @@ impl<T: Transport> Inner<T> {
             self.send_heartbeat().await;
             self.check_peers().await;
             let now = Instant::now();
-            if now.duration_since(started) >= self.opts.node_timeout && now.duration_since(last_orphan_check) >= self.opts.node_timeout {
+            if now.duration_since(started) >= self.opts.node_timeout
+                && now.duration_since(last_orphan_check) >= self.opts.node_timeout
+            {
                 last_orphan_check = now;
                 orphans = self.check_orphans(&orphans).await;
             }
@@ -699,7 +758,9 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
             tracing::warn!(node = %self.inner.node_id, "ClusterAdapter::attach called twice; keeping the first handler");
             return;
         }
-        let Some(streams) = self.inner.streams.lock().take() else { return };
+        let Some(streams) = self.inner.streams.lock().take() else {
+            return;
+        };
         let inner = &self.inner;
         let mut tasks = inner.tasks.lock();
         tasks.push(consume(inner, streams.broadcast, |i, m| i.on_broadcast(m)));
@@ -712,7 +773,9 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         let stale = std::mem::take(&mut *inner.stale.lock());
         if !stale.is_empty() {
             tracing::info!(node = %inner.node_id, members = stale.len(), "announcing presence left by a previous run of this node");
-            inner.runtime.spawn(async move { handler.members_removed(stale) });
+            inner
+                .runtime
+                .spawn(async move { handler.members_removed(stale) });
         }
     }
 
@@ -724,7 +787,12 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         let handler = self.handler()?;
         handler.deliver(&msg);
         let inner = &self.inner;
-        let mut h = Header::new(Kind::Broadcast, &inner.node_id, inner.epoch, inner.broadcast_seq.fetch_add(1, Ordering::Relaxed));
+        let mut h = Header::new(
+            Kind::Broadcast,
+            &inner.node_id,
+            inner.epoch,
+            inner.broadcast_seq.fetch_add(1, Ordering::Relaxed),
+        );
         h.app = Some((&*msg.app_id).into());
         h.channel = Some((&*msg.channel).into());
         h.except = msg.except_socket.as_deref().map(Into::into);
@@ -752,8 +820,15 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         handler.control(&msg);
         let inner = &self.inner;
         let body = serde_json::to_vec(&msg).map_err(|e| AdapterError::Malformed(e.to_string()))?;
-        let h = Header::new(Kind::Control, &inner.node_id, inner.epoch, inner.control_seq.fetch_add(1, Ordering::Relaxed));
-        inner.send(&inner.topics.control, envelope::encode(&h, &body)?).await
+        let h = Header::new(
+            Kind::Control,
+            &inner.node_id,
+            inner.epoch,
+            inner.control_seq.fetch_add(1, Ordering::Relaxed),
+        );
+        inner
+            .send(&inner.topics.control, envelope::encode(&h, &body)?)
+            .await
     }
 
     async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, AdapterError> {
@@ -763,11 +838,17 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         let id = inner.request_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         inner.pending.lock().insert(id, tx);
-        let _guard = PendingGuard { pending: &inner.pending, id };
+        let _guard = PendingGuard {
+            pending: &inner.pending,
+            id,
+        };
         if !waiting.is_empty() {
-            let body = serde_json::to_vec(&query).map_err(|e| AdapterError::Malformed(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&query).map_err(|e| AdapterError::Malformed(e.to_string()))?;
             let h = Header::new(Kind::Request, &inner.node_id, inner.epoch, id);
-            inner.send(&inner.topics.requests, envelope::encode(&h, &body)?).await?;
+            inner
+                .send(&inner.topics.requests, envelope::encode(&h, &body)?)
+                .await?;
         }
         let mut answer = handler.answer(&query);
         let mut answered: HashSet<String> = HashSet::new();
@@ -790,25 +871,44 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
                         break;
                     }
                     bump(&inner.counters.query_timeouts);
-                    return Err(AdapterError::Timeout { missing: waiting.len() });
+                    return Err(AdapterError::Timeout {
+                        missing: waiting.len(),
+                    });
                 }
             }
         }
         Ok(answer)
     }
 
-    async fn presence_join(&self, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError> {
+    async fn presence_join(
+        &self,
+        join: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError> {
         if self.inner.leaving.load(Ordering::SeqCst) {
-            return Err(AdapterError::Unavailable("this node has left the cluster".into()));
+            return Err(AdapterError::Unavailable(
+                "this node has left the cluster".into(),
+            ));
         }
         self.inner.presence.join(&self.inner.node_id, join).await
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
-        self.inner.presence.leave(&self.inner.node_id, app_id, channel, user_id).await
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError> {
+        self.inner
+            .presence
+            .leave(&self.inner.node_id, app_id, channel, user_id)
+            .await
     }
 
-    async fn presence_members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError> {
         self.inner.presence.members(app_id, channel).await
     }
 

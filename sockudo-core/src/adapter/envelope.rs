@@ -122,8 +122,10 @@ pub(crate) fn encode(header: &Header<'_>, payload: &[u8]) -> Result<Bytes, Adapt
 
 /// Header line + `\n` + the payload parts one after the other, in one buffer.
 pub(crate) fn encode_parts(header: &Header<'_>, parts: &[&[u8]]) -> Result<Bytes, AdapterError> {
-    let head = serde_json::to_vec(header).map_err(|e| AdapterError::Malformed(format!("encode header: {e}")))?;
-    let mut buf = BytesMut::with_capacity(head.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    let head = serde_json::to_vec(header)
+        .map_err(|e| AdapterError::Malformed(format!("encode header: {e}")))?;
+    let mut buf =
+        BytesMut::with_capacity(head.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
     buf.put_slice(&head);
     buf.put_u8(b'\n');
     for p in parts {
@@ -138,8 +140,8 @@ pub(crate) fn decode(msg: &Bytes) -> Result<(Header<'_>, Bytes), AdapterError> {
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| AdapterError::Malformed("cluster message without header line".into()))?;
-    let header: Header<'_> =
-        serde_json::from_slice(&msg[..nl]).map_err(|e| AdapterError::Malformed(format!("cluster header: {e}")))?;
+    let header: Header<'_> = serde_json::from_slice(&msg[..nl])
+        .map_err(|e| AdapterError::Malformed(format!("cluster header: {e}")))?;
     Ok((header, msg.slice(nl + 1..)))
 }
 
@@ -178,15 +180,29 @@ mod tests {
 
     #[test]
     fn headers_without_member_fields_still_decode() {
-        let msg = Bytes::from_static(b"{\"k\":\"b\",\"o\":\"n1\",\"e\":1,\"s\":3,\"a\":\"app\",\"c\":\"ch\"}\nframe");
+        let msg = Bytes::from_static(
+            b"{\"k\":\"b\",\"o\":\"n1\",\"e\":1,\"s\":3,\"a\":\"app\",\"c\":\"ch\"}\nframe",
+        );
         let (h, _) = decode(&msg).unwrap();
         assert_eq!((h.member_user, h.member_seq), (None, None));
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for bad in [&b""[..], b"no newline", b"{\"k\":\"z\",\"o\":\"n\"}\n", b"\n", b"{\"o\":1}\nxx"] {
-            assert!(matches!(decode(&Bytes::copy_from_slice(bad)), Err(AdapterError::Malformed(_))), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"no newline",
+            b"{\"k\":\"z\",\"o\":\"n\"}\n",
+            b"\n",
+            b"{\"o\":1}\nxx",
+        ] {
+            assert!(
+                matches!(
+                    decode(&Bytes::copy_from_slice(bad)),
+                    Err(AdapterError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

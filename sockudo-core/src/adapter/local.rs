@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 
 use super::{
-    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemoryPresenceStore, NodeHandler, PresenceJoin,
-    PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
+    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage,
+    MemoryPresenceStore, NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave,
+    PresenceMember, PresenceStore,
 };
 
 const LOCAL_NODE: &str = "local";
@@ -22,7 +23,9 @@ pub struct LocalAdapter {
 
 impl std::fmt::Debug for LocalAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalAdapter").field("attached", &self.handler.read().is_some()).finish()
+        f.debug_struct("LocalAdapter")
+            .field("attached", &self.handler.read().is_some())
+            .finish()
     }
 }
 
@@ -60,15 +63,29 @@ impl Adapter for LocalAdapter {
         Ok(self.handler()?.answer(&query))
     }
 
-    async fn presence_join(&self, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError> {
+    async fn presence_join(
+        &self,
+        join: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError> {
         self.presence.join(LOCAL_NODE, join).await
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
-        self.presence.leave(LOCAL_NODE, app_id, channel, user_id).await
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError> {
+        self.presence
+            .leave(LOCAL_NODE, app_id, channel, user_id)
+            .await
     }
 
-    async fn presence_members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError> {
         self.presence.members(app_id, channel).await
     }
 }
@@ -96,13 +113,20 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_once_and_answers_locally() {
         let a = LocalAdapter::new();
-        let msg = |s: &'static str| Broadcast::plain("a", "c", Bytes::from_static(s.as_bytes()), None);
-        assert!(matches!(a.publish(msg("x")).await, Err(AdapterError::NotAttached)));
+        let msg =
+            |s: &'static str| Broadcast::plain("a", "c", Bytes::from_static(s.as_bytes()), None);
+        assert!(matches!(
+            a.publish(msg("x")).await,
+            Err(AdapterError::NotAttached)
+        ));
         let r = Arc::new(Recorder::default());
         a.attach(r.clone());
         a.publish(msg("1")).await.unwrap();
         a.publish(msg("2")).await.unwrap();
-        assert_eq!(*r.0.lock(), vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
+        assert_eq!(
+            *r.0.lock(),
+            vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
         let q = ClusterQuery::ConnectionCount { app_id: "a".into() };
         assert_eq!(a.query(q).await.unwrap().count(), 7);
     }

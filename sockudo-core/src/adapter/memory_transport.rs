@@ -54,12 +54,18 @@ impl MemoryTransport {
 
     /// A new hub with one (healthy) handle on it.
     pub fn new() -> Self {
-        MemoryTransport { hub: Arc::new(Hub::default()), healthy: Arc::new(AtomicBool::new(true)) }
+        MemoryTransport {
+            hub: Arc::new(Hub::default()),
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     /// Another handle on the same hub, with its own health switch (one per simulated node).
     pub fn node(&self) -> Self {
-        MemoryTransport { hub: self.hub.clone(), healthy: Arc::new(AtomicBool::new(true)) }
+        MemoryTransport {
+            hub: self.hub.clone(),
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     /// Simulate an outage of this handle (`false`) or its end (`true`).
@@ -77,7 +83,9 @@ impl MemoryTransport {
 impl Transport for MemoryTransport {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), AdapterError> {
         if !self.healthy.load(Ordering::SeqCst) {
-            return Err(AdapterError::Unavailable("memory transport: this node is disconnected".into()));
+            return Err(AdapterError::Unavailable(
+                "memory transport: this node is disconnected".into(),
+            ));
         }
         let mut topics = self.hub.topics.lock();
         if let Some(subs) = topics.get_mut(topic) {
@@ -108,7 +116,10 @@ impl Transport for MemoryTransport {
             .lock()
             .entry(topic.to_owned())
             .or_default()
-            .push(Subscriber { tx, healthy: self.healthy.clone() });
+            .push(Subscriber {
+                tx,
+                healthy: self.healthy.clone(),
+            });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -164,6 +175,10 @@ mod tests {
         a.publish("t", Bytes::from_static(b"3")).await.unwrap();
         assert_eq!(sa.next().await.unwrap(), Bytes::from_static(b"2"));
         assert_eq!(sa.next().await.unwrap(), Bytes::from_static(b"3"));
-        assert_eq!(sb.next().await.unwrap(), Bytes::from_static(b"3"), "b missed 2 while cut off");
+        assert_eq!(
+            sb.next().await.unwrap(),
+            Bytes::from_static(b"3"),
+            "b missed 2 while cut off"
+        );
     }
 }

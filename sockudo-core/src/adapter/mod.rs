@@ -30,11 +30,11 @@ use async_trait::async_trait;
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
+pub use presence::{MemoryPresenceStore, PresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_transport::{RedisTransport, RedisTransportOptions};
-pub use presence::{MemoryPresenceStore, PresenceStore};
 pub use transport::{Transport, TransportStream};
 pub use types::*;
 
@@ -81,14 +81,26 @@ pub trait Adapter: Send + Sync + 'static {
     async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, AdapterError>;
 
     /// This node now has a connection of `user` in the channel (call on the node's first).
-    async fn presence_join(&self, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError>;
+    async fn presence_join(
+        &self,
+        join: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError>;
 
     /// This node no longer has any connection of `user` in the channel. Returns whether the
     /// user left the channel cluster-wide (this node was its last), with the removal's
     /// presence sequence number.
-    async fn presence_leave(&self, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError>;
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError>;
 
-    async fn presence_members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError>;
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError>;
 
     /// Whether the transport is currently usable (readiness).
     fn is_healthy(&self) -> bool {

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, RemovedMember};
+use super::{
+    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, RemovedMember,
+};
 
 /// Shared presence state.
 ///
@@ -32,9 +34,23 @@ use super::{AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, Pres
 ///   that restarted would make fresh events look stale.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    async fn join(&self, node_id: &str, join: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError>;
-    async fn leave(&self, node_id: &str, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError>;
-    async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError>;
+    async fn join(
+        &self,
+        node_id: &str,
+        join: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError>;
+    async fn leave(
+        &self,
+        node_id: &str,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError>;
+    async fn members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError>;
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError>;
 
     /// Nodes that currently hold contributions in the store.
@@ -83,15 +99,27 @@ impl MemoryPresenceStore {
 }
 
 fn snapshot(ch: &ChannelMembers) -> Vec<PresenceMember> {
-    ch.users.iter().map(|(u, (info, _))| PresenceMember { user_id: u.clone(), info: info.clone() }).collect()
+    ch.users
+        .iter()
+        .map(|(u, (info, _))| PresenceMember {
+            user_id: u.clone(),
+            info: info.clone(),
+        })
+        .collect()
 }
 
 #[async_trait]
 impl PresenceStore for MemoryPresenceStore {
-    async fn join(&self, node_id: &str, j: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError> {
+    async fn join(
+        &self,
+        node_id: &str,
+        j: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError> {
         let mut state = self.state.lock();
         let State { channels, seq } = &mut *state;
-        let ch = channels.entry((j.app_id.to_owned(), j.channel.to_owned())).or_default();
+        let ch = channels
+            .entry((j.app_id.to_owned(), j.channel.to_owned()))
+            .or_default();
         let first = match ch.users.get_mut(j.user_id) {
             Some((_, nodes)) => {
                 nodes.insert(node_id.to_owned());
@@ -103,21 +131,45 @@ impl PresenceStore for MemoryPresenceStore {
                     if ch.users.is_empty() {
                         channels.remove(&(j.app_id.to_owned(), j.channel.to_owned()));
                     }
-                    return Ok(PresenceJoinOutcome { first: false, full: true, members, seq: 0 });
+                    return Ok(PresenceJoinOutcome {
+                        first: false,
+                        full: true,
+                        members,
+                        seq: 0,
+                    });
                 }
-                ch.users.insert(j.user_id.to_owned(), (j.info.map(str::to_owned), BTreeSet::from([node_id.to_owned()])));
+                ch.users.insert(
+                    j.user_id.to_owned(),
+                    (
+                        j.info.map(str::to_owned),
+                        BTreeSet::from([node_id.to_owned()]),
+                    ),
+                );
                 true
             }
         };
         let members = snapshot(ch);
         let seq = if first { next_seq(seq) } else { 0 };
-        Ok(PresenceJoinOutcome { first, full: false, members, seq })
+        Ok(PresenceJoinOutcome {
+            first,
+            full: false,
+            members,
+            seq,
+        })
     }
 
-    async fn leave(&self, node_id: &str, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
+    async fn leave(
+        &self,
+        node_id: &str,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError> {
         let mut state = self.state.lock();
         let key = (app_id.to_owned(), channel.to_owned());
-        let Some(ch) = state.channels.get_mut(&key) else { return Ok(PresenceLeave::default()) };
+        let Some(ch) = state.channels.get_mut(&key) else {
+            return Ok(PresenceLeave::default());
+        };
         let gone = match ch.users.get_mut(user_id) {
             Some((_, nodes)) => nodes.remove(node_id) && nodes.is_empty(),
             None => false,
@@ -128,12 +180,27 @@ impl PresenceStore for MemoryPresenceStore {
         if ch.users.is_empty() {
             state.channels.remove(&key);
         }
-        Ok(if gone { PresenceLeave { gone, seq: next_seq(&mut state.seq) } } else { PresenceLeave::default() })
+        Ok(if gone {
+            PresenceLeave {
+                gone,
+                seq: next_seq(&mut state.seq),
+            }
+        } else {
+            PresenceLeave::default()
+        })
     }
 
-    async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError> {
         let state = self.state.lock();
-        Ok(state.channels.get(&(app_id.to_owned(), channel.to_owned())).map(snapshot).unwrap_or_default())
+        Ok(state
+            .channels
+            .get(&(app_id.to_owned(), channel.to_owned()))
+            .map(snapshot)
+            .unwrap_or_default())
     }
 
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError> {
@@ -143,7 +210,12 @@ impl PresenceStore for MemoryPresenceStore {
         channels.retain(|(app, channel), ch| {
             ch.users.retain(|user, (_, nodes)| {
                 if nodes.remove(node_id) && nodes.is_empty() {
-                    removed.push(RemovedMember { app_id: app.clone(), channel: channel.clone(), user_id: user.clone(), seq: next_seq(seq) });
+                    removed.push(RemovedMember {
+                        app_id: app.clone(),
+                        channel: channel.clone(),
+                        user_id: user.clone(),
+                        seq: next_seq(seq),
+                    });
                     return false;
                 }
                 true
@@ -160,7 +232,13 @@ pub mod conformance {
     use super::*;
 
     fn join<'a>(channel: &'a str, user: &'a str, max: usize) -> PresenceJoin<'a> {
-        PresenceJoin { app_id: "app", channel, user_id: user, info: Some(r#"{"n":1}"#), max_members: max }
+        PresenceJoin {
+            app_id: "app",
+            channel,
+            user_id: user,
+            info: Some(r#"{"n":1}"#),
+            max_members: max,
+        }
     }
 
     /// Run every check; panics with a message naming the broken rule. `ns` keeps runs on a
@@ -171,32 +249,92 @@ pub mod conformance {
         // Every number the channel hands out must be above the previous one.
         let mut last = 0u64;
         let mut taken = |seq: u64, what: &str| {
-            assert!(seq > last, "{what}: presence seq {seq} is not above the channel's previous {last}");
+            assert!(
+                seq > last,
+                "{what}: presence seq {seq} is not above the channel's previous {last}"
+            );
             last = seq;
         };
-        let o = store.join(&n1, join(&ch, "u1", 10)).await.unwrap_or_else(|e| panic!("join: {e}"));
+        let o = store
+            .join(&n1, join(&ch, "u1", 10))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
         assert!(o.first && !o.full, "first join of a user is first");
-        assert_eq!(o.members, vec![PresenceMember { user_id: "u1".into(), info: Some(r#"{"n":1}"#.into()) }]);
+        assert_eq!(
+            o.members,
+            vec![PresenceMember {
+                user_id: "u1".into(),
+                info: Some(r#"{"n":1}"#.into())
+            }]
+        );
         taken(o.seq, "first join");
-        let o = store.join(&n1, join(&ch, "u1", 10)).await.unwrap_or_else(|e| panic!("join: {e}"));
-        assert!(!o.first && o.seq == 0, "repeated join by the same node is not first and takes no number");
-        let o = store.join(&n2, join(&ch, "u1", 10)).await.unwrap_or_else(|e| panic!("join: {e}"));
-        assert!(!o.first && o.seq == 0, "second node's join is not first and takes no number");
-        let o = store.join(&n2, join(&ch, "u2", 10)).await.unwrap_or_else(|e| panic!("join: {e}"));
+        let o = store
+            .join(&n1, join(&ch, "u1", 10))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
+        assert!(
+            !o.first && o.seq == 0,
+            "repeated join by the same node is not first and takes no number"
+        );
+        let o = store
+            .join(&n2, join(&ch, "u1", 10))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
+        assert!(
+            !o.first && o.seq == 0,
+            "second node's join is not first and takes no number"
+        );
+        let o = store
+            .join(&n2, join(&ch, "u2", 10))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
         taken(o.seq, "another user's first join");
-        let l = store.leave(&n1, "app", &ch, "u1").await.unwrap_or_else(|e| panic!("leave: {e}"));
-        assert_eq!(l, PresenceLeave { gone: false, seq: 0 }, "another node still holds u1");
-        let l = store.leave(&n2, "app", &ch, "u1").await.unwrap_or_else(|e| panic!("leave: {e}"));
+        let l = store
+            .leave(&n1, "app", &ch, "u1")
+            .await
+            .unwrap_or_else(|e| panic!("leave: {e}"));
+        assert_eq!(
+            l,
+            PresenceLeave {
+                gone: false,
+                seq: 0
+            },
+            "another node still holds u1"
+        );
+        let l = store
+            .leave(&n2, "app", &ch, "u1")
+            .await
+            .unwrap_or_else(|e| panic!("leave: {e}"));
         assert!(l.gone, "last node leaving removes u1");
         taken(l.seq, "removal");
-        let l = store.leave(&n2, "app", &ch, "u1").await.unwrap_or_else(|e| panic!("leave: {e}"));
-        assert_eq!(l, PresenceLeave { gone: false, seq: 0 }, "leaving twice is not a second removal");
-        let l = store.leave(&n2, "app", &ch, "u2").await.unwrap_or_else(|e| panic!("leave: {e}"));
+        let l = store
+            .leave(&n2, "app", &ch, "u1")
+            .await
+            .unwrap_or_else(|e| panic!("leave: {e}"));
+        assert_eq!(
+            l,
+            PresenceLeave {
+                gone: false,
+                seq: 0
+            },
+            "leaving twice is not a second removal"
+        );
+        let l = store
+            .leave(&n2, "app", &ch, "u2")
+            .await
+            .unwrap_or_else(|e| panic!("leave: {e}"));
         assert!(l.gone);
         taken(l.seq, "removal of the channel's last member");
-        assert!(store.members("app", &ch).await.unwrap_or_else(|e| panic!("members: {e}")).is_empty());
+        assert!(store
+            .members("app", &ch)
+            .await
+            .unwrap_or_else(|e| panic!("members: {e}"))
+            .is_empty());
         // The channel became empty: its sequence must go on, not restart.
-        let o = store.join(&n1, join(&ch, "u1", 10)).await.unwrap_or_else(|e| panic!("join: {e}"));
+        let o = store
+            .join(&n1, join(&ch, "u1", 10))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
         assert!(o.first);
         taken(o.seq, "first join after the channel became empty");
 
@@ -204,31 +342,87 @@ pub mod conformance {
         let capped = format!("presence-{ns}-cap");
         let mut last_capped = 0u64;
         for (node, user) in [(&n1, "a"), (&n2, "b")] {
-            let o = store.join(node, join(&capped, user, 2)).await.unwrap_or_else(|e| panic!("join: {e}"));
-            assert!(!o.full && o.first && o.seq > last_capped, "{user}: first join takes the next number");
+            let o = store
+                .join(node, join(&capped, user, 2))
+                .await
+                .unwrap_or_else(|e| panic!("join: {e}"));
+            assert!(
+                !o.full && o.first && o.seq > last_capped,
+                "{user}: first join takes the next number"
+            );
             last_capped = o.seq;
         }
-        assert!(store.join(&n2, join(&capped, "a", 2)).await.map(|o| !o.full && !o.first).unwrap_or(false), "existing user joins a full channel");
-        let o = store.join(&n1, join(&capped, "c", 2)).await.unwrap_or_else(|e| panic!("join: {e}"));
-        assert!(o.full && !o.first && o.seq == 0, "a new user beyond the cap is refused without a number");
-        assert_eq!(store.members("app", &capped).await.map(|m| m.len()).unwrap_or(0), 2);
+        assert!(
+            store
+                .join(&n2, join(&capped, "a", 2))
+                .await
+                .map(|o| !o.full && !o.first)
+                .unwrap_or(false),
+            "existing user joins a full channel"
+        );
+        let o = store
+            .join(&n1, join(&capped, "c", 2))
+            .await
+            .unwrap_or_else(|e| panic!("join: {e}"));
+        assert!(
+            o.full && !o.first && o.seq == 0,
+            "a new user beyond the cap is refused without a number"
+        );
+        assert_eq!(
+            store
+                .members("app", &capped)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0),
+            2
+        );
 
         // Sweeping a node removes exactly the members only it held, once.
-        let removed = store.sweep_node(&n1).await.unwrap_or_else(|e| panic!("sweep: {e}"));
+        let removed = store
+            .sweep_node(&n1)
+            .await
+            .unwrap_or_else(|e| panic!("sweep: {e}"));
         let (in_a, removed): (Vec<_>, Vec<_>) = removed.into_iter().partition(|r| r.channel == ch);
-        assert_eq!(removed, vec![], "a and b are still held by n2 after sweeping n1");
-        assert_eq!(in_a.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>(), vec!["u1"], "n1 alone held u1 in {ch}");
+        assert_eq!(
+            removed,
+            vec![],
+            "a and b are still held by n2 after sweeping n1"
+        );
+        assert_eq!(
+            in_a.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>(),
+            vec!["u1"],
+            "n1 alone held u1 in {ch}"
+        );
         taken(in_a[0].seq, "swept removal");
-        let mut removed = store.sweep_node(&n2).await.unwrap_or_else(|e| panic!("sweep: {e}"));
+        let mut removed = store
+            .sweep_node(&n2)
+            .await
+            .unwrap_or_else(|e| panic!("sweep: {e}"));
         removed.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let users: Vec<&str> = removed.iter().map(|r| r.user_id.as_str()).collect();
         assert_eq!(users, vec!["a", "b"]);
-        assert!(removed.iter().all(|r| r.app_id == "app" && r.channel == capped));
+        assert!(removed
+            .iter()
+            .all(|r| r.app_id == "app" && r.channel == capped));
         let mut seqs: Vec<u64> = removed.iter().map(|r| r.seq).collect();
         seqs.sort_unstable();
-        assert!(seqs[0] > last_capped && seqs[0] < seqs[1], "swept removals take distinct numbers after the joins: {seqs:?} after {last_capped}");
-        assert!(store.sweep_node(&n2).await.unwrap_or_else(|e| panic!("sweep: {e}")).is_empty(), "a second sweep reports nothing");
-        assert!(store.members("app", &capped).await.unwrap_or_else(|e| panic!("members: {e}")).is_empty());
+        assert!(
+            seqs[0] > last_capped && seqs[0] < seqs[1],
+            "swept removals take distinct numbers after the joins: {seqs:?} after {last_capped}"
+        );
+        assert!(
+            store
+                .sweep_node(&n2)
+                .await
+                .unwrap_or_else(|e| panic!("sweep: {e}"))
+                .is_empty(),
+            "a second sweep reports nothing"
+        );
+        assert!(store
+            .members("app", &capped)
+            .await
+            .unwrap_or_else(|e| panic!("members: {e}"))
+            .is_empty());
     }
 }
 

@@ -61,7 +61,10 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
-use super::{AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore, RemovedMember};
+use super::{
+    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
+    RemovedMember,
+};
 
 /// How long a channel's `seq` key outlives its last use (see the module docs).
 const SEQ_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -178,7 +181,11 @@ pub struct RedisPresenceOptions {
 
 impl Default for RedisPresenceOptions {
     fn default() -> Self {
-        RedisPresenceOptions { prefix: "sockudo".to_owned(), operation_timeout: Duration::from_secs(1), connect_timeout: Duration::from_secs(2) }
+        RedisPresenceOptions {
+            prefix: "sockudo".to_owned(),
+            operation_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -195,7 +202,9 @@ pub struct RedisPresenceStore {
 
 impl fmt::Debug for RedisPresenceStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisPresenceStore").field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("RedisPresenceStore")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,8 +226,13 @@ fn to_members(users: Vec<String>, info_flat: Vec<String>) -> Vec<PresenceMember>
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         infos.insert(k, v);
     }
-    let mut members: Vec<PresenceMember> =
-        users.into_iter().map(|user_id| PresenceMember { info: infos.remove(&user_id), user_id }).collect();
+    let mut members: Vec<PresenceMember> = users
+        .into_iter()
+        .map(|user_id| PresenceMember {
+            info: infos.remove(&user_id),
+            user_id,
+        })
+        .collect();
     members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     members
 }
@@ -246,13 +260,23 @@ impl RedisPresenceStore {
             .set_factor(2)
             .set_max_delay(1000);
         let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| unavailable("connect", e))?;
-            let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| unavailable("PING", e))?;
+            let mut conn = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| unavailable("connect", e))?;
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("PING", e))?;
             Ok::<_, AdapterError>(conn)
         };
         let conn = tokio::time::timeout(opts.connect_timeout, connect)
             .await
-            .map_err(|_| unavailable("connect", format!("no answer within {} ms", opts.connect_timeout.as_millis())))??;
+            .map_err(|_| {
+                unavailable(
+                    "connect",
+                    format!("no answer within {} ms", opts.connect_timeout.as_millis()),
+                )
+            })??;
         Ok(RedisPresenceStore {
             conn,
             opts,
@@ -265,7 +289,12 @@ impl RedisPresenceStore {
 
     fn channel_keys(&self, app: &str, channel: &str) -> ChannelKeys {
         let base = format!("{}:presence:{app}:{channel}", self.opts.prefix);
-        ChannelKeys { users: format!("{base}:users"), info: format!("{base}:info"), nodes: format!("{base}:nodes"), seq: format!("{base}:seq") }
+        ChannelKeys {
+            users: format!("{base}:users"),
+            info: format!("{base}:info"),
+            nodes: format!("{base}:nodes"),
+            seq: format!("{base}:seq"),
+        }
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -276,11 +305,22 @@ impl RedisPresenceStore {
         format!("{}:presence_nodes", self.opts.prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, what: &str, inv: &redis::ScriptInvocation<'_>) -> Result<T, AdapterError> {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, AdapterError> {
         let mut c = self.conn.clone();
-        match tokio::time::timeout(self.opts.operation_timeout, inv.invoke_async::<T>(&mut c)).await {
+        match tokio::time::timeout(self.opts.operation_timeout, inv.invoke_async::<T>(&mut c)).await
+        {
             Ok(r) => r.map_err(|e| unavailable(what, e)),
-            Err(_) => Err(unavailable(what, format!("timed out after {} ms", self.opts.operation_timeout.as_millis()))),
+            Err(_) => Err(unavailable(
+                what,
+                format!(
+                    "timed out after {} ms",
+                    self.opts.operation_timeout.as_millis()
+                ),
+            )),
         }
     }
 }
@@ -298,11 +338,20 @@ fn index_entry(app: &str, channel: &str, user: &str) -> Vec<u8> {
 
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
-    async fn join(&self, node_id: &str, j: PresenceJoin<'_>) -> Result<PresenceJoinOutcome, AdapterError> {
+    async fn join(
+        &self,
+        node_id: &str,
+        j: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError> {
         check_node(node_id)?;
         let k = self.channel_keys(j.app_id, j.channel);
         let mut inv = self.join.prepare_invoke();
-        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key()).key(&k.seq);
+        inv.key(&k.users)
+            .key(&k.info)
+            .key(&k.nodes)
+            .key(self.node_key(node_id))
+            .key(self.nodes_key())
+            .key(&k.seq);
         inv.arg(j.user_id)
             .arg(node_id)
             .arg(if j.info.is_some() { "1" } else { "0" })
@@ -310,21 +359,48 @@ impl PresenceStore for RedisPresenceStore {
             .arg(j.max_members)
             .arg(index_entry(j.app_id, j.channel, j.user_id))
             .arg(SEQ_TTL_SECS);
-        let (first, full, users, infos, seq): (i64, i64, Vec<String>, Vec<String>, u64) = self.run("join", &inv).await?;
-        Ok(PresenceJoinOutcome { first: first == 1, full: full == 1, members: to_members(users, infos), seq })
+        let (first, full, users, infos, seq): (i64, i64, Vec<String>, Vec<String>, u64) =
+            self.run("join", &inv).await?;
+        Ok(PresenceJoinOutcome {
+            first: first == 1,
+            full: full == 1,
+            members: to_members(users, infos),
+            seq,
+        })
     }
 
-    async fn leave(&self, node_id: &str, app_id: &str, channel: &str, user_id: &str) -> Result<PresenceLeave, AdapterError> {
+    async fn leave(
+        &self,
+        node_id: &str,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError> {
         check_node(node_id)?;
         let k = self.channel_keys(app_id, channel);
         let mut inv = self.leave.prepare_invoke();
-        inv.key(&k.users).key(&k.info).key(&k.nodes).key(self.node_key(node_id)).key(self.nodes_key()).key(&k.seq);
-        inv.arg(user_id).arg(node_id).arg(index_entry(app_id, channel, user_id)).arg(SEQ_TTL_SECS);
+        inv.key(&k.users)
+            .key(&k.info)
+            .key(&k.nodes)
+            .key(self.node_key(node_id))
+            .key(self.nodes_key())
+            .key(&k.seq);
+        inv.arg(user_id)
+            .arg(node_id)
+            .arg(index_entry(app_id, channel, user_id))
+            .arg(SEQ_TTL_SECS);
         let seq: u64 = self.run("leave", &inv).await?;
-        Ok(PresenceLeave { gone: seq != 0, seq })
+        Ok(PresenceLeave {
+            gone: seq != 0,
+            seq,
+        })
     }
 
-    async fn members(&self, app_id: &str, channel: &str) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn members(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, AdapterError> {
         let k = self.channel_keys(app_id, channel);
         let mut inv = self.members.prepare_invoke();
         inv.key(&k.users).key(&k.info);
@@ -340,10 +416,20 @@ impl PresenceStore for RedisPresenceStore {
         let flat: Vec<Value> = self.run("sweep", &inv).await?;
         let mut removed = Vec::with_capacity(flat.len() / 4);
         let mut it = flat.into_iter();
-        while let (Some(app_id), Some(channel), Some(user_id), Some(seq)) = (it.next(), it.next(), it.next(), it.next()) {
-            let text = |v: Value| redis::from_redis_value::<String>(&v).map_err(|e| unavailable("sweep reply", e));
-            let seq = redis::from_redis_value::<u64>(&seq).map_err(|e| unavailable("sweep reply", e))?;
-            removed.push(RemovedMember { app_id: text(app_id)?, channel: text(channel)?, user_id: text(user_id)?, seq });
+        while let (Some(app_id), Some(channel), Some(user_id), Some(seq)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
+            let text = |v: Value| {
+                redis::from_redis_value::<String>(&v).map_err(|e| unavailable("sweep reply", e))
+            };
+            let seq =
+                redis::from_redis_value::<u64>(&seq).map_err(|e| unavailable("sweep reply", e))?;
+            removed.push(RemovedMember {
+                app_id: text(app_id)?,
+                channel: text(channel)?,
+                user_id: text(user_id)?,
+                seq,
+            });
         }
         Ok(removed)
     }
@@ -351,7 +437,12 @@ impl PresenceStore for RedisPresenceStore {
     async fn nodes(&self) -> Result<Vec<String>, AdapterError> {
         let mut c = self.conn.clone();
         let cmd = redis::cmd("SMEMBERS").arg(self.nodes_key()).to_owned();
-        match tokio::time::timeout(self.opts.operation_timeout, cmd.query_async::<Vec<String>>(&mut c)).await {
+        match tokio::time::timeout(
+            self.opts.operation_timeout,
+            cmd.query_async::<Vec<String>>(&mut c),
+        )
+        .await
+        {
             Ok(r) => r.map_err(|e| unavailable("nodes", e)),
             Err(_) => Err(unavailable("nodes", "timed out")),
         }
@@ -364,12 +455,27 @@ mod tests {
 
     #[test]
     fn index_entries_are_nul_separated() {
-        assert_eq!(index_entry("a", "presence-x", "u:1"), b"a\0presence-x\0u:1".to_vec());
+        assert_eq!(
+            index_entry("a", "presence-x", "u:1"),
+            b"a\0presence-x\0u:1".to_vec()
+        );
     }
 
     #[test]
     fn members_pair_users_with_infos_sorted() {
         let m = to_members(vec!["b".into(), "a".into()], vec!["a".into(), "{}".into()]);
-        assert_eq!(m, vec![PresenceMember { user_id: "a".into(), info: Some("{}".into()) }, PresenceMember { user_id: "b".into(), info: None }]);
+        assert_eq!(
+            m,
+            vec![
+                PresenceMember {
+                    user_id: "a".into(),
+                    info: Some("{}".into())
+                },
+                PresenceMember {
+                    user_id: "b".into(),
+                    info: None
+                }
+            ]
+        );
     }
 }

@@ -89,7 +89,11 @@ struct Shared {
 
 #[derive(Debug)]
 enum Command {
-    Subscribe { topic: String, tx: mpsc::Sender<Bytes>, done: oneshot::Sender<()> },
+    Subscribe {
+        topic: String,
+        tx: mpsc::Sender<Bytes>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Redis pub/sub [`Transport`]; see the module docs.
@@ -104,8 +108,14 @@ pub struct RedisTransport {
 impl fmt::Debug for RedisTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTransport")
-            .field("subscriber_up", &self.shared.subscriber_up.load(Ordering::Relaxed))
-            .field("publish_ok", &self.shared.publish_ok.load(Ordering::Relaxed))
+            .field(
+                "subscriber_up",
+                &self.shared.subscriber_up.load(Ordering::Relaxed),
+            )
+            .field(
+                "publish_ok",
+                &self.shared.publish_ok.load(Ordering::Relaxed),
+            )
             .field("dropped", &self.shared.dropped.load(Ordering::Relaxed))
             .field("opts", &self.opts)
             .finish_non_exhaustive()
@@ -131,7 +141,10 @@ impl RedisTransport {
     }
 
     /// Connect with explicit options.
-    pub async fn connect_with(url: &str, opts: RedisTransportOptions) -> Result<Self, AdapterError> {
+    pub async fn connect_with(
+        url: &str,
+        opts: RedisTransportOptions,
+    ) -> Result<Self, AdapterError> {
         let client = Client::open(url).map_err(|e| unavailable("url", e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(opts.publish_timeout)
@@ -140,18 +153,40 @@ impl RedisTransport {
             .set_factor(2)
             .set_max_delay(1000);
         let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| unavailable("connect", e))?;
-            let _: Value = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| unavailable("PING", e))?;
+            let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+                .await
+                .map_err(|e| unavailable("connect", e))?;
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("PING", e))?;
             Ok::<_, AdapterError>(conn)
         };
         let conn = tokio::time::timeout(opts.connect_timeout, connect)
             .await
-            .map_err(|_| unavailable("connect", format!("no answer within {} ms", opts.connect_timeout.as_millis())))??;
+            .map_err(|_| {
+                unavailable(
+                    "connect",
+                    format!("no answer within {} ms", opts.connect_timeout.as_millis()),
+                )
+            })??;
         let shared = Arc::new(Shared::default());
         shared.publish_ok.store(true, Ordering::SeqCst);
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(subscriber_task(client, conn.clone(), shared.clone(), rx, opts.clone()));
-        Ok(RedisTransport { conn, shared, commands, task, opts })
+        let task = tokio::spawn(subscriber_task(
+            client,
+            conn.clone(),
+            shared.clone(),
+            rx,
+            opts.clone(),
+        ));
+        Ok(RedisTransport {
+            conn,
+            shared,
+            commands,
+            task,
+            opts,
+        })
     }
 
     /// Messages dropped because a subscription's queue was full.
@@ -169,11 +204,25 @@ impl RedisTransport {
 impl Transport for RedisTransport {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), AdapterError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PUBLISH").arg(topic).arg(payload.as_ref()).to_owned();
-        let r = match tokio::time::timeout(self.opts.publish_timeout, cmd.query_async::<Value>(&mut conn)).await {
+        let cmd = redis::cmd("PUBLISH")
+            .arg(topic)
+            .arg(payload.as_ref())
+            .to_owned();
+        let r = match tokio::time::timeout(
+            self.opts.publish_timeout,
+            cmd.query_async::<Value>(&mut conn),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable("PUBLISH", e)),
-            Err(_) => Err(unavailable("PUBLISH", format!("timed out after {} ms", self.opts.publish_timeout.as_millis()))),
+            Err(_) => Err(unavailable(
+                "PUBLISH",
+                format!(
+                    "timed out after {} ms",
+                    self.opts.publish_timeout.as_millis()
+                ),
+            )),
         };
         self.shared.publish_ok.store(r.is_ok(), Ordering::SeqCst);
         r
@@ -183,14 +232,21 @@ impl Transport for RedisTransport {
         let (tx, rx) = mpsc::channel(self.opts.queue_capacity.max(1));
         let (done, confirmed) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe { topic: topic.to_owned(), tx, done })
+            .send(Command::Subscribe {
+                topic: topic.to_owned(),
+                tx,
+                done,
+            })
             .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
-        confirmed.await.map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
+        confirmed
+            .await
+            .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
     fn is_healthy(&self) -> bool {
-        self.shared.subscriber_up.load(Ordering::SeqCst) && self.shared.publish_ok.load(Ordering::SeqCst)
+        self.shared.subscriber_up.load(Ordering::SeqCst)
+            && self.shared.publish_ok.load(Ordering::SeqCst)
     }
 }
 
@@ -205,7 +261,11 @@ fn route(topics: &mut Topics, shared: &Shared, channel: &str, payload: &[u8]) ->
         Err(mpsc::error::TrySendError::Full(_)) => {
             let n = shared.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
-                tracing::warn!(topic = channel, dropped_total = n + 1, "redis transport: subscriber queue full, message dropped");
+                tracing::warn!(
+                    topic = channel,
+                    dropped_total = n + 1,
+                    "redis transport: subscriber queue full, message dropped"
+                );
             }
             true
         }
@@ -225,7 +285,10 @@ fn register(topics: &mut Topics, cmd: Command) {
     let _ = done.send(());
 }
 
-async fn with_timeout<T>(d: Duration, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
     match tokio::time::timeout(d, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
@@ -259,7 +322,12 @@ async fn subscriber_task(
             backoff = (backoff * 2).min(opts.reconnect_max);
         }
         first = false;
-        let (mut sink, mut stream) = match with_timeout(opts.connect_timeout, client.get_async_pubsub()).await {
+        let (mut sink, mut stream) = match with_timeout(
+            opts.connect_timeout,
+            client.get_async_pubsub(),
+        )
+        .await
+        {
             Ok(p) => p.split(),
             Err(e) => {
                 tracing::debug!(error = %e, "redis transport: pub/sub connection failed; retrying");
@@ -275,7 +343,10 @@ async fn subscriber_task(
         }
         shared.subscriber_up.store(true, Ordering::SeqCst);
         if shared.reconnects.fetch_add(1, Ordering::Relaxed) > 0 {
-            tracing::info!(topics = topics.len(), "redis transport: pub/sub connection restored");
+            tracing::info!(
+                topics = topics.len(),
+                "redis transport: pub/sub connection restored"
+            );
         }
         backoff = opts.reconnect_min;
         let mut ping = tokio::time::interval(opts.ping_interval);

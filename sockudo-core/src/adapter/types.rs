@@ -44,8 +44,23 @@ pub struct MemberEvent {
 
 impl Broadcast {
     /// A message without V2 identity, the same bytes for every connection.
-    pub fn plain(app_id: &str, channel: &str, frame: Bytes, except_socket: Option<Arc<str>>) -> Self {
-        Broadcast { app_id: Arc::from(app_id), channel: Arc::from(channel), frame, frame_v2: None, message_id: None, serial: None, stream_id: None, except_socket, member: None }
+    pub fn plain(
+        app_id: &str,
+        channel: &str,
+        frame: Bytes,
+        except_socket: Option<Arc<str>>,
+    ) -> Self {
+        Broadcast {
+            app_id: Arc::from(app_id),
+            channel: Arc::from(channel),
+            frame,
+            frame_v2: None,
+            message_id: None,
+            serial: None,
+            stream_id: None,
+            except_socket,
+            member: None,
+        }
     }
 }
 
@@ -64,7 +79,10 @@ pub enum ClusterQuery {
     /// Subscriptions (connections) to one channel.
     SubscriptionCount { app_id: String, channel: String },
     /// Occupied channels with their subscription counts, optionally by prefix.
-    Channels { app_id: String, prefix: Option<String> },
+    Channels {
+        app_id: String,
+        prefix: Option<String>,
+    },
     /// Open connections of an app.
     ConnectionCount { app_id: String },
 }
@@ -81,8 +99,13 @@ impl ClusterAnswer {
     /// Combine two nodes' answers (counts add up, channel lists merge by name).
     pub fn merge(self, other: ClusterAnswer) -> ClusterAnswer {
         match (self, other) {
-            (ClusterAnswer::Count { count: a }, ClusterAnswer::Count { count: b }) => ClusterAnswer::Count { count: a + b },
-            (ClusterAnswer::Channels { channels: mut a }, ClusterAnswer::Channels { channels: b }) => {
+            (ClusterAnswer::Count { count: a }, ClusterAnswer::Count { count: b }) => {
+                ClusterAnswer::Count { count: a + b }
+            }
+            (
+                ClusterAnswer::Channels { channels: mut a },
+                ClusterAnswer::Channels { channels: b },
+            ) => {
                 for (name, n) in b {
                     match a.iter_mut().find(|(x, _)| *x == name) {
                         Some((_, m)) => *m += n,

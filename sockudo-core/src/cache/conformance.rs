@@ -76,49 +76,106 @@ pub async fn ping_answers(cache: &Arc<dyn Cache>) {
 pub async fn get_set_overwrite(cache: &Arc<dyn Cache>) {
     let p = ns("get_set");
     let k = format!("{p}k");
-    assert_eq!(ok(cache.get(&k).await, "get absent"), None, "absent key must read as None");
+    assert_eq!(
+        ok(cache.get(&k).await, "get absent"),
+        None,
+        "absent key must read as None"
+    );
     ok(cache.set(&k, b("v1"), None).await, "set");
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("v1")), "get after set");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("v1")),
+        "get after set"
+    );
     ok(cache.set(&k, b("v2"), None).await, "overwrite");
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("v2")), "set must replace the previous value");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("v2")),
+        "set must replace the previous value"
+    );
 
     let binary: Bytes = (0..=255u8).collect::<Vec<u8>>().into();
     let kb = format!("{p}binary");
     ok(cache.set(&kb, binary.clone(), None).await, "set binary");
-    assert_eq!(ok(cache.get(&kb).await, "get binary"), Some(binary), "binary values round-trip");
+    assert_eq!(
+        ok(cache.get(&kb).await, "get binary"),
+        Some(binary),
+        "binary values round-trip"
+    );
 
     let ke = format!("{p}empty");
     ok(cache.set(&ke, Bytes::new(), None).await, "set empty");
-    assert_eq!(ok(cache.get(&ke).await, "get empty"), Some(Bytes::new()), "an empty value is present, not absent");
+    assert_eq!(
+        ok(cache.get(&ke).await, "get empty"),
+        Some(Bytes::new()),
+        "an empty value is present, not absent"
+    );
 }
 
 /// A value written with a TTL is visible before it and never after it.
 pub async fn ttl_expiry_is_visible(cache: &Arc<dyn Cache>) {
     let k = format!("{}k", ns("ttl"));
     ok(cache.set(&k, b("v"), Some(SHORT_TTL)).await, "set with ttl");
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("v")), "value must be visible before its TTL");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("v")),
+        "value must be visible before its TTL"
+    );
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert_eq!(ok(cache.get(&k).await, "get after ttl"), None, "an expired value must never be returned");
+    assert_eq!(
+        ok(cache.get(&k).await, "get after ttl"),
+        None,
+        "an expired value must never be returned"
+    );
 }
 
 /// `set` without a TTL replaces an earlier TTL: the value then lives until deleted.
 pub async fn set_replaces_ttl(cache: &Arc<dyn Cache>) {
     let k = format!("{}k", ns("set_ttl"));
-    ok(cache.set(&k, b("short"), Some(SHORT_TTL)).await, "set with ttl");
+    ok(
+        cache.set(&k, b("short"), Some(SHORT_TTL)).await,
+        "set with ttl",
+    );
     ok(cache.set(&k, b("forever"), None).await, "set without ttl");
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("forever")), "set without TTL must clear the old TTL");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("forever")),
+        "set without TTL must clear the old TTL"
+    );
 }
 
 /// `set_if_absent` stores into an absent key and returns `true`; on a live key it returns
 /// `false` and leaves the value alone.
 pub async fn set_if_absent_basic(cache: &Arc<dyn Cache>) {
     let k = format!("{}k", ns("sia"));
-    assert!(ok(cache.set_if_absent(&k, b("first"), None).await, "set_if_absent"), "absent key: must store");
-    assert!(!ok(cache.set_if_absent(&k, b("second"), None).await, "set_if_absent"), "live key: must not store");
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("first")), "a refused set_if_absent must not write");
+    assert!(
+        ok(
+            cache.set_if_absent(&k, b("first"), None).await,
+            "set_if_absent"
+        ),
+        "absent key: must store"
+    );
+    assert!(
+        !ok(
+            cache.set_if_absent(&k, b("second"), None).await,
+            "set_if_absent"
+        ),
+        "live key: must not store"
+    );
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("first")),
+        "a refused set_if_absent must not write"
+    );
     ok(cache.set(&k, b("plain"), None).await, "set");
-    assert!(!ok(cache.set_if_absent(&k, b("third"), None).await, "set_if_absent"), "key written by set is live");
+    assert!(
+        !ok(
+            cache.set_if_absent(&k, b("third"), None).await,
+            "set_if_absent"
+        ),
+        "key written by set is live"
+    );
 }
 
 /// Of 32 concurrent `set_if_absent` callers exactly one wins, and its value is the one stored.
@@ -131,7 +188,16 @@ pub async fn set_if_absent_one_winner(cache: &Arc<dyn Cache>) {
         let (cache, barrier, k) = (Arc::clone(cache), Arc::clone(&barrier), k.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            (i, cache.set_if_absent(&k, Bytes::from(format!("caller-{i}")), Some(Duration::from_secs(30))).await)
+            (
+                i,
+                cache
+                    .set_if_absent(
+                        &k,
+                        Bytes::from(format!("caller-{i}")),
+                        Some(Duration::from_secs(30)),
+                    )
+                    .await,
+            )
         }));
     }
     let mut winners = Vec::new();
@@ -144,18 +210,44 @@ pub async fn set_if_absent_one_winner(cache: &Arc<dyn Cache>) {
             winners.push(i);
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one of {CALLERS} concurrent set_if_absent calls must win, winners: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {CALLERS} concurrent set_if_absent calls must win, winners: {winners:?}"
+    );
     let expected = winners.first().map(|i| Bytes::from(format!("caller-{i}")));
-    assert_eq!(ok(cache.get(&k).await, "get"), expected, "the stored value must be the winner's");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        expected,
+        "the stored value must be the winner's"
+    );
 }
 
 /// Once the value written by `set_if_absent` expires, `set_if_absent` succeeds again.
 pub async fn set_if_absent_after_expiry(cache: &Arc<dyn Cache>) {
     let k = format!("{}k", ns("sia_expiry"));
-    assert!(ok(cache.set_if_absent(&k, b("old"), Some(SHORT_TTL)).await, "set_if_absent"), "absent key: must store");
-    assert!(!ok(cache.set_if_absent(&k, b("early"), Some(SHORT_TTL)).await, "set_if_absent"), "live key: must not store");
+    assert!(
+        ok(
+            cache.set_if_absent(&k, b("old"), Some(SHORT_TTL)).await,
+            "set_if_absent"
+        ),
+        "absent key: must store"
+    );
+    assert!(
+        !ok(
+            cache.set_if_absent(&k, b("early"), Some(SHORT_TTL)).await,
+            "set_if_absent"
+        ),
+        "live key: must not store"
+    );
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert!(ok(cache.set_if_absent(&k, b("new"), None).await, "set_if_absent after expiry"), "an expired value counts as absent");
+    assert!(
+        ok(
+            cache.set_if_absent(&k, b("new"), None).await,
+            "set_if_absent after expiry"
+        ),
+        "an expired value counts as absent"
+    );
     assert_eq!(ok(cache.get(&k).await, "get"), Some(b("new")));
 }
 
@@ -163,16 +255,35 @@ pub async fn set_if_absent_after_expiry(cache: &Arc<dyn Cache>) {
 pub async fn delete_reports_live_value(cache: &Arc<dyn Cache>) {
     let p = ns("delete");
     let k = format!("{p}k");
-    assert!(!ok(cache.delete(&k).await, "delete absent"), "deleting an absent key returns false");
+    assert!(
+        !ok(cache.delete(&k).await, "delete absent"),
+        "deleting an absent key returns false"
+    );
     ok(cache.set(&k, b("v"), None).await, "set");
-    assert!(ok(cache.delete(&k).await, "delete"), "deleting a live key returns true");
-    assert_eq!(ok(cache.get(&k).await, "get"), None, "a deleted key reads as absent");
-    assert!(!ok(cache.delete(&k).await, "delete again"), "a second delete returns false");
+    assert!(
+        ok(cache.delete(&k).await, "delete"),
+        "deleting a live key returns true"
+    );
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        None,
+        "a deleted key reads as absent"
+    );
+    assert!(
+        !ok(cache.delete(&k).await, "delete again"),
+        "a second delete returns false"
+    );
 
     let ke = format!("{p}expired");
-    ok(cache.set(&ke, b("v"), Some(SHORT_TTL)).await, "set with ttl");
+    ok(
+        cache.set(&ke, b("v"), Some(SHORT_TTL)).await,
+        "set with ttl",
+    );
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert!(!ok(cache.delete(&ke).await, "delete expired"), "deleting an expired key returns false");
+    assert!(
+        !ok(cache.delete(&ke).await, "delete expired"),
+        "deleting an expired key returns false"
+    );
 }
 
 /// `increment` counts an absent key as 0, accepts negative deltas, stores the decimal text,
@@ -180,12 +291,27 @@ pub async fn delete_reports_live_value(cache: &Arc<dyn Cache>) {
 pub async fn increment_from_absent(cache: &Arc<dyn Cache>) {
     let p = ns("incr");
     let k = format!("{p}k");
-    assert_eq!(ok(cache.increment(&k, 5, None).await, "increment absent"), 5, "absent counts as 0");
-    assert_eq!(ok(cache.increment(&k, -2, None).await, "increment negative"), 3);
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b("3")), "a counter reads as its decimal text");
+    assert_eq!(
+        ok(cache.increment(&k, 5, None).await, "increment absent"),
+        5,
+        "absent counts as 0"
+    );
+    assert_eq!(
+        ok(cache.increment(&k, -2, None).await, "increment negative"),
+        3
+    );
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b("3")),
+        "a counter reads as its decimal text"
+    );
     let ks = format!("{p}from_set");
     ok(cache.set(&ks, b("41"), None).await, "set");
-    assert_eq!(ok(cache.increment(&ks, 1, None).await, "increment"), 42, "increment continues from a set integer");
+    assert_eq!(
+        ok(cache.increment(&ks, 1, None).await, "increment"),
+        42,
+        "increment continues from a set integer"
+    );
 }
 
 /// 100 concurrent `+1` on one key end at 100, each caller seeing a distinct value.
@@ -209,7 +335,11 @@ pub async fn increment_concurrent(cache: &Arc<dyn Cache>) {
         }
     }
     seen.sort_unstable();
-    assert_eq!(seen, (1..=CALLERS).collect::<Vec<_>>(), "concurrent increments must each see a distinct value");
+    assert_eq!(
+        seen,
+        (1..=CALLERS).collect::<Vec<_>>(),
+        "concurrent increments must each see a distinct value"
+    );
     assert_eq!(ok(cache.get(&k).await, "get"), Some(b("100")));
 }
 
@@ -221,17 +351,43 @@ pub async fn increment_ttl_only_at_creation(cache: &Arc<dyn Cache>) {
     let window = Duration::from_millis(600);
     let k = format!("{}k", ns("incr_window"));
     let created = tokio::time::Instant::now();
-    assert_eq!(ok(cache.increment(&k, 1, Some(window)).await, "increment"), 1);
+    assert_eq!(
+        ok(cache.increment(&k, 1, Some(window)).await, "increment"),
+        1
+    );
     tokio::time::sleep_until(created + Duration::from_millis(150)).await;
-    assert_eq!(ok(cache.increment(&k, 1, Some(window)).await, "increment"), 2, "the window must still be open");
+    assert_eq!(
+        ok(cache.increment(&k, 1, Some(window)).await, "increment"),
+        2,
+        "the window must still be open"
+    );
     tokio::time::sleep_until(created + Duration::from_millis(300)).await;
-    assert_eq!(ok(cache.increment(&k, 1, Some(window)).await, "increment"), 3, "the window must still be open");
+    assert_eq!(
+        ok(cache.increment(&k, 1, Some(window)).await, "increment"),
+        3,
+        "the window must still be open"
+    );
     tokio::time::sleep_until(created + Duration::from_millis(800)).await;
-    assert_eq!(ok(cache.get(&k).await, "get"), None, "later increments must not extend the window's TTL");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        None,
+        "later increments must not extend the window's TTL"
+    );
     // A new window starts at the next increment, with its own TTL.
-    assert_eq!(ok(cache.increment(&k, 1, Some(SHORT_TTL)).await, "increment after expiry"), 1, "an expired counter restarts from 0");
+    assert_eq!(
+        ok(
+            cache.increment(&k, 1, Some(SHORT_TTL)).await,
+            "increment after expiry"
+        ),
+        1,
+        "an expired counter restarts from 0"
+    );
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert_eq!(ok(cache.get(&k).await, "get"), None, "the new window must carry the TTL it was created with");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        None,
+        "the new window must carry the TTL it was created with"
+    );
 }
 
 /// `increment` on a value that is not a decimal `i64`, or that would overflow, fails with
@@ -243,41 +399,123 @@ pub async fn increment_not_an_integer(cache: &Arc<dyn Cache>) {
         ok(cache.set(&k, b(text), None).await, "set");
         match cache.increment(&k, 1, None).await {
             Err(CacheError::NotAnInteger) => {}
-            other => panic!("cache conformance: increment on {text:?} must be NotAnInteger, got {other:?}"),
+            other => panic!(
+                "cache conformance: increment on {text:?} must be NotAnInteger, got {other:?}"
+            ),
         }
-        assert_eq!(ok(cache.get(&k).await, "get"), Some(b(text)), "a failed increment must not write");
+        assert_eq!(
+            ok(cache.get(&k).await, "get"),
+            Some(b(text)),
+            "a failed increment must not write"
+        );
     }
     let k = format!("{p}overflow");
     let max = i64::MAX.to_string();
     ok(cache.set(&k, b(&max), None).await, "set");
     match cache.increment(&k, 1, None).await {
         Err(CacheError::NotAnInteger) => {}
-        other => panic!("cache conformance: overflowing increment must be NotAnInteger, got {other:?}"),
+        other => {
+            panic!("cache conformance: overflowing increment must be NotAnInteger, got {other:?}")
+        }
     }
-    assert_eq!(ok(cache.get(&k).await, "get"), Some(b(&max)), "a failed increment must not write");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        Some(b(&max)),
+        "a failed increment must not write"
+    );
 }
 
 /// `compare_and_swap` writes only when the current live value equals `expected` (`None`:
 /// absent or expired), replaces the TTL, and leaves the value alone when it refuses.
 pub async fn compare_and_swap_semantics(cache: &Arc<dyn Cache>) {
     let k = format!("{}k", ns("cas"));
-    assert!(!ok(cache.compare_and_swap(&k, Some(b"x"), b("y"), None).await, "cas"), "absent key: expecting a value must fail");
-    assert_eq!(ok(cache.get(&k).await, "get"), None, "a refused swap must not write");
-    assert!(ok(cache.compare_and_swap(&k, None, b("v1"), None).await, "cas"), "absent key: expecting None must swap");
-    assert!(!ok(cache.compare_and_swap(&k, None, b("v2"), None).await, "cas"), "live key: expecting None must fail");
-    assert!(!ok(cache.compare_and_swap(&k, Some(b"v"), b("v2"), None).await, "cas"), "a prefix is not equal");
-    assert!(!ok(cache.compare_and_swap(&k, Some(b"v1x"), b("v2"), None).await, "cas"), "a longer value is not equal");
+    assert!(
+        !ok(
+            cache.compare_and_swap(&k, Some(b"x"), b("y"), None).await,
+            "cas"
+        ),
+        "absent key: expecting a value must fail"
+    );
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        None,
+        "a refused swap must not write"
+    );
+    assert!(
+        ok(cache.compare_and_swap(&k, None, b("v1"), None).await, "cas"),
+        "absent key: expecting None must swap"
+    );
+    assert!(
+        !ok(cache.compare_and_swap(&k, None, b("v2"), None).await, "cas"),
+        "live key: expecting None must fail"
+    );
+    assert!(
+        !ok(
+            cache.compare_and_swap(&k, Some(b"v"), b("v2"), None).await,
+            "cas"
+        ),
+        "a prefix is not equal"
+    );
+    assert!(
+        !ok(
+            cache
+                .compare_and_swap(&k, Some(b"v1x"), b("v2"), None)
+                .await,
+            "cas"
+        ),
+        "a longer value is not equal"
+    );
     assert_eq!(ok(cache.get(&k).await, "get"), Some(b("v1")));
-    assert!(ok(cache.compare_and_swap(&k, Some(b"v1"), b("v2"), Some(SHORT_TTL)).await, "cas"), "equal value must swap");
+    assert!(
+        ok(
+            cache
+                .compare_and_swap(&k, Some(b"v1"), b("v2"), Some(SHORT_TTL))
+                .await,
+            "cas"
+        ),
+        "equal value must swap"
+    );
     assert_eq!(ok(cache.get(&k).await, "get"), Some(b("v2")));
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert_eq!(ok(cache.get(&k).await, "get"), None, "the swapped value must carry the new TTL");
-    assert!(!ok(cache.compare_and_swap(&k, Some(b"v2"), b("v3"), None).await, "cas"), "an expired value is not equal");
-    assert!(ok(cache.compare_and_swap(&k, None, b("v3"), None).await, "cas"), "an expired value counts as absent");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        None,
+        "the swapped value must carry the new TTL"
+    );
+    assert!(
+        !ok(
+            cache.compare_and_swap(&k, Some(b"v2"), b("v3"), None).await,
+            "cas"
+        ),
+        "an expired value is not equal"
+    );
+    assert!(
+        ok(cache.compare_and_swap(&k, None, b("v3"), None).await, "cas"),
+        "an expired value counts as absent"
+    );
     let binary: Bytes = vec![0u8, 255, 10, 13, 0].into();
-    assert!(ok(cache.compare_and_swap(&k, Some(b"v3"), binary.clone(), None).await, "cas"));
-    assert!(ok(cache.compare_and_swap(&k, Some(&binary), Bytes::new(), None).await, "cas"), "binary values compare byte for byte");
-    assert!(ok(cache.compare_and_swap(&k, Some(b""), b("v4"), None).await, "cas"), "an empty value is present and equal to empty");
+    assert!(ok(
+        cache
+            .compare_and_swap(&k, Some(b"v3"), binary.clone(), None)
+            .await,
+        "cas"
+    ));
+    assert!(
+        ok(
+            cache
+                .compare_and_swap(&k, Some(&binary), Bytes::new(), None)
+                .await,
+            "cas"
+        ),
+        "binary values compare byte for byte"
+    );
+    assert!(
+        ok(
+            cache.compare_and_swap(&k, Some(b""), b("v4"), None).await,
+            "cas"
+        ),
+        "an empty value is present and equal to empty"
+    );
 }
 
 /// Of 32 concurrent `compare_and_swap` callers expecting the same value exactly one wins.
@@ -291,7 +529,12 @@ pub async fn compare_and_swap_one_winner(cache: &Arc<dyn Cache>) {
         let (cache, barrier, k) = (Arc::clone(cache), Arc::clone(&barrier), k.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            (i, cache.compare_and_swap(&k, Some(b"start"), Bytes::from(format!("caller-{i}")), None).await)
+            (
+                i,
+                cache
+                    .compare_and_swap(&k, Some(b"start"), Bytes::from(format!("caller-{i}")), None)
+                    .await,
+            )
         }));
     }
     let mut winners = Vec::new();
@@ -304,30 +547,64 @@ pub async fn compare_and_swap_one_winner(cache: &Arc<dyn Cache>) {
             winners.push(i);
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one of {CALLERS} concurrent compare_and_swap calls must win, winners: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {CALLERS} concurrent compare_and_swap calls must win, winners: {winners:?}"
+    );
     let expected = winners.first().map(|i| Bytes::from(format!("caller-{i}")));
-    assert_eq!(ok(cache.get(&k).await, "get"), expected, "the stored value must be the winner's");
+    assert_eq!(
+        ok(cache.get(&k).await, "get"),
+        expected,
+        "the stored value must be the winner's"
+    );
 }
 
 /// Distinct keys are distinct values, including keys that differ only in characters a
 /// backend might treat specially (braces, colons, spaces, non-ASCII, the empty key).
 pub async fn keys_isolated(cache: &Arc<dyn Cache>) {
     let p = ns("isolated");
-    let suffixes = ["a", "a}", "{a", "{a}", "a:b", "a b", "A", "ключ", "", "*", "a\nb"];
+    let suffixes = [
+        "a", "a}", "{a", "{a}", "a:b", "a b", "A", "ключ", "", "*", "a\nb",
+    ];
     let keys: Vec<String> = suffixes.iter().map(|s| format!("{p}{s}")).collect();
     for (i, k) in keys.iter().enumerate() {
-        ok(cache.set(k, Bytes::from(format!("v{i}")), None).await, "set");
+        ok(
+            cache.set(k, Bytes::from(format!("v{i}")), None).await,
+            "set",
+        );
     }
     for (i, k) in keys.iter().enumerate() {
-        assert_eq!(ok(cache.get(k).await, "get"), Some(Bytes::from(format!("v{i}"))), "key {k:?} must hold its own value");
+        assert_eq!(
+            ok(cache.get(k).await, "get"),
+            Some(Bytes::from(format!("v{i}"))),
+            "key {k:?} must hold its own value"
+        );
     }
     assert!(ok(cache.delete(&keys[0]).await, "delete"));
     for (i, k) in keys.iter().enumerate().skip(1) {
-        assert_eq!(ok(cache.get(k).await, "get"), Some(Bytes::from(format!("v{i}"))), "deleting one key must not touch {k:?}");
+        assert_eq!(
+            ok(cache.get(k).await, "get"),
+            Some(Bytes::from(format!("v{i}"))),
+            "deleting one key must not touch {k:?}"
+        );
     }
     let (c1, c2) = (format!("{p}counter-1"), format!("{p}counter-2"));
     assert_eq!(ok(cache.increment(&c1, 7, None).await, "increment"), 7);
-    assert_eq!(ok(cache.increment(&c2, 1, None).await, "increment"), 1, "counters on distinct keys are independent");
-    assert!(!ok(cache.set_if_absent(&keys[1], b("x"), None).await, "set_if_absent"));
-    assert!(ok(cache.set_if_absent(&keys[0], b("x"), None).await, "set_if_absent"), "a deleted key is absent");
+    assert_eq!(
+        ok(cache.increment(&c2, 1, None).await, "increment"),
+        1,
+        "counters on distinct keys are independent"
+    );
+    assert!(!ok(
+        cache.set_if_absent(&keys[1], b("x"), None).await,
+        "set_if_absent"
+    ));
+    assert!(
+        ok(
+            cache.set_if_absent(&keys[0], b("x"), None).await,
+            "set_if_absent"
+        ),
+        "a deleted key is absent"
+    );
 }

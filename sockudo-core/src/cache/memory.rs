@@ -60,7 +60,10 @@ impl Cache for MemoryCache {
         let now = Instant::now();
         // Read under the shard's read guard and release it before removing: `remove_if`
         // takes the write lock of the same shard, so holding the guard across it deadlocks.
-        let found = self.entries.get(key).map(|e| e.live(now).then(|| e.value.clone()));
+        let found = self
+            .entries
+            .get(key)
+            .map(|e| e.live(now).then(|| e.value.clone()));
         match found {
             Some(Some(value)) => Ok(Some(value)),
             Some(None) => {
@@ -72,11 +75,22 @@ impl Cache for MemoryCache {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), CacheError> {
-        self.entries.insert(key.to_owned(), Entry { value, expires_at: deadline(ttl) });
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                expires_at: deadline(ttl),
+            },
+        );
         Ok(())
     }
 
-    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError> {
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError> {
         let now = Instant::now();
         // The entry API holds the shard lock across check and write: that is the atomicity
         // the contract promises.
@@ -85,13 +99,19 @@ impl Cache for MemoryCache {
             .entry(key.to_owned())
             .and_modify(|e| {
                 if !e.live(now) {
-                    *e = Entry { value: value.clone(), expires_at: deadline(ttl) };
+                    *e = Entry {
+                        value: value.clone(),
+                        expires_at: deadline(ttl),
+                    };
                     stored = true;
                 }
             })
             .or_insert_with(|| {
                 stored = true;
-                Entry { value: value.clone(), expires_at: deadline(ttl) }
+                Entry {
+                    value: value.clone(),
+                    expires_at: deadline(ttl),
+                }
             });
         Ok(stored)
     }
@@ -101,7 +121,13 @@ impl Cache for MemoryCache {
         Ok(self.entries.remove(key).is_some_and(|(_, e)| e.live(now)))
     }
 
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError> {
         let now = Instant::now();
         let entry = self.entries.entry(key.to_owned());
         let current = match &entry {
@@ -111,18 +137,29 @@ impl Cache for MemoryCache {
         if current.as_deref() != expected {
             return Ok(false);
         }
-        entry.insert(Entry { value: new, expires_at: deadline(ttl) });
+        entry.insert(Entry {
+            value: new,
+            expires_at: deadline(ttl),
+        });
         Ok(true)
     }
 
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, CacheError> {
         let now = Instant::now();
-        let mut entry = self
-            .entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry { value: Bytes::from_static(b"0"), expires_at: deadline(ttl) });
+        let mut entry = self.entries.entry(key.to_owned()).or_insert_with(|| Entry {
+            value: Bytes::from_static(b"0"),
+            expires_at: deadline(ttl),
+        });
         if !entry.live(now) {
-            *entry = Entry { value: Bytes::from_static(b"0"), expires_at: deadline(ttl) };
+            *entry = Entry {
+                value: Bytes::from_static(b"0"),
+                expires_at: deadline(ttl),
+            };
         }
         let current: i64 = std::str::from_utf8(&entry.value)
             .ok()

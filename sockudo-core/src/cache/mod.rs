@@ -18,9 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use memory::MemoryCache;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisCache, RedisCacheOptions};
+pub use memory::MemoryCache;
 
 /// Why the cache could not answer. Callers that protect effects (idempotency) must fail
 /// closed on any error: an error never means "absent".
@@ -50,7 +50,12 @@ pub trait Cache: Send + Sync + 'static {
     /// Store only if the key holds no live value. Returns whether this call stored it. The
     /// check and the write are one atomic step cluster-wide: of concurrent callers exactly one
     /// gets `true`.
-    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError>;
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError>;
 
     /// Delete; returns whether a live value was removed.
     async fn delete(&self, key: &str) -> Result<bool, CacheError>;
@@ -58,13 +63,24 @@ pub trait Cache: Send + Sync + 'static {
     /// Add `delta` to the integer at `key` (absent counts as 0) and return the new value. The
     /// TTL is applied only when this call creates the key, so fixed windows expire on time
     /// however often they are incremented.
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, CacheError>;
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, CacheError>;
 
     /// Replace the value at `key` with `new` only if it currently holds `expected` (`None`:
     /// absent or expired). Returns whether the swap happened. Check and write are one atomic
     /// step cluster-wide, which is what lock-free algorithms on shared state (GCRA rate
     /// limits) build on.
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError>;
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError>;
 
     /// Whether the backend currently answers (readiness probes).
     async fn ping(&self) -> Result<(), CacheError> {

@@ -157,14 +157,27 @@ impl RedisCache {
     /// default timeouts. Fails with [`CacheError::Unavailable`] when Redis does not answer a
     /// `PING` within the connect timeout.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, CacheError> {
-        Self::connect_with(url, RedisCacheOptions { prefix: prefix.to_owned(), ..RedisCacheOptions::default() }).await
+        Self::connect_with(
+            url,
+            RedisCacheOptions {
+                prefix: prefix.to_owned(),
+                ..RedisCacheOptions::default()
+            },
+        )
+        .await
     }
 
     /// Connect with explicit options.
     pub async fn connect_with(url: &str, options: RedisCacheOptions) -> Result<Self, CacheError> {
         let op = options.operation_timeout;
-        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout).await.map_err(CacheError::Unavailable)?;
-        Ok(RedisCache { conn, prefix: options.prefix, operation_timeout: op, increment: Script::new(INCREMENT_SCRIPT),
+        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout)
+            .await
+            .map_err(CacheError::Unavailable)?;
+        Ok(RedisCache {
+            conn,
+            prefix: options.prefix,
+            operation_timeout: op,
+            increment: Script::new(INCREMENT_SCRIPT),
             compare_and_swap: Script::new(COMPARE_AND_SWAP_SCRIPT),
         })
     }
@@ -206,7 +219,11 @@ impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let k = self.redis_key(key);
         self.run("GET", |mut c| async move {
-            let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query_async(&mut c).await.map_err(unavailable)?;
+            let v: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(v.map(Bytes::from))
         })
         .await
@@ -226,7 +243,12 @@ impl Cache for RedisCache {
         .await
     }
 
-    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError> {
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError> {
         let k = self.redis_key(key);
         self.run("SET NX", |mut c| async move {
             let mut cmd = redis::cmd("SET");
@@ -243,13 +265,22 @@ impl Cache for RedisCache {
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let k = self.redis_key(key);
         self.run("DEL", |mut c| async move {
-            let n: i64 = redis::cmd("DEL").arg(&k).query_async(&mut c).await.map_err(unavailable)?;
+            let n: i64 = redis::cmd("DEL")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(n > 0)
         })
         .await
     }
 
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, CacheError> {
         let k = self.redis_key(key);
         let ttl_ms = ttl.map_or(0, ttl_millis);
         let script = &self.increment;
@@ -266,7 +297,13 @@ impl Cache for RedisCache {
         .await
     }
 
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Bytes, ttl: Option<Duration>) -> Result<bool, CacheError> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CacheError> {
         let k = self.redis_key(key);
         let ttl_ms = ttl.map_or(0, ttl_millis);
         let script = &self.compare_and_swap;
@@ -287,7 +324,10 @@ impl Cache for RedisCache {
 
     async fn ping(&self) -> Result<(), CacheError> {
         self.run("PING", |mut c| async move {
-            let _: Value = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(())
         })
         .await

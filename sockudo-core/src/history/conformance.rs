@@ -23,10 +23,16 @@ use bytes::Bytes;
 use super::{HistoryPage, HistoryStore, Retention};
 
 /// The retention [`run_all`] expects: 64 messages, one hour.
-pub const RETENTION: Retention = Retention { max_messages: 64, max_age: Duration::from_secs(3600) };
+pub const RETENTION: Retention = Retention {
+    max_messages: 64,
+    max_age: Duration::from_secs(3600),
+};
 
 /// The retention [`age_retention`] expects: 1000 messages, 300 ms.
-pub const AGE_RETENTION: Retention = Retention { max_messages: 1000, max_age: Duration::from_millis(300) };
+pub const AGE_RETENTION: Retention = Retention {
+    max_messages: 1000,
+    max_age: Duration::from_millis(300),
+};
 
 /// Unwrap a result or panic naming the operation.
 #[track_caller]
@@ -42,7 +48,9 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// The frame every check stores: it names the message id and the assigned position, so a
 /// stored frame proves which append got which serial.
 pub fn test_frame(message_id: &str, stream_id: &str, serial: u64) -> Bytes {
-    Bytes::from(format!("{{\"message_id\":\"{message_id}\",\"stream_id\":\"{stream_id}\",\"serial\":{serial}}}"))
+    Bytes::from(format!(
+        "{{\"message_id\":\"{message_id}\",\"stream_id\":\"{stream_id}\",\"serial\":{serial}}}"
+    ))
 }
 
 fn channel(name: &str) -> String {
@@ -52,7 +60,9 @@ fn channel(name: &str) -> String {
 async fn append(store: &dyn HistoryStore, app: &str, ch: &str, mid: &str) -> super::Appended {
     let m = mid.to_owned();
     store
-        .append(app, ch, mid, WINDOW, &move |sid: &str, serial: u64| test_frame(&m, sid, serial))
+        .append(app, ch, mid, WINDOW, &move |sid: &str, serial: u64| {
+            test_frame(&m, sid, serial)
+        })
         .await
         .unwrap_or_else(|e| panic!("append {mid} to {ch}: {e}"))
 }
@@ -80,11 +90,19 @@ pub async fn serials_are_contiguous(store: &dyn HistoryStore, ns: &str) {
     let head = ok(store.head(ns, &ch).await, "head");
     assert_eq!(head.serial, 0, "a new stream starts at serial 0");
     assert!(!head.stream_id.is_empty(), "stream ids are not empty");
-    assert_eq!(ok(store.head(ns, &ch).await, "head"), head, "head is stable");
+    assert_eq!(
+        ok(store.head(ns, &ch).await, "head"),
+        head,
+        "head is stable"
+    );
     let before = now_ms();
     for n in 1..=5u64 {
         let a = append(store, ns, &ch, &format!("m{n}")).await;
-        assert_eq!((a.stream_id.as_str(), a.serial, a.duplicate), (head.stream_id.as_str(), n, false), "serials are 1..=n");
+        assert_eq!(
+            (a.stream_id.as_str(), a.serial, a.duplicate),
+            (head.stream_id.as_str(), n, false),
+            "serials are 1..=n"
+        );
     }
     let after = now_ms();
     assert_eq!(ok(store.head(ns, &ch).await, "head").serial, 5);
@@ -95,9 +113,16 @@ pub async fn serials_are_contiguous(store: &dyn HistoryStore, ns: &str) {
     for m in &page.messages {
         let mid = format!("m{}", m.serial);
         assert_eq!(m.message_id, mid);
-        assert_eq!(m.frame, test_frame(&mid, &head.stream_id, m.serial), "the frame is built with the assigned position");
+        assert_eq!(
+            m.frame,
+            test_frame(&mid, &head.stream_id, m.serial),
+            "the frame is built with the assigned position"
+        );
         // Generous bounds: the store may use its own (server) clock.
-        assert!(m.published_at_ms + 60_000 >= before && m.published_at_ms <= after + 60_000, "published_at_ms is wall-clock ms");
+        assert!(
+            m.published_at_ms + 60_000 >= before && m.published_at_ms <= after + 60_000,
+            "published_at_ms is wall-clock ms"
+        );
     }
 }
 
@@ -107,7 +132,11 @@ pub async fn dedup_within_window(store: &dyn HistoryStore, ns: &str) {
     let a = append(store, ns, &ch, "x").await;
     let b = append(store, ns, &ch, "y").await;
     let again = append(store, ns, &ch, "x").await;
-    assert_eq!((again.serial, again.duplicate, &again.stream_id), (a.serial, true, &a.stream_id), "duplicate returns the original serial");
+    assert_eq!(
+        (again.serial, again.duplicate, &again.stream_id),
+        (a.serial, true, &a.stream_id),
+        "duplicate returns the original serial"
+    );
     assert_eq!(b.serial, 2);
     let page = ok(store.read_after(ns, &ch, 0, 100).await, "read_after");
     assert_eq!(serials(&page), vec![1, 2], "a duplicate stores nothing");
@@ -124,7 +153,11 @@ pub async fn dedup_within_window(store: &dyn HistoryStore, ns: &str) {
     assert!(ok(store.append(ns, &ch, "z", short, &frame).await, "append").duplicate);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let z2 = ok(store.append(ns, &ch, "z", short, &frame).await, "append");
-    assert_eq!((z2.serial, z2.duplicate), (4, false), "the dedup window expired");
+    assert_eq!(
+        (z2.serial, z2.duplicate),
+        (4, false),
+        "the dedup window expired"
+    );
 }
 
 /// `read_after` returns serials > after, ascending, at most `limit`.
@@ -134,17 +167,36 @@ pub async fn read_after_ranges(store: &dyn HistoryStore, ns: &str) {
         append(store, ns, &ch, &format!("m{n}")).await;
     }
     let r = |after, limit| store.read_after(ns, &ch, after, limit);
-    assert_eq!(serials(&ok(r(3, 100).await, "read_after")), (4..=10).collect::<Vec<_>>());
-    assert_eq!(serials(&ok(r(3, 4).await, "read_after")), vec![4, 5, 6, 7], "limit");
+    assert_eq!(
+        serials(&ok(r(3, 100).await, "read_after")),
+        (4..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        serials(&ok(r(3, 4).await, "read_after")),
+        vec![4, 5, 6, 7],
+        "limit"
+    );
     assert_eq!(serials(&ok(r(0, 1).await, "read_after")), vec![1]);
     assert_eq!(serials(&ok(r(9, 100).await, "read_after")), vec![10]);
     let at_head = ok(r(10, 100).await, "read_after");
     assert!(at_head.messages.is_empty());
-    assert_eq!((at_head.oldest_serial, at_head.newest_serial), (Some(1), 10));
-    assert!(ok(r(20, 100).await, "read_after").messages.is_empty(), "beyond the head");
+    assert_eq!(
+        (at_head.oldest_serial, at_head.newest_serial),
+        (Some(1), 10)
+    );
+    assert!(
+        ok(r(20, 100).await, "read_after").messages.is_empty(),
+        "beyond the head"
+    );
     assert!(ok(r(u64::MAX, 100).await, "read_after").messages.is_empty());
-    assert!(ok(r(0, 0).await, "read_after").messages.is_empty(), "limit 0");
-    let empty = ok(store.read_after(ns, &channel("after-empty"), 0, 10).await, "read_after");
+    assert!(
+        ok(r(0, 0).await, "read_after").messages.is_empty(),
+        "limit 0"
+    );
+    let empty = ok(
+        store.read_after(ns, &channel("after-empty"), 0, 10).await,
+        "read_after",
+    );
     assert!(empty.messages.is_empty());
     assert_eq!((empty.oldest_serial, empty.newest_serial), (None, 0));
 }
@@ -159,20 +211,40 @@ pub async fn read_before_paging(store: &dyn HistoryStore, ns: &str) {
     assert_eq!(serials(&first), vec![10, 9, 8], "newest first");
     assert_eq!(first.newest_serial, 10);
     let mut seen = serials(&first);
-    let Some(&(mut cursor)) = seen.last() else { panic!("read_before returned nothing") };
+    let Some(&(mut cursor)) = seen.last() else {
+        panic!("read_before returned nothing")
+    };
     loop {
-        let page = ok(store.read_before(ns, &ch, Some(cursor), 3).await, "read_before");
+        let page = ok(
+            store.read_before(ns, &ch, Some(cursor), 3).await,
+            "read_before",
+        );
         let s = serials(&page);
         let Some(last) = s.last() else { break };
-        assert!(s.windows(2).all(|w| w[0] == w[1] + 1), "pages are contiguous, descending: {s:?}");
+        assert!(
+            s.windows(2).all(|w| w[0] == w[1] + 1),
+            "pages are contiguous, descending: {s:?}"
+        );
         assert_eq!(s[0] + 1, cursor, "a page continues right below the cursor");
         cursor = *last;
         seen.extend(s);
     }
     assert_eq!(seen, (1..=10).rev().collect::<Vec<_>>());
-    assert_eq!(serials(&ok(store.read_before(ns, &ch, Some(100), 2).await, "read_before")), vec![10, 9]);
-    assert!(ok(store.read_before(ns, &ch, Some(0), 5).await, "read_before").messages.is_empty());
-    assert!(ok(store.read_before(ns, &ch, None, 0).await, "read_before").messages.is_empty());
+    assert_eq!(
+        serials(&ok(
+            store.read_before(ns, &ch, Some(100), 2).await,
+            "read_before"
+        )),
+        vec![10, 9]
+    );
+    assert!(
+        ok(store.read_before(ns, &ch, Some(0), 5).await, "read_before")
+            .messages
+            .is_empty()
+    );
+    assert!(ok(store.read_before(ns, &ch, None, 0).await, "read_before")
+        .messages
+        .is_empty());
 }
 
 /// Count retention drops the oldest; `oldest_serial` follows it; serials keep counting.
@@ -185,8 +257,15 @@ pub async fn count_retention(store: &dyn HistoryStore, ns: &str) {
     let page = ok(store.read_after(ns, &ch, 0, 1000).await, "read_after");
     assert_eq!(page.oldest_serial, Some(7), "oldest_serial after trimming");
     assert_eq!(page.newest_serial, max + 6);
-    assert_eq!(serials(&page), (7..=max + 6).collect::<Vec<_>>(), "the newest max_messages remain, contiguous");
-    assert_eq!(serials(&ok(store.read_after(ns, &ch, 10, 2).await, "read_after")), vec![11, 12]);
+    assert_eq!(
+        serials(&page),
+        (7..=max + 6).collect::<Vec<_>>(),
+        "the newest max_messages remain, contiguous"
+    );
+    assert_eq!(
+        serials(&ok(store.read_after(ns, &ch, 10, 2).await, "read_after")),
+        vec![11, 12]
+    );
     let back = ok(store.read_before(ns, &ch, Some(9), 10).await, "read_before");
     assert_eq!(serials(&back), vec![8, 7]);
     assert_eq!(back.oldest_serial, Some(7));
@@ -199,17 +278,33 @@ pub async fn reset_starts_new_stream(store: &dyn HistoryStore, ns: &str) {
     append(store, ns, &ch, "b").await;
     append(store, ns, &ch, "c").await;
     let reset = ok(store.reset(ns, &ch).await, "reset");
-    assert_ne!(reset.stream_id, first.stream_id, "reset changes the stream id");
+    assert_ne!(
+        reset.stream_id, first.stream_id,
+        "reset changes the stream id"
+    );
     assert_eq!(reset.serial, 0);
     assert_eq!(ok(store.head(ns, &ch).await, "head"), reset);
     let page = ok(store.read_after(ns, &ch, 0, 100).await, "read_after");
     assert!(page.messages.is_empty(), "a reset stream is empty");
-    assert_eq!((page.stream_id.as_str(), page.oldest_serial, page.newest_serial), (reset.stream_id.as_str(), None, 0));
+    assert_eq!(
+        (
+            page.stream_id.as_str(),
+            page.oldest_serial,
+            page.newest_serial
+        ),
+        (reset.stream_id.as_str(), None, 0)
+    );
     let n = append(store, ns, &ch, "d").await;
-    assert_eq!((n.stream_id.as_str(), n.serial, n.duplicate), (reset.stream_id.as_str(), 1, false));
+    assert_eq!(
+        (n.stream_id.as_str(), n.serial, n.duplicate),
+        (reset.stream_id.as_str(), 1, false)
+    );
     // A message id of the old stream is not a duplicate in the new one.
     let a = append(store, ns, &ch, "a").await;
-    assert_eq!((a.stream_id.as_str(), a.serial, a.duplicate), (reset.stream_id.as_str(), 2, false));
+    assert_eq!(
+        (a.stream_id.as_str(), a.serial, a.duplicate),
+        (reset.stream_id.as_str(), 2, false)
+    );
     let page = ok(store.read_after(ns, &ch, 0, 100).await, "read_after");
     assert_eq!(serials(&page), vec![1, 2]);
     assert_eq!(page.messages[0].frame, test_frame("d", &reset.stream_id, 1));
@@ -226,7 +321,10 @@ pub async fn streams_are_isolated(store: &dyn HistoryStore, ns: &str) {
     assert_eq!(append(store, &other_app, &ch, "1").await.serial, 1);
     assert_eq!(append(store, ns, &format!("{ch}-2"), "1").await.serial, 1);
     assert_eq!(ok(store.head(ns, &ch).await, "head").serial, 2);
-    assert_ne!(ok(store.head(ns, &ch).await, "head").stream_id, ok(store.head(&other_app, &ch).await, "head").stream_id);
+    assert_ne!(
+        ok(store.head(ns, &ch).await, "head").stream_id,
+        ok(store.head(&other_app, &ch).await, "head").stream_id
+    );
 }
 
 /// 50 concurrent appends get exactly 1..=50, each stored with its own frame.
@@ -253,11 +351,19 @@ pub async fn concurrent_appends(store: &Arc<dyn HistoryStore>, ns: &str) {
     assert_eq!(s, (1..=50).collect::<Vec<_>>(), "a permutation of 1..=50");
     assert!(got.iter().all(|(_, a)| !a.duplicate));
     let page = ok(store.read_after(ns, &ch, 0, 100).await, "read_after");
-    assert_eq!(serials(&page), (1..=50).collect::<Vec<_>>(), "stored contiguously");
+    assert_eq!(
+        serials(&page),
+        (1..=50).collect::<Vec<_>>(),
+        "stored contiguously"
+    );
     for (mid, a) in &got {
         let m = &page.messages[ok(usize::try_from(a.serial - 1), "index")];
         assert_eq!(&m.message_id, mid);
-        assert_eq!(m.frame, test_frame(mid, &a.stream_id, a.serial), "each append stored its own frame");
+        assert_eq!(
+            m.frame,
+            test_frame(mid, &a.stream_id, a.serial),
+            "each append stored its own frame"
+        );
     }
 }
 
@@ -275,9 +381,19 @@ pub async fn concurrent_duplicates(store: &Arc<dyn HistoryStore>, ns: &str) {
     for t in tasks {
         got.push(ok(t.await, "task"));
     }
-    assert!(got.iter().all(|a| a.serial == 2), "every copy has the one serial");
-    assert_eq!(got.iter().filter(|a| !a.duplicate).count(), 1, "exactly one copy was stored");
-    assert_eq!(serials(&ok(store.read_after(ns, &ch, 0, 100).await, "read_after")), vec![1, 2]);
+    assert!(
+        got.iter().all(|a| a.serial == 2),
+        "every copy has the one serial"
+    );
+    assert_eq!(
+        got.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "exactly one copy was stored"
+    );
+    assert_eq!(
+        serials(&ok(store.read_after(ns, &ch, 0, 100).await, "read_after")),
+        vec![1, 2]
+    );
 }
 
 /// Age retention ([`AGE_RETENTION`] stores): old messages disappear from reads, the head
@@ -286,18 +402,38 @@ pub async fn age_retention(store: &Arc<dyn HistoryStore>, ns: &str) {
     let ch = channel("age");
     let sid = append(store.as_ref(), ns, &ch, "1").await.stream_id;
     append(store.as_ref(), ns, &ch, "2").await;
-    assert_eq!(serials(&ok(store.read_after(ns, &ch, 0, 10).await, "read_after")), vec![1, 2]);
+    assert_eq!(
+        serials(&ok(store.read_after(ns, &ch, 0, 10).await, "read_after")),
+        vec![1, 2]
+    );
     tokio::time::sleep(AGE_RETENTION.max_age + Duration::from_millis(250)).await;
     let page = ok(store.read_after(ns, &ch, 0, 10).await, "read_after");
     assert!(page.messages.is_empty(), "expired messages are not read");
-    assert_eq!((page.stream_id.as_str(), page.oldest_serial, page.newest_serial), (sid.as_str(), None, 2));
-    assert!(ok(store.read_before(ns, &ch, None, 10).await, "read_before").messages.is_empty());
+    assert_eq!(
+        (
+            page.stream_id.as_str(),
+            page.oldest_serial,
+            page.newest_serial
+        ),
+        (sid.as_str(), None, 2)
+    );
+    assert!(
+        ok(store.read_before(ns, &ch, None, 10).await, "read_before")
+            .messages
+            .is_empty()
+    );
     let a = append(store.as_ref(), ns, &ch, "3").await;
-    assert_eq!((a.stream_id.as_str(), a.serial), (sid.as_str(), 3), "the stream continues after expiry");
+    assert_eq!(
+        (a.stream_id.as_str(), a.serial),
+        (sid.as_str(), 3),
+        "the stream continues after expiry"
+    );
     let page = ok(store.read_after(ns, &ch, 0, 10).await, "read_after");
     assert_eq!((serials(&page), page.oldest_serial), (vec![3], Some(3)));
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

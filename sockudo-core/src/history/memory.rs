@@ -27,7 +27,9 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::ids::fresh_stream_id;
-use super::{Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition};
+use super::{
+    Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition,
+};
 
 #[derive(Debug)]
 struct Entry {
@@ -65,14 +67,21 @@ impl Stream {
     }
 
     fn position(&self) -> StreamPosition {
-        StreamPosition { stream_id: self.stream_id.clone(), serial: self.serial }
+        StreamPosition {
+            stream_id: self.stream_id.clone(),
+            serial: self.serial,
+        }
     }
 
     fn trim(&mut self, retention: Retention, now: Instant) {
         while self.messages.len() > retention.max_messages {
             self.messages.pop_front();
         }
-        while self.messages.front().is_some_and(|e| now.saturating_duration_since(e.appended_at) > retention.max_age) {
+        while self
+            .messages
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.appended_at) > retention.max_age)
+        {
             self.messages.pop_front();
         }
     }
@@ -83,7 +92,11 @@ impl Stream {
                 break;
             }
             if let Some((at, id)) = self.dedup_order.pop_front() {
-                if self.dedup.get(&id).is_some_and(|c| c.expires_at == Some(at)) {
+                if self
+                    .dedup
+                    .get(&id)
+                    .is_some_and(|c| c.expires_at == Some(at))
+                {
                     self.dedup.remove(&id);
                 }
             }
@@ -103,7 +116,12 @@ impl Stream {
     }
 
     fn page(&self, messages: Vec<StoredMessage>) -> HistoryPage {
-        HistoryPage { stream_id: self.stream_id.clone(), messages, oldest_serial: self.oldest(), newest_serial: self.serial }
+        HistoryPage {
+            stream_id: self.stream_id.clone(),
+            messages,
+            oldest_serial: self.oldest(),
+            newest_serial: self.serial,
+        }
     }
 }
 
@@ -115,7 +133,9 @@ pub struct MemoryHistoryStore {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `{len(app)}:{app}:{channel}`: injective over (app, channel).
@@ -125,7 +145,10 @@ fn stream_key(app_id: &str, channel: &str) -> String {
 
 impl MemoryHistoryStore {
     pub fn new(retention: Retention) -> Self {
-        MemoryHistoryStore { retention, streams: DashMap::new() }
+        MemoryHistoryStore {
+            retention,
+            streams: DashMap::new(),
+        }
     }
 
     /// The retention this store applies.
@@ -138,7 +161,12 @@ impl MemoryHistoryStore {
         if let Some(s) = self.streams.get(&key) {
             return Arc::clone(&s);
         }
-        Arc::clone(&self.streams.entry(key).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))))
+        Arc::clone(
+            &self
+                .streams
+                .entry(key)
+                .or_insert_with(|| Arc::new(Mutex::new(Stream::new()))),
+        )
     }
 }
 
@@ -165,7 +193,11 @@ impl HistoryStore for MemoryHistoryStore {
         let dedup = !message_id.is_empty() && !dedup_window.is_zero();
         if dedup {
             if let Some(serial) = s.live_claim(message_id, now) {
-                return Ok(Appended { stream_id: s.stream_id.clone(), serial, duplicate: true });
+                return Ok(Appended {
+                    stream_id: s.stream_id.clone(),
+                    serial,
+                    duplicate: true,
+                });
             }
         }
         let serial = s
@@ -175,18 +207,28 @@ impl HistoryStore for MemoryHistoryStore {
         let frame = frame_for(&s.stream_id, serial);
         s.serial = serial;
         s.messages.push_back(Entry {
-            message: StoredMessage { serial, message_id: message_id.to_owned(), published_at_ms: now_ms(), frame },
+            message: StoredMessage {
+                serial,
+                message_id: message_id.to_owned(),
+                published_at_ms: now_ms(),
+                frame,
+            },
             appended_at: now,
         });
         if dedup {
             let expires_at = now.checked_add(dedup_window);
-            s.dedup.insert(message_id.to_owned(), Claim { serial, expires_at });
+            s.dedup
+                .insert(message_id.to_owned(), Claim { serial, expires_at });
             if let Some(at) = expires_at {
                 s.dedup_order.push_back((at, message_id.to_owned()));
             }
         }
         s.trim(self.retention, now);
-        Ok(Appended { stream_id: s.stream_id.clone(), serial, duplicate: false })
+        Ok(Appended {
+            stream_id: s.stream_id.clone(),
+            serial,
+            duplicate: false,
+        })
     }
 
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
@@ -195,20 +237,40 @@ impl HistoryStore for MemoryHistoryStore {
         Ok(s.position())
     }
 
-    async fn read_after(&self, app_id: &str, channel: &str, after: u64, limit: usize) -> Result<HistoryPage, HistoryError> {
+    async fn read_after(
+        &self,
+        app_id: &str,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         let stream = self.stream(app_id, channel);
         let mut s = stream.lock();
         s.trim(self.retention, Instant::now());
         let skip = match s.oldest() {
             // Index of `after + 1`: everything before it is skipped.
-            Some(oldest) if after >= oldest => usize::try_from(after - oldest + 1).unwrap_or(usize::MAX),
+            Some(oldest) if after >= oldest => {
+                usize::try_from(after - oldest + 1).unwrap_or(usize::MAX)
+            }
             _ => 0,
         };
-        let messages = s.messages.iter().skip(skip).take(limit).map(|e| e.message.clone()).collect();
+        let messages = s
+            .messages
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|e| e.message.clone())
+            .collect();
         Ok(s.page(messages))
     }
 
-    async fn read_before(&self, app_id: &str, channel: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, HistoryError> {
+    async fn read_before(
+        &self,
+        app_id: &str,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         let stream = self.stream(app_id, channel);
         let mut s = stream.lock();
         s.trim(self.retention, Instant::now());
@@ -216,9 +278,18 @@ impl HistoryStore for MemoryHistoryStore {
         let count = match (before, s.oldest()) {
             (None, _) => s.messages.len(),
             (Some(_), None) => 0,
-            (Some(b), Some(oldest)) => usize::try_from(b.saturating_sub(oldest)).unwrap_or(usize::MAX).min(s.messages.len()),
+            (Some(b), Some(oldest)) => usize::try_from(b.saturating_sub(oldest))
+                .unwrap_or(usize::MAX)
+                .min(s.messages.len()),
         };
-        let messages = s.messages.iter().take(count).rev().take(limit).map(|e| e.message.clone()).collect();
+        let messages = s
+            .messages
+            .iter()
+            .take(count)
+            .rev()
+            .take(limit)
+            .map(|e| e.message.clone())
+            .collect();
         Ok(s.page(messages))
     }
 
@@ -238,13 +309,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_passes_conformance() {
-        let store: Arc<dyn HistoryStore> = Arc::new(MemoryHistoryStore::new(conformance::RETENTION));
+        let store: Arc<dyn HistoryStore> =
+            Arc::new(MemoryHistoryStore::new(conformance::RETENTION));
         conformance::run_all(&store, "mem").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_store_age_retention() {
-        let store: Arc<dyn HistoryStore> = Arc::new(MemoryHistoryStore::new(conformance::AGE_RETENTION));
+        let store: Arc<dyn HistoryStore> =
+            Arc::new(MemoryHistoryStore::new(conformance::AGE_RETENTION));
         conformance::age_retention(&store, "mem-age").await;
     }
 
@@ -256,13 +329,46 @@ mod tests {
     async fn empty_message_id_and_zero_window_do_not_dedup() {
         let store = MemoryHistoryStore::default();
         let w = Duration::from_secs(60);
-        assert_eq!(store.append("a", "c", "", w, &frame).await.unwrap().serial, 1);
-        assert_eq!(store.append("a", "c", "", w, &frame).await.unwrap().serial, 2);
-        assert_eq!(store.append("a", "c", "x", Duration::ZERO, &frame).await.unwrap().serial, 3);
-        assert_eq!(store.append("a", "c", "x", Duration::ZERO, &frame).await.unwrap().serial, 4);
+        assert_eq!(
+            store.append("a", "c", "", w, &frame).await.unwrap().serial,
+            1
+        );
+        assert_eq!(
+            store.append("a", "c", "", w, &frame).await.unwrap().serial,
+            2
+        );
+        assert_eq!(
+            store
+                .append("a", "c", "x", Duration::ZERO, &frame)
+                .await
+                .unwrap()
+                .serial,
+            3
+        );
+        assert_eq!(
+            store
+                .append("a", "c", "x", Duration::ZERO, &frame)
+                .await
+                .unwrap()
+                .serial,
+            4
+        );
         // Huge windows do not overflow the clock.
-        assert_eq!(store.append("a", "c", "y", Duration::MAX, &frame).await.unwrap().serial, 5);
-        assert!(store.append("a", "c", "y", Duration::MAX, &frame).await.unwrap().duplicate);
+        assert_eq!(
+            store
+                .append("a", "c", "y", Duration::MAX, &frame)
+                .await
+                .unwrap()
+                .serial,
+            5
+        );
+        assert!(
+            store
+                .append("a", "c", "y", Duration::MAX, &frame)
+                .await
+                .unwrap()
+                .duplicate
+        );
     }
 
     #[tokio::test]
@@ -270,7 +376,10 @@ mod tests {
         let store = MemoryHistoryStore::default();
         let short = Duration::from_millis(20);
         for i in 0..100 {
-            store.append("a", "c", &format!("m{i}"), short, &frame).await.unwrap();
+            store
+                .append("a", "c", &format!("m{i}"), short, &frame)
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
         store.append("a", "c", "last", short, &frame).await.unwrap();
@@ -290,7 +399,10 @@ mod tests {
 
     #[tokio::test]
     async fn zero_count_retention_keeps_nothing_but_counts() {
-        let store = MemoryHistoryStore::new(Retention { max_messages: 0, max_age: Duration::from_secs(60) });
+        let store = MemoryHistoryStore::new(Retention {
+            max_messages: 0,
+            max_age: Duration::from_secs(60),
+        });
         let w = Duration::from_secs(1);
         store.append("a", "c", "1", w, &frame).await.unwrap();
         store.append("a", "c", "2", w, &frame).await.unwrap();

@@ -76,7 +76,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_messages: 1000, max_age: Duration::from_secs(3600) }
+        Retention {
+            max_messages: 1000,
+            max_age: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -119,11 +122,23 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The current head (creating the stream, with a fresh id, if it does not exist).
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
 
-    async fn read_after(&self, app_id: &str, channel: &str, after: u64, limit: usize) -> Result<HistoryPage, HistoryError>;
+    async fn read_after(
+        &self,
+        app_id: &str,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError>;
 
     /// Messages with serial < `before` (or the newest when `None`), newest first, at most
     /// `limit` (backward paging for `channel_history`).
-    async fn read_before(&self, app_id: &str, channel: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, HistoryError>;
+    async fn read_before(
+        &self,
+        app_id: &str,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError>;
 
     async fn reset(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
 }

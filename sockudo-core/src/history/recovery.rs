@@ -140,7 +140,12 @@ impl Decision {
     }
 }
 
-fn fail(code: FailureCode, reason: impl Into<String>, client: &ClientPosition, current: Option<&TierView>) -> Decision {
+fn fail(
+    code: FailureCode,
+    reason: impl Into<String>,
+    client: &ClientPosition,
+    current: Option<&TierView>,
+) -> Decision {
     Decision::Fail {
         code,
         reason: reason.into(),
@@ -162,21 +167,46 @@ fn fail(code: FailureCode, reason: impl Into<String>, client: &ClientPosition, c
 ///
 /// See the module docs for the rules. A `Recover` is returned only when the chosen tier's view
 /// proves the whole range ([`TierView::proves`]).
-pub fn decide(client: &ClientPosition, hot: Option<&TierView>, cold: Result<Option<&TierView>, ()>, upto: u64) -> Decision {
+pub fn decide(
+    client: &ClientPosition,
+    hot: Option<&TierView>,
+    cold: Result<Option<&TierView>, ()>,
+    upto: u64,
+) -> Decision {
     let cold_down = cold.is_err();
     let cold = cold.ok().flatten();
     let Some(current) = cold.or(hot) else {
         return if cold_down {
-            fail(FailureCode::PersistenceUnavailable, "history store unavailable and no hot history for the channel", client, None)
+            fail(
+                FailureCode::PersistenceUnavailable,
+                "history store unavailable and no hot history for the channel",
+                client,
+                None,
+            )
         } else {
-            fail(FailureCode::ContinuityUnverifiable, "no history for the channel", client, None)
+            fail(
+                FailureCode::ContinuityUnverifiable,
+                "no history for the channel",
+                client,
+                None,
+            )
         };
     };
     if current.stream_id != client.stream_id {
-        return fail(FailureCode::StreamReset, "the channel's stream was reset", client, Some(current));
+        return fail(
+            FailureCode::StreamReset,
+            "the channel's stream was reset",
+            client,
+            Some(current),
+        );
     }
     if client.serial > current.head {
-        return fail(FailureCode::ContinuityUnverifiable, "position is ahead of the stream", client, Some(current));
+        return fail(
+            FailureCode::ContinuityUnverifiable,
+            "position is ahead of the stream",
+            client,
+            Some(current),
+        );
     }
     let after = client.serial;
     let upto = upto.max(after);
@@ -184,10 +214,18 @@ pub fn decide(client: &ClientPosition, hot: Option<&TierView>, cold: Result<Opti
     // An empty range (`after == upto`) still needs a tier of the same stream that has reached
     // `upto`; `proves` covers both cases.
     if hot_same.is_some_and(|h| h.proves(&client.stream_id, after, upto)) {
-        return Decision::Recover { source: Tier::Hot, after, upto };
+        return Decision::Recover {
+            source: Tier::Hot,
+            after,
+            upto,
+        };
     }
     if cold.is_some_and(|c| c.proves(&client.stream_id, after, upto)) {
-        return Decision::Recover { source: Tier::Cold, after, upto };
+        return Decision::Recover {
+            source: Tier::Cold,
+            after,
+            upto,
+        };
     }
     if cold_down {
         return fail(
@@ -198,12 +236,26 @@ pub fn decide(client: &ClientPosition, hot: Option<&TierView>, cold: Result<Opti
         );
     }
     // Reaching beyond every view of this stream: nothing can vouch for those serials yet.
-    let best_head = [hot_same, cold].into_iter().flatten().map(|v| v.head).max().unwrap_or(current.head);
+    let best_head = [hot_same, cold]
+        .into_iter()
+        .flatten()
+        .map(|v| v.head)
+        .max()
+        .unwrap_or(current.head);
     if upto > best_head {
-        return fail(FailureCode::ContinuityUnverifiable, "replay target is beyond the known head", client, Some(current));
+        return fail(
+            FailureCode::ContinuityUnverifiable,
+            "replay target is beyond the known head",
+            client,
+            Some(current),
+        );
     }
     // Bounds: the widest retained range among the tiers of the current stream.
-    let oldest = [hot_same, cold].into_iter().flatten().filter_map(|v| v.oldest).min();
+    let oldest = [hot_same, cold]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.oldest)
+        .min();
     Decision::Fail {
         code: FailureCode::PositionExpired,
         reason: "messages after the position are no longer retained".to_owned(),
@@ -255,7 +307,6 @@ pub fn merge_held<T>(upto: u64, held: Vec<(u64, T)>) -> Result<Vec<(u64, T)>, Fa
     Ok(out)
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -266,11 +317,19 @@ mod tests {
     use super::*;
 
     fn view(sid: &str, head: u64, oldest: Option<u64>) -> TierView {
-        TierView { stream_id: sid.to_owned(), head, oldest }
+        TierView {
+            stream_id: sid.to_owned(),
+            head,
+            oldest,
+        }
     }
 
     fn pos(sid: &str, serial: u64) -> ClientPosition {
-        ClientPosition { stream_id: sid.to_owned(), serial, last_message_id: None }
+        ClientPosition {
+            stream_id: sid.to_owned(),
+            serial,
+            last_message_id: None,
+        }
     }
 
     fn code(d: &Decision) -> Option<FailureCode> {
@@ -281,8 +340,14 @@ mod tests {
     fn codes_and_tiers_have_wire_names() {
         assert_eq!(FailureCode::StreamReset.as_str(), "stream_reset");
         assert_eq!(FailureCode::PositionExpired.as_str(), "position_expired");
-        assert_eq!(FailureCode::ContinuityUnverifiable.as_str(), "continuity_unverifiable");
-        assert_eq!(FailureCode::PersistenceUnavailable.as_str(), "persistence_unavailable");
+        assert_eq!(
+            FailureCode::ContinuityUnverifiable.as_str(),
+            "continuity_unverifiable"
+        );
+        assert_eq!(
+            FailureCode::PersistenceUnavailable.as_str(),
+            "persistence_unavailable"
+        );
         assert_eq!(Tier::Hot.as_str(), "hot");
         assert_eq!(Tier::Cold.to_string(), "cold");
     }
@@ -292,9 +357,23 @@ mod tests {
         let hot = view("a", 10, Some(6));
         let cold = view("a", 10, Some(2));
         // Hot preferred when it holds everything.
-        assert_eq!(decide(&pos("a", 5), Some(&hot), Ok(Some(&cold)), 10), Decision::Recover { source: Tier::Hot, after: 5, upto: 10 });
+        assert_eq!(
+            decide(&pos("a", 5), Some(&hot), Ok(Some(&cold)), 10),
+            Decision::Recover {
+                source: Tier::Hot,
+                after: 5,
+                upto: 10
+            }
+        );
         // Hot misses serial 5 → cold.
-        assert_eq!(decide(&pos("a", 4), Some(&hot), Ok(Some(&cold)), 10), Decision::Recover { source: Tier::Cold, after: 4, upto: 10 });
+        assert_eq!(
+            decide(&pos("a", 4), Some(&hot), Ok(Some(&cold)), 10),
+            Decision::Recover {
+                source: Tier::Cold,
+                after: 4,
+                upto: 10
+            }
+        );
         // Neither holds serial 1.
         let d = decide(&pos("a", 0), Some(&hot), Ok(Some(&cold)), 10);
         assert_eq!(
@@ -309,34 +388,83 @@ mod tests {
             }
         );
         // Store down, hot partial → persistence_unavailable, never partial.
-        assert_eq!(code(&decide(&pos("a", 4), Some(&hot), Err(()), 10)), Some(FailureCode::PersistenceUnavailable));
+        assert_eq!(
+            code(&decide(&pos("a", 4), Some(&hot), Err(()), 10)),
+            Some(FailureCode::PersistenceUnavailable)
+        );
         // Store down, hot complete → hot.
-        assert_eq!(decide(&pos("a", 5), Some(&hot), Err(()), 10), Decision::Recover { source: Tier::Hot, after: 5, upto: 10 });
+        assert_eq!(
+            decide(&pos("a", 5), Some(&hot), Err(()), 10),
+            Decision::Recover {
+                source: Tier::Hot,
+                after: 5,
+                upto: 10
+            }
+        );
         // Stream changed in the store even though the hot buffer still has the old one.
-        assert_eq!(code(&decide(&pos("a", 5), Some(&hot), Ok(Some(&view("b", 3, Some(1)))), 3)), Some(FailureCode::StreamReset));
+        assert_eq!(
+            code(&decide(
+                &pos("a", 5),
+                Some(&hot),
+                Ok(Some(&view("b", 3, Some(1)))),
+                3
+            )),
+            Some(FailureCode::StreamReset)
+        );
         // Ahead of the stream.
-        assert_eq!(code(&decide(&pos("a", 11), Some(&hot), Ok(Some(&cold)), 10)), Some(FailureCode::ContinuityUnverifiable));
+        assert_eq!(
+            code(&decide(&pos("a", 11), Some(&hot), Ok(Some(&cold)), 10)),
+            Some(FailureCode::ContinuityUnverifiable)
+        );
         // Idle channel: at the head, nothing retained at all.
         assert_eq!(
             decide(&pos("a", 7), None, Ok(Some(&view("a", 7, None))), 7),
-            Decision::Recover { source: Tier::Cold, after: 7, upto: 7 }
+            Decision::Recover {
+                source: Tier::Cold,
+                after: 7,
+                upto: 7
+            }
         );
         // Nothing anywhere.
-        assert_eq!(code(&decide(&pos("a", 0), None, Ok(None), 0)), Some(FailureCode::ContinuityUnverifiable));
-        assert_eq!(code(&decide(&pos("a", 0), None, Err(()), 0)), Some(FailureCode::PersistenceUnavailable));
+        assert_eq!(
+            code(&decide(&pos("a", 0), None, Ok(None), 0)),
+            Some(FailureCode::ContinuityUnverifiable)
+        );
+        assert_eq!(
+            code(&decide(&pos("a", 0), None, Err(()), 0)),
+            Some(FailureCode::PersistenceUnavailable)
+        );
         // The caller's target is beyond what the views have seen.
-        assert_eq!(code(&decide(&pos("a", 8), Some(&hot), Ok(Some(&cold)), 12)), Some(FailureCode::ContinuityUnverifiable));
+        assert_eq!(
+            code(&decide(&pos("a", 8), Some(&hot), Ok(Some(&cold)), 12)),
+            Some(FailureCode::ContinuityUnverifiable)
+        );
         // Target below the client's own serial: nothing to replay, merge from the client's serial.
-        assert_eq!(decide(&pos("a", 8), Some(&hot), Ok(Some(&cold)), 6), Decision::Recover { source: Tier::Hot, after: 8, upto: 8 });
+        assert_eq!(
+            decide(&pos("a", 8), Some(&hot), Ok(Some(&cold)), 6),
+            Decision::Recover {
+                source: Tier::Hot,
+                after: 8,
+                upto: 8
+            }
+        );
         // Extremes do not overflow.
         let max = view("a", u64::MAX, Some(u64::MAX));
         assert_eq!(
             decide(&pos("a", u64::MAX), Some(&max), Ok(None), u64::MAX),
-            Decision::Recover { source: Tier::Hot, after: u64::MAX, upto: u64::MAX }
+            Decision::Recover {
+                source: Tier::Hot,
+                after: u64::MAX,
+                upto: u64::MAX
+            }
         );
         assert_eq!(
             decide(&pos("a", u64::MAX - 1), Some(&max), Ok(None), u64::MAX),
-            Decision::Recover { source: Tier::Hot, after: u64::MAX - 1, upto: u64::MAX }
+            Decision::Recover {
+                source: Tier::Hot,
+                after: u64::MAX - 1,
+                upto: u64::MAX
+            }
         );
     }
 
@@ -350,10 +478,19 @@ mod tests {
         assert!(verify_replay(6, 3, &[]).is_err());
         assert_eq!(verify_replay(u64::MAX - 1, u64::MAX, &[u64::MAX]), Ok(()));
 
-        assert_eq!(merge_held(5, vec![(7, 'c'), (6, 'b'), (5, 'a'), (6, 'x')]), Ok(vec![(6, 'b'), (7, 'c')]));
+        assert_eq!(
+            merge_held(5, vec![(7, 'c'), (6, 'b'), (5, 'a'), (6, 'x')]),
+            Ok(vec![(6, 'b'), (7, 'c')])
+        );
         assert_eq!(merge_held::<()>(5, vec![]), Ok(vec![]));
-        assert_eq!(merge_held(5, vec![(7, ())]), Err(FailureCode::ContinuityUnverifiable));
-        assert_eq!(merge_held(5, vec![(6, ()), (8, ())]), Err(FailureCode::ContinuityUnverifiable));
+        assert_eq!(
+            merge_held(5, vec![(7, ())]),
+            Err(FailureCode::ContinuityUnverifiable)
+        );
+        assert_eq!(
+            merge_held(5, vec![(6, ()), (8, ())]),
+            Err(FailureCode::ContinuityUnverifiable)
+        );
         assert_eq!(merge_held(u64::MAX, vec![(u64::MAX, ())]), Ok(vec![]));
     }
 
@@ -403,7 +540,14 @@ mod tests {
 
     impl History {
         fn new(hot_cap: usize) -> Self {
-            History { generation: 0, head: 0, cold_oldest: 1, hot: None, hot_cap, observed: vec![(0, 0)] }
+            History {
+                generation: 0,
+                head: 0,
+                cold_oldest: 1,
+                hot: None,
+                hot_cap,
+                observed: vec![(0, 0)],
+            }
         }
 
         fn apply(&mut self, e: &Event) {
@@ -423,7 +567,9 @@ mod tests {
                     }
                 }
                 Event::Trim(keep) => {
-                    self.cold_oldest = self.cold_oldest.max((self.head + 1).saturating_sub(u64::from(*keep)));
+                    self.cold_oldest = self
+                        .cold_oldest
+                        .max((self.head + 1).saturating_sub(u64::from(*keep)));
                 }
                 Event::Reset => {
                     self.generation += 1;
@@ -441,7 +587,9 @@ mod tests {
         }
 
         fn cold_set(&self) -> BTreeSet<(String, u64)> {
-            (self.cold_oldest..=self.head).map(|s| (sid(self.generation), s)).collect()
+            (self.cold_oldest..=self.head)
+                .map(|s| (sid(self.generation), s))
+                .collect()
         }
 
         /// The hot view as a node reports it: head = newest buffered serial.
@@ -452,7 +600,10 @@ mod tests {
         }
 
         fn hot_set(&self) -> BTreeSet<(String, u64)> {
-            self.hot.iter().flat_map(|(g, items)| items.iter().map(move |s| (sid(*g), *s))).collect()
+            self.hot
+                .iter()
+                .flat_map(|(g, items)| items.iter().map(move |s| (sid(*g), *s)))
+                .collect()
         }
     }
 
@@ -705,7 +856,11 @@ mod tests {
         }
 
         fn cold_view(&self) -> TierView {
-            view(&sid(self.generation), self.head, (self.cold_oldest <= self.head).then_some(self.cold_oldest))
+            view(
+                &sid(self.generation),
+                self.head,
+                (self.cold_oldest <= self.head).then_some(self.cold_oldest),
+            )
         }
 
         fn hot_view(&self) -> Option<TierView> {
@@ -719,7 +874,11 @@ mod tests {
             if live && generation != self.client.0 {
                 assert_eq!(serial, 1, "a new stream starts at serial 1");
             } else {
-                assert_eq!((generation, serial), (self.client.0, self.client.1 + 1), "skip or duplicate");
+                assert_eq!(
+                    (generation, serial),
+                    (self.client.0, self.client.1 + 1),
+                    "skip or duplicate"
+                );
             }
             self.client = (generation, serial);
         }
@@ -755,7 +914,9 @@ mod tests {
                     }
                 }
                 Step::Trim(keep) => {
-                    self.cold_oldest = self.cold_oldest.max((self.head + 1).saturating_sub(u64::from(*keep)));
+                    self.cold_oldest = self
+                        .cold_oldest
+                        .max((self.head + 1).saturating_sub(u64::from(*keep)));
                 }
                 Step::Reset => {
                     self.generation += 1;
@@ -804,38 +965,73 @@ mod tests {
                         return;
                     }
                     // The decision is backed by what the chosen tier holds right now.
-                    if let Decision::Recover { source, after, upto } = &decision {
+                    if let Decision::Recover {
+                        source,
+                        after,
+                        upto,
+                    } = &decision
+                    {
                         let g = self.client.0;
                         for s in (after + 1)..=*upto {
                             let held = match source {
-                                Tier::Hot => self.hot.as_ref().is_some_and(|(hg, items)| *hg == g && items.contains(&s)),
+                                Tier::Hot => self
+                                    .hot
+                                    .as_ref()
+                                    .is_some_and(|(hg, items)| *hg == g && items.contains(&s)),
                                 Tier::Cold => {
-                                    self.durable && self.store_up && self.generation == g && s >= self.cold_oldest && s <= self.head
+                                    self.durable
+                                        && self.store_up
+                                        && self.generation == g
+                                        && s >= self.cold_oldest
+                                        && s <= self.head
                                 }
                             };
-                            assert!(held, "recovering serial {s} from {source} which does not hold it");
+                            assert!(
+                                held,
+                                "recovering serial {s} from {source} which does not hold it"
+                            );
                         }
                     }
-                    self.resuming = Some(Resuming { decision, held: Vec::new() });
+                    self.resuming = Some(Resuming {
+                        decision,
+                        held: Vec::new(),
+                    });
                 }
                 Step::ResumeFinish => {
-                    let Some(r) = self.resuming.take() else { return };
-                    let Decision::Recover { source, after, upto } = r.decision else { return };
+                    let Some(r) = self.resuming.take() else {
+                        return;
+                    };
+                    let Decision::Recover {
+                        source,
+                        after,
+                        upto,
+                    } = r.decision
+                    else {
+                        return;
+                    };
                     let g = self.client.0;
                     assert_eq!(after, self.client.1);
                     // Fetch (after, upto] from the chosen tier now: it may have been trimmed
                     // meanwhile, which the verification must catch.
                     let fetched: Option<Vec<u64>> = match source {
-                        Tier::Hot => self
-                            .hot
-                            .as_ref()
-                            .filter(|(hg, _)| *hg == g)
-                            .map(|(_, items)| items.iter().copied().filter(|s| *s > after && *s <= upto).collect()),
+                        Tier::Hot => {
+                            self.hot
+                                .as_ref()
+                                .filter(|(hg, _)| *hg == g)
+                                .map(|(_, items)| {
+                                    items
+                                        .iter()
+                                        .copied()
+                                        .filter(|s| *s > after && *s <= upto)
+                                        .collect()
+                                })
+                        }
                         Tier::Cold => (self.store_up && self.generation == g)
                             .then(|| (after + 1).max(self.cold_oldest)..=upto.min(self.head))
                             .map(|r| r.collect()),
                     };
-                    let Some(fetched) = fetched.filter(|f| verify_replay(after, upto, f).is_ok()) else {
+                    let Some(fetched) = fetched.filter(|f| verify_replay(after, upto, f).is_ok())
+                    else {
                         self.resubscribe();
                         return;
                     };
@@ -883,10 +1079,18 @@ mod tests {
     fn model_reaches_successful_resumes() {
         for (durable, source) in [(true, Tier::Cold), (true, Tier::Hot), (false, Tier::Hot)] {
             let mut sim = Sim::new(durable, if source == Tier::Cold { 1 } else { 8 });
-            for s in [Step::Publish, Step::Disconnect, Step::Publish, Step::Publish, Step::ResumeStart] {
+            for s in [
+                Step::Publish,
+                Step::Disconnect,
+                Step::Publish,
+                Step::Publish,
+                Step::ResumeStart,
+            ] {
                 sim.run(&s);
             }
-            assert!(matches!(sim.resuming, Some(Resuming { decision: Decision::Recover { source: got, .. }, .. }) if got == source));
+            assert!(
+                matches!(sim.resuming, Some(Resuming { decision: Decision::Recover { source: got, .. }, .. }) if got == source)
+            );
             sim.run(&Step::Publish);
             sim.run(&Step::ResumeFinish);
             assert_eq!(sim.successes, 1);

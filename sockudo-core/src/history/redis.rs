@@ -75,7 +75,9 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
 use super::ids::fresh_stream_id;
-use super::{Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition};
+use super::{
+    Appended, HistoryError, HistoryPage, HistoryStore, Retention, StoredMessage, StreamPosition,
+};
 
 /// Shared Lua helpers. KEYS[1] is always the meta hash, KEYS[2] the stream.
 macro_rules! lua_prelude {
@@ -233,8 +235,16 @@ pub struct HistoryKeys {
 
 impl HistoryKeys {
     fn new(prefix: &str, app_id: &str, channel: &str) -> Self {
-        let base = format!("{prefix}{{h:{}:{app_id}:{}:{channel}}}", app_id.len(), channel.len());
-        HistoryKeys { meta: format!("{base}:meta"), stream: format!("{base}:s"), base }
+        let base = format!(
+            "{prefix}{{h:{}:{app_id}:{}:{channel}}}",
+            app_id.len(),
+            channel.len()
+        );
+        HistoryKeys {
+            meta: format!("{base}:meta"),
+            stream: format!("{base}:s"),
+            base,
+        }
     }
 
     fn dedup(&self, message_id: &str) -> String {
@@ -281,7 +291,9 @@ fn millis(d: Duration) -> u64 {
 
 /// Dedup window in whole ms, rounded up (a non-zero window is at least 1 ms).
 fn window_millis(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(MAX_MS).min(MAX_MS)
+    u64::try_from(d.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(MAX_MS)
+        .min(MAX_MS)
 }
 
 fn text(v: &Value) -> Result<String, HistoryError> {
@@ -303,7 +315,8 @@ fn bytes(v: Value) -> Result<Bytes, HistoryError> {
 
 fn number(v: &Value) -> Result<u64, HistoryError> {
     let t = text(v)?;
-    t.parse().map_err(|_| corrupt(format_args!("not a serial: {t:?}")))
+    t.parse()
+        .map_err(|_| corrupt(format_args!("not a serial: {t:?}")))
 }
 
 fn array(v: Value) -> Result<Vec<Value>, HistoryError> {
@@ -315,7 +328,9 @@ fn array(v: Value) -> Result<Vec<Value>, HistoryError> {
 
 /// Serial of a stream entry id `n-1`.
 fn id_serial(id: &str) -> Result<u64, HistoryError> {
-    id.strip_suffix("-1").and_then(|n| n.parse().ok()).ok_or_else(|| corrupt(format_args!("bad entry id {id:?}")))
+    id.strip_suffix("-1")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| corrupt(format_args!("bad entry id {id:?}")))
 }
 
 /// Parse a read script reply; `ascending` tells the expected order of the entries.
@@ -333,7 +348,11 @@ fn parse_page(reply: Value, ascending: bool) -> Result<HistoryPage, HistoryError
     let oldest_serial = if oldest.is_empty() {
         None
     } else {
-        Some(oldest.parse::<u64>().map_err(|_| corrupt("bad oldest serial"))?)
+        Some(
+            oldest
+                .parse::<u64>()
+                .map_err(|_| corrupt("bad oldest serial"))?,
+        )
     };
     let mut messages: Vec<StoredMessage> = Vec::new();
     while let Some(id) = next() {
@@ -344,19 +363,40 @@ fn parse_page(reply: Value, ascending: bool) -> Result<HistoryPage, HistoryError
         if text(&next().ok_or_else(short)?)? != "1" {
             return Err(corrupt(format_args!("entry {serial} lacks a field")));
         }
-        let published_at_ms = ts.parse().map_err(|_| corrupt(format_args!("entry {serial}: bad ts {ts:?}")))?;
+        let published_at_ms = ts
+            .parse()
+            .map_err(|_| corrupt(format_args!("entry {serial}: bad ts {ts:?}")))?;
         if let Some(prev) = messages.last() {
-            let expected = if ascending { prev.serial.checked_add(1) } else { prev.serial.checked_sub(1) };
+            let expected = if ascending {
+                prev.serial.checked_add(1)
+            } else {
+                prev.serial.checked_sub(1)
+            };
             if expected != Some(serial) {
-                return Err(corrupt(format_args!("gap between serials {} and {serial}", prev.serial)));
+                return Err(corrupt(format_args!(
+                    "gap between serials {} and {serial}",
+                    prev.serial
+                )));
             }
         }
         if serial > newest_serial || oldest_serial.is_none_or(|o| serial < o) {
-            return Err(corrupt(format_args!("entry {serial} outside the retained range")));
+            return Err(corrupt(format_args!(
+                "entry {serial} outside the retained range"
+            )));
         }
-        messages.push(StoredMessage { serial, message_id, published_at_ms, frame });
+        messages.push(StoredMessage {
+            serial,
+            message_id,
+            published_at_ms,
+            frame,
+        });
     }
-    Ok(HistoryPage { stream_id, messages, oldest_serial, newest_serial })
+    Ok(HistoryPage {
+        stream_id,
+        messages,
+        oldest_serial,
+        newest_serial,
+    })
 }
 
 impl RedisHistoryStore {
@@ -364,8 +404,15 @@ impl RedisHistoryStore {
     /// (e.g. `sockudo:`). Every operation, and connecting (including a first `PING`), is
     /// bounded by `op_timeout`; a Redis that does not answer in time is
     /// [`HistoryError::Unavailable`].
-    pub async fn connect(url: &str, prefix: &str, retention: Retention, op_timeout: Duration) -> Result<Self, HistoryError> {
-        let conn = crate::redis_conn::connect_manager(url, op_timeout, op_timeout).await.map_err(HistoryError::Unavailable)?;
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        retention: Retention,
+        op_timeout: Duration,
+    ) -> Result<Self, HistoryError> {
+        let conn = crate::redis_conn::connect_manager(url, op_timeout, op_timeout)
+            .await
+            .map_err(HistoryError::Unavailable)?;
         Ok(RedisHistoryStore {
             conn,
             prefix: prefix.to_owned(),
@@ -389,10 +436,17 @@ impl RedisHistoryStore {
         HistoryKeys::new(&self.prefix, app_id, channel)
     }
 
-    async fn timed<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T, HistoryError>>) -> Result<T, HistoryError> {
+    async fn timed<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, HistoryError>>,
+    ) -> Result<T, HistoryError> {
         match tokio::time::timeout(self.op_timeout, f).await {
             Ok(r) => r,
-            Err(_) => Err(HistoryError::Unavailable(format!("redis {what} timed out after {} ms", self.op_timeout.as_millis()))),
+            Err(_) => Err(HistoryError::Unavailable(format!(
+                "redis {what} timed out after {} ms",
+                self.op_timeout.as_millis()
+            ))),
         }
     }
 
@@ -406,11 +460,20 @@ impl RedisHistoryStore {
         Arc::clone(&self.lanes.entry(key.to_owned()).or_default())
     }
 
-    async fn read(&self, app_id: &str, channel: &str, mode: &str, from: String, count: usize) -> Result<HistoryPage, HistoryError> {
+    async fn read(
+        &self,
+        app_id: &str,
+        channel: &str,
+        mode: &str,
+        from: String,
+        count: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         let keys = self.keys(app_id, channel);
         let mut conn = self.conn.clone();
         let fresh = fresh_stream_id();
-        let count = u64::try_from(count).unwrap_or(u64::MAX).min(i64::MAX as u64);
+        let count = u64::try_from(count)
+            .unwrap_or(u64::MAX)
+            .min(i64::MAX as u64);
         let reply: Value = self
             .timed("read", async {
                 self.read_script
@@ -443,7 +506,11 @@ impl HistoryStore for RedisHistoryStore {
     ) -> Result<Appended, HistoryError> {
         let keys = self.keys(app_id, channel);
         let dedup_key = keys.dedup(message_id);
-        let window = if message_id.is_empty() { 0 } else { window_millis(dedup_window) };
+        let window = if message_id.is_empty() {
+            0
+        } else {
+            window_millis(dedup_window)
+        };
         let lane = self.lane(&keys.meta);
         let mut conn = self.conn.clone();
         self.timed("append", async {
@@ -451,7 +518,9 @@ impl HistoryStore for RedisHistoryStore {
             for _ in 0..MAX_APPEND_ATTEMPTS {
                 let fresh = fresh_stream_id();
                 let (sid, serial) = known.clone().unwrap_or_else(|| (fresh.clone(), 0));
-                let next = serial.checked_add(1).ok_or_else(|| corrupt("serial space exhausted"))?;
+                let next = serial
+                    .checked_add(1)
+                    .ok_or_else(|| corrupt("serial space exhausted"))?;
                 let frame = frame_for(&sid, next);
                 let reply: Value = self
                     .append_script
@@ -473,42 +542,79 @@ impl HistoryStore for RedisHistoryStore {
                 let [status, got_sid, got_serial] = reply.as_slice() else {
                     return Err(corrupt("malformed append reply"));
                 };
-                let (status, got_sid, got_serial) = (text(status)?, text(got_sid)?, number(got_serial)?);
+                let (status, got_sid, got_serial) =
+                    (text(status)?, text(got_sid)?, number(got_serial)?);
                 match status.as_str() {
                     "ok" => {
                         *known = Some((got_sid.clone(), got_serial));
-                        return Ok(Appended { stream_id: got_sid, serial: got_serial, duplicate: false });
+                        return Ok(Appended {
+                            stream_id: got_sid,
+                            serial: got_serial,
+                            duplicate: false,
+                        });
                     }
                     // The head is unknown from a duplicate: keep the prediction as it was.
-                    "dup" => return Ok(Appended { stream_id: got_sid, serial: got_serial, duplicate: true }),
+                    "dup" => {
+                        return Ok(Appended {
+                            stream_id: got_sid,
+                            serial: got_serial,
+                            duplicate: true,
+                        })
+                    }
                     "stale" => *known = Some((got_sid, got_serial)),
                     other => return Err(corrupt(format_args!("unknown append status {other:?}"))),
                 }
             }
-            Err(HistoryError::Unavailable(format!("append to {channel} lost {MAX_APPEND_ATTEMPTS} races in a row")))
+            Err(HistoryError::Unavailable(format!(
+                "append to {channel} lost {MAX_APPEND_ATTEMPTS} races in a row"
+            )))
         })
         .await
     }
 
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
         let page = self.read(app_id, channel, "head", String::new(), 0).await?;
-        Ok(StreamPosition { stream_id: page.stream_id, serial: page.newest_serial })
+        Ok(StreamPosition {
+            stream_id: page.stream_id,
+            serial: page.newest_serial,
+        })
     }
 
-    async fn read_after(&self, app_id: &str, channel: &str, after: u64, limit: usize) -> Result<HistoryPage, HistoryError> {
+    async fn read_after(
+        &self,
+        app_id: &str,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         // Entry ids are `n-1`, so `n-0` is an inclusive start at serial n. Past u64::MAX there
         // is nothing to read.
         match after.checked_add(1) {
-            Some(first) => self.read(app_id, channel, "after", format!("{first}-0"), limit).await,
+            Some(first) => {
+                self.read(app_id, channel, "after", format!("{first}-0"), limit)
+                    .await
+            }
             None => self.read(app_id, channel, "head", String::new(), 0).await,
         }
     }
 
-    async fn read_before(&self, app_id: &str, channel: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, HistoryError> {
+    async fn read_before(
+        &self,
+        app_id: &str,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         match before {
-            None => self.read(app_id, channel, "before", "+".to_owned(), limit).await,
+            None => {
+                self.read(app_id, channel, "before", "+".to_owned(), limit)
+                    .await
+            }
             Some(0) => self.read(app_id, channel, "head", String::new(), 0).await,
-            Some(b) => self.read(app_id, channel, "before", format!("{}-1", b - 1), limit).await,
+            Some(b) => {
+                self.read(app_id, channel, "before", format!("{}-1", b - 1), limit)
+                    .await
+            }
         }
     }
 
@@ -528,7 +634,10 @@ impl HistoryStore for RedisHistoryStore {
                 .await
                 .map_err(unavailable)?;
             *known = Some((sid.clone(), 0));
-            Ok(StreamPosition { stream_id: sid, serial: 0 })
+            Ok(StreamPosition {
+                stream_id: sid,
+                serial: 0,
+            })
         })
         .await
     }
@@ -573,7 +682,15 @@ mod tests {
 
     #[test]
     fn pages_must_be_contiguous() {
-        let entry = |n: u64| vec![bulk(&format!("{n}-1")), bulk("f"), bulk("m"), bulk("5"), bulk("1")];
+        let entry = |n: u64| {
+            vec![
+                bulk(&format!("{n}-1")),
+                bulk("f"),
+                bulk("m"),
+                bulk("5"),
+                bulk("1"),
+            ]
+        };
         let reply = |entries: Vec<u64>| {
             let mut v = vec![bulk("sid"), bulk("9"), bulk("3")];
             for e in entries {
@@ -581,8 +698,20 @@ mod tests {
             }
             Value::Array(v)
         };
-        assert_eq!(parse_page(reply(vec![3, 4, 5]), true).unwrap().messages.len(), 3);
-        assert_eq!(parse_page(reply(vec![5, 4, 3]), false).unwrap().messages.len(), 3);
+        assert_eq!(
+            parse_page(reply(vec![3, 4, 5]), true)
+                .unwrap()
+                .messages
+                .len(),
+            3
+        );
+        assert_eq!(
+            parse_page(reply(vec![5, 4, 3]), false)
+                .unwrap()
+                .messages
+                .len(),
+            3
+        );
         assert!(parse_page(reply(vec![3, 5]), true).is_err());
         assert!(parse_page(reply(vec![3, 4]), false).is_err());
         assert!(parse_page(reply(vec![10]), true).is_err());

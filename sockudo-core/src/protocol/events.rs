@@ -78,8 +78,14 @@ mod tests {
 
     #[test]
     fn classifies_both_families() {
-        assert_eq!(classify("pusher:ping"), EventKind::System(Family::Pusher, "ping"));
-        assert_eq!(classify("sockudo:resume"), EventKind::System(Family::Sockudo, "resume"));
+        assert_eq!(
+            classify("pusher:ping"),
+            EventKind::System(Family::Pusher, "ping")
+        );
+        assert_eq!(
+            classify("sockudo:resume"),
+            EventKind::System(Family::Sockudo, "resume")
+        );
         assert_eq!(
             classify("pusher_internal:member_added"),
             EventKind::Internal(Family::Pusher, "member_added")

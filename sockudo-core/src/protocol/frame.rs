@@ -66,7 +66,10 @@ impl ClientFrame {
     /// Parse a text frame, refusing it before any JSON work when it is over `max_bytes`.
     pub fn parse(text: &str, max_bytes: usize) -> Result<Self, FrameError> {
         if text.len() > max_bytes {
-            return Err(FrameError::TooLarge { size: text.len(), limit: max_bytes });
+            return Err(FrameError::TooLarge {
+                size: text.len(),
+                limit: max_bytes,
+            });
         }
         serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))
     }
@@ -74,7 +77,10 @@ impl ClientFrame {
     /// Decode the `data` of a system event into `T`, accepting both the double-encoded string
     /// form and an inline JSON object.
     pub fn system_data<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
-        let raw = self.data.as_deref().ok_or_else(|| FrameError::InvalidData("missing".into()))?;
+        let raw = self
+            .data
+            .as_deref()
+            .ok_or_else(|| FrameError::InvalidData("missing".into()))?;
         let text = raw.get();
         if text.starts_with('"') {
             let inner: String =
@@ -204,16 +210,28 @@ impl OutboundFrame {
     /// A system event (`{family}:{name}`) whose data object is double-encoded.
     pub fn system(family: Family, name: &str, channel: Option<&str>, data: &str) -> String {
         let event = format!("{}{}", family.prefix(), name);
-        to_json(&SystemFrame { event: &event, channel, data })
+        to_json(&SystemFrame {
+            event: &event,
+            channel,
+            data,
+        })
     }
 
     /// An internal event (`{family}_internal:{name}`), data double-encoded.
     pub fn internal(family: Family, name: &str, channel: Option<&str>, data: &str) -> String {
         let event = format!("{}{}", family.internal_prefix(), name);
-        to_json(&SystemFrame { event: &event, channel, data })
+        to_json(&SystemFrame {
+            event: &event,
+            channel,
+            data,
+        })
     }
 
-    pub fn connection_established(family: Family, socket_id: &str, activity_timeout: u64) -> String {
+    pub fn connection_established(
+        family: Family,
+        socket_id: &str,
+        activity_timeout: u64,
+    ) -> String {
         let data = to_json(&serde_json::json!({
             "socket_id": socket_id,
             "activity_timeout": activity_timeout,
@@ -239,12 +257,23 @@ impl OutboundFrame {
         Self::internal(family, events::SUBSCRIPTION_SUCCEEDED, Some(channel), data)
     }
 
-    pub fn subscription_error(family: Family, channel: &str, kind: &str, error: &str, status: u16) -> String {
+    pub fn subscription_error(
+        family: Family,
+        channel: &str,
+        kind: &str,
+        error: &str,
+        status: u16,
+    ) -> String {
         let data = to_json(&serde_json::json!({ "type": kind, "error": error, "status": status }));
         Self::system(family, events::SUBSCRIPTION_ERROR, Some(channel), &data)
     }
 
-    pub fn member_added(family: Family, channel: &str, user_id: &str, user_info: Option<&RawValue>) -> String {
+    pub fn member_added(
+        family: Family,
+        channel: &str,
+        user_id: &str,
+        user_info: Option<&RawValue>,
+    ) -> String {
         let data = to_json(&serde_json::json!({ "user_id": user_id, "user_info": user_info }));
         Self::internal(family, events::MEMBER_ADDED, Some(channel), &data)
     }
@@ -266,17 +295,37 @@ impl OutboundFrame {
     /// An app or client event as delivered to subscribers. `data` is passed through verbatim
     /// (a JSON string stays a string), which is what the HTTP API and client events need.
     pub fn event(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>) -> Bytes {
-        Bytes::from(to_json(&EventFrame { event, channel, data, user_id }))
+        Bytes::from(to_json(&EventFrame {
+            event,
+            channel,
+            data,
+            user_id,
+        }))
     }
 
     /// The same event for V2 connections: adds `message_id`, and `serial`/`stream_id` when the
     /// message has a stream position, and `extras` when given.
-    pub fn event_v2(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>, meta: MessageMeta<'_>) -> Bytes {
+    pub fn event_v2(
+        event: &str,
+        channel: &str,
+        data: &RawValue,
+        user_id: Option<&str>,
+        meta: MessageMeta<'_>,
+    ) -> Bytes {
         let (stream_id, serial) = match meta.position {
             Some((s, n)) => (Some(s), Some(n)),
             None => (None, None),
         };
-        Bytes::from(to_json(&EventFrameV2 { event, channel, data, user_id, message_id: meta.message_id, serial, stream_id, extras: meta.extras }))
+        Bytes::from(to_json(&EventFrameV2 {
+            event,
+            channel,
+            data,
+            user_id,
+            message_id: meta.message_id,
+            serial,
+            stream_id,
+            extras: meta.extras,
+        }))
     }
 }
 
@@ -304,9 +353,18 @@ mod tests {
 
     #[test]
     fn rejects_oversized_and_bad_json() {
-        assert!(matches!(ClientFrame::parse("{}", 1), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(ClientFrame::parse("{", 100), Err(FrameError::InvalidJson(_))));
-        assert!(matches!(ClientFrame::parse("[1]", 100), Err(FrameError::InvalidJson(_))));
+        assert!(matches!(
+            ClientFrame::parse("{}", 1),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::parse("{", 100),
+            Err(FrameError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse("[1]", 100),
+            Err(FrameError::InvalidJson(_))
+        ));
         let no_data = ClientFrame::parse(r#"{"event":"pusher:subscribe"}"#, 100).unwrap();
         assert!(no_data.system_data::<SubscribeData>().is_err());
     }
@@ -334,12 +392,26 @@ mod tests {
     #[test]
     fn v2_event_frames_carry_identity() {
         let data = RawValue::from_string(r#""x""#.to_string()).unwrap();
-        let meta = MessageMeta { message_id: "m1", position: Some(("s1", 7)), extras: None };
+        let meta = MessageMeta {
+            message_id: "m1",
+            position: Some(("s1", 7)),
+            extras: None,
+        };
         let f = OutboundFrame::event_v2("e", "c", &data, None, meta);
-        assert_eq!(std::str::from_utf8(&f).unwrap(), r#"{"event":"e","channel":"c","data":"x","message_id":"m1","serial":7,"stream_id":"s1"}"#);
-        let meta = MessageMeta { message_id: "m2", position: None, extras: None };
+        assert_eq!(
+            std::str::from_utf8(&f).unwrap(),
+            r#"{"event":"e","channel":"c","data":"x","message_id":"m1","serial":7,"stream_id":"s1"}"#
+        );
+        let meta = MessageMeta {
+            message_id: "m2",
+            position: None,
+            extras: None,
+        };
         let f = OutboundFrame::event_v2("e", "c", &data, Some("u"), meta);
-        assert_eq!(std::str::from_utf8(&f).unwrap(), r#"{"event":"e","channel":"c","data":"x","user_id":"u","message_id":"m2"}"#);
+        assert_eq!(
+            std::str::from_utf8(&f).unwrap(),
+            r#"{"event":"e","channel":"c","data":"x","user_id":"u","message_id":"m2"}"#
+        );
     }
 
     #[test]

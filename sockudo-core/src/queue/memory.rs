@@ -90,51 +90,91 @@ impl MemoryQueue {
 
     /// Keep at most `cap` dead letters per queue (oldest dropped first).
     pub fn with_dead_letter_cap(cap: usize) -> Self {
-        MemoryQueue { queues: Mutex::new(HashMap::new()), dead_letter_cap: cap }
+        MemoryQueue {
+            queues: Mutex::new(HashMap::new()),
+            dead_letter_cap: cap,
+        }
     }
 }
 
 #[async_trait]
 impl Queue for MemoryQueue {
-    async fn enqueue(&self, queue: &str, payload: Bytes, delay: Duration) -> Result<JobId, QueueError> {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Bytes,
+        delay: Duration,
+    ) -> Result<JobId, QueueError> {
         let now = Instant::now();
-        let due = now.checked_add(delay).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         let mut queues = self.queues.lock();
         let q = queues.entry(queue.to_owned()).or_default();
         q.next_id += 1;
         let id = q.next_id;
-        q.jobs.insert(id, Entry { payload, attempts: 0, enqueued: now, slot: Slot::Ready(due) });
+        q.jobs.insert(
+            id,
+            Entry {
+                payload,
+                attempts: 0,
+                enqueued: now,
+                slot: Slot::Ready(due),
+            },
+        );
         q.ready.insert((due, id));
         q.by_age.insert((now, id));
         Ok(JobId(id.to_string()))
     }
 
-    async fn claim(&self, queue: &str, _consumer: &str, lease: Duration, max: usize) -> Result<Vec<Job>, QueueError> {
+    async fn claim(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Job>, QueueError> {
         let now = Instant::now();
-        let deadline = now.checked_add(lease).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let deadline = now
+            .checked_add(lease)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         let mut queues = self.queues.lock();
-        let Some(q) = queues.get_mut(queue) else { return Ok(Vec::new()) };
+        let Some(q) = queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
         q.reap(now);
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(&(due, id)) = q.ready.first() else { break };
+            let Some(&(due, id)) = q.ready.first() else {
+                break;
+            };
             if due > now {
                 break;
             }
             q.ready.remove(&(due, id));
-            let Some(e) = q.jobs.get_mut(&id) else { continue };
+            let Some(e) = q.jobs.get_mut(&id) else {
+                continue;
+            };
             e.attempts = e.attempts.saturating_add(1);
             e.slot = Slot::Leased(deadline);
-            out.push(Job { id: JobId(id.to_string()), payload: e.payload.clone(), attempts: e.attempts });
+            out.push(Job {
+                id: JobId(id.to_string()),
+                payload: e.payload.clone(),
+                attempts: e.attempts,
+            });
             q.leased.insert((deadline, id));
         }
         Ok(out)
     }
 
     async fn ack(&self, queue: &str, id: &JobId) -> Result<bool, QueueError> {
-        let Some(n) = parse_id(id) else { return Ok(false) };
+        let Some(n) = parse_id(id) else {
+            return Ok(false);
+        };
         let mut queues = self.queues.lock();
-        let Some(q) = queues.get_mut(queue) else { return Ok(false) };
+        let Some(q) = queues.get_mut(queue) else {
+            return Ok(false);
+        };
         match q.jobs.remove(&n) {
             Some(e) => {
                 q.unslot(n, e.slot);
@@ -145,7 +185,13 @@ impl Queue for MemoryQueue {
         }
     }
 
-    async fn nack(&self, queue: &str, id: &JobId, retry_in: Duration, max_attempts: u32) -> Result<NackOutcome, QueueError> {
+    async fn nack(
+        &self,
+        queue: &str,
+        id: &JobId,
+        retry_in: Duration,
+        max_attempts: u32,
+    ) -> Result<NackOutcome, QueueError> {
         let unknown = || QueueError::UnknownJob(id.clone());
         let n = parse_id(id).ok_or_else(unknown)?;
         let now = Instant::now();
@@ -157,7 +203,11 @@ impl Queue for MemoryQueue {
         if attempts >= max_attempts {
             if let Some(e) = q.jobs.remove(&n) {
                 q.by_age.remove(&(e.enqueued, n));
-                q.dead.push_front(Job { id: id.clone(), payload: e.payload, attempts: e.attempts });
+                q.dead.push_front(Job {
+                    id: id.clone(),
+                    payload: e.payload,
+                    attempts: e.attempts,
+                });
                 q.dead.truncate(self.dead_letter_cap);
             }
             return Ok(NackOutcome::DeadLettered);
@@ -173,7 +223,9 @@ impl Queue for MemoryQueue {
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let now = Instant::now();
         let queues = self.queues.lock();
-        let Some(q) = queues.get(queue) else { return Ok(QueueStats::default()) };
+        let Some(q) = queues.get(queue) else {
+            return Ok(QueueStats::default());
+        };
         let oldest = q.by_age.first().map(|&(t, _)| t);
         Ok(QueueStats {
             depth: q.jobs.len() as u64,
@@ -184,7 +236,10 @@ impl Queue for MemoryQueue {
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Job>, QueueError> {
         let queues = self.queues.lock();
-        Ok(queues.get(queue).map(|q| q.dead.iter().take(limit).cloned().collect()).unwrap_or_default())
+        Ok(queues
+            .get(queue)
+            .map(|q| q.dead.iter().take(limit).cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

@@ -36,9 +36,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use memory::MemoryQueue;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisQueue, RedisQueueOptions};
+pub use memory::MemoryQueue;
 
 /// Identity of a job within its queue.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,14 +94,25 @@ pub enum QueueError {
 pub trait Queue: Send + Sync + 'static {
     /// Add a job that becomes claimable after `delay` (zero: at once). Returns its id, unique
     /// within `queue`. `Ok` means the job is stored (durably, for shared implementations).
-    async fn enqueue(&self, queue: &str, payload: Bytes, delay: Duration) -> Result<JobId, QueueError>;
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Bytes,
+        delay: Duration,
+    ) -> Result<JobId, QueueError>;
 
     /// Lease up to `max` due jobs to `consumer` for `lease`. Each returned job's `attempts`
     /// was incremented by this claim. Jobs whose lease expired are claimable again, so a
     /// claim also returns redeliveries of work abandoned by other consumers. Returns an empty
     /// list when nothing is due; never waits for work to arrive. `consumer` names the caller
     /// in diagnostics only (it does not own the job beyond the lease).
-    async fn claim(&self, queue: &str, consumer: &str, lease: Duration, max: usize) -> Result<Vec<Job>, QueueError>;
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Job>, QueueError>;
 
     /// Done: remove the job for good. Returns whether it still existed (false when it was
     /// already acked or dead-lettered); acking twice is harmless.
@@ -111,7 +122,13 @@ pub trait Queue: Send + Sync + 'static {
     /// dead-letter store ([`NackOutcome::DeadLettered`]), otherwise it becomes claimable again
     /// after `retry_in` ([`NackOutcome::Retried`]). `max_attempts` 0 or 1 dead-letters at once
     /// (a permanent failure). [`QueueError::UnknownJob`] when the job no longer exists.
-    async fn nack(&self, queue: &str, id: &JobId, retry_in: Duration, max_attempts: u32) -> Result<NackOutcome, QueueError>;
+    async fn nack(
+        &self,
+        queue: &str,
+        id: &JobId,
+        retry_in: Duration,
+        max_attempts: u32,
+    ) -> Result<NackOutcome, QueueError>;
 
     /// Depth, oldest age and dead-letter count of `queue`.
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;

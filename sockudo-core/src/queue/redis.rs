@@ -195,7 +195,9 @@ pub struct RedisQueue {
 
 impl fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisQueue").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("RedisQueue")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,11 +219,17 @@ fn parse_jobs(values: Vec<Value>) -> Result<Vec<Job>, QueueError> {
     let mut out = Vec::with_capacity(values.len() / 3);
     let mut it = values.into_iter();
     while let Some(id) = it.next() {
-        let (Some(payload), Some(attempts)) = (it.next(), it.next()) else { return Err(bad()) };
+        let (Some(payload), Some(attempts)) = (it.next(), it.next()) else {
+            return Err(bad());
+        };
         let id: String = redis::from_redis_value(&id).map_err(|_| bad())?;
         let payload: Vec<u8> = redis::from_redis_value(&payload).map_err(|_| bad())?;
         let attempts: i64 = redis::from_redis_value(&attempts).map_err(|_| bad())?;
-        out.push(Job { id: JobId(id), payload: Bytes::from(payload), attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX) });
+        out.push(Job {
+            id: JobId(id),
+            payload: Bytes::from(payload),
+            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+        });
     }
     Ok(out)
 }
@@ -239,7 +247,9 @@ impl RedisQueue {
     /// not answer a `PING` within the connect timeout.
     pub async fn connect_with(url: &str, options: RedisQueueOptions) -> Result<Self, QueueError> {
         let op = options.operation_timeout;
-        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout).await.map_err(QueueError::Unavailable)?;
+        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout)
+            .await
+            .map_err(QueueError::Unavailable)?;
         let scripts = Scripts {
             enqueue: script(ENQUEUE),
             claim: script(CLAIM),
@@ -248,7 +258,11 @@ impl RedisQueue {
             stats: script(STATS),
             dead_letters: script(DEAD_LETTERS),
         };
-        Ok(RedisQueue { conn, options, scripts })
+        Ok(RedisQueue {
+            conn,
+            options,
+            scripts,
+        })
     }
 
     pub fn options(&self) -> &RedisQueueOptions {
@@ -281,21 +295,44 @@ impl RedisQueue {
 
 #[async_trait]
 impl Queue for RedisQueue {
-    async fn enqueue(&self, queue: &str, payload: Bytes, delay: Duration) -> Result<JobId, QueueError> {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Bytes,
+        delay: Duration,
+    ) -> Result<JobId, QueueError> {
         let keys = self.keys(queue, &["seq", "jobs", "attempts", "ready", "created"]);
         let script = &self.scripts.enqueue;
         self.run("enqueue", |mut c| async move {
-            let id: String = script.key(keys).arg(payload.as_ref()).arg(millis(delay)).invoke_async(&mut c).await.map_err(unavailable)?;
+            let id: String = script
+                .key(keys)
+                .arg(payload.as_ref())
+                .arg(millis(delay))
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(JobId(id))
         })
         .await
     }
 
-    async fn claim(&self, queue: &str, _consumer: &str, lease: Duration, max: usize) -> Result<Vec<Job>, QueueError> {
+    async fn claim(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Job>, QueueError> {
         let keys = self.keys(queue, &["ready", "leased", "attempts", "jobs"]);
         let script = &self.scripts.claim;
         self.run("claim", |mut c| async move {
-            let v: Vec<Value> = script.key(keys).arg(millis(lease).max(1)).arg(max).invoke_async(&mut c).await.map_err(unavailable)?;
+            let v: Vec<Value> = script
+                .key(keys)
+                .arg(millis(lease).max(1))
+                .arg(max)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             parse_jobs(v)
         })
         .await
@@ -305,14 +342,37 @@ impl Queue for RedisQueue {
         let keys = self.keys(queue, &["jobs", "attempts", "ready", "leased", "created"]);
         let script = &self.scripts.ack;
         self.run("ack", |mut c| async move {
-            let n: i64 = script.key(keys).arg(&id.0).invoke_async(&mut c).await.map_err(unavailable)?;
+            let n: i64 = script
+                .key(keys)
+                .arg(&id.0)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(n > 0)
         })
         .await
     }
 
-    async fn nack(&self, queue: &str, id: &JobId, retry_in: Duration, max_attempts: u32) -> Result<NackOutcome, QueueError> {
-        let keys = self.keys(queue, &["jobs", "attempts", "ready", "leased", "created", "dead", "dead:jobs", "dead:attempts"]);
+    async fn nack(
+        &self,
+        queue: &str,
+        id: &JobId,
+        retry_in: Duration,
+        max_attempts: u32,
+    ) -> Result<NackOutcome, QueueError> {
+        let keys = self.keys(
+            queue,
+            &[
+                "jobs",
+                "attempts",
+                "ready",
+                "leased",
+                "created",
+                "dead",
+                "dead:jobs",
+                "dead:attempts",
+            ],
+        );
         let script = &self.scripts.nack;
         let cap = self.options.dead_letter_cap;
         self.run("nack", |mut c| async move {
@@ -338,7 +398,11 @@ impl Queue for RedisQueue {
         let keys = self.keys(queue, &["jobs", "created", "dead"]);
         let script = &self.scripts.stats;
         self.run("stats", |mut c| async move {
-            let (depth, age, dead): (i64, i64, i64) = script.key(keys).invoke_async(&mut c).await.map_err(unavailable)?;
+            let (depth, age, dead): (i64, i64, i64) = script
+                .key(keys)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(QueueStats {
                 depth: u64::try_from(depth).unwrap_or(0),
                 oldest_age: u64::try_from(age).ok().map(Duration::from_millis),
@@ -352,7 +416,12 @@ impl Queue for RedisQueue {
         let keys = self.keys(queue, &["dead", "dead:jobs", "dead:attempts"]);
         let script = &self.scripts.dead_letters;
         self.run("dead_letters", |mut c| async move {
-            let v: Vec<Value> = script.key(keys).arg(limit).invoke_async(&mut c).await.map_err(unavailable)?;
+            let v: Vec<Value> = script
+                .key(keys)
+                .arg(limit)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             parse_jobs(v)
         })
         .await
@@ -360,7 +429,10 @@ impl Queue for RedisQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         self.run("PING", |mut c| async move {
-            let _: Value = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
+            let _: Value = redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             Ok(())
         })
         .await

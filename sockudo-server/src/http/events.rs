@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,7 +15,9 @@ use sockudo_core::adapter::{AdapterError, ClusterQuery};
 use sockudo_core::app::App;
 use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::api_auth::{AuthenticatedApp, RequestBody};
-use sockudo_core::layers::idempotency::{claim_item, release_item, validate_item_key, Fingerprint, ItemClaim, BODY_KEY_FIELD};
+use sockudo_core::layers::idempotency::{
+    claim_item, release_item, validate_item_key, Fingerprint, ItemClaim, BODY_KEY_FIELD,
+};
 use sockudo_core::layers::json_error;
 
 use super::error::{bad_request, ApiError};
@@ -53,7 +55,9 @@ struct BatchRequest {
 
 fn valid_socket_id(s: &str) -> bool {
     let mut parts = s.split('.');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
@@ -68,7 +72,12 @@ pub struct InfoAttrs {
 impl InfoAttrs {
     pub fn parse(info: Option<&str>) -> Result<Self, ApiError> {
         let mut out = InfoAttrs::default();
-        for attr in info.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        for attr in info
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             match attr {
                 "user_count" => out.user_count = true,
                 "subscription_count" => out.subscription_count = true,
@@ -96,17 +105,27 @@ struct Prepared<'a> {
 }
 
 fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiError> {
-    let name = req.name.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| bad_request("missing event name"))?;
+    let name = req
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad_request("missing event name"))?;
     if name.len() > MAX_EVENT_NAME_LEN {
         return Err(bad_request("event name is longer than 200 characters"));
     }
-    let data = req.data.as_deref().ok_or_else(|| bad_request("missing data"))?;
+    let data = req
+        .data
+        .as_deref()
+        .ok_or_else(|| bad_request("missing data"))?;
     let size = match serde_json::from_str::<String>(data.get()) {
         Ok(s) => s.len(),
         Err(_) => data.get().len(),
     };
     if size > app.max_event_payload_bytes {
-        return Err(ApiError::PayloadTooLarge(format!("event data is {size} bytes, over the limit of {} bytes", app.max_event_payload_bytes)));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "event data is {size} bytes, over the limit of {} bytes",
+            app.max_event_payload_bytes
+        )));
     }
     let names: Vec<&str> = match (&req.channel, &req.channels) {
         (Some(c), None) => vec![c.as_str()],
@@ -118,11 +137,15 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
         return Err(bad_request("channels must not be empty"));
     }
     if names.len() > MAX_CHANNELS_PER_EVENT {
-        return Err(bad_request(format!("at most {MAX_CHANNELS_PER_EVENT} channels per event")));
+        return Err(bad_request(format!(
+            "at most {MAX_CHANNELS_PER_EVENT} channels per event"
+        )));
     }
     let channels = names
         .into_iter()
-        .map(|n| ChannelName::parse(n).map_err(|e| bad_request(format!("invalid channel {n:?}: {e}"))))
+        .map(|n| {
+            ChannelName::parse(n).map_err(|e| bad_request(format!("invalid channel {n:?}: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let socket_id = match req.socket_id.as_deref() {
         None | Some("") => None,
@@ -133,15 +156,34 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
     let message_id = match req.message_id.as_deref() {
         None => None,
         Some(m) if !m.is_empty() && m.len() <= MAX_MESSAGE_ID_LEN => Some(m),
-        Some(_) => return Err(bad_request(format!("message_id must be 1 to {MAX_MESSAGE_ID_LEN} characters"))),
+        Some(_) => {
+            return Err(bad_request(format!(
+                "message_id must be 1 to {MAX_MESSAGE_ID_LEN} characters"
+            )))
+        }
     };
-    Ok(Prepared { name, data, channels, socket_id, info, message_id, extras: req.extras.as_deref() })
+    Ok(Prepared {
+        name,
+        data,
+        channels,
+        socket_id,
+        info,
+        message_id,
+        extras: req.extras.as_deref(),
+    })
 }
 
 async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<Vec<Published>, ApiError> {
     let mut out = Vec::with_capacity(p.channels.len());
     for channel in &p.channels {
-        let ev = EventToPublish { event: p.name, data: p.data, user_id: None, message_id: p.message_id, extras: p.extras, except_socket: p.socket_id.as_ref() };
+        let ev = EventToPublish {
+            event: p.name,
+            data: p.data,
+            user_id: None,
+            message_id: p.message_id,
+            extras: p.extras,
+            except_socket: p.socket_id.as_ref(),
+        };
         let published = match publish_event(node, &app.id, channel, ev).await {
             Ok(p) => {
                 metrics::counter!(crate::metrics::PUBLISHES_ACCEPTED, "app_id" => app.id.clone(), "source" => "http").increment(1);
@@ -175,21 +217,38 @@ fn identity(p: &Prepared<'_>, published: &[Published], out: &mut Map<String, Val
 }
 
 /// Attributes of one channel, as `info` asked, cluster-wide.
-pub async fn channel_attributes(node: &Node, app_id: &str, channel: &ChannelName<'_>, info: InfoAttrs) -> Result<Map<String, Value>, ApiError> {
+pub async fn channel_attributes(
+    node: &Node,
+    app_id: &str,
+    channel: &ChannelName<'_>,
+    info: InfoAttrs,
+) -> Result<Map<String, Value>, ApiError> {
     let mut m = Map::new();
     if info.user_count && channel.is_presence() {
-        let members = node.adapter.presence_members(app_id, channel.as_str()).await.map_err(unavailable)?;
+        let members = node
+            .adapter
+            .presence_members(app_id, channel.as_str())
+            .await
+            .map_err(unavailable)?;
         m.insert("user_count".into(), members.len().into());
     }
     if info.subscription_count {
-        m.insert("subscription_count".into(), subscription_count(node, app_id, channel.as_str()).await?.into());
+        m.insert(
+            "subscription_count".into(),
+            subscription_count(node, app_id, channel.as_str())
+                .await?
+                .into(),
+        );
     }
     Ok(m)
 }
 
 /// Connections subscribed to `channel` across the cluster.
 pub async fn subscription_count(node: &Node, app_id: &str, channel: &str) -> Result<u64, ApiError> {
-    let q = ClusterQuery::SubscriptionCount { app_id: app_id.to_owned(), channel: channel.to_owned() };
+    let q = ClusterQuery::SubscriptionCount {
+        app_id: app_id.to_owned(),
+        channel: channel.to_owned(),
+    };
     Ok(node.adapter.query(q).await.map_err(unavailable)?.count())
 }
 
@@ -201,7 +260,11 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
-pub async fn trigger(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Extension(RequestBody(body)): Extension<RequestBody>) -> Result<Json<Value>, ApiError> {
+pub async fn trigger(
+    State(node): State<Arc<Node>>,
+    Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
+    Extension(RequestBody(body)): Extension<RequestBody>,
+) -> Result<Json<Value>, ApiError> {
     let req: EventRequest = parse_body(&body)?;
     let p = prepare(&app, &req)?;
     let published = publish(&node, &app, &p).await?;
@@ -210,28 +273,41 @@ pub async fn trigger(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(a
     if p.info.any() {
         let mut channels = Map::new();
         for c in &p.channels {
-            channels.insert(c.as_str().to_string(), Value::Object(channel_attributes(&node, &app.id, c, p.info).await?));
+            channels.insert(
+                c.as_str().to_string(),
+                Value::Object(channel_attributes(&node, &app.id, c, p.info).await?),
+            );
         }
         out.insert("channels".into(), Value::Object(channels));
     }
     Ok(Json(Value::Object(out)))
 }
 
-pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>, Extension(RequestBody(body)): Extension<RequestBody>) -> Result<Response, ApiError> {
+pub async fn trigger_batch(
+    State(node): State<Arc<Node>>,
+    Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
+    Extension(RequestBody(body)): Extension<RequestBody>,
+) -> Result<Response, ApiError> {
     let req: BatchRequest = parse_body(&body)?;
     if req.batch.is_empty() {
         return Err(bad_request("batch must not be empty"));
     }
     if req.batch.len() > MAX_BATCH_EVENTS {
-        return Err(bad_request(format!("at most {MAX_BATCH_EVENTS} events per batch")));
+        return Err(bad_request(format!(
+            "at most {MAX_BATCH_EVENTS} events per batch"
+        )));
     }
     // Validate every item before publishing any: a batch is refused whole, never half-sent.
-    let prepared = req.batch.iter().map(|r| {
-        if r.channels.is_some() {
-            return Err(bad_request("batch events take a single channel"));
-        }
-        prepare(&app, r)
-    }).collect::<Result<Vec<_>, _>>()?;
+    let prepared = req
+        .batch
+        .iter()
+        .map(|r| {
+            if r.channels.is_some() {
+                return Err(bad_request("batch events take a single channel"));
+            }
+            prepare(&app, r)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Per-item `idempotency_key`s: claim them all before publishing anything.
     let gates = match gate_batch_items(&node, &app.id, &body, prepared.len()).await? {
         Ok(gates) => gates,
@@ -250,7 +326,9 @@ pub async fn trigger_batch(State(node): State<Arc<Node>>, Extension(Authenticate
     let mut items = Vec::with_capacity(prepared.len());
     for p in &prepared {
         items.push(match p.channels.first() {
-            Some(c) if p.info.any() => Value::Object(channel_attributes(&node, &app.id, c, p.info).await?),
+            Some(c) if p.info.any() => {
+                Value::Object(channel_attributes(&node, &app.id, c, p.info).await?)
+            }
             _ => Value::Object(Map::new()),
         });
     }
@@ -271,13 +349,26 @@ enum ItemGate {
 /// different item refuses the whole batch with 409, before anything is published (the claims
 /// this call made are released). A cache failure refuses the batch with 503 (fail closed).
 /// Batches without item keys cost one substring scan.
-async fn gate_batch_items(node: &Node, app_id: &str, body: &[u8], count: usize) -> Result<Result<Vec<ItemGate>, Response>, ApiError> {
+async fn gate_batch_items(
+    node: &Node,
+    app_id: &str,
+    body: &[u8],
+    count: usize,
+) -> Result<Result<Vec<ItemGate>, Response>, ApiError> {
     let mut gates = vec![ItemGate::Publish(None); count];
-    if !body.windows(BODY_KEY_FIELD.len()).any(|w| w == BODY_KEY_FIELD.as_bytes()) && !body.windows(2).any(|w| w == b"\\u") {
+    if !body
+        .windows(BODY_KEY_FIELD.len())
+        .any(|w| w == BODY_KEY_FIELD.as_bytes())
+        && !body.windows(2).any(|w| w == b"\\u")
+    {
         return Ok(Ok(gates));
     }
     let value: Value = parse_body(body)?;
-    let items = value.get("batch").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let items = value
+        .get("batch")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let ttl = Duration::from_secs(node.settings.idempotency_ttl);
     for (index, item) in items.iter().enumerate().take(count) {
         let key = match item.get(BODY_KEY_FIELD) {
@@ -285,26 +376,39 @@ async fn gate_batch_items(node: &Node, app_id: &str, body: &[u8], count: usize) 
             Some(Value::String(key)) => key,
             Some(_) => {
                 release_item_keys(node, app_id, &gates).await;
-                return Err(bad_request(format!("batch[{index}].idempotency_key must be a string")));
+                return Err(bad_request(format!(
+                    "batch[{index}].idempotency_key must be a string"
+                )));
             }
         };
         if let Err(rejection) = validate_item_key(key) {
             release_item_keys(node, app_id, &gates).await;
             return Err(bad_request(format!("batch[{index}]: {rejection}")));
         }
-        let claim = claim_item(node.cache.as_ref(), app_id, key, &Fingerprint::of_json(item), ttl).await;
+        let claim = claim_item(
+            node.cache.as_ref(),
+            app_id,
+            key,
+            &Fingerprint::of_json(item),
+            ttl,
+        )
+        .await;
         match claim {
             Ok(ItemClaim::Claimed) => gates[index] = ItemGate::Publish(Some(key.clone())),
             Ok(ItemClaim::Duplicate) => gates[index] = ItemGate::Skip,
             Ok(ItemClaim::Conflict) => {
                 release_item_keys(node, app_id, &gates).await;
-                let message = format!("batch[{index}].idempotency_key was already used for a different event");
+                let message = format!(
+                    "batch[{index}].idempotency_key was already used for a different event"
+                );
                 return Ok(Err(json_error(StatusCode::CONFLICT, &message)));
             }
             Err(error) => {
                 tracing::warn!(%error, "idempotency cache failed; refusing the batch");
                 release_item_keys(node, app_id, &gates).await;
-                return Err(ApiError::Unavailable("idempotency store unavailable; nothing was published".into()));
+                return Err(ApiError::Unavailable(
+                    "idempotency store unavailable; nothing was published".into(),
+                ));
             }
         }
     }

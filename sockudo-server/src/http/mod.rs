@@ -45,7 +45,8 @@ pub(crate) fn api_router_with_prefix(node: Arc<Node>, prefix: Option<&'static st
         Some(prefix) => ApiAuthLayer::new(Arc::clone(&node.apps)).path_prefix(prefix),
         None => ApiAuthLayer::new(Arc::clone(&node.apps)),
     };
-    let idempotency = IdempotencyLayer::new(Arc::clone(&node.cache)).ttl(Duration::from_secs(node.settings.idempotency_ttl));
+    let idempotency = IdempotencyLayer::new(Arc::clone(&node.cache))
+        .ttl(Duration::from_secs(node.settings.idempotency_ttl));
     let rate_limit = api_rate_limit(&node.settings, &node.cache);
 
     let mut publish = Router::<Arc<Node>>::new()
@@ -55,7 +56,10 @@ pub(crate) fn api_router_with_prefix(node: Arc<Node>, prefix: Option<&'static st
         .route("/apps/{app_id}/channels", get(channels::list))
         .route("/apps/{app_id}/channels/{channel}", get(channels::show))
         .route("/apps/{app_id}/channels/{channel}/users", get(users::list))
-        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(users::terminate));
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(users::terminate),
+        );
     if let Some(rate_limit) = rate_limit {
         publish = publish.route_layer(rate_limit.clone());
         others = others.route_layer(rate_limit);
@@ -71,7 +75,10 @@ pub(crate) fn api_router_with_prefix(node: Arc<Node>, prefix: Option<&'static st
 /// Outermost API layer: counts what the core's layers decided, from their answers alone (the
 /// core knows nothing of metrics): 429 is a rate-limit rejection, 409 an idempotency conflict,
 /// `X-Idempotent-Replayed: true` a replayed retry; and every response by status class.
-async fn count_api_responses(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn count_api_responses(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let response = next.run(req).await;
     let status = response.status();
     match status.as_u16() {
@@ -79,7 +86,11 @@ async fn count_api_responses(req: axum::extract::Request, next: axum::middleware
         409 => metrics::counter!(crate::metrics::IDEMPOTENCY_CONFLICTS).increment(1),
         _ => {}
     }
-    if response.headers().get("x-idempotent-replayed").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")) {
+    if response
+        .headers()
+        .get("x-idempotent-replayed")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+    {
         metrics::counter!(crate::metrics::IDEMPOTENCY_REPLAYS).increment(1);
     }
     let class = match status.as_u16() / 100 {
@@ -125,9 +136,15 @@ mod tests {
     }
 
     fn signed(method: &str, path: &str, body: &str, key: Option<&str>) -> Request<Body> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let query = sign_api_request("key", "secret", method, path, &[], body.as_bytes(), now);
-        let mut builder = Request::builder().method(method).uri(format!("{path}?{query}")).header("content-type", "application/json");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{path}?{query}"))
+            .header("content-type", "application/json");
         if let Some(key) = key {
             builder = builder.header("x-idempotency-key", key);
         }
@@ -138,7 +155,11 @@ mod tests {
         let response = router.clone().oneshot(req).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     const EVENT: &str = r#"{"name":"e","channel":"news","data":"hi"}"#;
@@ -155,19 +176,23 @@ mod tests {
             assert!(headers.get("x-ratelimit-limit").is_none());
         }
         // 1: keyed publish; 2: an SDK-style publish without a key. Budget (2) spent.
-        let (status, headers, first) = send(&router, signed("POST", "/apps/1/events", EVENT, Some("k1"))).await;
+        let (status, headers, first) =
+            send(&router, signed("POST", "/apps/1/events", EVENT, Some("k1"))).await;
         assert_eq!(status, StatusCode::OK, "{first}");
         assert_eq!(headers["x-ratelimit-remaining"], "1");
-        let (status, headers, _) = send(&router, signed("POST", "/apps/1/events", EVENT, None)).await;
+        let (status, headers, _) =
+            send(&router, signed("POST", "/apps/1/events", EVENT, None)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["x-ratelimit-remaining"], "0");
         // The retry of 1 is replayed by the idempotency layer, outside the rate limit.
-        let (status, headers, replay) = send(&router, signed("POST", "/apps/1/events", EVENT, Some("k1"))).await;
+        let (status, headers, replay) =
+            send(&router, signed("POST", "/apps/1/events", EVENT, Some("k1"))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["x-idempotent-replayed"], "true");
         assert_eq!(replay, first);
         // A new publish is limited, and its 429 is not stored under its key.
-        let (status, headers, body) = send(&router, signed("POST", "/apps/1/events", EVENT, Some("k2"))).await;
+        let (status, headers, body) =
+            send(&router, signed("POST", "/apps/1/events", EVENT, Some("k2"))).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
         assert!(headers.contains_key("retry-after"));
         assert!(headers.get("x-idempotent-replayed").is_none());
@@ -180,16 +205,22 @@ mod tests {
     async fn without_a_rate_limit_publishes_are_idempotent_and_unlimited() {
         let router = router(0, 0);
         for _ in 0..5 {
-            let (status, headers, _) = send(&router, signed("POST", "/apps/1/events", EVENT, None)).await;
+            let (status, headers, _) =
+                send(&router, signed("POST", "/apps/1/events", EVENT, None)).await;
             assert_eq!(status, StatusCode::OK);
             assert!(headers.get("x-ratelimit-limit").is_none());
         }
         let keyed = r#"{"name":"e","channel":"news","data":"hi","idempotency_key":"b1"}"#;
         send(&router, signed("POST", "/apps/1/events", keyed, None)).await;
-        let (status, headers, _) = send(&router, signed("POST", "/apps/1/events", keyed, None)).await;
-        assert_eq!((status, headers["x-idempotent-replayed"].to_str().unwrap()), (StatusCode::OK, "true"));
+        let (status, headers, _) =
+            send(&router, signed("POST", "/apps/1/events", keyed, None)).await;
+        assert_eq!(
+            (status, headers["x-idempotent-replayed"].to_str().unwrap()),
+            (StatusCode::OK, "true")
+        );
         let changed = r#"{"name":"e","channel":"news","data":"bye","idempotency_key":"b1"}"#;
-        let (status, _, body) = send(&router, signed("POST", "/apps/1/events", changed, None)).await;
+        let (status, _, body) =
+            send(&router, signed("POST", "/apps/1/events", changed, None)).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
     }
 
@@ -201,21 +232,54 @@ mod tests {
         let b = r#"{"name":"e","channel":"news","data":"b","idempotency_key":"ib"}"#;
         let a_changed = r#"{"name":"e","channel":"news","data":"A","idempotency_key":"ia"}"#;
         let c = r#"{"name":"e","channel":"news","data":"c","idempotency_key":"ic"}"#;
-        let (status, _, body) = send(&router, signed("POST", "/apps/1/batch_events", &batch(a), None)).await;
+        let (status, _, body) = send(
+            &router,
+            signed("POST", "/apps/1/batch_events", &batch(a), None),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         // `a` again (skipped) plus a new `b`: accepted.
-        let (status, _, body) = send(&router, signed("POST", "/apps/1/batch_events", &batch(&format!("{a},{b}")), None)).await;
+        let (status, _, body) = send(
+            &router,
+            signed(
+                "POST",
+                "/apps/1/batch_events",
+                &batch(&format!("{a},{b}")),
+                None,
+            ),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body, r#"{"batch":[{},{}]}"#);
         // `c` is new but `ia` now names another payload: 409, and `c` is not used up.
-        let (status, _, body) = send(&router, signed("POST", "/apps/1/batch_events", &batch(&format!("{c},{a_changed}")), None)).await;
+        let (status, _, body) = send(
+            &router,
+            signed(
+                "POST",
+                "/apps/1/batch_events",
+                &batch(&format!("{c},{a_changed}")),
+                None,
+            ),
+        )
+        .await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         assert!(body.contains("batch[1]"), "{body}");
-        let node_cache_still_free = send(&router, signed("POST", "/apps/1/batch_events", &batch(c), None)).await;
+        let node_cache_still_free = send(
+            &router,
+            signed("POST", "/apps/1/batch_events", &batch(c), None),
+        )
+        .await;
         assert_eq!(node_cache_still_free.0, StatusCode::OK);
         // Too long an item key: 400.
-        let long = format!(r#"{{"name":"e","channel":"news","data":"x","idempotency_key":"{}"}}"#, "k".repeat(129));
-        let (status, _, _) = send(&router, signed("POST", "/apps/1/batch_events", &batch(&long), None)).await;
+        let long = format!(
+            r#"{{"name":"e","channel":"news","data":"x","idempotency_key":"{}"}}"#,
+            "k".repeat(129)
+        );
+        let (status, _, _) = send(
+            &router,
+            signed("POST", "/apps/1/batch_events", &batch(&long), None),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }

@@ -35,7 +35,11 @@ pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
 fn jittered(bound: Duration) -> Duration {
     let half = bound / 2;
     let extra = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
-    half + Duration::from_micros(if extra == 0 { 0 } else { rand::random_range(0..=extra) })
+    half + Duration::from_micros(if extra == 0 {
+        0
+    } else {
+        rand::random_range(0..=extra)
+    })
 }
 
 /// Attempts (the first one included) needed so that retries with [`backoff_delay`], at
@@ -73,12 +77,19 @@ pub(super) struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("settings", &self.settings).field("max_attempts", &self.max_attempts).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("settings", &self.settings)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
     }
 }
 
 impl Worker {
-    pub(super) fn new(queue: Arc<dyn Queue>, settings: WebhookSettings, stats: Arc<WebhookStats>) -> Result<Self, WebhookError> {
+    pub(super) fn new(
+        queue: Arc<dyn Queue>,
+        settings: WebhookSettings,
+        stats: Arc<WebhookStats>,
+    ) -> Result<Self, WebhookError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.request_timeout)
@@ -87,7 +98,15 @@ impl Worker {
             .map_err(|e| WebhookError::Client(e.to_string()))?;
         let max_attempts = settings.max_attempts();
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
-        Ok(Worker { queue, settings, stats, client, targets: Mutex::new(HashMap::new()), in_flight, max_attempts })
+        Ok(Worker {
+            queue,
+            settings,
+            stats,
+            client,
+            targets: Mutex::new(HashMap::new()),
+            in_flight,
+            max_attempts,
+        })
     }
 
     pub(super) fn max_attempts(&self) -> u32 {
@@ -96,7 +115,9 @@ impl Worker {
 
     fn target_semaphore(&self, url: &str) -> Arc<Semaphore> {
         let mut targets = self.targets.lock();
-        Arc::clone(targets.entry(url.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_target_concurrency.max(1)))))
+        Arc::clone(targets.entry(url.to_owned()).or_insert_with(|| {
+            Arc::new(Semaphore::new(self.settings.per_target_concurrency.max(1)))
+        }))
     }
 
     /// Claim and deliver until `stop` fires. Jobs in flight when it fires are abandoned
@@ -161,17 +182,26 @@ impl Worker {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "malformed webhook job");
-                return self.settle(&job, Outcome::Permanent(format!("malformed job: {e}")), "?").await;
+                return self
+                    .settle(&job, Outcome::Permanent(format!("malformed job: {e}")), "?")
+                    .await;
             }
         };
         // Wait for a slot of this target, but never past the point where the POST could
         // outlive the lease (then another node would send it too).
-        let wait = self.settings.lease.saturating_sub(self.settings.request_timeout).saturating_sub(Duration::from_secs(1));
+        let wait = self
+            .settings
+            .lease
+            .saturating_sub(self.settings.request_timeout)
+            .saturating_sub(Duration::from_secs(1));
         let sem = self.target_semaphore(&payload.url);
         let slot = match tokio::time::timeout(wait, sem.acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => {
-                let retry = Outcome::Retry(Some(Duration::from_millis(100)), "target busy on this node".into());
+                let retry = Outcome::Retry(
+                    Some(Duration::from_millis(100)),
+                    "target busy on this node".into(),
+                );
                 return self.settle(&job, retry, &payload.url).await;
             }
         };
@@ -221,7 +251,11 @@ impl Worker {
             }
             Outcome::Retry(after, why) => {
                 WebhookStats::bump(&self.stats.failed);
-                let mut delay = jittered(backoff_delay(job.attempts, self.settings.backoff_base, self.settings.backoff_cap));
+                let mut delay = jittered(backoff_delay(
+                    job.attempts,
+                    self.settings.backoff_base,
+                    self.settings.backoff_cap,
+                ));
                 if let Some(after) = after {
                     delay = delay.max(after);
                 }
@@ -263,18 +297,28 @@ mod tests {
         assert_eq!(backoff_delay(u32::MAX, b, c), c);
         for _ in 0..100 {
             let j = jittered(Duration::from_secs(8));
-            assert!(j >= Duration::from_secs(4) && j <= Duration::from_secs(8), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(4) && j <= Duration::from_secs(8),
+                "{j:?}"
+            );
         }
     }
 
     #[test]
     fn attempts_cover_the_retry_window() {
-        let (b, c, w) = (Duration::from_secs(1), Duration::from_secs(60), Duration::from_secs(300));
+        let (b, c, w) = (
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        );
         let n = max_attempts_for(b, c, w);
         let shortest: Duration = (1..n).map(|a| backoff_delay(a, b, c) / 2).sum();
         assert!(shortest >= w, "{n} attempts span only {shortest:?}");
         let one_less: Duration = (1..n - 1).map(|a| backoff_delay(a, b, c) / 2).sum();
         assert!(one_less < w, "{n} is more than needed");
-        assert_eq!(max_attempts_for(Duration::ZERO, Duration::ZERO, Duration::ZERO), 1);
+        assert_eq!(
+            max_attempts_for(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+            1
+        );
     }
 }

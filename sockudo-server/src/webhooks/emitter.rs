@@ -59,7 +59,10 @@ pub struct Webhooks {
 
 impl std::fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks").field("settings", &self.inner.settings).field("stats", &self.inner.stats.snapshot()).finish_non_exhaustive()
+        f.debug_struct("Webhooks")
+            .field("settings", &self.inner.settings)
+            .field("stats", &self.inner.stats.snapshot())
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,11 +81,17 @@ fn occupied_marker(app: &str, channel: &str) -> String {
 }
 
 fn member_marker(app: &str, channel: &str, user: &str) -> String {
-    format!("webhooks:member:{}:{app}:{}:{channel}:{user}", app.len(), channel.len())
+    format!(
+        "webhooks:member:{}:{app}:{}:{channel}:{user}",
+        app.len(),
+        channel.len()
+    )
 }
 
 fn wants(app: &App, kind: &str) -> bool {
-    app.webhooks.iter().any(|t| t.event_types.is_empty() || t.event_types.iter().any(|e| e == kind))
+    app.webhooks
+        .iter()
+        .any(|t| t.event_types.is_empty() || t.event_types.iter().any(|e| e == kind))
 }
 
 fn wants_any(app: &App, kinds: &[&str]) -> bool {
@@ -90,15 +99,26 @@ fn wants_any(app: &App, kinds: &[&str]) -> bool {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Webhooks {
     /// A pipeline on these backends. `adapter` answers presence re-checks of delayed
     /// `member_removed`; `cache` holds the cluster-wide occupancy counters and markers.
-    pub fn new(settings: WebhookSettings, queue: Arc<dyn Queue>, cache: Arc<dyn Cache>, adapter: Arc<dyn Adapter>) -> Result<Self, WebhookError> {
+    pub fn new(
+        settings: WebhookSettings,
+        queue: Arc<dyn Queue>,
+        cache: Arc<dyn Cache>,
+        adapter: Arc<dyn Adapter>,
+    ) -> Result<Self, WebhookError> {
         let stats = Arc::new(WebhookStats::default());
-        let worker = Arc::new(Worker::new(Arc::clone(&queue), settings.clone(), Arc::clone(&stats))?);
+        let worker = Arc::new(Worker::new(
+            Arc::clone(&queue),
+            settings.clone(),
+            Arc::clone(&stats),
+        )?);
         Ok(Webhooks {
             inner: Arc::new(Inner {
                 settings,
@@ -149,7 +169,10 @@ impl Webhooks {
 
     /// Depth, oldest age and dead letters of the webhook queue.
     pub async fn queue_stats(&self) -> Result<QueueStats, sockudo_core::queue::QueueError> {
-        self.inner.queue.stats(&self.inner.settings.queue_name).await
+        self.inner
+            .queue
+            .stats(&self.inner.settings.queue_name)
+            .await
     }
 
     /// A socket of `app` subscribed to `channel` (call once per successful subscription).
@@ -167,7 +190,12 @@ impl Webhooks {
         if !first {
             return;
         }
-        let n = match self.inner.cache.increment(&occupancy_key(&app.id, channel), 1, None).await {
+        let n = match self
+            .inner
+            .cache
+            .increment(&occupancy_key(&app.id, channel), 1, None)
+            .await
+        {
             Ok(n) => n,
             Err(e) => return self.inner.emit_error("occupancy increment", &e.to_string()),
         };
@@ -175,7 +203,15 @@ impl Webhooks {
             e.contributed = true;
         }
         if n >= 1 {
-            self.inner.announce_once(app, &occupied_marker(&app.id, channel), WebhookEvent::ChannelOccupied { channel: channel.to_owned() }).await;
+            self.inner
+                .announce_once(
+                    app,
+                    &occupied_marker(&app.id, channel),
+                    WebhookEvent::ChannelOccupied {
+                        channel: channel.to_owned(),
+                    },
+                )
+                .await;
         }
     }
 
@@ -205,11 +241,25 @@ impl Webhooks {
                 self.inner.after_delay(async move {
                     // Back meanwhile (on any node)? Then the channel never looked vacated.
                     match inner.cache.get(&counter).await {
-                        Ok(Some(v)) if std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0) > 0 => return,
+                        Ok(Some(v))
+                            if std::str::from_utf8(&v)
+                                .ok()
+                                .and_then(|s| s.parse::<i64>().ok())
+                                .unwrap_or(0)
+                                > 0 =>
+                        {
+                            return
+                        }
                         Ok(_) => {}
                         Err(e) => return inner.emit_error("occupancy re-check", &e.to_string()),
                     }
-                    inner.retract_once(&app, &occupied_marker(&app.id, &channel), WebhookEvent::ChannelVacated { channel }).await;
+                    inner
+                        .retract_once(
+                            &app,
+                            &occupied_marker(&app.id, &channel),
+                            WebhookEvent::ChannelVacated { channel },
+                        )
+                        .await;
                 });
             }
             Ok(_) => {}
@@ -222,8 +272,13 @@ impl Webhooks {
         if !wants_any(app, &MEMBERS) {
             return;
         }
-        let event = WebhookEvent::MemberAdded { channel: channel.to_owned(), user_id: user_id.to_owned() };
-        self.inner.announce_once(app, &member_marker(&app.id, channel, user_id), event).await;
+        let event = WebhookEvent::MemberAdded {
+            channel: channel.to_owned(),
+            user_id: user_id.to_owned(),
+        };
+        self.inner
+            .announce_once(app, &member_marker(&app.id, channel, user_id), event)
+            .await;
     }
 
     /// The adapter reported the user's last connection gone cluster-wide. Sent after the
@@ -247,12 +302,21 @@ impl Webhooks {
     }
 
     /// A client event was published by `socket_id` (`user_id` on presence channels).
-    pub fn client_event(&self, app: &Arc<App>, channel: &str, event: &str, data: &RawValue, socket_id: &str, user_id: Option<&str>) {
+    pub fn client_event(
+        &self,
+        app: &Arc<App>,
+        channel: &str,
+        event: &str,
+        data: &RawValue,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) {
         if !wants(app, "client_event") {
             return;
         }
         // Pusher sends `data` as a string: a string value as itself, anything else as JSON text.
-        let data = serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
+        let data =
+            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
         let ev = WebhookEvent::ClientEvent {
             channel: channel.to_owned(),
             event: event.to_owned(),
@@ -266,7 +330,12 @@ impl Webhooks {
     /// A subscriber of a cache channel found no cached event.
     pub fn cache_miss(&self, app: &Arc<App>, channel: &str) {
         if wants(app, "cache_miss") {
-            self.inner.emit(app, WebhookEvent::CacheMiss { channel: channel.to_owned() });
+            self.inner.emit(
+                app,
+                WebhookEvent::CacheMiss {
+                    channel: channel.to_owned(),
+                },
+            );
         }
     }
 
@@ -303,7 +372,11 @@ impl Inner {
 
     /// Emit `event` if this call set the shared `marker` (one announcement cluster-wide).
     async fn announce_once(self: &Arc<Self>, app: &Arc<App>, marker: &str, event: WebhookEvent) {
-        match self.cache.set_if_absent(marker, Bytes::from_static(b"1"), None).await {
+        match self
+            .cache
+            .set_if_absent(marker, Bytes::from_static(b"1"), None)
+            .await
+        {
             Ok(true) => self.emit(app, event),
             Ok(false) => {}
             Err(e) => self.emit_error("announce", &e.to_string()),
@@ -371,18 +444,30 @@ impl Inner {
         for target in &app.webhooks {
             let picked: Vec<&WebhookEvent> = events
                 .iter()
-                .filter(|e| target.event_types.is_empty() || target.event_types.iter().any(|t| t == e.kind()))
+                .filter(|e| {
+                    target.event_types.is_empty()
+                        || target.event_types.iter().any(|t| t == e.kind())
+                })
                 .collect();
             for chunk in picked.chunks(max) {
                 let body = serde_json::json!({ "time_ms": now_ms(), "events": chunk }).to_string();
                 let signature = webhook_signature(&app.secret, body.as_bytes());
                 let ours = ["content-type", "x-pusher-key", "x-pusher-signature"];
-                let mut headers: Vec<(String, String)> =
-                    target.headers.iter().filter(|(k, _)| !ours.contains(&k.to_ascii_lowercase().as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut headers: Vec<(String, String)> = target
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !ours.contains(&k.to_ascii_lowercase().as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 headers.push(("Content-Type".into(), "application/json".into()));
                 headers.push(("X-Pusher-Key".into(), app.key.clone()));
                 headers.push(("X-Pusher-Signature".into(), signature));
-                let job = JobPayload { app_id: app.id.clone(), url: target.url.clone(), headers, body };
+                let job = JobPayload {
+                    app_id: app.id.clone(),
+                    url: target.url.clone(),
+                    headers,
+                    body,
+                };
                 let payload = match serde_json::to_vec(&job) {
                     Ok(p) => Bytes::from(p),
                     Err(e) => {
@@ -390,7 +475,11 @@ impl Inner {
                         continue;
                     }
                 };
-                match self.queue.enqueue(&self.settings.queue_name, payload, Duration::ZERO).await {
+                match self
+                    .queue
+                    .enqueue(&self.settings.queue_name, payload, Duration::ZERO)
+                    .await
+                {
                     Ok(_) => {
                         WebhookStats::bump(&self.stats.enqueued);
                         enqueued = true;
@@ -412,14 +501,32 @@ mod tests {
     #[test]
     fn keys_cannot_collide_across_apps_and_channels() {
         assert_ne!(occupancy_key("a:b", "c"), occupancy_key("a", "b:c"));
-        assert_ne!(member_marker("a", "b:c", "d"), member_marker("a", "b", "c:d"));
+        assert_ne!(
+            member_marker("a", "b:c", "d"),
+            member_marker("a", "b", "c:d")
+        );
     }
 
     #[test]
     fn event_bodies_match_pusher() {
-        let e = WebhookEvent::ClientEvent { channel: "private-x".into(), event: "client-a".into(), data: "{}".into(), socket_id: "1.2".into(), user_id: None };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"name":"client_event","channel":"private-x","event":"client-a","data":"{}","socket_id":"1.2"}"#);
-        let e = WebhookEvent::MemberAdded { channel: "presence-x".into(), user_id: "u".into() };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"name":"member_added","channel":"presence-x","user_id":"u"}"#);
+        let e = WebhookEvent::ClientEvent {
+            channel: "private-x".into(),
+            event: "client-a".into(),
+            data: "{}".into(),
+            socket_id: "1.2".into(),
+            user_id: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"name":"client_event","channel":"private-x","event":"client-a","data":"{}","socket_id":"1.2"}"#
+        );
+        let e = WebhookEvent::MemberAdded {
+            channel: "presence-x".into(),
+            user_id: "u".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"name":"member_added","channel":"presence-x","user_id":"u"}"#
+        );
     }
 }

@@ -16,21 +16,37 @@ pub(super) struct LazyRedisQueue {
 
 impl LazyRedisQueue {
     pub(super) fn new(url: String) -> Self {
-        LazyRedisQueue { url, queue: OnceCell::new() }
+        LazyRedisQueue {
+            url,
+            queue: OnceCell::new(),
+        }
     }
 
     async fn get(&self) -> Result<&RedisQueue, QueueError> {
-        self.queue.get_or_try_init(|| RedisQueue::connect(&self.url)).await
+        self.queue
+            .get_or_try_init(|| RedisQueue::connect(&self.url))
+            .await
     }
 }
 
 #[async_trait]
 impl Queue for LazyRedisQueue {
-    async fn enqueue(&self, queue: &str, payload: Bytes, delay: Duration) -> Result<JobId, QueueError> {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Bytes,
+        delay: Duration,
+    ) -> Result<JobId, QueueError> {
         self.get().await?.enqueue(queue, payload, delay).await
     }
 
-    async fn claim(&self, queue: &str, consumer: &str, lease: Duration, max: usize) -> Result<Vec<Job>, QueueError> {
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Job>, QueueError> {
         self.get().await?.claim(queue, consumer, lease, max).await
     }
 
@@ -38,8 +54,17 @@ impl Queue for LazyRedisQueue {
         self.get().await?.ack(queue, id).await
     }
 
-    async fn nack(&self, queue: &str, id: &JobId, retry_in: Duration, max_attempts: u32) -> Result<NackOutcome, QueueError> {
-        self.get().await?.nack(queue, id, retry_in, max_attempts).await
+    async fn nack(
+        &self,
+        queue: &str,
+        id: &JobId,
+        retry_in: Duration,
+        max_attempts: u32,
+    ) -> Result<NackOutcome, QueueError> {
+        self.get()
+            .await?
+            .nack(queue, id, retry_in, max_attempts)
+            .await
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {

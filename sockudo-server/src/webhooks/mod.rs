@@ -232,8 +232,12 @@ pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError
     match settings.queue.driver.as_str() {
         "memory" => Ok(Arc::new(MemoryQueue::new())),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(settings.redis.url.clone()))),
-        other => Err(WebhookError::Queue(format!("queue driver {other:?} is not supported by this build"))),
+        "redis" => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(
+            settings.redis.url.clone(),
+        ))),
+        other => Err(WebhookError::Queue(format!(
+            "queue driver {other:?} is not supported by this build"
+        ))),
     }
 }
 
@@ -242,7 +246,12 @@ pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError
 /// leave the node without webhooks: they never stop it from serving.
 pub fn install(node: &Arc<crate::node::Node>) {
     let built = queue_for(&node.settings).and_then(|queue| {
-        Webhooks::new(WebhookSettings::from_node(&node.settings), queue, Arc::clone(&node.cache), Arc::clone(&node.adapter))
+        Webhooks::new(
+            WebhookSettings::from_node(&node.settings),
+            queue,
+            Arc::clone(&node.cache),
+            Arc::clone(&node.adapter),
+        )
     });
     match built {
         Ok(w) => {

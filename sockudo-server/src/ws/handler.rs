@@ -11,17 +11,19 @@ use serde_json::value::RawValue;
 use sockudo_core::auth::{verify_channel_auth, verify_user_auth};
 use sockudo_core::channel::{ChannelKind, ChannelName};
 use sockudo_core::protocol::events::{self, classify, EventKind, Family};
-use sockudo_core::protocol::frame::{PresenceChannelData, SigninData, SigninUserData, SubscribeData, UnsubscribeData};
+use sockudo_core::protocol::frame::{
+    PresenceChannelData, SigninData, SigninUserData, SubscribeData, UnsubscribeData,
+};
 use sockudo_core::protocol::{ClientFrame, ErrorCode, FrameError, OutboundFrame, ProtocolVersion};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::connection::Connection;
 use super::v2::{self, ResumePlan};
+use crate::connection::Connection;
 use crate::namespace::Namespace;
-use sockudo_core::adapter::{Broadcast, MemberEvent, PresenceJoin, PresenceLeave, PresenceMember};
 use crate::node::Node;
 use crate::publish::{cache_channel_key, decode_cached, publish_event, EventToPublish};
+use sockudo_core::adapter::{Broadcast, MemberEvent, PresenceJoin, PresenceLeave, PresenceMember};
 
 /// Longest event name accepted from a client (Pusher's limit).
 const MAX_EVENT_NAME_LEN: usize = 200;
@@ -53,19 +55,41 @@ pub struct Session {
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Connection>, ns: Arc<Namespace>) -> Self {
         let family = conn.protocol.family();
-        Session { node, conn, ns, family, channels: HashSet::new(), attach: HashMap::new(), window_start: Instant::now(), window_count: 0 }
+        Session {
+            node,
+            conn,
+            ns,
+            family,
+            channels: HashSet::new(),
+            attach: HashMap::new(),
+            window_start: Instant::now(),
+            window_count: 0,
+        }
     }
 
     fn error(&self, message: &str, code: Option<ErrorCode>) {
-        self.conn.send_text(OutboundFrame::error(self.family, message, code.map(ErrorCode::code)));
+        self.conn.send_text(OutboundFrame::error(
+            self.family,
+            message,
+            code.map(ErrorCode::code),
+        ));
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16) {
-        self.conn.send_text(OutboundFrame::subscription_error(self.family, channel, kind, message, status));
+        self.conn.send_text(OutboundFrame::subscription_error(
+            self.family,
+            channel,
+            kind,
+            message,
+            status,
+        ));
     }
 
     pub fn reject_binary(&self) {
-        self.error("Binary frames are not supported: send UTF-8 JSON text frames", None);
+        self.error(
+            "Binary frames are not supported: send UTF-8 JSON text frames",
+            None,
+        );
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Flow {
@@ -87,7 +111,10 @@ impl Session {
                 Flow::Continue
             }
             EventKind::Other => {
-                self.error("Clients may only send client- events and protocol events", None);
+                self.error(
+                    "Clients may only send client- events and protocol events",
+                    None,
+                );
                 Flow::Continue
             }
         }
@@ -112,33 +139,47 @@ impl Session {
                 Err(e) => self.error(&format!("Invalid unsubscribe: {e}"), None),
             },
             events::SIGNIN => return self.signin(frame),
-            "resume" if self.conn.protocol == ProtocolVersion::V2 => match object_data::<v2::ResumeData>(frame) {
-                Ok(d) => {
-                    let channels = &self.channels;
-                    let subscribed = |name: &str| channels.get(name).cloned();
-                    let plan = v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, d).await;
-                    return Flow::Resume(plan);
-                }
-                Err(e) => self.error(&format!("Invalid resume: {e}"), None),
-            },
-            "channel_history" if self.conn.protocol == ProtocolVersion::V2 => match object_data::<v2::HistoryRequest>(frame) {
-                Ok(req) => {
-                    let Some(channel) = self.channels.get(req.channel.as_str()).cloned() else {
-                        self.error("channel_history requires a subscription to the channel", None);
-                        return Flow::Continue;
-                    };
-                    let attach = self.attach.get(&channel).copied();
-                    match v2::channel_history(&self.node, &self.conn.app.id, &req, attach).await {
-                        Ok(frame) => {
-                            self.conn.send_text(frame);
-                        }
-                        Err(msg) => self.error(&format!("channel_history failed: {msg}"), None),
+            "resume" if self.conn.protocol == ProtocolVersion::V2 => {
+                match object_data::<v2::ResumeData>(frame) {
+                    Ok(d) => {
+                        let channels = &self.channels;
+                        let subscribed = |name: &str| channels.get(name).cloned();
+                        let plan =
+                            v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, d).await;
+                        return Flow::Resume(plan);
                     }
+                    Err(e) => self.error(&format!("Invalid resume: {e}"), None),
                 }
-                Err(e) => self.error(&format!("Invalid channel_history: {e}"), None),
-            },
-            "resume" | "channel_history" => self.error("resume and channel_history require protocol 2", None),
-            other => self.error(&format!("Unsupported event: {}{other}", self.family.prefix()), None),
+            }
+            "channel_history" if self.conn.protocol == ProtocolVersion::V2 => {
+                match object_data::<v2::HistoryRequest>(frame) {
+                    Ok(req) => {
+                        let Some(channel) = self.channels.get(req.channel.as_str()).cloned() else {
+                            self.error(
+                                "channel_history requires a subscription to the channel",
+                                None,
+                            );
+                            return Flow::Continue;
+                        };
+                        let attach = self.attach.get(&channel).copied();
+                        match v2::channel_history(&self.node, &self.conn.app.id, &req, attach).await
+                        {
+                            Ok(frame) => {
+                                self.conn.send_text(frame);
+                            }
+                            Err(msg) => self.error(&format!("channel_history failed: {msg}"), None),
+                        }
+                    }
+                    Err(e) => self.error(&format!("Invalid channel_history: {e}"), None),
+                }
+            }
+            "resume" | "channel_history" => {
+                self.error("resume and channel_history require protocol 2", None)
+            }
+            other => self.error(
+                &format!("Unsupported event: {}{other}", self.family.prefix()),
+                None,
+            ),
         }
         Flow::Continue
     }
@@ -146,24 +187,42 @@ impl Session {
     fn signin(&mut self, frame: &ClientFrame) -> Flow {
         let app = &self.conn.app;
         let Ok(data) = object_data::<SigninData>(frame) else {
-            self.error("Invalid signin: data must hold auth and user_data", Some(ErrorCode::Unauthorized));
+            self.error(
+                "Invalid signin: data must hold auth and user_data",
+                Some(ErrorCode::Unauthorized),
+            );
             return Flow::Close(ErrorCode::Unauthorized);
         };
-        if let Err(e) = verify_user_auth(&app.key, &app.secret, &self.conn.socket_id, &data.user_data, &data.auth) {
-            self.error(&format!("Invalid signin signature: {e}"), Some(ErrorCode::Unauthorized));
+        if let Err(e) = verify_user_auth(
+            &app.key,
+            &app.secret,
+            &self.conn.socket_id,
+            &data.user_data,
+            &data.auth,
+        ) {
+            self.error(
+                &format!("Invalid signin signature: {e}"),
+                Some(ErrorCode::Unauthorized),
+            );
             return Flow::Close(ErrorCode::Unauthorized);
         }
         let user: SigninUserData = match serde_json::from_str::<SigninUserData>(&data.user_data) {
             Ok(u) if !u.id.0.is_empty() => u,
             _ => {
-                self.error("Invalid signin: user_data must be JSON with a non-empty string id", Some(ErrorCode::Unauthorized));
+                self.error(
+                    "Invalid signin: user_data must be JSON with a non-empty string id",
+                    Some(ErrorCode::Unauthorized),
+                );
                 return Flow::Close(ErrorCode::Unauthorized);
             }
         };
         let user_id: Arc<str> = Arc::from(user.id.0);
         match self.conn.user_id() {
             Some(existing) if existing != user_id => {
-                self.error("Already signed in as another user", Some(ErrorCode::Unauthorized));
+                self.error(
+                    "Already signed in as another user",
+                    Some(ErrorCode::Unauthorized),
+                );
                 return Flow::Close(ErrorCode::Unauthorized);
             }
             Some(_) => {}
@@ -172,14 +231,22 @@ impl Session {
                 self.ns.add_user(user_id, Arc::clone(&self.conn));
             }
         }
-        self.conn.send_text(OutboundFrame::signin_success(self.family, &data.user_data));
+        self.conn
+            .send_text(OutboundFrame::signin_success(self.family, &data.user_data));
         Flow::Continue
     }
 
     async fn subscribe(&mut self, d: SubscribeData) {
         let name = match ChannelName::parse(&d.channel) {
             Ok(n) => n,
-            Err(e) => return self.subscription_error(&d.channel, "InvalidChannel", &format!("Invalid channel name: {e}"), 400),
+            Err(e) => {
+                return self.subscription_error(
+                    &d.channel,
+                    "InvalidChannel",
+                    &format!("Invalid channel name: {e}"),
+                    400,
+                )
+            }
         };
         let app = Arc::clone(&self.conn.app);
         let socket_id = Arc::clone(&self.conn.socket_id);
@@ -188,28 +255,72 @@ impl Session {
             ChannelKind::Public => {}
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
                 let auth = d.auth.as_deref().unwrap_or("");
-                if let Err(e) = verify_channel_auth(&app.key, &app.secret, &socket_id, name.as_str(), None, auth) {
-                    return self.subscription_error(name.as_str(), "AuthError", &format!("Invalid signature: {e}"), 401);
+                if let Err(e) = verify_channel_auth(
+                    &app.key,
+                    &app.secret,
+                    &socket_id,
+                    name.as_str(),
+                    None,
+                    auth,
+                ) {
+                    return self.subscription_error(
+                        name.as_str(),
+                        "AuthError",
+                        &format!("Invalid signature: {e}"),
+                        401,
+                    );
                 }
             }
             ChannelKind::Presence => {
                 let Some(channel_data) = d.channel_data.as_deref() else {
-                    return self.subscription_error(name.as_str(), "AuthError", "Presence channels require channel_data", 401);
+                    return self.subscription_error(
+                        name.as_str(),
+                        "AuthError",
+                        "Presence channels require channel_data",
+                        401,
+                    );
                 };
                 let auth = d.auth.as_deref().unwrap_or("");
-                if let Err(e) = verify_channel_auth(&app.key, &app.secret, &socket_id, name.as_str(), Some(channel_data), auth) {
-                    return self.subscription_error(name.as_str(), "AuthError", &format!("Invalid signature: {e}"), 401);
+                if let Err(e) = verify_channel_auth(
+                    &app.key,
+                    &app.secret,
+                    &socket_id,
+                    name.as_str(),
+                    Some(channel_data),
+                    auth,
+                ) {
+                    return self.subscription_error(
+                        name.as_str(),
+                        "AuthError",
+                        &format!("Invalid signature: {e}"),
+                        401,
+                    );
                 }
                 let member: PresenceChannelData = match serde_json::from_str(channel_data) {
                     Ok(m) => m,
-                    Err(_) => return self.subscription_error(name.as_str(), "AuthError", "channel_data must be JSON with a user_id", 400),
+                    Err(_) => {
+                        return self.subscription_error(
+                            name.as_str(),
+                            "AuthError",
+                            "channel_data must be JSON with a user_id",
+                            400,
+                        )
+                    }
                 };
                 if member.user_id.0.is_empty() || member.user_id.0.len() > MAX_USER_ID_LEN {
-                    return self.subscription_error(name.as_str(), "AuthError", "user_id must be 1 to 128 characters", 400);
+                    return self.subscription_error(
+                        name.as_str(),
+                        "AuthError",
+                        "user_id must be 1 to 128 characters",
+                        400,
+                    );
                 }
                 let info_len = member.user_info.as_ref().map_or(0, |i| i.get().len());
                 if info_len > app.max_presence_user_info_bytes {
-                    let msg = format!("user_info is {info_len} bytes, over the limit of {}", app.max_presence_user_info_bytes);
+                    let msg = format!(
+                        "user_info is {info_len} bytes, over the limit of {}",
+                        app.max_presence_user_info_bytes
+                    );
                     return self.subscription_error(name.as_str(), "LimitReached", &msg, 413);
                 }
                 presence = Some((Arc::<str>::from(member.user_id.0), member.user_info));
@@ -217,7 +328,12 @@ impl Session {
             ChannelKind::ServerToUser => {
                 let owner = name.server_to_user_id();
                 if self.conn.user_id().as_deref() != owner {
-                    return self.subscription_error(name.as_str(), "AuthError", "Only the signed-in user may subscribe to its own user channel", 403);
+                    return self.subscription_error(
+                        name.as_str(),
+                        "AuthError",
+                        "Only the signed-in user may subscribe to its own user channel",
+                        403,
+                    );
                 }
             }
         }
@@ -240,10 +356,24 @@ impl Session {
             Some((user, info)) => {
                 let info_text = info.as_deref().map(RawValue::get);
                 let outcome = if joined.node_first {
-                    let join = PresenceJoin { app_id: &app.id, channel: &channel, user_id: user, info: info_text, max_members: app.max_presence_members };
-                    self.node.adapter.presence_join(join).await.map(|o| (o.full, o.first.then_some(o.seq), o.members))
+                    let join = PresenceJoin {
+                        app_id: &app.id,
+                        channel: &channel,
+                        user_id: user,
+                        info: info_text,
+                        max_members: app.max_presence_members,
+                    };
+                    self.node
+                        .adapter
+                        .presence_join(join)
+                        .await
+                        .map(|o| (o.full, o.first.then_some(o.seq), o.members))
                 } else {
-                    self.node.adapter.presence_members(&app.id, &channel).await.map(|m| (false, None, m))
+                    self.node
+                        .adapter
+                        .presence_members(&app.id, &channel)
+                        .await
+                        .map(|m| (false, None, m))
                 };
                 match outcome {
                     Ok((false, first, members)) => {
@@ -255,7 +385,10 @@ impl Session {
                     Ok((true, _, _)) => {
                         self.ns.unsubscribe(&channel, &socket_id);
                         self.conn.cancel_join(&channel);
-                        let msg = format!("Presence channel is full ({} members)", app.max_presence_members);
+                        let msg = format!(
+                            "Presence channel is full ({} members)",
+                            app.max_presence_members
+                        );
                         return self.subscription_error(&channel, "LimitReached", &msg, 403);
                     }
                     Err(e) => {
@@ -264,25 +397,40 @@ impl Session {
                         self.conn.cancel_join(&channel);
                         if let Some(u) = left.and_then(|u| u.node_last) {
                             // Undo a join that may have reached the store before the error.
-                            let _ = self.node.adapter.presence_leave(&app.id, &channel, &u).await;
+                            let _ = self
+                                .node
+                                .adapter
+                                .presence_leave(&app.id, &channel, &u)
+                                .await;
                         }
-                        return self.subscription_error(&channel, "ServiceUnavailable", "Presence is temporarily unavailable", 503);
+                        return self.subscription_error(
+                            &channel,
+                            "ServiceUnavailable",
+                            "Presence is temporarily unavailable",
+                            503,
+                        );
                     }
                 }
             }
         };
         let data = match self.conn.protocol {
-            ProtocolVersion::V2 => match v2::subscribe_fields(&self.node, &app.id, &channel).await {
-                Some(position) => {
-                    self.attach.insert(Arc::clone(&channel), position.1);
-                    v2::with_stream_fields(&data, &position)
+            ProtocolVersion::V2 => {
+                match v2::subscribe_fields(&self.node, &app.id, &channel).await {
+                    Some(position) => {
+                        self.attach.insert(Arc::clone(&channel), position.1);
+                        v2::with_stream_fields(&data, &position)
+                    }
+                    None => data,
                 }
-                None => data,
-            },
+            }
             ProtocolVersion::V1 => data,
         };
         self.channels.insert(Arc::clone(&channel));
-        self.conn.send_text(OutboundFrame::subscription_succeeded(self.family, &channel, &data));
+        self.conn.send_text(OutboundFrame::subscription_succeeded(
+            self.family,
+            &channel,
+            &data,
+        ));
         self.conn.finish_join(&channel);
         // webhooks: begin
         if let Some(w) = self.node.webhooks() {
@@ -293,24 +441,39 @@ impl Session {
         }
         // webhooks: end
         if let Some((user, info, seq)) = member_added {
-            let encode = |f: Family| OutboundFrame::member_added(f, &channel, &user, info.as_deref());
-            let member = MemberEvent { user_id: Arc::clone(&user), seq };
-            self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id)), Some(member)).await;
+            let encode =
+                |f: Family| OutboundFrame::member_added(f, &channel, &user, info.as_deref());
+            let member = MemberEvent {
+                user_id: Arc::clone(&user),
+                seq,
+            };
+            self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id)), Some(member))
+                .await;
         }
         if name.is_cache() && joined.new_subscription {
-            match self.node.cache.get(&cache_channel_key(&app.id, &channel)).await {
+            match self
+                .node
+                .cache
+                .get(&cache_channel_key(&app.id, &channel))
+                .await
+            {
                 Ok(Some(entry)) => {
-                    if let Some(f) = decode_cached(&entry).and_then(|(_, f)| Utf8Bytes::try_from(entry.slice_ref(f)).ok()) {
+                    if let Some(f) = decode_cached(&entry)
+                        .and_then(|(_, f)| Utf8Bytes::try_from(entry.slice_ref(f)).ok())
+                    {
                         self.conn.send(f);
                     }
                 }
                 Ok(None) => {
-                    self.conn.send_text(OutboundFrame::cache_miss(self.family, &channel));
+                    self.conn
+                        .send_text(OutboundFrame::cache_miss(self.family, &channel));
                     if let Some(w) = self.node.webhooks() {
                         w.cache_miss(&app, &channel); // webhooks
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, channel = %channel, "cache channel lookup failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %channel, "cache channel lookup failed")
+                }
             }
         }
     }
@@ -320,8 +483,19 @@ impl Session {
     /// `encode` builds the frame for a family; V1 and V2 connections each get their own.
     /// `member` carries the store's decision so receivers can drop it once a later decision
     /// about the same user was delivered (see `Namespace::fanout_member`).
-    async fn broadcast_control(&self, channel: &ChannelName<'_>, encode: impl Fn(Family) -> String, except: Option<Arc<str>>, member: Option<MemberEvent>) {
-        let mut msg = Broadcast::plain(&self.conn.app.id, channel.as_str(), encode(Family::Pusher).into(), except);
+    async fn broadcast_control(
+        &self,
+        channel: &ChannelName<'_>,
+        encode: impl Fn(Family) -> String,
+        except: Option<Arc<str>>,
+        member: Option<MemberEvent>,
+    ) {
+        let mut msg = Broadcast::plain(
+            &self.conn.app.id,
+            channel.as_str(),
+            encode(Family::Pusher).into(),
+            except,
+        );
         msg.frame_v2 = Some(encode(Family::Sockudo).into());
         msg.member = member;
         if let Err(e) = self.node.adapter.publish(msg).await {
@@ -337,12 +511,19 @@ impl Session {
             Some(user) => Some(ns.presence_guard(channel, &user).await),
             None => None,
         };
-        let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else { return };
+        let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else {
+            return;
+        };
         if let Some(w) = self.node.webhooks() {
             w.unsubscribed(&self.conn.app, channel).await; // webhooks
         }
         let Some(user) = left.node_last else { return };
-        let left = match self.node.adapter.presence_leave(&self.conn.app.id, channel, &user).await {
+        let left = match self
+            .node
+            .adapter
+            .presence_leave(&self.conn.app.id, channel, &user)
+            .await
+        {
             Ok(left) => left,
             Err(e) => {
                 // The store keeps this node's contribution; liveness sweeping removes it if
@@ -354,8 +535,12 @@ impl Session {
         if left.gone {
             if let Ok(name) = ChannelName::parse(channel) {
                 let encode = |f: Family| OutboundFrame::member_removed(f, channel, &user);
-                let member = MemberEvent { user_id: Arc::clone(&user), seq: left.seq };
-                self.broadcast_control(&name, encode, None, Some(member)).await;
+                let member = MemberEvent {
+                    user_id: Arc::clone(&user),
+                    seq: left.seq,
+                };
+                self.broadcast_control(&name, encode, None, Some(member))
+                    .await;
             }
             if let Some(w) = self.node.webhooks() {
                 w.member_removed(&self.conn.app, channel, &user); // webhooks
@@ -390,7 +575,10 @@ impl Session {
             Err(e) => return self.error(&format!("Invalid channel name: {e}"), None),
         };
         if !name.kind().allows_client_events() {
-            return self.error("Client events are only allowed on private and presence channels", None);
+            return self.error(
+                "Client events are only allowed on private and presence channels",
+                None,
+            );
         }
         if !self.channels.contains(channel) {
             return self.error("Client event rejected: not subscribed to the channel", None);
@@ -407,14 +595,34 @@ impl Session {
             }
         };
         if data.get().len() > app.max_event_payload_bytes {
-            return self.error(&format!("Client event data is over {} bytes", app.max_event_payload_bytes), None);
+            return self.error(
+                &format!(
+                    "Client event data is over {} bytes",
+                    app.max_event_payload_bytes
+                ),
+                None,
+            );
         }
         if !self.client_event_allowed() {
             metrics::counter!(crate::metrics::RATE_LIMITED, "scope" => "client_event").increment(1);
-            return self.error(ErrorCode::ClientEventRateLimited.message(), Some(ErrorCode::ClientEventRateLimited));
+            return self.error(
+                ErrorCode::ClientEventRateLimited.message(),
+                Some(ErrorCode::ClientEventRateLimited),
+            );
         }
-        let user_id = if name.is_presence() { self.ns.presence_user_of(channel, &self.conn.socket_id) } else { None };
-        let ev = EventToPublish { event: &frame.event, data, user_id: user_id.as_deref(), message_id: None, extras: None, except_socket: Some(&self.conn.socket_id) };
+        let user_id = if name.is_presence() {
+            self.ns.presence_user_of(channel, &self.conn.socket_id)
+        } else {
+            None
+        };
+        let ev = EventToPublish {
+            event: &frame.event,
+            data,
+            user_id: user_id.as_deref(),
+            message_id: None,
+            extras: None,
+            except_socket: Some(&self.conn.socket_id),
+        };
         if let Err(e) = publish_event(&self.node, &app.id, &name, ev).await {
             metrics::counter!(crate::metrics::PUBLISHES_FAILED, "app_id" => app.id.clone(), "source" => "client_event").increment(1);
             tracing::warn!(app_id = %app.id, socket_id = %self.conn.socket_id, error = %e, channel, "client event publish failed");
@@ -423,7 +631,14 @@ impl Session {
         }
         metrics::counter!(crate::metrics::PUBLISHES_ACCEPTED, "app_id" => app.id.clone(), "source" => "client_event").increment(1);
         if let Some(w) = self.node.webhooks() {
-            w.client_event(&app, channel, &frame.event, data, &self.conn.socket_id, user_id.as_deref()); // webhooks
+            w.client_event(
+                &app,
+                channel,
+                &frame.event,
+                data,
+                &self.conn.socket_id,
+                user_id.as_deref(),
+            ); // webhooks
         }
     }
 
@@ -440,7 +655,8 @@ impl Session {
 /// serde alone would also accept an array holding the fields in order.
 fn object_data<T: DeserializeOwned>(frame: &ClientFrame) -> Result<T, FrameError> {
     let map = frame.system_data::<serde_json::Map<String, serde_json::Value>>()?;
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| FrameError::InvalidData(e.to_string()))
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| FrameError::InvalidData(e.to_string()))
 }
 
 fn presence_data(members: &[PresenceMember]) -> String {
@@ -448,9 +664,14 @@ fn presence_data(members: &[PresenceMember]) -> String {
     let hash: serde_json::Map<String, serde_json::Value> = members
         .iter()
         .map(|m| {
-            let v = m.info.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or(serde_json::Value::Null);
+            let v = m
+                .info
+                .as_deref()
+                .and_then(|i| serde_json::from_str(i).ok())
+                .unwrap_or(serde_json::Value::Null);
             (m.user_id.clone(), v)
         })
         .collect();
-    serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } }).to_string()
+    serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
+        .to_string()
 }

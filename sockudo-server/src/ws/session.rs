@@ -51,15 +51,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
 
-async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16, reason: &str) {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: &str,
+) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
 /// Send the error the Pusher way (an error event, then a close with the same code).
 pub async fn refuse(mut ws: Ws, refusal: Refusal) {
     let code = refusal.code;
-    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "code" => code.code().to_string()).increment(1);
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "code" => code.code().to_string())
+        .increment(1);
     tracing::debug!(code = code.code(), "connection refused");
     let text = OutboundFrame::error(refusal.protocol.family(), code.message(), Some(code.code()));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::text(text))).await;
@@ -67,7 +75,13 @@ pub async fn refuse(mut ws: Ws, refusal: Refusal) {
 }
 
 /// Write `first` and whatever else is already queued, then flush once.
-async fn write_batch(ws: &mut Ws, first: tokio_tungstenite::tungstenite::Utf8Bytes, outbox: &mut Outbox, conn: &Connection, sent: &metrics::Counter) -> Result<(), WsError> {
+async fn write_batch(
+    ws: &mut Ws,
+    first: tokio_tungstenite::tungstenite::Utf8Bytes,
+    outbox: &mut Outbox,
+    conn: &Connection,
+    sent: &metrics::Counter,
+) -> Result<(), WsError> {
     let mut bytes = first.len();
     ws.feed(Message::Text(first)).await?;
     for _ in 1..WRITE_BATCH {
@@ -84,7 +98,12 @@ async fn write_batch(ws: &mut Ws, first: tokio_tungstenite::tungstenite::Utf8Byt
 }
 
 /// Write every frame already queued, then flush.
-async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, sent: &metrics::Counter) -> Result<(), WsError> {
+async fn write_queued(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    conn: &Connection,
+    sent: &metrics::Counter,
+) -> Result<(), WsError> {
     while let Some(f) = outbox.try_recv(conn) {
         sent.increment(f.len() as u64);
         ws.feed(Message::Text(f)).await?;
@@ -94,20 +113,41 @@ async fn write_queued(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, sent:
 
 /// Execute a resume plan: what was queued before it goes first, then per channel the replay
 /// and the held live frames (checked contiguous), then the outcome frames.
-async fn write_resume(ws: &mut Ws, outbox: &mut Outbox, conn: &Connection, plan: ResumePlan, sent: &metrics::Counter) -> Result<Option<ErrorCode>, WsError> {
+async fn write_resume(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    conn: &Connection,
+    plan: ResumePlan,
+    sent: &metrics::Counter,
+) -> Result<Option<ErrorCode>, WsError> {
     write_queued(ws, outbox, conn, sent).await?;
     let mut broken = false;
     for step in plan.channels {
         match step {
-            ChannelPlan::Recovered { channel, stream_id, replay, continue_after } => {
+            ChannelPlan::Recovered {
+                channel,
+                stream_id,
+                replay,
+                continue_after,
+            } => {
                 for f in replay {
                     sent.increment(f.len() as u64);
                     ws.feed(Message::Text(f)).await?;
                 }
                 let held = conn.release_after(&channel, Some((&stream_id, continue_after)));
                 // A held frame of another stream (a reset raced the replay) cannot follow it.
-                let same_stream = held.iter().all(|h| h.stream_id.as_deref().is_none_or(|s| s == stream_id));
-                let merged = if same_stream { recovery::merge_held(continue_after, held.into_iter().map(|h| (h.serial, h.frame)).collect()).ok() } else { None };
+                let same_stream = held
+                    .iter()
+                    .all(|h| h.stream_id.as_deref().is_none_or(|s| s == stream_id));
+                let merged = if same_stream {
+                    recovery::merge_held(
+                        continue_after,
+                        held.into_iter().map(|h| (h.serial, h.frame)).collect(),
+                    )
+                    .ok()
+                } else {
+                    None
+                };
                 match merged {
                     Some(frames) => {
                         for (_, f) in frames {
@@ -148,14 +188,25 @@ enum End {
 }
 
 pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
-    let Accepted { app, protocol, namespace } = accepted;
+    let Accepted {
+        app,
+        protocol,
+        namespace,
+    } = accepted;
     let socket_id = node.next_socket_id();
-    let limits = QueueLimits { frames: node.settings.outbound_queue_frames, bytes: node.settings.outbound_queue_bytes };
+    let limits = QueueLimits {
+        frames: node.settings.outbound_queue_frames,
+        bytes: node.settings.outbound_queue_bytes,
+    };
     let (conn, mut outbox) = Connection::new(Arc::clone(&socket_id), app, protocol, limits);
     namespace.add_connection(Arc::clone(&conn));
     let app_label = conn.app.id.clone();
     let _connected = crate::metrics::ConnectionGauge::open(&namespace.app_id);
-    let protocol_label = if protocol == ProtocolVersion::V2 { "2" } else { "7" };
+    let protocol_label = if protocol == ProtocolVersion::V2 {
+        "2"
+    } else {
+        "7"
+    };
     metrics::counter!(crate::metrics::CONNECTIONS_OPENED, "app_id" => app_label.clone(), "protocol" => protocol_label).increment(1);
     let bytes_in = metrics::counter!(crate::metrics::BYTES_IN, "app_id" => app_label.clone());
     let bytes_out = metrics::counter!(crate::metrics::BYTES_OUT, "app_id" => app_label.clone());
@@ -167,7 +218,8 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
     let drain = node.drain_token();
     let mut session = Session::new(Arc::clone(&node), Arc::clone(&conn), Arc::clone(&namespace));
 
-    let hello = OutboundFrame::connection_established(family, &socket_id, node.settings.activity_timeout);
+    let hello =
+        OutboundFrame::connection_established(family, &socket_id, node.settings.activity_timeout);
     let end = if ws.send(Message::text(hello)).await.is_err() {
         End::Gone
     } else {

@@ -31,9 +31,16 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 fn plain(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut r = Response::new(Body::from(format!("{{\"error\":{},\"status\":{}}}", serde_json::Value::from(msg), status.as_u16())));
+    let mut r = Response::new(Body::from(format!(
+        "{{\"error\":{},\"status\":{}}}",
+        serde_json::Value::from(msg),
+        status.as_u16()
+    )));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -41,11 +48,23 @@ fn plain(status: StatusCode, msg: &str) -> Response<Body> {
 // Both variants are responses handed straight back to hyper: boxing the refusal buys nothing.
 #[allow(clippy::result_large_err)]
 fn handshake_response(headers: &HeaderMap) -> Result<Response<Body>, Response<Body>> {
-    if !header_has_token(headers, header::UPGRADE, "websocket") || !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(plain(StatusCode::UPGRADE_REQUIRED, "this endpoint expects a WebSocket upgrade"));
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint expects a WebSocket upgrade",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return Err(plain(StatusCode::BAD_REQUEST, "unsupported Sec-WebSocket-Version (13 required)"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(plain(
+            StatusCode::BAD_REQUEST,
+            "unsupported Sec-WebSocket-Version (13 required)",
+        ));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
@@ -69,7 +88,12 @@ pub(crate) fn ws_config(node: &Node) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(node.settings.outbound_queue_bytes.saturating_mul(2).max(64 * 1024))
+        .max_write_buffer_size(
+            node.settings
+                .outbound_queue_bytes
+                .saturating_mul(2)
+                .max(64 * 1024),
+        )
         .max_message_size(Some(node.settings.max_frame_bytes.saturating_mul(2)))
         .max_frame_size(Some(node.settings.max_frame_bytes.saturating_mul(2)))
 }
@@ -87,8 +111,16 @@ where
         Ok(r) => r,
         Err(r) => return r,
     };
-    let Some(on_upgrade) = req.into_parts().0.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "connection cannot be upgraded (server not run with upgrades)");
+    let Some(on_upgrade) = req
+        .into_parts()
+        .0
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connection cannot be upgraded (server not run with upgrades)",
+        );
     };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -98,7 +130,12 @@ where
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&node))).await;
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws_config(&node)),
+        )
+        .await;
         match outcome(Arc::clone(&node)).await {
             Ok(accepted) => session::run(node, ws, accepted).await,
             Err(refusal) => session::refuse(ws, refusal).await,
@@ -108,18 +145,35 @@ where
 }
 
 /// `GET /app/{key}`.
-pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, Query(query): Query<HashMap<String, String>>, req: Request<Body>) -> Response<Body> {
+pub async fn ws_handler(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request<Body>,
+) -> Response<Body> {
     let protocol = query.get("protocol").cloned();
     // App lookup may hit a remote app manager, so it happens before spawning the session
     // but its failure is still reported over the socket, the way Pusher clients expect.
     let lookup = node.apps.find_by_key(&key).await;
     upgrade(node, req, move |node| async move {
         let protocol = match protocol.as_deref() {
-            None | Some("") => return Err(Refusal::new(ProtocolVersion::V1, ErrorCode::NoProtocol)),
+            None | Some("") => {
+                return Err(Refusal::new(ProtocolVersion::V1, ErrorCode::NoProtocol))
+            }
             Some(p) => match ProtocolVersion::from_query(p) {
                 Some(v) => v,
-                None if p.chars().all(|c| c.is_ascii_digit()) => return Err(Refusal::new(ProtocolVersion::V1, ErrorCode::UnsupportedProtocol)),
-                None => return Err(Refusal::new(ProtocolVersion::V1, ErrorCode::InvalidVersionFormat)),
+                None if p.chars().all(|c| c.is_ascii_digit()) => {
+                    return Err(Refusal::new(
+                        ProtocolVersion::V1,
+                        ErrorCode::UnsupportedProtocol,
+                    ))
+                }
+                None => {
+                    return Err(Refusal::new(
+                        ProtocolVersion::V1,
+                        ErrorCode::InvalidVersionFormat,
+                    ))
+                }
             },
         };
         let app = match lookup {
@@ -139,7 +193,9 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, 
         }
         if app.max_connections > 0 {
             // The quota is cluster-wide: our reservation is already counted in the total.
-            let q = ClusterQuery::ConnectionCount { app_id: app.id.clone() };
+            let q = ClusterQuery::ConnectionCount {
+                app_id: app.id.clone(),
+            };
             match node.adapter.query(q).await {
                 Ok(total) if total.count() <= app.max_connections => {}
                 Ok(_) => {
@@ -153,14 +209,20 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, Path(key): Path<String>, 
                 }
             }
         }
-        Ok(session::Accepted { app, protocol, namespace: ns })
+        Ok(session::Accepted {
+            app,
+            protocol,
+            namespace: ns,
+        })
     })
 }
 
 /// Any other path: WebSocket upgrades are closed with 4005, plain requests get 404.
 pub async fn ws_fallback(State(node): State<Arc<Node>>, req: Request<Body>) -> Response<Body> {
     if header_has_token(req.headers(), header::UPGRADE, "websocket") {
-        return upgrade(node, req, |_| async { Err(Refusal::new(ProtocolVersion::V1, ErrorCode::PathNotFound)) });
+        return upgrade(node, req, |_| async {
+            Err(Refusal::new(ProtocolVersion::V1, ErrorCode::PathNotFound))
+        });
     }
     plain(StatusCode::NOT_FOUND, "not found")
 }

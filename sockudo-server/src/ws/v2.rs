@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sockudo_core::history::recovery::{self, ClientPosition, Decision, FailureCode, Tier, TierView};
+use sockudo_core::history::recovery::{
+    self, ClientPosition, Decision, FailureCode, Tier, TierView,
+};
 use sockudo_core::protocol::events::Family;
 use sockudo_core::protocol::OutboundFrame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -48,7 +50,12 @@ pub struct ResumePlan {
 pub enum ChannelPlan {
     /// Write `replay`, then the held frames of `channel` after `continue_after` (all of them
     /// from `stream_id`).
-    Recovered { channel: Arc<str>, stream_id: String, replay: Vec<Utf8Bytes>, continue_after: u64 },
+    Recovered {
+        channel: Arc<str>,
+        stream_id: String,
+        replay: Vec<Utf8Bytes>,
+        continue_after: u64,
+    },
     /// Release held frames as they are, then write `failed`.
     Failed { channel: Arc<str>, failed: String },
 }
@@ -74,7 +81,15 @@ pub fn with_stream_fields(data: &str, position: &(String, u64)) -> String {
     Value::Object(obj).to_string()
 }
 
-fn failed_frame(channel: &str, client: &ClientPosition, code: FailureCode, reason: &str, current: Option<&str>, oldest: Option<u64>, newest: Option<u64>) -> (Value, String) {
+fn failed_frame(
+    channel: &str,
+    client: &ClientPosition,
+    code: FailureCode,
+    reason: &str,
+    current: Option<&str>,
+    oldest: Option<u64>,
+    newest: Option<u64>,
+) -> (Value, String) {
     let data = json!({
         "channel": channel,
         "code": code.as_str(),
@@ -84,12 +99,23 @@ fn failed_frame(channel: &str, client: &ClientPosition, code: FailureCode, reaso
         "oldest_available_serial": oldest,
         "newest_available_serial": newest,
     });
-    let frame = OutboundFrame::system(Family::Sockudo, "resume_failed", Some(channel), &data.to_string());
+    let frame = OutboundFrame::system(
+        Family::Sockudo,
+        "resume_failed",
+        Some(channel),
+        &data.to_string(),
+    );
     (data, frame)
 }
 
 /// Plan a resume: hold every named channel, decide, and fetch the replay.
-pub async fn plan_resume(node: &Node, conn: &Connection, ns: &Namespace, subscribed: &(dyn Fn(&str) -> Option<Arc<str>> + Sync), data: ResumeData) -> ResumePlan {
+pub async fn plan_resume(
+    node: &Node,
+    conn: &Connection,
+    ns: &Namespace,
+    subscribed: &(dyn Fn(&str) -> Option<Arc<str>> + Sync),
+    data: ResumeData,
+) -> ResumePlan {
     let app_id = conn.app.id.clone();
     let mut plan = ResumePlan::default();
     let mut recovered = Vec::new();
@@ -97,17 +123,33 @@ pub async fn plan_resume(node: &Node, conn: &Connection, ns: &Namespace, subscri
     let mut positions: Vec<(String, PositionData)> = data.channel_positions.into_iter().collect();
     positions.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, pos) in positions {
-        let client = ClientPosition { stream_id: pos.stream_id, serial: pos.serial, last_message_id: pos.last_message_id };
+        let client = ClientPosition {
+            stream_id: pos.stream_id,
+            serial: pos.serial,
+            last_message_id: pos.last_message_id,
+        };
         let Some(channel) = subscribed(&name) else {
             metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => FailureCode::ContinuityUnverifiable.as_str()).increment(1);
-            let (d, f) = failed_frame(&name, &client, FailureCode::ContinuityUnverifiable, "not subscribed to the channel", None, None, None);
+            let (d, f) = failed_frame(
+                &name,
+                &client,
+                FailureCode::ContinuityUnverifiable,
+                "not subscribed to the channel",
+                None,
+                None,
+                None,
+            );
             failed.push(d);
-            plan.channels.push(ChannelPlan::Failed { channel: Arc::from(name.as_str()), failed: f });
+            plan.channels.push(ChannelPlan::Failed {
+                channel: Arc::from(name.as_str()),
+                failed: f,
+            });
             continue;
         };
         // Hold first: anything published from here on waits behind the replay.
         let live = conn.hold(&channel);
-        let outcome = resume_channel(node, ns, &app_id, &channel, &client, live.map(|l| l.first)).await;
+        let outcome =
+            resume_channel(node, ns, &app_id, &channel, &client, live.map(|l| l.first)).await;
         match outcome {
             Ok((source, replay, upto)) => {
                 let last_message_id = replay_last_id(&replay);
@@ -120,30 +162,66 @@ pub async fn plan_resume(node: &Node, conn: &Connection, ns: &Namespace, subscri
                     "position": { "stream_id": client.stream_id, "serial": continue_after, "last_message_id": last_message_id.or(client.last_message_id.clone()) },
                 }));
                 metrics::counter!(crate::metrics::RECOVERY, "outcome" => "success", "source" => source.as_str(), "code" => "").increment(1);
-                plan.channels.push(ChannelPlan::Recovered { channel, stream_id: client.stream_id.clone(), replay, continue_after });
+                plan.channels.push(ChannelPlan::Recovered {
+                    channel,
+                    stream_id: client.stream_id.clone(),
+                    replay,
+                    continue_after,
+                });
             }
             Err((code, reason, current, oldest, newest)) => {
                 metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => code.as_str()).increment(1);
                 tracing::debug!(app_id = %app_id, socket_id = %conn.socket_id, channel = %channel, code = code.as_str(), %reason, "resume failed");
-                let (d, f) = failed_frame(&channel, &client, code, &reason, current.as_deref(), oldest, newest);
+                let (d, f) = failed_frame(
+                    &channel,
+                    &client,
+                    code,
+                    &reason,
+                    current.as_deref(),
+                    oldest,
+                    newest,
+                );
                 failed.push(d);
-                plan.channels.push(ChannelPlan::Failed { channel, failed: f });
+                plan.channels
+                    .push(ChannelPlan::Failed { channel, failed: f });
             }
         }
     }
     let data = json!({ "recovered": recovered, "failed": failed });
-    plan.success = Some(OutboundFrame::system(Family::Sockudo, "resume_success", None, &data.to_string()));
+    plan.success = Some(OutboundFrame::system(
+        Family::Sockudo,
+        "resume_success",
+        None,
+        &data.to_string(),
+    ));
     plan
 }
 
 fn replay_last_id(replay: &[Utf8Bytes]) -> Option<String> {
     let last = replay.last()?;
-    serde_json::from_str::<Value>(last).ok()?.get("message_id")?.as_str().map(str::to_owned)
+    serde_json::from_str::<Value>(last)
+        .ok()?
+        .get("message_id")?
+        .as_str()
+        .map(str::to_owned)
 }
 
-type Failure = (FailureCode, String, Option<String>, Option<u64>, Option<u64>);
+type Failure = (
+    FailureCode,
+    String,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+);
 
-async fn resume_channel(node: &Node, ns: &Namespace, app_id: &str, channel: &str, client: &ClientPosition, first_live: Option<u64>) -> Result<(Tier, Vec<Utf8Bytes>, u64), Failure> {
+async fn resume_channel(
+    node: &Node,
+    ns: &Namespace,
+    app_id: &str,
+    channel: &str,
+    client: &ClientPosition,
+    first_live: Option<u64>,
+) -> Result<(Tier, Vec<Utf8Bytes>, u64), Failure> {
     let hot = ns.hot.view(channel);
     // The store is the authority on the current stream; read what the client misses (one
     // page also tells the stream id, head and oldest retained serial).
@@ -158,7 +236,11 @@ async fn resume_channel(node: &Node, ns: &Namespace, app_id: &str, channel: &str
         None => Ok(None),
     };
     let cold_view = match &cold_page {
-        Ok(Some(p)) => Ok(Some(TierView { stream_id: p.stream_id.clone(), head: p.newest_serial, oldest: p.oldest_serial })),
+        Ok(Some(p)) => Ok(Some(TierView {
+            stream_id: p.stream_id.clone(),
+            head: p.newest_serial,
+            oldest: p.oldest_serial,
+        })),
         Ok(None) => Ok(None),
         Err(()) => Err(()),
     };
@@ -168,27 +250,70 @@ async fn resume_channel(node: &Node, ns: &Namespace, app_id: &str, channel: &str
         _ => client.serial,
     };
     let upto = first_live.map_or(head, |f| f.saturating_sub(1).min(head));
-    let decision = recovery::decide(client, hot.as_ref(), cold_view.as_ref().map(Option::as_ref).map_err(|_| ()), upto);
+    let decision = recovery::decide(
+        client,
+        hot.as_ref(),
+        cold_view.as_ref().map(Option::as_ref).map_err(|_| ()),
+        upto,
+    );
     match decision {
-        Decision::Fail { code, reason, current_stream_id, oldest_available_serial, newest_available_serial, .. } => {
-            Err((code, reason, current_stream_id, oldest_available_serial, newest_available_serial))
-        }
-        Decision::Recover { source, after, upto } => {
+        Decision::Fail {
+            code,
+            reason,
+            current_stream_id,
+            oldest_available_serial,
+            newest_available_serial,
+            ..
+        } => Err((
+            code,
+            reason,
+            current_stream_id,
+            oldest_available_serial,
+            newest_available_serial,
+        )),
+        Decision::Recover {
+            source,
+            after,
+            upto,
+        } => {
             let frames: Vec<(u64, Utf8Bytes)> = match source {
-                Tier::Hot => ns.hot.range(channel, &client.stream_id, after, upto).unwrap_or_default(),
+                Tier::Hot => ns
+                    .hot
+                    .range(channel, &client.stream_id, after, upto)
+                    .unwrap_or_default(),
                 Tier::Cold => {
                     let mut out = Vec::new();
                     let mut page = match cold_page {
                         Ok(Some(p)) => p,
-                        _ => return Err((FailureCode::PersistenceUnavailable, "history store unavailable".into(), None, None, None)),
+                        _ => {
+                            return Err((
+                                FailureCode::PersistenceUnavailable,
+                                "history store unavailable".into(),
+                                None,
+                                None,
+                                None,
+                            ))
+                        }
                     };
                     loop {
                         let mut last = after;
-                        for m in page.messages.into_iter().filter(|m| m.serial > after && m.serial <= upto) {
+                        for m in page
+                            .messages
+                            .into_iter()
+                            .filter(|m| m.serial > after && m.serial <= upto)
+                        {
                             last = m.serial;
                             match Utf8Bytes::try_from(m.frame) {
                                 Ok(f) => out.push((m.serial, f)),
-                                Err(_) => return Err((FailureCode::ContinuityUnverifiable, "corrupt stored frame".into(), None, None, None)),
+                                Err(_) => {
+                                    return Err((
+                                        FailureCode::ContinuityUnverifiable,
+                                        "corrupt stored frame".into(),
+                                        None,
+                                        None,
+                                        None,
+                                    ))
+                                }
                             }
                         }
                         if last >= upto || out.len() as u64 >= upto - after {
@@ -197,8 +322,24 @@ async fn resume_channel(node: &Node, ns: &Namespace, app_id: &str, channel: &str
                         let Some(h) = &node.history else { break };
                         page = match h.read_after(app_id, channel, last, PAGE).await {
                             Ok(p) if p.stream_id == client.stream_id && !p.messages.is_empty() => p,
-                            Ok(_) => return Err((FailureCode::ContinuityUnverifiable, "stream changed during replay".into(), None, None, None)),
-                            Err(_) => return Err((FailureCode::PersistenceUnavailable, "history store unavailable during replay".into(), None, None, None)),
+                            Ok(_) => {
+                                return Err((
+                                    FailureCode::ContinuityUnverifiable,
+                                    "stream changed during replay".into(),
+                                    None,
+                                    None,
+                                    None,
+                                ))
+                            }
+                            Err(_) => {
+                                return Err((
+                                    FailureCode::PersistenceUnavailable,
+                                    "history store unavailable during replay".into(),
+                                    None,
+                                    None,
+                                    None,
+                                ))
+                            }
                         };
                     }
                     out
@@ -232,8 +373,15 @@ pub struct HistoryRequest {
 }
 
 /// Answer a history request with the reply frame (or an error message).
-pub async fn channel_history(node: &Node, app_id: &str, req: &HistoryRequest, attach_serial: Option<u64>) -> Result<String, String> {
-    let Some(history) = &node.history else { return Err("history is not enabled on this server".into()) };
+pub async fn channel_history(
+    node: &Node,
+    app_id: &str,
+    req: &HistoryRequest,
+    attach_serial: Option<u64>,
+) -> Result<String, String> {
+    let Some(history) = &node.history else {
+        return Err("history is not enabled on this server".into());
+    };
     let limit = req.limit.unwrap_or(100);
     if limit == 0 || limit > PAGE {
         return Err(format!("limit must be 1 to {PAGE}"));
@@ -249,13 +397,19 @@ pub async fn channel_history(node: &Node, app_id: &str, req: &HistoryRequest, at
     };
     let mut end = req.end_serial;
     if req.until_attach.unwrap_or(false) {
-        let Some(a) = attach_serial else { return Err("until_attach needs a subscription with a stream position".into()) };
+        let Some(a) = attach_serial else {
+            return Err("until_attach needs a subscription with a stream position".into());
+        };
         end = Some(end.map_or(a, |e| e.min(a)));
     }
     let start = req.start_serial.unwrap_or(0);
     let page = if forward {
-        let after = cursor.unwrap_or(start.saturating_sub(1)).max(start.saturating_sub(1));
-        history.read_after(app_id, &req.channel, after, limit + 1).await
+        let after = cursor
+            .unwrap_or(start.saturating_sub(1))
+            .max(start.saturating_sub(1));
+        history
+            .read_after(app_id, &req.channel, after, limit + 1)
+            .await
     } else {
         let before = match (cursor, end) {
             (Some(c), Some(e)) => Some(c.min(e + 1)),
@@ -263,17 +417,36 @@ pub async fn channel_history(node: &Node, app_id: &str, req: &HistoryRequest, at
             (None, Some(e)) => Some(e + 1),
             (None, None) => None,
         };
-        history.read_before(app_id, &req.channel, before, limit + 1).await
+        history
+            .read_before(app_id, &req.channel, before, limit + 1)
+            .await
     }
     .map_err(|e| format!("history unavailable: {e}"))?;
-    let mut msgs: Vec<_> = page.messages.into_iter().filter(|m| m.serial >= start && end.is_none_or(|e| m.serial <= e)).collect();
+    let mut msgs: Vec<_> = page
+        .messages
+        .into_iter()
+        .filter(|m| m.serial >= start && end.is_none_or(|e| m.serial <= e))
+        .collect();
     let has_more = msgs.len() > limit;
     msgs.truncate(limit);
     let serials: Vec<u64> = msgs.iter().map(|m| m.serial).collect();
-    let contiguous = serials.windows(2).all(|w| if forward { w[1] == w[0] + 1 } else { w[0] == w[1] + 1 });
+    let contiguous = serials.windows(2).all(|w| {
+        if forward {
+            w[1] == w[0] + 1
+        } else {
+            w[0] == w[1] + 1
+        }
+    });
     // Either direction continues from the last serial returned (exclusive).
-    let next_cursor = if has_more { msgs.last().map(|m| m.serial.to_string()) } else { None };
-    let items: Vec<Value> = msgs.iter().map(|m| serde_json::from_slice::<Value>(&m.frame).unwrap_or(Value::Null)).collect();
+    let next_cursor = if has_more {
+        msgs.last().map(|m| m.serial.to_string())
+    } else {
+        None
+    };
+    let items: Vec<Value> = msgs
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.frame).unwrap_or(Value::Null))
+        .collect();
     let data = json!({
         "channel": req.channel,
         "items": items,
@@ -283,5 +456,10 @@ pub async fn channel_history(node: &Node, app_id: &str, req: &HistoryRequest, at
         "continuity": if contiguous { "continuous" } else { "gap" },
         "stream_state": { "stream_id": page.stream_id, "serial": page.newest_serial },
     });
-    Ok(OutboundFrame::system(Family::Sockudo, "channel_history", Some(&req.channel), &data.to_string()))
+    Ok(OutboundFrame::system(
+        Family::Sockudo,
+        "channel_history",
+        Some(&req.channel),
+        &data.to_string(),
+    ))
 }

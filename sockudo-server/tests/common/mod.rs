@@ -64,14 +64,25 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(settings: NodeSettings) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let node = sockudo_server::build_node_memory(settings);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sockudo_server::serve(listener, Arc::clone(&node), async move {
-            let _ = rx.await;
-        }));
-        TestNode { addr, node, shutdown: Some(tx), task }
+        let task = tokio::spawn(sockudo_server::serve(
+            listener,
+            Arc::clone(&node),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestNode {
+            addr,
+            node,
+            shutdown: Some(tx),
+            task,
+        }
     }
 
     /// A node serving only [`test_app`].
@@ -131,10 +142,23 @@ pub struct TestClient {
 
 /// Decode a text frame; the `data` of `pusher:`/`pusher_internal:` events is double-encoded.
 pub fn decode_frame(text: &str) -> Value {
-    let mut v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON text {text:?}: {e}"));
-    let system = v["event"].as_str().is_some_and(|e| ["pusher:", "pusher_internal:", "sockudo:", "sockudo_internal:"].iter().any(|p| e.starts_with(p)));
+    let mut v: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("server sent non-JSON text {text:?}: {e}"));
+    let system = v["event"].as_str().is_some_and(|e| {
+        [
+            "pusher:",
+            "pusher_internal:",
+            "sockudo:",
+            "sockudo_internal:",
+        ]
+        .iter()
+        .any(|p| e.starts_with(p))
+    });
     if system {
-        if let Some(inner) = v["data"].as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+        if let Some(inner) = v["data"]
+            .as_str()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        {
             v["data"] = inner;
         }
     }
@@ -142,22 +166,35 @@ pub fn decode_frame(text: &str) -> Value {
 }
 
 fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20))
+    WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
 }
 
 impl TestClient {
     pub async fn connect(url: &str) -> TestClient {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_with_config(url, Some(client_config()), false))
-            .await
-            .unwrap_or_else(|_| panic!("connect {url}: timed out"))
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        TestClient { ws, socket_id: String::new(), closed: None }
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(url, Some(client_config()), false),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connect {url}: timed out"))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        TestClient {
+            ws,
+            socket_id: String::new(),
+            closed: None,
+        }
     }
 
     /// Try to connect; the handshake error when the server refuses the upgrade.
     pub async fn try_connect(url: &str) -> Result<TestClient, String> {
         match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-            Ok(Ok((ws, _))) => Ok(TestClient { ws, socket_id: String::new(), closed: None }),
+            Ok(Ok((ws, _))) => Ok(TestClient {
+                ws,
+                socket_id: String::new(),
+                closed: None,
+            }),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -168,11 +205,21 @@ impl TestClient {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
         let stream = socket.connect(addr).await.expect("tcp connect");
-        let req = format!("ws://{addr}{path}").into_client_request().expect("request");
-        let (ws, _) = tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), Some(client_config()))
-            .await
-            .expect("ws handshake");
-        TestClient { ws, socket_id: String::new(), closed: None }
+        let req = format!("ws://{addr}{path}")
+            .into_client_request()
+            .expect("request");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            req,
+            MaybeTlsStream::Plain(stream),
+            Some(client_config()),
+        )
+        .await
+        .expect("ws handshake");
+        TestClient {
+            ws,
+            socket_id: String::new(),
+            closed: None,
+        }
     }
 
     /// Wait for `pusher:connection_established` and remember the socket id.
@@ -183,7 +230,10 @@ impl TestClient {
     /// The same for either family (`sockudo:connection_established` on V2).
     pub async fn established_as(&mut self, event: &str) -> Value {
         let ev = self.recv_event(event, WAIT).await;
-        self.socket_id = ev["data"]["socket_id"].as_str().expect("socket_id").to_owned();
+        self.socket_id = ev["data"]["socket_id"]
+            .as_str()
+            .expect("socket_id")
+            .to_owned();
         ev
     }
 
@@ -192,12 +242,18 @@ impl TestClient {
     }
 
     pub async fn send_raw(&mut self, m: Message) {
-        tokio::time::timeout(WAIT, self.ws.send(m)).await.expect("send timed out").expect("send");
+        tokio::time::timeout(WAIT, self.ws.send(m))
+            .await
+            .expect("send timed out")
+            .expect("send");
     }
 
     /// Send, tolerating a socket the server already closed.
     pub async fn try_send_raw(&mut self, m: Message) -> bool {
-        matches!(tokio::time::timeout(WAIT, self.ws.send(m)).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(WAIT, self.ws.send(m)).await,
+            Ok(Ok(()))
+        )
     }
 
     pub fn closed(&self) -> Option<Option<u16>> {
@@ -240,14 +296,22 @@ impl TestClient {
             match self.next_frame(left).await {
                 Ok(Some(v)) if v["event"] == name => return Ok(v),
                 Ok(Some(v)) => skipped.push(v),
-                Ok(None) => return Err(format!("no {name} within {timeout:?}; skipped {skipped:?}")),
-                Err(code) => return Err(format!("closed ({code:?}) while waiting for {name}; skipped {skipped:?}")),
+                Ok(None) => {
+                    return Err(format!("no {name} within {timeout:?}; skipped {skipped:?}"))
+                }
+                Err(code) => {
+                    return Err(format!(
+                        "closed ({code:?}) while waiting for {name}; skipped {skipped:?}"
+                    ))
+                }
             }
         }
     }
 
     pub async fn recv_event(&mut self, name: &str, timeout: Duration) -> Value {
-        self.try_recv_event(name, timeout).await.unwrap_or_else(|e| panic!("{e}"))
+        self.try_recv_event(name, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Assert that no `name` event arrives within `duration` (other events are skipped).
@@ -279,7 +343,8 @@ impl TestClient {
 
     /// `pusher:ping` → `pusher:pong`: the connection is alive and served.
     pub async fn assert_alive(&mut self) {
-        self.send_json(&json!({"event": "pusher:ping", "data": {}})).await;
+        self.send_json(&json!({"event": "pusher:ping", "data": {}}))
+            .await;
         let pong = self.recv_event("pusher:pong", WAIT).await;
         assert_eq!(pong["data"], json!({}), "{pong}");
     }
@@ -287,11 +352,15 @@ impl TestClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
         // Drain until the server's close reply so the server has seen it.
-        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 
     pub async fn subscribe_raw(&mut self, data: Value) {
-        self.send_json(&json!({"event": "pusher:subscribe", "data": data})).await;
+        self.send_json(&json!({"event": "pusher:subscribe", "data": data}))
+            .await;
     }
 
     /// Subscribe to a public (or cache) channel and wait for success.
@@ -302,24 +371,49 @@ impl TestClient {
 
     pub async fn subscribe_private(&mut self, app: &App, channel: &str) -> Value {
         let auth = sign_channel(&app.key, &app.secret, &self.socket_id, channel, None);
-        self.subscribe_raw(json!({ "channel": channel, "auth": auth })).await;
+        self.subscribe_raw(json!({ "channel": channel, "auth": auth }))
+            .await;
         self.succeeded(channel).await
     }
 
     /// Subscribe to a presence channel as `user_id` and wait for success.
-    pub async fn subscribe_presence(&mut self, app: &App, channel: &str, user_id: &str, info: Value) -> Value {
-        self.send_presence_subscribe(app, channel, user_id, info).await;
+    pub async fn subscribe_presence(
+        &mut self,
+        app: &App,
+        channel: &str,
+        user_id: &str,
+        info: Value,
+    ) -> Value {
+        self.send_presence_subscribe(app, channel, user_id, info)
+            .await;
         self.succeeded(channel).await
     }
 
-    pub async fn send_presence_subscribe(&mut self, app: &App, channel: &str, user_id: &str, info: Value) {
+    pub async fn send_presence_subscribe(
+        &mut self,
+        app: &App,
+        channel: &str,
+        user_id: &str,
+        info: Value,
+    ) {
         let channel_data = json!({ "user_id": user_id, "user_info": info }).to_string();
-        let auth = sign_channel(&app.key, &app.secret, &self.socket_id, channel, Some(&channel_data));
-        self.subscribe_raw(json!({ "channel": channel, "auth": auth, "channel_data": channel_data })).await;
+        let auth = sign_channel(
+            &app.key,
+            &app.secret,
+            &self.socket_id,
+            channel,
+            Some(&channel_data),
+        );
+        self.subscribe_raw(
+            json!({ "channel": channel, "auth": auth, "channel_data": channel_data }),
+        )
+        .await;
     }
 
     async fn succeeded(&mut self, channel: &str) -> Value {
-        let ev = self.recv_event("pusher_internal:subscription_succeeded", WAIT).await;
+        let ev = self
+            .recv_event("pusher_internal:subscription_succeeded", WAIT)
+            .await;
         assert_eq!(ev["channel"], channel, "{ev}");
         ev
     }
@@ -328,17 +422,23 @@ impl TestClient {
     pub async fn signin(&mut self, app: &App, user_id: &str) -> Value {
         let user_data = json!({ "id": user_id, "name": "Ada" }).to_string();
         let auth = sign_user(&app.key, &app.secret, &self.socket_id, &user_data);
-        self.send_json(&json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+        self.send_json(
+            &json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+        )
+        .await;
         self.recv_event("pusher:signin_success", WAIT).await
     }
 
     pub async fn client_event(&mut self, channel: &str, event: &str, data: Value) {
-        self.send_json(&json!({"event": event, "channel": channel, "data": data})).await;
+        self.send_json(&json!({"event": event, "channel": channel, "data": data}))
+            .await;
     }
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A client of the HTTP API that signs its requests as one app.
@@ -369,13 +469,22 @@ impl Api {
 
     /// The signed query string for a request (timestamp now).
     pub fn sign(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> String {
-        sign_api_request(&self.key, &self.secret, method, path, extra, body, now_secs())
+        sign_api_request(
+            &self.key,
+            &self.secret,
+            method,
+            path,
+            extra,
+            body,
+            now_secs(),
+        )
     }
 
     pub async fn get(&self, suffix: &str, extra: &[(&str, &str)]) -> (u16, Value) {
         let path = self.path(suffix);
         let query = self.sign("GET", &path, extra, b"");
-        self.raw("GET", &format!("{path}?{query}"), Vec::new()).await
+        self.raw("GET", &format!("{path}?{query}"), Vec::new())
+            .await
     }
 
     pub async fn post(&self, suffix: &str, body: &Value) -> (u16, Value) {
@@ -392,7 +501,9 @@ impl Api {
 
     /// Publish `data` as event `name` on `channel`, asserting 200.
     pub async fn trigger(&self, channel: &str, name: &str, data: &str) {
-        let (status, body) = self.publish(&json!({"name": name, "channel": channel, "data": data})).await;
+        let (status, body) = self
+            .publish(&json!({"name": name, "channel": channel, "data": data}))
+            .await;
         assert_eq!(status, 200, "publish failed: {body}");
     }
 
@@ -401,8 +512,16 @@ impl Api {
     pub async fn raw(&self, method: &str, path_and_query: &str, body: Vec<u8>) -> (u16, Value) {
         let url = format!("{}{}", self.base, path_and_query);
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let fut = self.client.request(method, &url).header("content-type", "application/json").body(body).send();
-        let resp = tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("{url}: timed out")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let fut = self
+            .client
+            .request(method, &url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send();
+        let resp = tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{url}: timed out"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -412,6 +531,9 @@ impl Api {
 
 /// Assert a Pusher JSON error body: `{"error": "...", "status": n}` with a message.
 pub fn assert_json_error(status: u16, body: &Value) {
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "error body without message: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "error body without message: {body}"
+    );
     assert_eq!(body["status"], status, "{body}");
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -79,9 +79,16 @@ impl DockerEngine {
             .build()
             .map_err(|e| TestkitError::io("build the Docker client runtime", e))?;
         let connecting = runtime.spawn(async {
-            let docker = Docker::connect_with_local_defaults().map_err(|e| format!("cannot configure a client: {e}"))?;
-            let docker = docker.negotiate_version().await.map_err(|e| format!("no engine answered GET /version: {e}"))?;
-            let version = docker.version().await.map_err(|e| format!("GET /version: {e}"))?;
+            let docker = Docker::connect_with_local_defaults()
+                .map_err(|e| format!("cannot configure a client: {e}"))?;
+            let docker = docker
+                .negotiate_version()
+                .await
+                .map_err(|e| format!("no engine answered GET /version: {e}"))?;
+            let version = docker
+                .version()
+                .await
+                .map_err(|e| format!("GET /version: {e}"))?;
             let negotiated_api = docker.client_version().to_string();
             let version = EngineVersion {
                 engine: version.version.unwrap_or_default(),
@@ -94,19 +101,31 @@ impl DockerEngine {
             Ok(Ok(Ok(pair))) => pair,
             Ok(Ok(Err(message))) => {
                 runtime.shutdown_background();
-                return Err(TestkitError::Docker(format!("engine not reachable: {message}")));
+                return Err(TestkitError::Docker(format!(
+                    "engine not reachable: {message}"
+                )));
             }
             Ok(Err(join)) => {
                 runtime.shutdown_background();
-                return Err(TestkitError::Docker(format!("the connect task failed: {join}")));
+                return Err(TestkitError::Docker(format!(
+                    "the connect task failed: {join}"
+                )));
             }
             Err(_) => {
                 runtime.shutdown_background();
-                return Err(TestkitError::Docker(format!("engine not reachable: no answer within {CONNECT_TIMEOUT:?}")));
+                return Err(TestkitError::Docker(format!(
+                    "engine not reachable: no answer within {CONNECT_TIMEOUT:?}"
+                )));
             }
         };
         tracing::debug!(engine = %version.engine, api = %version.engine_api, negotiated = %version.negotiated_api, "connected to Docker");
-        let engine = DockerEngine { inner: Arc::new(Inner { runtime: Some(runtime), docker, version }) };
+        let engine = DockerEngine {
+            inner: Arc::new(Inner {
+                runtime: Some(runtime),
+                docker,
+                version,
+            }),
+        };
         engine.remove_orphans().await;
         Ok(engine)
     }
@@ -133,7 +152,9 @@ impl DockerEngine {
         match handle.spawn(f(self.inner.docker.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(TestkitError::Docker(format!("{what}: {e}"))),
-            Err(join) => Err(TestkitError::Docker(format!("{what}: the request task failed: {join}"))),
+            Err(join) => Err(TestkitError::Docker(format!(
+                "{what}: the request task failed: {join}"
+            ))),
         }
     }
 
@@ -155,7 +176,10 @@ impl DockerEngine {
         match rx.recv_timeout(BLOCKING_TIMEOUT) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(TestkitError::Docker(format!("{what}: {e}"))),
-            Err(_) => Err(TestkitError::timeout(format!("docker: {what}"), BLOCKING_TIMEOUT)),
+            Err(_) => Err(TestkitError::timeout(
+                format!("docker: {what}"),
+                BLOCKING_TIMEOUT,
+            )),
         }
     }
 
@@ -168,12 +192,23 @@ impl DockerEngine {
     }
 
     /// Create a container labelled as this process's, named `name`; returns its id.
-    pub(crate) async fn create(&self, name: &str, mut body: ContainerCreateBody) -> Result<String, TestkitError> {
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        mut body: ContainerCreateBody,
+    ) -> Result<String, TestkitError> {
         let labels = body.labels.get_or_insert_with(Default::default);
         labels.insert(OWNER_LABEL.into(), std::process::id().to_string());
         labels.insert(HOST_LABEL.into(), hostname());
-        let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
-        let created = self.call(&format!("create container {name}"), |d| async move { d.create_container(Some(options), body).await }).await?;
+        let options = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let created = self
+            .call(&format!("create container {name}"), |d| async move {
+                d.create_container(Some(options), body).await
+            })
+            .await?;
         for warning in &created.warnings {
             tracing::debug!(container = name, %warning, "docker create warning");
         }
@@ -183,48 +218,80 @@ impl DockerEngine {
     /// `docker start`.
     pub(crate) async fn start(&self, id: &str) -> Result<(), TestkitError> {
         let owned = id.to_string();
-        self.call(&format!("start container {}", short(id)), |d| async move { d.start_container(&owned, None::<StartContainerOptions>).await }).await
+        self.call(&format!("start container {}", short(id)), |d| async move {
+            d.start_container(&owned, None::<StartContainerOptions>)
+                .await
+        })
+        .await
     }
 
     /// `docker kill -s SIGNAL`. A container that is not running is not an error.
     pub(crate) async fn signal(&self, id: &str, signal: &str) -> Result<(), TestkitError> {
         let owned = id.to_string();
-        let options = KillContainerOptions { signal: signal.to_string() };
-        let result = self.call(&format!("kill -s {signal} container {}", short(id)), |d| async move { d.kill_container(&owned, Some(options)).await }).await;
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        let result = self
+            .call(
+                &format!("kill -s {signal} container {}", short(id)),
+                |d| async move { d.kill_container(&owned, Some(options)).await },
+            )
+            .await;
         ignore_not_running(result)
     }
 
     /// `docker kill` (SIGKILL), blocking. A container that is not running is not an error.
     pub(crate) fn kill_blocking(&self, id: &str) -> Result<(), TestkitError> {
         let owned = id.to_string();
-        let options = KillContainerOptions { signal: "SIGKILL".into() };
-        let result = self.call_blocking(&format!("kill container {}", short(id)), |d| async move { d.kill_container(&owned, Some(options)).await });
+        let options = KillContainerOptions {
+            signal: "SIGKILL".into(),
+        };
+        let result = self.call_blocking(&format!("kill container {}", short(id)), |d| async move {
+            d.kill_container(&owned, Some(options)).await
+        });
         ignore_not_running(result)?;
         // `kill` returns when the signal is sent; wait until the engine reports the stop, so
         // that a following `start` does not race the old process for its port.
         let deadline = std::time::Instant::now() + BLOCKING_TIMEOUT;
         while std::time::Instant::now() < deadline {
             let owned = id.to_string();
-            let state = self.call_blocking("inspect container", |d| async move { d.inspect_container(&owned, None::<InspectContainerOptions>).await })?;
+            let state = self.call_blocking("inspect container", |d| async move {
+                d.inspect_container(&owned, None::<InspectContainerOptions>)
+                    .await
+            })?;
             if !state.state.and_then(|s| s.running).unwrap_or(false) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(TestkitError::timeout(format!("container {} to stop after SIGKILL", short(id)), BLOCKING_TIMEOUT))
+        Err(TestkitError::timeout(
+            format!("container {} to stop after SIGKILL", short(id)),
+            BLOCKING_TIMEOUT,
+        ))
     }
 
     /// `docker rm -f`, blocking (for `Drop`).
     pub(crate) fn remove_blocking(&self, id: &str) -> Result<(), TestkitError> {
         let owned = id.to_string();
-        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        self.call_blocking(&format!("remove container {}", short(id)), |d| async move { d.remove_container(&owned, Some(options)).await })
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        self.call_blocking(&format!("remove container {}", short(id)), |d| async move {
+            d.remove_container(&owned, Some(options)).await
+        })
     }
 
     /// Whether the container runs, and its exit code when it does not.
     pub(crate) async fn state(&self, id: &str) -> Result<(bool, Option<i64>), TestkitError> {
         let owned = id.to_string();
-        let info = self.call("inspect container", |d| async move { d.inspect_container(&owned, None::<InspectContainerOptions>).await }).await?;
+        let info = self
+            .call("inspect container", |d| async move {
+                d.inspect_container(&owned, None::<InspectContainerOptions>)
+                    .await
+            })
+            .await?;
         let state = info.state.unwrap_or_default();
         Ok((state.running.unwrap_or(false), state.exit_code))
     }
@@ -232,15 +299,31 @@ impl DockerEngine {
     /// The container's IP address on the default bridge network, if it has one.
     pub(crate) async fn bridge_ip(&self, id: &str) -> Result<Option<String>, TestkitError> {
         let owned = id.to_string();
-        let info = self.call("inspect container", |d| async move { d.inspect_container(&owned, None::<InspectContainerOptions>).await }).await?;
-        let networks = info.network_settings.and_then(|n| n.networks).unwrap_or_default();
-        Ok(networks.values().filter_map(|n| n.ip_address.clone()).find(|ip| !ip.is_empty()))
+        let info = self
+            .call("inspect container", |d| async move {
+                d.inspect_container(&owned, None::<InspectContainerOptions>)
+                    .await
+            })
+            .await?;
+        let networks = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        Ok(networks
+            .values()
+            .filter_map(|n| n.ip_address.clone())
+            .find(|ip| !ip.is_empty()))
     }
 
     /// The last `lines` lines of the container's stdout and stderr (best effort).
     pub async fn log_tail(&self, id: &str, lines: usize) -> String {
         let owned = id.to_string();
-        let options = LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() };
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
         let collected = self
             .call("container logs", |d| async move {
                 let mut out = String::new();
@@ -262,18 +345,44 @@ impl DockerEngine {
         }
         let mut filters = std::collections::HashMap::new();
         filters.insert("label".to_string(), vec![OWNER_LABEL.to_string()]);
-        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-        let Ok(list) = self.call("list containers", |d| async move { d.list_containers(Some(options)).await }).await else { return };
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let Ok(list) = self
+            .call("list containers", |d| async move {
+                d.list_containers(Some(options)).await
+            })
+            .await
+        else {
+            return;
+        };
         for container in list {
             let Some(id) = container.id else { continue };
-            let label = |name: &str| container.labels.as_ref().and_then(|l| l.get(name)).cloned().unwrap_or_default();
+            let label = |name: &str| {
+                container
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(name))
+                    .cloned()
+                    .unwrap_or_default()
+            };
             let owner = label(OWNER_LABEL);
             // Only this host's containers: a pid means nothing in another machine's namespace.
             if owner.is_empty() || label(HOST_LABEL) != hostname() || process_alive(&owner) {
                 continue;
             }
-            let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-            let removed = self.call("remove orphan", |d| async move { d.remove_container(&id, Some(options)).await }).await;
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            let removed = self
+                .call("remove orphan", |d| async move {
+                    d.remove_container(&id, Some(options)).await
+                })
+                .await;
             tracing::debug!(owner, ?removed, "removed an orphaned testkit container");
         }
     }
@@ -281,13 +390,19 @@ impl DockerEngine {
 
 /// Whether a Docker Engine answers (connect + negotiate). `Err` says why not.
 pub async fn docker_available() -> Result<EngineVersion, TestkitError> {
-    DockerEngine::connect().await.map(|engine| engine.version().clone())
+    DockerEngine::connect()
+        .await
+        .map(|engine| engine.version().clone())
 }
 
 fn ignore_not_running(result: Result<(), TestkitError>) -> Result<(), TestkitError> {
     match result {
         // 409: "container … is not running".
-        Err(TestkitError::Docker(message)) if message.contains("is not running") || message.contains("409") => Ok(()),
+        Err(TestkitError::Docker(message))
+            if message.contains("is not running") || message.contains("409") =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -295,15 +410,21 @@ fn ignore_not_running(result: Result<(), TestkitError>) -> Result<(), TestkitErr
 /// Whether process `pid` exists and is not a zombie (a killed test process may stay one for
 /// a while when nobody reaps it).
 fn process_alive(pid: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // `pid (comm) S ...`: the state follows the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// The kernel's hostname (empty when unknown).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The first 12 characters of an id, as the CLI shows them.

@@ -51,14 +51,25 @@ impl ContainerImages {
     /// Both images from the environment when set: `SOCKUDO_TESTKIT_SOCKUDO_IMAGE`,
     /// `SOCKUDO_TESTKIT_REDIS_IMAGE`; otherwise built locally.
     pub fn from_env() -> ContainerImages {
-        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        ContainerImages { sockudo: var("SOCKUDO_TESTKIT_SOCKUDO_IMAGE"), redis: var("SOCKUDO_TESTKIT_REDIS_IMAGE") }
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        ContainerImages {
+            sockudo: var("SOCKUDO_TESTKIT_SOCKUDO_IMAGE"),
+            redis: var("SOCKUDO_TESTKIT_REDIS_IMAGE"),
+        }
     }
 }
 
 /// The sockudo image to run: the named one (pulled when missing), else one built from the
 /// binary [`crate::sockudo_binary`] finds.
-pub async fn sockudo_image(engine: &DockerEngine, images: &ContainerImages) -> Result<String, TestkitError> {
+pub async fn sockudo_image(
+    engine: &DockerEngine,
+    images: &ContainerImages,
+) -> Result<String, TestkitError> {
     if let Some(name) = &images.sockudo {
         return ensure_named(engine, name).await;
     }
@@ -68,7 +79,10 @@ pub async fn sockudo_image(engine: &DockerEngine, images: &ContainerImages) -> R
 
 /// The Redis image to run: the named one (pulled when missing), else one built from the
 /// host's `redis-server`.
-pub async fn redis_image(engine: &DockerEngine, images: &ContainerImages) -> Result<String, TestkitError> {
+pub async fn redis_image(
+    engine: &DockerEngine,
+    images: &ContainerImages,
+) -> Result<String, TestkitError> {
     if let Some(name) = &images.redis {
         return ensure_named(engine, name).await;
     }
@@ -81,10 +95,17 @@ pub async fn redis_image(engine: &DockerEngine, images: &ContainerImages) -> Res
 
 /// Build (or reuse) `repo:<content hash>` holding `binary` at `path_in_image`, its shared
 /// libraries and loader, with `cmd` as the default command. Returns the image name.
-pub async fn build_binary_image(engine: &DockerEngine, repo: &str, binary: &Path, path_in_image: &str, cmd: &[&str]) -> Result<String, TestkitError> {
+pub async fn build_binary_image(
+    engine: &DockerEngine,
+    repo: &str,
+    binary: &Path,
+    path_in_image: &str,
+    cmd: &[&str],
+) -> Result<String, TestkitError> {
     let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
     let plan = {
-        let (binary, path_in_image, cmd) = (binary.to_path_buf(), path_in_image.to_string(), cmd.clone());
+        let (binary, path_in_image, cmd) =
+            (binary.to_path_buf(), path_in_image.to_string(), cmd.clone());
         tokio::task::spawn_blocking(move || RootFs::plan(&binary, &path_in_image, &cmd))
             .await
             .map_err(|e| TestkitError::Docker(format!("planning the image failed: {e}")))??
@@ -99,15 +120,28 @@ pub async fn build_binary_image(engine: &DockerEngine, repo: &str, binary: &Path
         .await
         .map_err(|e| TestkitError::Docker(format!("packing the image failed: {e}")))??;
     let size = archive.len();
-    let changes = vec!["ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string(), format!("CMD {}", json_array(&cmd))];
+    let changes = vec![
+        "ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+        format!("CMD {}", json_array(&cmd)),
+    ];
     let (repo_owned, tag) = match name.rsplit_once(':') {
         Some((r, t)) => (r.to_string(), t.to_string()),
         None => (name.clone(), "latest".to_string()),
     };
-    let options = CreateImageOptions { from_src: Some("-".into()), repo: Some(repo_owned), tag: Some(tag), changes, ..Default::default() };
+    let options = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo_owned),
+        tag: Some(tag),
+        changes,
+        ..Default::default()
+    };
     engine
         .call(&format!("import image {name}"), |d| async move {
-            let mut progress = d.create_image(Some(options), Some(bollard::body_full(archive.into())), None);
+            let mut progress = d.create_image(
+                Some(options),
+                Some(bollard::body_full(archive.into())),
+                None,
+            );
             while let Some(step) = progress.next().await {
                 step?;
             }
@@ -121,9 +155,19 @@ pub async fn build_binary_image(engine: &DockerEngine, repo: &str, binary: &Path
 
 async fn image_exists(engine: &DockerEngine, name: &str) -> Result<bool, TestkitError> {
     let owned = name.to_string();
-    match engine.call("inspect image", |d| async move { d.inspect_image(&owned).await }).await {
+    match engine
+        .call(
+            "inspect image",
+            |d| async move { d.inspect_image(&owned).await },
+        )
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(TestkitError::Docker(message)) if message.contains("404") || message.to_lowercase().contains("no such image") => Ok(false),
+        Err(TestkitError::Docker(message))
+            if message.contains("404") || message.to_lowercase().contains("no such image") =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
@@ -133,15 +177,21 @@ async fn ensure_named(engine: &DockerEngine, name: &str) -> Result<String, Testk
     if image_exists(engine, name).await? {
         return Ok(name.to_string());
     }
-    let options = CreateImageOptions { from_image: Some(name.to_string()), ..Default::default() };
+    let options = CreateImageOptions {
+        from_image: Some(name.to_string()),
+        ..Default::default()
+    };
     engine
-        .call(&format!("pull image {name} (not present locally)"), |d| async move {
-            let mut progress = d.create_image(Some(options), None, None);
-            while let Some(step) = progress.next().await {
-                step?;
-            }
-            Ok(())
-        })
+        .call(
+            &format!("pull image {name} (not present locally)"),
+            |d| async move {
+                let mut progress = d.create_image(Some(options), None, None);
+                while let Some(step) = progress.next().await {
+                    step?;
+                }
+                Ok(())
+            },
+        )
         .await?;
     Ok(name.to_string())
 }
@@ -150,13 +200,32 @@ async fn ensure_named(engine: &DockerEngine, name: &str) -> Result<String, Testk
 async fn remove_other_tags(engine: &DockerEngine, repo: &str, keep: &str) {
     let mut filters = std::collections::HashMap::new();
     filters.insert("reference".to_string(), vec![repo.to_string()]);
-    let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
-    let Ok(images) = engine.call("list images", |d| async move { d.list_images(Some(options)).await }).await else { return };
+    let options = ListImagesOptions {
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let Ok(images) = engine
+        .call("list images", |d| async move {
+            d.list_images(Some(options)).await
+        })
+        .await
+    else {
+        return;
+    };
     for image in images {
-        for tag in image.repo_tags.iter().filter(|t| t.as_str() != keep && t.starts_with(&format!("{repo}:"))) {
+        for tag in image
+            .repo_tags
+            .iter()
+            .filter(|t| t.as_str() != keep && t.starts_with(&format!("{repo}:")))
+        {
             let owned = tag.clone();
             // Not forced: an image in use by a running test stays.
-            let removed = engine.call("remove old image", |d| async move { d.remove_image(&owned, None::<RemoveImageOptions>, None).await }).await;
+            let removed = engine
+                .call("remove old image", |d| async move {
+                    d.remove_image(&owned, None::<RemoveImageOptions>, None)
+                        .await
+                })
+                .await;
             tracing::debug!(image = %tag, ok = removed.is_ok(), "removing an older testkit image");
         }
     }
@@ -185,8 +254,10 @@ impl RootFs {
         for (host, in_image) in &files {
             hasher.update(in_image.as_bytes());
             hasher.update([0]);
-            let mut file = std::fs::File::open(host).map_err(|e| TestkitError::io(format!("read {}", host.display()), e))?;
-            std::io::copy(&mut file, &mut hasher).map_err(|e| TestkitError::io(format!("hash {}", host.display()), e))?;
+            let mut file = std::fs::File::open(host)
+                .map_err(|e| TestkitError::io(format!("read {}", host.display()), e))?;
+            std::io::copy(&mut file, &mut hasher)
+                .map_err(|e| TestkitError::io(format!("hash {}", host.display()), e))?;
         }
         let digest = hex::encode(hasher.finalize());
         let tag = digest.get(..16).unwrap_or(&digest).to_string();
@@ -203,31 +274,54 @@ impl RootFs {
     }
 
     fn archive_in(&self, scratch: &Path) -> Result<Vec<u8>, TestkitError> {
-        let io = |what: &str, e: std::io::Error| TestkitError::io(format!("pack the image: {what}"), e);
+        let io =
+            |what: &str, e: std::io::Error| TestkitError::io(format!("pack the image: {what}"), e);
         let mut builder = tar::Builder::new(Vec::new());
         let mut dirs = BTreeSet::new();
         dirs.insert(PathBuf::from("tmp"));
         for (_, in_image) in &self.files {
             let relative = Path::new(in_image.trim_start_matches('/'));
-            dirs.extend(relative.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf));
+            dirs.extend(
+                relative
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(Path::to_path_buf),
+            );
         }
         for dir in &dirs {
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(if dir == Path::new("tmp") { 0o1777 } else { 0o755 });
+            header.set_mode(if dir == Path::new("tmp") {
+                0o1777
+            } else {
+                0o755
+            });
             header.set_size(0);
             header.set_mtime(0);
-            builder.append_data(&mut header, dir, std::io::empty()).map_err(|e| io("directory", e))?;
+            builder
+                .append_data(&mut header, dir, std::io::empty())
+                .map_err(|e| io("directory", e))?;
         }
         for (index, (host, in_image)) in self.files.iter().enumerate() {
-            let source = if index == 0 { stripped_copy(host, scratch).unwrap_or_else(|| host.clone()) } else { host.clone() };
+            let source = if index == 0 {
+                stripped_copy(host, scratch).unwrap_or_else(|| host.clone())
+            } else {
+                host.clone()
+            };
             let data = std::fs::read(&source).map_err(|e| io(&source.display().to_string(), e))?;
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(0o755);
             header.set_size(data.len() as u64);
             header.set_mtime(0);
-            builder.append_data(&mut header, in_image.trim_start_matches('/'), data.as_slice()).map_err(|e| io(in_image, e))?;
+            builder
+                .append_data(
+                    &mut header,
+                    in_image.trim_start_matches('/'),
+                    data.as_slice(),
+                )
+                .map_err(|e| io(in_image, e))?;
         }
         builder.into_inner().map_err(|e| io("finish", e))
     }
@@ -237,25 +331,52 @@ impl RootFs {
 /// used then).
 fn stripped_copy(binary: &Path, dir: &Path) -> Option<PathBuf> {
     let out = dir.join("stripped");
-    let status = Command::new("strip").arg("--strip-debug").arg("-o").arg(&out).arg(binary).stdin(Stdio::null()).stderr(Stdio::null()).status().ok()?;
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out)
+        .arg(binary)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
     (status.success() && out.is_file()).then_some(out)
 }
 
 /// The absolute paths `ldd` lists for `binary` (libraries and the loader); empty for a
 /// static executable.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, TestkitError> {
-    let output = Command::new("ldd").arg(binary).stdin(Stdio::null()).output().map_err(|e| {
-        TestkitError::Docker(format!("building an image from {} needs `ldd` (glibc's libc-bin): {e}", binary.display()))
-    })?;
+    let output = Command::new("ldd")
+        .arg(binary)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            TestkitError::Docker(format!(
+                "building an image from {} needs `ldd` (glibc's libc-bin): {e}",
+                binary.display()
+            ))
+        })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") || stdout.contains("statically linked") {
+        if stdout.contains("not a dynamic executable")
+            || stderr.contains("not a dynamic executable")
+            || stdout.contains("statically linked")
+        {
             return Ok(Vec::new());
         }
-        return Err(TestkitError::Docker(format!("ldd {} failed: {}", binary.display(), stderr.trim())));
+        return Err(TestkitError::Docker(format!(
+            "ldd {} failed: {}",
+            binary.display(),
+            stderr.trim()
+        )));
     }
-    parse_ldd(&stdout).map_err(|missing| TestkitError::Docker(format!("{} needs {missing}, which ldd cannot find", binary.display())))
+    parse_ldd(&stdout).map_err(|missing| {
+        TestkitError::Docker(format!(
+            "{} needs {missing}, which ldd cannot find",
+            binary.display()
+        ))
+    })
 }
 
 /// Parse `ldd` output: `name => /path (0x…)`, `/lib64/ld-linux-x86-64.so.2 (0x…)`,
@@ -288,7 +409,9 @@ fn json_array(items: &[String]) -> String {
 /// The first executable file named `program` on PATH.
 fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -298,12 +421,24 @@ mod tests {
     #[test]
     fn parses_ldd_output() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(parse_ldd(text), Ok(vec![PathBuf::from("/lib/x86_64-linux-gnu/libm.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]));
-        assert_eq!(parse_ldd("\tlibfoo.so.1 => not found\n"), Err("libfoo.so.1".to_string()));
+        assert_eq!(
+            parse_ldd(text),
+            Ok(vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libm.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ])
+        );
+        assert_eq!(
+            parse_ldd("\tlibfoo.so.1 => not found\n"),
+            Err("libfoo.so.1".to_string())
+        );
     }
 
     #[test]
     fn json_array_is_exec_form() {
-        assert_eq!(json_array(&["redis-server".to_string()]), r#"["redis-server"]"#);
+        assert_eq!(
+            json_array(&["redis-server".to_string()]),
+            r#"["redis-server"]"#
+        );
     }
 }

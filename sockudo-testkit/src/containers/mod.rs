@@ -61,7 +61,11 @@ pub struct ContainerOptions {
 
 /// A name for a new container: `sockudo-testkit-<pid>-<random>-<role>`.
 pub(crate) fn container_name(role: &str) -> String {
-    format!("sockudo-testkit-{}-{:08x}-{role}", std::process::id(), rand::random::<u32>())
+    format!(
+        "sockudo-testkit-{}-{:08x}-{role}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// `K=V` strings for the Docker API.

@@ -38,21 +38,46 @@ impl ContainerNode {
     /// `SHUTDOWN_GRACE_PERIOD=0`), listening on a free host port (or `PORT` from `env`, with
     /// host networking), then wait for `GET /health` = 200. `HOST` is set by the testkit
     /// (127.0.0.1 with host networking, 0.0.0.0 on the bridge).
-    pub async fn start(engine: &DockerEngine, image: &str, network: ContainerNetwork, env: Vec<(String, String)>) -> Result<ContainerNode, TestkitError> {
-        let fixed_port = env.iter().rev().find(|(k, _)| k == "PORT").map(|(_, v)| v.clone());
+    pub async fn start(
+        engine: &DockerEngine,
+        image: &str,
+        network: ContainerNetwork,
+        env: Vec<(String, String)>,
+    ) -> Result<ContainerNode, TestkitError> {
+        let fixed_port = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PORT")
+            .map(|(_, v)| v.clone());
         let fixed_port = match (&fixed_port, network) {
-            (Some(p), ContainerNetwork::Host) => Some(p.trim().parse::<u16>().map_err(|_| TestkitError::Usage(format!("PORT={p:?} is not a port number")))?),
+            (Some(p), ContainerNetwork::Host) => Some(
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| TestkitError::Usage(format!("PORT={p:?} is not a port number")))?,
+            ),
             _ => None,
         };
-        let attempts = if fixed_port.is_some() { 1 } else { PORT_ATTEMPTS };
-        let node_id = env.iter().rev().find(|(k, _)| k == "SOCKUDO_NODE_ID").map(|(_, v)| v.clone()).unwrap_or_else(|| "node".into());
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
+        let node_id = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SOCKUDO_NODE_ID")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "node".into());
         let mut last_error = None;
         for attempt in 0..attempts {
             let port = match fixed_port {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let mut full: Vec<(String, String)> = vec![("METRICS_PORT".into(), "0".into()), ("SHUTDOWN_GRACE_PERIOD".into(), "0".into())];
+            let mut full: Vec<(String, String)> = vec![
+                ("METRICS_PORT".into(), "0".into()),
+                ("SHUTDOWN_GRACE_PERIOD".into(), "0".into()),
+            ];
             full.extend(env.iter().cloned());
             let (host, inner_port) = match network {
                 ContainerNetwork::Host => ("127.0.0.1", port),
@@ -61,12 +86,19 @@ impl ContainerNode {
             full.retain(|(k, _)| k != "HOST" && k != "PORT");
             full.push(("HOST".into(), host.into()));
             full.push(("PORT".into(), inner_port.to_string()));
-            let mut host_config = HostConfig { network_mode: Some(network.mode().into()), ..Default::default() };
+            let mut host_config = HostConfig {
+                network_mode: Some(network.mode().into()),
+                ..Default::default()
+            };
             let mut exposed = None;
             if network == ContainerNetwork::Bridge {
-                let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(port.to_string()) };
+                let binding = PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(port.to_string()),
+                };
                 let key = format!("{BRIDGE_PORT}/tcp");
-                host_config.port_bindings = Some([(key.clone(), Some(vec![binding]))].into_iter().collect());
+                host_config.port_bindings =
+                    Some([(key.clone(), Some(vec![binding]))].into_iter().collect());
                 exposed = Some(vec![key]);
             }
             let body = ContainerCreateBody {
@@ -76,8 +108,15 @@ impl ContainerNode {
                 host_config: Some(host_config),
                 ..Default::default()
             };
-            let id = engine.create(&container_name(&sanitize(&node_id)), body).await?;
-            let node = ContainerNode { engine: engine.clone(), id, port, env: full };
+            let id = engine
+                .create(&container_name(&sanitize(&node_id)), body)
+                .await?;
+            let node = ContainerNode {
+                engine: engine.clone(),
+                id,
+                port,
+                env: full,
+            };
             match node.start_and_wait().await {
                 Ok(()) => return Ok(node),
                 Err(e) if fixed_port.is_none() && is_port_conflict(&e) => {
@@ -129,7 +168,13 @@ impl ContainerNode {
     /// SIGTERM (the drain sequence) and wait for the container to stop; returns its exit code.
     pub async fn terminate(&mut self) -> Result<i64, TestkitError> {
         self.engine.signal(&self.id, "SIGTERM").await?;
-        let grace = self.env.iter().rev().find(|(k, _)| k == "SHUTDOWN_GRACE_PERIOD").and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0);
+        let grace = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SHUTDOWN_GRACE_PERIOD")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
         let limit = Duration::from_secs(grace) + TERMINATE_SLACK;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -139,7 +184,13 @@ impl ContainerNode {
             }
             if tokio::time::Instant::now() >= deadline {
                 let _ = self.kill();
-                return Err(TestkitError::timeout(format!("sockudo container {} to exit after SIGTERM (it was killed)", short(&self.id)), limit));
+                return Err(TestkitError::timeout(
+                    format!(
+                        "sockudo container {} to exit after SIGTERM (it was killed)",
+                        short(&self.id)
+                    ),
+                    limit,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -160,7 +211,9 @@ impl ContainerNode {
     async fn start_and_wait(&self) -> Result<(), TestkitError> {
         self.engine.start(&self.id).await?;
         let health = format!("{}/health", self.http_url());
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let mut polls = 0u32;
         loop {
@@ -205,10 +258,21 @@ impl Drop for ContainerNode {
 /// The node exited because its port was taken (host networking) or could not be published.
 fn is_port_conflict(e: &TestkitError) -> bool {
     let text = e.to_string();
-    text.contains("cannot listen") || text.contains("address already in use") || text.contains("Address already in use") || text.contains("port is already allocated")
+    text.contains("cannot listen")
+        || text.contains("address already in use")
+        || text.contains("Address already in use")
+        || text.contains("port is already allocated")
 }
 
 /// Container names allow `[a-zA-Z0-9_.-]`.
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' { c } else { '-' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }

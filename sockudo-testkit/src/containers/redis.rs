@@ -32,7 +32,11 @@ pub struct RedisContainer {
 impl RedisContainer {
     /// Start `image` (`redis-server` on its PATH) and wait until it answers PING on
     /// `127.0.0.1:`[`port`](Self::port).
-    pub async fn start(engine: &DockerEngine, image: &str, network: ContainerNetwork) -> Result<RedisContainer, TestkitError> {
+    pub async fn start(
+        engine: &DockerEngine,
+        image: &str,
+        network: ContainerNetwork,
+    ) -> Result<RedisContainer, TestkitError> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
@@ -40,13 +44,32 @@ impl RedisContainer {
                 ContainerNetwork::Host => (port, "127.0.0.1"),
                 ContainerNetwork::Bridge => (BRIDGE_PORT, "0.0.0.0"),
             };
-            let cmd = ["redis-server", "--port", &cmd_port.to_string(), "--bind", bind, "--protected-mode", "no", "--save", "", "--appendonly", "no"];
-            let mut host_config = HostConfig { network_mode: Some(network.mode().into()), ..Default::default() };
+            let cmd = [
+                "redis-server",
+                "--port",
+                &cmd_port.to_string(),
+                "--bind",
+                bind,
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ];
+            let mut host_config = HostConfig {
+                network_mode: Some(network.mode().into()),
+                ..Default::default()
+            };
             let mut exposed = None;
             if network == ContainerNetwork::Bridge {
-                let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(port.to_string()) };
+                let binding = PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(port.to_string()),
+                };
                 let key = format!("{BRIDGE_PORT}/tcp");
-                host_config.port_bindings = Some([(key.clone(), Some(vec![binding]))].into_iter().collect());
+                host_config.port_bindings =
+                    Some([(key.clone(), Some(vec![binding]))].into_iter().collect());
                 exposed = Some(vec![key]);
             }
             let body = ContainerCreateBody {
@@ -57,7 +80,12 @@ impl RedisContainer {
                 ..Default::default()
             };
             let id = engine.create(&container_name("redis"), body).await?;
-            let mut redis = RedisContainer { engine: engine.clone(), id, port, network };
+            let mut redis = RedisContainer {
+                engine: engine.clone(),
+                id,
+                port,
+                network,
+            };
             match redis.start_again().await {
                 Ok(()) => return Ok(redis),
                 // Most likely the port was taken meanwhile; `redis` is removed on drop.
@@ -96,7 +124,12 @@ impl RedisContainer {
         match self.network {
             ContainerNetwork::Host => Ok(self.addr().to_string()),
             ContainerNetwork::Bridge => {
-                let ip = self.engine.bridge_ip(&self.id).await?.ok_or_else(|| TestkitError::Docker(format!("redis container {} has no bridge address", short(&self.id))))?;
+                let ip = self.engine.bridge_ip(&self.id).await?.ok_or_else(|| {
+                    TestkitError::Docker(format!(
+                        "redis container {} has no bridge address",
+                        short(&self.id)
+                    ))
+                })?;
                 Ok(format!("{ip}:{BRIDGE_PORT}"))
             }
         }
@@ -126,12 +159,22 @@ impl RedisContainer {
                 let (running, exit_code) = self.engine.state(&self.id).await?;
                 if !running {
                     let tail = self.engine.log_tail(&self.id, 10).await;
-                    return Err(TestkitError::Docker(format!("redis container {} exited ({exit_code:?}); last log lines:\n{tail}", short(&self.id))));
+                    return Err(TestkitError::Docker(format!(
+                        "redis container {} exited ({exit_code:?}); last log lines:\n{tail}",
+                        short(&self.id)
+                    )));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 let _ = self.stop();
-                return Err(TestkitError::timeout(format!("redis container {} to answer PING on port {}", short(&self.id), self.port), START_TIMEOUT));
+                return Err(TestkitError::timeout(
+                    format!(
+                        "redis container {} to answer PING on port {}",
+                        short(&self.id),
+                        self.port
+                    ),
+                    START_TIMEOUT,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

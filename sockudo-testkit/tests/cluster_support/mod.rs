@@ -26,7 +26,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -34,7 +37,12 @@ where
 /// A cluster of `n` in-process nodes sharing a Redis, with every node known to every other
 /// (see [`wait_formed`]).
 pub async fn redis_cluster(n: usize) -> Cluster {
-    let cluster = Cluster::builder().nodes(n).redis(true).build().await.unwrap();
+    let cluster = Cluster::builder()
+        .nodes(n)
+        .redis(true)
+        .build()
+        .await
+        .unwrap();
     wait_formed(&cluster).await;
     cluster
 }
@@ -55,7 +63,13 @@ pub async fn wait_formed(cluster: &Cluster) {
         wait_for(&format!("node {i} to see all {n} probes"), WAIT * 2, || {
             let api = api.clone();
             async move {
-                let (status, body) = api.get("/channels/probe-formation", &[("info", "subscription_count")]).await.ok()?;
+                let (status, body) = api
+                    .get(
+                        "/channels/probe-formation",
+                        &[("info", "subscription_count")],
+                    )
+                    .await
+                    .ok()?;
                 (status == 200 && body["subscription_count"] == json!(n)).then_some(())
             }
         })
@@ -80,9 +94,15 @@ pub async fn wait_formed(cluster: &Cluster) {
 /// Subscribe `client` to `channel` with the auth its kind needs (presence as `user`).
 pub async fn join(client: &mut TestClient, channel: &str, user: &str) -> Event {
     if channel.starts_with("presence-") {
-        client.subscribe_presence(channel, APP_KEY, APP_SECRET, user, json!({ "name": user })).await.unwrap()
+        client
+            .subscribe_presence(channel, APP_KEY, APP_SECRET, user, json!({ "name": user }))
+            .await
+            .unwrap()
     } else if channel.starts_with("private-") {
-        client.subscribe_private(channel, APP_KEY, APP_SECRET).await.unwrap()
+        client
+            .subscribe_private(channel, APP_KEY, APP_SECRET)
+            .await
+            .unwrap()
     } else {
         client.subscribe(channel).await.unwrap()
     }
@@ -90,7 +110,10 @@ pub async fn join(client: &mut TestClient, channel: &str, user: &str) -> Event {
 
 /// Every event a client receives until it has been quiet for [`QUIET`].
 pub async fn drain(client: &mut TestClient) -> Vec<Event> {
-    client.events_until_quiet(QUIET, Duration::from_secs(10)).await.unwrap()
+    client
+        .events_until_quiet(QUIET, Duration::from_secs(10))
+        .await
+        .unwrap()
 }
 
 /// Occurrences of app event `name` per (channel, data) among `events`.
@@ -101,17 +124,28 @@ pub fn count_app_events(events: &[Event], name: &str) -> BTreeMap<(String, Strin
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        *out.entry((e.channel.clone().unwrap_or_default(), data)).or_insert(0) += 1;
+        *out.entry((e.channel.clone().unwrap_or_default(), data))
+            .or_insert(0) += 1;
     }
     out
 }
 
 /// The user ids of a `/channels/{c}/users` answer.
 pub fn user_ids(body: &Value) -> BTreeSet<String> {
-    body["users"].as_array().unwrap_or(&Vec::new()).iter().filter_map(|u| u["id"].as_str().map(str::to_string)).collect()
+    body["users"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|u| u["id"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The member ids in a presence `subscription_succeeded`.
 pub fn presence_ids(event: &Event) -> BTreeSet<String> {
-    event.data["presence"]["ids"].as_array().unwrap_or(&Vec::new()).iter().filter_map(|u| u.as_str().map(str::to_string)).collect()
+    event.data["presence"]["ids"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect()
 }

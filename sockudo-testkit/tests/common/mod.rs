@@ -14,7 +14,9 @@ pub async fn echo_server(greeting: &'static str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if stream.write_all(greeting.as_bytes()).await.is_err() {
                     return;
@@ -37,5 +39,8 @@ pub async fn read_n(stream: &mut TcpStream, n: usize) -> String {
 /// True when the peer has closed (read returns 0 or an error) within one second.
 pub async fn is_closed(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
-    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }

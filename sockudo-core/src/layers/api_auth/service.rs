@@ -170,9 +170,11 @@ where
     };
     match (verify(parts.uri.path()), settings.path_prefix) {
         (Ok(()), _) => {}
-        (Err(ApiAuthError::InvalidSignature), Some(prefix)) => {
-            verify(&format!("{}{}", prefix.trim_end_matches('/'), parts.uri.path()))?
-        }
+        (Err(ApiAuthError::InvalidSignature), Some(prefix)) => verify(&format!(
+            "{}{}",
+            prefix.trim_end_matches('/'),
+            parts.uri.path()
+        ))?,
         (Err(e), _) => return Err(e.into()),
     }
 

@@ -627,14 +627,30 @@ fn layer_and_service_are_clone_send_sync_debug() {
 #[tokio::test]
 async fn prefixed_signature_accepted_only_with_prefix_configured() {
     // The client signs the full path; a nesting router hands the layer the stripped one.
-    let query = sign_api_request(KEY, SECRET, "GET", "/realtime/apps/42/channels", &[], b"", NOW);
+    let query = sign_api_request(
+        KEY,
+        SECRET,
+        "GET",
+        "/realtime/apps/42/channels",
+        &[],
+        b"",
+        NOW,
+    );
     let uri = format!("/apps/42/channels?{query}");
     let (status, _, calls) = send(request(Method::GET, &uri, b"")).await;
     assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
-    let (status, _, calls) = send_with(layer().path_prefix("/realtime"), request(Method::GET, &uri, b"")).await;
+    let (status, _, calls) = send_with(
+        layer().path_prefix("/realtime"),
+        request(Method::GET, &uri, b""),
+    )
+    .await;
     assert_eq!((status, calls), (StatusCode::OK, 1));
     // The unprefixed signature keeps working with a prefix configured.
     let uri = signed("GET", "/apps/42/channels", &[], b"", NOW);
-    let (status, _, _) = send_with(layer().path_prefix("/realtime"), request(Method::GET, &uri, b"")).await;
+    let (status, _, _) = send_with(
+        layer().path_prefix("/realtime"),
+        request(Method::GET, &uri, b""),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
