@@ -2,6 +2,10 @@
 //! `MemoryCache` always, `RedisCache` with the `redis` feature (each test starts its own
 //! `redis-server` on a free port).
 
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 
 use sockudo_core::cache::{conformance, Cache, MemoryCache};
@@ -63,105 +67,11 @@ async fn memory_cache_run_all() {
 
 #[cfg(feature = "redis")]
 mod redis_support {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
-    use std::time::Duration;
 
     use sockudo_core::cache::{Cache, RedisCache, RedisCacheOptions};
 
-    /// A `redis-server` child process on a loopback port, killed on drop.
-    #[derive(Debug)]
-    pub struct RedisServer {
-        pub port: u16,
-        child: Option<Child>,
-    }
-
-    pub fn free_port() -> u16 {
-        match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-            Ok(addr) => addr.port(),
-            Err(e) => panic!("no free loopback port: {e}"),
-        }
-    }
-
-    impl RedisServer {
-        pub fn start() -> Self {
-            Self::start_on(free_port())
-        }
-
-        /// Start on `port` and wait until it answers `PING`.
-        pub fn start_on(port: u16) -> Self {
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start redis-server (must be on PATH): {e}"));
-            let server = RedisServer {
-                port,
-                child: Some(child),
-            };
-            server.wait_ready();
-            server
-        }
-
-        pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-
-        fn wait_ready(&self) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if ping_blocking(self.port) {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server on port {} did not start",
-                    self.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
-        /// Kill the server and wait until it has exited.
-        pub fn stop(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            self.stop();
-        }
-    }
-
-    /// A raw RESP `PING` over a fresh TCP connection.
-    fn ping_blocking(port: u16) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
+    pub use crate::redis_server::{free_port, RedisServer};
 
     pub async fn redis_cache(server: &RedisServer, options: RedisCacheOptions) -> RedisCache {
         match RedisCache::connect_with(&server.url(), options).await {

@@ -4,8 +4,9 @@
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,84 +15,17 @@ use sockudo_core::history::{
     conformance, HistoryError, HistoryStore, RedisHistoryStore, Retention,
 };
 
-/// A `redis-server` on a loopback port without persistence, killed on drop.
-#[derive(Debug)]
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
+use redis_server::RedisServer;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        Self::start_on(free_port())
+/// A raw command, to tamper with the store's keys.
+async fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
     }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed to run these tests");
-        let server = RedisServer {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// A raw command, to tamper with the store's keys.
-    async fn cmd(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut conn).await.unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    cmd.query_async(&mut conn).await.unwrap()
 }
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -137,7 +71,7 @@ async fn flushall_starts_a_new_stream() {
     let first = append(s.as_ref(), "c", "1").await;
     append(s.as_ref(), "c", "2").await;
     append(s.as_ref(), "d", "1").await;
-    server.cmd(&["FLUSHALL"]).await;
+    cmd(&server, &["FLUSHALL"]).await;
     // Head after the flush: a new generation, never the old id at serial 0.
     let head = s.head("app", "c").await.unwrap();
     assert_ne!(head.stream_id, first.stream_id);
@@ -169,7 +103,7 @@ async fn partial_loss_starts_a_new_stream() {
     // Meta lost, stream still there.
     let a = append(s.as_ref(), "c", "1").await;
     append(s.as_ref(), "c", "2").await;
-    server.cmd(&["DEL", &keys.meta]).await;
+    cmd(&server, &["DEL", &keys.meta]).await;
     let page = s.read_after("app", "c", 0, 10).await.unwrap();
     assert_ne!(page.stream_id, a.stream_id);
     assert!(
@@ -185,7 +119,7 @@ async fn partial_loss_starts_a_new_stream() {
 
     // Stream lost, meta still there.
     append(s.as_ref(), "c", "4").await;
-    server.cmd(&["DEL", &keys.stream]).await;
+    cmd(&server, &["DEL", &keys.stream]).await;
     let c = append(s.as_ref(), "c", "5").await;
     assert_ne!(c.stream_id, b.stream_id);
     assert_eq!(c.serial, 1);
@@ -193,7 +127,7 @@ async fn partial_loss_starts_a_new_stream() {
     // Meta rolled back below the stream (a partial restore).
     append(s.as_ref(), "c", "6").await;
     append(s.as_ref(), "c", "7").await;
-    server.cmd(&["HSET", &keys.meta, "serial", "1"]).await;
+    cmd(&server, &["HSET", &keys.meta, "serial", "1"]).await;
     let head = s.head("app", "c").await.unwrap();
     assert_ne!(head.stream_id, c.stream_id);
     assert_eq!(head.serial, 0);
@@ -201,8 +135,8 @@ async fn partial_loss_starts_a_new_stream() {
     // Meta rolled back while the stream's entries are trimmed: XADD refuses the id.
     append(s.as_ref(), "c", "8").await;
     append(s.as_ref(), "c", "9").await;
-    server.cmd(&["XTRIM", &keys.stream, "MAXLEN", "0"]).await;
-    server.cmd(&["HSET", &keys.meta, "serial", "1"]).await;
+    cmd(&server, &["XTRIM", &keys.stream, "MAXLEN", "0"]).await;
+    cmd(&server, &["HSET", &keys.meta, "serial", "1"]).await;
     let e = append(s.as_ref(), "c", "10").await;
     assert_ne!(e.stream_id, head.stream_id);
     assert_eq!(e.serial, 1);

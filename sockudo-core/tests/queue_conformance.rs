@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 
 use sockudo_core::queue::{conformance, MemoryQueue, Queue};
@@ -87,85 +91,11 @@ async fn memory_dead_letter_store_is_bounded() {
 
 #[cfg(feature = "redis")]
 mod redis_support {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
-    use std::time::Duration;
 
     use sockudo_core::queue::{Queue, RedisQueue, RedisQueueOptions};
 
-    /// A `redis-server` child process on a loopback port, killed on drop.
-    #[derive(Debug)]
-    pub struct RedisServer {
-        pub port: u16,
-        child: Option<Child>,
-    }
-
-    pub fn free_port() -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    impl RedisServer {
-        pub fn start() -> Self {
-            let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be on PATH");
-            let server = RedisServer {
-                port,
-                child: Some(child),
-            };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !ping_blocking(port) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server on port {port} did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            server
-        }
-
-        pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    fn ping_blocking(port: u16) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
+    pub use crate::redis_server::{free_port, RedisServer};
 
     pub async fn fresh() -> (Arc<dyn Queue>, RedisServer) {
         let server = RedisServer::start();
