@@ -134,8 +134,14 @@ impl Connection {
         frame: Utf8Bytes,
     ) -> bool {
         {
+            // Runs once per V2 recipient per message: the rare states (resuming, just
+            // resumed, subscribing) are checked only when present, and the key is cloned only
+            // the first time a channel is seen.
             let mut st = self.streams.lock();
-            if let Some(held) = st.held.get_mut(channel) {
+            if let Some(held) = (!st.held.is_empty())
+                .then(|| st.held.get_mut(channel))
+                .flatten()
+            {
                 held.push(Held {
                     serial,
                     stream_id: stream_id.cloned(),
@@ -149,19 +155,29 @@ impl Connection {
                 }
                 return true;
             }
-            if let (Some(sid), Some((rsid, upto))) = (stream_id, st.replayed.get(channel)) {
-                if sid == rsid && serial <= *upto {
-                    return true;
+            if !st.replayed.is_empty() {
+                if let (Some(sid), Some((rsid, upto))) = (stream_id, st.replayed.get(channel)) {
+                    if sid == rsid && serial <= *upto {
+                        return true;
+                    }
                 }
             }
-            st.live
-                .entry(Arc::clone(channel))
-                .and_modify(|l| l.last = l.last.max(serial))
-                .or_insert(LiveSerials {
-                    first: serial,
-                    last: serial,
-                });
-            if let Some(waiting) = st.joining.get_mut(channel) {
+            match st.live.get_mut(channel) {
+                Some(l) => l.last = l.last.max(serial),
+                None => {
+                    st.live.insert(
+                        Arc::clone(channel),
+                        LiveSerials {
+                            first: serial,
+                            last: serial,
+                        },
+                    );
+                }
+            }
+            if let Some(waiting) = (!st.joining.is_empty())
+                .then(|| st.joining.get_mut(channel))
+                .flatten()
+            {
                 return self.hold_joining(waiting, frame);
             }
         }
