@@ -308,6 +308,16 @@ impl Node {
     /// Tell every subscriber that these members left (their last node went away).
     pub async fn announce_removed(&self, removed: Vec<RemovedMember>) {
         for m in removed {
+            // A swept occupancy share (see `webhooks::OCCUPANCY_PREFIX`) is no member: the
+            // channel may have been vacated with it.
+            if let Some(channel) = m.channel.strip_prefix(crate::webhooks::OCCUPANCY_PREFIX) {
+                if let (Some(w), Ok(Some(app))) =
+                    (self.webhooks(), self.apps.find_by_id(&m.app_id).await)
+                {
+                    w.vacated(&app, channel);
+                }
+                continue;
+            }
             let frame = OutboundFrame::member_removed(Family::Pusher, &m.channel, &m.user_id);
             let mut msg = Broadcast::plain(&m.app_id, &m.channel, frame.into(), None);
             msg.frame_v2 =

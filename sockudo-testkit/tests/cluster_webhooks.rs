@@ -128,3 +128,69 @@ async fn cluster_wide_events_are_sent_once() {
     assert_eq!(got_later, got, "no event arrived twice");
     assert_eq!(got, expected, "each cluster-wide event exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_nodes_channels_are_reported_vacated() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let mut app = test_app();
+    app.webhooks = vec![WebhookTarget {
+        url: format!("{}/hooks", server.uri()),
+        event_types: vec!["channel_occupied".into(), "channel_vacated".into()],
+        headers: Default::default(),
+    }];
+    let mut cluster = Cluster::builder()
+        .nodes(2)
+        .redis(true)
+        .app(app)
+        .settings(|_, s| {
+            s.queue.driver = "redis".into();
+            s.webhook_batch_ms = 50;
+            s.webhook_delay_secs = 1;
+        })
+        .build()
+        .await
+        .unwrap();
+    wait_formed(&cluster).await;
+    // Only node 1 holds the channel; then it dies without closing anything.
+    let mut c = cluster.client(1).await.unwrap();
+    c.subscribe("lonely").await.unwrap();
+    let occupied = [(
+        (
+            "channel_occupied".to_owned(),
+            "lonely".to_owned(),
+            String::new(),
+        ),
+        1,
+    )]
+    .into_iter()
+    .collect::<BTreeMap<_, _>>();
+    wait_for("channel_occupied", WAIT, || {
+        let server = &server;
+        let occupied = &occupied;
+        async move { (received(server).await == *occupied).then_some(()) }
+    })
+    .await;
+    cluster.kill_node(1).unwrap();
+    // The survivor sweeps the dead node after the liveness timeout (2 s here), then waits the
+    // vacate delay: the channel is reported vacated once.
+    let vacated = (
+        "channel_vacated".to_owned(),
+        "lonely".to_owned(),
+        String::new(),
+    );
+    let got = wait_for("channel_vacated after the crash", WAIT * 3, || {
+        let server = &server;
+        let vacated = vacated.clone();
+        async move {
+            let got = received(server).await;
+            got.contains_key(&vacated).then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(got.get(&vacated), Some(&1));
+    drop(c);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use sockudo_core::adapter::Adapter;
+use sockudo_core::adapter::{Adapter, PresenceJoin};
 use sockudo_core::app::App;
 use sockudo_core::auth::webhook_signature;
 use sockudo_core::cache::Cache;
@@ -72,8 +72,16 @@ impl Drop for Webhooks {
     }
 }
 
-fn occupancy_key(app: &str, channel: &str) -> String {
-    format!("webhooks:occupancy:{}:{app}:{channel}", app.len())
+/// Occupancy is kept in the adapter's presence store as a pseudo presence channel whose one
+/// "member" is held by every node that has a subscriber: "first node" is `channel_occupied`,
+/// "last node gone" is `channel_vacated`, and a crashed node's share is removed by the same
+/// liveness sweep that removes its presence members (a counter would keep it forever). `#` and
+/// `:` cannot appear in client channel names, so the pseudo channel never collides.
+pub const OCCUPANCY_PREFIX: &str = "#occupancy:";
+const OCCUPANCY_HOLDER: &str = "nodes";
+
+pub fn occupancy_channel(channel: &str) -> String {
+    format!("{OCCUPANCY_PREFIX}{channel}")
 }
 
 fn occupied_marker(app: &str, channel: &str) -> String {
@@ -190,29 +198,29 @@ impl Webhooks {
         if !first {
             return;
         }
-        let n = match self
-            .inner
-            .cache
-            .increment(&occupancy_key(&app.id, channel), 1, None)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => return self.inner.emit_error("occupancy increment", &e.to_string()),
+        let occupancy = occupancy_channel(channel);
+        let join = PresenceJoin {
+            app_id: &app.id,
+            channel: &occupancy,
+            user_id: OCCUPANCY_HOLDER,
+            info: None,
+            max_members: usize::MAX,
         };
+        if let Err(e) = self.inner.adapter.presence_join(join).await {
+            return self.inner.emit_error("occupancy join", &e.to_string());
+        }
         if let Some(e) = self.inner.local.lock().get_mut(&key) {
             e.contributed = true;
         }
-        if n >= 1 {
-            self.inner
-                .announce_once(
-                    app,
-                    &occupied_marker(&app.id, channel),
-                    WebhookEvent::ChannelOccupied {
-                        channel: channel.to_owned(),
-                    },
-                )
-                .await;
-        }
+        self.inner
+            .announce_once(
+                app,
+                &occupied_marker(&app.id, channel),
+                WebhookEvent::ChannelOccupied {
+                    channel: channel.to_owned(),
+                },
+            )
+            .await;
     }
 
     /// A socket of `app` that [`Webhooks::subscribed`] was called for left `channel`.
@@ -233,38 +241,46 @@ impl Webhooks {
         if !contributed {
             return;
         }
-        let counter = occupancy_key(&app.id, channel);
-        match self.inner.cache.increment(&counter, -1, None).await {
-            Ok(n) if n <= 0 => {
-                let inner = Arc::clone(&self.inner);
-                let (app, channel) = (Arc::clone(app), channel.to_owned());
-                self.inner.after_delay(async move {
-                    // Back meanwhile (on any node)? Then the channel never looked vacated.
-                    match inner.cache.get(&counter).await {
-                        Ok(Some(v))
-                            if std::str::from_utf8(&v)
-                                .ok()
-                                .and_then(|s| s.parse::<i64>().ok())
-                                .unwrap_or(0)
-                                > 0 =>
-                        {
-                            return
-                        }
-                        Ok(_) => {}
-                        Err(e) => return inner.emit_error("occupancy re-check", &e.to_string()),
-                    }
-                    inner
-                        .retract_once(
-                            &app,
-                            &occupied_marker(&app.id, &channel),
-                            WebhookEvent::ChannelVacated { channel },
-                        )
-                        .await;
-                });
-            }
+        let occupancy = occupancy_channel(channel);
+        match self
+            .inner
+            .adapter
+            .presence_leave(&app.id, &occupancy, OCCUPANCY_HOLDER)
+            .await
+        {
+            Ok(left) if left.gone => self.vacated(app, channel),
             Ok(_) => {}
-            Err(e) => self.inner.emit_error("occupancy decrement", &e.to_string()),
+            Err(e) => self.inner.emit_error("occupancy leave", &e.to_string()),
         }
+    }
+
+    /// The last node holding `channel` let go (left, or died and was swept): after the delay,
+    /// and unless some node holds it again by then, `channel_vacated`.
+    pub fn vacated(&self, app: &Arc<App>, channel: &str) {
+        if !wants_any(app, &OCCUPANCY) {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let (app, channel) = (Arc::clone(app), channel.to_owned());
+        self.inner.after_delay(async move {
+            // Back meanwhile (on any node)? Then the channel never looked vacated.
+            match inner
+                .adapter
+                .presence_members(&app.id, &occupancy_channel(&channel))
+                .await
+            {
+                Ok(holders) if !holders.is_empty() => return,
+                Ok(_) => {}
+                Err(e) => return inner.emit_error("occupancy re-check", &e.to_string()),
+            }
+            inner
+                .retract_once(
+                    &app,
+                    &occupied_marker(&app.id, &channel),
+                    WebhookEvent::ChannelVacated { channel },
+                )
+                .await;
+        });
     }
 
     /// The adapter reported the user's first connection in a presence channel cluster-wide.
@@ -500,7 +516,11 @@ mod tests {
 
     #[test]
     fn keys_cannot_collide_across_apps_and_channels() {
-        assert_ne!(occupancy_key("a:b", "c"), occupancy_key("a", "b:c"));
+        assert_ne!(occupied_marker("a:b", "c"), occupied_marker("a", "b:c"));
+        assert!(
+            sockudo_core::channel::ChannelName::parse(&occupancy_channel("news")).is_err(),
+            "no client can name it"
+        );
         assert_ne!(
             member_marker("a", "b:c", "d"),
             member_marker("a", "b", "c:d")

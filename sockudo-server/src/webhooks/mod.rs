@@ -51,7 +51,7 @@ use sockudo_core::queue::{MemoryQueue, Queue};
 use crate::config::NodeSettings;
 
 pub use delivery::{backoff_delay, max_attempts_for};
-pub use emitter::Webhooks;
+pub use emitter::{occupancy_channel, Webhooks, OCCUPANCY_PREFIX};
 
 /// Tunables of the webhook pipeline.
 #[derive(Debug, Clone)]
