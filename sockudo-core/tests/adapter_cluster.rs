@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -600,92 +604,13 @@ mod memory {
 
 #[cfg(feature = "redis")]
 mod redis_env {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
-
     use sockudo_core::adapter::{
         presence::conformance, RedisPresenceOptions, RedisPresenceStore, RedisTransport,
     };
 
     use super::*;
 
-    /// `redis-server` on a loopback port; killed when dropped.
-    #[derive(Debug)]
-    pub struct RedisProcess {
-        pub port: u16,
-        child: Option<Child>,
-    }
-
-    impl RedisProcess {
-        pub fn start() -> Self {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap();
-            Self::on_port(port)
-        }
-
-        pub fn on_port(port: u16) -> Self {
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
-            let p = RedisProcess {
-                port,
-                child: Some(child),
-            };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !p.answers_ping() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server did not start on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            p
-        }
-
-        pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-
-        fn answers_ping(&self) -> bool {
-            use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
-            let mut reply = [0u8; 7];
-            s.write_all(b"PING\r\n").is_ok()
-                && s.read_exact(&mut reply).is_ok()
-                && &reply == b"+PONG\r\n"
-        }
-
-        pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    impl Drop for RedisProcess {
-        fn drop(&mut self) {
-            self.kill();
-        }
-    }
+    use crate::redis_server::RedisServer as RedisProcess;
 
     pub struct RedisEnv {
         pub server: RedisProcess,
@@ -846,10 +771,7 @@ mod redis_env {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn connect_fails_when_redis_is_down() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = crate::redis_server::free_port();
         let url = format!("redis://127.0.0.1:{port}");
         assert!(matches!(
             RedisTransport::connect(&url).await,
@@ -866,7 +788,7 @@ mod redis_env {
         let mut env = RedisEnv::new().await;
         let port = env.server.port;
         let nodes = cluster(&env, 2, &fast()).await;
-        env.server.kill();
+        env.server.stop();
         let a = nodes[0].0.clone();
         assert!(
             eventually(Duration::from_secs(3), || !a.is_healthy()).await,
@@ -881,7 +803,7 @@ mod redis_env {
         );
         // Longer than node_timeout: nobody may be declared dead for a transport outage.
         tokio::time::sleep(Duration::from_millis(800)).await;
-        env.server = RedisProcess::on_port(port);
+        env.server = RedisProcess::start_on(port);
         assert!(
             eventually(Duration::from_secs(6), || nodes
                 .iter()
