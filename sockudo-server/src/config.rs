@@ -97,6 +97,14 @@ pub struct NodeSettings {
     pub api_rate_limit_burst: u32,
     /// How long an HTTP publish `idempotency_key` is remembered, in seconds (PROTOCOL.md §7).
     pub idempotency_ttl: u64,
+    /// WebSocket upgrades per second per client IP, shared by all nodes through the cache
+    /// (0 = off, the default); beyond it the upgrade is answered 429 with `Retry-After`.
+    pub ws_upgrade_rate_limit_per_second: u32,
+    /// Upgrades allowed back to back per client IP (0 = same as the rate).
+    pub ws_upgrade_rate_limit_burst: u32,
+    /// Proxies in front of the node whose `X-Forwarded-For` entries are trusted when telling
+    /// the client IP (0: use the peer address only).
+    pub trusted_proxy_hops: usize,
     /// V2 hot tier per channel on each node: messages kept, and for how long (seconds).
     pub hot_buffer_messages: usize,
     pub hot_buffer_secs: u64,
@@ -150,6 +158,9 @@ impl Default for NodeSettings {
             log_format: "text".into(),
             api_rate_limit_per_second: 0,
             api_rate_limit_burst: 0,
+            ws_upgrade_rate_limit_per_second: 0,
+            ws_upgrade_rate_limit_burst: 0,
+            trusted_proxy_hops: 0,
             idempotency_ttl: 120,
             hot_buffer_messages: 100,
             hot_buffer_secs: 120,
@@ -333,6 +344,24 @@ impl NodeSettings {
             &mut self.api_rate_limit_burst,
         )?;
         num_env(&get, "IDEMPOTENCY_TTL", seconds, &mut self.idempotency_ttl)?;
+        num_env(
+            &get,
+            "WS_UPGRADE_RATE_LIMIT_PER_SECOND",
+            count,
+            &mut self.ws_upgrade_rate_limit_per_second,
+        )?;
+        num_env(
+            &get,
+            "WS_UPGRADE_RATE_LIMIT_BURST",
+            count,
+            &mut self.ws_upgrade_rate_limit_burst,
+        )?;
+        num_env(
+            &get,
+            "TRUSTED_PROXY_HOPS",
+            count,
+            &mut self.trusted_proxy_hops,
+        )?;
         num_env(
             &get,
             "HOT_BUFFER_MESSAGES",

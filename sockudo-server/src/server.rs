@@ -8,10 +8,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
 use sockudo_core::adapter::{Adapter, LocalAdapter};
 use sockudo_core::app::StaticAppManager;
 use sockudo_core::cache::{Cache, CacheError, MemoryCache};
 use sockudo_core::history::{HistoryStore, MemoryHistoryStore, Retention};
+use sockudo_core::layers::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer, RateLimiter};
 use tokio::net::TcpListener;
 
 use crate::config::NodeSettings;
@@ -246,8 +250,12 @@ pub struct RouterOptions {
 /// # }
 /// ```
 pub fn router_with(node: Arc<Node>, options: RouterOptions) -> Router {
+    let upgrades = match upgrade_rate_limit(&node.settings, &node.cache) {
+        Some(limit) => get(ws_handler).route_layer(limit),
+        None => get(ws_handler),
+    };
     Router::new()
-        .route("/app/{key}", get(ws_handler))
+        .route("/app/{key}", upgrades)
         .route("/health", get(|| async { "OK" }))
         .route("/ready", get(ready))
         .fallback(ws_fallback)
@@ -256,6 +264,39 @@ pub fn router_with(node: Arc<Node>, options: RouterOptions) -> Router {
             node,
             options.api_path_prefix,
         ))
+}
+
+/// The per-client-IP limit on WebSocket upgrades, when configured. It needs the peer address
+/// as a [`PeerAddr`] extension: [`serve`] provides it; apps serving [`router_with`]
+/// themselves add it (or trust `X-Forwarded-For` hops).
+fn upgrade_rate_limit(settings: &NodeSettings, cache: &Arc<dyn Cache>) -> Option<RateLimitLayer> {
+    let rate = NonZeroU32::new(settings.ws_upgrade_rate_limit_per_second)?;
+    let burst = NonZeroU32::new(settings.ws_upgrade_rate_limit_burst).unwrap_or(rate);
+    let limiter = RateLimiter::new(
+        Arc::clone(cache),
+        Quota::per_second(rate).allow_burst(burst),
+    )
+    .key_prefix("ws-upgrade");
+    Some(
+        RateLimitLayer::from_limiter(limiter).key_by(KeyBy::ClientIp {
+            trusted_proxy_hops: settings.trusted_proxy_hops,
+        }),
+    )
+}
+
+/// Copy the connection's peer address into the extension the core's rate limiter reads.
+async fn peer_addr(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(axum::extract::ConnectInfo(addr)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .copied()
+    {
+        req.extensions_mut().insert(PeerAddr(addr));
+    }
+    next.run(req).await
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
@@ -313,9 +354,13 @@ pub async fn serve(
     });
     node.mark_serving();
     tracing::info!(node_id = %node.settings.node_id, "serving");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopped.cancelled().await })
-        .await;
+    let app = app.layer(axum::middleware::from_fn(peer_addr));
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stopped.cancelled().await })
+    .await;
     drainer.abort();
     if let Some(task) = metrics_task {
         task.abort();

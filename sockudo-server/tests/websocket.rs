@@ -610,3 +610,26 @@ async fn disconnect_cleans_up_channels_and_members() {
     let (_, users) = api.get("/channels/presence-room/users", &[]).await;
     assert_eq!(users["users"], json!([{"id": "obs"}]));
 }
+
+#[tokio::test]
+async fn websocket_upgrades_are_rate_limited_per_client_ip() {
+    let mut s = settings(vec![test_app()]);
+    s.ws_upgrade_rate_limit_per_second = 1;
+    s.ws_upgrade_rate_limit_burst = 2;
+    let node = TestNode::start(s).await;
+    let url = node.ws_url(&TestNode::app_path("app-key"));
+    let _a = TestClient::try_connect(&url)
+        .await
+        .expect("first upgrade is within the burst");
+    let _b = TestClient::try_connect(&url)
+        .await
+        .expect("second upgrade is within the burst");
+    let err = TestClient::try_connect(&url)
+        .await
+        .err()
+        .expect("third upgrade in the same instant is refused");
+    assert!(err.contains("429"), "{err}");
+    // The HTTP API is not affected by the upgrade budget.
+    let (status, _) = node.api(&test_app()).get("/channels", &[]).await;
+    assert_eq!(status, 200);
+}
