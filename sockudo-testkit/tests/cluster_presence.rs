@@ -129,11 +129,26 @@ fn apply(label: &str, view: &mut BTreeSet<String>, events: &[Event], check: Chec
 async fn join_leave_storm_leaves_one_consistent_member_list() {
     let cluster = redis_cluster(3).await;
     // Observers, there before the storm: they must see a clean first/last history.
-    let mut observers = Vec::new();
+    // They join one after another, each only once the previous joins' member_added events
+    // have settled: a subscriber whose snapshot already lists a member can still receive that
+    // member's in-flight member_added (snapshot and events are not ordered across nodes; see
+    // the closing note of this test suite's issue), and that setup race is not what this test
+    // is about.
+    let mut observers: Vec<(BTreeSet<String>, TestClient)> = Vec::new();
     for i in 0..3 {
         let mut c = cluster.client(i).await.unwrap();
-        let ok = join(&mut c, CHANNEL, &format!("obs-{i}")).await;
+        let user = format!("obs-{i}");
+        let ok = join(&mut c, CHANNEL, &user).await;
         c.take_pending();
+        for (seen, earlier) in observers.iter_mut() {
+            let added = earlier
+                .recv_event_on(CHANNEL, "pusher_internal:member_added", WAIT)
+                .await
+                .unwrap();
+            assert_eq!(added.data["user_id"], user.as_str());
+            seen.insert(user.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         observers.push((presence_ids(&ok), c));
     }
 
