@@ -14,33 +14,7 @@ use std::time::{Duration, Instant};
 /// How long a fresh child gets to answer (PING / `GET /health`).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Environment variables of CONFIG.md removed from what children inherit, so the caller's
-/// shell cannot change what is measured.
-const CONFIG_VARS: &[&str] = &[
-    "HOST",
-    "PORT",
-    "SOCKUDO_NODE_ID",
-    "SOCKUDO_DEFAULT_APP_ID",
-    "SOCKUDO_DEFAULT_APP_KEY",
-    "SOCKUDO_DEFAULT_APP_SECRET",
-    "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
-    "ADAPTER_DRIVER",
-    "CACHE_DRIVER",
-    "QUEUE_DRIVER",
-    "HISTORY_DRIVER",
-    "CLUSTER_HEARTBEAT_INTERVAL_MS",
-    "CLUSTER_NODE_TIMEOUT_MS",
-    "CLUSTER_REQUEST_TIMEOUT_MS",
-    "APP_MANAGER_DRIVER",
-    "REDIS_URL",
-    "REDIS_CLUSTER_NODES",
-    "NATS_URL",
-    "DATABASE_URL",
-    "METRICS_PORT",
-    "SHUTDOWN_GRACE_PERIOD",
-    "ACTIVITY_TIMEOUT",
-    "LOG_FORMAT",
-];
+use sockudo_server::config::ENV_VARS as CONFIG_VARS;
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]

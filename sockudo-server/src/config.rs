@@ -26,6 +26,58 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Every environment variable a node reads (CONFIG.md names and the settings added since).
+/// Harnesses that start nodes (the testkit, the bench) clear exactly these from what children
+/// inherit, so a developer's shell cannot change what a test or a measurement runs against.
+pub const ENV_VARS: &[&str] = &[
+    "ACTIVITY_TIMEOUT",
+    "ADAPTER_DRIVER",
+    "API_RATE_LIMIT_BURST",
+    "API_RATE_LIMIT_PER_SECOND",
+    "APP_MANAGER_DRIVER",
+    "CACHE_CHANNEL_TTL",
+    "CACHE_DRIVER",
+    "CLUSTER_HEARTBEAT_INTERVAL_MS",
+    "CLUSTER_NODE_TIMEOUT_MS",
+    "CLUSTER_PREFIX",
+    "CLUSTER_REQUEST_TIMEOUT_MS",
+    "DATABASE_URL",
+    "HISTORY_DRIVER",
+    "HISTORY_MAX_AGE_SECS",
+    "HISTORY_MAX_MESSAGES",
+    "HISTORY_TIMEOUT_MS",
+    "HOST",
+    "HOT_BUFFER_MESSAGES",
+    "HOT_BUFFER_SECS",
+    "IDEMPOTENCY_TTL",
+    "LOG_FORMAT",
+    "MAX_FRAME_BYTES",
+    "MESSAGE_DEDUP_CAPACITY",
+    "MESSAGE_DEDUP_SECS",
+    "METRICS_PORT",
+    "NATS_URL",
+    "OUTBOUND_QUEUE_BYTES",
+    "OUTBOUND_QUEUE_FRAMES",
+    "PONG_TIMEOUT",
+    "PORT",
+    "QUEUE_DRIVER",
+    "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "SHUTDOWN_GRACE_PERIOD",
+    "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
+    "SOCKUDO_DEFAULT_APP_ID",
+    "SOCKUDO_DEFAULT_APP_KEY",
+    "SOCKUDO_DEFAULT_APP_SECRET",
+    "SOCKUDO_NODE_ID",
+    "TRUSTED_PROXY_HOPS",
+    "V1_EXPOSE_STREAM_FIELDS",
+    "WEBHOOK_BATCH_MS",
+    "WEBHOOK_DELAY_SECS",
+    "WEBHOOK_TIMEOUT_SECS",
+    "WS_UPGRADE_RATE_LIMIT_BURST",
+    "WS_UPGRADE_RATE_LIMIT_PER_SECOND",
+];
+
 /// A driver section such as `[adapter] driver = "redis"`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -594,6 +646,24 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn env_vars_lists_every_name_the_config_reads() {
+        let src = include_str!("config.rs");
+        let body =
+            &src[src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())];
+        let mut missing = Vec::new();
+        for piece in body.split('"').skip(1).step_by(2) {
+            let looks_like_env = piece.len() > 2
+                && piece
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if looks_like_env && !ENV_VARS.contains(&piece) {
+                missing.push(piece.to_owned());
+            }
+        }
+        assert!(missing.is_empty(), "add to ENV_VARS: {missing:?}");
     }
 
     #[test]

@@ -20,33 +20,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// Log lines quoted in errors.
 const LOG_LINES: usize = 20;
 
-/// Every variable of CONFIG.md. They are removed from the inherited environment so that the
-/// developer's shell cannot change what a test runs against.
-const CONFIG_VARS: &[&str] = &[
-    "HOST",
-    "PORT",
-    "SOCKUDO_NODE_ID",
-    "SOCKUDO_DEFAULT_APP_ID",
-    "SOCKUDO_DEFAULT_APP_KEY",
-    "SOCKUDO_DEFAULT_APP_SECRET",
-    "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
-    "ADAPTER_DRIVER",
-    "CACHE_DRIVER",
-    "QUEUE_DRIVER",
-    "HISTORY_DRIVER",
-    "CLUSTER_HEARTBEAT_INTERVAL_MS",
-    "CLUSTER_NODE_TIMEOUT_MS",
-    "CLUSTER_REQUEST_TIMEOUT_MS",
-    "APP_MANAGER_DRIVER",
-    "REDIS_URL",
-    "REDIS_CLUSTER_NODES",
-    "NATS_URL",
-    "DATABASE_URL",
-    "METRICS_PORT",
-    "SHUTDOWN_GRACE_PERIOD",
-    "ACTIVITY_TIMEOUT",
-    "LOG_FORMAT",
-];
+use sockudo_server::config::ENV_VARS as CONFIG_VARS;
 
 /// Defaults for tests, applied before the caller's variables: loopback, no metrics listener,
 /// no drain grace.
