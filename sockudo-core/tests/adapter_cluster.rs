@@ -205,6 +205,7 @@ async fn broadcast_fields_survive_the_trip<E: Env>(env: &E) {
         member: Some(sockudo_core::adapter::MemberEvent {
             user_id: "u-1".into(),
             seq: 1 << 60,
+            change: sockudo_core::adapter::MemberChange::Removed,
         }),
     };
     nodes[0].0.publish(b.clone()).await.unwrap();
@@ -385,6 +386,7 @@ async fn dead_node_is_swept_once<E: Env>(env: &E) {
         .presence_members("app", ch)
         .await
         .unwrap()
+        .members
         .into_iter()
         .map(|m| m.user_id)
         .collect();
@@ -445,6 +447,7 @@ async fn leave_cluster_sweeps_at_once<E: Env>(env: &E) {
         .presence_members("app", ch)
         .await
         .unwrap()
+        .members
         .into_iter()
         .map(|m| m.user_id)
         .collect();
@@ -465,7 +468,12 @@ async fn restart_under_same_id_announces_stale_members<E: Env>(env: &E) {
             == vec!["ghost".to_owned()])
         .await
     );
-    assert!(again.presence_members("app", ch).await.unwrap().is_empty());
+    assert!(again
+        .presence_members("app", ch)
+        .await
+        .unwrap()
+        .members
+        .is_empty());
     tokio::time::sleep(opts.node_timeout * 2).await;
     assert!(
         nodes[0].1.removed.lock().is_empty(),
@@ -719,7 +727,12 @@ mod redis_env {
         }
         let _: i64 = users.query_async(&mut c).await.unwrap();
         let _: i64 = infos.query_async(&mut c).await.unwrap();
-        let m = env.presence.members("app", "presence-big").await.unwrap();
+        let m = env
+            .presence
+            .members("app", "presence-big")
+            .await
+            .unwrap()
+            .members;
         assert_eq!(m.len(), 9_000);
         assert_eq!(
             (m[0].user_id.as_str(), m[0].info.as_deref()),
@@ -765,6 +778,7 @@ mod redis_env {
             .members("app", "presence-o")
             .await
             .unwrap()
+            .members
             .is_empty());
         assert_eq!(env.presence.nodes().await.unwrap(), Vec::<String>::new());
     }

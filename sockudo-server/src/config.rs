@@ -50,6 +50,7 @@ pub const ENV_VARS: &[&str] = &[
     "HOT_BUFFER_MESSAGES",
     "HOT_BUFFER_SECS",
     "IDEMPOTENCY_TTL",
+    "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
     "MAX_FRAME_BYTES",
     "MESSAGE_DEDUP_CAPACITY",
@@ -63,6 +64,8 @@ pub const ENV_VARS: &[&str] = &[
     "QUEUE_DRIVER",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
+    "RESUME_GRACE_MS",
+    "RESUME_PENDING_SECS",
     "SHUTDOWN_GRACE_PERIOD",
     "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
     "SOCKUDO_DEFAULT_APP_ID",
@@ -167,6 +170,16 @@ pub struct NodeSettings {
     /// queue thousands of reads on one connection: too short a bound fails them closed
     /// (`persistence_unavailable`) although Redis is healthy.
     pub history_timeout_ms: u64,
+    /// V2: after a subscribe, live frames of the channel are held this long (milliseconds) in
+    /// case the client's `sockudo:resume` for it follows the subscribe, so that its replay
+    /// goes first; a resume ends the wait at once. 0 turns the wait off.
+    pub resume_grace_ms: u64,
+    /// V2: how long (seconds) a resume position for a channel the connection has not
+    /// subscribed yet is kept for that subscribe; then the channel gets `resume_failed`.
+    pub resume_pending_secs: u64,
+    /// V2: how long (milliseconds) a node waits for the missing serials of a live gap to
+    /// arrive before it fetches them from the history store.
+    pub live_gap_wait_ms: u64,
     /// Window in which a repeated `message_id` is the same message (one serial), in seconds,
     /// and how many recent ids each node remembers to suppress redeliveries.
     pub message_dedup_secs: u64,
@@ -219,6 +232,9 @@ impl Default for NodeSettings {
             history_max_messages: 1000,
             history_max_age_secs: 3600,
             history_timeout_ms: 3000,
+            resume_grace_ms: 250,
+            resume_pending_secs: 30,
+            live_gap_wait_ms: 500,
             message_dedup_secs: 120,
             message_dedup_capacity: 100_000,
             v1_expose_stream_fields: false,
@@ -438,6 +454,24 @@ impl NodeSettings {
             "HISTORY_TIMEOUT_MS",
             "milliseconds",
             &mut self.history_timeout_ms,
+        )?;
+        num_env(
+            &get,
+            "RESUME_GRACE_MS",
+            "milliseconds",
+            &mut self.resume_grace_ms,
+        )?;
+        num_env(
+            &get,
+            "RESUME_PENDING_SECS",
+            seconds,
+            &mut self.resume_pending_secs,
+        )?;
+        num_env(
+            &get,
+            "LIVE_GAP_WAIT_MS",
+            "milliseconds",
+            &mut self.live_gap_wait_ms,
         )?;
         num_env(
             &get,

@@ -70,6 +70,10 @@ pub const ADAPTER_DUPLICATES: &str = "sockudo_adapter_duplicates_suppressed_tota
 /// Counter: resume outcomes per channel (`outcome` = success | failure, `source` = hot | cold
 /// on success, `code` = the failure code on failure).
 pub const RECOVERY: &str = "sockudo_recovery_total";
+/// Counter: live gaps on positioned channels (`outcome` = detected | repaired |
+/// failed_closed): a broadcast skipped serials on its way to this node; the missing ones were
+/// fetched from the history store, or every V2 subscriber was told with `resume_failed`.
+pub const LIVE_GAPS: &str = "sockudo_live_gaps_total";
 /// Gauge: messages held in the hot buffers of this node.
 pub const HOT_ENTRIES: &str = "sockudo_hot_buffer_entries";
 /// Gauge: bytes of frames held in the hot buffers of this node.
@@ -172,6 +176,10 @@ pub fn describe() {
         "Cross-node deliveries dropped as duplicates"
     );
     describe_counter!(RECOVERY, "V2 resume outcomes per channel");
+    describe_counter!(
+        LIVE_GAPS,
+        "Live serial gaps detected, repaired from history, or failed closed"
+    );
     describe_gauge!(HOT_ENTRIES, "Messages held in the V2 hot buffers");
     describe_gauge!(HOT_BYTES, Unit::Bytes, "Bytes held in the V2 hot buffers");
     describe_counter!(HOT_EVICTIONS, "Hot buffer entries evicted");

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeSettings;
 use crate::dedup::RecentIds;
 use crate::hot::HotLimits;
-use crate::namespace::{Delivery, MemberFanout, Namespace};
+use crate::namespace::{Delivery, MemberFanout, Namespace, Positioned};
 
 /// Shared state of one node. Cheap to clone through `Arc`.
 pub struct Node {
@@ -201,6 +201,14 @@ impl Node {
     }
 }
 
+fn record_fanout(app_id: &str, started: std::time::Instant, frames: usize) {
+    metrics::histogram!(crate::metrics::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => app_id.to_string())
+        .increment(1);
+    metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => app_id.to_string())
+        .increment(frames as u64);
+}
+
 /// The node as its adapter sees it: local fanout, local answers, local commands.
 struct LocalHandler(std::sync::Weak<Node>);
 
@@ -228,8 +236,30 @@ impl NodeHandler for LocalHandler {
             tracing::warn!(channel = %msg.channel, "dropping broadcast that is not UTF-8");
             return;
         };
-        if let (Some(serial), Some(stream_id), Some(v2)) = (msg.serial, &msg.stream_id, &v2) {
-            ns.hot.push(&msg.channel, stream_id, serial, v2);
+        if let (Some(serial), Some(stream_id), Some(v2), None) =
+            (msg.serial, &msg.stream_id, &v2, &msg.member)
+        {
+            // Positioned: through the channel's live sequence (order, repeats, gaps).
+            let p = Positioned {
+                v1,
+                v2: v2.clone(),
+                serial,
+                stream_id: Arc::clone(stream_id),
+                except: msg.except_socket.clone(),
+            };
+            let out = ns.deliver_positioned(&msg.channel, p);
+            if out.unsubscribed {
+                // Nobody here now, but a client may resume here later: keep the hot ring.
+                ns.hot.push(&msg.channel, stream_id, serial, v2);
+            }
+            if out.gap_opened {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let channel = Arc::clone(&msg.channel);
+                    rt.spawn(crate::live_gaps::repair(Arc::clone(&node), ns, channel));
+                }
+            }
+            record_fanout(&msg.app_id, started, out.frames);
+            return;
         }
         let d = Delivery {
             v1,
@@ -240,7 +270,7 @@ impl NodeHandler for LocalHandler {
         };
         let frames = match &msg.member {
             None => ns.fanout(&msg.channel, &d),
-            Some(m) => match ns.fanout_member(&msg.channel, &m.user_id, m.seq, &d) {
+            Some(m) => match ns.fanout_member(&msg.channel, m, &d) {
                 MemberFanout::Delivered(n) => n,
                 MemberFanout::Stale => {
                     node.stale_member_events.fetch_add(1, Ordering::Relaxed);
@@ -249,11 +279,7 @@ impl NodeHandler for LocalHandler {
                 }
             },
         };
-        metrics::histogram!(crate::metrics::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::FANOUT_BROADCASTS, "app_id" => msg.app_id.to_string())
-            .increment(1);
-        metrics::counter!(crate::metrics::FANOUT_FRAMES, "app_id" => msg.app_id.to_string())
-            .increment(frames as u64);
+        record_fanout(&msg.app_id, started, frames);
     }
 
     fn control(&self, msg: &ControlMessage) {
@@ -325,6 +351,7 @@ impl Node {
             msg.member = Some(MemberEvent {
                 user_id: Arc::from(m.user_id.as_str()),
                 seq: m.seq,
+                change: sockudo_core::adapter::MemberChange::Removed,
             });
             if let Err(e) = self.adapter.publish(msg).await {
                 tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");

@@ -53,7 +53,8 @@ pub struct Published {
     pub serial: Option<u64>,
     pub stream_id: Option<Arc<str>>,
     /// The message id was already published in this channel within the dedup window: the
-    /// original serial is returned and nothing was delivered again.
+    /// original serial is returned, and the broadcast was repeated for nodes that may have
+    /// missed it (each node delivers a message id once).
     pub duplicate: bool,
 }
 
@@ -91,6 +92,7 @@ pub async fn publish_event(
             },
         )
     };
+    let mut duplicate = false;
     let (v2, serial, stream_id) = match &node.history {
         Some(history) => {
             // The frame the store asked for last, with the position it was built for.
@@ -122,14 +124,11 @@ pub async fn publish_event(
                 }
                 Err(e) => return Err(e.into()),
             };
-            if appended.duplicate && !recovered {
-                return Ok(Published {
-                    message_id: Arc::from(message_id),
-                    serial: Some(appended.serial),
-                    stream_id: Some(Arc::from(appended.stream_id)),
-                    duplicate: true,
-                });
-            }
+            // A duplicate (a retry of a message id already in the stream) is broadcast again
+            // all the same: the first attempt may have died between the append and the
+            // broker, and a 2xx must mean every node gets it. Nodes that have it drop the
+            // copy (message id and serial), so the second broadcast costs nothing there.
+            duplicate = appended.duplicate && !recovered;
             let frame = match built.into_inner() {
                 Some((sid, serial, f))
                     if sid == appended.stream_id && serial == appended.serial =>
@@ -178,7 +177,7 @@ pub async fn publish_event(
         message_id,
         serial,
         stream_id,
-        duplicate: false,
+        duplicate,
     })
 }
 

@@ -270,3 +270,141 @@ async fn v2_presence_events_use_the_sockudo_family() {
     let added = a.recv_event("sockudo_internal:member_added", WAIT).await;
     assert_eq!(added["data"]["user_id"], "u2");
 }
+
+/// How a reconnecting client orders its frames (real clients do all three).
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// sockudo-python: resume first, then the subscribes.
+    ResumeFirst,
+    /// Subscribe one channel, resume both, subscribe the other.
+    Interleaved,
+    /// Both subscribes, then the resume right behind them (no wait for the replies).
+    ResumeLast,
+}
+
+/// While a publisher keeps publishing on two channels, a client reconnects and resumes both
+/// in `order`: for each channel it gets the replay, then live frames, in strictly increasing
+/// serial order, none missing and none twice.
+async fn resume_in_order(order: Order) {
+    let node = TestNode::start(settings(vec![test_app()])).await;
+    let channels = ["feed-a", "feed-b"];
+    let mut a = v2_client(&node).await;
+    let mut positions = serde_json::Map::new();
+    for ch in channels {
+        let sub = v2_subscribe(&mut a, ch).await;
+        publish(&node, ch, "first", None).await;
+        let ev = a.recv_event("ev", WAIT).await;
+        positions.insert(
+            ch.into(),
+            json!({"serial": ev["serial"], "stream_id": sub["data"]["stream_id"]}),
+        );
+    }
+    a.close().await;
+    const TOTAL: u64 = 60;
+    let publisher = {
+        let api = node.api(&test_app());
+        tokio::spawn(async move {
+            for i in 2..=TOTAL {
+                for ch in ["feed-a", "feed-b"] {
+                    let body = json!({"name": "ev", "channel": ch, "data": format!("m{i}")});
+                    let (status, resp) = api.publish(&body).await;
+                    assert_eq!(status, 200, "{resp}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    let mut b = v2_client(&node).await;
+    let resume = json!({"event": "sockudo:resume", "data": {"channel_positions": positions}});
+    let sub = |ch: &str| json!({"event": "sockudo:subscribe", "data": {"channel": ch}});
+    let frames = match order {
+        Order::ResumeFirst => vec![resume, sub(channels[0]), sub(channels[1])],
+        Order::Interleaved => vec![sub(channels[0]), resume, sub(channels[1])],
+        Order::ResumeLast => vec![sub(channels[0]), sub(channels[1]), resume],
+    };
+    for f in &frames {
+        b.send_json(f).await;
+    }
+    publisher.await.unwrap();
+    let mut got: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut recovered = Vec::new();
+    while got.values().map(Vec::len).sum::<usize>() < 2 * (TOTAL as usize - 1) {
+        let f = match b.next_frame(WAIT).await {
+            Ok(Some(f)) => f,
+            other => panic!("{order:?}: stalled at {got:?}: {other:?}"),
+        };
+        match f["event"].as_str() {
+            Some("ev") => got
+                .entry(f["channel"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(f["serial"].as_u64().unwrap()),
+            Some("sockudo:resume_success") => {
+                assert_eq!(f["data"]["failed"], json!([]), "{order:?}: {f}");
+                recovered.extend(f["data"]["recovered"].as_array().unwrap().clone());
+            }
+            Some("sockudo:resume_failed") | Some("sockudo:error") => panic!("{order:?}: {f}"),
+            _ => {}
+        }
+    }
+    for ch in channels {
+        assert_eq!(
+            got[ch],
+            (2..=TOTAL).collect::<Vec<_>>(),
+            "{order:?}: {ch} in order, none missing or twice"
+        );
+    }
+    assert_eq!(recovered.len(), 2, "{order:?}: both channels recovered");
+    b.expect_no_event("ev", common::QUIET).await;
+}
+
+#[tokio::test]
+async fn resume_sent_before_the_subscribes_is_applied_when_they_complete() {
+    resume_in_order(Order::ResumeFirst).await;
+}
+
+#[tokio::test]
+async fn resume_between_subscribes_is_honoured() {
+    resume_in_order(Order::Interleaved).await;
+}
+
+#[tokio::test]
+async fn resume_right_behind_the_subscribes_replays_before_live_frames() {
+    resume_in_order(Order::ResumeLast).await;
+}
+
+#[tokio::test]
+async fn a_parked_position_whose_channel_never_comes_fails_closed() {
+    let mut s = settings(vec![test_app()]);
+    s.resume_pending_secs = 1;
+    let node = TestNode::start(s).await;
+    let mut c = v2_client(&node).await;
+    let positions = json!({
+        "never": {"serial": 3, "stream_id": "s"},
+        "no-stream": {"serial": 3},
+    });
+    c.send_json(&json!({"event": "sockudo:resume", "data": {"channel_positions": positions}}))
+        .await;
+    let mut failed = std::collections::BTreeMap::new();
+    while failed.len() < 2 {
+        let f = c.recv_event("sockudo:resume_failed", WAIT).await;
+        let data: Value = match &f["data"] {
+            Value::String(s) => serde_json::from_str(s).unwrap(),
+            other => other.clone(),
+        };
+        assert_eq!(data["code"], "continuity_unverifiable", "{f}");
+        assert_eq!(f["channel"], data["channel"], "{f}");
+        failed.insert(data["channel"].as_str().unwrap().to_owned(), data);
+    }
+    assert!(failed.contains_key("never") && failed.contains_key("no-stream"));
+}
+
+#[tokio::test]
+async fn subscription_succeeded_carries_the_position_at_the_top_level_too() {
+    let node = TestNode::start(settings(vec![test_app()])).await;
+    publish(&node, "pos", "x", None).await;
+    let mut c = v2_client(&node).await;
+    let sub = v2_subscribe(&mut c, "pos").await;
+    assert_eq!(sub["serial"], 1, "{sub}");
+    assert_eq!(sub["stream_id"], sub["data"]["stream_id"], "{sub}");
+}

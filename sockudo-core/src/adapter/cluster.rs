@@ -78,9 +78,9 @@ use tokio::time::Instant;
 
 use super::envelope::{self, Header, Kind};
 use super::{
-    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent,
-    NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
-    RemovedMember, Transport, TransportStream,
+    Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberChange,
+    MemberEvent, NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceSnapshot,
+    PresenceStore, RemovedMember, Transport, TransportStream,
 };
 
 /// Settings of a [`ClusterAdapter`].
@@ -468,6 +468,11 @@ impl<T: Transport> Inner<T> {
                 (Some(user_id), Some(seq)) => Some(MemberEvent {
                     user_id: Arc::from(user_id.as_ref()),
                     seq,
+                    change: if h.member_removed {
+                        MemberChange::Removed
+                    } else {
+                        MemberChange::Added
+                    },
                 }),
                 _ => None,
             },
@@ -802,6 +807,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         if let Some(m) = &msg.member {
             h.member_user = Some((&*m.user_id).into());
             h.member_seq = Some(m.seq);
+            h.member_removed = m.change == MemberChange::Removed;
         }
         let wire = match &msg.frame_v2 {
             Some(v2) => {
@@ -908,7 +914,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         &self,
         app_id: &str,
         channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError> {
+    ) -> Result<PresenceSnapshot, AdapterError> {
         self.inner.presence.members(app_id, channel).await
     }
 

@@ -14,7 +14,8 @@
 //!   V1 frame's length, and both become zero-copy slices on receipt. `m`, `n` and `i` carry the
 //!   V2 message id, serial and stream id; `x` the socket to skip; `u` and `p` the user id and
 //!   presence sequence number of a member event (absent otherwise, so nodes that predate
-//!   them read these messages as before, and their messages as ordinary broadcasts).
+//!   them read these messages as before, and their messages as ordinary broadcasts), and
+//!   `r: true` marks a removal.
 //! - Control messages, queries and answers carry their JSON (`ControlMessage`,
 //!   `ClusterQuery`, `ClusterAnswer`) as the payload.
 //! - Heartbeats have an empty payload.
@@ -93,6 +94,9 @@ pub(crate) struct Header<'a> {
     /// Member event: the store's presence sequence number of the decision (broadcast).
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub member_seq: Option<u64>,
+    /// Member event: true for a removal (absent, i.e. false, for an addition).
+    #[serde(rename = "r", default, skip_serializing_if = "std::ops::Not::not")]
+    pub member_removed: bool,
 }
 
 impl<'a> Header<'a> {
@@ -111,6 +115,7 @@ impl<'a> Header<'a> {
             v1_len: None,
             member_user: None,
             member_seq: None,
+            member_removed: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use super::{
     Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage,
     MemoryPresenceStore, NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave,
-    PresenceMember, PresenceStore,
+    PresenceSnapshot, PresenceStore,
 };
 
 const LOCAL_NODE: &str = "local";
@@ -85,7 +85,7 @@ impl Adapter for LocalAdapter {
         &self,
         app_id: &str,
         channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError> {
+    ) -> Result<PresenceSnapshot, AdapterError> {
         self.presence.members(app_id, channel).await
     }
 }

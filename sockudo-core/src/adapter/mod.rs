@@ -96,11 +96,13 @@ pub trait Adapter: Send + Sync + 'static {
         user_id: &str,
     ) -> Result<PresenceLeave, AdapterError>;
 
+    /// The channel's members cluster-wide, with the sequence number of the last change they
+    /// reflect (one atomic read; see [`PresenceSnapshot`]).
     async fn presence_members(
         &self,
         app_id: &str,
         channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError>;
+    ) -> Result<PresenceSnapshot, AdapterError>;
 
     /// Whether the transport is currently usable (readiness).
     fn is_healthy(&self) -> bool {

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, RemovedMember,
+    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember,
+    PresenceSnapshot, RemovedMember,
 };
 
 /// Shared presence state.
@@ -32,6 +33,11 @@ use super::{
 ///   the store lives, *including across the channel becoming empty*: receivers drop a member
 ///   event whose number is not above the last one they applied for that user, so a sequence
 ///   that restarted would make fresh events look stale.
+/// - Snapshots: `members` and `join` report, read in the same atomic step as the members
+///   they return, the sequence number of the last change those members reflect
+///   (`PresenceSnapshot::seq`, `PresenceJoinOutcome::snapshot_seq`): every event numbered at
+///   or below it is in the snapshot, every event above it is not. A subscriber filters the
+///   member events it receives against that number (see the node's presence view).
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     async fn join(
@@ -46,11 +52,9 @@ pub trait PresenceStore: Send + Sync + 'static {
         channel: &str,
         user_id: &str,
     ) -> Result<PresenceLeave, AdapterError>;
-    async fn members(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError>;
+    /// The channel's members with the sequence number of the last change they reflect, in one
+    /// atomic step (see [`PresenceSnapshot`]).
+    async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError>;
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError>;
 
     /// Nodes that currently hold contributions in the store.
@@ -136,6 +140,7 @@ impl PresenceStore for MemoryPresenceStore {
                         full: true,
                         members,
                         seq: 0,
+                        snapshot_seq: *seq,
                     });
                 }
                 ch.users.insert(
@@ -149,12 +154,13 @@ impl PresenceStore for MemoryPresenceStore {
             }
         };
         let members = snapshot(ch);
-        let seq = if first { next_seq(seq) } else { 0 };
+        let taken = if first { next_seq(seq) } else { 0 };
         Ok(PresenceJoinOutcome {
             first,
             full: false,
             members,
-            seq,
+            seq: taken,
+            snapshot_seq: *seq,
         })
     }
 
@@ -190,17 +196,16 @@ impl PresenceStore for MemoryPresenceStore {
         })
     }
 
-    async fn members(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError> {
         let state = self.state.lock();
-        Ok(state
-            .channels
-            .get(&(app_id.to_owned(), channel.to_owned()))
-            .map(snapshot)
-            .unwrap_or_default())
+        Ok(PresenceSnapshot {
+            members: state
+                .channels
+                .get(&(app_id.to_owned(), channel.to_owned()))
+                .map(snapshot)
+                .unwrap_or_default(),
+            seq: state.seq,
+        })
     }
 
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError> {
@@ -268,6 +273,20 @@ pub mod conformance {
             }]
         );
         taken(o.seq, "first join");
+        let first_seq = o.seq;
+        assert_eq!(
+            o.snapshot_seq, o.seq,
+            "a first join's snapshot reflects the join itself"
+        );
+        let snap = store
+            .members("app", &ch)
+            .await
+            .unwrap_or_else(|e| panic!("members: {e}"));
+        assert_eq!(
+            (snap.members.len(), snap.seq),
+            (1, o.seq),
+            "a snapshot carries the number of the last change it reflects"
+        );
         let o = store
             .join(&n1, join(&ch, "u1", 10))
             .await
@@ -283,6 +302,10 @@ pub mod conformance {
         assert!(
             !o.first && o.seq == 0,
             "second node's join is not first and takes no number"
+        );
+        assert_eq!(
+            o.snapshot_seq, first_seq,
+            "a join that changes nothing reports the current number with its snapshot"
         );
         let o = store
             .join(&n2, join(&ch, "u2", 10))
@@ -329,6 +352,7 @@ pub mod conformance {
             .members("app", &ch)
             .await
             .unwrap_or_else(|e| panic!("members: {e}"))
+            .members
             .is_empty());
         // The channel became empty: its sequence must go on, not restart.
         let o = store
@@ -372,7 +396,7 @@ pub mod conformance {
             store
                 .members("app", &capped)
                 .await
-                .map(|m| m.len())
+                .map(|m| m.members.len())
                 .unwrap_or(0),
             2
         );
@@ -422,6 +446,7 @@ pub mod conformance {
             .members("app", &capped)
             .await
             .unwrap_or_else(|e| panic!("members: {e}"))
+            .members
             .is_empty());
     }
 }

@@ -62,8 +62,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
 use super::{
-    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember, PresenceStore,
-    RemovedMember,
+    AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember,
+    PresenceSnapshot, PresenceStore, RemovedMember,
 };
 
 /// How long a channel's `seq` key outlives its last use (see the module docs).
@@ -86,7 +86,7 @@ end
 
 /// KEYS: users, info, nodes, node index, presence_nodes, seq.
 /// ARGV: user, node, has_info ('1'/'0'), info, max_members, index entry, seq ttl.
-/// Returns {first, full, users, flat info hash, seq}. (No `HMGET … unpack(users)`: Lua's
+/// Returns {first, full, users, flat info hash, seq, the channel's sequence now}. (No `HMGET … unpack(users)`: Lua's
 /// `unpack` fails beyond a few thousand values.)
 const JOIN_SCRIPT: &str = r"
 local user = ARGV[1]
@@ -109,7 +109,7 @@ elseif redis.call('SADD', KEYS[3], pair) == 1 then
   redis.call('SADD', KEYS[4], ARGV[6])
   redis.call('SADD', KEYS[5], ARGV[2])
 end
-return {first, full, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), seq}
+return {first, full, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), seq, tonumber(redis.call('GET', KEYS[6]) or '0')}
 ";
 
 /// KEYS: users, info, nodes, node index, presence_nodes, seq.
@@ -132,9 +132,10 @@ end
 return 0
 ";
 
-/// KEYS: users, info. Returns {users, flat info hash}, one consistent snapshot.
+/// KEYS: users, info, seq. Returns {users, flat info hash, seq}, one consistent snapshot
+/// with the sequence number of the last change it reflects.
 const MEMBERS_SCRIPT: &str = r"
-return {redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+return {redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 ";
 
 /// KEYS: node index, presence_nodes. ARGV: prefix, node, seq ttl.
@@ -359,13 +360,14 @@ impl PresenceStore for RedisPresenceStore {
             .arg(j.max_members)
             .arg(index_entry(j.app_id, j.channel, j.user_id))
             .arg(SEQ_TTL_SECS);
-        let (first, full, users, infos, seq): (i64, i64, Vec<String>, Vec<String>, u64) =
-            self.run("join", &inv).await?;
+        type Reply = (i64, i64, Vec<String>, Vec<String>, u64, u64);
+        let (first, full, users, infos, seq, snapshot_seq): Reply = self.run("join", &inv).await?;
         Ok(PresenceJoinOutcome {
             first: first == 1,
             full: full == 1,
             members: to_members(users, infos),
             seq,
+            snapshot_seq,
         })
     }
 
@@ -396,16 +398,16 @@ impl PresenceStore for RedisPresenceStore {
         })
     }
 
-    async fn members(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<PresenceMember>, AdapterError> {
+    async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError> {
         let k = self.channel_keys(app_id, channel);
         let mut inv = self.members.prepare_invoke();
-        inv.key(&k.users).key(&k.info);
-        let (users, infos): (Vec<String>, Vec<String>) = self.run("members", &inv).await?;
-        Ok(to_members(users, infos))
+        inv.key(&k.users).key(&k.info).key(&k.seq);
+        let (users, infos, seq): (Vec<String>, Vec<String>, u64) =
+            self.run("members", &inv).await?;
+        Ok(PresenceSnapshot {
+            members: to_members(users, infos),
+            seq,
+        })
     }
 
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError> {

@@ -40,6 +40,19 @@ pub struct Broadcast {
 pub struct MemberEvent {
     pub user_id: Arc<str>,
     pub seq: u64,
+    /// Whether the decision added the user to the channel or removed it. Receivers check
+    /// it against each subscriber's view: an addition of a listed member or a removal of an
+    /// unlisted one is never delivered.
+    pub change: MemberChange,
+}
+
+/// What a presence decision did to a user's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// The user's first connection in the cluster joined (`member_added`).
+    Added,
+    /// The user's last connection in the cluster left (`member_removed`).
+    Removed,
 }
 
 impl Broadcast {
@@ -156,6 +169,24 @@ pub struct PresenceJoinOutcome {
     pub members: Vec<PresenceMember>,
     /// The channel's presence sequence number after this join when `first` (the join is a
     /// membership change and took a number); 0 otherwise. See [`MemberEvent`].
+    pub seq: u64,
+    /// The sequence number of the last membership change `members` reflects (read in the
+    /// same atomic step): a member event numbered at or below it is already in `members`.
+    pub snapshot_seq: u64,
+}
+
+/// The members of a presence channel, read in one atomic step together with the sequence
+/// number of the last membership change they reflect.
+///
+/// A subscriber that starts from this snapshot must apply exactly the member events numbered
+/// above `seq`: those at or below it are already part of `members` (a `member_added` for a
+/// listed member, or a `member_removed` for an unlisted one, would be a double join or a
+/// phantom leave).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PresenceSnapshot {
+    pub members: Vec<PresenceMember>,
+    /// The channel's presence sequence number when the members were read (0 when the
+    /// channel never changed).
     pub seq: u64,
 }
 

@@ -257,6 +257,39 @@ impl OutboundFrame {
         Self::internal(family, events::SUBSCRIPTION_SUCCEEDED, Some(channel), data)
     }
 
+    /// V2 `subscription_succeeded` with the stream position also at the top level of the
+    /// frame (`stream_id`, `serial`), beside `data`: V2 clients that record a channel's
+    /// position from any frame carrying a top-level `serial` (as they do for broadcasts) then
+    /// hold a position for an idle channel too, and can resume it on another node.
+    pub fn subscription_succeeded_at(
+        family: Family,
+        channel: &str,
+        data: &str,
+        stream_id: &str,
+        serial: u64,
+    ) -> String {
+        #[derive(Serialize)]
+        struct Positioned<'a> {
+            event: &'a str,
+            channel: &'a str,
+            data: &'a str,
+            stream_id: &'a str,
+            serial: u64,
+        }
+        let event = format!(
+            "{}{}",
+            family.internal_prefix(),
+            events::SUBSCRIPTION_SUCCEEDED
+        );
+        to_json(&Positioned {
+            event: &event,
+            channel,
+            data,
+            stream_id,
+            serial,
+        })
+    }
+
     pub fn subscription_error(
         family: Family,
         channel: &str,

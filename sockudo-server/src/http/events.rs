@@ -43,6 +43,15 @@ struct EventRequest {
     message_id: Option<String>,
     /// V2: opaque metadata delivered to V2 connections only.
     extras: Option<Box<RawValue>>,
+    /// The idempotency key (validated by the idempotency layer, or per batch item). A keyed
+    /// publish without a `message_id` takes one derived from the key, so that a repeat of it
+    /// (a retry after a crash, a batch item published again) is one message everywhere.
+    idempotency_key: Option<Value>,
+}
+
+/// The message id a keyed publish takes when it names none (see `EventRequest`).
+fn keyed_message_id(key: &str) -> String {
+    format!("idem:{key}")
 }
 
 /// Longest message id accepted.
@@ -173,14 +182,20 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
     })
 }
 
-async fn publish(node: &Node, app: &App, p: &Prepared<'_>) -> Result<Vec<Published>, ApiError> {
+async fn publish(
+    node: &Node,
+    app: &App,
+    p: &Prepared<'_>,
+    key: Option<&str>,
+) -> Result<Vec<Published>, ApiError> {
+    let derived = key.filter(|_| p.message_id.is_none()).map(keyed_message_id);
     let mut out = Vec::with_capacity(p.channels.len());
     for channel in &p.channels {
         let ev = EventToPublish {
             event: p.name,
             data: p.data,
             user_id: None,
-            message_id: p.message_id,
+            message_id: p.message_id.or(derived.as_deref()),
             extras: p.extras,
             except_socket: p.socket_id.as_ref(),
         };
@@ -230,7 +245,7 @@ pub async fn channel_attributes(
             .presence_members(app_id, channel.as_str())
             .await
             .map_err(unavailable)?;
-        m.insert("user_count".into(), members.len().into());
+        m.insert("user_count".into(), members.members.len().into());
     }
     if info.subscription_count {
         m.insert(
@@ -264,10 +279,18 @@ pub async fn trigger(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
     Extension(RequestBody(body)): Extension<RequestBody>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let req: EventRequest = parse_body(&body)?;
     let p = prepare(&app, &req)?;
-    let published = publish(&node, &app, &p).await?;
+    // The body's key wins over the header's, as in the idempotency layer.
+    let key = match &req.idempotency_key {
+        Some(Value::String(k)) => Some(k.as_str()),
+        _ => headers
+            .get("x-idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+    };
+    let published = publish(&node, &app, &p, key).await?;
     let mut out = Map::new();
     identity(&p, &published, &mut out);
     if p.info.any() {
@@ -314,10 +337,14 @@ pub async fn trigger_batch(
         Err(refusal) => return Ok(refusal),
     };
     for (index, p) in prepared.iter().enumerate() {
-        let Some(ItemGate::Publish(_)) = gates.get(index) else {
-            continue; // Already published within the TTL: not again.
+        let key = match gates.get(index) {
+            Some(ItemGate::Publish(k)) => k.as_deref(),
+            // Published before within the TTL, maybe by a node that died before every node
+            // had it: publish again under the key's message id, which nodes deliver once.
+            Some(ItemGate::Repeat(k)) => Some(k.as_str()),
+            None => None,
         };
-        if let Err(error) = publish(&node, &app, p).await {
+        if let Err(error) = publish(&node, &app, p, key).await {
             // Items from here on were not published: release their keys so a retry sends them.
             release_item_keys(&node, &app.id, gates.get(index..).unwrap_or_default()).await;
             return Err(error);
@@ -340,8 +367,9 @@ pub async fn trigger_batch(
 enum ItemGate {
     /// Publish it; `Some(key)`: this request claimed that key (released if not published).
     Publish(Option<String>),
-    /// Its key was used, within the TTL, for the same item: already published, skip it.
-    Skip,
+    /// Its key was used, within the TTL, for the same item: published before; repeated
+    /// under the key's message id (a no-op wherever it arrived).
+    Repeat(String),
 }
 
 /// Claim the per-item keys of a batch (PROTOCOL.md §7) with the core's `claim_item`: an item
@@ -395,7 +423,7 @@ async fn gate_batch_items(
         .await;
         match claim {
             Ok(ItemClaim::Claimed) => gates[index] = ItemGate::Publish(Some(key.clone())),
-            Ok(ItemClaim::Duplicate) => gates[index] = ItemGate::Skip,
+            Ok(ItemClaim::Duplicate) => gates[index] = ItemGate::Repeat(key.clone()),
             Ok(ItemClaim::Conflict) => {
                 release_item_keys(node, app_id, &gates).await;
                 let message = format!(

@@ -31,6 +31,7 @@ pub async fn list(
         .await
         .map_err(unavailable)?;
     let users: Vec<Value> = members
+        .members
         .iter()
         .map(|m| serde_json::json!({ "id": m.user_id }))
         .collect();

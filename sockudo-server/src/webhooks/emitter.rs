@@ -269,7 +269,7 @@ impl Webhooks {
                 .presence_members(&app.id, &occupancy_channel(&channel))
                 .await
             {
-                Ok(holders) if !holders.is_empty() => return,
+                Ok(holders) if !holders.members.is_empty() => return,
                 Ok(_) => {}
                 Err(e) => return inner.emit_error("occupancy re-check", &e.to_string()),
             }
@@ -307,7 +307,7 @@ impl Webhooks {
         let (app, channel, user_id) = (Arc::clone(app), channel.to_owned(), user_id.to_owned());
         self.inner.after_delay(async move {
             match inner.adapter.presence_members(&app.id, &channel).await {
-                Ok(members) if members.iter().any(|m| m.user_id == user_id) => return,
+                Ok(snapshot) if snapshot.members.iter().any(|m| m.user_id == user_id) => return,
                 Ok(_) => {}
                 // Rather a removal too many than a member that never leaves.
                 Err(e) => tracing::warn!(error = %e, channel = %channel, "presence re-check failed; sending member_removed"),

@@ -18,12 +18,17 @@ use sockudo_core::protocol::{ClientFrame, ErrorCode, FrameError, OutboundFrame, 
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::resume_waits::ResumeWaits;
 use super::v2::{self, ResumePlan};
+use crate::connection::AfterJoin;
 use crate::connection::Connection;
 use crate::namespace::Namespace;
 use crate::node::Node;
+use crate::presence_view::PresenceView;
 use crate::publish::{cache_channel_key, decode_cached, publish_event, EventToPublish};
-use sockudo_core::adapter::{Broadcast, MemberEvent, PresenceJoin, PresenceLeave, PresenceMember};
+use sockudo_core::adapter::{
+    Broadcast, MemberChange, MemberEvent, PresenceJoin, PresenceLeave, PresenceMember,
+};
 
 /// Longest event name accepted from a client (Pusher's limit).
 const MAX_EVENT_NAME_LEN: usize = 200;
@@ -48,6 +53,10 @@ pub struct Session {
     channels: HashSet<Arc<str>>,
     /// V2: stream head at subscribe time per channel (`until_attach` backfill).
     attach: HashMap<Arc<str>, u64>,
+    /// V2: resume positions waiting for their subscribe, and post-subscribe grace holds.
+    waits: ResumeWaits,
+    /// V2: a resume planned by the subscribe that just completed (its position was parked).
+    planned: Option<ResumePlan>,
     window_start: Instant,
     window_count: u32,
 }
@@ -62,6 +71,8 @@ impl Session {
             family,
             channels: HashSet::new(),
             attach: HashMap::new(),
+            waits: ResumeWaits::default(),
+            planned: None,
             window_start: Instant::now(),
             window_count: 0,
         }
@@ -127,7 +138,12 @@ impl Session {
             }
             events::PONG => {}
             events::SUBSCRIBE => match object_data::<SubscribeData>(frame) {
-                Ok(d) => self.subscribe(d).await,
+                Ok(d) => {
+                    self.subscribe(d).await;
+                    if let Some(plan) = self.planned.take() {
+                        return Flow::Resume(plan);
+                    }
+                }
                 Err(e) => self.error(&format!("Invalid subscribe: {e}"), None),
             },
             events::UNSUBSCRIBE => match object_data::<UnsubscribeData>(frame) {
@@ -141,13 +157,7 @@ impl Session {
             events::SIGNIN => return self.signin(frame),
             "resume" if self.conn.protocol == ProtocolVersion::V2 => {
                 match object_data::<v2::ResumeData>(frame) {
-                    Ok(d) => {
-                        let channels = &self.channels;
-                        let subscribed = |name: &str| channels.get(name).cloned();
-                        let plan =
-                            v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, d).await;
-                        return Flow::Resume(plan);
-                    }
+                    Ok(d) => return self.resume(d).await,
                     Err(e) => self.error(&format!("Invalid resume: {e}"), None),
                 }
             }
@@ -351,6 +361,7 @@ impl Session {
         self.conn.begin_join(&channel);
         let joined = self.ns.subscribe(name.as_str(), &self.conn, presence_user);
         let mut member_added = None;
+        let mut view = None;
         let data = match &presence {
             None => String::from("{}"),
             Some((user, info)) => {
@@ -367,22 +378,29 @@ impl Session {
                         .adapter
                         .presence_join(join)
                         .await
-                        .map(|o| (o.full, o.first.then_some(o.seq), o.members))
+                        .map(|o| (o.full, o.first.then_some(o.seq), o.members, o.snapshot_seq))
                 } else {
                     self.node
                         .adapter
                         .presence_members(&app.id, &channel)
                         .await
-                        .map(|m| (false, None, m))
+                        .map(|m| (false, None, m.members, m.seq))
                 };
                 match outcome {
-                    Ok((false, first, members)) => {
+                    Ok((false, first, members, snapshot_seq)) => {
                         if let Some(seq) = first {
                             member_added = Some((Arc::clone(user), info.clone(), seq));
                         }
+                        // Member events already reflected in this snapshot must not reach
+                        // the subscriber (a doubled join or a phantom leave).
+                        view = Some(PresenceView::from_snapshot(
+                            snapshot_seq,
+                            members.iter().map(|m| m.user_id.as_str()),
+                            presence_view_cap(app.max_presence_members),
+                        ));
                         presence_data(&members)
                     }
-                    Ok((true, _, _)) => {
+                    Ok((true, _, _, _)) => {
                         self.ns.unsubscribe(&channel, &socket_id);
                         self.conn.cancel_join(&channel);
                         let msg = format!(
@@ -413,25 +431,43 @@ impl Session {
                 }
             }
         };
-        let data = match self.conn.protocol {
-            ProtocolVersion::V2 => {
-                match v2::subscribe_fields(&self.node, &app.id, &channel).await {
-                    Some(position) => {
-                        self.attach.insert(Arc::clone(&channel), position.1);
-                        v2::with_stream_fields(&data, &position)
-                    }
-                    None => data,
-                }
-            }
-            ProtocolVersion::V1 => data,
+        let position = match self.conn.protocol {
+            ProtocolVersion::V2 => v2::subscribe_fields(&self.node, &app.id, &channel).await,
+            ProtocolVersion::V1 => None,
         };
         self.channels.insert(Arc::clone(&channel));
-        self.conn.send_text(OutboundFrame::subscription_succeeded(
-            self.family,
-            &channel,
-            &data,
-        ));
-        self.conn.finish_join(&channel);
+        let succeeded = match &position {
+            Some(position) => {
+                self.attach.insert(Arc::clone(&channel), position.1);
+                // From here on a serial that never arrives is a gap the node repairs.
+                self.ns.sequence_from(&channel, &position.0, position.1);
+                let data = v2::with_stream_fields(&data, position);
+                OutboundFrame::subscription_succeeded_at(
+                    self.family,
+                    &channel,
+                    &data,
+                    &position.0,
+                    position.1,
+                )
+            }
+            None => OutboundFrame::subscription_succeeded(self.family, &channel, &data),
+        };
+        self.conn.send_text(succeeded);
+        // V2 with history: a resume of this channel may be parked (it came first) or may
+        // follow; either way its replay must precede the live frames, which stay held.
+        let positioned = self.conn.protocol == ProtocolVersion::V2 && self.node.history.is_some();
+        let parked = positioned.then(|| self.waits.take(&channel)).flatten();
+        let grace = self.node.settings.resume_grace_ms;
+        let after = if parked.is_some() || (positioned && grace > 0) {
+            AfterJoin::Hold
+        } else {
+            AfterJoin::Release
+        };
+        self.conn.finish_join(&channel, view, after);
+        if after == AfterJoin::Hold && parked.is_none() {
+            let deadline = Instant::now() + std::time::Duration::from_millis(grace);
+            self.waits.start_grace(Arc::clone(&channel), deadline);
+        }
         // webhooks: begin
         if let Some(w) = self.node.webhooks() {
             w.subscribed(&app, &channel).await;
@@ -446,6 +482,7 @@ impl Session {
             let member = MemberEvent {
                 user_id: Arc::clone(&user),
                 seq,
+                change: MemberChange::Added,
             };
             self.broadcast_control(&name, encode, Some(Arc::clone(&socket_id)), Some(member))
                 .await;
@@ -476,6 +513,70 @@ impl Session {
                 }
             }
         }
+        if let Some(position) = parked {
+            let subscribed = |name: &str| (name == &*channel).then(|| Arc::clone(&channel));
+            let positions = vec![(channel.to_string(), position)];
+            self.planned = Some(
+                v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, positions).await,
+            );
+        }
+    }
+
+    /// `sockudo:resume`: channels already subscribed are resumed now; the others' positions
+    /// wait (bounded) for their subscribe (see [`ResumeWaits`]).
+    async fn resume(&mut self, d: v2::ResumeData) -> Flow {
+        let deadline =
+            Instant::now() + std::time::Duration::from_secs(self.node.settings.resume_pending_secs);
+        let mut now = Vec::new();
+        for (name, position) in d.channel_positions {
+            if self.channels.contains(name.as_str()) {
+                self.waits.end_grace(&name);
+                now.push((name, position));
+            } else {
+                let client = v2::client_position(&position);
+                if !self.waits.park(name.clone(), position, deadline) {
+                    let (_, frame) = v2::unresumable(
+                        &name,
+                        &client,
+                        "too many channels waiting for their subscribe",
+                    );
+                    self.conn.send_text(frame);
+                }
+            }
+        }
+        if now.is_empty() {
+            return Flow::Continue;
+        }
+        let channels = &self.channels;
+        let subscribed = |name: &str| channels.get(name).cloned();
+        Flow::Resume(v2::plan_resume(&self.node, &self.conn, &self.ns, &subscribed, now).await)
+    }
+
+    /// Whether a resume wait has a deadline pending (checked by the connection loop).
+    pub fn has_waits(&self) -> bool {
+        !self.waits.is_empty()
+    }
+
+    /// The earliest resume-wait deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waits.next_deadline()
+    }
+
+    /// Act on resume waits that are due: a parked position whose channel was never
+    /// subscribed fails closed; a grace hold with no resume is released in order.
+    pub fn on_deadline(&mut self, now: Instant) {
+        let expired = self.waits.expired(now);
+        for (name, position) in expired.parked {
+            let reason = format!(
+                "the channel was not subscribed within {} s of the resume",
+                self.node.settings.resume_pending_secs
+            );
+            let (_, frame) = v2::unresumable(&name, &v2::client_position(&position), &reason);
+            self.conn.send_text(frame);
+        }
+        for channel in expired.grace {
+            self.conn.release_to_queue(&channel);
+        }
     }
 
     /// Internal broadcasts (member events) go through the adapter like any event but never
@@ -505,6 +606,7 @@ impl Session {
 
     async fn leave(&mut self, channel: &str) {
         self.attach.remove(channel);
+        self.waits.end_grace(channel);
         self.conn.forget_channel(channel);
         let ns = Arc::clone(&self.ns);
         let _presence_guard = match ns.presence_user_of(channel, &self.conn.socket_id) {
@@ -538,6 +640,7 @@ impl Session {
                 let member = MemberEvent {
                     user_id: Arc::clone(&user),
                     seq: left.seq,
+                    change: MemberChange::Removed,
                 };
                 self.broadcast_control(&name, encode, None, Some(member))
                     .await;
@@ -657,6 +760,13 @@ fn object_data<T: DeserializeOwned>(frame: &ClientFrame) -> Result<T, FrameError
     let map = frame.system_data::<serde_json::Map<String, serde_json::Value>>()?;
     serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| FrameError::InvalidData(e.to_string()))
+}
+
+/// Most members a connection's view of one presence channel may list: the app's limit with
+/// room for additions that arrive before the removals they follow (see
+/// [`crate::presence_view`]).
+fn presence_view_cap(max_members: usize) -> usize {
+    max_members.saturating_mul(2).max(64)
 }
 
 fn presence_data(members: &[PresenceMember]) -> String {

@@ -1,6 +1,7 @@
 //! The WebSocket endpoint: upgrade, per-connection task, and the protocol handler.
 
 mod handler;
+mod resume_waits;
 mod session;
 mod upgrade;
 mod v2;

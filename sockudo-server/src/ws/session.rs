@@ -179,6 +179,15 @@ async fn write_resume(
     Ok(None)
 }
 
+/// Re-arm the resume-wait timer after a client frame (which may have added a wait).
+fn rearm(session: &Session, waits: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if let Some(next) = session.next_deadline() {
+        if next != waits.deadline() {
+            waits.reset(next);
+        }
+    }
+}
+
 /// Why the loop ended.
 enum End {
     /// Close with this code and reason.
@@ -235,6 +244,10 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
         tokio::pin!(drained);
         let closing = conn.close_requested();
         tokio::pin!(closing);
+        // V2 resume waits (parked positions, post-subscribe grace holds): armed only while
+        // the session has some, re-armed after every client frame.
+        let waits = sleep_until(last_seen + activity);
+        tokio::pin!(waits);
         loop {
             tokio::select! {
                 biased;
@@ -260,7 +273,10 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                             tracing::debug!(app_id = %app_label, socket_id = %socket_id, error = %e, "socket error");
                             break End::Gone;
                         }
-                        Some(Ok(Message::Text(text))) => match session.handle_text(&text).await {
+                        Some(Ok(Message::Text(text))) => {
+                            let flow = session.handle_text(&text).await;
+                            rearm(&session, waits.as_mut());
+                            match flow {
                             Flow::Continue => {}
                             Flow::Close(code) => {
                                 // The handler queued its `pusher:error` for this code: deliver
@@ -279,13 +295,20 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
                                     Err(_) => break End::Gone,
                                 }
                             }
-                        },
+                            }
+                        }
                         Some(Ok(Message::Binary(_))) => session.reject_binary(),
                         Some(Ok(Message::Close(_))) => break End::Gone,
                         // Ping frames are answered by tungstenite on the next write/flush.
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                             let _ = ws.flush().await;
                         }
+                    }
+                }
+                _ = &mut waits, if session.has_waits() => {
+                    session.on_deadline(Instant::now());
+                    if let Some(next) = session.next_deadline() {
+                        waits.as_mut().reset(next);
                     }
                 }
                 _ = &mut timer => {

@@ -34,7 +34,10 @@ pub struct ResumeData {
 #[derive(Debug, Deserialize)]
 pub struct PositionData {
     pub serial: u64,
-    pub stream_id: String,
+    /// Missing when the client never saw one (some clients leave out null fields): that
+    /// channel then fails closed, the rest of the resume goes on.
+    #[serde(default)]
+    pub stream_id: Option<String>,
     #[serde(default)]
     pub last_message_id: Option<String>,
 }
@@ -108,26 +111,59 @@ fn failed_frame(
     (data, frame)
 }
 
+/// `resume_failed` (`continuity_unverifiable`) for a channel that cannot even be looked at:
+/// its data object and the frame.
+pub fn unresumable(channel: &str, client: &ClientPosition, reason: &str) -> (Value, String) {
+    metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => FailureCode::ContinuityUnverifiable.as_str()).increment(1);
+    failed_frame(
+        channel,
+        client,
+        FailureCode::ContinuityUnverifiable,
+        reason,
+        None,
+        None,
+        None,
+    )
+}
+
+/// The client's position as the recovery logic sees it.
+pub fn client_position(pos: &PositionData) -> ClientPosition {
+    ClientPosition {
+        stream_id: pos.stream_id.clone().unwrap_or_default(),
+        serial: pos.serial,
+        last_message_id: pos.last_message_id.clone(),
+    }
+}
+
 /// Plan a resume: hold every named channel, decide, and fetch the replay.
 pub async fn plan_resume(
     node: &Node,
     conn: &Connection,
     ns: &Namespace,
     subscribed: &(dyn Fn(&str) -> Option<Arc<str>> + Sync),
-    data: ResumeData,
+    mut positions: Vec<(String, PositionData)>,
 ) -> ResumePlan {
     let app_id = conn.app.id.clone();
     let mut plan = ResumePlan::default();
     let mut recovered = Vec::new();
     let mut failed = Vec::new();
-    let mut positions: Vec<(String, PositionData)> = data.channel_positions.into_iter().collect();
     positions.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, pos) in positions {
+        let no_stream = pos.stream_id.is_none();
         let client = ClientPosition {
-            stream_id: pos.stream_id,
+            stream_id: pos.stream_id.unwrap_or_default(),
             serial: pos.serial,
             last_message_id: pos.last_message_id,
         };
+        if no_stream {
+            let (d, f) = unresumable(&name, &client, "the position has no stream_id");
+            failed.push(d);
+            plan.channels.push(ChannelPlan::Failed {
+                channel: Arc::from(name.as_str()),
+                failed: f,
+            });
+            continue;
+        }
         let Some(channel) = subscribed(&name) else {
             metrics::counter!(crate::metrics::RECOVERY, "outcome" => "failure", "source" => "", "code" => FailureCode::ContinuityUnverifiable.as_str()).increment(1);
             let (d, f) = failed_frame(

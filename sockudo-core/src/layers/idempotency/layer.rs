@@ -14,6 +14,8 @@ use crate::layers::api_auth::DEFAULT_MAX_BODY_BYTES;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
 /// Default [`IdempotencyLayer::in_flight_wait`]: 2 s.
 pub const DEFAULT_IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+/// Default [`IdempotencyLayer::pending_lease`]: 10 s.
+pub const DEFAULT_PENDING_LEASE: Duration = Duration::from_secs(10);
 /// Default [`IdempotencyLayer::poll_interval`]: 50 ms.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Default prefix of request records.
@@ -23,6 +25,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "sockudo:idem:";
 pub(crate) struct Shared {
     pub(crate) cache: Arc<dyn Cache>,
     pub(crate) ttl: Duration,
+    pub(crate) pending_lease: Duration,
     pub(crate) in_flight_wait: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_body_bytes: usize,
@@ -34,6 +37,7 @@ impl Clone for Shared {
         Self {
             cache: Arc::clone(&self.cache),
             ttl: self.ttl,
+            pending_lease: self.pending_lease,
             in_flight_wait: self.in_flight_wait,
             poll_interval: self.poll_interval,
             max_body_bytes: self.max_body_bytes,
@@ -46,6 +50,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("ttl", &self.ttl)
+            .field("pending_lease", &self.pending_lease)
             .field("in_flight_wait", &self.in_flight_wait)
             .field("poll_interval", &self.poll_interval)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -82,6 +87,7 @@ impl IdempotencyLayer {
             shared: Shared {
                 cache,
                 ttl: DEFAULT_TTL,
+                pending_lease: DEFAULT_PENDING_LEASE,
                 in_flight_wait: DEFAULT_IN_FLIGHT_WAIT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -94,6 +100,17 @@ impl IdempotencyLayer {
     #[must_use]
     pub const fn ttl(mut self, ttl: Duration) -> Self {
         self.shared.ttl = ttl;
+        self
+    }
+
+    /// How long the claim of a request still in flight is kept (at most the TTL). A request
+    /// whose node died mid-way holds its key only this long: retries then run it again
+    /// instead of being told 503 for the whole TTL. A request that runs longer than the lease
+    /// may see a retry run concurrently, so the inner service must tolerate a repeat (the
+    /// Pusher API does: a publish keyed this way carries a message id derived from the key).
+    #[must_use]
+    pub const fn pending_lease(mut self, lease: Duration) -> Self {
+        self.shared.pending_lease = lease;
         self
     }
 

@@ -264,7 +264,11 @@ async fn claim(
     loop {
         if shared
             .cache
-            .set_if_absent(cache_key, pending.clone(), Some(shared.ttl))
+            .set_if_absent(
+                cache_key,
+                pending.clone(),
+                Some(shared.pending_lease.min(shared.ttl)),
+            )
             .await
             .map_err(unavailable)?
         {

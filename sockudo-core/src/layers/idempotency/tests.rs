@@ -342,7 +342,9 @@ async fn cache_unreachable_is_503_and_nothing_runs() {
 #[tokio::test(start_paused = true)]
 async fn pending_key_is_503_after_the_wait() {
     let inner = Inner::new();
-    let service = layer(Arc::new(MemoryCache::new())).layer(inner.service());
+    let service = layer(Arc::new(MemoryCache::new()))
+        .pending_lease(Duration::from_secs(60))
+        .layer(inner.service());
     let slow = with_header(publish("1", &keyed(EVENT, "k")), "x-delay-ms", "10000");
     let first = tokio::spawn({
         let service = service.clone();
@@ -655,4 +657,29 @@ fn layer_and_service_are_clone_send_sync_debug() {
     let service = layer.layer(());
     assert_traits(&service);
     assert!(format!("{service:?}").contains("Idempotency"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_request_died_expires_after_the_lease() {
+    let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+    let inner = Inner::new();
+    let service = layer(Arc::clone(&cache))
+        .pending_lease(Duration::from_secs(5))
+        .layer(inner.service());
+    // A node claimed the key and died mid-request: its pending record is all that is left.
+    let doomed = tokio::spawn({
+        let service = service.clone();
+        let req = with_header(publish("1", &keyed(EVENT, "k")), "x-delay-ms", "60000");
+        async move { service.oneshot(req).await }
+    });
+    while inner.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    doomed.abort();
+    let early = send(&service, publish("1", &keyed(EVENT, "k"))).await;
+    assert_eq!(early.status, StatusCode::SERVICE_UNAVAILABLE, "still within the lease");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let retry = send(&service, publish("1", &keyed(EVENT, "k"))).await;
+    assert_eq!(retry.status, StatusCode::OK, "the lease ended: the retry runs");
+    assert_eq!(inner.calls(), 2);
 }

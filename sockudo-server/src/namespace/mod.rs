@@ -15,8 +15,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use sockudo_core::protocol::ProtocolVersion;
 
+use sockudo_core::adapter::MemberEvent;
+
 use crate::connection::Connection;
 use crate::hot::{HotBuffer, HotLimits};
+use crate::presence_view::{MemberOrder, Ordered};
+use crate::sequencer::Sequence;
+
+mod live;
+
+pub use live::{Positioned, Sequenced};
 
 #[derive(Debug)]
 struct Subscriber {
@@ -34,8 +42,11 @@ struct Channel {
     /// here (see [`Namespace::fanout_member`]). Kept with the subscribers so it goes away
     /// with the channel's last local subscriber: with nobody here to have seen those events,
     /// nothing is left to protect, and a channel that is subscribed again starts from its
-    /// `subscription_succeeded` snapshot.
-    member_seqs: HashMap<Arc<str>, u64, RandomState>,
+    /// subscribers' `subscription_succeeded` snapshots, which filter older events.
+    member_order: MemberOrder,
+    /// Positioned broadcasts: the live sequence that passes them on in serial order (see
+    /// [`crate::sequencer`]); created by the first positioned message or snapshot.
+    sequence: parking_lot::Mutex<Option<Sequence<Positioned>>>,
 }
 
 /// What a subscribe changed.
@@ -108,7 +119,7 @@ pub struct Namespace {
     /// Striped locks over (channel, user): see [`Namespace::presence_guard`].
     presence_locks: Box<[tokio::sync::Mutex<()>]>,
     lock_hasher: RandomState,
-    /// Entries of every channel's `member_seqs` (bounded by [`MEMBER_SEQ_CAP`]).
+    /// Entries of every channel's `member_order` (bounded by [`MEMBER_SEQ_CAP`]).
     member_seq_entries: AtomicUsize,
 }
 
@@ -253,14 +264,15 @@ impl Namespace {
             let vacated = ch.subscribers.is_empty();
             if vacated {
                 self.member_seq_entries
-                    .fetch_sub(ch.member_seqs.len(), Ordering::AcqRel);
+                    .fetch_sub(ch.member_order.len(), Ordering::AcqRel);
             }
             vacated
         });
         out
     }
 
-    /// Deliver a presence member event unless it is stale.
+    /// Deliver a presence member event unless it is stale, to each subscriber whose view it
+    /// changes (see [`crate::presence_view`]).
     ///
     /// The store numbers each membership decision of a channel, but the decisions about one
     /// user can be published by different nodes, and the transport orders broadcasts per
@@ -268,9 +280,8 @@ impl Namespace {
     /// it. Delivering it then would leave every subscriber believing the user gone although
     /// it is present. An event whose number is not above the last one delivered here for that
     /// user is therefore dropped: the later decision already told subscribers the current
-    /// state. The price is that a subscriber may see `member_added` for a user it already
-    /// lists (the removal in between having been dropped); Pusher clients (pusher-js's
-    /// `Members::addMember`) overwrite the member, which ends in the right state.
+    /// state. Each subscriber then takes the event only if its own snapshot does not already
+    /// reflect it and it changes what the subscriber knows.
     ///
     /// The check, the record and the fanout happen under the channel's write lock, so two
     /// deliveries for one user (one from the transport, one published by this node) cannot
@@ -278,27 +289,38 @@ impl Namespace {
     pub fn fanout_member(
         &self,
         channel: &str,
-        user: &Arc<str>,
-        seq: u64,
+        event: &MemberEvent,
         d: &Delivery<'_>,
     ) -> MemberFanout {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return MemberFanout::Delivered(0);
         };
         let (key, ch) = entry.pair_mut();
-        match ch.member_seqs.get_mut(user) {
-            Some(last) if seq <= *last => return MemberFanout::Stale,
-            Some(last) => *last = seq,
-            None => {
-                if self.member_seq_entries.fetch_add(1, Ordering::AcqRel) < MEMBER_SEQ_CAP {
-                    ch.member_seqs.insert(Arc::clone(user), seq);
-                } else {
-                    self.member_seq_entries.fetch_sub(1, Ordering::AcqRel);
-                    tracing::debug!(app_id = %self.app_id, channel, "member sequence map full; delivering unrecorded");
-                }
+        let may_grow = || {
+            if self.member_seq_entries.fetch_add(1, Ordering::AcqRel) < MEMBER_SEQ_CAP {
+                return true;
+            }
+            self.member_seq_entries.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(app_id = %self.app_id, channel, "member sequence map full; delivering unrecorded");
+            false
+        };
+        if ch.member_order.admit(event, may_grow) == Ordered::Stale {
+            return MemberFanout::Stale;
+        }
+        let mut n = 0;
+        for (sid, sub) in &ch.subscribers {
+            if d.except.is_some_and(|e| e == &**sid) {
+                continue;
+            }
+            let frame = match (sub.conn.protocol, &d.v2) {
+                (ProtocolVersion::V2, Some(v2)) => v2.clone(),
+                _ => d.v1.clone(),
+            };
+            if sub.conn.send_member(key, event, frame) {
+                n += 1;
             }
         }
-        MemberFanout::Delivered(fanout_to(key, ch, d))
+        MemberFanout::Delivered(n)
     }
 
     /// Queue a delivery to every subscriber of `channel` except its excluded socket. Returns
@@ -462,26 +484,36 @@ mod tests {
         ns.subscribe("presence-x", &c1, Some("w".into()));
         let u: Arc<str> = "u".into();
         let d = || Delivery::plain("x".into());
+        // Alternating additions and removals, as the store decides them.
+        let ev = |user: &Arc<str>, seq: u64| MemberEvent {
+            user_id: Arc::clone(user),
+            seq,
+            change: if seq % 2 == 1 {
+                sockudo_core::adapter::MemberChange::Added
+            } else {
+                sockudo_core::adapter::MemberChange::Removed
+            },
+        };
         // The re-addition (3) overtook the removal (2) it follows.
         assert_eq!(
-            ns.fanout_member("presence-x", &u, 1, &d()),
+            ns.fanout_member("presence-x", &ev(&u, 1), &d()),
             MemberFanout::Delivered(1)
         );
         assert_eq!(
-            ns.fanout_member("presence-x", &u, 3, &d()),
+            ns.fanout_member("presence-x", &ev(&u, 3), &d()),
             MemberFanout::Delivered(1)
         );
         assert_eq!(
-            ns.fanout_member("presence-x", &u, 2, &d()),
+            ns.fanout_member("presence-x", &ev(&u, 2), &d()),
             MemberFanout::Stale
         );
         assert_eq!(
-            ns.fanout_member("presence-x", &u, 3, &d()),
+            ns.fanout_member("presence-x", &ev(&u, 3), &d()),
             MemberFanout::Stale,
             "a repeat is not newer"
         );
         assert_eq!(
-            ns.fanout_member("presence-x", &"v".into(), 2, &d()),
+            ns.fanout_member("presence-x", &ev(&"v".into(), 2), &d()),
             MemberFanout::Delivered(1),
             "numbers are per user"
         );
@@ -491,7 +523,7 @@ mod tests {
         assert_eq!(ns.member_seq_entries.load(Ordering::Acquire), 0);
         ns.subscribe("presence-x", &c1, Some("w".into()));
         assert_eq!(
-            ns.fanout_member("presence-x", &u, 2, &d()),
+            ns.fanout_member("presence-x", &ev(&u, 2), &d()),
             MemberFanout::Delivered(1)
         );
     }
