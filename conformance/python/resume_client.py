@@ -3,7 +3,7 @@
 
 Connects with protocol V2, subscribes, and prints one JSON object per line on stdout (flushed
 after every line). Reconnect and resume are entirely the SDK's own (`connection_recovery=True`);
-this script only observes. See README.md in this folder for the line format and caveats.
+this script only observes. See README.md in this folder for the line format (each line has `type` and `t`) and caveats.
 
     resume_client.py --url ws://127.0.0.1:6001/app/conf-key?protocol=2 \
         --channel room-1 --channel private-room-2 --secret conf-secret --count 20 --deadline 30

@@ -118,24 +118,14 @@ impl Connection {
                 }
             }
         }
-        match st.live.get_mut(channel) {
-            Some(l) => l.last = l.last.max(serial),
-            None => {
-                st.live.insert(
-                    Arc::clone(channel),
-                    LiveSerials {
-                        first: serial,
-                        last: serial,
-                    },
-                );
-            }
-        }
         if let Some(waiting) = (!st.joining.is_empty())
             .then(|| st.joining.get_mut(channel))
             .flatten()
         {
             return self.hold_joining(waiting, Pending::Positioned(held));
         }
+        // Recorded only when it goes out: a resume replays up to what was not sent yet.
+        record_live(&mut st, channel, serial);
         drop(st);
         self.send(held.frame)
     }
@@ -237,7 +227,10 @@ impl Connection {
                     }
                     true
                 }
-                Pending::Positioned(h) => self.send(h.frame),
+                Pending::Positioned(h) => {
+                    record_live(&mut st, channel, h.serial);
+                    self.send(h.frame)
+                }
             };
             if !sent && self.requested_close().is_some() {
                 break;
@@ -312,15 +305,32 @@ impl Connection {
     }
 }
 
+/// Note that `serial` of `channel` went out live.
+fn record_live(st: &mut StreamState, channel: &Arc<str>, serial: u64) {
+    match st.live.get_mut(channel) {
+        Some(l) => l.last = l.last.max(serial),
+        None => {
+            st.live.insert(
+                Arc::clone(channel),
+                LiveSerials {
+                    first: serial,
+                    last: serial,
+                },
+            );
+        }
+    }
+}
+
 /// Remove `channel`'s held frames (arrival order), keeping the count and live serials right.
 fn take_held(st: &mut StreamState, channel: &str) -> Vec<Held> {
     let held = st.held.remove(channel).unwrap_or_default();
     st.held_frames = st.held_frames.saturating_sub(held.len());
-    if let Some(last) = held.iter().map(|h| h.serial).max() {
+    let serials = held.iter().map(|h| h.serial);
+    if let (Some(first), Some(last)) = (serials.clone().min(), serials.max()) {
         st.live
             .entry(Arc::from(channel))
             .and_modify(|l| l.last = l.last.max(last))
-            .or_insert(LiveSerials { first: last, last });
+            .or_insert(LiveSerials { first, last });
     }
     held
 }

@@ -285,7 +285,14 @@ async fn resume_channel(
         (_, Some(h)) => h.head,
         _ => client.serial,
     };
-    let upto = first_live.map_or(head, |f| f.saturating_sub(1).min(head));
+    // A client that reconnected resumes up to the first live frame this connection sent
+    // it (those follow the replay). A client already past that point asks mid-connection
+    // (it saw a gap): it gets everything after its position; what it has is dropped by
+    // serial on its side and by `release_after` here.
+    let upto = match first_live {
+        Some(f) if client.serial.saturating_add(1) < f => f.saturating_sub(1).min(head),
+        _ => head,
+    };
     let decision = recovery::decide(
         client,
         hot.as_ref(),

@@ -677,9 +677,17 @@ async fn a_claim_whose_request_died_expires_after_the_lease() {
     }
     doomed.abort();
     let early = send(&service, publish("1", &keyed(EVENT, "k"))).await;
-    assert_eq!(early.status, StatusCode::SERVICE_UNAVAILABLE, "still within the lease");
+    assert_eq!(
+        early.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "still within the lease"
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let retry = send(&service, publish("1", &keyed(EVENT, "k"))).await;
-    assert_eq!(retry.status, StatusCode::OK, "the lease ended: the retry runs");
+    assert_eq!(
+        retry.status,
+        StatusCode::OK,
+        "the lease ended: the retry runs"
+    );
     assert_eq!(inner.calls(), 2);
 }
