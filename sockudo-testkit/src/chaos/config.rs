@@ -33,7 +33,8 @@ pub struct ChaosConfig {
     pub publish_timeout: Duration,
     /// Number of node kills (default 20).
     pub kills: usize,
-    /// Time from one kill to the next (default 3 s).
+    /// Time from one kill to the next (default 3 s); each kill is delayed by a further
+    /// seeded jitter below 250 ms so kills do not line up with the publisher's ticks.
     pub kill_interval: Duration,
     /// Time a killed node stays down before it is started again (default 1 s).
     pub restart_delay: Duration,
@@ -48,7 +49,8 @@ pub struct ChaosConfig {
     pub seed: u64,
     /// Extra environment for every process node (e.g. `RUST_LOG`).
     pub node_env: Vec<(String, String)>,
-    /// Where to copy each process node's log when the run ends (CI artifacts).
+    /// Where to copy each process node's log (`node-{i}.log`) and the raw records
+    /// (`records.json`) when the run ends (CI artifacts).
     pub log_dir: Option<PathBuf>,
 }
 
@@ -227,7 +229,8 @@ impl ChaosScenarioBuilder {
         self
     }
 
-    /// Copy each process node's log to `dir/node-{i}.log` when the run ends.
+    /// Copy each process node's log to `dir/node-{i}.log` and write the raw records to
+    /// `dir/records.json` when the run ends.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.log_dir = Some(dir.into());
         self

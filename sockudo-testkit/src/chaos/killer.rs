@@ -12,6 +12,9 @@ use crate::cluster::Cluster;
 
 /// Restart attempts per kill before the node is left down (and the failure recorded).
 const RESTART_ATTEMPTS: usize = 3;
+/// Upper bound of the seeded delay added to each kill time, so kills do not always hit the
+/// same phase of the publisher's ticks.
+const MAX_JITTER_MS: u64 = 250;
 
 /// Which nodes are up, as far as the killer knows (a node is marked down just before its
 /// kill and up once its restart answered `/health`).
@@ -58,13 +61,15 @@ pub(crate) struct Killer {
 }
 
 impl Killer {
-    /// Kill `self.kills` times, one every `interval` starting now, and return the records.
+    /// Kill `self.kills` times, one every `interval` (plus a seeded jitter below 250 ms)
+    /// starting now, and return the records.
     pub async fn run(&self, cluster: &mut Cluster, liveness: &NodeLiveness) -> Vec<KillRecord> {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let first = tokio::time::Instant::now();
         let mut records = Vec::with_capacity(self.kills);
         for k in 0..self.kills {
-            let at = first + self.interval * u32::try_from(k).unwrap_or(u32::MAX);
+            let jitter = Duration::from_millis(rng.random_range(0..MAX_JITTER_MS));
+            let at = first + self.interval * u32::try_from(k).unwrap_or(u32::MAX) + jitter;
             tokio::time::sleep_until(at).await;
             let node = rng.random_range(0..cluster.nodes().len());
             records.push(self.kill_and_restart(cluster, liveness, node, k).await);

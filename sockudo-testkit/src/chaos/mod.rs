@@ -49,6 +49,7 @@ mod killer;
 mod presence;
 mod publisher;
 pub mod records;
+mod records_json;
 pub mod report;
 mod subscribers;
 
@@ -134,10 +135,7 @@ impl ChaosScenario {
         let (presence_checks, publishes, kills) = outcome;
         let presence_members = actors.members.finish().await;
         let subscribers = actors.subscribers.finish().await;
-        if let Some(dir) = &config.log_dir {
-            copy_logs(&cluster, dir)?;
-        }
-        Ok(ChaosRecords {
+        let records = ChaosRecords {
             seed: config.seed,
             nodes: config.nodes,
             duration: start.elapsed(),
@@ -146,7 +144,11 @@ impl ChaosScenario {
             kills,
             presence_members,
             presence_checks,
-        })
+        };
+        if let Some(dir) = &config.log_dir {
+            keep_artifacts(&cluster, &records, dir)?;
+        }
+        Ok(records)
     }
 
     /// Publish, kill, stop publishing, settle. Returns the presence checks, the publishes
@@ -268,10 +270,17 @@ fn acknowledged_ids(publishes: &[PublishRecord]) -> BTreeMap<String, Vec<String>
     out
 }
 
-/// Copy each process node's log to `dir/node-{i}.log`.
-fn copy_logs(cluster: &Cluster, dir: &Path) -> Result<(), TestkitError> {
+/// Copy each process node's log to `dir/node-{i}.log` and write `dir/records.json`.
+fn keep_artifacts(
+    cluster: &Cluster,
+    records: &ChaosRecords,
+    dir: &Path,
+) -> Result<(), TestkitError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| TestkitError::io(format!("create {}", dir.display()), e))?;
+    let json = dir.join("records.json");
+    std::fs::write(&json, records.to_json().to_string())
+        .map_err(|e| TestkitError::io(format!("write {}", json.display()), e))?;
     for (i, node) in cluster.nodes().iter().enumerate() {
         if let Some(process) = node.as_process() {
             let to = dir.join(format!("node-{i}.log"));

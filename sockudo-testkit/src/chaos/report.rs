@@ -149,6 +149,91 @@ impl ChaosReport {
     }
 }
 
+/// One line of the table: name, value, note.
+type Row = (&'static str, String, String);
+
+fn row(name: &'static str, value: impl ToString, note: String) -> Row {
+    (name, value.to_string(), note)
+}
+
+impl ChaosReport {
+    /// The table rows about publishing and delivery.
+    fn delivery_rows(&self) -> Vec<Row> {
+        let unpositioned = format!("{} / {}", self.unpositioned, self.unknown_deliveries);
+        vec![
+            row(
+                "kills",
+                self.kills,
+                format!("restart failures {}", self.restart_failures),
+            ),
+            row(
+                "acknowledged",
+                self.acknowledged,
+                format!("retries {}", self.publish_retries),
+            ),
+            row("unacknowledged", self.unacknowledged, String::new()),
+            row(
+                "deliveries",
+                self.deliveries,
+                format!("expected {}", self.expected_deliveries),
+            ),
+            row(
+                "lost",
+                self.lost,
+                format!("while connected {}", self.lost_while_connected),
+            ),
+            row(
+                "duplicated",
+                self.duplicated,
+                format!("client dedup dropped {}", self.client_dedup_drops),
+            ),
+            row("out of order", self.out_of_order, String::new()),
+            row("stream changes", self.stream_changes, String::new()),
+            row("unpositioned / unknown", unpositioned, String::new()),
+        ]
+    }
+
+    /// The table rows about reconnects, resumes and presence.
+    fn recovery_rows(&self) -> Vec<Row> {
+        let failed: usize = self.resumes_failed.values().sum();
+        let presence = format!(
+            "{}/{}",
+            self.presence_diverged.len(),
+            self.presence_nodes_checked
+        );
+        vec![
+            row("reconnects", self.reconnects, String::new()),
+            row("resumes ok", self.resumes_ok, String::new()),
+            row("resumes failed", failed, codes(&self.resumes_failed)),
+            row(
+                "RecoveryFailed events",
+                self.recovery_failed_events,
+                String::new(),
+            ),
+            row(
+                "unresumed resubscribes",
+                self.unresumed_resubscribes,
+                String::new(),
+            ),
+            row(
+                "subscription failures",
+                self.subscription_failures,
+                String::new(),
+            ),
+            row(
+                "slow consumer drops",
+                self.slow_consumer_drops,
+                String::new(),
+            ),
+            row(
+                "presence diverged",
+                presence,
+                format!("joins {}", self.presence_joins),
+            ),
+        ]
+    }
+}
+
 impl fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -160,99 +245,19 @@ impl fmt::Display for ChaosReport {
             self.presence_members,
             self.duration.as_secs_f64()
         )?;
-        let rows: [(&str, String, String); 17] = [
-            (
-                "kills",
-                self.kills.to_string(),
-                format!("restart failures {}", self.restart_failures),
-            ),
-            (
-                "acknowledged",
-                self.acknowledged.to_string(),
-                format!("retries {}", self.publish_retries),
-            ),
-            (
-                "unacknowledged",
-                self.unacknowledged.to_string(),
-                String::new(),
-            ),
-            (
-                "deliveries",
-                self.deliveries.to_string(),
-                format!("expected {}", self.expected_deliveries),
-            ),
-            (
-                "lost",
-                self.lost.to_string(),
-                format!("while connected {}", self.lost_while_connected),
-            ),
-            (
-                "duplicated",
-                self.duplicated.to_string(),
-                format!("client dedup dropped {}", self.client_dedup_drops),
-            ),
-            ("out of order", self.out_of_order.to_string(), String::new()),
-            (
-                "stream changes",
-                self.stream_changes.to_string(),
-                String::new(),
-            ),
-            (
-                "unpositioned / unknown",
-                format!("{} / {}", self.unpositioned, self.unknown_deliveries),
-                String::new(),
-            ),
-            ("reconnects", self.reconnects.to_string(), String::new()),
-            ("resumes ok", self.resumes_ok.to_string(), String::new()),
-            (
-                "resumes failed",
-                self.resumes_failed.values().sum::<usize>().to_string(),
-                codes(&self.resumes_failed),
-            ),
-            (
-                "RecoveryFailed events",
-                self.recovery_failed_events.to_string(),
-                String::new(),
-            ),
-            (
-                "unresumed resubscribes",
-                self.unresumed_resubscribes.to_string(),
-                String::new(),
-            ),
-            (
-                "subscription failures",
-                self.subscription_failures.to_string(),
-                String::new(),
-            ),
-            (
-                "slow consumer drops",
-                self.slow_consumer_drops.to_string(),
-                String::new(),
-            ),
-            (
-                "presence diverged",
-                format!(
-                    "{}/{}",
-                    self.presence_diverged.len(),
-                    self.presence_nodes_checked
-                ),
-                format!("joins {}", self.presence_joins),
-            ),
-        ];
-        for (name, value, note) in rows {
+        for (name, value, note) in self.delivery_rows().into_iter().chain(self.recovery_rows()) {
             writeln!(f, "  {name:<24}{value:>9}  {note}")?;
         }
         for d in &self.presence_diverged {
+            let error = d
+                .error
+                .as_deref()
+                .map(|e| format!(" error {e}"))
+                .unwrap_or_default();
             writeln!(
                 f,
-                "  presence node {}: missing {:?} ghosts {:?}{}",
-                d.node,
-                d.missing,
-                d.ghosts,
-                d.error
-                    .as_deref()
-                    .map(|e| format!(" error {e}"))
-                    .unwrap_or_default()
+                "  presence node {}: missing {:?} ghosts {:?}{error}",
+                d.node, d.missing, d.ghosts
             )?;
         }
         if !self.problems.is_empty() {
