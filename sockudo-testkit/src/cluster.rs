@@ -371,6 +371,38 @@ impl ClusterNode {
         }
     }
 
+    /// The node id the node runs (or will restart) with (`SOCKUDO_NODE_ID`).
+    pub fn node_id(&self) -> Option<String> {
+        match self {
+            ClusterNode::InProcess(n) => Some(n.settings().node_id.clone()),
+            ClusterNode::Process(n) => n.env_var("SOCKUDO_NODE_ID").map(str::to_string),
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(n) => n
+                .env()
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "SOCKUDO_NODE_ID")
+                .map(|(_, v)| v.clone()),
+        }
+    }
+
+    /// Kill if running, start again on the same port under a new node id: to the cluster a
+    /// node that never existed, while the old id's heartbeat simply stops. Containers keep
+    /// the environment they were created with, so containers mode refuses this.
+    pub async fn restart_as(&mut self, node_id: &str) -> Result<(), TestkitError> {
+        match self {
+            ClusterNode::InProcess(n) => n.set_node_id(node_id),
+            ClusterNode::Process(n) => n.set_env("SOCKUDO_NODE_ID", node_id),
+            #[cfg(feature = "containers")]
+            ClusterNode::Container(_) => {
+                return Err(TestkitError::Usage(
+                    "a container node cannot restart under a new node id".into(),
+                ))
+            }
+        }
+        self.restart().await
+    }
+
     /// Graceful stop: the drain sequence (SIGTERM for a process, which must then exit 0).
     pub async fn drain(&mut self) -> Result<(), TestkitError> {
         match self {
@@ -523,6 +555,11 @@ impl Cluster {
     /// Restart node `i` on its port (fresh state).
     pub async fn restart_node(&mut self, i: usize) -> Result<(), TestkitError> {
         self.checked(i)?.restart().await
+    }
+
+    /// Restart node `i` on its port under a new node id (see [`ClusterNode::restart_as`]).
+    pub async fn restart_node_as(&mut self, i: usize, node_id: &str) -> Result<(), TestkitError> {
+        self.checked(i)?.restart_as(node_id).await
     }
 
     /// Drain node `i` gracefully.

@@ -105,6 +105,10 @@ pub enum TestkitError {
     #[error("docker: {0}")]
     Docker(String),
 
+    /// A V2 client (`sockudo-client`) failed: connecting, subscribing or closing.
+    #[error("v2 client: {0}")]
+    V2Client(#[from] sockudo_client::Error),
+
     /// The caller asked for something that does not exist (a node index, a stopped server, ...).
     #[error("invalid use: {0}")]
     Usage(String),

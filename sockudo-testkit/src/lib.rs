@@ -16,6 +16,11 @@
 //! - `containers` (cargo feature `containers`, on by default): Redis and sockudo nodes as
 //!   Docker containers, with images built locally from the host's binaries.
 //! - [`client`]: [`TestClient`] (Pusher WebSocket protocol) and [`ApiClient`] (signed HTTP API).
+//! - [`chaos`]: [`ChaosScenario`], a reusable chaos run: a process cluster on one Redis, V2
+//!   subscribers and V1 presence members through the balancer, idempotent publishes retried
+//!   across nodes, random SIGKILLs and restarts; its [`ChaosReport`] counts what was lost,
+//!   duplicated or reordered, resume verdicts and presence convergence (see
+//!   `docs/testkit-chaos.md`).
 //! - [`error`]: [`TestkitError`], the one error type.
 //!
 //! Every server value must be created inside a tokio runtime: proxies and the balancer spawn
@@ -49,8 +54,30 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Chaos
+//! A whole "kill nodes under load and prove nothing was lost" run is one call; the report
+//! prints as a table and [`ChaosReport::assert_clean`] fails on any loss, duplicate, reorder,
+//! failed resume or presence ghost:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sockudo_testkit::ChaosScenario;
+//!
+//! # async fn example() -> Result<(), sockudo_testkit::TestkitError> {
+//! let report = ChaosScenario::builder()
+//!     .kills(20)
+//!     .kill_interval(Duration::from_secs(3))
+//!     .build()?
+//!     .run()
+//!     .await?;
+//! report.assert_clean();
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod balancer;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 #[cfg(feature = "containers")]
@@ -68,6 +95,7 @@ use sockudo_core::app::App;
 use sockudo_server::config::NodeSettings;
 
 pub use balancer::{LoadBalancer, ProbeRecord};
+pub use chaos::{ChaosReport, ChaosScenario};
 pub use client::{ApiClient, CloseOutcome, Event, TestClient};
 pub use cluster::{Cluster, ClusterBuilder, ClusterNode, NodeMode};
 #[cfg(feature = "containers")]

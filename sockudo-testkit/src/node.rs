@@ -118,6 +118,12 @@ impl TestNode {
         &self.settings
     }
 
+    /// Change the node id the next [`restart`](Self::restart) uses (the running node keeps
+    /// its id).
+    pub fn set_node_id(&mut self, node_id: &str) {
+        self.settings.node_id = node_id.to_string();
+    }
+
     /// Whether the node is serving (neither killed nor drained).
     pub fn is_running(&self) -> bool {
         self.running

@@ -180,6 +180,22 @@ impl ProcessNode {
         }
     }
 
+    /// The value of environment variable `name` the process is (re)started with, if set.
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Set environment variable `name` for the next [`restart`](Self::restart) (the running
+    /// process is not touched). Replaces an earlier value.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
+
     /// Kill the process if it runs, then start it again with the same environment and port.
     pub async fn restart(&mut self) -> Result<(), TestkitError> {
         self.kill()?;
