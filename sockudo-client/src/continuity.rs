@@ -80,6 +80,23 @@ impl Outcome {
     }
 }
 
+/// How a positioned frame relates to the channel's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    /// No position yet: the frame sets it.
+    First,
+    /// The head event itself right after the first attach (a cache channel's replay).
+    HeadEvent,
+    /// At or behind where its stream stood.
+    Stale,
+    /// Another stream than the position's.
+    OtherStream,
+    /// `last + 1`.
+    Next,
+    /// Beyond `last + 1`.
+    Ahead,
+}
+
 #[derive(Debug)]
 enum Mode {
     Live,
@@ -108,6 +125,9 @@ pub struct Continuity {
     mode: Mode,
     /// A `RecoveryFailed` is the latest thing delivered: the next discontinuity is covered.
     marked: bool,
+    /// Attached for the first time and nothing delivered since: the head event itself may
+    /// still come (a cache channel's last event, sent right after the subscription).
+    fresh: bool,
     /// Expiry times of gap resumes whose answer has not been seen. A `resume_failed` that
     /// arrives while live and one of these is pending is that late answer, not news.
     outstanding: VecDeque<Instant>,
@@ -124,6 +144,7 @@ impl Continuity {
             retired: VecDeque::new(),
             mode: Mode::Live,
             marked: false,
+            fresh: false,
             outstanding: VecDeque::new(),
         }
     }
@@ -178,6 +199,7 @@ impl Continuity {
         }
         let Some(current) = self.position.get().cloned() else {
             self.position.set(head);
+            self.fresh = true;
             return out;
         };
         if current.stream_id != head.stream_id {
@@ -199,6 +221,7 @@ impl Continuity {
     /// position (`None`: nothing to resume, the channel just goes live).
     pub fn begin_resume(&mut self, now: Instant) -> Option<Position> {
         self.abandon();
+        self.fresh = false;
         let position = self.position.get().cloned()?;
         self.mode = Mode::Resuming {
             since: now,
@@ -325,75 +348,91 @@ impl Continuity {
             }
             return;
         }
-        let (Some(stream), Some(serial)) = (message.stream_id.clone(), message.serial) else {
+        let Some(serial) = message.serial.filter(|_| message.stream_id.is_some()) else {
             // Not part of the stream (no serial): nothing to order it against.
             out.events.push(ChannelEvent::Message(message));
             return;
         };
-        let Some(current) = self.position.get().cloned() else {
-            self.deliver(message, out);
-            return;
-        };
-        if self.is_stale(&stream, serial) {
-            out.duplicates += 1;
-        } else if current.stream_id != stream {
-            if self.in_gap() {
-                let f = self.failure(
-                    CODE_CONTINUITY_UNVERIFIABLE,
-                    "the stream was reset before the gap was filled",
-                );
-                self.fail_pending(f, None, now, out);
+        let relation = self.relation(message.stream_id.as_deref().unwrap_or_default(), serial);
+        match relation {
+            Relation::First => self.deliver(message, out),
+            Relation::HeadEvent => {
+                // Never delivered before, and the position already accounts for it.
+                self.fresh = false;
+                out.events.push(ChannelEvent::Message(message));
             }
-            self.deliver_covering(message, out);
-        } else if Some(serial) == current.serial.checked_add(1) {
-            self.deliver(message, out);
-            self.drain_contiguous(out);
-        } else {
-            self.ahead(message, serial, current, now, out);
+            Relation::Stale => out.duplicates += 1,
+            Relation::OtherStream => {
+                if self.in_gap() {
+                    let f = self.failure(
+                        CODE_CONTINUITY_UNVERIFIABLE,
+                        "the stream was reset before the gap was filled",
+                    );
+                    self.fail_pending(f, None, now, out);
+                }
+                self.deliver_covering(message, out);
+            }
+            Relation::Next => {
+                self.deliver(message, out);
+                self.drain_contiguous(out);
+            }
+            Relation::Ahead => self.ahead(message, serial, now, out),
         }
     }
 
-    /// A frame beyond `last + 1` on the position's stream.
-    fn ahead(
-        &mut self,
-        message: Message,
-        serial: u64,
-        current: Position,
-        now: Instant,
-        out: &mut Outcome,
-    ) {
-        let room = self.budget.try_take(self.held());
-        match &mut self.mode {
+    /// Where a frame of `stream`/`serial` stands against the position (no copies: this is
+    /// the path of every frame).
+    fn relation(&self, stream: &str, serial: u64) -> Relation {
+        let Some(current) = self.position.get() else {
+            return Relation::First;
+        };
+        let same = current.stream_id == stream;
+        if self.fresh && same && serial == current.serial {
+            Relation::HeadEvent
+        } else if self.is_stale(stream, serial) {
+            Relation::Stale
+        } else if !same {
+            Relation::OtherStream
+        } else if Some(serial) == current.serial.checked_add(1) {
+            Relation::Next
+        } else {
+            Relation::Ahead
+        }
+    }
+
+    /// A frame beyond `last + 1` on the position's stream: held behind the gap (opening it
+    /// and asking for a resume if it is new).
+    fn ahead(&mut self, message: Message, serial: u64, now: Instant, out: &mut Outcome) {
+        if matches!(self.mode, Mode::Live) && self.marked {
             // A RecoveryFailed was the last thing delivered: this jump is covered by it.
-            Mode::Live if self.marked => {
-                self.budget.give(usize::from(room));
-                self.deliver(message, out);
-            }
-            Mode::Live if room => {
-                self.mode = Mode::Gap {
-                    since: now,
-                    held: BTreeMap::from([(serial, message)]),
-                };
-                self.outstanding.push_back(now + self.timeout * 2);
-                out.resume_from = Some(current);
-                out.gaps_opened += 1;
-            }
-            Mode::Gap { held, .. } if held.contains_key(&serial) => {
-                self.budget.give(usize::from(room));
+            self.deliver(message, out);
+            return;
+        }
+        if let Mode::Gap { held, .. } = &self.mode {
+            if held.contains_key(&serial) {
                 out.duplicates += 1;
-            }
-            Mode::Gap { held, .. } if room => {
-                held.insert(serial, message);
-            }
-            Mode::Live | Mode::Gap { .. } | Mode::Resuming { .. } => {
-                self.budget.give(usize::from(room));
-                let f = self.failure(
-                    CODE_GAP_OVERFLOW,
-                    "too many frames arrived while waiting for a gap to be filled",
-                );
-                self.fail_pending(f, Some(message), now, out);
+                return;
             }
         }
+        if !self.budget.try_take(self.held()) {
+            let f = self.failure(
+                CODE_GAP_OVERFLOW,
+                "too many frames arrived while waiting for a gap to be filled",
+            );
+            self.fail_pending(f, Some(message), now, out);
+            return;
+        }
+        if let Mode::Gap { held, .. } = &mut self.mode {
+            held.insert(serial, message);
+            return;
+        }
+        out.resume_from = self.position.get().cloned();
+        out.gaps_opened += 1;
+        self.mode = Mode::Gap {
+            since: now,
+            held: BTreeMap::from([(serial, message)]),
+        };
+        self.outstanding.push_back(now + self.timeout * 2);
     }
 
     /// After an in-order delivery: release held frames that are now contiguous.

@@ -30,7 +30,14 @@
 //!   (another `stream_id`), the reconnect resume failed, or this subscription's own buffer
 //!   overflowed (`client_lagged`) — a [`ChannelEvent::RecoveryFailed`] is yielded exactly
 //!   there: after the last event before the hole and before any event after it. Then the
-//!   channel continues live; [`Client::history`] can backfill.
+//!   channel continues live; [`Client::history`] can backfill. (`client_lagged` applies to
+//!   protocol 7 subscriptions too; [`UserEvents`] only counts its drops.)
+//!
+//! This relies on the server numbering each channel's messages without holes as this
+//! connection sees them and answering a `sockudo:resume` for a channel at any time. A
+//! message the server withholds from this connection (its own client events, a publish
+//! excluding its `socket_id`) still takes a serial: until the server tells the connection
+//! so, that hole looks like a gap and is resumed (or reported) like any other.
 //!
 //! After a reconnect the client sends its subscribes and, right behind them, one
 //! `sockudo:resume` with every channel position; a proven resume yields

@@ -21,7 +21,8 @@ impl Default for GapLimits {
     }
 }
 
-/// The client-wide allowance of held frames, shared by every channel's [`Continuity`].
+/// The client-wide allowance of held frames, shared by every channel's
+/// [`Continuity`](super::Continuity).
 #[derive(Debug, Clone)]
 pub struct HoldBudget {
     limits: GapLimits,

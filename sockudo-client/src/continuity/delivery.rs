@@ -49,6 +49,7 @@ impl Continuity {
             self.position
                 .observe(stream, serial, message.message_id.as_deref());
             self.marked = false;
+            self.fresh = false;
         }
         out.events.push(ChannelEvent::Message(message));
     }

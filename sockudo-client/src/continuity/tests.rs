@@ -387,3 +387,17 @@ fn frames_without_a_serial_pass_straight_through() {
     assert_eq!(c.on_message(plain, now).events.len(), 1);
     assert!(c.in_gap());
 }
+
+#[test]
+fn the_head_event_right_after_the_first_attach_is_delivered_once() {
+    // A cache channel sends its last event (the head) right after subscription_succeeded.
+    let now = Instant::now();
+    let mut c = Continuity::new("c", HoldBudget::new(GapLimits::default()), TIMEOUT);
+    c.attach(Position::new("s1", 5), now);
+    assert_eq!(seen(&c.on_message(msg(5), now)), ["s1/5"]);
+    assert_eq!(c.on_message(msg(5), now).duplicates, 1);
+    assert_eq!(seen(&c.on_message(msg(6), now)), ["s1/6"]);
+    // Only right after the attach.
+    c.attach(Position::new("s1", 6), now);
+    assert_eq!(c.on_message(msg(6), now).duplicates, 1);
+}
