@@ -1,7 +1,8 @@
 //! The connection task's record of each channel: listeners, subscribe status, keys,
-//! presence, position, dedup window and recovery gate.
+//! presence, dedup window and continuity (position, gaps, resume verdicts).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use sockudo_core::channel::ChannelKind;
@@ -9,17 +10,31 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::command::Reply;
+use crate::continuity::{Continuity, HoldBudget};
 use crate::dedup::{DedupConfig, DedupWindow};
 use crate::encrypted::SharedSecret;
-use crate::event::ChannelEvent;
-use crate::positions::ChannelPosition;
+use crate::event::{ChannelEvent, RecoveryFailure};
 use crate::presence::{PresenceState, SharedPresence};
-use crate::resume::RecoveryGate;
+use crate::subscription::CODE_CLIENT_LAGGED;
 
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub id: u64,
+    /// Its buffer holds one slot more than the configured capacity: room for the
+    /// `client_lagged` marker when events start being dropped.
     pub tx: mpsc::Sender<ChannelEvent>,
+    /// The marker is queued and nothing was queued after it: events are being dropped.
+    pub lagging: bool,
+}
+
+impl Listener {
+    pub fn new(id: u64, tx: mpsc::Sender<ChannelEvent>) -> Self {
+        Listener {
+            id,
+            tx,
+            lagging: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,19 +58,30 @@ pub(crate) struct ChannelEntry {
     pub secret: Option<SharedSecret>,
     pub presence: Option<SharedPresence>,
     pub me: Option<String>,
-    pub position: ChannelPosition,
     pub dedup: DedupWindow,
-    pub gate: RecoveryGate,
+    pub continuity: Continuity,
+    /// A `sockudo:resume` for this channel went out on the current connection, so its
+    /// `subscription_succeeded` is not a plain `Resubscribed`.
+    pub resumed: bool,
 }
 
 /// What a fan-out ran into.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Fanout {
+    /// Events a listener lost because its buffer was full.
     pub slow: usize,
+    /// `client_lagged` markers queued.
+    pub lagged: usize,
 }
 
 impl ChannelEntry {
-    pub fn new(kind: ChannelKind, dedup: DedupConfig) -> Self {
+    pub fn new(
+        name: &str,
+        kind: ChannelKind,
+        dedup: DedupConfig,
+        budget: HoldBudget,
+        resume_timeout: Duration,
+    ) -> Self {
         let presence = matches!(kind, ChannelKind::Presence)
             .then(|| Arc::new(Mutex::new(PresenceState::default())));
         ChannelEntry {
@@ -67,25 +93,43 @@ impl ChannelEntry {
             secret: None,
             presence,
             me: None,
-            position: ChannelPosition::default(),
             dedup: DedupWindow::new(dedup),
-            gate: RecoveryGate::default(),
+            continuity: Continuity::new(name, budget, resume_timeout),
+            resumed: false,
         }
     }
 
-    /// Hand `event` to every listener without waiting: a full buffer loses the event for
-    /// that listener (counted), a closed one is forgotten.
-    pub fn fanout(&mut self, event: &ChannelEvent) -> Fanout {
+    /// Hand `event` to every listener without waiting; a closed one is forgotten. A listener
+    /// whose buffer is full loses events, but never silently: the last slot of its buffer is
+    /// kept for a `RecoveryFailed` with code `client_lagged`, queued when the first event is
+    /// lost. It sits after everything queued before and before anything queued once the
+    /// consumer caught up, exactly where the events are missing.
+    pub fn fanout(&mut self, channel: &str, event: &ChannelEvent) -> Fanout {
         let mut out = Fanout::default();
-        self.listeners
-            .retain(|l| match l.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    out.slow += 1;
-                    true
-                }
-                Err(TrySendError::Closed(_)) => false,
-            });
+        self.listeners.retain_mut(|l| {
+            if l.tx.is_closed() {
+                return false;
+            }
+            let room = l.tx.capacity();
+            if room >= 2 {
+                l.lagging = false;
+                return match l.tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        out.slow += 1;
+                        true
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                };
+            }
+            out.slow += 1;
+            if room == 1 && !l.lagging {
+                l.lagging = true;
+                out.lagged += 1;
+                let _ = l.tx.try_send(lagged(channel));
+            }
+            true
+        });
         out
     }
 
@@ -93,4 +137,14 @@ impl ChannelEntry {
     pub fn abandoned(&self) -> bool {
         self.listeners.is_empty() && self.waiters.is_empty()
     }
+}
+
+/// The marker a lagging subscription gets where its dropped events were.
+fn lagged(channel: &str) -> ChannelEvent {
+    ChannelEvent::RecoveryFailed(RecoveryFailure::client_side(
+        channel,
+        CODE_CLIENT_LAGGED,
+        "the subscription's buffer was full: events were dropped here until the consumer \
+         caught up",
+    ))
 }

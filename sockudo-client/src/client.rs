@@ -124,7 +124,8 @@ impl Client {
         self.inner.events.subscribe()
     }
 
-    /// Counters: duplicates dropped (total and per channel), deliveries, reconnects, …
+    /// Counters: duplicates dropped (total and per channel), deliveries, reconnects, gaps,
+    /// recovery failures, lagging subscriptions, …
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
     }
@@ -141,7 +142,9 @@ impl Client {
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<Subscription> {
         let channel = channel.into();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.inner.opts.subscription_capacity);
+        // One slot more than configured: room for the `client_lagged` marker.
+        let capacity = self.inner.opts.subscription_capacity.saturating_add(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let (reply, answer) = oneshot::channel();
         self.send(Command::Subscribe {
             channel: channel.clone(),

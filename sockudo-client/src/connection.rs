@@ -2,7 +2,7 @@
 //! loop. Handles talk to it through [`Command`]s; it publishes the state on a `watch` and
 //! connection events on a `broadcast`. Incoming frames are handled in `handlers.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::auth::{ChannelAuth, ChannelAuthRequest, UserAuth};
 use crate::backoff::{delay_for, reaction, Reaction};
 use crate::channels::{ChannelEntry, Listener, Status};
 use crate::command::{Command, Reply, SignedIn};
+use crate::continuity::HoldBudget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{ChannelEvent, ClientEvent, Message};
 use crate::frames;
@@ -120,9 +121,8 @@ pub(crate) struct Task {
     pub outbox: Vec<String>,
     pub pings: VecDeque<PendingPing>,
     pub history_waiters: HashMap<String, VecDeque<Reply<HistoryPage>>>,
-    pub resume_positions: Vec<(String, Position)>,
-    pub resume_waiting: HashSet<String>,
-    pub resume_sent: bool,
+    /// Room for frames held behind gaps and resume verdicts, shared by every channel.
+    pub hold_budget: HoldBudget,
     pub last_error_code: Option<u16>,
     close_reply: Option<oneshot::Sender<()>>,
 }
@@ -146,6 +146,7 @@ impl Task {
             ProtocolVersion::V1 => Family::Pusher,
             ProtocolVersion::V2 => Family::Sockudo,
         };
+        let hold_budget = HoldBudget::new(opts.gap_limits);
         Task {
             opts,
             family,
@@ -164,9 +165,7 @@ impl Task {
             outbox: Vec::new(),
             pings: VecDeque::new(),
             history_waiters: HashMap::new(),
-            resume_positions: Vec::new(),
-            resume_waiting: HashSet::new(),
-            resume_sent: false,
+            hold_budget,
             last_error_code: None,
             close_reply: None,
         }
@@ -403,62 +402,48 @@ impl Task {
         }
     }
 
-    /// A connection is up: subscribe every channel again (behind a recovery gate where V2
-    /// has a position), resume, and sign in again.
+    /// A connection is up: subscribe every channel again, then (V2) one `sockudo:resume`
+    /// with every channel position right behind the subscribes, without waiting for their
+    /// answers; then sign in again. Channels that need authorization send their subscribe
+    /// once authorized, so the resume may precede theirs: the server keeps the positions.
     fn on_connected(&mut self) {
-        self.resume_positions.clear();
-        self.resume_waiting.clear();
-        self.resume_sent = false;
         let now = std::time::Instant::now();
         let v2 = self.is_v2();
+        let mut positions: Vec<(String, Position)> = Vec::new();
         let names: Vec<String> = self.channels.keys().cloned().collect();
         for name in names {
             let Some(entry) = self.channels.get_mut(&name) else {
                 continue;
             };
             entry.status = Status::Idle;
+            entry.resumed = false;
             if entry.kind == ChannelKind::ServerToUser {
                 continue; // subscribed again after the signin succeeds
             }
             if v2 {
-                if let Some(pos) = entry.position.get().cloned() {
-                    entry.gate.begin(Some(pos.clone()), now);
-                    self.resume_positions.push((name.clone(), pos));
-                    self.resume_waiting.insert(name.clone());
+                if let Some(position) = entry.continuity.begin_resume(now) {
+                    entry.resumed = true;
+                    positions.push((name.clone(), position));
                 }
             }
             self.start_subscribe(&name);
         }
-        self.maybe_send_resume();
-        if self.user.signed_in.is_some() || !self.user.waiters.is_empty() {
-            self.start_signin();
-        }
-    }
-
-    /// Send `sockudo:resume` once every resumed channel's subscribe has gone out.
-    pub fn maybe_send_resume(&mut self) {
-        if self.resume_sent || !self.resume_waiting.is_empty() || self.resume_positions.is_empty() {
-            return;
-        }
-        let positions: Vec<(String, Position)> = self
-            .resume_positions
-            .iter()
-            .filter(|(c, _)| self.channels.get(c).is_some_and(|e| e.gate.is_awaiting()))
-            .cloned()
-            .collect();
+        positions.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(frame) =
             resume_frame(self.family, positions.iter().map(|(c, p)| (c.as_str(), p)))
         {
             self.outbox.push(frame);
         }
-        self.resume_sent = true;
+        if self.user.signed_in.is_some() || !self.user.waiters.is_empty() {
+            self.start_signin();
+        }
     }
 
+    /// The earliest moment a gap or a resume verdict gives up.
     fn resume_deadline(&self) -> Option<Instant> {
-        let timeout = self.opts.resume_timeout;
         self.channels
             .values()
-            .filter_map(|e| e.gate.deadline(timeout))
+            .filter_map(|e| e.continuity.deadline())
             .min()
             .map(Instant::from_std)
     }
@@ -502,13 +487,6 @@ impl Task {
             entry.status = Status::Subscribing;
             self.outbox
                 .push(frames::subscribe(self.family, name, None, None));
-            self.subscribe_sent(name);
-        }
-    }
-
-    pub fn subscribe_sent(&mut self, name: &str) {
-        if self.resume_waiting.remove(name) {
-            self.maybe_send_resume();
         }
     }
 
@@ -541,10 +519,9 @@ impl Task {
                 let _ = w.send(Err(error.clone()));
             }
             if entry.subscribed_once {
-                entry.fanout(&ChannelEvent::SubscriptionFailed(error));
+                entry.fanout(name, &ChannelEvent::SubscriptionFailed(error));
             }
         }
-        self.subscribe_sent(name);
     }
 
     /// Clean up after a connection ended.
@@ -566,10 +543,8 @@ impl Task {
         }
         for entry in self.channels.values_mut() {
             entry.status = Status::Idle;
-            entry.gate.abandon();
+            entry.continuity.abandon();
         }
-        self.resume_positions.clear();
-        self.resume_waiting.clear();
         if self.user.in_flight && code == Some(4009) {
             let e =
                 Error::new(ErrorKind::Auth, format!("signin refused: {reason}")).with_code(code);
@@ -712,12 +687,20 @@ impl Task {
                 return;
             }
         };
-        let dedup = self.opts.dedup;
-        let entry = self
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(|| ChannelEntry::new(kind, dedup));
-        entry.listeners.push(Listener { id, tx });
+        let entry = match self.channels.entry(channel.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let entry = ChannelEntry::new(
+                    &channel,
+                    kind,
+                    self.opts.dedup,
+                    self.hold_budget.clone(),
+                    self.opts.resume_timeout,
+                );
+                e.insert(entry)
+            }
+        };
+        entry.listeners.push(Listener::new(id, tx));
         if entry.status == Status::Subscribed {
             let _ = reply.send(Ok(entry.presence.clone()));
             return;
@@ -769,7 +752,6 @@ impl Task {
         {
             self.outbox.push(frames::unsubscribe(self.family, channel));
         }
-        self.subscribe_sent(channel);
     }
 }
 

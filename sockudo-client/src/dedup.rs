@@ -64,6 +64,23 @@ impl DedupWindow {
         true
     }
 
+    /// Whether `message_id` is already in the window (counted as a dropped duplicate when
+    /// it is), without recording it. The connection task checks frames on arrival with this
+    /// and records them with [`admit`](Self::admit) only once they are delivered: a frame held
+    /// behind a gap and then lost with the connection must not make its replay look like a
+    /// duplicate.
+    pub fn is_duplicate(&mut self, message_id: &str, now: Instant) -> bool {
+        if self.config.capacity == 0 {
+            return false;
+        }
+        self.expire(now);
+        let seen = self.seen.contains(message_id);
+        if seen {
+            self.dropped += 1;
+        }
+        seen
+    }
+
     /// Duplicates dropped by this window so far.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -140,6 +157,16 @@ mod tests {
             "expired ids are new again"
         );
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn checking_does_not_record() {
+        let now = Instant::now();
+        let mut w = DedupWindow::new(cfg(8, 60));
+        assert!(!w.is_duplicate("a", now));
+        assert!(w.admit("a", now), "a check alone does not record the id");
+        assert!(w.is_duplicate("a", now));
+        assert_eq!(w.dropped(), 1);
     }
 
     #[test]

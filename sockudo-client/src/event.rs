@@ -55,12 +55,26 @@ pub struct Member {
     pub info: Value,
 }
 
-/// Why a V2 resume could not prove continuity for a channel (`sockudo:resume_failed`).
+/// Why continuity is not proven at some point of a channel's stream: events between the
+/// last one delivered before the [`ChannelEvent::RecoveryFailed`] and the first one after it
+/// may be missing.
+///
+/// From the server (`sockudo:resume_failed`, as the answer to a resume or unasked): codes
+/// `stream_reset`, `position_expired`, `continuity_unverifiable`, `persistence_unavailable`.
+/// Decided by the client itself (no server answer to trust), with only `channel`, `code` and
+/// `reason` (and the stream ids for a reset):
+/// - `stream_reset` — a frame (or subscription head) from another `stream_id` arrived;
+/// - `continuity_unverifiable` — serials were skipped and no resume could fill them (the
+///   stream reset meanwhile, or a success that did not replay them);
+/// - `resume_timeout` — no answer to a resume within
+///   [`resume_timeout`](crate::ClientOptions::resume_timeout);
+/// - `gap_overflow` — more frames waited behind a gap than
+///   [`gap_buffer`](crate::ClientOptions::gap_buffer) allows;
+/// - `client_lagged` — this subscription's buffer was full and events were dropped (V1 too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryFailure {
     pub channel: String,
-    /// `stream_reset`, `position_expired`, `continuity_unverifiable`,
-    /// `persistence_unavailable`, or a client-side `resume_timeout` / `not_acknowledged`.
+    /// See the type docs for the codes.
     pub code: String,
     pub reason: Option<String>,
     pub expected_stream_id: Option<String>,
@@ -84,7 +98,12 @@ impl RecoveryFailure {
     }
 }
 
-/// Everything a [`Subscription`](crate::Subscription) yields, in server order.
+/// Everything a [`Subscription`](crate::Subscription) yields.
+///
+/// With V2 the messages of a channel come in stream order: per `stream_id` the serials
+/// strictly increase, nothing is delivered twice, and wherever a serial is skipped (or the
+/// stream changes) a [`RecoveryFailed`](ChannelEvent::RecoveryFailed) comes between the
+/// two messages. Never a silent gap.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ChannelEvent {
@@ -98,10 +117,14 @@ pub enum ChannelEvent {
     CacheMiss,
     /// Subscribed again after a reconnect, without a resume: events may have been missed.
     Resubscribed,
-    /// V2: the resume proved continuity; `replayed` missed events were delivered before this.
+    /// V2, after a reconnect: the resume proved continuity. The `replayed` missed events
+    /// follow, then the live ones, all in stream order.
     Recovered { source: String, replayed: u64 },
-    /// V2: the resume could not prove continuity. Delivered before any new live event of
-    /// the channel; backfill with [`Client::history`](crate::Client::history).
+    /// Continuity is not proven here: events between the message before this and the one
+    /// after it may be missing (see [`RecoveryFailure`] for the codes). With V2, delivered
+    /// before any later event of the channel; backfill with
+    /// [`Client::history`](crate::Client::history). Two never come in a row: one already
+    /// covers the point.
     RecoveryFailed(RecoveryFailure),
     /// An encrypted event could not be decrypted (it is not delivered).
     DecryptionFailed { event: String, error: Error },
@@ -117,9 +140,11 @@ pub enum ClientEvent {
     State(ConnectionState),
     /// The server sent `pusher:error` that no pending request claimed.
     ServerError { message: String, code: Option<u16> },
-    /// V2 resume failed for a channel (also delivered on that channel's stream).
+    /// V2 continuity failed for a channel (also delivered on that channel's stream); not sent
+    /// for `client_lagged`, which concerns one subscription (see `SlowConsumer`).
     RecoveryFailed(RecoveryFailure),
-    /// A subscription's buffer was full and an event was dropped.
+    /// A subscription's buffer was full and an event was dropped (that subscription's stream
+    /// says where, with a `client_lagged` `RecoveryFailed`).
     SlowConsumer { channel: String },
     /// Signin succeeded (also after an automatic re-signin on reconnect).
     SignedIn { user_id: String },

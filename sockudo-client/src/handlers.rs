@@ -11,11 +11,11 @@ use crate::command::SignedIn;
 use crate::connection::{AuthDone, PendingPing, Task};
 use crate::encrypted::SharedSecret;
 use crate::error::{Error, ErrorKind};
-use crate::event::{ChannelEvent, ClientEvent, Member, RecoveryFailure};
+use crate::event::{ChannelEvent, ClientEvent, Member, Message};
 use crate::frames::{self, Incoming};
 use crate::history::{HistoryPage, CHANNEL_HISTORY};
 use crate::positions::Position;
-use crate::resume::{self, Release, CODE_RESUME_TIMEOUT, RESUME_FAILED, RESUME_SUCCESS};
+use crate::resume::{self, RESUME_FAILED, RESUME_SUCCESS};
 use crate::stats::StatsCell;
 
 #[derive(Deserialize)]
@@ -94,7 +94,7 @@ impl Task {
                     incoming.frame.channel.as_deref(),
                     &incoming.system_data(),
                 ) {
-                    self.apply_failure(failure);
+                    self.on_resume_failed(failure);
                 }
             }
             CHANNEL_HISTORY => {
@@ -204,6 +204,7 @@ impl Task {
 
     fn on_subscribed(&mut self, channel: &str, incoming: &Incoming) {
         let data = incoming.system_data();
+        let v2 = self.is_v2();
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
@@ -223,17 +224,14 @@ impl Task {
             .meta
             .serial
             .or_else(|| data.get("serial").and_then(Value::as_u64));
-        if let (Some(stream_id), Some(serial)) = (stream_id, serial) {
-            let head = Position::new(stream_id, serial);
-            if !entry.gate.attach(head.clone()) {
-                entry.position.set(head);
-            }
-        }
         for w in entry.waiters.drain(..) {
             let _ = w.send(Ok(entry.presence.clone()));
         }
-        let again = entry.subscribed_once && !entry.gate.is_awaiting();
+        let again = entry.subscribed_once && !entry.resumed;
         entry.subscribed_once = true;
+        if let (true, Some(stream_id), Some(serial)) = (v2, stream_id, serial) {
+            self.on_head(channel, Position::new(stream_id, serial));
+        }
         if again {
             self.deliver(channel, ChannelEvent::Resubscribed);
         }
@@ -243,17 +241,53 @@ impl Task {
         let Some(channel) = incoming.frame.channel.clone() else {
             return;
         };
+        let now = std::time::Instant::now();
+        let v2 = self.is_v2();
         let stats = &self.stats;
         let Some(entry) = self.channels.get_mut(&channel) else {
             return;
         };
+        // Checked now, recorded when delivered: see `DedupWindow::is_duplicate`.
         if let Some(id) = incoming.meta.message_id.as_deref() {
-            if !entry.dedup.admit(id, std::time::Instant::now()) {
+            if entry.dedup.is_duplicate(id, now) {
                 stats.duplicate(&channel);
                 return;
             }
         }
-        let mut message = incoming.into_message(channel.clone());
+        let message = incoming.into_message(channel.clone());
+        if entry.kind == ChannelKind::ServerToUser {
+            if let Some(id) = message.message_id.as_deref() {
+                entry.dedup.admit(id, now);
+            }
+            StatsCell::bump(&stats.messages_delivered);
+            self.user_listeners.retain(|tx| !tx.is_closed());
+            for tx in &self.user_listeners {
+                if tx.try_send(message.clone()).is_err() {
+                    StatsCell::bump(&stats.slow_consumer_drops);
+                }
+            }
+            return;
+        }
+        if v2 {
+            self.on_stream_message(&channel, message, now);
+        } else {
+            self.present(&channel, message, now);
+        }
+    }
+
+    /// A message is due to the application: record its id (a copy that was held meanwhile
+    /// is dropped here), decrypt it, deliver it.
+    pub(crate) fn present(&mut self, channel: &str, mut message: Message, now: std::time::Instant) {
+        let stats = &self.stats;
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if let Some(id) = message.message_id.as_deref() {
+            if !entry.dedup.admit(id, now) {
+                stats.duplicate(channel);
+                return;
+            }
+        }
         if entry.kind == ChannelKind::PrivateEncrypted {
             let decrypted = match &entry.secret {
                 Some(secret) => secret.decrypt(&message.data),
@@ -267,30 +301,12 @@ impl Task {
                 Err(error) => {
                     StatsCell::bump(&stats.decryption_failures);
                     let event = message.event;
-                    self.deliver(&channel, ChannelEvent::DecryptionFailed { event, error });
+                    self.deliver(channel, ChannelEvent::DecryptionFailed { event, error });
                     return;
                 }
             }
         }
-        if entry.kind == ChannelKind::ServerToUser {
-            StatsCell::bump(&stats.messages_delivered);
-            self.user_listeners.retain(|tx| !tx.is_closed());
-            for tx in &self.user_listeners {
-                if tx.try_send(message.clone()).is_err() {
-                    StatsCell::bump(&stats.slow_consumer_drops);
-                }
-            }
-            return;
-        }
-        let Some(message) = entry.gate.admit(message) else {
-            return;
-        };
-        if let (Some(stream), Some(serial)) = (message.stream_id.as_deref(), message.serial) {
-            entry
-                .position
-                .observe(stream, serial, message.message_id.as_deref());
-        }
-        self.deliver(&channel, ChannelEvent::Message(message));
+        self.deliver(channel, ChannelEvent::Message(message));
     }
 
     /// Fan `event` out to the channel's listeners, with counters and slow-consumer reports;
@@ -303,7 +319,8 @@ impl Task {
         if matches!(event, ChannelEvent::Message(_)) && !entry.listeners.is_empty() {
             StatsCell::bump(&self.stats.messages_delivered);
         }
-        let out = entry.fanout(&event);
+        let out = entry.fanout(channel, &event);
+        StatsCell::add(&self.stats.subscriptions_lagged, out.lagged as u64);
         for _ in 0..out.slow {
             StatsCell::bump(&self.stats.slow_consumer_drops);
             let _ = self.events_tx.send(ClientEvent::SlowConsumer {
@@ -344,83 +361,19 @@ impl Task {
             sockudo_core::channel::SERVER_TO_USER_PREFIX,
             signed.user_id
         );
-        let dedup = self.opts.dedup;
         self.channels
             .retain(|name, e| e.kind != ChannelKind::ServerToUser || *name == channel);
-        self.channels.entry(channel.clone()).or_insert_with(|| {
-            crate::channels::ChannelEntry::new(ChannelKind::ServerToUser, dedup)
-        });
-        self.start_subscribe(&channel);
-    }
-
-    fn on_resume_success(&mut self, data: Value) {
-        let answer = resume::parse_success(&data);
-        for recovered in answer.recovered {
-            let Some(entry) = self.channels.get_mut(&recovered.channel) else {
-                continue;
-            };
-            if let Some(release) = entry.gate.succeed(&recovered) {
-                StatsCell::bump(&self.stats.resumes_succeeded);
-                self.release(&recovered.channel, release);
-            }
-        }
-        for failure in answer.failed {
-            self.apply_failure(failure);
-        }
-    }
-
-    /// Fail a channel's resume closed: `RecoveryFailed` strictly before its live events.
-    pub(crate) fn apply_failure(&mut self, failure: RecoveryFailure) {
-        let channel = failure.channel.clone();
-        let Some(entry) = self.channels.get_mut(&channel) else {
-            return;
-        };
-        let Some(release) = entry.gate.fail(failure.clone()) else {
-            return;
-        };
-        StatsCell::bump(&self.stats.resumes_failed);
-        let _ = self.events_tx.send(ClientEvent::RecoveryFailed(failure));
-        self.release(&channel, release);
-    }
-
-    fn release(&mut self, channel: &str, release: Release) {
-        if let Some(entry) = self.channels.get_mut(channel) {
-            if let Some(position) = release.position {
-                entry.position.set(position);
-            }
-        }
-        for event in release.events {
-            if let ChannelEvent::Message(m) = &event {
-                if let (Some(entry), Some(stream), Some(serial)) = (
-                    self.channels.get_mut(channel),
-                    m.stream_id.as_deref(),
-                    m.serial,
-                ) {
-                    entry
-                        .position
-                        .observe(stream, serial, m.message_id.as_deref());
-                }
-            }
-            self.deliver(channel, event);
-        }
-    }
-
-    pub(crate) fn check_resume_timeouts(&mut self, now: std::time::Instant) {
-        let timeout = self.opts.resume_timeout;
-        let overdue: Vec<String> = self
-            .channels
-            .iter()
-            .filter(|(_, e)| e.gate.overdue(now, timeout))
-            .map(|(c, _)| c.clone())
-            .collect();
-        for channel in overdue {
-            let failure = RecoveryFailure::client_side(
+        if !self.channels.contains_key(&channel) {
+            let entry = crate::channels::ChannelEntry::new(
                 &channel,
-                CODE_RESUME_TIMEOUT,
-                "no resume verdict from the server in time",
+                ChannelKind::ServerToUser,
+                self.opts.dedup,
+                self.hold_budget.clone(),
+                self.opts.resume_timeout,
             );
-            self.apply_failure(failure);
+            self.channels.insert(channel.clone(), entry);
         }
+        self.start_subscribe(&channel);
     }
 
     pub(crate) fn on_auth(&mut self, done: AuthDone) {
@@ -504,7 +457,6 @@ impl Task {
                     Some(&auth.auth),
                     auth.channel_data.as_deref(),
                 ));
-                self.subscribe_sent(&channel);
             }
             AuthDone::User { epoch, result } => {
                 if epoch != self.epoch || self.socket_id.is_none() {

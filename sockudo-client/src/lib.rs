@@ -12,10 +12,38 @@
 //! [`Authorizer`] or an [`HttpAuthorizer`]; user signin and user events; client events whose
 //! refusal comes back as an error; reconnect by close code (4000–4099 never, 4100–4199 after
 //! backoff, 4200–4299 at once) with jittered exponential [`Backoff`], resubscribing every
-//! channel. With V2 it keeps each channel's position, sends `sockudo:resume` after a
-//! reconnect and fails closed: a [`ChannelEvent::RecoveryFailed`] comes before any new live
-//! event of that channel, and [`Client::history`] backfills. A bounded per-channel window of
-//! message ids drops redeliveries ([`Client::stats`] counts them).
+//! channel. With V2 it keeps each channel's position, checks every frame's serial against
+//! it, resumes after a reconnect and whenever a live gap opens, and fails closed (below).
+//!
+//! # Guarantees (V2)
+//! What a [`Subscription`] yields for a channel:
+//! - **In order.** Per `stream_id`, message serials strictly increase. A frame that arrives
+//!   ahead of a missing serial is held (bounded: [`ClientOptions::gap_buffer`]) while the
+//!   client sends `sockudo:resume` for that channel; the replay (or the late frame) fills
+//!   the gap and the held frames follow in serial order.
+//! - **No duplicates.** A frame at or behind the channel's position, or whose `message_id`
+//!   is in the bounded per-channel window, is dropped and counted
+//!   ([`Stats::duplicates_dropped`]).
+//! - **Never a silent gap.** Wherever continuity cannot be proven — the server cannot
+//!   replay (`resume_failed`, answered or unasked), no answer within
+//!   [`ClientOptions::resume_timeout`], the hold bound is exceeded, the stream was reset
+//!   (another `stream_id`), the reconnect resume failed, or this subscription's own buffer
+//!   overflowed (`client_lagged`) — a [`ChannelEvent::RecoveryFailed`] is yielded exactly
+//!   there: after the last event before the hole and before any event after it. Then the
+//!   channel continues live; [`Client::history`] can backfill. (`client_lagged` applies to
+//!   protocol 7 subscriptions too; [`UserEvents`] only counts its drops.)
+//!
+//! This relies on the server numbering each channel's messages without holes as this
+//! connection sees them and answering a `sockudo:resume` for a channel at any time. A
+//! message the server withholds from this connection (its own client events, a publish
+//! excluding its `socket_id`) still takes a serial: until the server tells the connection
+//! so, that hole looks like a gap and is resumed (or reported) like any other.
+//!
+//! After a reconnect the client sends its subscribes and, right behind them, one
+//! `sockudo:resume` with every channel position; a proven resume yields
+//! [`ChannelEvent::Recovered`] followed by the missed events. [`Client::stats`] counts
+//! duplicates, gaps detected and filled, recovery failures and lagging subscriptions, and
+//! [`Client::events`] carries every continuity `RecoveryFailed` too.
 //!
 //! # Layout
 //! - [`client`] — [`Client`], the handle.
@@ -27,8 +55,11 @@
 //! - [`auth`] — [`Authorizer`], [`authorizer_fn`], [`HttpAuthorizer`].
 //! - [`presence`], [`encrypted`] — presence bookkeeping and secretbox decryption.
 //! - [`backoff`] — [`Backoff`], [`ExponentialBackoff`] and the close-code policy.
-//! - [`positions`], [`resume`], [`dedup`], [`history`] — V2 positions, the resume gate,
-//!   duplicate suppression and backfill — pure logic, unit-tested.
+//! - [`continuity`] — the per-channel gap state machine (in order, duplicate, gap, resume
+//!   verdicts, stream reset) — pure logic, unit- and property-tested.
+//! - `recovery` — the connection task carrying out its decisions (private).
+//! - [`positions`], [`resume`], [`dedup`], [`history`] — V2 positions, the resume frames
+//!   and answers, duplicate suppression and backfill — pure logic, unit-tested.
 //! - [`error`] — [`Error`] with a stable [`ErrorKind`].
 //!
 //! Wire types (frames, event names, channel classification, user ids) are sockudo-core's.
@@ -65,6 +96,7 @@ mod channels;
 pub mod client;
 mod command;
 mod connection;
+pub mod continuity;
 pub mod dedup;
 pub mod encrypted;
 pub mod error;
@@ -75,6 +107,7 @@ pub mod history;
 pub mod options;
 pub mod positions;
 pub mod presence;
+mod recovery;
 pub mod resume;
 pub mod state;
 pub mod stats;
@@ -87,6 +120,7 @@ pub use auth::{
 pub use backoff::{Backoff, ConstantBackoff, ExponentialBackoff};
 pub use client::Client;
 pub use command::SignedIn;
+pub use continuity::GapLimits;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{ChannelEvent, ClientEvent, Member, Message, RecoveryFailure};
 pub use history::{HistoryPage, HistoryQuery};

@@ -7,6 +7,7 @@ use sockudo_core::protocol::ProtocolVersion;
 
 use crate::auth::{Authorizer, SharedAuthorizer};
 use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::continuity::GapLimits;
 use crate::dedup::DedupConfig;
 use crate::error::{Error, Result};
 
@@ -46,6 +47,7 @@ pub struct ClientOptions {
     pub(crate) retry_on_initial_connect: bool,
     pub(crate) dedup: DedupConfig,
     pub(crate) subscription_capacity: usize,
+    pub(crate) gap_limits: GapLimits,
     pub(crate) authorizer: Option<SharedAuthorizer>,
 }
 
@@ -62,6 +64,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("backoff", &self.backoff)
             .field("max_reconnects", &self.max_reconnects)
             .field("dedup", &self.dedup)
+            .field("gap_limits", &self.gap_limits)
             .field("authorizer", &self.authorizer)
             .finish_non_exhaustive()
     }
@@ -89,6 +92,7 @@ impl ClientOptions {
             retry_on_initial_connect: false,
             dedup: DedupConfig::default(),
             subscription_capacity: 4096,
+            gap_limits: GapLimits::default(),
             authorizer: None,
         }
     }
@@ -206,7 +210,9 @@ impl ClientOptions {
         self
     }
 
-    /// V2: how long a resumed channel waits for the server's verdict before failing closed.
+    /// V2: how long a resumed channel waits for the server's verdict, and a live serial gap
+    /// for its repair, before failing closed with `RecoveryFailed` (`resume_timeout`).
+    /// Default 10 s.
     pub fn resume_timeout(mut self, timeout: Duration) -> Self {
         self.resume_timeout = timeout;
         self
@@ -238,9 +244,20 @@ impl ClientOptions {
         self
     }
 
-    /// Events buffered per subscription before a slow consumer starts losing events.
+    /// Events buffered per subscription before a slow consumer starts losing events. The
+    /// loss is never silent: the stream then yields a `RecoveryFailed` with code
+    /// [`client_lagged`](crate::subscription::CODE_CLIENT_LAGGED) where events are missing.
+    /// Default 4096.
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
         self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// V2: how many frames may wait behind live gaps and resume verdicts, per channel and
+    /// across all channels (defaults 1,000 and 10,000). Past either bound the channel gives
+    /// up waiting: `RecoveryFailed` (`gap_overflow`), then the held frames.
+    pub fn gap_buffer(mut self, per_channel: usize, total: usize) -> Self {
+        self.gap_limits = GapLimits { per_channel, total };
         self
     }
 

@@ -1,21 +1,18 @@
-//! V2 resume: building `sockudo:resume`, reading its answers, and the per-channel gate that
-//! enforces "fail closed".
+//! V2 resume on the wire: building `sockudo:resume` and reading its answers.
 //!
-//! After a reconnect every channel with a stored position is put behind a [`RecoveryGate`].
-//! While the gate waits for the server's verdict, everything that arrives for the channel
-//! (replayed and live events alike) is held back. A success releases a `Recovered` marker and
-//! then the held events in stream order; a failure releases `RecoveryFailed` **first** and
-//! only then the held (live) events. Without a verdict nothing is ever presented as
-//! recovered. Pure logic: the connection task feeds it frames and the clock.
-
-use std::time::{Duration, Instant};
+//! The client sends one `sockudo:resume` with every channel's position right behind its
+//! subscribes after a reconnect, and one for a single channel when a live gap opens. The
+//! server may answer channel by channel: several `resume_success` frames (each listing some
+//! channels as `recovered` or `failed`) and bare per-channel `resume_failed` frames, in any
+//! order relative to other channels' `subscription_succeeded`. What an answer means for a
+//! channel is decided by its [`Continuity`](crate::continuity::Continuity).
 
 use serde::Deserialize;
 use serde_json::Value;
 use sockudo_core::protocol::events::Family;
 use sockudo_core::protocol::OutboundFrame;
 
-use crate::event::{ChannelEvent, Message, RecoveryFailure};
+use crate::event::RecoveryFailure;
 use crate::positions::Position;
 
 /// Event name (without family prefix) of the resume request and its answers.
@@ -133,180 +130,9 @@ pub fn parse_success(data: &Value) -> ResumeSuccess {
     ResumeSuccess { recovered, failed }
 }
 
-/// What a resolved gate hands back: events to deliver in this order, and the position the
-/// channel continues from (before the released messages advance it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Release {
-    pub events: Vec<ChannelEvent>,
-    pub position: Option<Position>,
-}
-
-#[derive(Debug, Clone)]
-enum GateState {
-    Live,
-    Awaiting {
-        since: Instant,
-        held: Vec<Message>,
-        attach: Option<Position>,
-        previous: Option<Position>,
-    },
-}
-
-/// The fail-closed gate of one channel.
-#[derive(Debug, Clone)]
-pub struct RecoveryGate {
-    state: GateState,
-}
-
-impl Default for RecoveryGate {
-    fn default() -> Self {
-        RecoveryGate {
-            state: GateState::Live,
-        }
-    }
-}
-
-impl RecoveryGate {
-    /// Start waiting for a verdict on a resume from `previous`.
-    pub fn begin(&mut self, previous: Option<Position>, now: Instant) {
-        self.state = GateState::Awaiting {
-            since: now,
-            held: Vec::new(),
-            attach: None,
-            previous,
-        };
-    }
-
-    pub fn is_awaiting(&self) -> bool {
-        matches!(self.state, GateState::Awaiting { .. })
-    }
-
-    /// Pass a message through: `Some` to deliver now, `None` when held.
-    pub fn admit(&mut self, message: Message) -> Option<Message> {
-        match &mut self.state {
-            GateState::Live => Some(message),
-            GateState::Awaiting { held, .. } => {
-                held.push(message);
-                None
-            }
-        }
-    }
-
-    /// Record the subscription head seen while waiting (the fallback position on failure).
-    /// Returns false when the gate is live (the caller applies the position itself).
-    pub fn attach(&mut self, position: Position) -> bool {
-        match &mut self.state {
-            GateState::Live => false,
-            GateState::Awaiting { attach, .. } => {
-                *attach = Some(position);
-                true
-            }
-        }
-    }
-
-    /// The server proved continuity: `Recovered`, then the held events in stream order
-    /// (anything at or before the pre-disconnect position is dropped as already seen).
-    pub fn succeed(&mut self, recovered: &Recovered) -> Option<Release> {
-        let GateState::Awaiting {
-            mut held, previous, ..
-        } = std::mem::replace(&mut self.state, GateState::Live)
-        else {
-            return None;
-        };
-        held.sort_by_key(|m| m.serial);
-        let mut events = vec![ChannelEvent::Recovered {
-            source: recovered.source.clone(),
-            replayed: recovered.replayed,
-        }];
-        events.extend(
-            held.into_iter()
-                .filter(|m| !already_seen(previous.as_ref(), m))
-                .map(ChannelEvent::Message),
-        );
-        Some(Release {
-            events,
-            position: Some(recovered.position.clone()),
-        })
-    }
-
-    /// The server (or the clock) refused continuity: `RecoveryFailed` first, then the held
-    /// live events. The channel continues from the subscription head.
-    pub fn fail(&mut self, failure: RecoveryFailure) -> Option<Release> {
-        let GateState::Awaiting {
-            mut held,
-            attach,
-            previous,
-            ..
-        } = std::mem::replace(&mut self.state, GateState::Live)
-        else {
-            return None;
-        };
-        held.sort_by_key(|m| m.serial);
-        let mut events = vec![ChannelEvent::RecoveryFailed(failure)];
-        events.extend(
-            held.into_iter()
-                .filter(|m| !already_seen(previous.as_ref(), m))
-                .map(ChannelEvent::Message),
-        );
-        Some(Release {
-            events,
-            position: attach,
-        })
-    }
-
-    /// Whether the verdict is overdue at `now`.
-    pub fn overdue(&self, now: Instant, timeout: Duration) -> bool {
-        matches!(&self.state, GateState::Awaiting { since, .. } if now.saturating_duration_since(*since) >= timeout)
-    }
-
-    /// When the verdict becomes overdue (`None` when not waiting).
-    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        match &self.state {
-            GateState::Awaiting { since, .. } => Some(*since + timeout),
-            GateState::Live => None,
-        }
-    }
-
-    /// The connection dropped while waiting: forget the held events (they will be replayed
-    /// or reported by the next resume, which starts from the unchanged position).
-    pub fn abandon(&mut self) {
-        self.state = GateState::Live;
-    }
-}
-
-fn already_seen(previous: Option<&Position>, m: &Message) -> bool {
-    match (previous, m.stream_id.as_deref(), m.serial) {
-        (Some(p), Some(stream), Some(serial)) => p.stream_id == stream && serial <= p.serial,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(serial: u64) -> Message {
-        Message {
-            channel: "c".into(),
-            event: "e".into(),
-            data: Value::Null,
-            user_id: None,
-            message_id: Some(format!("m{serial}")),
-            serial: Some(serial),
-            stream_id: Some("s1".into()),
-            extras: None,
-        }
-    }
-
-    fn serials(events: &[ChannelEvent]) -> Vec<Option<u64>> {
-        events
-            .iter()
-            .map(|e| match e {
-                ChannelEvent::Message(m) => m.serial,
-                _ => None,
-            })
-            .collect()
-    }
 
     #[test]
     fn builds_resume_frame() {
@@ -355,85 +181,5 @@ mod tests {
         );
         assert_eq!(f.map(|f| f.channel), Some("y".to_owned()));
         assert!(parse_failure(None, &serde_json::json!({"code":"stream_reset"})).is_none());
-    }
-
-    #[test]
-    fn live_gate_passes_everything() {
-        let mut g = RecoveryGate::default();
-        assert!(g.admit(msg(1)).is_some());
-        assert!(!g.attach(Position::new("s1", 1)));
-        assert!(g
-            .fail(RecoveryFailure::client_side("c", "x", "y"))
-            .is_none());
-    }
-
-    #[test]
-    fn failure_is_reported_before_any_live_event() {
-        let now = Instant::now();
-        let mut g = RecoveryGate::default();
-        g.begin(Some(Position::new("s1", 5)), now);
-        assert!(g.attach(Position::new("s2", 40)));
-        assert!(g.admit(msg(41)).is_none(), "held while waiting");
-        assert!(g.admit(msg(42)).is_none());
-        let failure = RecoveryFailure::client_side("c", "stream_reset", "reset");
-        let Some(release) = g.fail(failure.clone()) else {
-            panic!("gate was awaiting")
-        };
-        assert_eq!(release.events[0], ChannelEvent::RecoveryFailed(failure));
-        assert_eq!(serials(&release.events[1..]), vec![Some(41), Some(42)]);
-        assert_eq!(release.position, Some(Position::new("s2", 40)));
-        assert!(!g.is_awaiting());
-        assert!(g.admit(msg(43)).is_some());
-    }
-
-    #[test]
-    fn success_releases_in_stream_order_without_already_seen() {
-        let now = Instant::now();
-        let mut g = RecoveryGate::default();
-        g.begin(Some(Position::new("s1", 5)), now);
-        for s in [8, 5, 6, 7] {
-            assert!(g.admit(msg(s)).is_none());
-        }
-        let recovered = Recovered {
-            channel: "c".into(),
-            source: "hot".into(),
-            replayed: 3,
-            position: Position::new("s1", 8),
-        };
-        let Some(release) = g.succeed(&recovered) else {
-            panic!("gate was awaiting")
-        };
-        assert_eq!(
-            release.events[0],
-            ChannelEvent::Recovered {
-                source: "hot".into(),
-                replayed: 3
-            }
-        );
-        assert_eq!(
-            serials(&release.events[1..]),
-            vec![Some(6), Some(7), Some(8)]
-        );
-        assert_eq!(release.position, Some(Position::new("s1", 8)));
-    }
-
-    #[test]
-    fn timeout_and_abandon() {
-        let now = Instant::now();
-        let mut g = RecoveryGate::default();
-        g.begin(None, now);
-        assert!(!g.overdue(now + Duration::from_secs(1), Duration::from_secs(5)));
-        assert!(g.overdue(now + Duration::from_secs(5), Duration::from_secs(5)));
-        g.admit(msg(1));
-        g.abandon();
-        assert!(!g.is_awaiting());
-        assert!(g
-            .succeed(&Recovered {
-                channel: "c".into(),
-                source: String::new(),
-                replayed: 0,
-                position: Position::new("s", 1)
-            })
-            .is_none());
     }
 }

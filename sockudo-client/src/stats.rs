@@ -16,6 +16,9 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Events dropped because a subscription's buffer was full.
     pub slow_consumer_drops: u64,
+    /// `RecoveryFailed` markers with code `client_lagged` put on subscription streams (one
+    /// per stretch of dropped events).
+    pub subscriptions_lagged: u64,
     /// Encrypted events that could not be decrypted.
     pub decryption_failures: u64,
     /// Connections established after the first one.
@@ -24,6 +27,15 @@ pub struct Stats {
     pub resumes_succeeded: u64,
     /// V2 channels whose resume failed (including client-side timeouts).
     pub resumes_failed: u64,
+    /// V2 live gaps: a frame arrived with a serial beyond the next one, so later frames were
+    /// held and a `sockudo:resume` sent for the channel.
+    pub gaps_detected: u64,
+    /// Of those, gaps closed with every missing serial delivered (replay or late arrival).
+    pub gaps_filled: u64,
+    /// V2 `RecoveryFailed` events surfaced for any reason (resume verdicts, live gaps the
+    /// server could not fill, stream resets, unsolicited `resume_failed`, timeouts, the hold
+    /// bound); `client_lagged` markers are counted in `subscriptions_lagged` instead.
+    pub recovery_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -32,15 +44,25 @@ pub(crate) struct StatsCell {
     pub duplicates_by_channel: Mutex<BTreeMap<String, u64>>,
     pub messages_delivered: AtomicU64,
     pub slow_consumer_drops: AtomicU64,
+    pub subscriptions_lagged: AtomicU64,
     pub decryption_failures: AtomicU64,
     pub reconnects: AtomicU64,
     pub resumes_succeeded: AtomicU64,
     pub resumes_failed: AtomicU64,
+    pub gaps_detected: AtomicU64,
+    pub gaps_filled: AtomicU64,
+    pub recovery_failures: AtomicU64,
 }
 
 impl StatsCell {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn duplicate(&self, channel: &str) {
@@ -59,10 +81,14 @@ impl StatsCell {
             duplicates_by_channel: self.duplicates_by_channel.lock().clone(),
             messages_delivered: get(&self.messages_delivered),
             slow_consumer_drops: get(&self.slow_consumer_drops),
+            subscriptions_lagged: get(&self.subscriptions_lagged),
             decryption_failures: get(&self.decryption_failures),
             reconnects: get(&self.reconnects),
             resumes_succeeded: get(&self.resumes_succeeded),
             resumes_failed: get(&self.resumes_failed),
+            gaps_detected: get(&self.gaps_detected),
+            gaps_filled: get(&self.gaps_filled),
+            recovery_failures: get(&self.recovery_failures),
         }
     }
 }

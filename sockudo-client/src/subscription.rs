@@ -10,9 +10,21 @@ use crate::command::{Command, CommandSender};
 use crate::event::{ChannelEvent, Member, Message};
 use crate::presence::SharedPresence;
 
+/// The code of the [`ChannelEvent::RecoveryFailed`] a [`Subscription`] yields when its
+/// buffer was full and events were dropped (the consumer did not keep up).
+pub const CODE_CLIENT_LAGGED: &str = "client_lagged";
+
 /// The events of one subscribed channel, as a `Stream`. Dropping the last subscription of a
 /// channel unsubscribes it. The stream ends when the channel is unsubscribed or the client
 /// closes.
+///
+/// Events are buffered up to
+/// [`subscription_capacity`](crate::ClientOptions::subscription_capacity). A consumer that
+/// falls behind loses events, but never silently: the stream yields a
+/// [`ChannelEvent::RecoveryFailed`] with code [`CODE_CLIENT_LAGGED`] exactly where events
+/// are missing (after those buffered before, before those that follow once it caught up),
+/// counted in [`Stats::subscriptions_lagged`](crate::Stats::subscriptions_lagged) and
+/// [`Stats::slow_consumer_drops`](crate::Stats::slow_consumer_drops).
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) channel: String,
@@ -32,7 +44,8 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// The next [`ChannelEvent::Message`], skipping other events.
+    /// The next [`ChannelEvent::Message`], skipping other events, `RecoveryFailed` included:
+    /// use [`recv`](Self::recv) (or the `Stream`) where gaps matter.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
             if let ChannelEvent::Message(m) = self.rx.recv().await? {

@@ -3,112 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use fake::*;
+use serde_json::json;
 use sockudo_client::{
     ChannelEvent, Client, ClientOptions, ConstantBackoff, HistoryQuery, Protocol, Subscription,
 };
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// A server that hands each accepted WebSocket to the test, in order.
-async fn fake_server() -> (String, mpsc::Receiver<Ws>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                if tx.send(ws).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    (url, rx)
-}
-
-async fn accept(conns: &mut mpsc::Receiver<Ws>, socket_id: &str) -> Ws {
-    let mut ws = tokio::time::timeout(WAIT, conns.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let data = json!({"socket_id": socket_id, "activity_timeout": 120}).to_string();
-    send(
-        &mut ws,
-        json!({"event": "sockudo:connection_established", "data": data}),
-    )
-    .await;
-    ws
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(WsMessage::text(frame.to_string())).await.unwrap();
-}
-
-/// The next frame named `event`, with its data decoded.
-async fn expect(ws: &mut Ws, event: &str) -> (Value, Value) {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let WsMessage::Text(text) = msg else { continue };
-        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-        if frame["event"] == event {
-            let data = match &frame["data"] {
-                Value::String(s) => serde_json::from_str(s).unwrap(),
-                other => other.clone(),
-            };
-            return (frame, data);
-        }
-    }
-}
-
-fn subscribed(channel: &str, stream_id: &str, serial: u64) -> Value {
-    json!({"event": "sockudo_internal:subscription_succeeded", "channel": channel,
-           "data": json!({"stream_id": stream_id, "serial": serial}).to_string()})
-}
-
-fn message(channel: &str, stream_id: &str, serial: u64) -> Value {
-    json!({"event": "update", "channel": channel, "data": format!("payload {serial}"),
-           "message_id": format!("m{serial}"), "serial": serial, "stream_id": stream_id})
-}
-
-async fn client(url: &str) -> Client {
-    let opts = ClientOptions::new("app-key")
-        .url(url)
-        .unwrap()
-        .protocol(Protocol::V2)
-        .backoff(ConstantBackoff(Duration::from_millis(50)))
-        .request_timeout(WAIT);
-    Client::connect(opts).await.unwrap()
-}
-
-async fn next(sub: &mut Subscription) -> ChannelEvent {
-    tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-fn serial_of(event: &ChannelEvent) -> Option<u64> {
-    match event {
-        ChannelEvent::Message(m) => m.serial,
-        _ => None,
-    }
-}
 
 #[tokio::test]
 async fn redelivered_frames_are_delivered_once() {
@@ -172,7 +78,7 @@ async fn resume_success_replays_then_goes_live() {
     let (_, resume) = expect(&mut ws, "sockudo:resume").await;
     assert_eq!(
         resume["channel_positions"]["chat"],
-        json!({"stream_id": "s1", "serial": 6, "last_message_id": "m6"})
+        json!({"stream_id": "s1", "serial": 6, "last_message_id": "s1:6"})
     );
     send(&mut ws, subscribed("chat", "s1", 8)).await;
     send(&mut ws, message("chat", "s1", 7)).await; // replayed
@@ -180,7 +86,7 @@ async fn resume_success_replays_then_goes_live() {
     send(&mut ws, message("chat", "s1", 8)).await; // replayed
     send(&mut ws, message("chat", "s1", 9)).await; // live, before the verdict
     let verdict = json!({"recovered": [{"channel": "chat", "source": "hot", "replayed": 2,
-                         "position": {"stream_id": "s1", "serial": 8, "last_message_id": "m8"}}], "failed": []});
+                         "position": {"stream_id": "s1", "serial": 8, "last_message_id": "s1:8"}}], "failed": []});
     send(
         &mut ws,
         json!({"event": "sockudo:resume_success", "data": verdict.to_string()}),
