@@ -408,3 +408,35 @@ async fn subscription_succeeded_carries_the_position_at_the_top_level_too() {
     assert_eq!(sub["serial"], 1, "{sub}");
     assert_eq!(sub["stream_id"], sub["data"]["stream_id"], "{sub}");
 }
+
+#[tokio::test]
+async fn the_excluded_publisher_learns_the_serial_it_did_not_get() {
+    let node = TestNode::start(settings(vec![test_app()])).await;
+    let mut sender = v2_client(&node).await;
+    let mut other = v2_client(&node).await;
+    let mut v1 = node.client("app-key").await;
+    v2_subscribe(&mut sender, "talk").await;
+    v2_subscribe(&mut other, "talk").await;
+    v1.send_json(&json!({"event": "pusher:subscribe", "data": {"channel": "talk"}}))
+        .await;
+    v1.recv_event("pusher_internal:subscription_succeeded", WAIT)
+        .await;
+    for socket_id in [sender.socket_id.clone(), v1.socket_id.clone()] {
+        let body = json!({"name": "ev", "channel": "talk", "data": "x", "socket_id": socket_id});
+        let (status, resp) = node.api(&test_app()).publish(&body).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+    let pos = sender.recv_event("sockudo_internal:position", WAIT).await;
+    assert_eq!(
+        (pos["channel"].clone(), pos["serial"].clone()),
+        (json!("talk"), json!(1))
+    );
+    assert_eq!(sender.recv_event("ev", WAIT).await["serial"], 2);
+    assert_eq!(other.recv_event("ev", WAIT).await["serial"], 1);
+    assert_eq!(other.recv_event("ev", WAIT).await["serial"], 2);
+    // A protocol 7 publisher is simply not sent its own message (it gets the sender's).
+    v1.recv_event("ev", WAIT).await;
+    v1.expect_no_event("ev", common::QUIET).await;
+    v1.expect_no_event("pusher_internal:position", common::QUIET)
+        .await;
+}

@@ -15,6 +15,9 @@ pub const CACHE_MISS: &str = "cache_miss";
 pub const SUBSCRIPTION_SUCCEEDED: &str = "subscription_succeeded";
 pub const MEMBER_ADDED: &str = "member_added";
 pub const MEMBER_REMOVED: &str = "member_removed";
+/// V2 only: a serial taken by a message withheld from this connection (see
+/// `OutboundFrame::position`).
+pub const POSITION: &str = "position";
 
 /// Prefix of events clients may send to each other.
 pub const CLIENT_EVENT_PREFIX: &str = "client-";

@@ -268,6 +268,32 @@ impl OutboundFrame {
         stream_id: &str,
         serial: u64,
     ) -> String {
+        Self::internal_at(
+            family,
+            events::SUBSCRIPTION_SUCCEEDED,
+            channel,
+            data,
+            stream_id,
+            serial,
+        )
+    }
+
+    /// V2 `sockudo_internal:position`: the publisher of a message withheld from it (its own
+    /// client event, an API publish excluding its socket) learns that `serial` was used, so
+    /// the skipped serial is not a gap to it.
+    pub fn position(family: Family, channel: &str, stream_id: &str, serial: u64) -> String {
+        Self::internal_at(family, events::POSITION, channel, "{}", stream_id, serial)
+    }
+
+    /// An internal event with the stream position at the top level of the frame.
+    fn internal_at(
+        family: Family,
+        name: &str,
+        channel: &str,
+        data: &str,
+        stream_id: &str,
+        serial: u64,
+    ) -> String {
         #[derive(Serialize)]
         struct Positioned<'a> {
             event: &'a str,
@@ -276,11 +302,7 @@ impl OutboundFrame {
             stream_id: &'a str,
             serial: u64,
         }
-        let event = format!(
-            "{}{}",
-            family.internal_prefix(),
-            events::SUBSCRIPTION_SUCCEEDED
-        );
+        let event = format!("{}{}", family.internal_prefix(), name);
         to_json(&Positioned {
             event: &event,
             channel,

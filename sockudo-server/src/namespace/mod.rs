@@ -13,7 +13,8 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use sockudo_core::protocol::ProtocolVersion;
+use sockudo_core::protocol::events::Family;
+use sockudo_core::protocol::{OutboundFrame, ProtocolVersion};
 
 use sockudo_core::adapter::MemberEvent;
 
@@ -381,6 +382,7 @@ fn fanout_to(key: &Arc<str>, ch: &Channel, d: &Delivery<'_>) -> usize {
     let mut n = 0;
     for (sid, sub) in &ch.subscribers {
         if d.except.is_some_and(|e| e == &**sid) {
+            withheld(key, sub, d);
             continue;
         }
         let sent = match (sub.conn.protocol, &d.v2, d.serial) {
@@ -396,6 +398,19 @@ fn fanout_to(key: &Arc<str>, ch: &Channel, d: &Delivery<'_>) -> usize {
         }
     }
     n
+}
+
+/// The excluded publisher of a positioned message: a V2 connection is told the serial was
+/// used (`sockudo_internal:position`), so the hole in its serials is not a gap to resume.
+/// Built for this one connection only (at most one per broadcast).
+fn withheld(key: &Arc<str>, sub: &Subscriber, d: &Delivery<'_>) {
+    if let (ProtocolVersion::V2, Some(serial), Some(stream_id)) =
+        (sub.conn.protocol, d.serial, d.stream_id)
+    {
+        let frame = OutboundFrame::position(Family::Sockudo, key, stream_id, serial);
+        sub.conn
+            .send_positioned(key, Some(stream_id), serial, frame.into());
+    }
 }
 
 #[cfg(test)]
