@@ -8,6 +8,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sockudo-target}"
 if [ ! -d conformance/node_modules ]; then
   (cd conformance && npm ci --no-audit --no-fund)
 fi
+# The real sockudo-python client (sockudo-testkit/tests/python_resume.rs) runs from a
+# virtualenv outside the clone; pip keeps its downloads in ~/.cache/pip.
+pyenv="${SOCKUDO_PYENV:-$HOME/.cache/sockudo-pyenv}"
+if ! "$pyenv/bin/python" -c 'import sockudo_python' >/dev/null 2>&1 \
+   || ! cmp -s conformance/python/requirements.txt "$pyenv/.requirements.txt"; then
+  python3 -m venv "$pyenv"
+  "$pyenv/bin/pip" install --quiet --disable-pip-version-check -r conformance/python/requirements.txt
+  cp conformance/python/requirements.txt "$pyenv/.requirements.txt"
+fi
+export SOCKUDO_PYTHON="$pyenv/bin/python"
+
 cargo test --workspace --all-targets
 if [ -f conformance/run.sh ]; then
   bash conformance/run.sh
