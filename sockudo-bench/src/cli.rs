@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, default_value = "app-id")]
     pub app_id: String,
 
+    /// Protocol of the subscribers: 7 (Pusher) or 2 (Sockudo V2: broadcasts carry
+    /// `message_id`, `serial` and `stream_id`, and pass through the node's live sequence).
+    #[arg(long, default_value_t = 7)]
+    pub protocol: u8,
+
     /// App key (WebSocket path and `auth_key`).
     #[arg(long, default_value = "app-key")]
     pub key: String,
@@ -181,6 +186,9 @@ impl Args {
         if self.channels == 0 {
             return Err("--channels must be at least 1".into());
         }
+        if !matches!(self.protocol, 2 | 7) {
+            return Err("--protocol must be 7 or 2".into());
+        }
         if self.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
         }
@@ -239,9 +247,10 @@ impl Args {
     /// Full WebSocket URL a client connects to.
     pub fn ws_url(&self) -> String {
         format!(
-            "{}/app/{}?protocol=7&client=bench&version=1.0",
+            "{}/app/{}?protocol={}&client=bench&version=1.0",
             self.url.trim_end_matches('/'),
-            self.key
+            self.key,
+            self.protocol
         )
     }
 }

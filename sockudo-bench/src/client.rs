@@ -215,7 +215,7 @@ pub async fn run(
                     let now = stats.clock.now_ns();
                     if let Some(sent) = payload::parse_send_ts(&text) {
                         stats.record_delivery(sent, now);
-                    } else if text.contains("\"pusher:ping\"") {
+                    } else if text.contains("\"pusher:ping\"") || text.contains("\"sockudo:ping\"") {
                         if ws.send(Message::text(PONG)).await.is_err() {
                             stats.note_error("failed to send pusher:pong".into());
                             stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -252,39 +252,34 @@ async fn handshake(url: &str, channel: &str) -> Result<Ws, String> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    wait_for(&mut ws, "pusher:connection_established", None).await?;
+    wait_for(&mut ws, "connection_established", None).await?;
     let subscribe =
         serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string();
     ws.send(Message::text(subscribe))
         .await
         .map_err(|e| format!("send subscribe: {e}"))?;
-    wait_for(
-        &mut ws,
-        "pusher_internal:subscription_succeeded",
-        Some(channel),
-    )
-    .await?;
+    wait_for(&mut ws, "subscription_succeeded", Some(channel)).await?;
     Ok(ws)
 }
 
-/// Read frames until `event` (on `channel`, if given); a `pusher:error`, subscription error or
-/// close is an error. Other frames are skipped.
+/// Read frames until `event` of either family (`pusher:` / `pusher_internal:` on protocol 7,
+/// `sockudo:` / `sockudo_internal:` on V2), on `channel` if given; an error, subscription error
+/// or close is an error. Other frames are skipped.
 async fn wait_for(ws: &mut Ws, event: &str, channel: Option<&str>) -> Result<(), String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 let frame: Frame = serde_json::from_str(&text)
                     .map_err(|e| format!("bad frame while waiting for {event}: {e}"))?;
-                if frame.event == event
-                    && (channel.is_none() || frame.channel.as_deref() == channel)
-                {
+                let name = frame.event.rsplit(':').next().unwrap_or_default();
+                if name == event && (channel.is_none() || frame.channel.as_deref() == channel) {
                     return Ok(());
                 }
-                if frame.event == "pusher:error" || frame.event == "pusher:subscription_error" {
+                if name == "error" || name == "subscription_error" {
                     let data = frame.data.map(|d| d.to_string()).unwrap_or_default();
                     return Err(format!("{} while waiting for {event}: {data}", frame.event));
                 }
-                if frame.event == "pusher:ping" {
+                if name == "ping" {
                     ws.send(Message::text(PONG))
                         .await
                         .map_err(|e| format!("send pong: {e}"))?;
