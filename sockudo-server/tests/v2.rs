@@ -440,3 +440,90 @@ async fn the_excluded_publisher_learns_the_serial_it_did_not_get() {
     v1.expect_no_event("pusher_internal:position", common::QUIET)
         .await;
 }
+
+/// Store a message in the channel's history without broadcasting it: what a publisher that
+/// died between the append and the broker leaves behind.
+async fn append_unsent(node: &TestNode, channel: &str, data: &str) -> u64 {
+    let history = node.node.history.as_ref().expect("history on");
+    let channel_owned = channel.to_owned();
+    let data = data.to_owned();
+    let frame_for = move |stream_id: &str, serial: u64| {
+        json!({"event": "ev", "channel": channel_owned, "data": data,
+               "message_id": format!("unsent-{serial}"), "serial": serial, "stream_id": stream_id})
+        .to_string()
+        .into()
+    };
+    let id = format!("unsent-{}", rand_suffix());
+    history
+        .append(
+            &test_app().id,
+            channel,
+            &id,
+            std::time::Duration::from_secs(60),
+            &frame_for,
+        )
+        .await
+        .unwrap()
+        .serial
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test]
+async fn a_live_gap_is_repaired_from_history_before_later_messages() {
+    let mut s = settings(vec![test_app()]);
+    s.live_gap_wait_ms = 50;
+    let node = TestNode::start(s).await;
+    let mut v2 = v2_client(&node).await;
+    let mut v1 = node.client("app-key").await;
+    v2_subscribe(&mut v2, "gap").await;
+    v1.send_json(&json!({"event": "pusher:subscribe", "data": {"channel": "gap"}}))
+        .await;
+    v1.recv_event("pusher_internal:subscription_succeeded", WAIT)
+        .await;
+    assert_eq!(append_unsent(&node, "gap", "lost").await, 1);
+    publish(&node, "gap", "after", None).await;
+    let first = v2.recv_event("ev", WAIT).await;
+    assert_eq!(
+        (first["serial"].clone(), first["data"].clone()),
+        (json!(1), json!("lost"))
+    );
+    assert_eq!(v2.recv_event("ev", WAIT).await["serial"], 2);
+    // Protocol 7 subscribers get the repaired message too, in its V1 form.
+    let v1_first = v1.recv_event("ev", WAIT).await;
+    assert_eq!(v1_first["data"], "lost");
+    assert!(v1_first.get("serial").is_none(), "{v1_first}");
+    assert_eq!(v1.recv_event("ev", WAIT).await["data"], "after");
+}
+
+#[tokio::test]
+async fn a_live_gap_history_cannot_fill_is_announced_before_what_follows() {
+    let mut s = settings(vec![test_app()]);
+    s.live_gap_wait_ms = 50;
+    s.history_max_messages = 2;
+    let node = TestNode::start(s).await;
+    let mut v2 = v2_client(&node).await;
+    v2_subscribe(&mut v2, "gap").await;
+    append_unsent(&node, "gap", "trimmed").await;
+    append_unsent(&node, "gap", "kept").await;
+    publish(&node, "gap", "live", None).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let f = v2.next_frame(WAIT).await.unwrap().unwrap();
+        match f["event"].as_str() {
+            Some("sockudo:resume_failed") => got.push(format!("failed:{}", f["channel"])),
+            Some("ev") => got.push(f["serial"].to_string()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got,
+        ["failed:\"gap\"", "2", "3"],
+        "told first, then what follows"
+    );
+}

@@ -231,6 +231,22 @@ async fn one_message_id_through_two_nodes_is_one_message() {
     );
     assert!(r0["serials"][CH].as_u64().is_some(), "{r0}");
 
+    // The retry through node 1 was broadcast again (its first attempt might have died before
+    // every node had it), and every node dropped that copy by message id.
+    let suppressed = || -> u64 {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| n.as_in_process().unwrap().node().recent_ids.suppressed())
+            .sum()
+    };
+    cluster_support::wait_for("every node to drop the retry's copy", WAIT, || {
+        let n = suppressed();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(suppressed(), 3, "once per node");
+
     // An adapter-level redelivery (the same message id broadcast twice) is dropped by every node.
     let node = cluster.node(2).as_in_process().unwrap().node();
     let frame = json!({ "event": "m", "channel": CH, "data": "redelivered" }).to_string();

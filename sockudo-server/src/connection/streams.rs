@@ -111,12 +111,8 @@ impl Connection {
             }
             return true;
         }
-        if !st.replayed.is_empty() {
-            if let (Some(sid), Some((rsid, upto))) = (stream_id, st.replayed.get(channel)) {
-                if sid == rsid && serial <= *upto {
-                    return true;
-                }
-            }
+        if !st.replayed.is_empty() && below_floor(&st, channel, stream_id, serial) {
+            return true;
         }
         if let Some(waiting) = (!st.joining.is_empty())
             .then(|| st.joining.get_mut(channel))
@@ -220,6 +216,11 @@ impl Connection {
                     }
                     self.deliver_admitted(admit, f)
                 }
+                Pending::Positioned(h)
+                    if below_floor(&st, channel, h.stream_id.as_ref(), h.serial) =>
+                {
+                    continue;
+                }
                 Pending::Positioned(h) if after == AfterJoin::Hold => {
                     st.held_frames += 1;
                     if let Some(list) = st.held.get_mut(channel) {
@@ -271,6 +272,7 @@ impl Connection {
     pub fn release_to_queue(&self, channel: &str) {
         let mut st = self.streams.lock();
         let mut held = take_held(&mut st, channel);
+        held.retain(|h| !below_floor(&st, channel, h.stream_id.as_ref(), h.serial));
         held.sort_by_key(|h| h.serial);
         for h in held {
             if !self.send(h.frame) {
@@ -290,6 +292,17 @@ impl Connection {
         take_held(&mut st, channel)
     }
 
+    /// A V2 subscribe answered with the stream head `serial` of `stream_id`: live frames of
+    /// that stream at or below it are already part of what the subscriber starts from (its
+    /// attach position; history has them), so they are not sent. Call before
+    /// [`finish_join`](Self::finish_join).
+    pub fn set_floor(&self, channel: &Arc<str>, stream_id: &str, serial: u64) {
+        self.streams
+            .lock()
+            .replayed
+            .insert(Arc::clone(channel), (Arc::from(stream_id), serial));
+    }
+
     /// Forget the stream bookkeeping of a channel the connection left.
     pub fn forget_channel(&self, channel: &str) {
         let mut st = self.streams.lock();
@@ -302,6 +315,15 @@ impl Connection {
         if st.joining.remove(channel).is_some() {
             self.joining.store(st.joining.len(), Ordering::Release);
         }
+    }
+}
+
+/// Whether a frame of `channel` at `serial` is at or below the position the connection
+/// already has (its subscribe head, or the end of a replay) on the same stream.
+fn below_floor(st: &StreamState, channel: &str, stream_id: Option<&Arc<str>>, serial: u64) -> bool {
+    match (stream_id, st.replayed.get(channel)) {
+        (Some(sid), Some((floor_sid, floor))) => sid == floor_sid && serial <= *floor,
+        _ => false,
     }
 }
 

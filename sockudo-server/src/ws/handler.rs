@@ -439,8 +439,10 @@ impl Session {
         let succeeded = match &position {
             Some(position) => {
                 self.attach.insert(Arc::clone(&channel), position.1);
-                // From here on a serial that never arrives is a gap the node repairs.
+                // From here on a serial that never arrives is a gap the node repairs, and one
+                // at or below the head is already in what this subscriber starts from.
                 self.ns.sequence_from(&channel, &position.0, position.1);
+                self.conn.set_floor(&channel, &position.0, position.1);
                 let data = v2::with_stream_fields(&data, position);
                 OutboundFrame::subscription_succeeded_at(
                     self.family,
