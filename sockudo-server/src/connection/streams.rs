@@ -111,8 +111,16 @@ impl Connection {
             }
             return true;
         }
-        if !st.replayed.is_empty() && below_floor(&st, channel, stream_id, serial) {
-            return true;
+        if !st.replayed.is_empty() {
+            if below_floor(&st, channel, stream_id, serial) {
+                return true;
+            }
+            // The node passes a channel on in serial order (see `crate::sequencer`): once a
+            // frame above the floor went out, none below it can follow, so the check (a map
+            // lookup per recipient) stops here.
+            if stream_id.is_some() && st.joining.get(channel).is_none() {
+                st.replayed.remove(channel);
+            }
         }
         if let Some(waiting) = (!st.joining.is_empty())
             .then(|| st.joining.get_mut(channel))
