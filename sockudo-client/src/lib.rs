@@ -36,8 +36,10 @@
 //! This relies on the server numbering each channel's messages without holes as this
 //! connection sees them and answering a `sockudo:resume` for a channel at any time. A
 //! message the server withholds from this connection (its own client events, a publish
-//! excluding its `socket_id`) still takes a serial: until the server tells the connection
-//! so, that hole looks like a gap and is resumed (or reported) like any other.
+//! excluding its `socket_id`) still takes a serial; the server says so with
+//! `sockudo_internal:position`, which the client takes as that serial used (in order with
+//! the channel's frames, like a delivered message) and never yields. So its own events are
+//! neither a gap nor echoed back by a replay that contains them.
 //!
 //! After a reconnect the client sends its subscribes and, right behind them, one
 //! `sockudo:resume` with every channel position; a proven resume yields
