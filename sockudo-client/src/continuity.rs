@@ -253,6 +253,15 @@ impl Continuity {
         Some(position)
     }
 
+    /// The channel's subscribe went out on this connection. The server answers a resume for
+    /// a channel only once it is subscribed (it keeps the position until then), so the wait
+    /// for the verdict starts here: a slow authorizer does not use up the resume timeout.
+    pub fn subscribe_sent(&mut self, now: Instant) {
+        if let Mode::Resuming { since, .. } = &mut self.mode {
+            *since = now;
+        }
+    }
+
     /// The connection is gone: forget what was held. Those frames lie after the unchanged
     /// position, so the next resume replays them (or reports that it cannot).
     pub fn abandon(&mut self) {

@@ -462,6 +462,7 @@ impl Task {
                     }
                 }
                 entry.status = Status::Subscribing;
+                entry.continuity.subscribe_sent(std::time::Instant::now());
                 self.outbox.push(frames::subscribe(
                     self.family,
                     &channel,

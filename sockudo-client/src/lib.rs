@@ -42,7 +42,10 @@
 //! neither a gap nor echoed back by a replay that contains them.
 //!
 //! After a reconnect the client sends its subscribes and, right behind them, one
-//! `sockudo:resume` with every channel position; a proven resume yields
+//! `sockudo:resume` with every channel position (a channel that needs authorization sends
+//! its subscribe once authorized: the server keeps its position until then, and the wait for
+//! its verdict starts with that subscribe); each channel gets its own verdict. A proven
+//! resume yields
 //! [`ChannelEvent::Recovered`] followed by the missed events. [`Client::stats`] counts
 //! duplicates, gaps detected and filled, recovery failures and lagging subscriptions, and
 //! [`Client::events`] carries every continuity `RecoveryFailed` too.

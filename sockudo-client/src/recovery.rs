@@ -99,7 +99,7 @@ impl Task {
         let overdue: Vec<String> = self
             .channels
             .iter()
-            .filter(|(_, e)| e.continuity.deadline().is_some_and(|d| d <= now))
+            .filter(|(_, e)| e.deadline().is_some_and(|d| d <= now))
             .map(|(c, _)| c.clone())
             .collect();
         for channel in overdue {

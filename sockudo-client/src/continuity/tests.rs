@@ -401,3 +401,19 @@ fn the_head_event_right_after_the_first_attach_is_delivered_once() {
     c.attach(Position::new("s1", 6), now);
     assert_eq!(c.on_message(msg(6), now).duplicates, 1);
 }
+
+#[test]
+fn the_resume_wait_starts_again_when_the_subscribe_goes_out() {
+    let (mut c, now) = machine();
+    c.begin_resume(now);
+    // Authorizing took most of the timeout; the server could not answer before.
+    let sent = now + TIMEOUT - Duration::from_secs(1);
+    c.subscribe_sent(sent);
+    assert_eq!(c.deadline(), Some(sent + TIMEOUT));
+    assert_eq!(c.check_timeout(now + TIMEOUT), None);
+    let out = c.check_timeout(sent + TIMEOUT).unwrap_or_default();
+    assert_eq!(seen(&out), ["!resume_timeout"]);
+    // Live (or in a gap), a subscribe changes no deadline.
+    c.subscribe_sent(sent + TIMEOUT);
+    assert_eq!(c.deadline(), None);
+}
