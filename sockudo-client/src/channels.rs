@@ -2,7 +2,7 @@
 //! presence, dedup window and continuity (position, gaps, resume verdicts).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sockudo_core::channel::ChannelKind;
@@ -131,6 +131,17 @@ impl ChannelEntry {
             true
         });
         out
+    }
+
+    /// When the channel's pending gap or resume verdict gives up. None while its subscribe
+    /// has not gone out on this connection (an authorizer is still busy): the server keeps
+    /// a resume position until the subscribe and cannot answer before it, so that wait does
+    /// not count ([`Continuity::subscribe_sent`] starts it).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.status {
+            Status::Subscribing | Status::Subscribed => self.continuity.deadline(),
+            Status::Idle | Status::Authorizing => None,
+        }
     }
 
     /// No one listens or waits any more: the channel can be unsubscribed.

@@ -405,7 +405,8 @@ impl Task {
     /// A connection is up: subscribe every channel again, then (V2) one `sockudo:resume`
     /// with every channel position right behind the subscribes, without waiting for their
     /// answers; then sign in again. Channels that need authorization send their subscribe
-    /// once authorized, so the resume may precede theirs: the server keeps the positions.
+    /// once authorized, so the resume may precede theirs: the server keeps the positions, and
+    /// such a channel's wait for its verdict starts when its subscribe goes out.
     fn on_connected(&mut self) {
         let now = std::time::Instant::now();
         let v2 = self.is_v2();
@@ -443,7 +444,7 @@ impl Task {
     fn resume_deadline(&self) -> Option<Instant> {
         self.channels
             .values()
-            .filter_map(|e| e.continuity.deadline())
+            .filter_map(ChannelEntry::deadline)
             .min()
             .map(Instant::from_std)
     }
@@ -485,6 +486,7 @@ impl Task {
             });
         } else {
             entry.status = Status::Subscribing;
+            entry.continuity.subscribe_sent(std::time::Instant::now());
             self.outbox
                 .push(frames::subscribe(self.family, name, None, None));
         }

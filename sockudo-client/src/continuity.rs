@@ -17,6 +17,14 @@
 //!   `RecoveryFailed` with code [`CODE_STREAM_RESET`] precedes the frame, whose stream the
 //!   channel adopts.
 //!
+//! A `sockudo_internal:position` frame ([`Continuity::on_position`]) says that a serial was
+//! used by a message withheld from this connection (its own client event, or an API publish
+//! excluding its socket). It goes through the same rules as a message (it can fill a gap, be
+//! a duplicate, open a gap, come from another stream, wait behind a resume verdict) but
+//! delivers nothing: the position moves past the serial. When both the marker and the
+//! message of one serial arrive (a replay of the connection's own event), the marker wins
+//! and the message is dropped as a duplicate, so the publisher never gets its own event back.
+//!
 //! After a reconnect the channel waits for the verdict on its `sockudo:resume`
 //! ([`Continuity::begin_resume`]): everything is held; a success releases
 //! [`ChannelEvent::Recovered`] and then the held frames through the rules above; a failure
@@ -36,6 +44,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 pub use budget::{GapLimits, HoldBudget};
+use frame::{sorted, Frame};
 
 use crate::event::{ChannelEvent, Message, RecoveryFailure};
 use crate::positions::{ChannelPosition, Position};
@@ -103,12 +112,12 @@ enum Mode {
     /// Serials after the position are missing; later frames wait, keyed by serial.
     Gap {
         since: Instant,
-        held: BTreeMap<u64, Message>,
+        held: BTreeMap<u64, Frame>,
     },
     /// Reconnected: waiting for the verdict on `sockudo:resume`; everything waits.
     Resuming {
         since: Instant,
-        held: Vec<Message>,
+        held: Vec<Frame>,
         attach: Option<Position>,
     },
 }
@@ -184,7 +193,20 @@ impl Continuity {
     /// A broadcast of the channel arrived.
     pub fn on_message(&mut self, message: Message, now: Instant) -> Outcome {
         let mut out = Outcome::default();
-        self.take(message, now, &mut out);
+        self.take(Frame::Message(message), now, &mut out);
+        out
+    }
+
+    /// `sockudo_internal:position`: `position.serial` of `position.stream_id` was used by a
+    /// message withheld from this connection. Ordered like a message, never delivered (its
+    /// `last_message_id` is ignored: the withheld message's id is unknown here).
+    pub fn on_position(&mut self, position: Position, now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        let marker = Position {
+            last_message_id: None,
+            ..position
+        };
+        self.take(Frame::Withheld(marker), now, &mut out);
         out
     }
 
@@ -231,6 +253,15 @@ impl Continuity {
         Some(position)
     }
 
+    /// The channel's subscribe went out on this connection. The server answers a resume for
+    /// a channel only once it is subscribed (it keeps the position until then), so the wait
+    /// for the verdict starts here: a slow authorizer does not use up the resume timeout.
+    pub fn subscribe_sent(&mut self, now: Instant) {
+        if let Mode::Resuming { since, .. } = &mut self.mode {
+            *since = now;
+        }
+    }
+
     /// The connection is gone: forget what was held. Those frames lie after the unchanged
     /// position, so the next resume replays them (or reports that it cannot).
     pub fn abandon(&mut self) {
@@ -255,8 +286,8 @@ impl Continuity {
                 });
                 // Not `recovered.position`: only frames actually received move the
                 // position, so a short replay shows up as a gap instead of a silent hole.
-                for message in sorted(held) {
-                    self.take(message, now, &mut out);
+                for frame in sorted(held) {
+                    self.take(frame, now, &mut out);
                 }
                 self.check_claim(&recovered.position, &mut out);
             }
@@ -335,33 +366,37 @@ impl Continuity {
     }
 
     /// Route one frame by mode and position.
-    fn take(&mut self, message: Message, now: Instant, out: &mut Outcome) {
+    fn take(&mut self, frame: Frame, now: Instant, out: &mut Outcome) {
         if let Mode::Resuming { held, .. } = &mut self.mode {
             if self.budget.try_take(held.len()) {
-                held.push(message);
+                held.push(frame);
             } else {
                 let f = self.failure(
                     CODE_GAP_OVERFLOW,
                     "too many frames arrived while waiting for the resume verdict",
                 );
-                self.fail_pending(f, Some(message), now, out);
+                self.fail_pending(f, Some(frame), now, out);
             }
             return;
         }
-        let Some(serial) = message.serial.filter(|_| message.stream_id.is_some()) else {
+        let Some((stream, serial)) = frame.place() else {
             // Not part of the stream (no serial): nothing to order it against.
-            out.events.push(ChannelEvent::Message(message));
+            if let Frame::Message(message) = frame {
+                out.events.push(ChannelEvent::Message(message));
+            }
             return;
         };
-        let relation = self.relation(message.stream_id.as_deref().unwrap_or_default(), serial);
+        let relation = self.relation(stream, serial);
         match relation {
-            Relation::First => self.deliver(message, out),
+            Relation::First => self.deliver(frame, out),
             Relation::HeadEvent => {
                 // Never delivered before, and the position already accounts for it.
                 self.fresh = false;
-                out.events.push(ChannelEvent::Message(message));
+                if let Frame::Message(message) = frame {
+                    out.events.push(ChannelEvent::Message(message));
+                }
             }
-            Relation::Stale => out.duplicates += 1,
+            Relation::Stale => out.duplicates += u64::from(frame.is_message()),
             Relation::OtherStream => {
                 if self.in_gap() {
                     let f = self.failure(
@@ -370,13 +405,13 @@ impl Continuity {
                     );
                     self.fail_pending(f, None, now, out);
                 }
-                self.deliver_covering(message, out);
+                self.deliver_covering(frame, out);
             }
             Relation::Next => {
-                self.deliver(message, out);
+                self.deliver(frame, out);
                 self.drain_contiguous(out);
             }
-            Relation::Ahead => self.ahead(message, serial, now, out),
+            Relation::Ahead => self.ahead(frame, serial, now, out),
         }
     }
 
@@ -402,15 +437,24 @@ impl Continuity {
 
     /// A frame beyond `last + 1` on the position's stream: held behind the gap (opening it
     /// and asking for a resume if it is new).
-    fn ahead(&mut self, message: Message, serial: u64, now: Instant, out: &mut Outcome) {
+    fn ahead(&mut self, frame: Frame, serial: u64, now: Instant, out: &mut Outcome) {
         if matches!(self.mode, Mode::Live) && self.marked {
             // A RecoveryFailed was the last thing delivered: this jump is covered by it.
-            self.deliver(message, out);
+            self.deliver(frame, out);
             return;
         }
-        if let Mode::Gap { held, .. } = &self.mode {
-            if held.contains_key(&serial) {
-                out.duplicates += 1;
+        if let Mode::Gap { held, .. } = &mut self.mode {
+            if let Some(waiting) = held.get_mut(&serial) {
+                // Held twice. A marker replaces a message of its serial: that message is the
+                // connection's own event coming back in a replay.
+                if waiting.is_message() {
+                    out.duplicates += 1;
+                    if !frame.is_message() {
+                        *waiting = frame;
+                    }
+                } else {
+                    out.duplicates += u64::from(frame.is_message());
+                }
                 return;
             }
         }
@@ -419,18 +463,18 @@ impl Continuity {
                 CODE_GAP_OVERFLOW,
                 "too many frames arrived while waiting for a gap to be filled",
             );
-            self.fail_pending(f, Some(message), now, out);
+            self.fail_pending(f, Some(frame), now, out);
             return;
         }
         if let Mode::Gap { held, .. } = &mut self.mode {
-            held.insert(serial, message);
+            held.insert(serial, frame);
             return;
         }
         out.resume_from = self.position.get().cloned();
         out.gaps_opened += 1;
         self.mode = Mode::Gap {
             since: now,
-            held: BTreeMap::from([(serial, message)]),
+            held: BTreeMap::from([(serial, frame)]),
         };
         self.outstanding.push_back(now + self.timeout * 2);
     }
@@ -451,12 +495,12 @@ impl Continuity {
             if serial > last.saturating_add(1) {
                 return;
             }
-            let message = entry.remove();
+            let frame = entry.remove();
             self.budget.give(1);
             if serial <= last {
-                out.duplicates += 1;
+                out.duplicates += u64::from(frame.is_message());
             } else {
-                self.deliver(message, out);
+                self.deliver(frame, out);
             }
         }
     }
@@ -466,15 +510,15 @@ impl Continuity {
     fn fail_pending(
         &mut self,
         failure: RecoveryFailure,
-        extra: Option<Message>,
+        extra: Option<Frame>,
         now: Instant,
         out: &mut Outcome,
     ) {
         let (frames, attach) = match std::mem::replace(&mut self.mode, Mode::Live) {
             Mode::Live => {
                 self.report(failure, out);
-                if let Some(message) = extra {
-                    self.take(message, now, out);
+                if let Some(frame) = extra {
+                    self.take(frame, now, out);
                 }
                 return;
             }
@@ -500,8 +544,8 @@ impl Continuity {
                 self.move_to(head);
             }
         }
-        for message in sorted(frames) {
-            self.deliver_covering(message, out);
+        for frame in sorted(frames) {
+            self.deliver_covering(frame, out);
         }
     }
 }
@@ -512,15 +556,12 @@ impl Drop for Continuity {
     }
 }
 
-/// Frames in serial order (frames without a serial first, in arrival order).
-fn sorted(mut frames: Vec<Message>) -> Vec<Message> {
-    frames.sort_by_key(|m| m.serial);
-    frames
-}
-
 mod budget;
 mod delivery;
+mod frame;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod withheld_tests;

@@ -163,6 +163,17 @@ impl Task {
         };
         match name {
             events::SUBSCRIPTION_SUCCEEDED => self.on_subscribed(&channel, &incoming),
+            events::POSITION => {
+                // A serial used by a message withheld from this connection; without a
+                // position (or on V1, which has none) there is nothing to account for.
+                if let (true, Some(stream_id), Some(serial)) = (
+                    self.is_v2(),
+                    incoming.meta.stream_id.clone(),
+                    incoming.meta.serial,
+                ) {
+                    self.on_withheld(&channel, Position::new(stream_id, serial));
+                }
+            }
             events::MEMBER_ADDED => {
                 let Ok(d) = incoming.frame.system_data::<PresenceChannelData>() else {
                     return;
@@ -451,6 +462,7 @@ impl Task {
                     }
                 }
                 entry.status = Status::Subscribing;
+                entry.continuity.subscribe_sent(std::time::Instant::now());
                 self.outbox.push(frames::subscribe(
                     self.family,
                     &channel,

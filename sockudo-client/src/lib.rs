@@ -36,11 +36,16 @@
 //! This relies on the server numbering each channel's messages without holes as this
 //! connection sees them and answering a `sockudo:resume` for a channel at any time. A
 //! message the server withholds from this connection (its own client events, a publish
-//! excluding its `socket_id`) still takes a serial: until the server tells the connection
-//! so, that hole looks like a gap and is resumed (or reported) like any other.
+//! excluding its `socket_id`) still takes a serial; the server says so with
+//! `sockudo_internal:position`, which the client takes as that serial used (in order with
+//! the channel's frames, like a delivered message) and never yields. So its own events are
+//! neither a gap nor echoed back by a replay that contains them.
 //!
 //! After a reconnect the client sends its subscribes and, right behind them, one
-//! `sockudo:resume` with every channel position; a proven resume yields
+//! `sockudo:resume` with every channel position (a channel that needs authorization sends
+//! its subscribe once authorized: the server keeps its position until then, and the wait for
+//! its verdict starts with that subscribe); each channel gets its own verdict. A proven
+//! resume yields
 //! [`ChannelEvent::Recovered`] followed by the missed events. [`Client::stats`] counts
 //! duplicates, gaps detected and filled, recovery failures and lagging subscriptions, and
 //! [`Client::events`] carries every continuity `RecoveryFailed` too.

@@ -212,7 +212,8 @@ impl ClientOptions {
 
     /// V2: how long a resumed channel waits for the server's verdict, and a live serial gap
     /// for its repair, before failing closed with `RecoveryFailed` (`resume_timeout`).
-    /// Default 10 s.
+    /// A resumed channel's wait starts when its subscribe goes out, so time spent in the
+    /// authorizer does not count. Default 10 s.
     pub fn resume_timeout(mut self, timeout: Duration) -> Self {
         self.resume_timeout = timeout;
         self

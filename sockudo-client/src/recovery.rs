@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use serde_json::Value;
+use sockudo_core::channel::ChannelKind;
 
 use crate::connection::Task;
 use crate::continuity::Outcome;
@@ -26,6 +27,22 @@ impl Task {
             return;
         };
         let outcome = entry.continuity.on_message(message, now);
+        self.apply(channel, outcome, now);
+    }
+
+    /// `sockudo_internal:position`: a serial of the channel went to a message withheld from
+    /// this connection. It advances the channel like a delivered message and is never
+    /// surfaced; the user's own channel has no continuity to advance.
+    pub(crate) fn on_withheld(&mut self, channel: &str, position: Position) {
+        let now = Instant::now();
+        let Some(entry) = self
+            .channels
+            .get_mut(channel)
+            .filter(|e| e.kind != ChannelKind::ServerToUser)
+        else {
+            return;
+        };
+        let outcome = entry.continuity.on_position(position, now);
         self.apply(channel, outcome, now);
     }
 
@@ -82,7 +99,7 @@ impl Task {
         let overdue: Vec<String> = self
             .channels
             .iter()
-            .filter(|(_, e)| e.continuity.deadline().is_some_and(|d| d <= now))
+            .filter(|(_, e)| e.deadline().is_some_and(|d| d <= now))
             .map(|(c, _)| c.clone())
             .collect();
         for channel in overdue {

@@ -4,22 +4,22 @@
 use std::time::Instant;
 
 use super::{
-    Continuity, Outcome, CODE_CONTINUITY_UNVERIFIABLE, CODE_STREAM_RESET, RETIRED_STREAMS,
+    Continuity, Frame, Outcome, CODE_CONTINUITY_UNVERIFIABLE, CODE_STREAM_RESET, RETIRED_STREAMS,
 };
-use crate::event::{ChannelEvent, Message, RecoveryFailure};
+use crate::event::{ChannelEvent, RecoveryFailure};
 use crate::positions::Position;
 
 impl Continuity {
-    /// Deliver `message` whatever its serial: a duplicate is dropped, anything not
+    /// Deliver `frame` whatever its serial: a duplicate is dropped, anything not
     /// contiguous with the position gets a `RecoveryFailed` first (unless one just went).
-    pub(super) fn deliver_covering(&mut self, message: Message, out: &mut Outcome) {
-        if let (Some(current), Some(stream), Some(serial)) = (
-            self.position.get().cloned(),
-            message.stream_id.as_deref(),
-            message.serial,
-        ) {
+    /// A withheld marker is covered the same way: the next message would be contiguous with
+    /// it, so the serials skipped before it must be reported here.
+    pub(super) fn deliver_covering(&mut self, frame: Frame, out: &mut Outcome) {
+        if let (Some(current), Some((stream, serial))) =
+            (self.position.get().cloned(), frame.place())
+        {
             if self.is_stale(stream, serial) {
-                out.duplicates += 1;
+                out.duplicates += u64::from(frame.is_message());
                 return;
             }
             if current.stream_id != stream {
@@ -37,21 +37,24 @@ impl Continuity {
                 self.report(f, out);
             }
         }
-        self.deliver(message, out);
+        self.deliver(frame, out);
     }
 
-    pub(super) fn deliver(&mut self, message: Message, out: &mut Outcome) {
-        if let (Some(stream), Some(serial)) = (message.stream_id.as_deref(), message.serial) {
+    /// Move the position to `frame` and hand its message (if any) out. A withheld marker
+    /// counts as delivered: after it, a `RecoveryFailed` no longer covers the next jump.
+    pub(super) fn deliver(&mut self, frame: Frame, out: &mut Outcome) {
+        if let Some((stream, serial)) = frame.place() {
             if let Some(current) = self.position.get().filter(|p| p.stream_id != stream) {
                 let current = current.clone();
                 self.retire(current, stream);
             }
-            self.position
-                .observe(stream, serial, message.message_id.as_deref());
+            self.position.observe(stream, serial, frame.message_id());
             self.marked = false;
             self.fresh = false;
         }
-        out.events.push(ChannelEvent::Message(message));
+        if let Frame::Message(message) = frame {
+            out.events.push(ChannelEvent::Message(message));
+        }
     }
 
     /// Continue from `next`, remembering the position left behind on another stream. Back on

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::*;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn msg_on(stream: &str, serial: u64) -> Message {
     Message {
@@ -20,24 +20,24 @@ pub(super) fn msg_on(stream: &str, serial: u64) -> Message {
     }
 }
 
-fn msg(serial: u64) -> Message {
+pub(super) fn msg(serial: u64) -> Message {
     msg_on("s1", serial)
 }
 
-fn machine_with(limits: GapLimits) -> (Continuity, Instant) {
+pub(super) fn machine_with(limits: GapLimits) -> (Continuity, Instant) {
     let now = Instant::now();
     let mut c = Continuity::new("c", HoldBudget::new(limits), TIMEOUT);
     assert_eq!(c.attach(Position::new("s1", 0), now), Outcome::default());
     (c, now)
 }
 
-fn machine() -> (Continuity, Instant) {
+pub(super) fn machine() -> (Continuity, Instant) {
     machine_with(GapLimits::default())
 }
 
 /// The events as short strings: `s1/3` for a message, `!code` for a failure, `R` for
 /// Recovered.
-fn seen(out: &Outcome) -> Vec<String> {
+pub(super) fn seen(out: &Outcome) -> Vec<String> {
     out.events
         .iter()
         .map(|e| match e {
@@ -53,7 +53,7 @@ fn seen(out: &Outcome) -> Vec<String> {
         .collect()
 }
 
-fn recovered(serial: u64) -> Recovered {
+pub(super) fn recovered(serial: u64) -> Recovered {
     Recovered {
         channel: "c".into(),
         source: "hot".into(),
@@ -62,7 +62,7 @@ fn recovered(serial: u64) -> Recovered {
     }
 }
 
-fn failed(code: &str) -> RecoveryFailure {
+pub(super) fn failed(code: &str) -> RecoveryFailure {
     RecoveryFailure::client_side("c", code, "test")
 }
 
@@ -400,4 +400,20 @@ fn the_head_event_right_after_the_first_attach_is_delivered_once() {
     // Only right after the attach.
     c.attach(Position::new("s1", 6), now);
     assert_eq!(c.on_message(msg(6), now).duplicates, 1);
+}
+
+#[test]
+fn the_resume_wait_starts_again_when_the_subscribe_goes_out() {
+    let (mut c, now) = machine();
+    c.begin_resume(now);
+    // Authorizing took most of the timeout; the server could not answer before.
+    let sent = now + TIMEOUT - Duration::from_secs(1);
+    c.subscribe_sent(sent);
+    assert_eq!(c.deadline(), Some(sent + TIMEOUT));
+    assert_eq!(c.check_timeout(now + TIMEOUT), None);
+    let out = c.check_timeout(sent + TIMEOUT).unwrap_or_default();
+    assert_eq!(seen(&out), ["!resume_timeout"]);
+    // Live (or in a gap), a subscribe changes no deadline.
+    c.subscribe_sent(sent + TIMEOUT);
+    assert_eq!(c.deadline(), None);
 }
