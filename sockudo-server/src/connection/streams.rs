@@ -118,7 +118,7 @@ impl Connection {
             // The node passes a channel on in serial order (see `crate::sequencer`): once a
             // frame above the floor went out, none below it can follow, so the check (a map
             // lookup per recipient) stops here.
-            if stream_id.is_some() && st.joining.get(channel).is_none() {
+            if stream_id.is_some() && !st.joining.contains_key(channel) {
                 st.replayed.remove(channel);
             }
         }
