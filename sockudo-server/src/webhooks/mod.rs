@@ -36,10 +36,13 @@
 //! and dropped (counted in [`WebhookStats::emit_errors`]); once enqueued, delivery is
 //! at-least-once.
 
+mod decisions;
 mod delivery;
 mod emitter;
+mod jobs;
 #[cfg(feature = "redis")]
 mod lazy_redis;
+mod transitions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,7 +130,9 @@ impl WebhookSettings {
 /// Delivery counters (read by metrics).
 #[derive(Debug, Default)]
 pub struct WebhookStats {
-    /// Jobs enqueued (one per app, target and batch).
+    /// Events this node decided to emit (each enqueued for every target that wants it).
+    pub emitted: AtomicU64,
+    /// Jobs durably enqueued (one per event and target, plus held-back copies).
     pub enqueued: AtomicU64,
     /// POSTs answered with 2xx.
     pub sent: AtomicU64,
@@ -137,31 +142,38 @@ pub struct WebhookStats {
     pub retried: AtomicU64,
     /// Jobs given up on (permanent failure or attempts exhausted).
     pub dead_lettered: AtomicU64,
-    /// Events lost before reaching the queue (cache or queue unavailable).
+    /// Events lost before reaching the queue (cache or queue unavailable): must stay 0.
     pub emit_errors: AtomicU64,
+    /// Jobs this node delivered that another node decided (a survivor flushing a dead
+    /// node's events, or simply another node's worker being first).
+    pub taken_over: AtomicU64,
 }
 
 /// A point-in-time copy of [`WebhookStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WebhookStatsSnapshot {
+    pub emitted: u64,
     pub enqueued: u64,
     pub sent: u64,
     pub failed: u64,
     pub retried: u64,
     pub dead_lettered: u64,
     pub emit_errors: u64,
+    pub taken_over: u64,
 }
 
 impl WebhookStats {
     pub fn snapshot(&self) -> WebhookStatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         WebhookStatsSnapshot {
+            emitted: l(&self.emitted),
             enqueued: l(&self.enqueued),
             sent: l(&self.sent),
             failed: l(&self.failed),
             retried: l(&self.retried),
             dead_lettered: l(&self.dead_lettered),
             emit_errors: l(&self.emit_errors),
+            taken_over: l(&self.taken_over),
         }
     }
 
@@ -251,6 +263,7 @@ pub fn install(node: &Arc<crate::node::Node>) {
             queue,
             Arc::clone(&node.cache),
             Arc::clone(&node.adapter),
+            Arc::clone(&node.apps),
         )
     });
     match built {
