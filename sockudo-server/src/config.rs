@@ -71,6 +71,7 @@ pub const ENV_VARS: &[&str] = &[
     "SOCKUDO_DEFAULT_APP_ID",
     "SOCKUDO_DEFAULT_APP_KEY",
     "SOCKUDO_DEFAULT_APP_SECRET",
+    "SOCKUDO_DEFAULT_APP_WEBHOOK_URL",
     "SOCKUDO_NODE_ID",
     "TRUSTED_PROXY_HOPS",
     "V1_EXPOSE_STREAM_FIELDS",
@@ -668,6 +669,16 @@ fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
             })
         }
     };
+    // One webhook target receiving every event type: enough for a dev app (and for tests
+    // that run the binary with nothing but the environment).
+    let webhook = get("SOCKUDO_DEFAULT_APP_WEBHOOK_URL", "");
+    if !webhook.is_empty() {
+        app.webhooks = vec![sockudo_core::app::WebhookTarget {
+            url: webhook,
+            event_types: Vec::new(),
+            headers: HashMap::new(),
+        }];
+    }
     Ok(app)
 }
 

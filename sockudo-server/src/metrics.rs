@@ -88,8 +88,15 @@ pub const WEBHOOK_QUEUE_DEPTH: &str = "sockudo_webhook_queue_depth";
 pub const WEBHOOK_QUEUE_OLDEST: &str = "sockudo_webhook_queue_oldest_age_seconds";
 /// Gauge: webhook jobs in the dead-letter store.
 pub const WEBHOOK_DEAD_LETTERS: &str = "sockudo_webhook_dead_letters";
-/// Counter: webhook jobs enqueued by this node.
+/// Counter: webhook jobs durably enqueued by this node.
 pub const WEBHOOK_ENQUEUED: &str = "sockudo_webhook_enqueued_total";
+/// Counter: webhook events this node decided to emit.
+pub const WEBHOOK_EMITTED: &str = "sockudo_webhook_emitted_total";
+/// Counter: webhook events lost before reaching the queue (must stay 0; also counted as
+/// `sockudo_webhook_failures_total{stage="emit"}`).
+pub const WEBHOOK_LOST: &str = "sockudo_webhook_lost_before_queue_total";
+/// Counter: webhook jobs this node delivered that another node decided (survivor flushes).
+pub const WEBHOOK_TAKEN_OVER: &str = "sockudo_webhook_taken_over_total";
 /// Counter: webhook POSTs answered 2xx by this node's worker.
 pub const WEBHOOK_SENT: &str = "sockudo_webhook_sent_total";
 /// Counter: webhook POSTs that failed (`stage` = post | retried | dead_lettered | emit).
@@ -196,7 +203,19 @@ pub fn describe() {
         WEBHOOK_DEAD_LETTERS,
         "Webhook jobs in the dead-letter store"
     );
-    describe_counter!(WEBHOOK_ENQUEUED, "Webhook jobs enqueued by this node");
+    describe_counter!(
+        WEBHOOK_ENQUEUED,
+        "Webhook jobs durably enqueued by this node"
+    );
+    describe_counter!(WEBHOOK_EMITTED, "Webhook events this node decided to emit");
+    describe_counter!(
+        WEBHOOK_LOST,
+        "Webhook events lost before the queue (should stay 0)"
+    );
+    describe_counter!(
+        WEBHOOK_TAKEN_OVER,
+        "Webhook jobs delivered here that another node decided"
+    );
     describe_counter!(WEBHOOK_SENT, "Webhook POSTs answered with 2xx");
     describe_counter!(WEBHOOK_FAILURES, "Webhook failures, by stage");
     describe_counter!(PUSH_ACCEPTED, "Push publishes accepted");
@@ -390,6 +409,9 @@ pub async fn sample(node: &Node) {
     if let Some(w) = node.webhooks() {
         let s = w.stats().snapshot();
         counter!(WEBHOOK_ENQUEUED).absolute(s.enqueued);
+        counter!(WEBHOOK_EMITTED).absolute(s.emitted);
+        counter!(WEBHOOK_LOST).absolute(s.emit_errors);
+        counter!(WEBHOOK_TAKEN_OVER).absolute(s.taken_over);
         counter!(WEBHOOK_SENT).absolute(s.sent);
         counter!(WEBHOOK_FAILURES, "stage" => "post").absolute(s.failed);
         counter!(WEBHOOK_FAILURES, "stage" => "retried").absolute(s.retried);

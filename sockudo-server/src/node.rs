@@ -104,6 +104,19 @@ impl Node {
         self.webhooks.get()
     }
 
+    /// The webhook pipeline, waiting briefly for it: the removals of a previous incarnation
+    /// of this node id are announced as the adapter attaches, which is before the pipeline
+    /// is installed; reading it at once would lose their `channel_vacated` / `member_removed`.
+    async fn installed_webhooks(&self) -> Option<&Arc<crate::webhooks::Webhooks>> {
+        for _ in 0..50 {
+            if let Some(w) = self.webhooks() {
+                return Some(w);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Install the webhook pipeline (once; later calls are ignored and return false).
     pub fn set_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) -> bool {
         self.webhooks.set(webhooks).is_ok()
@@ -337,10 +350,11 @@ impl Node {
             // A swept occupancy share (see `webhooks::OCCUPANCY_PREFIX`) is no member: the
             // channel may have been vacated with it.
             if let Some(channel) = m.channel.strip_prefix(crate::webhooks::OCCUPANCY_PREFIX) {
-                if let (Some(w), Ok(Some(app))) =
-                    (self.webhooks(), self.apps.find_by_id(&m.app_id).await)
-                {
-                    w.vacated(&app, channel);
+                if let (Ok(Some(app)), Some(w)) = (
+                    self.apps.find_by_id(&m.app_id).await,
+                    self.installed_webhooks().await,
+                ) {
+                    w.vacated(&app, channel).await;
                 }
                 continue;
             }
@@ -357,9 +371,9 @@ impl Node {
                 tracing::warn!(error = %e, channel = %m.channel, "member_removed broadcast failed");
             }
             // webhooks: begin
-            if let Some(w) = self.webhooks() {
+            if let Some(w) = self.installed_webhooks().await {
                 if let Ok(Some(app)) = self.apps.find_by_id(&m.app_id).await {
-                    w.member_removed(&app, &m.channel, &m.user_id);
+                    w.member_removed(&app, &m.channel, &m.user_id).await;
                 }
             }
             // webhooks: end

@@ -1,28 +1,22 @@
-//! The delivery worker: claims webhook jobs from the queue and POSTs them.
+//! The delivery worker: claims due webhook jobs from the queue, judges guarded ones against
+//! the shared state, and POSTs the jobs of one (app, target) together as one batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use sockudo_core::queue::{Job, NackOutcome, Queue};
+use sockudo_core::auth::webhook_signature;
+use sockudo_core::queue::{Job, NackOutcome};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::decisions::{Decisions, Verdict, WAIT_RETRY};
+use super::jobs::{now_ms, EventJob};
 use super::{WebhookError, WebhookSettings, WebhookStats};
 
 /// Longest `Retry-After` honoured; beyond it the normal backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-
-/// What one queue job holds: a ready-to-send request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct JobPayload {
-    pub app_id: String,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
 
 /// The upper bound of the retry delay after `attempt` failed attempts (1-based):
 /// `base * 2^(attempt-1)`, capped at `cap`. The actual delay is jittered uniformly in
@@ -66,9 +60,7 @@ enum Outcome {
 
 /// The worker of one node. Shared by its spawned delivery tasks.
 pub(super) struct Worker {
-    queue: Arc<dyn Queue>,
-    settings: WebhookSettings,
-    stats: Arc<WebhookStats>,
+    decisions: Arc<Decisions>,
     client: reqwest::Client,
     targets: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: Arc<Semaphore>,
@@ -78,18 +70,57 @@ pub(super) struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("settings", &self.settings)
+            .field("settings", &self.decisions.settings)
             .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()
     }
 }
 
+/// Claimed jobs of one (app, target), POSTed together.
+struct Group {
+    app_id: String,
+    url: String,
+    jobs: Vec<(Job, EventJob)>,
+}
+
+/// Split claimed jobs into per-(app, target) groups of at most `max`, in claim order.
+fn group(jobs: Vec<(Job, EventJob)>, max: usize) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for (job, ev) in jobs {
+        let open = out
+            .iter_mut()
+            .find(|g| g.app_id == ev.app_id && g.url == ev.url && g.jobs.len() < max);
+        match open {
+            Some(g) => g.jobs.push((job, ev)),
+            None => out.push(Group {
+                app_id: ev.app_id.clone(),
+                url: ev.url.clone(),
+                jobs: vec![(job, ev)],
+            }),
+        }
+    }
+    out
+}
+
+/// The Pusher body of `jobs`: `{"time_ms", "events": [...]}`, each event with its
+/// idempotency `id`.
+fn body_of(jobs: &[&EventJob]) -> String {
+    let events: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            let mut v = serde_json::to_value(&j.event).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("id".into(), serde_json::Value::String(j.id.clone()));
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({ "time_ms": now_ms(), "events": events }).to_string()
+}
+
 impl Worker {
-    pub(super) fn new(
-        queue: Arc<dyn Queue>,
-        settings: WebhookSettings,
-        stats: Arc<WebhookStats>,
-    ) -> Result<Self, WebhookError> {
+    pub(super) fn new(decisions: Arc<Decisions>) -> Result<Self, WebhookError> {
+        let settings = &decisions.settings;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.request_timeout)
@@ -99,9 +130,7 @@ impl Worker {
         let max_attempts = settings.max_attempts();
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
         Ok(Worker {
-            queue,
-            settings,
-            stats,
+            decisions,
             client,
             targets: Mutex::new(HashMap::new()),
             in_flight,
@@ -113,17 +142,23 @@ impl Worker {
         self.max_attempts
     }
 
+    fn settings(&self) -> &WebhookSettings {
+        &self.decisions.settings
+    }
+
     fn target_semaphore(&self, url: &str) -> Arc<Semaphore> {
         let mut targets = self.targets.lock();
-        Arc::clone(targets.entry(url.to_owned()).or_insert_with(|| {
-            Arc::new(Semaphore::new(self.settings.per_target_concurrency.max(1)))
-        }))
+        let n = self.settings().per_target_concurrency.max(1);
+        Arc::clone(
+            targets
+                .entry(url.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(n))),
+        )
     }
 
     /// Claim and deliver until `stop` fires. Jobs in flight when it fires are abandoned
     /// without ack or nack (as if the node died): their lease returns them to other nodes.
     pub(super) async fn run(self: Arc<Self>, wake: Arc<Notify>, stop: CancellationToken) {
-        let s = &self.settings;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -136,9 +171,10 @@ impl Worker {
                 }
                 continue;
             }
+            let s = self.settings();
             let claimed = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.queue.claim(&s.queue_name, &s.consumer, s.lease, free) => r,
+                r = self.decisions.queue.claim(&s.queue_name, &s.consumer, s.lease, free * s.batch_max.max(1)) => r,
             };
             match claimed {
                 Ok(jobs) if jobs.is_empty() => {
@@ -149,21 +185,8 @@ impl Worker {
                     }
                 }
                 Ok(jobs) => {
-                    for job in jobs {
-                        let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
-                            Ok(p) => p,
-                            Err(_) => match Arc::clone(&self.in_flight).acquire_owned().await {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
-                        };
-                        let (worker, stop) = (Arc::clone(&self), stop.clone());
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = worker.handle(job, permit) => {}
-                            }
-                        });
+                    if !self.dispatch(jobs, &stop).await {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -177,42 +200,140 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, job: Job, _permit: OwnedSemaphorePermit) {
-        let payload: JobPayload = match serde_json::from_slice(&job.payload) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "malformed webhook job");
-                return self
-                    .settle(&job, Outcome::Permanent(format!("malformed job: {e}")), "?")
-                    .await;
+    /// Decode, group and spawn the delivery of claimed jobs. False when the worker stops.
+    async fn dispatch(self: &Arc<Self>, jobs: Vec<Job>, stop: &CancellationToken) -> bool {
+        let mut decoded = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match serde_json::from_slice::<EventJob>(&job.payload) {
+                Ok(ev) => decoded.push((job, ev)),
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "malformed webhook job");
+                    let q = &self.settings().queue_name;
+                    if self
+                        .decisions
+                        .queue
+                        .nack(q, &job.id, Duration::ZERO, 0)
+                        .await
+                        .is_ok()
+                    {
+                        WebhookStats::bump(&self.decisions.stats.dead_lettered);
+                    }
+                }
             }
-        };
-        // Wait for a slot of this target, but never past the point where the POST could
-        // outlive the lease (then another node would send it too).
-        let wait = self
-            .settings
-            .lease
-            .saturating_sub(self.settings.request_timeout)
-            .saturating_sub(Duration::from_secs(1));
-        let sem = self.target_semaphore(&payload.url);
-        let slot = match tokio::time::timeout(wait, sem.acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                let retry = Outcome::Retry(
-                    Some(Duration::from_millis(100)),
-                    "target busy on this node".into(),
-                );
-                return self.settle(&job, retry, &payload.url).await;
-            }
-        };
-        let outcome = self.post(&payload).await;
-        drop(slot);
-        self.settle(&job, outcome, &payload.url).await;
+        }
+        for g in group(decoded, self.settings().batch_max.max(1)) {
+            let permit = match Arc::clone(&self.in_flight).acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return false,
+            };
+            let (worker, stop) = (Arc::clone(self), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = worker.handle(g, permit) => {}
+                }
+            });
+        }
+        true
     }
 
-    async fn post(&self, p: &JobPayload) -> Outcome {
-        let mut req = self.client.post(&p.url).body(p.body.clone());
-        for (k, v) in &p.headers {
+    async fn ack(&self, job: &Job) {
+        if let Err(e) = self
+            .decisions
+            .queue
+            .ack(&self.settings().queue_name, &job.id)
+            .await
+        {
+            // The lease will expire and the job be judged again: at-least-once.
+            tracing::warn!(job = %job.id, error = %e, "webhook ack failed");
+        }
+    }
+
+    /// Judge every job of the group; hold back or drop those that must not go now, POST the
+    /// rest as one batch and settle them together.
+    async fn handle(&self, g: Group, _permit: OwnedSemaphorePermit) {
+        let d = &self.decisions;
+        let app = match d.app(&g.app_id).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::warn!(app = %g.app_id, error = %e, "webhook app lookup failed; retrying");
+                for (job, _) in &g.jobs {
+                    let _ = d
+                        .queue
+                        .nack(
+                            &self.settings().queue_name,
+                            &job.id,
+                            Duration::from_secs(1),
+                            u32::MAX,
+                        )
+                        .await;
+                }
+                return;
+            }
+        };
+        let target = app
+            .as_ref()
+            .and_then(|a| a.webhooks.iter().find(|t| t.url == g.url).cloned());
+        let (Some(app), Some(target)) = (app, target) else {
+            // The app or this target was removed from the configuration: nothing to send.
+            for (job, _) in &g.jobs {
+                self.ack(job).await;
+            }
+            return;
+        };
+        let mut send = Vec::new();
+        for (job, ev) in g.jobs {
+            match d.judge(&ev).await {
+                Verdict::Deliver => send.push((job, ev)),
+                Verdict::Drop => self.ack(&job).await,
+                Verdict::Wait => {
+                    // A fresh copy (same idempotency id) so waiting spends no attempt.
+                    if d.enqueue_job(&ev, WAIT_RETRY).await.is_some() {
+                        self.ack(&job).await;
+                    }
+                }
+            }
+        }
+        if send.is_empty() {
+            return;
+        }
+        let body = body_of(&send.iter().map(|(_, e)| e).collect::<Vec<_>>());
+        let signature = webhook_signature(&app.secret, body.as_bytes());
+        let ours = ["content-type", "x-pusher-key", "x-pusher-signature"];
+        let mut headers: Vec<(String, String)> = target
+            .headers
+            .iter()
+            .filter(|(k, _)| !ours.contains(&k.to_ascii_lowercase().as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.push(("Content-Type".into(), "application/json".into()));
+        headers.push(("X-Pusher-Key".into(), app.key.clone()));
+        headers.push(("X-Pusher-Signature".into(), signature));
+        // Wait for a slot of this target, but never past the point where the POST could
+        // outlive the lease (then another node would send it too).
+        let s = self.settings();
+        let wait = s
+            .lease
+            .saturating_sub(s.request_timeout)
+            .saturating_sub(Duration::from_secs(1));
+        let sem = self.target_semaphore(&g.url);
+        let outcome = match tokio::time::timeout(wait, sem.acquire_owned()).await {
+            Ok(Ok(slot)) => {
+                let o = self.post(&g.url, &headers, body).await;
+                drop(slot);
+                o
+            }
+            _ => Outcome::Retry(
+                Some(Duration::from_millis(100)),
+                "target busy on this node".into(),
+            ),
+        };
+        self.settle(&send, outcome, &g.url).await;
+    }
+
+    async fn post(&self, url: &str, headers: &[(String, String)], body: String) -> Outcome {
+        let mut req = self.client.post(url).body(body);
+        for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
         match req.send().await {
@@ -239,46 +360,55 @@ impl Worker {
         }
     }
 
-    async fn settle(&self, job: &Job, outcome: Outcome, url: &str) {
-        let q = &self.settings.queue_name;
+    async fn settle(&self, jobs: &[(Job, EventJob)], outcome: Outcome, url: &str) {
+        let d = &self.decisions;
+        let stats = &d.stats;
+        let q = &self.settings().queue_name;
         match outcome {
             Outcome::Delivered => {
-                WebhookStats::bump(&self.stats.sent);
-                if let Err(e) = self.queue.ack(q, &job.id).await {
-                    // The lease will expire and the job be sent again: at-least-once.
-                    tracing::warn!(job = %job.id, error = %e, "webhook ack failed");
+                WebhookStats::bump(&stats.sent);
+                for (job, ev) in jobs {
+                    d.settled(ev).await;
+                    if ev.origin != self.settings().consumer {
+                        WebhookStats::bump(&stats.taken_over);
+                    }
+                    self.ack(job).await;
                 }
             }
             Outcome::Retry(after, why) => {
-                WebhookStats::bump(&self.stats.failed);
-                let mut delay = jittered(backoff_delay(
-                    job.attempts,
-                    self.settings.backoff_base,
-                    self.settings.backoff_cap,
-                ));
+                WebhookStats::bump(&stats.failed);
+                let attempts = jobs.iter().map(|(j, _)| j.attempts).max().unwrap_or(1);
+                let s = self.settings();
+                let mut delay = jittered(backoff_delay(attempts, s.backoff_base, s.backoff_cap));
                 if let Some(after) = after {
                     delay = delay.max(after);
                 }
-                match self.queue.nack(q, &job.id, delay, self.max_attempts).await {
-                    Ok(NackOutcome::Retried) => {
-                        WebhookStats::bump(&self.stats.retried);
-                        tracing::debug!(job = %job.id, url, attempts = job.attempts, reason = %why, retry_ms = delay.as_millis() as u64, "webhook retry scheduled");
+                for (job, ev) in jobs {
+                    match d.queue.nack(q, &job.id, delay, self.max_attempts).await {
+                        Ok(NackOutcome::Retried) => {
+                            WebhookStats::bump(&stats.retried);
+                            tracing::debug!(job = %job.id, url, attempts = job.attempts, reason = %why, retry_ms = delay.as_millis() as u64, "webhook retry scheduled");
+                        }
+                        Ok(NackOutcome::DeadLettered) => {
+                            WebhookStats::bump(&stats.dead_lettered);
+                            d.settled(ev).await;
+                            tracing::warn!(job = %job.id, url, attempts = job.attempts, reason = %why, "webhook dead-lettered after retries");
+                        }
+                        Err(e) => tracing::warn!(job = %job.id, error = %e, "webhook nack failed"),
                     }
-                    Ok(NackOutcome::DeadLettered) => {
-                        WebhookStats::bump(&self.stats.dead_lettered);
-                        tracing::warn!(job = %job.id, url, attempts = job.attempts, reason = %why, "webhook dead-lettered after retries");
-                    }
-                    Err(e) => tracing::warn!(job = %job.id, error = %e, "webhook nack failed"),
                 }
             }
             Outcome::Permanent(why) => {
-                WebhookStats::bump(&self.stats.failed);
-                match self.queue.nack(q, &job.id, Duration::ZERO, 0).await {
-                    Ok(_) => {
-                        WebhookStats::bump(&self.stats.dead_lettered);
-                        tracing::warn!(job = %job.id, url, reason = %why, "webhook dead-lettered: permanent failure");
+                WebhookStats::bump(&stats.failed);
+                for (job, ev) in jobs {
+                    match d.queue.nack(q, &job.id, Duration::ZERO, 0).await {
+                        Ok(_) => {
+                            WebhookStats::bump(&stats.dead_lettered);
+                            d.settled(ev).await;
+                            tracing::warn!(job = %job.id, url, reason = %why, "webhook dead-lettered: permanent failure");
+                        }
+                        Err(e) => tracing::warn!(job = %job.id, error = %e, "webhook nack failed"),
                     }
-                    Err(e) => tracing::warn!(job = %job.id, error = %e, "webhook nack failed"),
                 }
             }
         }

@@ -7,39 +7,55 @@
 //!    [`Webhooks::unsubscribed`], [`Webhooks::member_added`], [`Webhooks::member_removed`],
 //!    [`Webhooks::client_event`], [`Webhooks::cache_miss`]). Nothing is done for an app
 //!    without a target that wants the event type.
-//! 2. Events are buffered per app for [`WebhookSettings::batch_window`] (default 250 ms) or
-//!    until [`WebhookSettings::batch_max`] (default 50) accumulate, then split per target by
-//!    its `event_types` filter. Each (app, target, batch) becomes one queue job holding the
-//!    exact body, its headers (`X-Pusher-Key`, `X-Pusher-Signature` = hex HMAC-SHA256 of the
-//!    body under the app secret, custom headers) and the URL.
-//! 3. A worker on every node claims jobs ([`WebhookSettings::lease`], default 30 s), POSTs
-//!    them with a timeout (default 5 s) and a per-target concurrency limit, acks on 2xx, and
+//! 2. Each event is enqueued to the shared [`Queue`] the moment it is decided, one job per
+//!    (event, target) — nothing waits in a node's memory, so a node that dies a moment later
+//!    loses nothing ([`WebhookStats::emit_errors`] counts the only losses: the cache or queue
+//!    not answering, and must stay 0). Jobs are due at the end of the current
+//!    [`WebhookSettings::batch_window`] (default 250 ms), so the events of one window are due
+//!    together.
+//! 3. A worker on every node claims due jobs ([`WebhookSettings::lease`], default 30 s),
+//!    groups those of one (app, target) into POSTs of at most [`WebhookSettings::batch_max`]
+//!    (default 50) events, signs each body at delivery (`X-Pusher-Key`, `X-Pusher-Signature`
+//!    = hex HMAC-SHA256 of the body under the app secret, custom headers), acks on 2xx, and
 //!    nacks with exponential backoff and jitter on 5xx/408/429/connection errors (honouring
 //!    `Retry-After` in seconds), from 1 s capped at 60 s, with enough attempts to keep
 //!    retrying for [`WebhookSettings::retry_window`] (default 5 min); then the job is
 //!    dead-lettered. Any other non-2xx answer dead-letters it at once. A node that dies
 //!    holding a job leaves it to another node after the lease.
 //!
-//! # Cluster-wide occupancy and membership
-//! Each node counts its own subscriptions per (app, channel) and contributes one unit to a
-//! shared counter in the [`Cache`] while it has any (`increment` on its first subscriber,
-//! decrement on its last). `channel_occupied` is sent when the counter is positive and the
-//! shared "announced" marker of the channel could be set (set-if-absent); `channel_vacated`
-//! is scheduled when the counter drops to 0 and sent after [`WebhookSettings::removal_delay`]
-//! only if the counter is still 0 and this node removed the marker. The marker makes the
-//! events alternate cluster-wide: a vacate-then-rejoin within the delay sends nothing at all.
-//! Members work the same way on the adapter's presence outcomes (`first` / `gone`): the
-//! delayed `member_removed` is dropped when the user is back in the presence members, and a
-//! per-member marker keeps `member_added`/`member_removed` alternating.
+//! # Idempotency id
+//! Every event object in a body carries `"id"`: a random string, the same for every target,
+//! retry and redelivery of that event. `client_event` and `cache_miss` are at-least-once (a
+//! redelivery after a lease or a lost ack sends them again): receivers dedup on `id`.
 //!
-//! Emission is best effort: when the cache or the queue cannot answer, the event is logged
-//! and dropped (counted in [`WebhookStats::emit_errors`]); once enqueued, delivery is
-//! at-least-once.
+//! # Cluster-wide occupancy and membership: exactly once per transition
+//! Each node holds one share of a channel's occupancy in the adapter's presence store (see
+//! [`OCCUPANCY_PREFIX`]) while it has a subscriber; presence members are the adapter's. The
+//! paired events follow the span state machine of `transitions.rs`, kept in the cache ([`sockudo_core::cache::Cache`]):
+//! - The first holder starts a span: its `channel_occupied` / `member_added` job is enqueued,
+//!   then the span claimed with one compare-and-swap; of concurrent starters one wins, the
+//!   others withdraw their jobs. A start job only sends while its span is the current one.
+//! - The last holder gone (a leave, or the sweep of a dead node or of a previous incarnation
+//!   of a restarting node id) enqueues the end job at once, due after
+//!   [`WebhookSettings::removal_delay`]. Whichever node claims it when due re-checks the
+//!   holders: held again → dropped (a quick rejoin sends nothing); otherwise the end of the
+//!   span is decided once (a set-if-absent keyed by the span), so of several end jobs for one
+//!   span (the leaver's and a sweeper's) exactly one sends, and it still sends when its node
+//!   dies after deciding. An end job waits until its start event was delivered (or
+//!   dead-lettered), so `channel_vacated` never overtakes its `channel_occupied`.
+//!
+//! Bound: an occupation or presence session that ends is reported within the removal delay
+//! plus the time its node takes to be swept (`node_timeout` for a dead node, at once for a
+//! node restarted under the same id), plus the receiver's retries (and a lease when the
+//! delivering node dies mid-POST).
 
+mod decisions;
 mod delivery;
 mod emitter;
+mod jobs;
 #[cfg(feature = "redis")]
 mod lazy_redis;
+mod transitions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,7 +143,9 @@ impl WebhookSettings {
 /// Delivery counters (read by metrics).
 #[derive(Debug, Default)]
 pub struct WebhookStats {
-    /// Jobs enqueued (one per app, target and batch).
+    /// Events this node decided to emit (each enqueued for every target that wants it).
+    pub emitted: AtomicU64,
+    /// Jobs durably enqueued (one per event and target, plus held-back copies).
     pub enqueued: AtomicU64,
     /// POSTs answered with 2xx.
     pub sent: AtomicU64,
@@ -137,31 +155,38 @@ pub struct WebhookStats {
     pub retried: AtomicU64,
     /// Jobs given up on (permanent failure or attempts exhausted).
     pub dead_lettered: AtomicU64,
-    /// Events lost before reaching the queue (cache or queue unavailable).
+    /// Events lost before reaching the queue (cache or queue unavailable): must stay 0.
     pub emit_errors: AtomicU64,
+    /// Jobs this node delivered that another node decided (a survivor flushing a dead
+    /// node's events, or simply another node's worker being first).
+    pub taken_over: AtomicU64,
 }
 
 /// A point-in-time copy of [`WebhookStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WebhookStatsSnapshot {
+    pub emitted: u64,
     pub enqueued: u64,
     pub sent: u64,
     pub failed: u64,
     pub retried: u64,
     pub dead_lettered: u64,
     pub emit_errors: u64,
+    pub taken_over: u64,
 }
 
 impl WebhookStats {
     pub fn snapshot(&self) -> WebhookStatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         WebhookStatsSnapshot {
+            emitted: l(&self.emitted),
             enqueued: l(&self.enqueued),
             sent: l(&self.sent),
             failed: l(&self.failed),
             retried: l(&self.retried),
             dead_lettered: l(&self.dead_lettered),
             emit_errors: l(&self.emit_errors),
+            taken_over: l(&self.taken_over),
         }
     }
 
@@ -251,6 +276,7 @@ pub fn install(node: &Arc<crate::node::Node>) {
             queue,
             Arc::clone(&node.cache),
             Arc::clone(&node.adapter),
+            Arc::clone(&node.apps),
         )
     });
     match built {

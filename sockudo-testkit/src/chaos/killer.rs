@@ -1,5 +1,6 @@
 //! The killer: SIGKILL a random node every interval and start it again after a delay, under
 //! the same node id or a new one. [`NodeLiveness`] tells the publisher which nodes are up.
+//! Public so other crash scenarios (e.g. the webhook one) reuse the same schedule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ const MAX_JITTER_MS: u64 = 250;
 /// Which nodes are up, as far as the killer knows (a node is marked down just before its
 /// kill and up once its restart answered `/health`).
 #[derive(Debug)]
-pub(crate) struct NodeLiveness {
+pub struct NodeLiveness {
     up: Vec<AtomicBool>,
 }
 
@@ -50,11 +51,16 @@ impl NodeLiveness {
 
 /// The killer's schedule.
 #[derive(Debug)]
-pub(crate) struct Killer {
+pub struct Killer {
+    /// How many kills.
     pub kills: usize,
+    /// Time between two kills (plus a seeded jitter below 250 ms).
     pub interval: Duration,
+    /// How long a killed node stays down before its restart.
     pub restart_delay: Duration,
+    /// Restart as `node-{i}-gen{k}` instead of under the same node id.
     pub new_node_ids: bool,
+    /// Drives which node dies when.
     pub seed: u64,
     /// The start of the run: record times are offsets from it.
     pub start: Instant,

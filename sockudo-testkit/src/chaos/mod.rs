@@ -45,7 +45,7 @@
 
 mod accounting;
 pub mod config;
-mod killer;
+pub mod killer;
 mod presence;
 mod publisher;
 pub mod records;

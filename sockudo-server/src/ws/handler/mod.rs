@@ -309,7 +309,7 @@ impl Session {
                     .await;
             }
             if let Some(w) = self.node.webhooks() {
-                w.member_removed(&self.conn.app, channel, &user); // webhooks
+                w.member_removed(&self.conn.app, channel, &user).await; // webhooks
             }
         }
     }
