@@ -102,20 +102,6 @@ pub const WEBHOOK_SENT: &str = "sockudo_webhook_sent_total";
 /// Counter: webhook POSTs that failed (`stage` = post | retried | dead_lettered | emit).
 pub const WEBHOOK_FAILURES: &str = "sockudo_webhook_failures_total";
 
-// Push notifications (registered now; the push pipeline records them).
-/// Counter: push publishes accepted.
-pub const PUSH_ACCEPTED: &str = "sockudo_push_publishes_accepted_total";
-/// Counter: push notifications dispatched to a provider.
-pub const PUSH_DISPATCHED: &str = "sockudo_push_dispatched_total";
-/// Counter: push notifications that failed.
-pub const PUSH_FAILED: &str = "sockudo_push_failed_total";
-/// Gauge: push notifications scheduled for later.
-pub const PUSH_SCHEDULED: &str = "sockudo_push_scheduled";
-/// Histogram: provider request latency, seconds (`provider`).
-pub const PUSH_PROVIDER_SECONDS: &str = "sockudo_push_provider_latency_seconds";
-/// Counter: provider errors (`provider`).
-pub const PUSH_PROVIDER_ERRORS: &str = "sockudo_push_provider_errors_total";
-
 // HTTP API layers.
 /// Counter: requests refused by a rate limit (`scope` = http | client_event).
 pub const RATE_LIMITED: &str = "sockudo_rate_limit_rejections_total";
@@ -141,7 +127,8 @@ const BUCKETS: &[f64] = &[
     1.0, 2.5,
 ];
 
-/// Describe every metric (HELP and TYPE lines) and register the push metrics at zero.
+/// Describe every metric (HELP and TYPE lines) and register the counters that alerts read at zero.
+/// (No metric of a feature that does not exist: push notifications register theirs when they land.)
 pub fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_OPENED, "WebSocket connections opened");
@@ -218,19 +205,6 @@ pub fn describe() {
     );
     describe_counter!(WEBHOOK_SENT, "Webhook POSTs answered with 2xx");
     describe_counter!(WEBHOOK_FAILURES, "Webhook failures, by stage");
-    describe_counter!(PUSH_ACCEPTED, "Push publishes accepted");
-    describe_counter!(
-        PUSH_DISPATCHED,
-        "Push notifications dispatched to a provider"
-    );
-    describe_counter!(PUSH_FAILED, "Push notifications that failed");
-    describe_gauge!(PUSH_SCHEDULED, "Push notifications scheduled for later");
-    describe_histogram!(
-        PUSH_PROVIDER_SECONDS,
-        Unit::Seconds,
-        "Push provider request latency"
-    );
-    describe_counter!(PUSH_PROVIDER_ERRORS, "Push provider errors");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
     describe_counter!(
         IDEMPOTENCY_REPLAYS,
@@ -244,11 +218,6 @@ pub fn describe() {
     describe_gauge!(READY, "1 while the node is ready");
     describe_gauge!(DRAINING, "1 while the node is draining");
     // Registered at zero so dashboards and alerts see them before the first event.
-    counter!(PUSH_ACCEPTED).absolute(0);
-    counter!(PUSH_DISPATCHED).absolute(0);
-    counter!(PUSH_FAILED).absolute(0);
-    gauge!(PUSH_SCHEDULED).set(0.0);
-    counter!(PUSH_PROVIDER_ERRORS).absolute(0);
     counter!(RATE_LIMITED, "scope" => "http").absolute(0);
     counter!(RATE_LIMITED, "scope" => "client_event").absolute(0);
     counter!(IDEMPOTENCY_REPLAYS).absolute(0);
@@ -490,9 +459,10 @@ mod tests {
                 "{text}"
             );
             assert!(
-                text.contains("sockudo_push_dispatched_total{node_id=\"n1\"} 0"),
-                "push metrics registered at zero: {text}"
+                text.contains("sockudo_idempotency_replays_total{node_id=\"n1\"} 0"),
+                "alerting counters registered at zero: {text}"
             );
+            assert!(!text.contains("sockudo_push_"), "no push metrics: {text}");
         });
     }
 }

@@ -37,14 +37,14 @@ impl RedisServer {
                 hint: "install it (`apt-get install redis-server`)",
             });
         }
-        let dir = scratch_dir("redis")?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
+            // A directory per attempt: a failed attempt's value removes its own on drop.
             let mut server = RedisServer {
                 port,
                 child: None,
-                dir: dir.clone(),
+                dir: scratch_dir("redis")?,
             };
             match server.start_again().await {
                 Ok(()) => return Ok(server),

@@ -84,9 +84,13 @@ async fn metrics_are_served_and_gauges_go_down() {
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let body = wait_metrics(&url, "metrics served", |b| {
-        b.contains("sockudo_push_dispatched_total")
+        b.contains("sockudo_idempotency_replays_total")
     })
     .await;
+    assert!(
+        !body.contains("sockudo_push_"),
+        "no metric of a feature that does not exist:\n{body}"
+    );
     assert!(
         body.contains("node_id=\"metrics-0\""),
         "node_id is a global label:\n{body}"

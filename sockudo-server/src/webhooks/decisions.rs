@@ -20,6 +20,10 @@ use super::{WebhookEvent, WebhookSettings, WebhookStats};
 /// How long a start job waits for its span to appear in the marker (the deciding node sets
 /// it right after enqueueing): past this, the node died in between and nothing started.
 const START_GRACE_MS: u64 = 5_000;
+/// How long an end event waits for its start event to be settled (delivered or given up)
+/// before it goes out regardless: past the start's whole retry window (≥ 5 minutes of
+/// backoff), a start still unsettled can only mean its record was lost.
+const END_WAIT_LIMIT_MS: u64 = 15 * 60 * 1000;
 /// How soon a held-back job is looked at again.
 pub(super) const WAIT_RETRY: Duration = Duration::from_millis(250);
 
@@ -239,7 +243,8 @@ impl Decisions {
                 let Ok(held) = self.held(&job.app_id, subject).await else {
                     return Verdict::Wait;
                 };
-                match transitions::decide_end(cache, marker, token, &job.id, held).await {
+                let overdue = now_ms() > job.created_ms.saturating_add(END_WAIT_LIMIT_MS);
+                match transitions::decide_end(cache, marker, token, &job.id, held, overdue).await {
                     Ok(EndVerdict::Deliver) => {
                         self.restart_if_held(job, marker, subject).await;
                         Verdict::Deliver

@@ -138,6 +138,7 @@ pub(super) async fn decide_end(
     token: &str,
     job: &str,
     held: bool,
+    overdue: bool,
 ) -> Result<EndVerdict, CacheError> {
     let key = end_key(marker, token);
     if let Some(owner) = cache.get(&key).await? {
@@ -150,11 +151,16 @@ pub(super) async fn decide_end(
     if held {
         return Ok(EndVerdict::Drop);
     }
-    match read(cache, marker).await? {
-        Span::Pending(t) if t == token => return Ok(EndVerdict::Wait),
-        Span::Delivered(t) if t == token => {}
+    // An end waits for its start's delivery, but not forever: past `overdue` (the start's
+    // whole retry window, see the caller) a start still not recorded as settled means its
+    // record was lost (a cache failure), and a missing end would be worse than an end whose
+    // start the receiver may have seen late.
+    let state = match read(cache, marker).await? {
+        Span::Pending(t) if t == token && !overdue => return Ok(EndVerdict::Wait),
+        Span::Pending(t) if t == token => "P",
+        Span::Delivered(t) if t == token => "D",
         _ => return Ok(EndVerdict::Drop),
-    }
+    };
     if !cache
         .set_if_absent(&key, Bytes::from(job.to_owned()), Some(MARKER_TTL))
         .await?
@@ -163,7 +169,7 @@ pub(super) async fn decide_end(
     }
     // Ends the span; a new one may start from here on. Losing this CAS is impossible for a
     // delivered span we own the end of, short of the marker expiring: ignore it.
-    let from = value("D", token);
+    let from = value(state, token);
     cache
         .compare_and_swap(marker, Some(&from), value("E", token), Some(MARKER_TTL))
         .await?;
@@ -178,18 +184,37 @@ mod tests {
     const M: &str = "webhooks:occupied:1:a:ch";
 
     #[tokio::test]
+    async fn an_end_whose_start_was_never_recorded_goes_out_once_overdue() {
+        let c = MemoryCache::new();
+        assert!(try_start(&c, M, "t1").await.unwrap());
+        // The start's "delivered" record was lost (a cache failure when it was delivered).
+        let v = decide_end(&c, M, "t1", "j1", false, false).await.unwrap();
+        assert_eq!(v, EndVerdict::Wait);
+        let v = decide_end(&c, M, "t1", "j1", false, true).await.unwrap();
+        assert_eq!(v, EndVerdict::Deliver, "not forever");
+        assert_eq!(
+            read(&c, M).await.unwrap(),
+            Span::Idle {
+                ended: Some("t1".into())
+            }
+        );
+        let v = decide_end(&c, M, "t1", "j2", false, true).await.unwrap();
+        assert_eq!(v, EndVerdict::Drop, "and once");
+    }
+
+    #[tokio::test]
     async fn one_start_per_span_and_end_waits_for_delivery() {
         let c = MemoryCache::new();
         assert!(try_start(&c, M, "t1").await.unwrap(), "buffered → started");
         assert!(!try_start(&c, M, "t2").await.unwrap(), "never two starts");
         assert_eq!(read(&c, M).await.unwrap(), Span::Pending("t1".into()));
         // The end job is durable but must not overtake the start event.
-        let v = decide_end(&c, M, "t1", "j1", false).await.unwrap();
+        let v = decide_end(&c, M, "t1", "j1", false, false).await.unwrap();
         assert_eq!(v, EndVerdict::Wait);
         assert!(mark_delivered(&c, M, "t1").await.unwrap());
         assert_eq!(read(&c, M).await.unwrap(), Span::Delivered("t1".into()));
         assert_eq!(
-            decide_end(&c, M, "t1", "j1", false).await.unwrap(),
+            decide_end(&c, M, "t1", "j1", false, false).await.unwrap(),
             EndVerdict::Deliver
         );
         assert_eq!(
@@ -207,11 +232,11 @@ mod tests {
         let c = MemoryCache::new();
         assert!(try_start(&c, M, "t1").await.unwrap());
         assert!(mark_delivered(&c, M, "t1").await.unwrap());
-        let v = decide_end(&c, M, "t1", "j1", true).await.unwrap();
+        let v = decide_end(&c, M, "t1", "j1", true, false).await.unwrap();
         assert_eq!(v, EndVerdict::Drop, "held again: no end");
         assert_eq!(read(&c, M).await.unwrap(), Span::Delivered("t1".into()));
         // Later it really ends: a later job decides it.
-        let v = decide_end(&c, M, "t1", "j2", false).await.unwrap();
+        let v = decide_end(&c, M, "t1", "j2", false, false).await.unwrap();
         assert_eq!(v, EndVerdict::Deliver);
     }
 
@@ -222,23 +247,23 @@ mod tests {
         assert!(mark_delivered(&c, M, "t1").await.unwrap());
         // Two end jobs for the span (the leaving node's and a sweeping survivor's).
         assert_eq!(
-            decide_end(&c, M, "t1", "j1", false).await.unwrap(),
+            decide_end(&c, M, "t1", "j1", false, false).await.unwrap(),
             EndVerdict::Deliver
         );
         assert_eq!(
-            decide_end(&c, M, "t1", "j2", false).await.unwrap(),
+            decide_end(&c, M, "t1", "j2", false, false).await.unwrap(),
             EndVerdict::Drop
         );
         // j1's node died after deciding: its redelivery (on a survivor) still delivers, even
         // when a new span started meanwhile.
         assert!(try_start(&c, M, "t2").await.unwrap());
         assert_eq!(
-            decide_end(&c, M, "t1", "j1", true).await.unwrap(),
+            decide_end(&c, M, "t1", "j1", true, false).await.unwrap(),
             EndVerdict::Deliver
         );
         // An end job of an unknown or older span does nothing.
         assert_eq!(
-            decide_end(&c, M, "t0", "j3", false).await.unwrap(),
+            decide_end(&c, M, "t0", "j3", false, false).await.unwrap(),
             EndVerdict::Drop
         );
     }
