@@ -44,6 +44,8 @@ pub struct Node {
     pub recent_ids: RecentIds,
     // webhooks: begin (set once by `build_node`; see `crate::webhooks`)
     webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
+    /// Set once [`Node::installed_webhooks`] has waited in vain (see there).
+    webhooks_waited: AtomicBool,
     // webhooks: end
     /// The cluster adapter's counters, when the adapter is one (metrics).
     cluster_stats: std::sync::OnceLock<ClusterStatsFn>,
@@ -90,6 +92,7 @@ impl Node {
             socket_seq: AtomicU64::new(rand::random::<u32>() as u64),
             socket_prefix: rand::random::<u32>() as u64,
             webhooks: std::sync::OnceLock::new(), // webhooks
+            webhooks_waited: AtomicBool::new(false),
             cluster_stats: std::sync::OnceLock::new(),
             stale_member_events: AtomicU64::new(0),
         });
@@ -107,14 +110,20 @@ impl Node {
     /// The webhook pipeline, waiting briefly for it: the removals of a previous incarnation
     /// of this node id are announced as the adapter attaches, which is before the pipeline
     /// is installed; reading it at once would lose their `channel_vacated` / `member_removed`.
+    /// Waits at most once per node (1 s): a node that runs without a pipeline (an embedder
+    /// that never installs one) must not pay the wait for every removed member.
     async fn installed_webhooks(&self) -> Option<&Arc<crate::webhooks::Webhooks>> {
+        if self.webhooks_waited.load(Ordering::Acquire) {
+            return self.webhooks();
+        }
         for _ in 0..50 {
             if let Some(w) = self.webhooks() {
                 return Some(w);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        None
+        self.webhooks_waited.store(true, Ordering::Release);
+        self.webhooks()
     }
 
     /// Install the webhook pipeline (once; later calls are ignored and return false).
