@@ -18,6 +18,10 @@ pub enum Mode {
     /// One node with QUEUE_DRIVER=redis and a webhook target served by this tool:
     /// end-to-end webhook events/s, and retries under a failing target.
     Webhooks,
+    /// 3 in-process cluster adapters over a real Redis and a real NATS, each "subscribed" to
+    /// its own disjoint channels: bytes the broker delivers to the nodes per publish, with
+    /// interest routing and with broadcast-to-all.
+    InterestBytes,
 }
 
 /// Load tool for a Sockudo (Pusher protocol 7) node.
@@ -122,6 +126,12 @@ pub struct Args {
     /// cluster-fanout / resume-storm: number of sockudo nodes to start.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+
+    /// cluster-fanout: the adapter the started nodes use: `redis`, or `nats` (a nats-server
+    /// is started too; presence, cache and history stay on Redis). The binary must be built
+    /// with `--features nats` for `nats`.
+    #[arg(long, default_value = "redis")]
+    pub adapter: String,
 
     /// cluster-fanout: attach to running nodes (`http://host:port`, comma separated) instead
     /// of starting Redis and nodes.

@@ -151,6 +151,7 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     let dir = procs::scratch_dir()?;
     // Start (or attach to) the cluster.
     let mut _redis: Option<Proc> = None;
+    let mut _nats: Option<Proc> = None;
     let mut nodes: Vec<Proc> = Vec::new();
     let (http_bases, ws_bases): (Vec<String>, Vec<String>) = if !args.node_urls.is_empty() {
         let http: Vec<String> = args
@@ -166,13 +167,30 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     } else {
         let bin = procs::sockudo_bin(args.sockudo_bin.as_deref())?;
         let redis = procs::start_redis(&dir).await?;
-        let env = procs::cluster_env(&format!("redis://127.0.0.1:{}", redis.port));
+        let mut env = procs::cluster_env(&format!("redis://127.0.0.1:{}", redis.port));
+        match args.adapter.as_str() {
+            "redis" => {}
+            "nats" => {
+                let nats = procs::start_nats(&dir).await?;
+                for (k, v) in [
+                    ("ADAPTER_DRIVER", "nats".to_owned()),
+                    ("PRESENCE_DRIVER", "redis".to_owned()),
+                    ("NATS_URL", format!("nats://127.0.0.1:{}", nats.port)),
+                ] {
+                    env.retain(|(name, _)| name != k);
+                    env.push((k.to_owned(), v));
+                }
+                _nats = Some(nats);
+            }
+            other => return Err(format!("--adapter {other:?}: expected redis or nats")),
+        }
         for i in 0..args.nodes.max(1) {
             nodes.push(procs::start_node(&bin, &dir, &format!("node-{i}"), &env, None).await?);
         }
         progress(&format!(
-            "started redis on {} and {} nodes ({}), logs in {}",
+            "started redis on {} ({} adapter) and {} nodes ({}), logs in {}",
             redis.port,
+            args.adapter,
             nodes.len(),
             bin.display(),
             dir.display()

@@ -61,6 +61,7 @@ mod client;
 mod clock;
 mod cluster_fanout;
 mod histogram;
+mod interest_bytes;
 mod limits;
 mod payload;
 mod procs;
@@ -117,6 +118,7 @@ fn main() -> ExitCode {
         cli::Mode::ClusterFanout => Some(runtime.block_on(cluster_fanout::run(&args, clock))),
         cli::Mode::ResumeStorm => Some(runtime.block_on(resume_storm::run(&args, clock))),
         cli::Mode::Webhooks => Some(runtime.block_on(webhooks::run(&args, clock))),
+        cli::Mode::InterestBytes => Some(runtime.block_on(interest_bytes::run(&args))),
         cli::Mode::Publish | cli::Mode::ConnectOnly => None,
     };
     if let Some(result) = multi {

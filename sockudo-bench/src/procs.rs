@@ -137,25 +137,55 @@ pub async fn start_redis(dir: &Path) -> Result<Proc, String> {
         .stderr(err)
         .spawn()
         .map_err(|e| format!("spawn redis-server: {e}"))?;
-    let mut p = Proc {
+    let p = Proc {
         what: format!("redis-server on {port}"),
         child: Some(child),
         port,
         log,
     };
+    await_probe(p, b"PING\r\n", b"+PONG").await
+}
+
+/// Wait until `p` answers `req` with a reply starting with `expect` (or exits, or
+/// `START_TIMEOUT` passes).
+async fn await_probe(mut p: Proc, req: &[u8], expect: &[u8]) -> Result<Proc, String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(e) = p.exited() {
             return Err(e);
         }
-        if probe(p.addr(), b"PING\r\n", b"+PONG") {
+        if probe(p.addr(), req, expect) {
             return Ok(p);
         }
         if Instant::now() >= deadline {
-            return Err(format!("redis-server on {port} did not answer PING"));
+            return Err(format!("{} did not answer", p.what));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Start `nats-server` (core NATS) on a free port and wait for its `INFO` greeting.
+pub async fn start_nats(dir: &Path) -> Result<Proc, String> {
+    if !on_path("nats-server") {
+        return Err("nats-server is not on PATH (apt-get install nats-server)".into());
+    }
+    let port = free_port()?;
+    let log = dir.join(format!("nats-{port}.log"));
+    let (out, err) = open_log(&log)?;
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn nats-server: {e}"))?;
+    let p = Proc {
+        what: format!("nats-server on {port}"),
+        child: Some(child),
+        port,
+        log,
+    };
+    await_probe(p, b"", b"INFO").await
 }
 
 /// Where the `sockudo` binary is: `explicit` (from `--sockudo-bin` / `SOCKUDO_BIN`), else

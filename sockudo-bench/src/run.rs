@@ -226,6 +226,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             Mode::ClusterFanout => "cluster-fanout",
             Mode::ResumeStorm => "resume-storm",
             Mode::Webhooks => "webhooks",
+            Mode::InterestBytes => "interest-bytes",
         },
         setup: Setup {
             ws_url: plan.url.clone(),

@@ -1,14 +1,20 @@
 //! `ClusterAdapter` end to end: several adapters (distinct node ids) in one process over one
 //! transport, with recording handlers. Every scenario runs over `MemoryTransport` +
 //! `MemoryPresenceStore`, and with the `redis` feature over `RedisTransport` +
-//! `RedisPresenceStore` on a `redis-server` each test starts on a free port. The
-//! `PresenceStore` conformance suite also runs against `RedisPresenceStore` here.
+//! `RedisPresenceStore` on a `redis-server` each test starts on a free port, and with the
+//! `nats` feature over `NatsTransport` on a `nats-server` each test starts (same scenarios,
+//! unchanged). The `PresenceStore` conformance suite also runs against `RedisPresenceStore`
+//! here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 #[path = "support/redis_server.rs"]
 mod redis_server;
+
+#[cfg(feature = "nats")]
+#[path = "support/nats_server.rs"]
+mod nats_server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,8 +95,12 @@ fn fast() -> ClusterOptions {
         heartbeat_interval: Duration::from_millis(100),
         node_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(300),
+        interest_routing: true,
     }
 }
+
+/// The channels every test node has "local subscribers" on (see [`node`]).
+const WATCHED: &[(&str, &str)] = &[("app", "c"), ("app", "ordered"), ("app-1", "private-x")];
 
 async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
@@ -135,6 +145,10 @@ async fn node<E: Env>(env: &E, id: &str, opts: &ClusterOptions, connections: u64
         .unwrap();
     let r = Recorder::with_connections(connections);
     a.attach(r.clone());
+    // As a node with local subscribers on the scenarios' channels would (interest routing).
+    for (app, channel) in WATCHED {
+        a.watch_channel(app, channel).await.unwrap();
+    }
     (a, r)
 }
 
@@ -481,8 +495,155 @@ async fn restart_under_same_id_announces_stale_members<E: Env>(env: &E) {
     );
 }
 
-async fn nothing_before_attach<E: Env>(env: &E) {
+/// Two live nodes under one id: the newcomer steps back, nothing is deleted, nothing is
+/// dropped as an echo, and the newcomer takes the id over once the older one leaves.
+async fn duplicate_node_id_steps_back<E: Env>(env: &E) {
     let opts = fast();
+    let nodes = cluster(env, 2, &opts).await;
+    let ch = "presence-twins";
+    nodes[1].0.presence_join(pjoin(ch, "alice")).await.unwrap();
+    let (twin, twin_rec) = node(env, "n1", &opts, 7).await;
+    assert!(
+        twin.is_duplicate(),
+        "the newcomer must detect the live node"
+    );
+    assert!(!twin.is_healthy());
+    let reason = twin.unready_reason().unwrap();
+    assert!(reason.contains("duplicate node id"), "{reason}");
+    assert_eq!(
+        nodes[1].0.unready_reason(),
+        None,
+        "the older node keeps serving"
+    );
+    assert!(matches!(
+        twin.presence_join(pjoin(ch, "bob")).await,
+        Err(AdapterError::Unavailable(_))
+    ));
+    let members = |a: &Arc<ClusterAdapter<E::T>>| {
+        let a = a.clone();
+        async move {
+            let mut m: Vec<String> = a
+                .presence_members("app", ch)
+                .await
+                .unwrap()
+                .members
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            m.sort();
+            m
+        }
+    };
+    assert_eq!(members(&nodes[0].0).await, vec!["alice".to_owned()]);
+    // A second newcomer that leaves at once withdraws nothing.
+    let (twin2, _) = node(env, "n1", &opts, 0).await;
+    assert!(twin2.is_duplicate());
+    assert!(twin2.leave_cluster().await.unwrap().is_empty());
+    drop(twin2);
+    assert_eq!(members(&nodes[0].0).await, vec!["alice".to_owned()]);
+    // Twins do not take each other's messages for echoes.
+    nodes[1].0.publish(msg("c", "from-old")).await.unwrap();
+    twin.publish(msg("c", "from-new")).await.unwrap();
+    let has = |r: &Arc<Recorder>, f: &'static [u8]| r.frames().contains(&Bytes::from_static(f));
+    assert!(
+        eventually(Duration::from_secs(2), || has(&twin_rec, b"from-old")
+            && has(&nodes[1].1, b"from-new")
+            && has(&nodes[0].1, b"from-old")
+            && has(&nodes[0].1, b"from-new"))
+        .await
+    );
+    assert_eq!(nodes[0].1.frames().len(), 2, "exactly once each");
+    assert!(twin.stats().duplicate_node_ids >= 1);
+    assert!(nodes[1].0.stats().duplicate_node_ids >= 1);
+    assert!(
+        twin_rec.removed_users().is_empty(),
+        "nothing swept meanwhile"
+    );
+    // The older node leaves: the newcomer takes the id over and becomes ready.
+    let gone = nodes[1].0.leave_cluster().await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(
+        eventually(Duration::from_secs(2), || !twin.is_duplicate()
+            && twin.unready_reason().is_none())
+        .await
+    );
+    twin.presence_join(pjoin(ch, "bob")).await.unwrap();
+    assert_eq!(members(&nodes[0].0).await, vec!["bob".to_owned()]);
+}
+
+/// With routing, a node hears a channel only while it watches it; without, always.
+async fn interest_routing_skips_nodes_without_subscribers<E: Env>(env: &E) {
+    let opts = fast();
+    let nodes = cluster(env, 3, &opts).await;
+    assert!(nodes[0].0.routes_by_interest());
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    b.0.watch_channel("app", "only-b").await.unwrap();
+    b.0.watch_channel("app", "only-b").await.unwrap(); // a second local subscriber
+    let before = c.0.stats().received_bytes;
+    a.0.publish(msg("only-b", "1")).await.unwrap();
+    let has = |r: &Arc<Recorder>, f: &'static [u8]| r.frames().contains(&Bytes::from_static(f));
+    assert!(eventually(Duration::from_secs(2), || has(&b.1, b"1")).await);
+    b.0.unwatch_channel("app", "only-b"); // one of two gone: still routed
+    a.0.publish(msg("only-b", "2")).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || has(&b.1, b"2")).await);
+    b.0.unwatch_channel("app", "only-b"); // the last one: no longer routed
+    assert_eq!(b.0.watched_channels(), WATCHED.len());
+    a.0.publish(msg("only-b", "3")).await.unwrap();
+    b.0.watch_channel("app", "only-b").await.unwrap();
+    a.0.publish(msg("only-b", "4")).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || has(&b.1, b"4")).await);
+    // A marker on a channel everyone watches: once it arrived, "3" would have too.
+    a.0.publish(msg("c", "marker")).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || has(&b.1, b"marker")
+            && has(&c.1, b"marker"))
+        .await
+    );
+    // ("3" may or may not reach b: a broker may end a dropped subscription only when its
+    // next message arrives, and b subscribed again right after.)
+    assert!(!c
+        .1
+        .frames()
+        .iter()
+        .any(|f| ["1", "2", "3", "4"].contains(&&*String::from_utf8_lossy(f))));
+    let marker_bytes = c.0.stats().received_bytes - before;
+    assert!(
+        marker_bytes > 0 && marker_bytes < 200,
+        "c received only the marker: {marker_bytes} bytes"
+    );
+
+    // Without routing every node hears everything, on the shared topic.
+    let opts = ClusterOptions {
+        interest_routing: false,
+        ..fast()
+    };
+    let nodes = cluster(env, 2, &opts).await;
+    assert!(!nodes[0].0.routes_by_interest());
+    nodes[0].0.publish(msg("unwatched", "all")).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || has(&nodes[1].1, b"all")).await);
+}
+
+async fn names_are_checked_at_start<E: Env>(env: &E) {
+    for id in ["", "node#1", "a b", "node*", "x..y"] {
+        let r = ClusterAdapter::start(id, env.transport().await, env.presence(), fast()).await;
+        assert!(matches!(r, Err(AdapterError::Malformed(_))), "{id:?}");
+    }
+    let bad = ClusterOptions {
+        prefix: "sock#udo".into(),
+        ..fast()
+    };
+    assert!(matches!(
+        ClusterAdapter::start("ok", env.transport().await, env.presence(), bad).await,
+        Err(AdapterError::Malformed(_))
+    ));
+}
+
+async fn nothing_before_attach<E: Env>(env: &E) {
+    // The shared broadcast topic is subscribed at start: what it carries before attach waits.
+    let opts = ClusterOptions {
+        interest_routing: false,
+        ..fast()
+    };
     let a = ClusterAdapter::start("solo", env.transport().await, env.presence(), opts.clone())
         .await
         .unwrap();
@@ -497,6 +658,14 @@ async fn nothing_before_attach<E: Env>(env: &E) {
         .await,
         Err(AdapterError::NotAttached)
     ));
+    let routed = ClusterAdapter::start("solo2", env.transport().await, env.presence(), fast())
+        .await
+        .unwrap();
+    assert!(matches!(
+        routed.watch_channel("app", "c").await,
+        Err(AdapterError::NotAttached)
+    ));
+    drop(routed);
     let peer = node(env, "peer", &opts, 1).await;
     peer.0.publish(msg("c", "early")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -533,7 +702,8 @@ macro_rules! scenarios {
         scenarios!(@ $env, publish_reaches_every_handler_exactly_once, broadcast_fields_survive_the_trip, order_is_preserved,
             control_reaches_every_node, query_merges_every_live_node, query_fails_rather_than_undercount,
             dead_node_is_swept_once, leave_cluster_sweeps_at_once, restart_under_same_id_announces_stale_members,
-            nothing_before_attach);
+            nothing_before_attach, duplicate_node_id_steps_back, names_are_checked_at_start,
+            interest_routing_skips_nodes_without_subscribers);
     };
     (@ $env:expr, $($name:ident),*) => {
         $(
@@ -855,3 +1025,10 @@ mod redis_env {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// NATS environment (after `scenarios!`, which it uses)
+
+#[cfg(feature = "nats")]
+#[path = "adapter_cluster/nats_env.rs"]
+mod nats_env;

@@ -6,6 +6,10 @@ use std::path::Path;
 use serde::Deserialize;
 use sockudo_core::app::App;
 
+mod drivers;
+
+pub use drivers::{effective_presence, NatsSection, PresenceSection};
+
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,11 +60,15 @@ pub const ENV_VARS: &[&str] = &[
     "MESSAGE_DEDUP_CAPACITY",
     "MESSAGE_DEDUP_SECS",
     "METRICS_PORT",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
     "NATS_URL",
+    "NATS_USERNAME",
     "OUTBOUND_QUEUE_BYTES",
     "OUTBOUND_QUEUE_FRAMES",
     "PONG_TIMEOUT",
     "PORT",
+    "PRESENCE_DRIVER",
     "QUEUE_DRIVER",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
@@ -200,7 +208,10 @@ pub struct NodeSettings {
     pub history: DriverSection,
     pub app_manager: DriverSection,
     pub redis: UrlSection,
-    pub nats: UrlSection,
+    /// NATS servers and credentials (`ADAPTER_DRIVER=nats`).
+    pub nats: NatsSection,
+    /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
+    pub presence: PresenceSection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
     pub database_url: Option<String>,
@@ -261,9 +272,8 @@ impl Default for NodeSettings {
                 url: "redis://127.0.0.1:6379".into(),
             },
             cluster: ClusterSection::default(),
-            nats: UrlSection {
-                url: "nats://127.0.0.1:4222".into(),
-            },
+            nats: NatsSection::default(),
+            presence: PresenceSection::default(),
             database_url: None,
             apps: Vec::new(),
         }
@@ -345,9 +355,6 @@ impl NodeSettings {
         if let Some(v) = get("REDIS_URL") {
             self.redis.url = v;
         }
-        if let Some(v) = get("NATS_URL") {
-            self.nats.url = v;
-        }
         if let Some(v) = get("DATABASE_URL") {
             self.database_url = Some(v);
         }
@@ -378,6 +385,7 @@ impl NodeSettings {
         if let Some(v) = get("CLUSTER_PREFIX") {
             self.cluster.prefix = v;
         }
+        drivers::apply_env(self, &get)?;
         let seconds = "whole seconds";
         let count = "a whole number";
         num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
@@ -522,16 +530,12 @@ impl NodeSettings {
                 )))
             }
         };
-        let adapters: &[&str] = if cfg!(feature = "redis") {
-            &["local", "redis"]
-        } else {
-            &["local"]
-        };
         check(
             "adapter.driver (ADAPTER_DRIVER)",
             &self.adapter.driver,
-            adapters,
+            &drivers::adapters(),
         )?;
+        drivers::validate(self)?;
         let caches: &[&str] = if cfg!(feature = "redis") {
             &["memory", "redis"]
         } else {
@@ -555,6 +559,12 @@ impl NodeSettings {
             histories,
         )?;
         let c = &self.cluster;
+        // Every key and topic of the node starts with the prefix, and the node id names topics
+        // and presence contributions: both must be valid broker names.
+        sockudo_core::adapter::names::validate_name("cluster.prefix (CLUSTER_PREFIX)", &c.prefix)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        sockudo_core::adapter::names::validate_name("node_id (SOCKUDO_NODE_ID)", &self.node_id)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if c.heartbeat_interval_ms == 0
             || c.node_timeout_ms <= c.heartbeat_interval_ms
             || c.node_timeout_ms > 30_000
@@ -696,8 +706,10 @@ mod tests {
     #[test]
     fn env_vars_lists_every_name_the_config_reads() {
         let src = include_str!("config.rs");
-        let body =
-            &src[src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())];
+        let body = src
+            [src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())]
+            .to_owned()
+            + include_str!("config/drivers.rs");
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
             let looks_like_env = piece.len() > 2
@@ -709,6 +721,57 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "add to ENV_VARS: {missing:?}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let text = include_str!("../../sockudo.example.toml");
+        let s = NodeSettings::from_toml(text, "sockudo.example.toml").unwrap();
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with("node_id")),
+            "no fixed node_id"
+        );
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn cluster_driver_combinations_are_checked() {
+        let load =
+            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
+        assert!(err(&[("CLUSTER_PREFIX", "a#b")]).contains("cluster.prefix"));
+        assert!(err(&[("SOCKUDO_NODE_ID", "node a")]).contains("node_id"));
+        assert!(err(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")]).contains("REDIS_CLUSTER_NODES"));
+        assert!(err(&[("PRESENCE_DRIVER", "redis")]).contains("ADAPTER_DRIVER=local"));
+        assert!(err(&[
+            ("ADAPTER_DRIVER", "redis"),
+            ("PRESENCE_DRIVER", "transport")
+        ])
+        .contains("not available"));
+        if cfg!(feature = "nats") {
+            assert!(err(&[("ADAPTER_DRIVER", "nats")]).contains("PRESENCE_DRIVER=redis"));
+            assert!(err(&[
+                ("ADAPTER_DRIVER", "nats"),
+                ("PRESENCE_DRIVER", "redis"),
+                ("NATS_URL", "http://x:1")
+            ])
+            .contains("nats://"));
+            assert!(err(&[
+                ("ADAPTER_DRIVER", "nats"),
+                ("PRESENCE_DRIVER", "redis"),
+                ("NATS_USERNAME", "u")
+            ])
+            .contains("NATS_PASSWORD"));
+            let s = load(&[
+                ("ADAPTER_DRIVER", "nats"),
+                ("PRESENCE_DRIVER", "redis"),
+                ("NATS_URL", "nats://a:1, nats://b:2"),
+            ])
+            .unwrap();
+            assert_eq!(s.nats.servers(), vec!["nats://a:1", "nats://b:2"]);
+        } else {
+            assert!(err(&[("ADAPTER_DRIVER", "nats")]).contains("not supported"));
+        }
     }
 
     #[test]

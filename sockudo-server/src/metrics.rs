@@ -63,6 +63,8 @@ pub const FANOUT_BROADCASTS: &str = "sockudo_fanout_broadcasts_total";
 pub const FANOUT_FRAMES: &str = "sockudo_fanout_frames_total";
 /// Counter: adapter errors (`kind` = publish | heartbeat | query_timeout | malformed | sweep).
 pub const ADAPTER_ERRORS: &str = "sockudo_adapter_errors_total";
+/// Counter: other live nodes seen running under this node's id (each one counted once).
+pub const DUPLICATE_NODE_IDS: &str = "sockudo_cluster_duplicate_node_ids_total";
 /// Counter: cross-node deliveries dropped as duplicates (same message id seen recently).
 pub const ADAPTER_DUPLICATES: &str = "sockudo_adapter_duplicates_suppressed_total";
 
@@ -165,6 +167,10 @@ pub fn describe() {
     );
     describe_counter!(FANOUT_FRAMES, "Frames queued to connections by the fanout");
     describe_counter!(ADAPTER_ERRORS, "Cluster adapter errors, by kind");
+    describe_counter!(
+        DUPLICATE_NODE_IDS,
+        "Other live nodes seen under this node's id (the newer one stays unready)"
+    );
     describe_counter!(
         ADAPTER_DUPLICATES,
         "Cross-node deliveries dropped as duplicates"
@@ -374,6 +380,7 @@ pub async fn sample(node: &Node) {
         counter!(ADAPTER_ERRORS, "kind" => "query_timeout").absolute(stats.query_timeouts);
         counter!(ADAPTER_ERRORS, "kind" => "malformed").absolute(stats.malformed);
         counter!(ADAPTER_ERRORS, "kind" => "sweep").absolute(stats.sweep_errors);
+        counter!(DUPLICATE_NODE_IDS).absolute(stats.duplicate_node_ids);
     }
     if let Some(w) = node.webhooks() {
         let s = w.stats().snapshot();

@@ -270,8 +270,10 @@ impl NodeHandler for LocalHandler {
                 except: msg.except_socket.clone(),
             };
             let out = ns.deliver_positioned(&msg.channel, p);
-            if out.unsubscribed {
+            if out.unsubscribed && !node.adapter.routes_by_interest() {
                 // Nobody here now, but a client may resume here later: keep the hot ring.
+                // (Not with interest routing: this node does not receive the channel's
+                // other publishes, so the ring would look complete while it is not.)
                 ns.hot.push(&msg.channel, stream_id, serial, v2);
             }
             if out.gap_opened {

@@ -51,9 +51,11 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         "memory" => memory_cache(),
         #[cfg(feature = "redis")]
         "redis" => {
+            // Everything kept through the cache (rate limits, idempotency, cache channels,
+            // webhook spans) lives under `{cluster prefix}:`.
             let cache = sockudo_core::cache::RedisCache::connect(
                 &settings.redis.url,
-                sockudo_core::cache::RedisCache::DEFAULT_PREFIX,
+                &format!("{}:", settings.cluster.prefix),
             )
             .await
             .map_err(|source| BuildError::Cache {
@@ -74,6 +76,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(all(feature = "nats", feature = "redis"))]
+        "nats" => {
+            let (adapter, stats) = nats_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -87,7 +95,7 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         "redis" => {
             let store = sockudo_core::history::RedisHistoryStore::connect(
                 &settings.redis.url,
-                "sockudo",
+                &settings.cluster.prefix,
                 retention(&settings),
                 Duration::from_millis(settings.history_timeout_ms.max(1)),
             )
@@ -118,26 +126,92 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
 async fn redis_adapter(
     settings: &NodeSettings,
 ) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
-    use sockudo_core::adapter::{
-        ClusterAdapter, ClusterOptions, RedisPresenceStore, RedisTransport,
-    };
+    use sockudo_core::adapter::RedisTransport;
     let url = &settings.redis.url;
-    let backend = |e: sockudo_core::adapter::AdapterError| BuildError::Backend {
+    let transport = RedisTransport::connect(url)
+        .await
+        .map_err(adapter_error(url))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, url).await
+}
+
+/// The NATS cluster adapter: subjects on the configured servers, presence in the shared
+/// Redis (the only presence store of this version for it; checked by the config).
+#[cfg(all(feature = "nats", feature = "redis"))]
+async fn nats_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{NatsTransport, NatsTransportOptions};
+    let servers = settings.nats.servers();
+    let shown = servers.join(",");
+    let opts = NatsTransportOptions {
+        servers,
+        user_password: settings
+            .nats
+            .username
+            .clone()
+            .zip(settings.nats.password.clone()),
+        token: settings.nats.token.clone(),
+        ..NatsTransportOptions::default()
+    };
+    let transport = NatsTransport::connect(opts)
+        .await
+        .map_err(adapter_error(&shown))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &shown).await
+}
+
+#[cfg(feature = "redis")]
+fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
+    move |e| BuildError::Backend {
         what: "adapter",
         url: redact_url(url),
         message: e.to_string(),
+    }
+}
+
+/// The shared presence store on `REDIS_URL`, under the cluster prefix.
+#[cfg(feature = "redis")]
+async fn redis_presence(
+    settings: &NodeSettings,
+) -> Result<Arc<dyn sockudo_core::adapter::PresenceStore>, BuildError> {
+    use sockudo_core::adapter::{RedisPresenceOptions, RedisPresenceStore};
+    let opts = RedisPresenceOptions {
+        prefix: settings.cluster.prefix.clone(),
+        ..RedisPresenceOptions::default()
     };
-    let transport = Arc::new(RedisTransport::connect(url).await.map_err(backend)?);
-    let presence = Arc::new(RedisPresenceStore::connect(url).await.map_err(backend)?);
+    let store = RedisPresenceStore::connect_with(&settings.redis.url, opts)
+        .await
+        .map_err(|e| BuildError::Backend {
+            what: "presence",
+            url: redact_url(&settings.redis.url),
+            message: e.to_string(),
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// A [`ClusterAdapter`](sockudo_core::adapter::ClusterAdapter) over `transport`, with the
+/// node's cluster settings; its stats are exported as metrics.
+#[cfg(feature = "redis")]
+async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
+    settings: &NodeSettings,
+    transport: Arc<T>,
+    presence: Arc<dyn sockudo_core::adapter::PresenceStore>,
+    url: &str,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{ClusterAdapter, ClusterOptions};
     let opts = ClusterOptions {
         prefix: settings.cluster.prefix.clone(),
         heartbeat_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
+        // Per-channel topics where the transport supports them (Redis, NATS): a node
+        // receives only the channels it has subscribers for.
+        interest_routing: true,
     };
     let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts)
         .await
-        .map_err(backend)?;
+        .map_err(adapter_error(url))?;
     let weak = Arc::downgrade(&adapter);
     let stats: crate::node::ClusterStatsFn = Arc::new(move || weak.upgrade().map(|a| a.stats()));
     Ok((adapter, stats))
@@ -310,7 +384,8 @@ async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
 const READY_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the node should receive traffic; `Err` names the first reason it should not:
-/// `starting` (not serving yet), `draining`, `adapter unavailable`, `cache unavailable: …`.
+/// `starting` (not serving yet), `draining`, `adapter unavailable`, `duplicate node id: …`,
+/// `cache unavailable: …`.
 pub async fn readiness(node: &Node) -> Result<(), String> {
     if node.is_draining() {
         return Err("draining".into());
@@ -318,8 +393,8 @@ pub async fn readiness(node: &Node) -> Result<(), String> {
     if !node.is_serving() {
         return Err("starting".into());
     }
-    if !node.adapter.is_healthy() {
-        return Err("adapter unavailable".into());
+    if let Some(reason) = node.adapter.unready_reason() {
+        return Err(reason);
     }
     match tokio::time::timeout(READY_CACHE_TIMEOUT, node.cache.ping()).await {
         Ok(Ok(())) => Ok(()),

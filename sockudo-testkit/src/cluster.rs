@@ -18,6 +18,7 @@ use crate::client::{ApiClient, TestClient};
 use crate::containers::{
     image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer,
 };
+use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
@@ -46,6 +47,10 @@ type EnvFn = Box<dyn Fn(usize, &mut Vec<(String, String)>) + Send + Sync>;
 pub struct ClusterBuilder {
     nodes: usize,
     redis: bool,
+    /// A Redis the cluster uses but does not own (see [`ClusterBuilder::redis_at`]).
+    redis_at: Option<SocketAddr>,
+    /// NATS servers for the adapter (0: the adapter runs on Redis).
+    nats_servers: usize,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -75,6 +80,26 @@ impl ClusterBuilder {
     /// Start a Redis and point every node's Redis-backed parts at it (default off).
     pub fn redis(mut self, on: bool) -> Self {
         self.redis = on;
+        self
+    }
+
+    /// Use the Redis at `addr` (started and owned by the caller) instead of starting one:
+    /// several clusters can share it, each under its own `cluster.prefix`
+    /// ([`ClusterBuilder::settings`]). Implies `redis(true)`; each node still reaches it
+    /// through its own [`TcpProxy`].
+    pub fn redis_at(mut self, addr: SocketAddr) -> Self {
+        self.redis = true;
+        self.redis_at = Some(addr);
+        self
+    }
+
+    /// Carry the adapter over NATS instead of Redis: start `servers` `nats-server`s (routed
+    /// into one NATS cluster when more than one) and point node `i` at all of them, server
+    /// `i % servers` first. Presence, cache, history and queue stay on the shared Redis, which
+    /// this implies. The servers are reachable through [`Cluster::nats_mut`] (kill, restart).
+    pub fn nats(mut self, servers: usize) -> Self {
+        self.redis = true;
+        self.nats_servers = servers;
         self
     }
 
@@ -135,13 +160,14 @@ impl ClusterBuilder {
         };
         #[cfg(not(feature = "containers"))]
         let containers: Option<ContainerParts> = None;
-        let redis = if self.redis && containers.is_none() {
+        let redis = if self.redis && containers.is_none() && self.redis_at.is_none() {
             Some(RedisServer::start().await?)
         } else {
             None
         };
         // Where the nodes' proxies forward to; in bridge mode the nodes reach Redis directly.
         let redis_upstream = match (&redis, &containers) {
+            _ if self.redis_at.is_some() => self.redis_at,
             (Some(redis), _) => Some(redis.addr()),
             (None, Some(parts)) => parts.proxy_upstream(),
             (None, None) => None,
@@ -149,6 +175,11 @@ impl ClusterBuilder {
         let redis_direct = containers
             .as_ref()
             .and_then(ContainerParts::direct_redis_url);
+        let nats = if self.nats_servers > 0 {
+            Some(NatsCluster::start_cluster(self.nats_servers).await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -170,6 +201,11 @@ impl ClusterBuilder {
                     (None, Some(url)) => settings.redis.url = url.clone(),
                     (None, None) => {}
                 }
+            }
+            if let Some(nats) = &nats {
+                settings.adapter.driver = "nats".into();
+                settings.presence.driver = "redis".into();
+                settings.nats.url = nats.urls_from(i % nats.len());
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
@@ -214,6 +250,7 @@ impl ClusterBuilder {
             nodes,
             proxies,
             redis,
+            nats,
             #[cfg(feature = "containers")]
             redis_container,
             balancer,
@@ -438,6 +475,7 @@ pub struct Cluster {
     nodes: Vec<ClusterNode>,
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
+    nats: Option<NatsCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
     app: App,
@@ -449,6 +487,8 @@ impl Cluster {
         ClusterBuilder {
             nodes: 2,
             redis: false,
+            redis_at: None,
+            nats_servers: 0,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -476,7 +516,17 @@ impl Cluster {
         &mut self.nodes[i]
     }
 
-    /// The shared Redis, when the cluster has one.
+    /// The NATS servers, when the adapter runs on NATS ([`ClusterBuilder::nats`]).
+    pub fn nats(&self) -> Option<&NatsCluster> {
+        self.nats.as_ref()
+    }
+
+    /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
+    pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
+        self.nats.as_mut()
+    }
+
+    /// The shared Redis, when the cluster started one.
     pub fn redis(&self) -> Option<&RedisServer> {
         self.redis.as_ref()
     }

@@ -306,6 +306,7 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
+        ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (
             "SHUTDOWN_GRACE_PERIOD",
@@ -317,6 +318,19 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    for (name, value) in [
+        (
+            "PRESENCE_DRIVER",
+            Some(&settings.presence.driver).filter(|d| !d.is_empty()),
+        ),
+        ("NATS_USERNAME", settings.nats.username.as_ref()),
+        ("NATS_PASSWORD", settings.nats.password.as_ref()),
+        ("NATS_TOKEN", settings.nats.token.as_ref()),
+    ] {
+        if let Some(v) = value {
+            env.push((name.into(), v.clone()));
+        }
+    }
     if let Some(url) = &settings.database_url {
         env.push(("DATABASE_URL".into(), url.clone()));
     }

@@ -20,8 +20,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cluster_support::{redis_cluster, user_ids, wait_for, WAIT};
+use cluster_support::{redis_cluster, user_ids, wait_for, wait_formed, WAIT};
 use serde_json::{json, Value};
+use sockudo_testkit::Cluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -68,13 +69,24 @@ async fn require_node(dir: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pusher_js_observers_never_see_a_member_join_twice() {
+    observers_never_see_a_member_join_twice(redis_cluster(3).await).await;
+}
+
+/// The same over NATS between the nodes (a 3-server NATS cluster; presence in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_observers_never_see_a_member_join_twice_over_nats() {
+    let cluster = Cluster::builder().nodes(3).nats(3).build().await.unwrap();
+    wait_formed(&cluster).await;
+    observers_never_see_a_member_join_twice(cluster).await;
+}
+
+async fn observers_never_see_a_member_join_twice(cluster: Cluster) {
     let dir = conformance_dir();
     require_node(&dir).await;
     let seed: u32 = std::env::var("SOCKUDO_PRESENCE_SEED")
         .ok()
         .map(|s| s.parse().expect("SOCKUDO_PRESENCE_SEED: a u32"))
         .unwrap_or_else(rand::random);
-    let cluster = redis_cluster(3).await;
     let app = cluster.app().clone();
     let ports: Vec<String> = (0..3)
         .map(|i| cluster.node(i).addr().port().to_string())

@@ -14,11 +14,37 @@
 //! # Topics (for prefix `P`)
 //! | topic | content |
 //! |---|---|
-//! | `P#broadcast` | every [`Broadcast`], from every node |
-//! | `P#control` | every [`ControlMessage`] |
-//! | `P#requests` | every [`ClusterQuery`], with the asker's node id and a request id |
-//! | `P#responses#{node}` | answers to `node`'s requests |
-//! | `P#heartbeat` | "alive" every `heartbeat_interval`, and "leaving" once |
+//! | `P.broadcast` | every [`Broadcast`], from every node (without interest routing) |
+//! | `P.ch.{app}.{channel}` | the broadcasts of one channel (interest routing; app and channel escaped by [`super::names::channel_token`]) |
+//! | `P.control` | every [`ControlMessage`] |
+//! | `P.requests` | every [`ClusterQuery`], with the asker's node id and a request id |
+//! | `P.responses.{node}` | answers to `node`'s requests |
+//! | `P.heartbeat` | "alive" every `heartbeat_interval`, "leaving" once, and start-up probes |
+//!
+//! Prefix and node id are checked against the alphabet every broker accepts
+//! (`[A-Za-z0-9._-]`, see [`super::names`]), so these names are valid topic names, subjects
+//! and routing keys everywhere.
+//!
+//! # Interest routing
+//! When the transport declares [`super::TransportCapabilities::per_channel_topics`] (memory, Redis,
+//! NATS) and [`ClusterOptions::interest_routing`] is on (the default), a broadcast goes to its
+//! channel's own topic, and a node subscribes to that topic only while it has local
+//! subscribers of the channel ([`Adapter::watch_channel`] / [`Adapter::unwatch_channel`]):
+//! a node receives nothing for channels nobody on it listens to. `watch_channel` returns once
+//! the broker confirmed the subscription, so a subscriber acknowledged afterwards misses
+//! nothing published after that. Without the capability every broadcast goes to
+//! `P.broadcast`, which every node always reads (and still does with routing on, so a node
+//! without routing is heard by the others).
+//!
+//! # One node id, one live node
+//! Each adapter instance has an epoch (start time + random bits). At start, before sweeping
+//! its id's presence, a node publishes a probe and listens for a short window
+//! (`heartbeat_interval`, at most 1 s): a live node with the same id answers at once. Then the
+//! newcomer steps back: it logs an error, does not sweep (nothing of the other is deleted),
+//! refuses presence joins and reports [`Adapter::unready_reason`] `duplicate node id` (so
+//! `/ready` is 503) until the other leaves or falls silent for `node_timeout`; it then sweeps
+//! the id's leftovers and becomes ready. The older node logs the conflict and keeps serving.
+//! Echoes are recognised by node id *and* epoch, so twins never drop each other's messages.
 //!
 //! Every message is one envelope: a compact JSON header line, `\n`, then the raw payload (for
 //! a broadcast, the V1 frame itself). A node decodes each incoming message once and hands the
@@ -77,6 +103,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::envelope::{self, Header, Kind};
+use super::interest::{Interests, Key};
+use super::names;
+use super::twin::{self, Heard, Twins};
 use super::{
     Adapter, AdapterError, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberChange,
     MemberEvent, NodeHandler, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceSnapshot,
@@ -86,8 +115,8 @@ use super::{
 /// Settings of a [`ClusterAdapter`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterOptions {
-    /// Prefix of every topic (default `sockudo`). Clusters sharing a broker need distinct
-    /// prefixes.
+    /// Prefix of every topic (default `sockudo`; `[A-Za-z0-9._-]`, at most 64 characters).
+    /// Clusters sharing a broker need distinct prefixes.
     pub prefix: String,
     /// How often a node announces it is alive (default 2 s).
     pub heartbeat_interval: Duration,
@@ -97,6 +126,10 @@ pub struct ClusterOptions {
     pub node_timeout: Duration,
     /// How long a query waits for the other nodes (default 2 s).
     pub request_timeout: Duration,
+    /// Route broadcasts per channel when the transport can (default true); see the module
+    /// docs. Every node of a cluster must use the same value: a node with routing publishes
+    /// to per-channel topics, which a node without it does not read.
+    pub interest_routing: bool,
 }
 
 impl Default for ClusterOptions {
@@ -106,6 +139,7 @@ impl Default for ClusterOptions {
             heartbeat_interval: Duration::from_secs(2),
             node_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(2),
+            interest_routing: true,
         }
     }
 }
@@ -133,7 +167,7 @@ impl ClusterOptions {
         if self.request_timeout.is_zero() {
             return bad("request_timeout must be positive");
         }
-        Ok(())
+        names::validate_name("cluster prefix", &self.prefix)
     }
 }
 
@@ -160,6 +194,13 @@ pub struct ClusterStats {
     pub members_swept: u64,
     /// Sweeps that failed (retried).
     pub sweep_errors: u64,
+    /// Other live nodes seen running under this node's id (see the module docs).
+    pub duplicate_node_ids: u64,
+    /// Bytes of broadcasts received from the transport (own echoes included): what
+    /// interest routing saves.
+    pub received_bytes: u64,
+    /// Broadcast messages received from the transport (own echoes included).
+    pub received_messages: u64,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +215,9 @@ struct Counters {
     nodes_swept: AtomicU64,
     members_swept: AtomicU64,
     sweep_errors: AtomicU64,
+    duplicate_node_ids: AtomicU64,
+    received_bytes: AtomicU64,
+    received_messages: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -182,6 +226,7 @@ fn bump(c: &AtomicU64) {
 
 #[derive(Debug)]
 struct Topics {
+    prefix: String,
     broadcast: String,
     control: String,
     requests: String,
@@ -192,16 +237,26 @@ struct Topics {
 impl Topics {
     fn new(prefix: &str) -> Self {
         Topics {
-            broadcast: format!("{prefix}#broadcast"),
-            control: format!("{prefix}#control"),
-            requests: format!("{prefix}#requests"),
-            responses_prefix: format!("{prefix}#responses#"),
-            heartbeat: format!("{prefix}#heartbeat"),
+            prefix: prefix.to_owned(),
+            broadcast: format!("{prefix}.broadcast"),
+            control: format!("{prefix}.control"),
+            requests: format!("{prefix}.requests"),
+            responses_prefix: format!("{prefix}.responses."),
+            heartbeat: format!("{prefix}.heartbeat"),
         }
     }
 
     fn responses(&self, node: &str) -> String {
         format!("{}{node}", self.responses_prefix)
+    }
+
+    fn channel(&self, app_id: &str, channel: &str) -> String {
+        format!(
+            "{}.ch.{}.{}",
+            self.prefix,
+            names::channel_token(app_id),
+            names::channel_token(channel)
+        )
     }
 }
 
@@ -228,11 +283,18 @@ struct Streams {
     heartbeat: TransportStream,
 }
 
+/// The longest a starting node listens for a twin's answer to its probe.
+const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
 type PendingMap = Mutex<HashMap<u64, mpsc::UnboundedSender<(String, ClusterAnswer)>>>;
 
 struct Inner<T: Transport> {
     node_id: String,
     epoch: u64,
+    twins: Twins,
+    /// Broadcasts go to per-channel topics (see the module docs).
+    routing: bool,
+    interests: Interests,
     transport: Arc<T>,
     presence: Arc<dyn PresenceStore>,
     opts: ClusterOptions,
@@ -289,23 +351,23 @@ impl<T: Transport> ClusterAdapter<T> {
     ) -> Result<Arc<Self>, AdapterError> {
         let node_id = node_id.into();
         opts.validate()?;
-        if node_id.is_empty() || node_id.contains(['\0', '\n']) {
-            return Err(AdapterError::Malformed(
-                "node id must be non-empty, without NUL or newline".into(),
-            ));
-        }
+        names::validate_name("node id", &node_id)?;
         let topics = Topics::new(&opts.prefix);
-        let stale = presence.sweep_node(&node_id).await?;
-        let streams = Streams {
+        let mut streams = Streams {
             broadcast: transport.subscribe(&topics.broadcast).await?,
             control: transport.subscribe(&topics.control).await?,
             requests: transport.subscribe(&topics.requests).await?,
             responses: transport.subscribe(&topics.responses(&node_id)).await?,
             heartbeat: transport.subscribe(&topics.heartbeat).await?,
         };
-        let inner = Inner {
+        let epoch = twin::new_epoch();
+        let routing = opts.interest_routing && transport.capabilities().per_channel_topics;
+        let inner = Arc::new(Inner {
             node_id,
-            epoch: rand::random(),
+            epoch,
+            twins: Twins::new(epoch),
+            routing,
+            interests: Interests::default(),
             transport,
             presence,
             opts,
@@ -318,15 +380,31 @@ impl<T: Transport> ClusterAdapter<T> {
             liveness: Mutex::new(Liveness::default()),
             leaving: AtomicBool::new(false),
             counters: Counters::default(),
-            streams: Mutex::new(Some(streams)),
-            stale: Mutex::new(stale),
+            streams: Mutex::new(None),
+            stale: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
             tasks: Mutex::new(Vec::new()),
             heartbeat_task: Mutex::new(None),
-        };
-        Ok(Arc::new(ClusterAdapter {
-            inner: Arc::new(inner),
-        }))
+        });
+        inner.probe_twins(&mut streams.heartbeat).await?;
+        if inner.twins.stepped_back() {
+            inner.twins.owe_sweep();
+        } else {
+            // A previous life of this id (crash, restart) may have left presence behind.
+            *inner.stale.lock() = inner.presence.sweep_node(&inner.node_id).await?;
+        }
+        *inner.streams.lock() = Some(streams);
+        Ok(Arc::new(ClusterAdapter { inner }))
+    }
+
+    /// How many channels this node currently receives through interest routing.
+    pub fn watched_channels(&self) -> usize {
+        self.inner.interests.len()
+    }
+
+    /// Whether this node stepped back because an older live node uses its id.
+    pub fn is_duplicate(&self) -> bool {
+        self.inner.twins.stepped_back()
     }
 
     /// The options in force.
@@ -361,6 +439,9 @@ impl<T: Transport> ClusterAdapter<T> {
             nodes_swept: l(&c.nodes_swept),
             members_swept: l(&c.members_swept),
             sweep_errors: l(&c.sweep_errors),
+            duplicate_node_ids: l(&c.duplicate_node_ids),
+            received_bytes: l(&c.received_bytes),
+            received_messages: l(&c.received_messages),
         }
     }
 
@@ -382,6 +463,7 @@ impl<T: Transport> ClusterAdapter<T> {
 
 impl<T: Transport> Inner<T> {
     fn abort_tasks(&self) {
+        self.interests.abort_all();
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -425,17 +507,81 @@ impl<T: Transport> Inner<T> {
         (self.opts.heartbeat_interval * 3).min(self.opts.node_timeout)
     }
 
+    /// Our own message coming back (same id *and* epoch: a twin's messages are not echoes).
+    fn is_echo(&self, h: &Header<'_>) -> bool {
+        h.origin == self.node_id && h.epoch == self.epoch
+    }
+
+    /// Start-up: ask whether a live node already runs under our id, and listen for the
+    /// answer on the heartbeat topic for a short window. Other messages heard meanwhile are
+    /// not processed (peers are learnt again from the first heartbeat after `attach`).
+    async fn probe_twins(
+        self: &Arc<Self>,
+        heartbeats: &mut TransportStream,
+    ) -> Result<(), AdapterError> {
+        let probe = self.heartbeat_message(Kind::Probe)?;
+        self.transport
+            .publish(&self.topics.heartbeat, probe)
+            .await?;
+        let deadline = Instant::now() + self.opts.heartbeat_interval.min(PROBE_WINDOW);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, heartbeats.next()).await {
+            if let Ok((h, _)) = envelope::decode(&msg) {
+                if h.origin == self.node_id && h.epoch != self.epoch && h.kind == Kind::Heartbeat {
+                    self.twin_heard(h.epoch, Instant::now());
+                }
+            }
+        }
+        if self.twins.stepped_back() {
+            tracing::error!(
+                node = %self.node_id,
+                "another live node already runs under this node id: this node is NOT ready, \
+                 deletes nothing and refuses presence until the other one leaves or stays \
+                 silent for the node timeout; give every node its own id"
+            );
+        }
+        Ok(())
+    }
+
+    /// A message under our id from another incarnation (`epoch`).
+    fn twin_heard(self: &Arc<Self>, epoch: u64, now: Instant) {
+        if self.twins.heard(epoch, now) != Heard::New {
+            return;
+        }
+        bump(&self.counters.duplicate_node_ids);
+        let newer = epoch > self.epoch;
+        tracing::error!(
+            node = %self.node_id,
+            this_epoch = self.epoch,
+            other_epoch = epoch,
+            "two live nodes share this node id; {}",
+            if newer {
+                "the other one started later and stays unready"
+            } else {
+                "this one started later and stays unready"
+            }
+        );
+        if newer && !self.leaving.load(Ordering::SeqCst) {
+            // Answer at once, so a starting twin sees us within its probe window.
+            let me = self.clone();
+            self.runtime.spawn(async move { me.send_heartbeat().await });
+        }
+    }
+
     fn malformed(&self, topic: &str, e: &AdapterError) {
         bump(&self.counters.malformed);
         tracing::debug!(node = %self.node_id, topic, error = %e, "dropping malformed cluster message");
     }
 
     fn on_broadcast(&self, msg: &Bytes) {
+        bump(&self.counters.received_messages);
+        self.counters
+            .received_bytes
+            .fetch_add(msg.len() as u64, Ordering::Relaxed);
         let (h, payload) = match envelope::decode(msg) {
             Ok(x) => x,
             Err(e) => return self.malformed("broadcast", &e),
         };
-        if h.origin == self.node_id {
+        if self.is_echo(&h) {
             bump(&self.counters.echoes_dropped);
             return;
         }
@@ -488,7 +634,7 @@ impl<T: Transport> Inner<T> {
             Ok(x) => x,
             Err(e) => return self.malformed("control", &e),
         };
-        if h.origin == self.node_id {
+        if self.is_echo(&h) {
             bump(&self.counters.echoes_dropped);
             return;
         }
@@ -513,8 +659,11 @@ impl<T: Transport> Inner<T> {
             Ok(x) => x,
             Err(e) => return self.malformed("requests", &e),
         };
-        if h.origin == self.node_id {
+        if self.is_echo(&h) {
             return; // answered locally by the asker
+        }
+        if self.twins.stepped_back() {
+            return; // the older twin answers for this node id
         }
         if h.kind != Kind::Request {
             return self.malformed("requests", &AdapterError::Malformed("not a request".into()));
@@ -576,8 +725,20 @@ impl<T: Transport> Inner<T> {
         };
         let now = Instant::now();
         let mut live = self.liveness.lock();
+        if h.origin == self.node_id && h.epoch != self.epoch {
+            drop(live);
+            match h.kind {
+                Kind::Heartbeat | Kind::Probe => self.twin_heard(h.epoch, now),
+                Kind::Leaving => self.twins.left(h.epoch),
+                _ => {}
+            }
+            return;
+        }
+        if h.kind == Kind::Probe {
+            return; // a probe for another id
+        }
         if h.origin == self.node_id {
-            if h.kind == Kind::Heartbeat && h.epoch == self.epoch {
+            if h.kind == Kind::Heartbeat {
                 let was_blind = live
                     .last_self_echo
                     .is_none_or(|t| now.duration_since(t) > self.blind_after());
@@ -709,6 +870,24 @@ impl<T: Transport> Inner<T> {
         next
     }
 
+    /// Forget silent twins; once no older twin is left, take the id over (sweep what the
+    /// other left behind, announced like a dead node's members).
+    async fn check_twins(&self) {
+        let blind = self
+            .liveness
+            .lock()
+            .last_self_echo
+            .is_none_or(|t| Instant::now().duration_since(t) > self.blind_after());
+        if !blind {
+            self.twins.expire(Instant::now(), self.opts.node_timeout);
+        }
+        if self.twins.take_owed_sweep() {
+            tracing::info!(node = %self.node_id, "no other live node uses this node id any more: taking it over");
+            let id = self.node_id.clone();
+            self.sweep(&id).await;
+        }
+    }
+
     async fn heartbeat_loop(self: Arc<Self>) {
         let started = Instant::now();
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
@@ -719,6 +898,7 @@ impl<T: Transport> Inner<T> {
             tick.tick().await;
             self.send_heartbeat().await;
             self.check_peers().await;
+            self.check_twins().await;
             let now = Instant::now();
             if now.duration_since(started) >= self.opts.node_timeout
                 && now.duration_since(last_orphan_check) >= self.opts.node_timeout
@@ -816,7 +996,12 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
             }
             None => envelope::encode(&h, &msg.frame)?,
         };
-        inner.send(&inner.topics.broadcast, wire).await?;
+        if inner.routing {
+            let topic = inner.topics.channel(&msg.app_id, &msg.channel);
+            inner.send(&topic, wire).await?;
+        } else {
+            inner.send(&inner.topics.broadcast, wire).await?;
+        }
         bump(&inner.counters.published);
         Ok(())
     }
@@ -895,6 +1080,12 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
                 "this node has left the cluster".into(),
             ));
         }
+        if self.inner.twins.stepped_back() {
+            return Err(AdapterError::Unavailable(format!(
+                "another live node uses node id {:?}",
+                self.inner.node_id
+            )));
+        }
         self.inner.presence.join(&self.inner.node_id, join).await
     }
 
@@ -918,8 +1109,55 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         self.inner.presence.members(app_id, channel).await
     }
 
+    async fn watch_channel(&self, app_id: &str, channel: &str) -> Result<(), AdapterError> {
+        let inner = &self.inner;
+        if !inner.routing {
+            return Ok(());
+        }
+        let key: Key = (Arc::from(app_id), Arc::from(channel));
+        // Counted first, so the caller's `unwatch_channel` balances it whatever happens next.
+        let ready = inner.interests.acquire(&key);
+        // Nothing is consumed before attach (there is no handler to give it to).
+        self.handler()?;
+        if ready.initialized() {
+            return Ok(());
+        }
+        ready
+            .get_or_try_init(|| async {
+                let topic = inner.topics.channel(app_id, channel);
+                let stream = inner.transport.subscribe(&topic).await?;
+                let task = consume(inner, stream, |i, m| i.on_broadcast(m));
+                inner.interests.install(&key, &ready, task);
+                Ok::<(), AdapterError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn routes_by_interest(&self) -> bool {
+        self.inner.routing
+    }
+
+    fn unwatch_channel(&self, app_id: &str, channel: &str) {
+        if self.inner.routing {
+            self.inner
+                .interests
+                .release(&(Arc::from(app_id), Arc::from(channel)));
+        }
+    }
+
     fn is_healthy(&self) -> bool {
-        self.inner.transport.is_healthy()
+        self.inner.transport.is_healthy() && !self.inner.twins.stepped_back()
+    }
+
+    fn unready_reason(&self) -> Option<String> {
+        if self.inner.twins.stepped_back() {
+            return Some(format!(
+                "duplicate node id: another live node runs as {:?}",
+                self.inner.node_id
+            ));
+        }
+        (!self.inner.transport.is_healthy()).then(|| "adapter unavailable".to_owned())
     }
 
     /// Stop heartbeating, sweep this node's presence (returned for the caller to announce),
@@ -933,6 +1171,10 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         }
         if let Some(t) = inner.heartbeat_task.lock().take() {
             t.abort();
+        }
+        if inner.twins.stepped_back() {
+            // The id's presence belongs to the older twin: withdraw nothing, announce nothing.
+            return Ok(Vec::new());
         }
         let removed = inner.presence.sweep_node(&inner.node_id).await?;
         let bye = inner.heartbeat_message(Kind::Leaving)?;

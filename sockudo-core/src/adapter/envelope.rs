@@ -48,6 +48,10 @@ pub(crate) enum Kind {
     /// "I am leaving the cluster: forget me"; no payload.
     #[serde(rename = "l")]
     Leaving,
+    /// "I am starting as this node id: does a live node already use it?"; no payload. Only a
+    /// node with the same id answers (with a heartbeat); see `twin`.
+    #[serde(rename = "w")]
+    Probe,
 }
 
 /// The header line.
@@ -58,8 +62,9 @@ pub(crate) struct Header<'a> {
     /// Origin node id.
     #[serde(rename = "o", borrow)]
     pub origin: Cow<'a, str>,
-    /// Origin incarnation (random per adapter instance): tells a restarted node with the same
-    /// id apart from its previous life.
+    /// Origin incarnation (start time and random bits, per adapter instance): tells a
+    /// restarted node with the same id apart from its previous life, and two live nodes
+    /// sharing an id apart from each other.
     #[serde(rename = "e", default)]
     pub epoch: u64,
     /// Per-origin, per-kind sequence number (broadcast / control), or the request id

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
 
-use super::{AdapterError, Transport, TransportStream};
+use super::{AdapterError, Transport, TransportCapabilities, TransportStream};
 
 #[derive(Debug)]
 struct Subscriber {
@@ -121,6 +121,12 @@ impl Transport for MemoryTransport {
                 healthy: self.healthy.clone(),
             });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    fn capabilities(&self) -> TransportCapabilities {
+        TransportCapabilities {
+            per_channel_topics: true,
+        }
     }
 
     fn is_healthy(&self) -> bool {

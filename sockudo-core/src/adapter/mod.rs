@@ -9,18 +9,24 @@
 //! [`LocalAdapter`] is the single-node default. The cluster adapter is [`ClusterAdapter`] over
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
-//! feature, `RedisTransport` + `RedisPresenceStore`.
+//! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
+//! (presence then lives in a shared store such as Redis).
 
 mod cluster;
 mod envelope;
+mod interest;
 mod local;
 mod memory_transport;
+pub mod names;
+#[cfg(feature = "nats")]
+mod nats_transport;
 pub mod presence;
 #[cfg(feature = "redis")]
 mod redis_presence;
 #[cfg(feature = "redis")]
 mod redis_transport;
 mod transport;
+mod twin;
 mod types;
 
 use std::sync::Arc;
@@ -30,12 +36,14 @@ use async_trait::async_trait;
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
+#[cfg(feature = "nats")]
+pub use nats_transport::{NatsTransport, NatsTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_transport::{RedisTransport, RedisTransportOptions};
-pub use transport::{Transport, TransportStream};
+pub use transport::{Transport, TransportCapabilities, TransportStream};
 pub use types::*;
 
 /// What a node exposes to its adapter.
@@ -104,9 +112,37 @@ pub trait Adapter: Send + Sync + 'static {
         channel: &str,
     ) -> Result<PresenceSnapshot, AdapterError>;
 
+    /// A local connection subscribes to `channel`: make sure this node receives the
+    /// channel's broadcasts from the other nodes before the subscription is acknowledged
+    /// (interest routing; see [`ClusterAdapter`]). Called once per local subscription; every
+    /// call is balanced by one [`Adapter::unwatch_channel`], also when this one fails. Cheap
+    /// once the channel is routed here. The default does nothing (every node receives
+    /// everything).
+    async fn watch_channel(&self, app_id: &str, channel: &str) -> Result<(), AdapterError> {
+        let _ = (app_id, channel);
+        Ok(())
+    }
+
+    /// A local subscription to `channel` ended (see [`Adapter::watch_channel`]).
+    fn unwatch_channel(&self, app_id: &str, channel: &str) {
+        let _ = (app_id, channel);
+    }
+
+    /// Whether this node receives only the channels it watches (interest routing): then what
+    /// it knows of a channel it does not watch is incomplete. Default false.
+    fn routes_by_interest(&self) -> bool {
+        false
+    }
+
     /// Whether the transport is currently usable (readiness).
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// Why this node should not receive traffic, if it should not: the adapter's part of
+    /// `/ready`. The default says "adapter unavailable" when [`Adapter::is_healthy`] is false.
+    fn unready_reason(&self) -> Option<String> {
+        (!self.is_healthy()).then(|| "adapter unavailable".to_owned())
     }
 
     /// Leave the cluster cleanly: withdraw this node's presence contributions (returned so the

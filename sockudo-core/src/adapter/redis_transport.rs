@@ -37,14 +37,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::memory_transport::tokio_stream_shim::ReceiverStream;
-use super::{AdapterError, Transport, TransportStream};
+use super::{AdapterError, Transport, TransportCapabilities, TransportStream};
 
 /// Settings of a [`RedisTransport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +244,12 @@ impl Transport for RedisTransport {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
+    fn capabilities(&self) -> TransportCapabilities {
+        TransportCapabilities {
+            per_channel_topics: true,
+        }
+    }
+
     fn is_healthy(&self) -> bool {
         self.shared.subscriber_up.load(Ordering::SeqCst)
             && self.shared.publish_ok.load(Ordering::SeqCst)
@@ -357,7 +363,11 @@ async fn subscriber_task(
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         if let Some(gone) = route(&mut topics, &shared, msg.get_channel_name(), msg.get_payload_bytes()) {
-                            unsubscribe_later(&sink, gone, opts.connect_timeout);
+                            // Inline, not spawned: a SUBSCRIBE to the same topic issued next
+                            // must reach Redis after this UNSUBSCRIBE, never before it.
+                            if let Err(e) = with_timeout(opts.connect_timeout, sink.unsubscribe(&gone)).await {
+                                break format!("UNSUBSCRIBE failed: {e}");
+                            }
                         }
                     }
                     None => break "connection closed".to_owned(),
@@ -391,11 +401,4 @@ async fn subscriber_task(
         shared.subscriber_up.store(false, Ordering::SeqCst);
         tracing::warn!(reason = %reason, "redis transport: pub/sub connection lost; reconnecting");
     }
-}
-
-fn unsubscribe_later(sink: &PubSubSink, topic: String, timeout: Duration) {
-    let mut sink = sink.clone();
-    tokio::spawn(async move {
-        let _ = with_timeout(timeout, sink.unsubscribe(&topic)).await;
-    });
 }

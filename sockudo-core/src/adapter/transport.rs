@@ -11,6 +11,17 @@ use super::AdapterError;
 /// Messages of one topic, in the order the broker delivered them.
 pub type TransportStream = Pin<Box<dyn Stream<Item = Bytes> + Send + 'static>>;
 
+/// What a transport can do cheaply; the cluster adapter adapts to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransportCapabilities {
+    /// Subscribing to and dropping one topic per channel is cheap (the broker routes by topic
+    /// name: Redis channels, NATS subjects), so a node can receive only the channels it has
+    /// local subscribers for (*interest routing*). Dropping a stream returned by
+    /// [`Transport::subscribe`] must end that subscription at the broker (at the latest when
+    /// the next message for it arrives).
+    pub per_channel_topics: bool,
+}
+
 /// A pub/sub transport between nodes.
 ///
 /// Contract:
@@ -23,9 +34,19 @@ pub type TransportStream = Pin<Box<dyn Stream<Item = Bytes> + Send + 'static>>;
 ///   above handles that through readiness and liveness). It ends only when the transport is
 ///   dropped.
 /// - `is_healthy` is false while the driver is disconnected.
+/// - Topic names are built from `[A-Za-z0-9._-]` only (see [`super::names`]); `.` separates
+///   the parts.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
+    /// Publish `payload` on `topic`; see the trait docs for what `Ok` promises.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), AdapterError>;
+    /// Subscribe to `topic`: once this returns, every message published on it afterwards
+    /// reaches the stream (while the transport is up).
     async fn subscribe(&self, topic: &str) -> Result<TransportStream, AdapterError>;
+    /// Whether the driver is connected.
     fn is_healthy(&self) -> bool;
+    /// What this transport can do cheaply (default: nothing beyond the contract).
+    fn capabilities(&self) -> TransportCapabilities {
+        TransportCapabilities::default()
+    }
 }

@@ -5,26 +5,37 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sockudo_core::queue::{Job, JobId, NackOutcome, Queue, QueueError, QueueStats, RedisQueue};
+use sockudo_core::queue::{
+    Job, JobId, NackOutcome, Queue, QueueError, QueueStats, RedisQueue, RedisQueueOptions,
+};
 use tokio::sync::OnceCell;
 
 #[derive(Debug)]
 pub(super) struct LazyRedisQueue {
     url: String,
+    /// Key prefix (`{cluster prefix}:queue:`).
+    prefix: String,
     queue: OnceCell<RedisQueue>,
 }
 
 impl LazyRedisQueue {
-    pub(super) fn new(url: String) -> Self {
+    pub(super) fn new(url: String, prefix: String) -> Self {
         LazyRedisQueue {
             url,
+            prefix,
             queue: OnceCell::new(),
         }
     }
 
     async fn get(&self) -> Result<&RedisQueue, QueueError> {
         self.queue
-            .get_or_try_init(|| RedisQueue::connect(&self.url))
+            .get_or_try_init(|| {
+                let options = RedisQueueOptions {
+                    prefix: self.prefix.clone(),
+                    ..RedisQueueOptions::default()
+                };
+                RedisQueue::connect_with(&self.url, options)
+            })
             .await
     }
 }

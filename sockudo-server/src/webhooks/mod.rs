@@ -259,6 +259,7 @@ pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError
         #[cfg(feature = "redis")]
         "redis" => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(
             settings.redis.url.clone(),
+            format!("{}:queue:", settings.cluster.prefix),
         ))),
         other => Err(WebhookError::Queue(format!(
             "queue driver {other:?} is not supported by this build"

@@ -267,6 +267,20 @@ impl Session {
         }
     }
 
+    /// Remove this connection's local subscription, releasing its interest in the channel
+    /// (the one place a subscription ends, so every `watch_channel` is balanced).
+    fn unsubscribe_local(&self, channel: &str) -> Option<crate::namespace::Unsubscribed> {
+        let left = self.ns.unsubscribe(channel, &self.conn.socket_id)?;
+        let adapter = &self.node.adapter;
+        adapter.unwatch_channel(&self.conn.app.id, channel);
+        if left.vacated && adapter.routes_by_interest() {
+            // From now on this node misses the channel's broadcasts: a hot ring kept from
+            // before would offer a resume a run that ends before the stream's real head.
+            self.ns.hot.forget(channel);
+        }
+        Some(left)
+    }
+
     async fn leave(&mut self, channel: &str) {
         self.attach.remove(channel);
         self.waits.end_grace(channel);
@@ -276,7 +290,7 @@ impl Session {
             Some(user) => Some(ns.presence_guard(channel, &user).await),
             None => None,
         };
-        let Some(left) = self.ns.unsubscribe(channel, &self.conn.socket_id) else {
+        let Some(left) = self.unsubscribe_local(channel) else {
             return;
         };
         if let Some(w) = self.node.webhooks() {

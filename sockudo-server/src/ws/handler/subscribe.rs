@@ -134,6 +134,21 @@ impl Session {
         // event delivered earlier may postdate the snapshot below (which would then undo it).
         self.conn.begin_join(&channel);
         let joined = self.ns.subscribe(name.as_str(), &self.conn, presence_user);
+        if joined.new_subscription {
+            // Interest routing: this node must receive the channel from the other nodes
+            // before anything below reads positions or acknowledges the subscription.
+            if let Err(e) = self.node.adapter.watch_channel(&app.id, &channel).await {
+                tracing::warn!(error = %e, channel = %channel, "cannot route the channel to this node");
+                self.unsubscribe_local(&channel);
+                self.conn.cancel_join(&channel);
+                return self.subscription_error(
+                    &channel,
+                    "ServiceUnavailable",
+                    "The cluster transport is temporarily unavailable",
+                    503,
+                );
+            }
+        }
         let mut member_added = None;
         let mut view = None;
         let data = match &presence {
@@ -175,7 +190,7 @@ impl Session {
                         presence_data(&members)
                     }
                     Ok((true, _, _, _)) => {
-                        self.ns.unsubscribe(&channel, &socket_id);
+                        self.unsubscribe_local(&channel);
                         self.conn.cancel_join(&channel);
                         let msg = format!(
                             "Presence channel is full ({} members)",
@@ -185,7 +200,7 @@ impl Session {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, channel = %channel, "presence store unavailable");
-                        let left = self.ns.unsubscribe(&channel, &socket_id);
+                        let left = self.unsubscribe_local(&channel);
                         self.conn.cancel_join(&channel);
                         if let Some(u) = left.and_then(|u| u.node_last) {
                             // Undo a join that may have reached the store before the error.

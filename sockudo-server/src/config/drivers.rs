@@ -1,0 +1,156 @@
+//! The cluster-driver settings: which broker carries the adapter, where presence lives, and
+//! how to reach NATS. Combinations that cannot work are refused here, at start, with a
+//! message that says what to set instead.
+
+use serde::Deserialize;
+
+use super::{ConfigError, NodeSettings};
+
+/// `[nats]`: the servers of `ADAPTER_DRIVER=nats`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// One or more comma-separated `nats://host:port` (`NATS_URL`).
+    pub url: String,
+    /// `NATS_USERNAME` (needs `password`).
+    pub username: Option<String>,
+    /// `NATS_PASSWORD`.
+    pub password: Option<String>,
+    /// `NATS_TOKEN`.
+    pub token: Option<String>,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: "nats://127.0.0.1:4222".into(),
+            username: None,
+            password: None,
+            token: None,
+        }
+    }
+}
+
+impl NatsSection {
+    /// The server list of `url`, trimmed, empty entries dropped.
+    pub fn servers(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`). Empty: follows the
+/// adapter (the shared Redis for `redis`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSection {
+    pub driver: String,
+}
+
+/// Read the driver variables of CONFIG.md into `s`.
+pub(super) fn apply_env(
+    s: &mut NodeSettings,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = get("NATS_URL") {
+        s.nats.url = v;
+    }
+    if let Some(v) = get("NATS_USERNAME") {
+        s.nats.username = Some(v);
+    }
+    if let Some(v) = get("NATS_PASSWORD") {
+        s.nats.password = Some(v);
+    }
+    if let Some(v) = get("NATS_TOKEN") {
+        s.nats.token = Some(v);
+    }
+    if let Some(v) = get("PRESENCE_DRIVER") {
+        s.presence.driver = v;
+    }
+    if get("REDIS_CLUSTER_NODES").is_some() {
+        return Err(ConfigError::Invalid(
+            "REDIS_CLUSTER_NODES is set, but this build has no redis-cluster driver yet: \
+             unset it and use REDIS_URL with a single Redis"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The adapter drivers this build has.
+pub(super) fn adapters() -> Vec<&'static str> {
+    let mut v = vec!["local"];
+    if cfg!(feature = "redis") {
+        v.push("redis");
+    }
+    if cfg!(feature = "nats") {
+        v.push("nats");
+    }
+    v
+}
+
+/// The presence store in force: `local` (in the node), `redis` (shared store).
+pub fn effective_presence(s: &NodeSettings) -> &str {
+    match (s.adapter.driver.as_str(), s.presence.driver.as_str()) {
+        ("local", _) => "local",
+        ("redis", "") => "redis",
+        (_, p) => p,
+    }
+}
+
+/// Refuse combinations that cannot work (the adapter driver itself is checked by the caller).
+pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(m));
+    let adapter = s.adapter.driver.as_str();
+    match (adapter, s.presence.driver.as_str()) {
+        (_, "") => {}
+        ("local", p) => {
+            return bad(format!(
+                "PRESENCE_DRIVER={p:?} needs a cluster adapter; with ADAPTER_DRIVER=local presence \
+                 lives in the node"
+            ))
+        }
+        (_, "redis") if cfg!(feature = "redis") => {}
+        (_, "transport") => {
+            return bad(
+                "PRESENCE_DRIVER=transport (presence replicated over the adapter) is not \
+                 available in this version; use PRESENCE_DRIVER=redis with REDIS_URL"
+                    .into(),
+            )
+        }
+        (_, p) => {
+            return bad(format!(
+                "PRESENCE_DRIVER={p:?} is not supported by this build"
+            ))
+        }
+    }
+    if adapter == "nats" {
+        if effective_presence(s) != "redis" {
+            return bad("ADAPTER_DRIVER=nats needs a shared presence store: set \
+                 PRESENCE_DRIVER=redis (and REDIS_URL); presence replicated over NATS is not \
+                 available in this version"
+                .into());
+        }
+        if s.nats.servers().is_empty() {
+            return bad("NATS_URL names no server".into());
+        }
+        if let Some(bad_url) = s
+            .nats
+            .servers()
+            .into_iter()
+            .find(|u| !(u.starts_with("nats://") || u.starts_with("tls://")))
+        {
+            return bad(format!(
+                "NATS_URL entry {bad_url:?} must start with nats:// or tls://"
+            ));
+        }
+        if s.nats.username.is_some() != s.nats.password.is_some() {
+            return bad("NATS_USERNAME and NATS_PASSWORD go together".into());
+        }
+    }
+    Ok(())
+}
