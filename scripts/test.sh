@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sockudo-target}"
+# Incremental data of every clone would pile up in the shared target dir (tens of GB).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Real-client checks need the pinned npm packages (pusher-js, the pusher SDK): the Rust
 # webhook tests validate signatures with the SDK too, so install them first.
 if [ ! -d conformance/node_modules ]; then

@@ -390,8 +390,10 @@ impl Continuity {
         match relation {
             Relation::First => self.deliver(frame, out),
             Relation::HeadEvent => {
-                // Never delivered before, and the position already accounts for it.
+                // Never delivered before, and the position already accounts for it. It is
+                // delivered: a `RecoveryFailed` before it no longer covers what follows.
                 self.fresh = false;
+                self.marked = false;
                 if let Frame::Message(message) = frame {
                     out.events.push(ChannelEvent::Message(message));
                 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// One tenant: credentials, switches and limits. Field names are the TOML/JSON names
 /// operators use (CONFIG.md), so this type is also the config schema of an app.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` shows everything but the secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     pub id: String,
@@ -35,8 +36,33 @@ pub struct App {
     pub webhooks: Vec<WebhookTarget>,
 }
 
-/// A webhook endpoint of an app (`[[apps.webhooks]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"***")
+            .field("enabled", &self.enabled)
+            .field("enable_client_messages", &self.enable_client_messages)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_client_events_per_second",
+                &self.max_client_events_per_second,
+            )
+            .field("max_presence_members", &self.max_presence_members)
+            .field(
+                "max_presence_user_info_bytes",
+                &self.max_presence_user_info_bytes,
+            )
+            .field("max_event_payload_bytes", &self.max_event_payload_bytes)
+            .field("webhooks", &self.webhooks)
+            .finish()
+    }
+}
+
+/// A webhook endpoint of an app (`[[apps.webhooks]]`). `Debug` hides header values (they
+/// often carry credentials).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookTarget {
     pub url: String,
@@ -45,6 +71,18 @@ pub struct WebhookTarget {
     pub event_types: Vec<String>,
     #[serde(default)]
     pub headers: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("header_names", &names)
+            .finish()
+    }
 }
 
 const fn yes() -> bool {

@@ -53,10 +53,13 @@ pub const ENV_VARS: &[&str] = &[
     "HOST",
     "HOT_BUFFER_MESSAGES",
     "HOT_BUFFER_SECS",
+    "HTTP_HEADER_TIMEOUT_MS",
+    "HTTP_MAX_HEADER_BYTES",
     "IDEMPOTENCY_TTL",
     "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
     "MAX_FRAME_BYTES",
+    "MAX_PENDING_CONNECTIONS",
     "MESSAGE_DEDUP_CAPACITY",
     "MESSAGE_DEDUP_SECS",
     "METRICS_PORT",
@@ -97,10 +100,41 @@ pub struct DriverSection {
     pub driver: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `Debug` hides the URL's credentials.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UrlSection {
     pub url: String,
+}
+
+impl std::fmt::Debug for UrlSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlSection")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// A URL that may carry credentials (`DATABASE_URL`): `Debug` hides them.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretUrl(pub String);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://***@host/…` (for logs and `Debug`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_owned()
 }
 
 /// `[cluster]`: how nodes find each other over the adapter.
@@ -202,6 +236,12 @@ pub struct NodeSettings {
     pub webhook_delay_secs: u64,
     /// Webhooks: timeout of one POST, in seconds.
     pub webhook_timeout_secs: u64,
+    /// Longest wait for a complete HTTP request head, upgrades included (ms).
+    pub http_header_timeout_ms: u64,
+    /// Largest HTTP request head (bytes, at least 8192); beyond it: 431.
+    pub http_max_header_bytes: usize,
+    /// Most TCP connections waiting for their first request head at once; more are closed.
+    pub max_pending_connections: usize,
     pub adapter: DriverSection,
     pub cache: DriverSection,
     pub queue: DriverSection,
@@ -214,7 +254,7 @@ pub struct NodeSettings {
     pub presence: PresenceSection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretUrl>,
     pub apps: Vec<App>,
 }
 
@@ -253,6 +293,9 @@ impl Default for NodeSettings {
             webhook_batch_ms: 250,
             webhook_delay_secs: 3,
             webhook_timeout_secs: 5,
+            http_header_timeout_ms: 10_000,
+            http_max_header_bytes: 16 * 1024,
+            max_pending_connections: 1024,
             adapter: DriverSection {
                 driver: "local".into(),
             },
@@ -356,7 +399,7 @@ impl NodeSettings {
             self.redis.url = v;
         }
         if let Some(v) = get("DATABASE_URL") {
-            self.database_url = Some(v);
+            self.database_url = Some(SecretUrl(v));
         }
         if let Some(v) = get("METRICS_PORT") {
             self.metrics_port = parse_env("METRICS_PORT", &v, "a port number (0 disables)")?;
@@ -512,6 +555,25 @@ impl NodeSettings {
             seconds,
             &mut self.webhook_timeout_secs,
         )?;
+        let ms = "milliseconds";
+        num_env(
+            &get,
+            "HTTP_HEADER_TIMEOUT_MS",
+            ms,
+            &mut self.http_header_timeout_ms,
+        )?;
+        num_env(
+            &get,
+            "HTTP_MAX_HEADER_BYTES",
+            count,
+            &mut self.http_max_header_bytes,
+        )?;
+        num_env(
+            &get,
+            "MAX_PENDING_CONNECTIONS",
+            count,
+            &mut self.max_pending_connections,
+        )?;
         if let Some(v) = get("V1_EXPOSE_STREAM_FIELDS") {
             self.v1_expose_stream_fields = parse_bool("V1_EXPOSE_STREAM_FIELDS", &v)?;
         }
@@ -585,6 +647,16 @@ impl NodeSettings {
         if self.activity_timeout == 0 || self.pong_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "activity_timeout and pong_timeout must be at least 1 second".into(),
+            ));
+        }
+        if self.http_header_timeout_ms < 100
+            || self.http_max_header_bytes < 8192
+            || self.max_pending_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "need http_header_timeout_ms >= 100, http_max_header_bytes >= 8192 and \
+                 max_pending_connections >= 1"
+                    .into(),
             ));
         }
         if self.idempotency_ttl == 0 {
@@ -721,6 +793,39 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "add to ENV_VARS: {missing:?}");
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let mut s = NodeSettings::load(
+            &CliOverrides::default(),
+            &env(&[
+                ("REDIS_URL", "redis://user:redis-pw@h:6379/0"),
+                ("NATS_PASSWORD", "nats-pw"),
+                ("NATS_USERNAME", "u"),
+                ("NATS_TOKEN", "nats-token"),
+                ("DATABASE_URL", "postgres://u:db-pw@h/db"),
+                ("SOCKUDO_DEFAULT_APP_SECRET", "app-secret-value"),
+            ]),
+        )
+        .unwrap();
+        s.apps[0].webhooks.push(sockudo_core::app::WebhookTarget {
+            url: "https://hooks.example.invalid/x".into(),
+            event_types: Vec::new(),
+            headers: [("Authorization".to_owned(), "Bearer hook-token".to_owned())].into(),
+        });
+        let text = format!("{s:?}");
+        for secret in [
+            "redis-pw",
+            "nats-pw",
+            "nats-token",
+            "db-pw",
+            "app-secret-value",
+            "hook-token",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("Authorization"), "header names stay visible");
     }
 
     #[test]

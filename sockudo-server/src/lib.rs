@@ -32,6 +32,7 @@ pub mod connection;
 pub mod dedup;
 pub mod hot;
 mod http;
+pub mod listener;
 mod live_gaps;
 pub mod metrics;
 pub mod namespace;

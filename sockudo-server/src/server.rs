@@ -231,13 +231,7 @@ fn memory_cache() -> Arc<dyn Cache> {
 
 /// `scheme://user:password@host/…` → `scheme://***@host/…`, so errors never print secrets.
 fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://***@{}", &rest[at + 1..]);
-        }
-    }
-    url.to_owned()
+    crate::config::redact_url(url)
 }
 
 /// The configured retention of the history store.
@@ -430,17 +424,23 @@ pub async fn serve(
     node.mark_serving();
     tracing::info!(node_id = %node.settings.node_id, "serving");
     let app = app.layer(axum::middleware::from_fn(peer_addr));
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stopped.cancelled().await })
-    .await;
+    let result =
+        crate::listener::serve(listener, app, listener_limits(&node.settings), stopped).await;
     drainer.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
     result
+}
+
+/// The listener bounds the settings name (`HTTP_HEADER_TIMEOUT_MS`, `HTTP_MAX_HEADER_BYTES`,
+/// `MAX_PENDING_CONNECTIONS`).
+fn listener_limits(s: &NodeSettings) -> crate::listener::ListenerLimits {
+    crate::listener::ListenerLimits {
+        header_read_timeout: Duration::from_millis(s.http_header_timeout_ms),
+        max_header_bytes: s.http_max_header_bytes,
+        max_pending: s.max_pending_connections,
+    }
 }
 
 /// Install the recorder and serve `/metrics` when `metrics_port` is set; start the sampler.

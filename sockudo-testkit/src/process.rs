@@ -332,7 +332,7 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         }
     }
     if let Some(url) = &settings.database_url {
-        env.push(("DATABASE_URL".into(), url.clone()));
+        env.push(("DATABASE_URL".into(), url.0.clone()));
     }
     if let Some(app) = settings.apps.first() {
         env.push(("SOCKUDO_DEFAULT_APP_ID".into(), app.id.clone()));

@@ -417,3 +417,32 @@ fn the_resume_wait_starts_again_when_the_subscribe_goes_out() {
     c.subscribe_sent(sent + TIMEOUT);
     assert_eq!(c.deadline(), None);
 }
+
+/// Found by the property test: after a stream reset announced at attach, the new stream's
+/// head event is delivered; a later jump back to the old stream needs its own failure.
+#[test]
+fn a_head_event_after_a_reset_uncovers_the_next_discontinuity() {
+    let now = Instant::now();
+    let mut c = Continuity::new(
+        "c",
+        HoldBudget::new(GapLimits::default()),
+        Duration::from_secs(10),
+    );
+    c.attach(Position::new("s0", 0), now);
+    let out = c.attach(Position::new("s1", 1), now);
+    assert!(matches!(
+        out.events.as_slice(),
+        [ChannelEvent::RecoveryFailed(_)]
+    ));
+    let out = c.on_message(msg_on("s1", 1), now);
+    assert!(matches!(out.events.as_slice(), [ChannelEvent::Message(_)]));
+    let out = c.on_message(msg_on("s0", 1), now);
+    assert!(
+        matches!(
+            out.events.as_slice(),
+            [ChannelEvent::RecoveryFailed(_), ChannelEvent::Message(_)]
+        ),
+        "{:?}",
+        out.events
+    );
+}

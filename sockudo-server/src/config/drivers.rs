@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use super::{ConfigError, NodeSettings};
 
-/// `[nats]`: the servers of `ADAPTER_DRIVER=nats`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `[nats]`: the servers of `ADAPTER_DRIVER=nats`. `Debug` hides the password and token.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSection {
     /// One or more comma-separated `nats://host:port` (`NATS_URL`).
@@ -18,6 +18,18 @@ pub struct NatsSection {
     pub password: Option<String>,
     /// `NATS_TOKEN`.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for NatsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("NatsSection")
+            .field("url", &super::redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .finish()
+    }
 }
 
 impl Default for NatsSection {

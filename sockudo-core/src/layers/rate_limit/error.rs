@@ -26,6 +26,12 @@ pub enum RateLimitRejection {
     /// ([`FailMode::Closed`](super::FailMode::Closed)): 503 with `Retry-After: 1`.
     #[error("rate limiter unavailable")]
     CacheUnavailable,
+    /// [`KeyBy::ClientIp`](super::KeyBy::ClientIp) found no client address (no
+    /// [`PeerAddr`](super::PeerAddr) extension and no usable `X-Forwarded-For`): the stack is
+    /// misconfigured, and letting the request through would silently disable the limit.
+    /// 500.
+    #[error("rate limiter cannot tell the client address (PeerAddr missing)")]
+    NoClientAddress,
 }
 
 impl RateLimitRejection {
@@ -35,6 +41,7 @@ impl RateLimitRejection {
         match self {
             Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::CacheUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoClientAddress => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -51,6 +58,7 @@ impl RateLimitRejection {
             Self::CacheUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Self::NoClientAddress => {}
         }
         response
     }

@@ -13,7 +13,8 @@ use crate::layers::api_auth::AuthenticatedApp;
 ///
 /// The core does not depend on axum, so it cannot read `axum::extract::ConnectInfo`; whoever
 /// accepts connections inserts this instead (the Sockudo server does, for every request).
-/// Without it, [`KeyBy::ClientIp`] has no key and the request is not limited.
+/// Without it (and without a usable `X-Forwarded-For`), [`KeyBy::ClientIp`] has no key and
+/// the layer answers 500 rather than serve the request unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -22,8 +23,9 @@ pub type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// How a request is mapped to a rate-limit budget.
 ///
-/// A request whose strategy yields no key (no app, no peer address, `Custom` returned
-/// `None`) is passed through unlimited and gets no rate-limit headers.
+/// A request whose strategy yields no key (no app for `AppAndRoute`, `Custom` returned
+/// `None`) is passed through unlimited and gets no rate-limit headers; `ClientIp` without a
+/// client address is rejected with 500 (a misconfigured stack must not disable the limit).
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum KeyBy {

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::error::insert_headers;
 use super::layer::Shared;
-use super::{FailMode, RateLimitLayer, RateLimitRejection, ResponseFuture};
+use super::{FailMode, KeyBy, RateLimitLayer, RateLimitRejection, ResponseFuture};
 
 /// Middleware that rate-limits requests; see the [module docs](super). Built by
 /// [`RateLimitLayer`].
@@ -88,6 +88,14 @@ where
         let key = self.shared.key_by.key(&parts);
         let req = Request::from_parts(parts, body);
         let Some(key) = key else {
+            if matches!(self.shared.key_by, KeyBy::ClientIp { .. }) {
+                tracing::error!(
+                    "rate limit by client IP without a client address: insert PeerAddr for \
+                     every request (rejecting rather than serving unlimited)"
+                );
+                let rejected = RateLimitRejection::NoClientAddress.into_response();
+                return ResponseFuture::new(Box::pin(async move { Ok(rejected) }));
+            }
             return ResponseFuture::new(Box::pin(inner.call(req)));
         };
         let shared = Arc::clone(&self.shared);

@@ -347,6 +347,30 @@ async fn works_in_an_axum_router_keyed_by_client_ip() {
     assert_eq!(status("2.2.2.2").await, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn client_ip_without_an_address_is_rejected_not_unlimited() {
+    use axum::routing::get;
+    use axum::Router;
+
+    let layer = RateLimitLayer::new(
+        Arc::new(MemoryCache::new()),
+        Quota::per_second(nz(1000)).allow_burst(nz(1000)),
+    )
+    .key_by(KeyBy::ClientIp {
+        trusted_proxy_hops: 0,
+    });
+    let router = Router::new()
+        .route("/x", get(|| async { "served" }))
+        .route_layer(layer);
+    let req = Request::get("/x").body(axum::body::Body::empty()).unwrap();
+    let response = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let mut req = Request::get("/x").body(axum::body::Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(PeerAddr("10.0.0.1:1234".parse().unwrap()));
+    assert_eq!(router.oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
 #[test]
 fn layer_and_service_are_clone_send_sync_debug() {
     fn assert_traits<T: Clone + Send + Sync + std::fmt::Debug + 'static>(_: &T) {}
