@@ -9,9 +9,7 @@ mod cluster_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cluster_support::{
-    count_app_events, drain, join, redis_cluster, user_ids, wait_for, wait_formed, WAIT,
-};
+use cluster_support::{count_app_events, drain, join, user_ids, wait_for, wait_formed, WAIT};
 use serde_json::json;
 use sockudo_testkit::{
     ensure_sockudo_binary, test_app, Cluster, NodeMode, TestClient, APP_KEY, APP_SECRET,
@@ -25,9 +23,7 @@ const KINDS: [&str; 5] = [
     "cache-fan",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_publish_reaches_every_subscriber_on_every_node_exactly_once() {
-    let cluster = redis_cluster(3).await;
+async fn every_publish_reaches_every_subscriber_on_every_node_exactly_once(cluster: Cluster) {
     // Two clients per node, each on every kind of channel.
     let mut clients = Vec::new();
     for i in 0..6 {
@@ -72,9 +68,7 @@ async fn every_publish_reaches_every_subscriber_on_every_node_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_exclusion_and_client_events_cross_nodes() {
-    let cluster = redis_cluster(3).await;
+async fn socket_exclusion_and_client_events_cross_nodes(cluster: Cluster) {
     let mut c = Vec::new();
     for i in 0..3 {
         let mut client = cluster.client(i).await.unwrap();
@@ -144,9 +138,7 @@ async fn socket_exclusion_and_client_events_cross_nodes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_channel_and_terminate_connections_across_nodes() {
-    let cluster = redis_cluster(3).await;
+async fn user_channel_and_terminate_connections_across_nodes(cluster: Cluster) {
     let mut alice1 = cluster.client(1).await.unwrap();
     let mut alice2 = cluster.client(2).await.unwrap();
     let mut bob0 = cluster.client(0).await.unwrap();
@@ -197,9 +189,7 @@ async fn user_channel_and_terminate_connections_across_nodes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_api_answers_are_cluster_wide_from_every_node() {
-    let cluster = redis_cluster(3).await;
+async fn http_api_answers_are_cluster_wide_from_every_node(cluster: Cluster) {
     let mut keep = Vec::new();
     // news: 2 subscribers (nodes 0, 1); sports: 1 (node 2); presence-room: u1 twice (nodes 0, 1), u2 (node 2).
     for (node, channel, user) in [
@@ -390,3 +380,10 @@ async fn process_nodes_deliver_across_nodes() {
         "{body}"
     );
 }
+
+on_every_backend!(
+    every_publish_reaches_every_subscriber_on_every_node_exactly_once,
+    socket_exclusion_and_client_events_cross_nodes,
+    user_channel_and_terminate_connections_across_nodes,
+    http_api_answers_are_cluster_wide_from_every_node,
+);

@@ -54,9 +54,7 @@ async fn members(cluster: &Cluster, node: usize, channel: &str) -> Option<BTreeS
     (status == 200).then(|| user_ids(&body))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_presence_members_are_removed_everywhere() {
-    let mut cluster = redis_cluster(3).await;
+async fn a_killed_nodes_presence_members_are_removed_everywhere(mut cluster: Cluster) {
     let mut doomed = cluster.client(0).await.unwrap();
     join(&mut doomed, "presence-k", "doomed").await;
     let mut shared0 = cluster.client(0).await.unwrap();
@@ -324,3 +322,5 @@ async fn a_draining_node_closes_with_4200_and_its_members_leave_at_once() {
         );
     }
 }
+
+on_every_backend!(a_killed_nodes_presence_members_are_removed_everywhere,);

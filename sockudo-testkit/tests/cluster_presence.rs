@@ -10,8 +10,8 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{drain, join, presence_ids, redis_cluster, user_ids, wait_for, WAIT};
-use sockudo_testkit::{Event, TestClient};
+use cluster_support::{drain, join, presence_ids, user_ids, wait_for, WAIT};
+use sockudo_testkit::{Cluster, Event, TestClient};
 
 const CHANNEL: &str = "presence-storm";
 
@@ -111,9 +111,7 @@ fn apply(label: &str, view: &mut BTreeSet<String>, events: &[Event]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_leave_storm_leaves_one_consistent_member_list() {
-    let cluster = redis_cluster(3).await;
+async fn join_leave_storm_leaves_one_consistent_member_list(cluster: Cluster) {
     // Observers, there before the storm, joining all at once (one per node): each must see a
     // clean first/last history from its own snapshot on, whatever the interleaving of their
     // joins (a snapshot that lists a member is never followed by that member's in-flight
@@ -301,9 +299,7 @@ async fn join_leave_storm_leaves_one_consistent_member_list() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_succeeded_lists_members_on_other_nodes() {
-    let cluster = redis_cluster(3).await;
+async fn subscription_succeeded_lists_members_on_other_nodes(cluster: Cluster) {
     let mut alice = cluster.client(0).await.unwrap();
     let ok = join(&mut alice, "presence-lobby", "alice").await;
     assert_eq!(presence_ids(&ok), BTreeSet::from(["alice".to_string()]));
@@ -372,9 +368,7 @@ async fn subscription_succeeded_lists_members_on_other_nodes() {
 /// order by the presence store, but published by different nodes, and can reach Redis (and so
 /// every node) in the opposite order. The store's presence sequence numbers let the watcher's
 /// node drop the late removal instead of leaving its subscribers believing the user is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejoin_while_the_last_connection_leaves() {
-    let cluster = redis_cluster(3).await;
+async fn rejoin_while_the_last_connection_leaves(cluster: Cluster) {
     let mut watcher = cluster.client(2).await.unwrap();
     let ok = join(&mut watcher, "presence-flap", "watcher");
     let snapshot = presence_ids(&ok.await);
@@ -404,9 +398,7 @@ async fn rejoin_while_the_last_connection_leaves() {
 /// order). Repeated over fresh channels to hit the interleavings: no observer may receive a
 /// `member_added` for a member its snapshot lists, nor a `member_removed` for one it does not,
 /// and each ends with exactly the members still connected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_observer_joins_with_churn_never_double_join() {
-    let cluster = redis_cluster(3).await;
+async fn concurrent_observer_joins_with_churn_never_double_join(cluster: Cluster) {
     for round in 0..6 {
         let channel = format!("presence-snap-{round}");
         let observers: Vec<_> = (0..3)
@@ -485,3 +477,10 @@ async fn concurrent_observer_joins_with_churn_never_double_join() {
         }
     }
 }
+
+on_every_backend!(
+    join_leave_storm_leaves_one_consistent_member_list,
+    subscription_succeeded_lists_members_on_other_nodes,
+    rejoin_while_the_last_connection_leaves,
+    concurrent_observer_joins_with_churn_never_double_join,
+);

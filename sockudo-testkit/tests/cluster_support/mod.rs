@@ -47,6 +47,39 @@ pub async fn redis_cluster(n: usize) -> Cluster {
     cluster
 }
 
+/// A cluster of `n` in-process nodes whose adapter runs on a 3-server NATS cluster (presence,
+/// cache, history and queue on the shared Redis), formed (see [`wait_formed`]).
+pub async fn nats_cluster(n: usize) -> Cluster {
+    let cluster = Cluster::builder().nodes(n).nats(3).build().await.unwrap();
+    wait_formed(&cluster).await;
+    cluster
+}
+
+/// Define each scenario `async fn name(cluster: Cluster)` as two tests, `redis::name` and
+/// `nats::name`, on a formed 3-node cluster of that backend: one suite, unchanged, per
+/// transport.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::cluster_support::redis_cluster(3).await).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::cluster_support::nats_cluster(3).await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Wait until every node answers cluster-wide queries with every other node's state: one probe
 /// connection per node subscribes to `probe-formation`, and every node must count all of them.
 /// The probes are closed afterwards (and the channel checked vacated everywhere).
