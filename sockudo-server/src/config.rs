@@ -60,6 +60,7 @@ pub const ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "MAX_FRAME_BYTES",
     "MAX_PENDING_CONNECTIONS",
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "MESSAGE_DEDUP_CAPACITY",
     "MESSAGE_DEDUP_SECS",
     "METRICS_PORT",
@@ -242,6 +243,8 @@ pub struct NodeSettings {
     pub http_max_header_bytes: usize,
     /// Most TCP connections waiting for their first request head at once; more are closed.
     pub max_pending_connections: usize,
+    /// Most channels one connection may be subscribed to at once.
+    pub max_subscriptions_per_connection: usize,
     pub adapter: DriverSection,
     pub cache: DriverSection,
     pub queue: DriverSection,
@@ -296,6 +299,7 @@ impl Default for NodeSettings {
             http_header_timeout_ms: 10_000,
             http_max_header_bytes: 16 * 1024,
             max_pending_connections: 1024,
+            max_subscriptions_per_connection: 1000,
             adapter: DriverSection {
                 driver: "local".into(),
             },
@@ -574,6 +578,12 @@ impl NodeSettings {
             count,
             &mut self.max_pending_connections,
         )?;
+        num_env(
+            &get,
+            "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+            count,
+            &mut self.max_subscriptions_per_connection,
+        )?;
         if let Some(v) = get("V1_EXPOSE_STREAM_FIELDS") {
             self.v1_expose_stream_fields = parse_bool("V1_EXPOSE_STREAM_FIELDS", &v)?;
         }
@@ -652,10 +662,11 @@ impl NodeSettings {
         if self.http_header_timeout_ms < 100
             || self.http_max_header_bytes < 8192
             || self.max_pending_connections == 0
+            || self.max_subscriptions_per_connection == 0
         {
             return Err(ConfigError::Invalid(
-                "need http_header_timeout_ms >= 100, http_max_header_bytes >= 8192 and \
-                 max_pending_connections >= 1"
+                "need http_header_timeout_ms >= 100, http_max_header_bytes >= 8192, \
+                 max_pending_connections >= 1 and max_subscriptions_per_connection >= 1"
                     .into(),
             ));
         }

@@ -63,6 +63,8 @@ pub const FANOUT_BROADCASTS: &str = "sockudo_fanout_broadcasts_total";
 pub const FANOUT_FRAMES: &str = "sockudo_fanout_frames_total";
 /// Counter: adapter errors (`kind` = publish | heartbeat | query_timeout | malformed | sweep).
 pub const ADAPTER_ERRORS: &str = "sockudo_adapter_errors_total";
+/// Counter: requests refused by a per-connection limit, by `limit`.
+pub const LIMIT_REJECTIONS: &str = "sockudo_limit_rejections_total";
 /// Counter: other live nodes seen running under this node's id (each one counted once).
 pub const DUPLICATE_NODE_IDS: &str = "sockudo_cluster_duplicate_node_ids_total";
 /// Counter: cross-node deliveries dropped as duplicates (same message id seen recently).
@@ -167,6 +169,10 @@ pub fn describe() {
     );
     describe_counter!(FANOUT_FRAMES, "Frames queued to connections by the fanout");
     describe_counter!(ADAPTER_ERRORS, "Cluster adapter errors, by kind");
+    describe_counter!(
+        LIMIT_REJECTIONS,
+        "Requests refused by a per-connection limit, by limit"
+    );
     describe_counter!(
         DUPLICATE_NODE_IDS,
         "Other live nodes seen under this node's id (the newer one stays unready)"

@@ -249,6 +249,23 @@ async fn a_position_past_retention_fails_then_history_backfills_until_attach() {
         .collect();
     assert_eq!(items, vec![9, 8]);
     assert_eq!(page["data"]["has_more"], false);
+
+    // Peer-supplied bounds at the edge of u64: answered, never an overflow.
+    for bounds in [
+        json!({"end_serial": u64::MAX}),
+        json!({"end_serial": u64::MAX, "cursor": "5"}),
+        json!({"start_serial": u64::MAX, "direction": "forward"}),
+        json!({"cursor": u64::MAX.to_string(), "direction": "forward"}),
+    ] {
+        let mut data = json!({"channel": "feed", "limit": 3});
+        for (k, v) in bounds.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        b.send_json(&json!({"event": "sockudo:channel_history", "data": data}))
+            .await;
+        let page = b.recv_event("sockudo:channel_history", WAIT).await;
+        assert!(page["data"]["items"].is_array(), "{bounds}: {page}");
+    }
 }
 
 #[tokio::test]

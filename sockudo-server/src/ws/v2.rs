@@ -455,9 +455,10 @@ pub async fn channel_history(
             .await
     } else {
         let before = match (cursor, end) {
-            (Some(c), Some(e)) => Some(c.min(e + 1)),
+            // Peer-supplied: `end_serial` may be u64::MAX.
+            (Some(c), Some(e)) => Some(c.min(e.saturating_add(1))),
             (Some(c), None) => Some(c),
-            (None, Some(e)) => Some(e + 1),
+            (None, Some(e)) => Some(e.saturating_add(1)),
             (None, None) => None,
         };
         history
@@ -475,9 +476,9 @@ pub async fn channel_history(
     let serials: Vec<u64> = msgs.iter().map(|m| m.serial).collect();
     let contiguous = serials.windows(2).all(|w| {
         if forward {
-            w[1] == w[0] + 1
+            Some(w[1]) == w[0].checked_add(1)
         } else {
-            w[0] == w[1] + 1
+            Some(w[0]) == w[1].checked_add(1)
         }
     });
     // Either direction continues from the last serial returned (exclusive).

@@ -32,6 +32,17 @@ impl Session {
                 )
             }
         };
+        let max = self.node.settings.max_subscriptions_per_connection;
+        if self.channels.len() >= max && !self.channels.contains(name.as_str()) {
+            metrics::counter!(crate::metrics::LIMIT_REJECTIONS, "limit" => "subscriptions_per_connection")
+                .increment(1);
+            return self.subscription_error(
+                name.as_str(),
+                "LimitReached",
+                &format!("This connection is subscribed to {max} channels, the most allowed"),
+                429,
+            );
+        }
         let app = Arc::clone(&self.conn.app);
         let socket_id = Arc::clone(&self.conn.socket_id);
         let mut presence = None;
