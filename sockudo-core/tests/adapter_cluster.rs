@@ -980,6 +980,12 @@ mod redis_env {
         );
         let started = std::time::Instant::now();
         assert!(a.publish(msg("c", "lost")).await.is_err());
+        // A subscription the broker cannot confirm is refused (a client would be told 503).
+        assert!(matches!(
+            a.watch_channel("app", "during-outage").await,
+            Err(AdapterError::Unavailable(_))
+        ));
+        a.unwatch_channel("app", "during-outage");
         assert!(
             started.elapsed() < Duration::from_millis(1500),
             "publish took {:?}",

@@ -89,7 +89,8 @@ pub async fn serve(
     limits: ListenerLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only: HTTP/2 connections (prior knowledge) would have no idle bound here.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())

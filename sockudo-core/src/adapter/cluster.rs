@@ -526,7 +526,11 @@ impl<T: Transport> Inner<T> {
         let deadline = Instant::now() + self.opts.heartbeat_interval.min(PROBE_WINDOW);
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, heartbeats.next()).await {
             if let Ok((h, _)) = envelope::decode(&msg) {
-                if h.origin == self.node_id && h.epoch != self.epoch && h.kind == Kind::Heartbeat {
+                // A heartbeat answers our probe; a probe is a twin starting at the same time.
+                if h.origin == self.node_id
+                    && h.epoch != self.epoch
+                    && matches!(h.kind, Kind::Heartbeat | Kind::Probe)
+                {
                     self.twin_heard(h.epoch, Instant::now());
                 }
             }
@@ -811,7 +815,8 @@ impl<T: Transport> Inner<T> {
         }
     }
 
-    async fn sweep(&self, dead: &str) {
+    /// Sweep `dead`'s presence and announce the removals; false when the store failed.
+    async fn sweep(&self, dead: &str) -> bool {
         match self.presence.sweep_node(dead).await {
             Ok(removed) => {
                 self.liveness.lock().unswept.remove(dead);
@@ -825,10 +830,12 @@ impl<T: Transport> Inner<T> {
                         h.members_removed(removed);
                     }
                 }
+                true
             }
             Err(e) => {
                 bump(&self.counters.sweep_errors);
                 tracing::warn!(node = %self.node_id, dead, error = %e, "presence sweep failed; will retry");
+                false
             }
         }
     }
@@ -881,10 +888,13 @@ impl<T: Transport> Inner<T> {
         if !blind {
             self.twins.expire(Instant::now(), self.opts.node_timeout);
         }
-        if self.twins.take_owed_sweep() {
+        if self.twins.sweep_due() {
             tracing::info!(node = %self.node_id, "no other live node uses this node id any more: taking it over");
             let id = self.node_id.clone();
-            self.sweep(&id).await;
+            // Stays back (unready, no joins) until the sweep succeeded; retried every tick.
+            if self.sweep(&id).await {
+                self.twins.swept();
+            }
         }
     }
 
@@ -1119,6 +1129,13 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         let ready = inner.interests.acquire(&key);
         // Nothing is consumed before attach (there is no handler to give it to).
         self.handler()?;
+        if !ready.initialized() && !inner.transport.is_healthy() {
+            // Fail fast: waiters would otherwise retry one after another, each up to the
+            // transport's timeout.
+            return Err(AdapterError::Unavailable(
+                "the cluster transport is disconnected".into(),
+            ));
+        }
         if ready.initialized() {
             return Ok(());
         }

@@ -14,8 +14,13 @@
 //!   outgoing buffer does not take it. `Ok` means the message is in the connection's ordered
 //!   outgoing stream: NATS delivers it at most once to each subscriber, in publish order per
 //!   publisher and subject.
-//! - A subscription is confirmed with the server (a flush after `SUB`) before `subscribe`
-//!   returns, so nothing published after it returns is missed while the connection holds.
+//! - A subscription is confirmed by a round trip before `subscribe` returns: after the `SUB`
+//!   the client publishes a token to its own sync subject and waits for it to come back.
+//!   The server handles one connection's operations in order, so once the token is back the
+//!   subscription is in force on that server, and nothing published to it afterwards is
+//!   missed while the connection holds. (Within a NATS *cluster*, interest reaches the other
+//!   servers asynchronously, in milliseconds; a message published through another server in
+//!   that instant can miss the new subscription. V2 clients get such a message from history.)
 //! - Each subscription is bounded by the client's per-subscription capacity
 //!   ([`NatsTransportOptions::queue_capacity`]); a consumer that falls that far behind loses
 //!   messages and the client reports it as a slow consumer (logged and counted in
@@ -23,6 +28,7 @@
 //! - [`Transport::is_healthy`] is the connection state: false from the moment the client
 //!   notices a disconnection until it is connected again.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +39,9 @@ use async_nats::{Client, ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{AdapterError, Transport, TransportCapabilities, TransportStream};
 
@@ -88,11 +97,25 @@ struct Counters {
     connects: AtomicU64,
 }
 
+/// Waiters for sync tokens (see the module docs), by token.
+type SyncWaiters = Mutex<HashMap<u64, oneshot::Sender<()>>>;
+
 /// NATS [`Transport`]; see the module docs.
 pub struct NatsTransport {
     client: Client,
     counters: Arc<Counters>,
     opts: NatsTransportOptions,
+    /// This client's own subject for subscription round trips.
+    sync_subject: String,
+    sync_waiters: Arc<SyncWaiters>,
+    sync_token: AtomicU64,
+    sync_task: JoinHandle<()>,
+}
+
+impl Drop for NatsTransport {
+    fn drop(&mut self) {
+        self.sync_task.abort();
+    }
 }
 
 impl fmt::Debug for NatsTransport {
@@ -163,11 +186,57 @@ impl NatsTransport {
                 ),
             ));
         }
+        let sync_subject = format!("_SOCKUDO_SYNC.{:016x}", rand::random::<u64>());
+        let mut sync_sub = client
+            .subscribe(sync_subject.clone())
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let sync_waiters: Arc<SyncWaiters> = Arc::default();
+        let waiters = Arc::clone(&sync_waiters);
+        let sync_task = tokio::spawn(async move {
+            while let Some(m) = sync_sub.next().await {
+                let Ok(bytes) = <[u8; 8]>::try_from(m.payload.as_ref()) else {
+                    continue;
+                };
+                if let Some(tx) = waiters.lock().remove(&u64::from_be_bytes(bytes)) {
+                    let _ = tx.send(());
+                }
+            }
+        });
         Ok(NatsTransport {
             client,
             counters,
             opts,
+            sync_subject,
+            sync_waiters,
+            sync_token: AtomicU64::new(0),
+            sync_task,
         })
+    }
+
+    /// Round trip through the server on this connection (see the module docs).
+    async fn sync(&self) -> Result<(), AdapterError> {
+        let token = self.sync_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.sync_waiters.lock().insert(token, tx);
+        let round_trip = async {
+            self.client
+                .publish(
+                    self.sync_subject.clone(),
+                    Bytes::copy_from_slice(&token.to_be_bytes()),
+                )
+                .await
+                .map_err(|e| unavailable("subscribe", e))?;
+            self.client
+                .flush()
+                .await
+                .map_err(|e| unavailable("subscribe", e))?;
+            rx.await
+                .map_err(|_| unavailable("subscribe", "sync subscription ended"))
+        };
+        let r = tokio::time::timeout(self.opts.connect_timeout, round_trip).await;
+        self.sync_waiters.lock().remove(&token);
+        r.map_err(|_| unavailable("subscribe", "server did not confirm in time"))?
     }
 
     /// Slow-consumer reports of the client (each is a subscription that dropped messages).
@@ -220,15 +289,17 @@ impl Transport for NatsTransport {
     }
 
     async fn subscribe(&self, topic: &str) -> Result<TransportStream, AdapterError> {
-        let sub = self
-            .client
-            .subscribe(topic.to_owned())
-            .await
-            .map_err(|e| unavailable("subscribe", e))?;
-        tokio::time::timeout(self.opts.connect_timeout, self.client.flush())
-            .await
-            .map_err(|_| unavailable("subscribe", "server did not confirm in time"))?
-            .map_err(|e| unavailable("subscribe", e))?;
+        if self.client.connection_state() != State::Connected {
+            return Err(unavailable("subscribe", "not connected"));
+        }
+        let sub = tokio::time::timeout(
+            self.opts.connect_timeout,
+            self.client.subscribe(topic.to_owned()),
+        )
+        .await
+        .map_err(|_| unavailable("subscribe", "timed out"))?
+        .map_err(|e| unavailable("subscribe", e))?;
+        self.sync().await?;
         Ok(Box::pin(sub.map(|m| m.payload)))
     }
 

@@ -92,7 +92,9 @@ enum Command {
     Subscribe {
         topic: String,
         tx: mpsc::Sender<Bytes>,
-        done: oneshot::Sender<()>,
+        /// `Ok` once Redis confirmed the subscription; `Err` when it could not (disconnected,
+        /// or SUBSCRIBE failed): the caller must not assume it receives the topic.
+        done: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -240,7 +242,8 @@ impl Transport for RedisTransport {
             .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
         confirmed
             .await
-            .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
+            .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?
+            .map_err(|e| unavailable("subscribe", e))?;
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -284,11 +287,24 @@ fn route(topics: &mut Topics, shared: &Shared, channel: &str, payload: &[u8]) ->
     None
 }
 
-/// Register a subscription while disconnected: it is subscribed on the next connection.
-fn register(topics: &mut Topics, cmd: Command) {
-    let Command::Subscribe { topic, tx, done } = cmd;
-    topics.entry(topic).or_default().push(tx);
-    let _ = done.send(());
+/// A subscription asked for while disconnected is refused: Redis cannot confirm it, and the
+/// caller (e.g. a client's subscribe) must not be told it receives the topic.
+fn refuse(cmd: Command) {
+    let Command::Subscribe { done, .. } = cmd;
+    let _ = done.send(Err("disconnected from Redis".to_owned()));
+}
+
+/// Drop closed subscriptions; returns the topics left without any (to UNSUBSCRIBE).
+fn prune(topics: &mut Topics) -> Vec<String> {
+    let mut gone = Vec::new();
+    topics.retain(|topic, senders| {
+        senders.retain(|tx| !tx.is_closed());
+        if senders.is_empty() {
+            gone.push(topic.clone());
+        }
+        !senders.is_empty()
+    });
+    gone
 }
 
 async fn with_timeout<T>(
@@ -320,7 +336,7 @@ async fn subscriber_task(
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
                     cmd = commands.recv() => match cmd {
-                        Some(cmd) => register(&mut topics, cmd),
+                        Some(cmd) => refuse(cmd),
                         None => return,
                     },
                 }
@@ -340,6 +356,8 @@ async fn subscriber_task(
                 continue;
             }
         };
+        // Streams dropped while away need no subscription any more.
+        prune(&mut topics);
         if !topics.is_empty() {
             let names: Vec<&str> = topics.keys().map(String::as_str).collect();
             if let Err(e) = with_timeout(opts.connect_timeout, sink.subscribe(names)).await {
@@ -377,8 +395,9 @@ async fn subscriber_task(
                         let new = !topics.contains_key(&topic);
                         topics.entry(topic.clone()).or_default().push(tx);
                         let r = if new { with_timeout(opts.connect_timeout, sink.subscribe(&topic)).await } else { Ok(()) };
-                        // Registered either way: a failed SUBSCRIBE is redone on reconnection.
-                        let _ = done.send(());
+                        // Registered either way (redone on reconnection for long-lived
+                        // streams), but the caller learns it is not confirmed.
+                        let _ = done.send(r.clone().map_err(|e| format!("SUBSCRIBE failed: {e}")));
                         if let Err(e) = r {
                             break format!("SUBSCRIBE failed: {e}");
                         }
@@ -388,6 +407,13 @@ async fn subscriber_task(
                 _ = ping.tick() => {
                     if let Err(e) = with_timeout(opts.ping_interval.max(Duration::from_millis(500)), sink.ping::<Value>()).await {
                         break format!("PING failed: {e}");
+                    }
+                    // Channels whose last stream was dropped and that stayed quiet since.
+                    let gone = prune(&mut topics);
+                    if !gone.is_empty() {
+                        if let Err(e) = with_timeout(opts.connect_timeout, sink.unsubscribe(&gone)).await {
+                            break format!("UNSUBSCRIBE failed: {e}");
+                        }
                     }
                     if !shared.publish_ok.load(Ordering::SeqCst) {
                         let mut c = conn.clone();

@@ -87,9 +87,11 @@ impl Twins {
         before - s.heard.len()
     }
 
-    /// Whether an older twin is alive, so this node must step back.
+    /// Whether this node must stay back: an older twin is alive, or the id's leftovers have
+    /// not been swept yet (joins accepted before that sweep would be swept with them).
     pub(crate) fn stepped_back(&self) -> bool {
-        self.state.lock().heard.keys().any(|e| *e < self.my_epoch)
+        let s = self.state.lock();
+        s.sweep_owed || s.heard.keys().any(|e| *e < self.my_epoch)
     }
 
     /// Remember that the id's presence was not swept at start (an older twin owned it).
@@ -97,15 +99,16 @@ impl Twins {
         self.state.lock().sweep_owed = true;
     }
 
-    /// True once, when a sweep is owed and no older twin is left: the caller sweeps now.
-    pub(crate) fn take_owed_sweep(&self) -> bool {
-        let mut s = self.state.lock();
-        let older = s.heard.keys().any(|e| *e < self.my_epoch);
-        if s.sweep_owed && !older {
-            s.sweep_owed = false;
-            return true;
-        }
-        false
+    /// Whether a sweep is owed and no older twin is left: the caller sweeps now, and calls
+    /// [`Twins::swept`] once the sweep succeeded (until then this node stays back).
+    pub(crate) fn sweep_due(&self) -> bool {
+        let s = self.state.lock();
+        s.sweep_owed && !s.heard.keys().any(|e| *e < self.my_epoch)
+    }
+
+    /// The owed sweep succeeded: this node owns the id now.
+    pub(crate) fn swept(&self) {
+        self.state.lock().sweep_owed = false;
     }
 }
 
@@ -128,14 +131,16 @@ mod tests {
         assert_eq!(newer.heard(50, now), Heard::Known);
         assert!(newer.stepped_back());
         newer.owe_sweep();
-        assert!(!newer.take_owed_sweep());
+        assert!(!newer.sweep_due());
         assert_eq!(
             newer.expire(now + Duration::from_secs(11), Duration::from_secs(10)),
             1
         );
+        assert!(newer.sweep_due());
+        assert!(newer.stepped_back(), "back until the sweep succeeded");
+        newer.swept();
         assert!(!newer.stepped_back());
-        assert!(newer.take_owed_sweep());
-        assert!(!newer.take_owed_sweep(), "owed once");
+        assert!(!newer.sweep_due(), "owed once");
 
         let older = Twins::new(50);
         older.heard(100, now);

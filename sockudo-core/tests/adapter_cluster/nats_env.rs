@@ -71,6 +71,12 @@ async fn nats_restart_is_visible_and_heals() {
         "outage not visible"
     );
     assert!(a.publish(msg("c", "lost")).await.is_err());
+    // A subscription the broker cannot confirm is refused (a client would be told 503).
+    assert!(matches!(
+        a.watch_channel("app", "during-outage").await,
+        Err(AdapterError::Unavailable(_))
+    ));
+    a.unwatch_channel("app", "during-outage");
     // Longer than node_timeout: nobody may be declared dead for a transport outage.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(nodes[0].1.removed.lock().is_empty());
