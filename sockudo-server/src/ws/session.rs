@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use sockudo_core::app::App;
 use sockudo_core::protocol::{ErrorCode, OutboundFrame, ProtocolVersion};
@@ -24,6 +24,11 @@ use crate::namespace::Namespace;
 use crate::node::Node;
 
 pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// What a connection task runs over: an upgraded HTTP connection in production, an in-memory
+/// pipe in unit tests.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
 /// A connection the node accepted (quota slot already reserved).
 #[derive(Debug)]
@@ -75,8 +80,8 @@ pub async fn refuse(mut ws: Ws, refusal: Refusal) {
 }
 
 /// Write `first` and whatever else is already queued, then flush once.
-async fn write_batch(
-    ws: &mut Ws,
+async fn write_batch<S: Socket>(
+    ws: &mut WebSocketStream<S>,
     first: tokio_tungstenite::tungstenite::Utf8Bytes,
     outbox: &mut Outbox,
     conn: &Connection,
@@ -98,8 +103,8 @@ async fn write_batch(
 }
 
 /// Write every frame already queued, then flush.
-async fn write_queued(
-    ws: &mut Ws,
+async fn write_queued<S: Socket>(
+    ws: &mut WebSocketStream<S>,
     outbox: &mut Outbox,
     conn: &Connection,
     sent: &metrics::Counter,
@@ -113,8 +118,8 @@ async fn write_queued(
 
 /// Execute a resume plan: what was queued before it goes first, then per channel the replay
 /// and the held live frames (checked contiguous), then the outcome frames.
-async fn write_resume(
-    ws: &mut Ws,
+async fn write_resume<S: Socket>(
+    ws: &mut WebSocketStream<S>,
     outbox: &mut Outbox,
     conn: &Connection,
     plan: ResumePlan,
@@ -196,7 +201,11 @@ enum End {
     Gone,
 }
 
-pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
+pub(crate) async fn run<S: Socket>(
+    node: Arc<Node>,
+    mut ws: WebSocketStream<S>,
+    accepted: Accepted,
+) {
     let Accepted {
         app,
         protocol,
@@ -232,104 +241,116 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
     let end = if ws.send(Message::text(hello)).await.is_err() {
         End::Gone
     } else {
-        // The loop runs once per delivered frame, so everything it waits on is created once
-        // and polled by reference: no timer re-registration and no waiter list churn on the
-        // node-wide drain token per message. Activity only stamps `last_seen`; the one timer
-        // is re-armed when it fires.
-        let mut last_seen = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
-        let timer = sleep_until(last_seen + activity);
-        tokio::pin!(timer);
-        let drained = drain.clone().cancelled_owned();
-        tokio::pin!(drained);
-        let closing = conn.close_requested();
-        tokio::pin!(closing);
-        // V2 resume waits (parked positions, post-subscribe grace holds): armed only while
-        // the session has some, re-armed after every client frame.
-        let waits = sleep_until(last_seen + activity);
-        tokio::pin!(waits);
-        loop {
-            tokio::select! {
-                biased;
-                code = &mut closing => break End::Code(code, close_reason(code)),
-                _ = &mut drained => break End::Code(ErrorCode::ReconnectImmediately.code(), ErrorCode::ReconnectImmediately.message()),
-                frame = outbox.recv(&conn) => {
-                    let Some(frame) = frame else { break End::Gone };
-                    let written = tokio::select! {
-                        r = write_batch(&mut ws, frame, &mut outbox, &conn, &bytes_out) => r,
-                        code = &mut closing => { break End::Code(code, close_reason(code)) }
-                    };
-                    if written.is_err() { break End::Gone }
-                }
-                msg = ws.next() => {
-                    last_seen = Instant::now();
-                    if let Some(Ok(Message::Text(text))) = &msg {
-                        bytes_in.increment(text.len() as u64);
+        // The loop borrows the socket and the session: when it panics, both are still here,
+        // so the cleanup below runs on every exit path (subscriptions, presence, interest,
+        // quota) and the client is told with 1011.
+        let looped = async {
+            // The loop runs once per delivered frame, so everything it waits on is created once
+            // and polled by reference: no timer re-registration and no waiter list churn on the
+            // node-wide drain token per message. Activity only stamps `last_seen`; the one timer
+            // is re-armed when it fires.
+            let mut last_seen = Instant::now();
+            let mut ping_sent: Option<Instant> = None;
+            let timer = sleep_until(last_seen + activity);
+            tokio::pin!(timer);
+            let drained = drain.clone().cancelled_owned();
+            tokio::pin!(drained);
+            let closing = conn.close_requested();
+            tokio::pin!(closing);
+            // V2 resume waits (parked positions, post-subscribe grace holds): armed only while
+            // the session has some, re-armed after every client frame.
+            let waits = sleep_until(last_seen + activity);
+            tokio::pin!(waits);
+            loop {
+                tokio::select! {
+                    biased;
+                    code = &mut closing => break End::Code(code, close_reason(code)),
+                    _ = &mut drained => break End::Code(ErrorCode::ReconnectImmediately.code(), ErrorCode::ReconnectImmediately.message()),
+                    frame = outbox.recv(&conn) => {
+                        let Some(frame) = frame else { break End::Gone };
+                        let written = tokio::select! {
+                            r = write_batch(&mut ws, frame, &mut outbox, &conn, &bytes_out) => r,
+                            code = &mut closing => { break End::Code(code, close_reason(code)) }
+                        };
+                        if written.is_err() { break End::Gone }
                     }
-                    match msg {
-                        None => break End::Gone,
-                        Some(Err(WsError::Capacity(_))) => break End::Code(1009, "message too big"),
-                        Some(Err(e)) => {
-                            tracing::debug!(app_id = %app_label, socket_id = %socket_id, error = %e, "socket error");
-                            break End::Gone;
+                    msg = ws.next() => {
+                        last_seen = Instant::now();
+                        if let Some(Ok(Message::Text(text))) = &msg {
+                            bytes_in.increment(text.len() as u64);
                         }
-                        Some(Ok(Message::Text(text))) => {
-                            let flow = session.handle_text(&text).await;
-                            rearm(&session, waits.as_mut());
-                            match flow {
-                            Flow::Continue => {}
-                            Flow::Close(code) => {
-                                // The handler queued its `pusher:error` for this code: deliver
-                                // what is queued before the close frame.
-                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn, &bytes_out)).await;
-                                break End::Code(code.code(), code.message());
-                            }
-                            Flow::Resume(plan) => {
-                                let written = tokio::select! {
-                                    r = write_resume(&mut ws, &mut outbox, &conn, plan, &bytes_out) => r,
-                                    code = &mut closing => { break End::Code(code, close_reason(code)) }
-                                };
-                                match written {
-                                    Ok(None) => {}
-                                    Ok(Some(code)) => break End::Code(code.code(), "cannot prove continuity after replay: reconnect and resume"),
-                                    Err(_) => break End::Gone,
-                                }
-                            }
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => session.reject_binary(),
-                        Some(Ok(Message::Close(_))) => break End::Gone,
-                        // Ping frames are answered by tungstenite on the next write/flush.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                            let _ = ws.flush().await;
-                        }
-                    }
-                }
-                _ = &mut waits, if session.has_waits() => {
-                    session.on_deadline(Instant::now());
-                    if let Some(next) = session.next_deadline() {
-                        waits.as_mut().reset(next);
-                    }
-                }
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    match ping_sent {
-                        // Anything heard since our ping counts as the answer.
-                        Some(sent) if last_seen >= sent => {
-                            ping_sent = None;
-                            timer.as_mut().reset(last_seen + activity);
-                        }
-                        Some(_) => break End::Code(ErrorCode::PongNotReceived.code(), ErrorCode::PongNotReceived.message()),
-                        None if last_seen + activity > now => timer.as_mut().reset(last_seen + activity),
-                        None => {
-                            ping_sent = Some(now);
-                            timer.as_mut().reset(now + pong_wait);
-                            if ws.send(Message::text(OutboundFrame::ping(family))).await.is_err() {
+                        match msg {
+                            None => break End::Gone,
+                            Some(Err(WsError::Capacity(_))) => break End::Code(1009, "message too big"),
+                            Some(Err(e)) => {
+                                tracing::debug!(app_id = %app_label, socket_id = %socket_id, error = %e, "socket error");
                                 break End::Gone;
                             }
+                            Some(Ok(Message::Text(text))) => {
+                                let flow = session.handle_text(&text).await;
+                                rearm(&session, waits.as_mut());
+                                match flow {
+                                Flow::Continue => {}
+                                Flow::Close(code) => {
+                                    // The handler queued its `pusher:error` for this code: deliver
+                                    // what is queued before the close frame.
+                                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox, &conn, &bytes_out)).await;
+                                    break End::Code(code.code(), code.message());
+                                }
+                                Flow::Resume(plan) => {
+                                    let written = tokio::select! {
+                                        r = write_resume(&mut ws, &mut outbox, &conn, plan, &bytes_out) => r,
+                                        code = &mut closing => { break End::Code(code, close_reason(code)) }
+                                    };
+                                    match written {
+                                        Ok(None) => {}
+                                        Ok(Some(code)) => break End::Code(code.code(), "cannot prove continuity after replay: reconnect and resume"),
+                                        Err(_) => break End::Gone,
+                                    }
+                                }
+                                }
+                            }
+                            Some(Ok(Message::Binary(_))) => session.reject_binary(),
+                            Some(Ok(Message::Close(_))) => break End::Gone,
+                            // Ping frames are answered by tungstenite on the next write/flush.
+                            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                                let _ = ws.flush().await;
+                            }
+                        }
+                    }
+                    _ = &mut waits, if session.has_waits() => {
+                        session.on_deadline(Instant::now());
+                        if let Some(next) = session.next_deadline() {
+                            waits.as_mut().reset(next);
+                        }
+                    }
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        match ping_sent {
+                            // Anything heard since our ping counts as the answer.
+                            Some(sent) if last_seen >= sent => {
+                                ping_sent = None;
+                                timer.as_mut().reset(last_seen + activity);
+                            }
+                            Some(_) => break End::Code(ErrorCode::PongNotReceived.code(), ErrorCode::PongNotReceived.message()),
+                            None if last_seen + activity > now => timer.as_mut().reset(last_seen + activity),
+                            None => {
+                                ping_sent = Some(now);
+                                timer.as_mut().reset(now + pong_wait);
+                                if ws.send(Message::text(OutboundFrame::ping(family))).await.is_err() {
+                                    break End::Gone;
+                                }
+                            }
                         }
                     }
                 }
+            }
+        };
+        match std::panic::AssertUnwindSafe(looped).catch_unwind().await {
+            Ok(end) => end,
+            Err(_) => {
+                tracing::error!(app_id = %app_label, socket_id = %socket_id, "connection task panicked: cleaning up, closing with 1011");
+                End::Code(1011, "internal error")
             }
         }
     };
@@ -356,7 +377,7 @@ pub async fn run(node: Arc<Node>, mut ws: Ws, accepted: Accepted) {
 /// Closes that mean something went wrong (logged at warn): over capacity, pong timeout, too
 /// big a message. Drains (4200), signin failures (4009) and terminations are routine.
 fn is_error_close(code: u16) -> bool {
-    matches!(code, 1009 | 4100 | 4201)
+    matches!(code, 1009 | 1011 | 4100 | 4201)
 }
 
 fn close_reason(code: u16) -> &'static str {
@@ -366,5 +387,104 @@ fn close_reason(code: u16) -> &'static str {
         4200 => ErrorCode::ReconnectImmediately.message(),
         4201 => ErrorCode::PongNotReceived.message(),
         _ => "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use sockudo_core::auth::sign_channel;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    async fn next_text(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+    }
+
+    /// A panic inside message handling still runs the cleanup: subscriptions left (presence
+    /// member removed), the connection forgotten and its quota slot freed, the client closed
+    /// with 1011.
+    #[tokio::test]
+    async fn a_panic_in_message_handling_still_cleans_the_connection_up() {
+        let app = App::new("1", "key", "secret");
+        let settings = crate::config::NodeSettings {
+            apps: vec![app.clone()],
+            ..Default::default()
+        };
+        let node = crate::server::build_node_memory(settings);
+        let ns = node.namespace("1");
+        assert!(ns.try_reserve_connection(0));
+        let accepted = Accepted {
+            app: Arc::new(app.clone()),
+            protocol: ProtocolVersion::V1,
+            namespace: Arc::clone(&ns),
+        };
+        let (server_io, client_io) = tokio::io::duplex(1 << 16);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let task = tokio::spawn(run(Arc::clone(&node), server, accepted));
+
+        let hello: serde_json::Value =
+            serde_json::from_str(next_text(&mut client).await.unwrap().to_text().unwrap()).unwrap();
+        let data: serde_json::Value =
+            serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+        let socket_id = data["socket_id"].as_str().unwrap().to_owned();
+        let channel_data = r#"{"user_id":"u1"}"#;
+        let auth = sign_channel(
+            "key",
+            "secret",
+            &socket_id,
+            "presence-x",
+            Some(channel_data),
+        );
+        let sub = serde_json::json!({"event": "pusher:subscribe", "data": {
+            "channel": "presence-x", "auth": auth, "channel_data": channel_data}});
+        client.send(Message::text(sub.to_string())).await.unwrap();
+        let ok = next_text(&mut client).await.unwrap();
+        assert!(
+            ok.to_text().unwrap().contains("subscription_succeeded"),
+            "{ok:?}"
+        );
+        assert_eq!(ns.subscription_count("presence-x"), 1);
+        assert_eq!(
+            node.adapter
+                .presence_members("1", "presence-x")
+                .await
+                .unwrap()
+                .members
+                .len(),
+            1
+        );
+
+        client
+            .send(Message::text(r#"{"event":"test:panic","data":{}}"#))
+            .await
+            .unwrap();
+        let closed = loop {
+            match next_text(&mut client).await {
+                Some(Message::Close(frame)) => break frame,
+                Some(_) => continue,
+                None => panic!("no close frame"),
+            }
+        };
+        assert_eq!(closed.map(|f| u16::from(f.code)), Some(1011));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ns.subscription_count("presence-x"), 0);
+        assert!(node
+            .adapter
+            .presence_members("1", "presence-x")
+            .await
+            .unwrap()
+            .members
+            .is_empty());
+        assert_eq!(ns.connection_count(), 0, "the quota slot is free again");
     }
 }

@@ -100,6 +100,11 @@ impl Session {
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Flow {
+        // Unit tests only: a way to make message handling panic (see `session::tests`).
+        #[cfg(test)]
+        if text.contains("\"event\":\"test:panic\"") {
+            panic!("test: a panic inside message handling");
+        }
         let frame = match ClientFrame::parse(text, self.node.settings.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
