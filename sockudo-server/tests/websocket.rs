@@ -633,3 +633,50 @@ async fn websocket_upgrades_are_rate_limited_per_client_ip() {
     let (status, _) = node.api(&test_app()).get("/channels", &[]).await;
     assert_eq!(status, 200);
 }
+
+/// A peer that stops reading (zero TCP window) while a frame is being written: the write is
+/// bounded by the pong timeout, the connection is dropped and its subscription released,
+/// although its outbound queue never filled up (no 4100).
+#[tokio::test]
+async fn a_write_to_a_peer_that_stopped_reading_is_bounded() {
+    let mut a = test_app();
+    a.max_event_payload_bytes = 1024 * 1024;
+    let mut s = settings(vec![a.clone()]);
+    s.pong_timeout = 1;
+    s.outbound_queue_frames = 1024;
+    s.outbound_queue_bytes = 64 * 1024 * 1024;
+    s.max_frame_bytes = 16 * 1024 * 1024;
+    let node = TestNode::start(s).await;
+    let api = node.api(&a);
+    let mut stuck = TestClient::connect_small_rcvbuf(node.addr, &TestNode::app_path(APP_KEY)).await;
+    stuck.established().await;
+    stuck.subscribe("bulk").await;
+    // Far more than both socket buffers hold (the queue bound is not reached): a write
+    // cannot complete.
+    let big = "x".repeat(900 * 1024);
+    for _ in 0..12 {
+        let (status, resp) = api
+            .post(
+                "/events",
+                &json!({"name": "big", "channel": "bulk", "data": big}),
+            )
+            .await;
+        assert_eq!(status, 200, "{resp}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, info) = api.get("/channels/bulk", &[]).await;
+        if info["occupied"] == false {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck connection still holds its subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Others are served.
+    let mut fresh = node.client(APP_KEY).await;
+    fresh.subscribe("bulk").await;
+    drop(stuck);
+}

@@ -238,7 +238,12 @@ pub(crate) async fn run<S: Socket>(
 
     let hello =
         OutboundFrame::connection_established(family, &socket_id, node.settings.activity_timeout);
-    let end = if ws.send(Message::text(hello)).await.is_err() {
+    // Every write is bounded by the pong timeout: a peer that takes no data for that long
+    // (zero TCP window) is as gone as one that does not answer pings, and a write that never
+    // completes must not keep the task (and its subscriptions) alive.
+    let write_limit = pong_wait;
+    let sent = tokio::time::timeout(write_limit, ws.send(Message::text(hello))).await;
+    let end = if !matches!(sent, Ok(Ok(()))) {
         End::Gone
     } else {
         // The loop borrows the socket and the session: when it panics, both are still here,
@@ -269,10 +274,10 @@ pub(crate) async fn run<S: Socket>(
                     frame = outbox.recv(&conn) => {
                         let Some(frame) = frame else { break End::Gone };
                         let written = tokio::select! {
-                            r = write_batch(&mut ws, frame, &mut outbox, &conn, &bytes_out) => r,
+                            r = tokio::time::timeout(write_limit, write_batch(&mut ws, frame, &mut outbox, &conn, &bytes_out)) => r,
                             code = &mut closing => { break End::Code(code, close_reason(code)) }
                         };
-                        if written.is_err() { break End::Gone }
+                        if !matches!(written, Ok(Ok(()))) { break End::Gone }
                     }
                     msg = ws.next() => {
                         last_seen = Instant::now();
@@ -299,13 +304,13 @@ pub(crate) async fn run<S: Socket>(
                                 }
                                 Flow::Resume(plan) => {
                                     let written = tokio::select! {
-                                        r = write_resume(&mut ws, &mut outbox, &conn, plan, &bytes_out) => r,
+                                        r = tokio::time::timeout(write_limit, write_resume(&mut ws, &mut outbox, &conn, plan, &bytes_out)) => r,
                                         code = &mut closing => { break End::Code(code, close_reason(code)) }
                                     };
                                     match written {
-                                        Ok(None) => {}
-                                        Ok(Some(code)) => break End::Code(code.code(), "cannot prove continuity after replay: reconnect and resume"),
-                                        Err(_) => break End::Gone,
+                                        Ok(Ok(None)) => {}
+                                        Ok(Ok(Some(code))) => break End::Code(code.code(), "cannot prove continuity after replay: reconnect and resume"),
+                                        Ok(Err(_)) | Err(_) => break End::Gone,
                                     }
                                 }
                                 }
@@ -314,7 +319,9 @@ pub(crate) async fn run<S: Socket>(
                             Some(Ok(Message::Close(_))) => break End::Gone,
                             // Ping frames are answered by tungstenite on the next write/flush.
                             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                                let _ = ws.flush().await;
+                                if !matches!(tokio::time::timeout(write_limit, ws.flush()).await, Ok(Ok(()))) {
+                                    break End::Gone;
+                                }
                             }
                         }
                     }
@@ -337,7 +344,8 @@ pub(crate) async fn run<S: Socket>(
                             None => {
                                 ping_sent = Some(now);
                                 timer.as_mut().reset(now + pong_wait);
-                                if ws.send(Message::text(OutboundFrame::ping(family))).await.is_err() {
+                                let ping = ws.send(Message::text(OutboundFrame::ping(family)));
+                                if !matches!(tokio::time::timeout(write_limit, ping).await, Ok(Ok(()))) {
                                     break End::Gone;
                                 }
                             }
