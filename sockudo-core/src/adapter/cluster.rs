@@ -27,7 +27,7 @@
 //!
 //! # Interest routing
 //! When the transport declares [`super::TransportCapabilities::per_channel_topics`] (memory, Redis,
-//! NATS) and [`ClusterOptions::interest_routing`] is on (the default), a broadcast goes to its
+//! NATS) and [`ClusterOptions::interest_routing`] is on (the server turns it on), a broadcast goes to its
 //! channel's own topic, and a node subscribes to that topic only while it has local
 //! subscribers of the channel ([`Adapter::watch_channel`] / [`Adapter::unwatch_channel`]):
 //! a node receives nothing for channels nobody on it listens to. `watch_channel` returns once
@@ -126,9 +126,11 @@ pub struct ClusterOptions {
     pub node_timeout: Duration,
     /// How long a query waits for the other nodes (default 2 s).
     pub request_timeout: Duration,
-    /// Route broadcasts per channel when the transport can (default true); see the module
-    /// docs. Every node of a cluster must use the same value: a node with routing publishes
-    /// to per-channel topics, which a node without it does not read.
+    /// Route broadcasts per channel when the transport can (default false: every node
+    /// receives every broadcast, nothing to call; the Sockudo server turns it on and calls
+    /// [`Adapter::watch_channel`] for each local subscription). See the module docs. Every
+    /// node of a cluster must use the same value: a node with routing publishes to
+    /// per-channel topics, which a node without it does not read.
     pub interest_routing: bool,
 }
 
@@ -139,7 +141,7 @@ impl Default for ClusterOptions {
             heartbeat_interval: Duration::from_secs(2),
             node_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(2),
-            interest_routing: true,
+            interest_routing: false,
         }
     }
 }
