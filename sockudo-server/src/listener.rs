@@ -159,8 +159,8 @@ async fn serve_one(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    // hyper's header timer starts with the first byte (and the HTTP/2 detection waits for
-    // bytes before that): a socket that sends nothing is closed by this deadline instead.
+    // hyper's header timer starts with the first byte: a socket that sends nothing at all is
+    // closed by this deadline instead.
     let first_request = tokio::time::sleep(first_request_within);
     tokio::pin!(first_request);
     let (mut armed, mut stopping) = (true, false);
