@@ -142,7 +142,10 @@ max_event_payload_bytes = 10240
 EOF
 
 echo "run.sh: starting $bin --config $config --port $port (log: $log)"
-"$bin" --config "$config" --port "$port" >"$log" 2>&1 &
+# A clean environment: the node is configured by $config alone, whatever the caller's shell
+# exports (ADAPTER_DRIVER, DATABASE_URL, ...).
+env -i PATH="$PATH" HOME="$HOME" TMPDIR="${TMPDIR:-/tmp}" RUST_LOG="${RUST_LOG:-}" \
+  RUST_BACKTRACE="${RUST_BACKTRACE:-}" "$bin" --config "$config" --port "$port" >"$log" 2>&1 &
 node_pid=$!
 
 deadline=$((SECONDS + 60))

@@ -815,11 +815,11 @@ mod tests {
                 ("NATS_PASSWORD", "nats-pw"),
                 ("NATS_USERNAME", "u"),
                 ("NATS_TOKEN", "nats-token"),
-                ("DATABASE_URL", "postgres://u:db-pw@h/db"),
                 ("SOCKUDO_DEFAULT_APP_SECRET", "app-secret-value"),
             ]),
         )
         .unwrap();
+        s.database_url = Some(SecretUrl("postgres://u:db-pw@h/db".into()));
         s.apps[0].webhooks.push(sockudo_core::app::WebhookTarget {
             url: "https://hooks.example.invalid/x".into(),
             event_types: Vec::new(),
@@ -859,6 +859,7 @@ mod tests {
         assert!(err(&[("SOCKUDO_NODE_ID", "node a")]).contains("node_id"));
         assert!(err(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")]).contains("REDIS_CLUSTER_NODES"));
         assert!(err(&[("PRESENCE_DRIVER", "redis")]).contains("ADAPTER_DRIVER=local"));
+        assert!(err(&[("DATABASE_URL", "postgres://u:p@h/db")]).contains("DATABASE_URL"));
         assert!(err(&[
             ("ADAPTER_DRIVER", "redis"),
             ("PRESENCE_DRIVER", "transport")
