@@ -50,16 +50,11 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Counts connections that have not yet sent a complete request head.
-#[derive(Debug)]
-struct Pending {
-    count: AtomicUsize,
-}
-
-/// One connection's share of [`Pending`], given back once (first request, or the end).
+/// One connection's share of the count of connections that have not yet sent a complete
+/// request head, given back once (first request, or the end).
 #[derive(Debug)]
 struct PendingSlot {
-    pending: Arc<Pending>,
+    pending: Arc<AtomicUsize>,
     held: AtomicBool,
 }
 
@@ -70,7 +65,7 @@ impl PendingSlot {
 
     fn release(&self) {
         if self.held.swap(false, Ordering::AcqRel) {
-            self.pending.count.fetch_sub(1, Ordering::AcqRel);
+            self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -97,9 +92,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     let builder = Arc::new(builder);
-    let pending = Arc::new(Pending {
-        count: AtomicUsize::new(0),
-    });
+    let pending = Arc::new(AtomicUsize::new(0));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -114,8 +107,8 @@ pub async fn serve(
                 }
             },
         };
-        if pending.count.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
-            pending.count.fetch_sub(1, Ordering::AcqRel);
+        if pending.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
+            pending.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "code" => "pending_cap")
                 .increment(1);
             drop(stream);

@@ -18,7 +18,7 @@ use sockudo_core::history::{HistoryStore, MemoryHistoryStore, Retention};
 use sockudo_core::layers::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer, RateLimiter};
 use tokio::net::TcpListener;
 
-use crate::config::NodeSettings;
+use crate::config::{redact_url, NodeSettings};
 use crate::node::Node;
 use crate::ws::{ws_fallback, ws_handler};
 
@@ -227,11 +227,6 @@ fn memory_cache() -> Arc<dyn Cache> {
     let cache = Arc::new(MemoryCache::new());
     spawn_cache_purger(&cache);
     cache
-}
-
-/// `scheme://user:password@host/…` → `scheme://***@host/…`, so errors never print secrets.
-fn redact_url(url: &str) -> String {
-    crate::config::redact_url(url)
 }
 
 /// The configured retention of the history store.
