@@ -18,7 +18,7 @@ pub enum Mode {
     /// One node with QUEUE_DRIVER=redis and a webhook target served by this tool:
     /// end-to-end webhook events/s, and retries under a failing target.
     Webhooks,
-    /// 3 in-process cluster adapters over a real Redis and a real NATS, each "subscribed" to
+    /// 3 in-process cluster adapters over a real Redis, NATS and Redis Cluster, each "subscribed" to
     /// its own disjoint channels: bytes the broker delivers to the nodes per publish, with
     /// interest routing and with broadcast-to-all.
     InterestBytes,
@@ -127,9 +127,10 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
 
-    /// cluster-fanout: the adapter the started nodes use: `redis`, or `nats` (a nats-server
-    /// is started too; presence, cache and history stay on Redis). The binary must be built
-    /// with `--features nats` for `nats`.
+    /// cluster-fanout: the adapter the started nodes use: `redis`, `redis-cluster` (a
+    /// 3-primary Redis Cluster is started; adapter, presence, cache and history on it), or
+    /// `nats` (a nats-server is started too; presence, cache and history stay on Redis). The
+    /// binary must be built with `--features nats` for `nats`.
     #[arg(long, default_value = "redis")]
     pub adapter: String,
 

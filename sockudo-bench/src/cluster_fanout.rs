@@ -152,6 +152,7 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     // Start (or attach to) the cluster.
     let mut _redis: Option<Proc> = None;
     let mut _nats: Option<Proc> = None;
+    let mut _redis_cluster: Vec<Proc> = Vec::new();
     let mut nodes: Vec<Proc> = Vec::new();
     let (http_bases, ws_bases): (Vec<String>, Vec<String>) = if !args.node_urls.is_empty() {
         let http: Vec<String> = args
@@ -182,7 +183,25 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
                 }
                 _nats = Some(nats);
             }
-            other => return Err(format!("--adapter {other:?}: expected redis or nats")),
+            "redis-cluster" => {
+                // Everything on the Redis Cluster; the single Redis above stays idle.
+                let (servers, seeds) = procs::start_redis_cluster(&dir).await?;
+                for (k, v) in [
+                    ("ADAPTER_DRIVER", "redis-cluster".to_owned()),
+                    ("CACHE_DRIVER", "redis-cluster".to_owned()),
+                    ("HISTORY_DRIVER", "redis-cluster".to_owned()),
+                    ("REDIS_CLUSTER_NODES", seeds.join(",")),
+                ] {
+                    env.retain(|(name, _)| name != k);
+                    env.push((k.to_owned(), v));
+                }
+                _redis_cluster = servers;
+            }
+            other => {
+                return Err(format!(
+                    "--adapter {other:?}: expected redis, redis-cluster or nats"
+                ))
+            }
         }
         for i in 0..args.nodes.max(1) {
             nodes.push(procs::start_node(&bin, &dir, &format!("node-{i}"), &env, None).await?);
@@ -202,7 +221,11 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         )
     };
     let node_pids: Vec<u32> = nodes.iter().filter_map(Proc::pid).collect();
-    let redis_pid: Vec<u32> = _redis.iter().filter_map(Proc::pid).collect();
+    let redis_pid: Vec<u32> = _redis
+        .iter()
+        .chain(_redis_cluster.iter())
+        .filter_map(Proc::pid)
+        .collect();
     let self_pid = [std::process::id()];
 
     let stats = Arc::new(Stats {

@@ -1,6 +1,7 @@
 //! `--mode interest-bytes`: what interest routing saves on the wire.
 //!
-//! For each broker (a `redis-server` and a `nats-server` started here on free ports) and each
+//! For each broker (a `redis-server`, a `nats-server` and a 3-primary Redis Cluster started here
+//! on free ports) and each
 //! routing mode (per-channel topics, broadcast-to-all), 3 in-process `ClusterAdapter`s are
 //! started; node `i` "has subscribers" on channels `i, i+3, i+6, …` of `--channels` (each
 //! node watches its own third, as a node would for its local subscribers). Then
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use sockudo_core::adapter::{
     Adapter, Broadcast, ClusterAdapter, ClusterAnswer, ClusterOptions, ClusterQuery,
     ControlMessage, MemoryPresenceStore, NatsTransport, NatsTransportOptions, NodeHandler,
-    PresenceStore, RedisTransport, RemovedMember, Transport,
+    PresenceStore, RedisClusterTransport, RedisTransport, RemovedMember, Transport,
 };
 
 use crate::cli::Args;
@@ -159,6 +160,7 @@ pub async fn run(args: &Args) -> Result<String, String> {
     let dir = procs::scratch_dir()?;
     let redis = procs::start_redis(&dir).await?;
     let nats = procs::start_nats(&dir).await?;
+    let (redis_cluster, cluster_seeds) = procs::start_redis_cluster(&dir).await?;
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let nats_url = format!("nats://127.0.0.1:{}", nats.port);
     let mut rows = Vec::new();
@@ -185,10 +187,19 @@ pub async fn run(args: &Args) -> Result<String, String> {
             ));
         }
         rows.push(measure("nats", routing, ts, args).await?);
+        let mut ts = Vec::new();
+        for _ in 0..NODES {
+            ts.push(Arc::new(
+                RedisClusterTransport::connect(&cluster_seeds)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        rows.push(measure("redis-cluster", routing, ts, args).await?);
     }
     let mut out = format!(
         "interest-bytes: {NODES} nodes, {} channels (disjoint thirds), {} publishes of {} B\n\
-         {:<6} {:<10} {:>10} {:>14} {:>14} {:>20}\n",
+         {:<13} {:<10} {:>10} {:>14} {:>14} {:>20}\n",
         args.channels.max(NODES),
         args.connections.max(1),
         args.payload_bytes.max(1),
@@ -202,7 +213,7 @@ pub async fn run(args: &Args) -> Result<String, String> {
     for r in &rows {
         let p = r.publishes as f64;
         out.push_str(&format!(
-            "{:<6} {:<10} {:>10} {:>14.2} {:>14.1} {:>20.1}\n",
+            "{:<13} {:<10} {:>10} {:>14.2} {:>14.1} {:>20.1}\n",
             r.broker,
             if r.routing { "interest" } else { "broadcast" },
             r.delivered,
@@ -211,6 +222,6 @@ pub async fn run(args: &Args) -> Result<String, String> {
             r.cross_bytes as f64 / p,
         ));
     }
-    drop((redis, nats));
+    drop((redis, nats, redis_cluster));
     Ok(out)
 }

@@ -113,10 +113,74 @@ fn open_log(path: &Path) -> Result<(Stdio, Stdio), String> {
 
 /// Start `redis-server` without persistence on a free port and wait for PING.
 pub async fn start_redis(dir: &Path) -> Result<Proc, String> {
+    let port = free_port()?;
+    spawn_redis(dir, port, &[]).await
+}
+
+/// Start a Redis Cluster of three primaries (no replicas: benchmarks measure routing, not
+/// failover) and wait until it serves every slot. Returns the servers and their seed URLs.
+pub async fn start_redis_cluster(dir: &Path) -> Result<(Vec<Proc>, Vec<String>), String> {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let port = loop {
+            let p = free_port()?;
+            if p < u16::MAX - 10_000
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+            {
+                break p;
+            }
+        };
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        let conf = conf.to_string_lossy().into_owned();
+        let extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            conf.as_str(),
+        ];
+        servers.push(spawn_redis(dir, port, &extra).await?);
+    }
+    let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+    create.extend(servers.iter().map(|s| format!("127.0.0.1:{}", s.port)));
+    create.push("--cluster-yes".into());
+    let out = Command::new("redis-cli")
+        .args(&create)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run redis-cli --cluster create: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    for s in &servers {
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &s.port.to_string(), "CLUSTER", "INFO"])
+                .output()
+                .map_err(|e| format!("run redis-cli: {e}"))?;
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err("the Redis Cluster did not form".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let seeds = servers
+        .iter()
+        .map(|s| format!("redis://127.0.0.1:{}", s.port))
+        .collect();
+    Ok((servers, seeds))
+}
+
+async fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Result<Proc, String> {
     if !on_path("redis-server") {
         return Err("redis-server is not on PATH (apt-get install redis-server)".into());
     }
-    let port = free_port()?;
     let log = dir.join(format!("redis-{port}.log"));
     let (out, err) = open_log(&log)?;
     let child = Command::new("redis-server")
@@ -130,6 +194,7 @@ pub async fn start_redis(dir: &Path) -> Result<Proc, String> {
             "--appendonly",
             "no",
         ])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())

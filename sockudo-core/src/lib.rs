@@ -18,6 +18,8 @@
 //! - [`queue`]: the shared work [`queue::Queue`] contract (at-least-once, leases, backoff,
 //!   dead letters) + memory impl (Redis impl behind the `redis` feature).
 //! - [`adapter`]: the [`adapter::Adapter`] contract for (cross-node) fanout + the local impl.
+//! - `redis_conn` (feature `redis`): `redis_conn::RedisEndpoint`, one server or a Redis
+//!   Cluster, accepted by every Redis-backed part.
 //! - [`layers`]: tower middleware for the HTTP API ([`layers::ApiAuthLayer`]: signed-request
 //!   auth; [`layers::RateLimitLayer`]: cluster-wide GCRA rate limits over the cache;
 //!   [`layers::IdempotencyLayer`]: one effect per `idempotency_key`) and the shared JSON error
@@ -33,4 +35,4 @@ pub mod layers;
 pub mod protocol;
 pub mod queue;
 #[cfg(feature = "redis")]
-mod redis_conn;
+pub mod redis_conn;

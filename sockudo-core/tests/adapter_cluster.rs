@@ -886,9 +886,9 @@ mod redis_env {
         let client = redis::Client::open(env.server.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let mut users = redis::cmd("HSET");
-        users.arg("sockudo:presence:app:presence-big:users");
+        users.arg("sockudo:presence:{app:presence-big}:users");
         let mut infos = redis::cmd("HSET");
-        infos.arg("sockudo:presence:app:presence-big:info");
+        infos.arg("sockudo:presence:{app:presence-big}:info");
         for i in 0..9_000 {
             users.arg(format!("u{i:05}")).arg(1);
             if i % 2 == 0 {
@@ -1038,3 +1038,14 @@ mod redis_env {
 #[cfg(feature = "nats")]
 #[path = "adapter_cluster/nats_env.rs"]
 mod nats_env;
+
+// ---------------------------------------------------------------------------------------------
+// Redis Cluster environment (sharded pub/sub; after `scenarios!`, which it uses)
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
+
+#[cfg(feature = "redis")]
+#[path = "adapter_cluster/redis_cluster_env.rs"]
+mod redis_cluster_env;

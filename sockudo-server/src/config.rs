@@ -8,7 +8,7 @@ use sockudo_core::app::App;
 
 mod drivers;
 
-pub use drivers::{effective_presence, NatsSection, PresenceSection};
+pub use drivers::{effective_presence, NatsSection, PresenceSection, RedisSection};
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +250,9 @@ pub struct NodeSettings {
     pub queue: DriverSection,
     pub history: DriverSection,
     pub app_manager: DriverSection,
-    pub redis: UrlSection,
+    /// `[redis]`: the single server (`REDIS_URL`) and the Redis Cluster seeds
+    /// (`REDIS_CLUSTER_NODES`).
+    pub redis: RedisSection,
     /// NATS servers and credentials (`ADAPTER_DRIVER=nats`).
     pub nats: NatsSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
@@ -315,9 +317,7 @@ impl Default for NodeSettings {
             app_manager: DriverSection {
                 driver: "static".into(),
             },
-            redis: UrlSection {
-                url: "redis://127.0.0.1:6379".into(),
-            },
+            redis: RedisSection::default(),
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
             presence: PresenceSection::default(),
@@ -609,19 +609,19 @@ impl NodeSettings {
         )?;
         drivers::validate(self)?;
         let caches: &[&str] = if cfg!(feature = "redis") {
-            &["memory", "redis"]
+            &["memory", "redis", "redis-cluster"]
         } else {
             &["memory"]
         };
         check("cache.driver (CACHE_DRIVER)", &self.cache.driver, caches)?;
         let queues: &[&str] = if cfg!(feature = "redis") {
-            &["memory", "redis"]
+            &["memory", "redis", "redis-cluster"]
         } else {
             &["memory"]
         };
         check("queue.driver (QUEUE_DRIVER)", &self.queue.driver, queues)?;
         let histories: &[&str] = if cfg!(feature = "redis") {
-            &["memory", "none", "redis"]
+            &["memory", "none", "redis", "redis-cluster"]
         } else {
             &["memory", "none"]
         };
@@ -857,7 +857,29 @@ mod tests {
         let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
         assert!(err(&[("CLUSTER_PREFIX", "a#b")]).contains("cluster.prefix"));
         assert!(err(&[("SOCKUDO_NODE_ID", "node a")]).contains("node_id"));
-        assert!(err(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")]).contains("REDIS_CLUSTER_NODES"));
+        assert!(err(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")]).contains("no driver"));
+        if cfg!(feature = "redis") {
+            assert!(err(&[("HISTORY_DRIVER", "redis-cluster")]).contains("REDIS_CLUSTER_NODES"));
+            assert!(err(&[
+                ("CACHE_DRIVER", "redis-cluster"),
+                ("REDIS_CLUSTER_NODES", "http://h:1")
+            ])
+            .contains("redis://"));
+            let s = load(&[
+                ("ADAPTER_DRIVER", "redis-cluster"),
+                ("CACHE_DRIVER", "redis-cluster"),
+                (
+                    "REDIS_CLUSTER_NODES",
+                    "10.0.0.1:7000, redis://10.0.0.2:7001",
+                ),
+            ])
+            .unwrap();
+            assert_eq!(effective_presence(&s), "redis-cluster");
+            assert_eq!(
+                s.redis.cluster_urls(),
+                ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"]
+            );
+        }
         assert!(err(&[("PRESENCE_DRIVER", "redis")]).contains("ADAPTER_DRIVER=local"));
         assert!(err(&[("DATABASE_URL", "postgres://u:p@h/db")]).contains("DATABASE_URL"));
         assert!(err(&[

@@ -50,17 +50,18 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
     let cache: Arc<dyn Cache> = match settings.cache.driver.as_str() {
         "memory" => memory_cache(),
         #[cfg(feature = "redis")]
-        "redis" => {
+        driver @ ("redis" | "redis-cluster") => {
             // Everything kept through the cache (rate limits, idempotency, cache channels,
             // webhook spans) lives under `{cluster prefix}:`.
+            let endpoint = settings.redis.endpoint(driver);
             let cache = sockudo_core::cache::RedisCache::connect(
-                &settings.redis.url,
+                endpoint.clone(),
                 &format!("{}:", settings.cluster.prefix),
             )
             .await
             .map_err(|source| BuildError::Cache {
-                driver: "redis".into(),
-                url: redact_url(&settings.redis.url),
+                driver: driver.into(),
+                url: endpoint.redacted(),
                 source,
             })?;
             Arc::new(cache)
@@ -73,6 +74,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         #[cfg(feature = "redis")]
         "redis" => {
             let (adapter, stats) = redis_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
+        #[cfg(feature = "redis")]
+        "redis-cluster" => {
+            let (adapter, stats) = redis_cluster_adapter(&settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
@@ -92,9 +99,10 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
     let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
         "memory" | "none" => memory_history(&settings),
         #[cfg(feature = "redis")]
-        "redis" => {
+        driver @ ("redis" | "redis-cluster") => {
+            let endpoint = settings.redis.endpoint(driver);
             let store = sockudo_core::history::RedisHistoryStore::connect(
-                &settings.redis.url,
+                endpoint.clone(),
                 &settings.cluster.prefix,
                 retention(&settings),
                 Duration::from_millis(settings.history_timeout_ms.max(1)),
@@ -102,7 +110,7 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             .await
             .map_err(|e| BuildError::Backend {
                 what: "history",
-                url: redact_url(&settings.redis.url),
+                url: endpoint.redacted(),
                 message: e.to_string(),
             })?;
             Some(Arc::new(store))
@@ -133,6 +141,22 @@ async fn redis_adapter(
         .map_err(adapter_error(url))?;
     let presence = redis_presence(settings).await?;
     cluster_adapter(settings, Arc::new(transport), presence, url).await
+}
+
+/// The Redis Cluster adapter: sharded pub/sub on the cluster plus the presence store the
+/// settings name (the same cluster by default).
+#[cfg(feature = "redis")]
+async fn redis_cluster_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::RedisClusterTransport;
+    let endpoint = settings.redis.endpoint("redis-cluster");
+    let shown = endpoint.redacted();
+    let transport = RedisClusterTransport::connect(&settings.redis.cluster_urls())
+        .await
+        .map_err(adapter_error(&shown))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &shown).await
 }
 
 /// The NATS cluster adapter: subjects on the configured servers, presence in the shared
@@ -170,7 +194,8 @@ fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> B
     }
 }
 
-/// The shared presence store on `REDIS_URL`, under the cluster prefix.
+/// The shared presence store (`REDIS_URL` or the Redis Cluster, as the effective presence
+/// driver says), under the cluster prefix.
 #[cfg(feature = "redis")]
 async fn redis_presence(
     settings: &NodeSettings,
@@ -180,11 +205,14 @@ async fn redis_presence(
         prefix: settings.cluster.prefix.clone(),
         ..RedisPresenceOptions::default()
     };
-    let store = RedisPresenceStore::connect_with(&settings.redis.url, opts)
+    let endpoint = settings
+        .redis
+        .endpoint(crate::config::effective_presence(settings));
+    let store = RedisPresenceStore::connect_with(endpoint.clone(), opts)
         .await
         .map_err(|e| BuildError::Backend {
             what: "presence",
-            url: redact_url(&settings.redis.url),
+            url: endpoint.redacted(),
             message: e.to_string(),
         })?;
     Ok(Arc::new(store))

@@ -23,6 +23,7 @@ use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
 use crate::redis::RedisServer;
+use crate::redis_cluster::RedisCluster;
 use crate::TestkitError;
 
 /// How the cluster's nodes run.
@@ -51,6 +52,8 @@ pub struct ClusterBuilder {
     redis_at: Option<SocketAddr>,
     /// NATS servers for the adapter (0: the adapter runs on Redis).
     nats_servers: usize,
+    /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
+    redis_cluster: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -100,6 +103,17 @@ impl ClusterBuilder {
     pub fn nats(mut self, servers: usize) -> Self {
         self.redis = true;
         self.nats_servers = servers;
+        self
+    }
+
+    /// Put every Redis-backed part (adapter, presence, cache, history) on a Redis Cluster of
+    /// 3 primaries with a replica each instead of a single Redis; with
+    /// [`ClusterBuilder::nats`] the adapter stays on NATS and presence, cache and history go
+    /// to the Redis Cluster. The cluster is reachable through [`Cluster::redis_cluster_mut`]
+    /// (kill a primary, restart it). The nodes connect to the Redis servers directly (no
+    /// per-node proxy: a cluster client follows redirections to the servers' own addresses).
+    pub fn redis_cluster(mut self) -> Self {
+        self.redis_cluster = true;
         self
     }
 
@@ -160,7 +174,13 @@ impl ClusterBuilder {
         };
         #[cfg(not(feature = "containers"))]
         let containers: Option<ContainerParts> = None;
-        let redis = if self.redis && containers.is_none() && self.redis_at.is_none() {
+        let redis_cluster = if self.redis_cluster {
+            Some(RedisCluster::start().await?)
+        } else {
+            None
+        };
+        let single_redis = self.redis && !self.redis_cluster;
+        let redis = if single_redis && containers.is_none() && self.redis_at.is_none() {
             Some(RedisServer::start().await?)
         } else {
             None
@@ -202,9 +222,22 @@ impl ClusterBuilder {
                     (None, None) => {}
                 }
             }
+            if let Some(rc) = &redis_cluster {
+                settings.cache.driver = "redis-cluster".into();
+                settings.adapter.driver = "redis-cluster".into();
+                settings.history.driver = "redis-cluster".into();
+                settings.redis.cluster_nodes = rc.urls();
+                settings.cluster.heartbeat_interval_ms = 200;
+                settings.cluster.node_timeout_ms = 2000;
+                settings.cluster.request_timeout_ms = 1000;
+            }
             if let Some(nats) = &nats {
                 settings.adapter.driver = "nats".into();
-                settings.presence.driver = "redis".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
                 settings.nats.url = nats.urls_from(i % nats.len());
             }
             if let Some(f) = &self.settings {
@@ -251,6 +284,7 @@ impl ClusterBuilder {
             proxies,
             redis,
             nats,
+            redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
             balancer,
@@ -476,6 +510,7 @@ pub struct Cluster {
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
+    redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
     app: App,
@@ -489,6 +524,7 @@ impl Cluster {
             redis: false,
             redis_at: None,
             nats_servers: 0,
+            redis_cluster: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -524,6 +560,16 @@ impl Cluster {
     /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
     pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
         self.nats.as_mut()
+    }
+
+    /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).
+    pub fn redis_cluster_mut(&mut self) -> Option<&mut RedisCluster> {
+        self.redis_cluster.as_mut()
+    }
+
+    /// The Redis Cluster (see [`ClusterBuilder::redis_cluster`]).
+    pub fn redis_cluster(&self) -> Option<&RedisCluster> {
+        self.redis_cluster.as_ref()
     }
 
     /// The shared Redis, when the cluster started one.

@@ -88,6 +88,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod redis_cluster;
 mod util;
 
 use std::net::SocketAddr;
@@ -110,6 +111,7 @@ pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 
 /// The test app's id (the binary's dev-app default).
 pub const APP_ID: &str = "app-id";

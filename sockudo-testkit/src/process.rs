@@ -331,6 +331,12 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
             env.push((name.into(), v.clone()));
         }
     }
+    if !settings.redis.cluster_nodes.is_empty() {
+        env.push((
+            "REDIS_CLUSTER_NODES".into(),
+            settings.redis.cluster_nodes.join(","),
+        ));
+    }
     if let Some(url) = &settings.database_url {
         env.push(("DATABASE_URL".into(), url.0.clone()));
     }

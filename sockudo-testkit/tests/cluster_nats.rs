@@ -8,7 +8,10 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{count_app_events, drain, join, user_ids, wait_for, wait_formed, WAIT};
+use cluster_support::{
+    assert_every_accepted_tick_delivered, count_app_events, drain, join, user_ids, wait_for,
+    wait_formed, WAIT,
+};
 use serde_json::json;
 use sockudo_testkit::{Cluster, TestClient};
 
@@ -105,32 +108,7 @@ async fn a_node_fails_over_when_its_nats_server_dies() {
         accepted.len()
     );
 
-    let events = sub
-        .events_until_quiet(Duration::from_millis(800), Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert!(
-        !events.iter().any(|e| e.event == "sockudo:resume_failed"),
-        "continuity must not fail: {events:?}"
-    );
-    let got: Vec<u32> = events
-        .iter()
-        .filter(|e| e.event == "tick")
-        .map(|e| e.data_json()["i"].as_u64().unwrap() as u32)
-        .collect();
-    let mut sorted = got.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(got, sorted, "in order, each once");
-    let missing: Vec<u32> = accepted
-        .iter()
-        .copied()
-        .filter(|i| !got.contains(i))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "accepted but never delivered: {missing:?}"
-    );
+    assert_every_accepted_tick_delivered(&mut sub, &accepted).await;
 
     // The killed server comes back; the cluster keeps working on it.
     cluster.nats_mut().unwrap().start_again(0).await.unwrap();

@@ -80,6 +80,13 @@ async fn pusher_js_observers_never_see_a_member_join_twice_over_nats() {
     observers_never_see_a_member_join_twice(cluster).await;
 }
 
+/// The same on a Redis Cluster (3 primaries with a replica each): sharded pub/sub between
+/// the nodes, presence on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_observers_never_see_a_member_join_twice_on_redis_cluster() {
+    observers_never_see_a_member_join_twice(cluster_support::redis_cluster_backend(3).await).await;
+}
+
 async fn observers_never_see_a_member_join_twice(cluster: Cluster) {
     let dir = conformance_dir();
     require_node(&dir).await;

@@ -22,6 +22,8 @@ pub mod names;
 mod nats_transport;
 pub mod presence;
 #[cfg(feature = "redis")]
+mod redis_cluster_transport;
+#[cfg(feature = "redis")]
 mod redis_presence;
 #[cfg(feature = "redis")]
 mod redis_transport;
@@ -39,6 +41,8 @@ pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
 pub use nats_transport::{NatsTransport, NatsTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
+#[cfg(feature = "redis")]
+pub use redis_cluster_transport::RedisClusterTransport;
 #[cfg(feature = "redis")]
 pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
 #[cfg(feature = "redis")]

@@ -1,21 +1,21 @@
-//! [`PresenceStore`] in Redis (feature `redis`): every operation is one Lua script, hence
-//! atomic.
+//! [`PresenceStore`] in Redis or Redis Cluster (feature `redis`): every change to a channel is
+//! one Lua script on that channel's hash slot, hence atomic.
 //!
-//! # Keys (prefix `P`, default `sockudo`)
+//! # Keys (prefix `P`, default `sockudo`; `B` = `P:presence:{app:channel}`)
 //! | key | type | content |
 //! |---|---|---|
-//! | `P:presence:{app}:{channel}:users` | hash | user → number of nodes holding it |
-//! | `P:presence:{app}:{channel}:info` | hash | user → `user_info` JSON (set by the first join) |
-//! | `P:presence:{app}:{channel}:nodes` | set | `node \0 user` for every (node, user) pair |
-//! | `P:presence:{app}:{channel}:seq` | string | the channel's presence sequence number |
-//! | `P:presence_node:{node}` | set | `app \0 channel \0 user`: everything `node` contributed |
-//! | `P:presence_nodes` | set | nodes with a non-empty `presence_node` set |
+//! | `B:users` | hash | user → number of nodes holding it |
+//! | `B:info` | hash | user → `user_info` JSON (set by the first join) |
+//! | `B:node:{node}` | set | the users `node` holds in the channel |
+//! | `B:seq` | string | the channel's presence sequence number |
+//! | `P:presence_node:{node}` | set | `app \0 channel` for every channel `node` holds users in |
+//! | `P:presence_nodes` | set | nodes that contributed since their last sweep |
 //!
-//! The per-node set is the index the sweep walks: it holds one entry per (channel, user) the
-//! node contributed, which is the brief's "set of `app\0channel` plus a per-node+channel user
-//! set" folded into one key (the same information, one key fewer per channel and node, and the
-//! sweep needs no second lookup). `presence_nodes` lets survivors find nodes that died while no
-//! peer watched them ([`PresenceStore::nodes`]).
+//! Every key of one channel carries the Redis Cluster hash tag `{app:channel}`, so the
+//! scripts, which touch only one channel's keys, run on one slot; the same layout serves a
+//! single server. The node index and `presence_nodes` live elsewhere and are written with
+//! plain commands around the scripts (see *Index* below). `presence_nodes` lets survivors
+//! find nodes that died while no peer watched them ([`PresenceStore::nodes`]).
 //!
 //! Redis deletes empty hashes and sets by itself, so nothing is left behind when the last
 //! member of a channel leaves or a node is swept. The `seq` key cannot go with them (the
@@ -25,41 +25,51 @@
 //! one handed out, as long as a channel averages fewer than a million membership changes a
 //! second.
 //!
-//! Injectivity: Pusher channel names cannot contain `:` or NUL, node ids are refused when they
-//! contain NUL, so the composite keys and set members above never collide (an app id
-//! containing `:` is still unambiguous because the channel, the last segment, cannot).
+//! Injectivity: Pusher channel names cannot contain `:`, `{`, `}` or NUL and node ids are
+//! refused when they contain NUL, so the keys and set members above never collide.
 //!
 //! # Semantics
 //! - `join`: refuses a new user when the channel has `max_members` users; otherwise adds the
-//!   (node, user) pair once, increments the user's node count on a new pair, and reports
-//!   `first` when the count went from 0 to 1. Returns the members after the join.
+//!   user to the node's set once, increments the user's node count on a new pair, and
+//!   reports `first` when the count went from 0 to 1. Returns the members after the join.
 //! - `leave`: removes the pair once; reports the removal when the count reaches 0.
 //! - A `first` join and every removal (leave or sweep) take the channel's next `seq` in the
 //!   same script.
-//! - `sweep_node`: removes every pair of the node in one script and returns the members whose
-//!   count reached 0. Scripts run one at a time, so of several concurrent sweeps of one node
-//!   the first removes everything and the others find an empty index: each removal is
-//!   reported exactly once.
+//! - `sweep_node`: for every channel of the node's index, one script removes every user the
+//!   node holds there and reports those whose count reached 0. Scripts of one channel run one
+//!   at a time, so of several concurrent sweeps of one node the first empties the node's set
+//!   and the others find it empty: each removal is reported exactly once.
+//!
+//! # Index
+//! The node index must list every channel where the node holds a user, or a sweep would
+//! miss members. `join` adds the channel to it *before* its script (a crash in between
+//! leaves an entry the sweep finds empty, which is harmless) and again after it when it
+//! added a pair; `leave` drops the entry once the node holds nobody in the channel, then
+//! re-checks the channel's node set and puts the entry back when a concurrent join added
+//! someone. Either that re-check sees the join's user or the join's second `SADD` lands after
+//! the removal, so no interleaving loses an entry. The index is therefore bounded by the
+//! channels where the node currently has presence.
 //!
 //! # Limitations
-//! - **Redis Cluster**: `join`/`leave` touch the channel's three keys plus the node's index and
-//!   `presence_nodes`; `sweep_node` derives channel keys inside the script. Those keys live
-//!   in different hash slots, which Redis Cluster refuses in one script. This store targets a
-//!   single Redis (or a primary with replicas / Sentinel). For Redis Cluster the layout would
-//!   put every key a node writes under the node's hash tag (`P:{node}:…`) and make `members`
-//!   gather from all nodes' keys, which is a different design; left as a documented limitation.
 //! - The scripts read `TIME` before writing (seeding a channel's `seq`), which Redis allows
 //!   with effects replication, the default since Redis 5; older servers refuse it.
-//! - A sweep runs in one script: a node holding N presence memberships blocks Redis for a
-//!   time linear in N (a few ms per 10,000 memberships).
+//! - A join costs three round trips (index, script, index) and a leave one, or three when it
+//!   was the node's last user in the channel. A sweep costs one script per channel of the
+//!   node, 16 at a time.
+//! - On Redis Cluster a primary failover loses writes the old primary acknowledged but had
+//!   not replicated (Redis replication is asynchronous): a member may reappear or vanish.
+//!   The cluster adapter's periodic orphan sweep and node restarts repair what a node no
+//!   longer holds; a vanished member comes back with its next connection.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use futures_util::StreamExt;
+use redis::Script;
+
+use crate::redis_conn::{RedisConn, RedisEndpoint};
 
 use super::{
     AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceMember,
@@ -84,52 +94,42 @@ local function next_seq(key, ttl)
 end
 ";
 
-/// KEYS: users, info, nodes, node index, presence_nodes, seq.
-/// ARGV: user, node, has_info ('1'/'0'), info, max_members, index entry, seq ttl.
-/// Returns {first, full, users, flat info hash, seq, the channel's sequence now}. (No `HMGET … unpack(users)`: Lua's
-/// `unpack` fails beyond a few thousand values.)
+/// KEYS: users, info, node set, seq. ARGV: user, has_info ('1'/'0'), info, max_members, seq
+/// ttl. Returns {first, full, added, users, flat info hash, seq, the channel's sequence now}.
+/// (No `HMGET … unpack(users)`: Lua's `unpack` fails beyond a few thousand values.)
 const JOIN_SCRIPT: &str = r"
 local user = ARGV[1]
-local pair = ARGV[2] .. '\0' .. user
-local first = 0
-local full = 0
-local seq = 0
-if redis.call('HEXISTS', KEYS[1], user) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+local first, full, added, seq = 0, 0, 0, 0
+if redis.call('HEXISTS', KEYS[1], user) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
   full = 1
-elseif redis.call('SADD', KEYS[3], pair) == 1 then
+elseif redis.call('SADD', KEYS[3], user) == 1 then
+  added = 1
   if redis.call('HINCRBY', KEYS[1], user, 1) == 1 then
     first = 1
-    seq = next_seq(KEYS[6], ARGV[7])
-    if ARGV[3] == '1' then
-      redis.call('HSET', KEYS[2], user, ARGV[4])
+    seq = next_seq(KEYS[4], ARGV[5])
+    if ARGV[2] == '1' then
+      redis.call('HSET', KEYS[2], user, ARGV[3])
     else
       redis.call('HDEL', KEYS[2], user)
     end
   end
-  redis.call('SADD', KEYS[4], ARGV[6])
-  redis.call('SADD', KEYS[5], ARGV[2])
 end
-return {first, full, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), seq, tonumber(redis.call('GET', KEYS[6]) or '0')}
+return {first, full, added, redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), seq, tonumber(redis.call('GET', KEYS[4]) or '0')}
 ";
 
-/// KEYS: users, info, nodes, node index, presence_nodes, seq.
-/// ARGV: user, node, index entry, seq ttl. Returns the removal's seq when the user left the
-/// channel, 0 otherwise.
+/// KEYS: users, info, node set, seq. ARGV: user, seq ttl. Returns {the removal's seq when the
+/// user left the channel (0 otherwise), users this node still holds in the channel}.
 const LEAVE_SCRIPT: &str = r"
 local user = ARGV[1]
-if redis.call('SREM', KEYS[3], ARGV[2] .. '\0' .. user) == 0 then
-  return 0
+local seq = 0
+if redis.call('SREM', KEYS[3], user) == 1 then
+  if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[1], user)
+    redis.call('HDEL', KEYS[2], user)
+    seq = next_seq(KEYS[4], ARGV[2])
+  end
 end
-redis.call('SREM', KEYS[4], ARGV[3])
-if redis.call('SCARD', KEYS[4]) == 0 then
-  redis.call('SREM', KEYS[5], ARGV[2])
-end
-if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
-  redis.call('HDEL', KEYS[1], user)
-  redis.call('HDEL', KEYS[2], user)
-  return next_seq(KEYS[6], ARGV[4])
-end
-return 0
+return {seq, redis.call('SCARD', KEYS[3])}
 ";
 
 /// KEYS: users, info, seq. Returns {users, flat info hash, seq}, one consistent snapshot
@@ -138,34 +138,19 @@ const MEMBERS_SCRIPT: &str = r"
 return {redis.call('HKEYS', KEYS[1]), redis.call('HGETALL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 ";
 
-/// KEYS: node index, presence_nodes. ARGV: prefix, node, seq ttl.
-/// Returns a flat list app, channel, user, seq, … of members whose last node this was.
-const SWEEP_SCRIPT: &str = r"
-local prefix = ARGV[1]
-local node = ARGV[2]
+/// KEYS: users, info, node set, seq. ARGV: seq ttl. Removes every user the node holds in
+/// the channel; returns a flat list user, seq, … of those whose last node this was.
+const SWEEP_CHANNEL_SCRIPT: &str = r"
 local removed = {}
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local s1 = string.find(entry, '\0', 1, true)
-  local s2 = s1 and string.find(entry, '\0', s1 + 1, true)
-  if s2 then
-    local app = string.sub(entry, 1, s1 - 1)
-    local channel = string.sub(entry, s1 + 1, s2 - 1)
-    local user = string.sub(entry, s2 + 1)
-    local base = prefix .. ':presence:' .. app .. ':' .. channel
-    if redis.call('SREM', base .. ':nodes', node .. '\0' .. user) == 1 then
-      if redis.call('HINCRBY', base .. ':users', user, -1) <= 0 then
-        redis.call('HDEL', base .. ':users', user)
-        redis.call('HDEL', base .. ':info', user)
-        removed[#removed + 1] = app
-        removed[#removed + 1] = channel
-        removed[#removed + 1] = user
-        removed[#removed + 1] = next_seq(base .. ':seq', ARGV[3])
-      end
-    end
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if redis.call('HINCRBY', KEYS[1], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[1], user)
+    redis.call('HDEL', KEYS[2], user)
+    removed[#removed + 1] = user
+    removed[#removed + 1] = next_seq(KEYS[4], ARGV[1])
   end
 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], node)
+redis.call('DEL', KEYS[3])
 return removed
 ";
 
@@ -190,10 +175,11 @@ impl Default for RedisPresenceOptions {
     }
 }
 
-/// Redis-backed [`PresenceStore`]; see the module docs. Cheap to clone.
+/// Redis-backed [`PresenceStore`] (one server or a Redis Cluster); see the module docs.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct RedisPresenceStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     opts: RedisPresenceOptions,
     join: Script,
     leave: Script,
@@ -238,82 +224,70 @@ fn to_members(users: Vec<String>, info_flat: Vec<String>) -> Vec<PresenceMember>
     members
 }
 
+/// The four keys of one channel as one node sees them (all in one hash slot).
 struct ChannelKeys {
     users: String,
     info: String,
-    nodes: String,
+    node_set: String,
     seq: String,
 }
 
+/// How many channel sweeps of one node run at once.
+const SWEEP_CONCURRENCY: usize = 16;
+
 impl RedisPresenceStore {
     /// Connect with the default options (prefix `sockudo`).
-    pub async fn connect(url: &str) -> Result<Self, AdapterError> {
-        Self::connect_with(url, RedisPresenceOptions::default()).await
+    pub async fn connect(endpoint: impl Into<RedisEndpoint>) -> Result<Self, AdapterError> {
+        Self::connect_with(endpoint, RedisPresenceOptions::default()).await
     }
 
     /// Connect with explicit options. Fails when Redis does not answer a `PING` in time.
-    pub async fn connect_with(url: &str, opts: RedisPresenceOptions) -> Result<Self, AdapterError> {
-        let client = Client::open(url).map_err(|e| unavailable("url", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(opts.operation_timeout)
-            .set_response_timeout(opts.operation_timeout)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000);
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| unavailable("connect", e))?;
-            let _: Value = redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("PING", e))?;
-            Ok::<_, AdapterError>(conn)
-        };
-        let conn = tokio::time::timeout(opts.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                unavailable(
-                    "connect",
-                    format!("no answer within {} ms", opts.connect_timeout.as_millis()),
-                )
-            })??;
+    pub async fn connect_with(
+        endpoint: impl Into<RedisEndpoint>,
+        opts: RedisPresenceOptions,
+    ) -> Result<Self, AdapterError> {
+        let conn = crate::redis_conn::connect(
+            &endpoint.into(),
+            opts.operation_timeout,
+            opts.connect_timeout,
+        )
+        .await
+        .map_err(|e| unavailable("connect", e))?;
         Ok(RedisPresenceStore {
             conn,
             opts,
             join: Script::new(&format!("{NEXT_SEQ}{JOIN_SCRIPT}")),
             leave: Script::new(&format!("{NEXT_SEQ}{LEAVE_SCRIPT}")),
             members: Script::new(MEMBERS_SCRIPT),
-            sweep: Script::new(&format!("{NEXT_SEQ}{SWEEP_SCRIPT}")),
+            sweep: Script::new(&format!("{NEXT_SEQ}{SWEEP_CHANNEL_SCRIPT}")),
         })
     }
 
-    fn channel_keys(&self, app: &str, channel: &str) -> ChannelKeys {
-        let base = format!("{}:presence:{app}:{channel}", self.opts.prefix);
+    fn channel_keys(&self, app: &str, channel: &str, node: &str) -> ChannelKeys {
+        let base = format!("{}:presence:{{{app}:{channel}}}", self.opts.prefix);
         ChannelKeys {
             users: format!("{base}:users"),
             info: format!("{base}:info"),
-            nodes: format!("{base}:nodes"),
+            node_set: format!("{base}:node:{node}"),
             seq: format!("{base}:seq"),
         }
     }
 
     fn node_key(&self, node: &str) -> String {
-        format!("{}:presence_node:{node}", self.opts.prefix)
+        format!("{}:presence_node:{{{node}}}", self.opts.prefix)
     }
 
     fn nodes_key(&self) -> String {
         format!("{}:presence_nodes", self.opts.prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    /// Run one command or script invocation under the operation timeout.
+    async fn timed<T>(
         &self,
         what: &str,
-        inv: &redis::ScriptInvocation<'_>,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, AdapterError> {
-        let mut c = self.conn.clone();
-        match tokio::time::timeout(self.opts.operation_timeout, inv.invoke_async::<T>(&mut c)).await
-        {
+        match tokio::time::timeout(self.opts.operation_timeout, fut).await {
             Ok(r) => r.map_err(|e| unavailable(what, e)),
             Err(_) => Err(unavailable(
                 what,
@@ -324,17 +298,104 @@ impl RedisPresenceStore {
             )),
         }
     }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, AdapterError> {
+        let mut c = self.conn.clone();
+        self.timed(what, inv.invoke_async::<T>(&mut c)).await
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, AdapterError> {
+        let mut c = self.conn.clone();
+        self.timed(what, cmd.query_async::<T>(&mut c)).await
+    }
+
+    /// Record in the node's index that it holds users in the channel.
+    async fn index_add(&self, node: &str, entry: &[u8]) -> Result<(), AdapterError> {
+        let add = redis::cmd("SADD")
+            .arg(self.node_key(node))
+            .arg(entry)
+            .to_owned();
+        let listed = redis::cmd("SADD")
+            .arg(self.nodes_key())
+            .arg(node)
+            .to_owned();
+        let (a, b) = futures_util::join!(
+            self.query::<i64>("index", &add),
+            self.query::<i64>("index", &listed)
+        );
+        a.and(b).map(|_| ())
+    }
+
+    /// Drop the channel from the node's index once the node holds nobody there. The entry is
+    /// removed first and put back when the channel's node set turned out non-empty: a join
+    /// racing with this adds its own entry after its script, so either this check sees the
+    /// join's user or the join's second `SADD` lands after the removal.
+    async fn index_forget(&self, node: &str, keys: &ChannelKeys, entry: &[u8]) {
+        let rem = redis::cmd("SREM")
+            .arg(self.node_key(node))
+            .arg(entry)
+            .to_owned();
+        let card = redis::cmd("SCARD").arg(&keys.node_set).to_owned();
+        let outcome = async {
+            self.query::<i64>("index", &rem).await?;
+            if self.query::<i64>("index", &card).await? > 0 {
+                self.index_add(node, entry).await?;
+            }
+            Ok::<_, AdapterError>(())
+        };
+        if let Err(e) = outcome.await {
+            // A stale entry only costs the sweep one empty channel script.
+            tracing::debug!(node, error = %e, "presence index clean-up failed");
+        }
+    }
+
+    /// Sweep one channel of the node's index: the members whose last node it was.
+    async fn sweep_channel(
+        &self,
+        node: &str,
+        entry: &[u8],
+    ) -> Result<Vec<RemovedMember>, AdapterError> {
+        let Some((app, channel)) = parse_entry(entry) else {
+            return Ok(Vec::new());
+        };
+        let k = self.channel_keys(&app, &channel, node);
+        let mut inv = self.sweep.prepare_invoke();
+        inv.key(&k.users).key(&k.info).key(&k.node_set).key(&k.seq);
+        inv.arg(SEQ_TTL_SECS);
+        let flat: Vec<(String, u64)> = self.run("sweep", &inv).await?;
+        Ok(flat
+            .into_iter()
+            .map(|(user_id, seq)| RemovedMember {
+                app_id: app.clone(),
+                channel: channel.clone(),
+                user_id,
+                seq,
+            })
+            .collect())
+    }
 }
 
-/// `app \0 channel \0 user`: one entry of a node's index.
-fn index_entry(app: &str, channel: &str, user: &str) -> Vec<u8> {
-    let mut e = Vec::with_capacity(app.len() + channel.len() + user.len() + 2);
+/// `app \0 channel`: one entry of a node's index.
+fn index_entry(app: &str, channel: &str) -> Vec<u8> {
+    let mut e = Vec::with_capacity(app.len() + channel.len() + 1);
     e.extend_from_slice(app.as_bytes());
     e.push(0);
     e.extend_from_slice(channel.as_bytes());
-    e.push(0);
-    e.extend_from_slice(user.as_bytes());
     e
+}
+
+fn parse_entry(entry: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let (app, channel) = text.split_once('\0')?;
+    Some((app.to_owned(), channel.to_owned()))
 }
 
 #[async_trait]
@@ -345,23 +406,27 @@ impl PresenceStore for RedisPresenceStore {
         j: PresenceJoin<'_>,
     ) -> Result<PresenceJoinOutcome, AdapterError> {
         check_node(node_id)?;
-        let k = self.channel_keys(j.app_id, j.channel);
+        let k = self.channel_keys(j.app_id, j.channel, node_id);
+        let entry = index_entry(j.app_id, j.channel);
+        // Indexed before the pair exists: a crash after this leaves an entry the sweep finds
+        // empty, never a pair the sweep cannot find.
+        self.index_add(node_id, &entry).await?;
         let mut inv = self.join.prepare_invoke();
-        inv.key(&k.users)
-            .key(&k.info)
-            .key(&k.nodes)
-            .key(self.node_key(node_id))
-            .key(self.nodes_key())
-            .key(&k.seq);
+        inv.key(&k.users).key(&k.info).key(&k.node_set).key(&k.seq);
         inv.arg(j.user_id)
-            .arg(node_id)
             .arg(if j.info.is_some() { "1" } else { "0" })
             .arg(j.info.unwrap_or_default())
             .arg(j.max_members)
-            .arg(index_entry(j.app_id, j.channel, j.user_id))
             .arg(SEQ_TTL_SECS);
-        type Reply = (i64, i64, Vec<String>, Vec<String>, u64, u64);
-        let (first, full, users, infos, seq, snapshot_seq): Reply = self.run("join", &inv).await?;
+        type Reply = (i64, i64, i64, Vec<String>, Vec<String>, u64, u64);
+        let (first, full, added, users, infos, seq, snapshot_seq): Reply =
+            self.run("join", &inv).await?;
+        if added == 1 {
+            // See `index_forget`: a concurrent clean-up may have removed the entry.
+            self.index_add(node_id, &entry).await?;
+        } else if full == 1 {
+            self.index_forget(node_id, &k, &entry).await;
+        }
         Ok(PresenceJoinOutcome {
             first: first == 1,
             full: full == 1,
@@ -379,19 +444,15 @@ impl PresenceStore for RedisPresenceStore {
         user_id: &str,
     ) -> Result<PresenceLeave, AdapterError> {
         check_node(node_id)?;
-        let k = self.channel_keys(app_id, channel);
+        let k = self.channel_keys(app_id, channel, node_id);
         let mut inv = self.leave.prepare_invoke();
-        inv.key(&k.users)
-            .key(&k.info)
-            .key(&k.nodes)
-            .key(self.node_key(node_id))
-            .key(self.nodes_key())
-            .key(&k.seq);
-        inv.arg(user_id)
-            .arg(node_id)
-            .arg(index_entry(app_id, channel, user_id))
-            .arg(SEQ_TTL_SECS);
-        let seq: u64 = self.run("leave", &inv).await?;
+        inv.key(&k.users).key(&k.info).key(&k.node_set).key(&k.seq);
+        inv.arg(user_id).arg(SEQ_TTL_SECS);
+        let (seq, remaining): (u64, i64) = self.run("leave", &inv).await?;
+        if remaining == 0 {
+            self.index_forget(node_id, &k, &index_entry(app_id, channel))
+                .await;
+        }
         Ok(PresenceLeave {
             gone: seq != 0,
             seq,
@@ -399,7 +460,7 @@ impl PresenceStore for RedisPresenceStore {
     }
 
     async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError> {
-        let k = self.channel_keys(app_id, channel);
+        let k = self.channel_keys(app_id, channel, "");
         let mut inv = self.members.prepare_invoke();
         inv.key(&k.users).key(&k.info).key(&k.seq);
         let (users, infos, seq): (Vec<String>, Vec<String>, u64) =
@@ -412,42 +473,40 @@ impl PresenceStore for RedisPresenceStore {
 
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError> {
         check_node(node_id)?;
-        let mut inv = self.sweep.prepare_invoke();
-        inv.key(self.node_key(node_id)).key(self.nodes_key());
-        inv.arg(&self.opts.prefix).arg(node_id).arg(SEQ_TTL_SECS);
-        let flat: Vec<Value> = self.run("sweep", &inv).await?;
-        let mut removed = Vec::with_capacity(flat.len() / 4);
-        let mut it = flat.into_iter();
-        while let (Some(app_id), Some(channel), Some(user_id), Some(seq)) =
-            (it.next(), it.next(), it.next(), it.next())
-        {
-            let text = |v: Value| {
-                redis::from_redis_value::<String>(&v).map_err(|e| unavailable("sweep reply", e))
-            };
-            let seq =
-                redis::from_redis_value::<u64>(&seq).map_err(|e| unavailable("sweep reply", e))?;
-            removed.push(RemovedMember {
-                app_id: text(app_id)?,
-                channel: text(channel)?,
-                user_id: text(user_id)?,
-                seq,
-            });
+        let index = self.node_key(node_id);
+        let entries: Vec<Vec<u8>> = self
+            .query("sweep", redis::cmd("SMEMBERS").arg(&index))
+            .await?;
+        let swept: Vec<Result<Vec<RemovedMember>, AdapterError>> =
+            futures_util::stream::iter(entries.clone())
+                .map(|e| async move { self.sweep_channel(node_id, &e).await })
+                .buffer_unordered(SWEEP_CONCURRENCY)
+                .collect()
+                .await;
+        let mut removed = Vec::new();
+        for r in swept {
+            removed.extend(r?);
+        }
+        if !entries.is_empty() {
+            let _: i64 = self
+                .query("sweep", redis::cmd("SREM").arg(&index).arg(&entries))
+                .await?;
+        }
+        let left: i64 = self.query("sweep", redis::cmd("SCARD").arg(&index)).await?;
+        if left == 0 {
+            let _: i64 = self
+                .query(
+                    "sweep",
+                    redis::cmd("SREM").arg(self.nodes_key()).arg(node_id),
+                )
+                .await?;
         }
         Ok(removed)
     }
 
     async fn nodes(&self) -> Result<Vec<String>, AdapterError> {
-        let mut c = self.conn.clone();
-        let cmd = redis::cmd("SMEMBERS").arg(self.nodes_key()).to_owned();
-        match tokio::time::timeout(
-            self.opts.operation_timeout,
-            cmd.query_async::<Vec<String>>(&mut c),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| unavailable("nodes", e)),
-            Err(_) => Err(unavailable("nodes", "timed out")),
-        }
+        self.query("nodes", redis::cmd("SMEMBERS").arg(self.nodes_key()))
+            .await
     }
 }
 
@@ -456,11 +515,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_entries_are_nul_separated() {
-        assert_eq!(
-            index_entry("a", "presence-x", "u:1"),
-            b"a\0presence-x\0u:1".to_vec()
-        );
+    fn index_entries_are_nul_separated_and_parse_back() {
+        let e = index_entry("a:b", "presence-x");
+        assert_eq!(e, b"a:b\0presence-x".to_vec());
+        assert_eq!(parse_entry(&e), Some(("a:b".into(), "presence-x".into())));
+        assert_eq!(parse_entry(b"no-separator"), None);
+        assert_eq!(parse_entry(&[0xff, 0, b'x']), None);
     }
 
     #[test]

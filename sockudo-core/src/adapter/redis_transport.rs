@@ -37,7 +37,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Client, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use super::memory_transport::tokio_stream_shim::ReceiverStream;
 use super::{AdapterError, Transport, TransportCapabilities, TransportStream};
+use crate::redis_conn::{RedisConn, RedisEndpoint};
 
 /// Settings of a [`RedisTransport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +88,9 @@ struct Shared {
     reconnects: AtomicU64,
 }
 
+/// A request to the subscriber task (shared with the Redis Cluster transport).
 #[derive(Debug)]
-enum Command {
+pub(super) enum Command {
     Subscribe {
         topic: String,
         tx: mpsc::Sender<Bytes>,
@@ -148,30 +150,15 @@ impl RedisTransport {
         opts: RedisTransportOptions,
     ) -> Result<Self, AdapterError> {
         let client = Client::open(url).map_err(|e| unavailable("url", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(opts.publish_timeout)
-            .set_response_timeout(opts.publish_timeout)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000);
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+        let endpoint = RedisEndpoint::Single(url.to_owned());
+        let conn =
+            match crate::redis_conn::connect(&endpoint, opts.publish_timeout, opts.connect_timeout)
                 .await
-                .map_err(|e| unavailable("connect", e))?;
-            let _: Value = redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("PING", e))?;
-            Ok::<_, AdapterError>(conn)
-        };
-        let conn = tokio::time::timeout(opts.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                unavailable(
-                    "connect",
-                    format!("no answer within {} ms", opts.connect_timeout.as_millis()),
-                )
-            })??;
+                .map_err(|e| unavailable("connect", e))?
+            {
+                RedisConn::Single(c) => c,
+                RedisConn::Cluster(_) => return Err(unavailable("connect", "not a single server")),
+            };
         let shared = Arc::new(Shared::default());
         shared.publish_ok.store(true, Ordering::SeqCst);
         let (commands, rx) = mpsc::unbounded_channel();
@@ -231,20 +218,9 @@ impl Transport for RedisTransport {
     }
 
     async fn subscribe(&self, topic: &str) -> Result<TransportStream, AdapterError> {
-        let (tx, rx) = mpsc::channel(self.opts.queue_capacity.max(1));
-        let (done, confirmed) = oneshot::channel();
-        self.commands
-            .send(Command::Subscribe {
-                topic: topic.to_owned(),
-                tx,
-                done,
-            })
-            .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?;
-        confirmed
+        request_subscription(&self.commands, topic, self.opts.queue_capacity)
             .await
-            .map_err(|_| unavailable("subscribe", "subscriber task stopped"))?
-            .map_err(|e| unavailable("subscribe", e))?;
-        Ok(Box::pin(ReceiverStream::new(rx)))
+            .map_err(|e| unavailable("subscribe", e))
     }
 
     fn capabilities(&self) -> TransportCapabilities {
@@ -259,16 +235,44 @@ impl Transport for RedisTransport {
     }
 }
 
-type Topics = HashMap<String, Vec<mpsc::Sender<Bytes>>>;
+/// Ask the subscriber task for `topic` and wait for the broker's confirmation; the stream's
+/// queue holds `capacity` messages. (Shared with the Redis Cluster transport.)
+pub(super) async fn request_subscription(
+    commands: &mpsc::UnboundedSender<Command>,
+    topic: &str,
+    capacity: usize,
+) -> Result<TransportStream, String> {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (done, confirmed) = oneshot::channel();
+    commands
+        .send(Command::Subscribe {
+            topic: topic.to_owned(),
+            tx,
+            done,
+        })
+        .map_err(|_| "subscriber task stopped".to_owned())?;
+    confirmed
+        .await
+        .map_err(|_| "subscriber task stopped".to_owned())??;
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Each topic's subscription queues (shared with the Redis Cluster transport).
+pub(super) type Topics = HashMap<String, Vec<mpsc::Sender<Bytes>>>;
 
 /// Hand one message to every queue of its topic; returns topics left without subscribers.
-fn route(topics: &mut Topics, shared: &Shared, channel: &str, payload: &[u8]) -> Option<String> {
+pub(super) fn route(
+    topics: &mut Topics,
+    dropped: &AtomicU64,
+    channel: &str,
+    payload: &[u8],
+) -> Option<String> {
     let senders = topics.get_mut(channel)?;
     let bytes = Bytes::copy_from_slice(payload);
     senders.retain(|tx| match tx.try_send(bytes.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
-            let n = shared.dropped.fetch_add(1, Ordering::Relaxed);
+            let n = dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 tracing::warn!(
                     topic = channel,
@@ -295,7 +299,7 @@ fn refuse(cmd: Command) {
 }
 
 /// Drop closed subscriptions; returns the topics left without any (to UNSUBSCRIBE).
-fn prune(topics: &mut Topics) -> Vec<String> {
+pub(super) fn prune(topics: &mut Topics) -> Vec<String> {
     let mut gone = Vec::new();
     topics.retain(|topic, senders| {
         senders.retain(|tx| !tx.is_closed());
@@ -307,7 +311,7 @@ fn prune(topics: &mut Topics) -> Vec<String> {
     gone
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     d: Duration,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
@@ -380,7 +384,7 @@ async fn subscriber_task(
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => {
-                        if let Some(gone) = route(&mut topics, &shared, msg.get_channel_name(), msg.get_payload_bytes()) {
+                        if let Some(gone) = route(&mut topics, &shared.dropped, msg.get_channel_name(), msg.get_payload_bytes()) {
                             // Inline, not spawned: a SUBSCRIBE to the same topic issued next
                             // must reach Redis after this UNSUBSCRIBE, never before it.
                             if let Err(e) = with_timeout(opts.connect_timeout, sink.unsubscribe(&gone)).await {

@@ -35,9 +35,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::redis_conn::{RedisConn, RedisEndpoint};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
 use super::{Cache, CacheError};
@@ -113,7 +113,7 @@ impl Default for RedisCacheOptions {
 /// Redis-backed [`Cache`]. Cheap to clone: clones share one reconnecting connection.
 #[derive(Clone)]
 pub struct RedisCache {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     operation_timeout: Duration,
     increment: Script,
@@ -156,7 +156,7 @@ impl RedisCache {
     /// Connect to `url` (`redis://[user:password@]host:port[/db]`) with `prefix` and the
     /// default timeouts. Fails with [`CacheError::Unavailable`] when Redis does not answer a
     /// `PING` within the connect timeout.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, CacheError> {
+    pub async fn connect(url: impl Into<RedisEndpoint>, prefix: &str) -> Result<Self, CacheError> {
         Self::connect_with(
             url,
             RedisCacheOptions {
@@ -168,9 +168,12 @@ impl RedisCache {
     }
 
     /// Connect with explicit options.
-    pub async fn connect_with(url: &str, options: RedisCacheOptions) -> Result<Self, CacheError> {
+    pub async fn connect_with(
+        url: impl Into<RedisEndpoint>,
+        options: RedisCacheOptions,
+    ) -> Result<Self, CacheError> {
         let op = options.operation_timeout;
-        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout)
+        let conn = crate::redis_conn::connect(&url.into(), op, options.connect_timeout)
             .await
             .map_err(CacheError::Unavailable)?;
         Ok(RedisCache {
@@ -201,7 +204,7 @@ impl RedisCache {
     /// Run `f` on a clone of the connection under the operation timeout.
     async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, CacheError>>,
     {
         match tokio::time::timeout(self.operation_timeout, f(self.conn.clone())).await {

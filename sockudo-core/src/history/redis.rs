@@ -68,10 +68,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_conn::{RedisConn, RedisEndpoint};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
 use super::ids::fresh_stream_id;
@@ -257,7 +257,7 @@ type Lane = Arc<tokio::sync::Mutex<Option<(String, u64)>>>;
 
 /// Redis-backed [`HistoryStore`]. See the module docs.
 pub struct RedisHistoryStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     retention: Retention,
     op_timeout: Duration,
@@ -405,12 +405,12 @@ impl RedisHistoryStore {
     /// bounded by `op_timeout`; a Redis that does not answer in time is
     /// [`HistoryError::Unavailable`].
     pub async fn connect(
-        url: &str,
+        url: impl Into<RedisEndpoint>,
         prefix: &str,
         retention: Retention,
         op_timeout: Duration,
     ) -> Result<Self, HistoryError> {
-        let conn = crate::redis_conn::connect_manager(url, op_timeout, op_timeout)
+        let conn = crate::redis_conn::connect(&url.into(), op_timeout, op_timeout)
             .await
             .map_err(HistoryError::Unavailable)?;
         Ok(RedisHistoryStore {

@@ -32,9 +32,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::redis_conn::{RedisConn, RedisEndpoint};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
 use super::{Job, JobId, NackOutcome, Queue, QueueError, QueueStats};
@@ -188,7 +188,7 @@ struct Scripts {
 /// Redis-backed [`Queue`]. Cheap to clone: clones share one reconnecting connection.
 #[derive(Clone)]
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: RedisConn,
     options: RedisQueueOptions,
     scripts: Scripts,
 }
@@ -222,9 +222,9 @@ fn parse_jobs(values: Vec<Value>) -> Result<Vec<Job>, QueueError> {
         let (Some(payload), Some(attempts)) = (it.next(), it.next()) else {
             return Err(bad());
         };
-        let id: String = redis::from_redis_value(&id).map_err(|_| bad())?;
-        let payload: Vec<u8> = redis::from_redis_value(&payload).map_err(|_| bad())?;
-        let attempts: i64 = redis::from_redis_value(&attempts).map_err(|_| bad())?;
+        let id: String = redis::from_redis_value(id).map_err(|_| bad())?;
+        let payload: Vec<u8> = redis::from_redis_value(payload).map_err(|_| bad())?;
+        let attempts: i64 = redis::from_redis_value(attempts).map_err(|_| bad())?;
         out.push(Job {
             id: JobId(id),
             payload: Bytes::from(payload),
@@ -239,15 +239,18 @@ impl RedisQueue {
     pub const DEFAULT_PREFIX: &'static str = "sockudo:queue:";
 
     /// Connect to `url` with the default options.
-    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+    pub async fn connect(url: impl Into<RedisEndpoint>) -> Result<Self, QueueError> {
         Self::connect_with(url, RedisQueueOptions::default()).await
     }
 
     /// Connect with explicit options. Fails with [`QueueError::Unavailable`] when Redis does
     /// not answer a `PING` within the connect timeout.
-    pub async fn connect_with(url: &str, options: RedisQueueOptions) -> Result<Self, QueueError> {
+    pub async fn connect_with(
+        url: impl Into<RedisEndpoint>,
+        options: RedisQueueOptions,
+    ) -> Result<Self, QueueError> {
         let op = options.operation_timeout;
-        let conn = crate::redis_conn::connect_manager(url, op, options.connect_timeout)
+        let conn = crate::redis_conn::connect(&url.into(), op, options.connect_timeout)
             .await
             .map_err(QueueError::Unavailable)?;
         let scripts = Scripts {
@@ -280,7 +283,7 @@ impl RedisQueue {
 
     async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, QueueError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, QueueError>>,
     {
         match tokio::time::timeout(self.options.operation_timeout, f(self.conn.clone())).await {

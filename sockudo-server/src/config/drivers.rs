@@ -55,6 +55,69 @@ impl NatsSection {
     }
 }
 
+/// `[redis]`: the single Redis of every `redis` driver and the seeds of every
+/// `redis-cluster` driver. `Debug` hides credentials.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `REDIS_URL`.
+    pub url: String,
+    /// `REDIS_CLUSTER_NODES`: seeds of one Redis Cluster, `host:port` or `redis://host:port`.
+    pub cluster_nodes: Vec<String>,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self
+            .cluster_nodes
+            .iter()
+            .map(|n| super::redact_url(n))
+            .collect();
+        f.debug_struct("RedisSection")
+            .field("url", &super::redact_url(&self.url))
+            .field("cluster_nodes", &nodes)
+            .finish()
+    }
+}
+
+impl RedisSection {
+    /// The cluster seeds as `redis://` URLs.
+    pub fn cluster_urls(&self) -> Vec<String> {
+        self.cluster_nodes
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                if n.contains("://") {
+                    n.to_owned()
+                } else {
+                    format!("redis://{n}")
+                }
+            })
+            .collect()
+    }
+
+    /// Where a part whose driver is `driver` (`redis` or `redis-cluster`) connects.
+    #[cfg(feature = "redis")]
+    pub fn endpoint(&self, driver: &str) -> sockudo_core::redis_conn::RedisEndpoint {
+        use sockudo_core::redis_conn::RedisEndpoint;
+        if driver == "redis-cluster" {
+            RedisEndpoint::Cluster(self.cluster_urls())
+        } else {
+            RedisEndpoint::Single(self.url.clone())
+        }
+    }
+}
+
 /// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`). Empty: follows the
 /// adapter (the shared Redis for `redis`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
@@ -83,12 +146,8 @@ pub(super) fn apply_env(
     if let Some(v) = get("PRESENCE_DRIVER") {
         s.presence.driver = v;
     }
-    if get("REDIS_CLUSTER_NODES").is_some() {
-        return Err(ConfigError::Invalid(
-            "REDIS_CLUSTER_NODES is set, but this build has no redis-cluster driver yet: \
-             unset it and use REDIS_URL with a single Redis"
-                .into(),
-        ));
+    if let Some(v) = get("REDIS_CLUSTER_NODES") {
+        s.redis.cluster_nodes = v.split(',').map(|n| n.trim().to_owned()).collect();
     }
     Ok(())
 }
@@ -98,6 +157,7 @@ pub(super) fn adapters() -> Vec<&'static str> {
     let mut v = vec!["local"];
     if cfg!(feature = "redis") {
         v.push("redis");
+        v.push("redis-cluster");
     }
     if cfg!(feature = "nats") {
         v.push("nats");
@@ -105,13 +165,61 @@ pub(super) fn adapters() -> Vec<&'static str> {
     v
 }
 
-/// The presence store in force: `local` (in the node), `redis` (shared store).
+/// The presence store in force: `local` (in the node), `redis` or `redis-cluster` (shared
+/// store).
 pub fn effective_presence(s: &NodeSettings) -> &str {
     match (s.adapter.driver.as_str(), s.presence.driver.as_str()) {
         ("local", _) => "local",
         ("redis", "") => "redis",
+        ("redis-cluster", "") => "redis-cluster",
         (_, p) => p,
     }
+}
+
+/// Every part's driver that may name `redis-cluster`, with its setting's name.
+fn redis_cluster_users(s: &NodeSettings) -> Vec<&'static str> {
+    let mut users = Vec::new();
+    for (name, driver) in [
+        ("ADAPTER_DRIVER", s.adapter.driver.as_str()),
+        ("CACHE_DRIVER", s.cache.driver.as_str()),
+        ("QUEUE_DRIVER", s.queue.driver.as_str()),
+        ("HISTORY_DRIVER", s.history.driver.as_str()),
+        ("PRESENCE_DRIVER", effective_presence(s)),
+    ] {
+        if driver == "redis-cluster" {
+            users.push(name);
+        }
+    }
+    users
+}
+
+/// `REDIS_CLUSTER_NODES` is set exactly when some driver uses it, and names valid seeds.
+fn validate_redis_cluster(s: &NodeSettings) -> Result<(), ConfigError> {
+    let users = redis_cluster_users(s);
+    let seeds = s.redis.cluster_urls();
+    if users.is_empty() && !seeds.is_empty() {
+        return Err(ConfigError::Invalid(
+            "REDIS_CLUSTER_NODES is set, but no driver is redis-cluster: set ADAPTER_DRIVER \
+             (and CACHE_DRIVER, HISTORY_DRIVER, QUEUE_DRIVER as wanted) to redis-cluster, or \
+             unset it"
+                .into(),
+        ));
+    }
+    if !users.is_empty() && seeds.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{} = redis-cluster needs REDIS_CLUSTER_NODES (comma-separated host:port seeds)",
+            users.join(", ")
+        )));
+    }
+    if let Some(bad) = seeds
+        .iter()
+        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "REDIS_CLUSTER_NODES entry {bad:?} must be host:port or start with redis:// or rediss://"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuse combinations that cannot work (the adapter driver itself is checked by the caller).
@@ -126,7 +234,7 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
                  lives in the node"
             ))
         }
-        (_, "redis") if cfg!(feature = "redis") => {}
+        (_, "redis" | "redis-cluster") if cfg!(feature = "redis") => {}
         (_, "transport") => {
             return bad(
                 "PRESENCE_DRIVER=transport (presence replicated over the adapter) is not \
@@ -149,11 +257,13 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
                 .into(),
         );
     }
+    validate_redis_cluster(s)?;
     if adapter == "nats" {
-        if effective_presence(s) != "redis" {
+        if !matches!(effective_presence(s), "redis" | "redis-cluster") {
             return bad("ADAPTER_DRIVER=nats needs a shared presence store: set \
-                 PRESENCE_DRIVER=redis (and REDIS_URL); presence replicated over NATS is not \
-                 available in this version"
+                 PRESENCE_DRIVER=redis (and REDIS_URL) or redis-cluster (and \
+                 REDIS_CLUSTER_NODES); presence replicated over NATS is not available in this \
+                 version"
                 .into());
         }
         if s.nats.servers().is_empty() {

@@ -8,20 +8,21 @@ use bytes::Bytes;
 use sockudo_core::queue::{
     Job, JobId, NackOutcome, Queue, QueueError, QueueStats, RedisQueue, RedisQueueOptions,
 };
+use sockudo_core::redis_conn::RedisEndpoint;
 use tokio::sync::OnceCell;
 
 #[derive(Debug)]
 pub(super) struct LazyRedisQueue {
-    url: String,
+    endpoint: RedisEndpoint,
     /// Key prefix (`{cluster prefix}:queue:`).
     prefix: String,
     queue: OnceCell<RedisQueue>,
 }
 
 impl LazyRedisQueue {
-    pub(super) fn new(url: String, prefix: String) -> Self {
+    pub(super) fn new(endpoint: RedisEndpoint, prefix: String) -> Self {
         LazyRedisQueue {
-            url,
+            endpoint,
             prefix,
             queue: OnceCell::new(),
         }
@@ -34,7 +35,7 @@ impl LazyRedisQueue {
                     prefix: self.prefix.clone(),
                     ..RedisQueueOptions::default()
                 };
-                RedisQueue::connect_with(&self.url, options)
+                RedisQueue::connect_with(self.endpoint.clone(), options)
             })
             .await
     }

@@ -250,15 +250,15 @@ pub enum WebhookError {
     Queue(String),
 }
 
-/// The queue `settings.queue.driver` names: `memory` (default), or `redis` (feature
-/// `redis`) at `settings.redis.url`, connected lazily on first use so building a node
+/// The queue `settings.queue.driver` names: `memory` (default), or `redis` /
+/// `redis-cluster` (feature `redis`) at `REDIS_URL` / `REDIS_CLUSTER_NODES`, connected lazily on first use so building a node
 /// stays synchronous; a connection failure surfaces as queue errors (logged, retried).
 pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError> {
     match settings.queue.driver.as_str() {
         "memory" => Ok(Arc::new(MemoryQueue::new())),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(
-            settings.redis.url.clone(),
+        driver @ ("redis" | "redis-cluster") => Ok(Arc::new(lazy_redis::LazyRedisQueue::new(
+            settings.redis.endpoint(driver),
             format!("{}:queue:", settings.cluster.prefix),
         ))),
         other => Err(WebhookError::Queue(format!(

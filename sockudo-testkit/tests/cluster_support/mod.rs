@@ -55,9 +55,22 @@ pub async fn nats_cluster(n: usize) -> Cluster {
     cluster
 }
 
-/// Define each scenario `async fn name(cluster: Cluster)` as two tests, `redis::name` and
-/// `nats::name`, on a formed 3-node cluster of that backend: one suite, unchanged, per
-/// transport.
+/// A cluster of `n` in-process nodes on a Redis Cluster (3 primaries with a replica each:
+/// sharded pub/sub adapter, presence, cache, history), formed (see [`wait_formed`]).
+pub async fn redis_cluster_backend(n: usize) -> Cluster {
+    let cluster = Cluster::builder()
+        .nodes(n)
+        .redis_cluster()
+        .build()
+        .await
+        .unwrap();
+    wait_formed(&cluster).await;
+    cluster
+}
+
+/// Define each scenario `async fn name(cluster: Cluster)` as three tests, `redis::name`,
+/// `nats::name` and `redis_cluster::name`, on a formed 3-node cluster of that backend: one
+/// suite, unchanged, per transport.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -74,6 +87,14 @@ macro_rules! on_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::cluster_support::nats_cluster(3).await).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::cluster_support::redis_cluster_backend(3).await).await;
                 }
             )*
         }
@@ -181,4 +202,35 @@ pub fn presence_ids(event: &Event) -> BTreeSet<String> {
         .iter()
         .filter_map(|u| u.as_str().map(str::to_string))
         .collect()
+}
+
+/// Every `tick` the API accepted (`accepted` holds their `i`) reached `sub`, once and in
+/// order, and continuity never failed: what a V2 subscriber must see after a broker fault.
+pub async fn assert_every_accepted_tick_delivered(sub: &mut TestClient, accepted: &[u32]) {
+    let events = sub
+        .events_until_quiet(Duration::from_millis(800), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        !events.iter().any(|e| e.event == "sockudo:resume_failed"),
+        "continuity must not fail: {events:?}"
+    );
+    let got: Vec<u32> = events
+        .iter()
+        .filter(|e| e.event == "tick")
+        .map(|e| e.data_json()["i"].as_u64().unwrap() as u32)
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(got, sorted, "in order, each once");
+    let missing: Vec<u32> = accepted
+        .iter()
+        .copied()
+        .filter(|i| !got.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?}"
+    );
 }
