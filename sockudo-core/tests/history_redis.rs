@@ -234,3 +234,45 @@ async fn restarted_redis_without_persistence_means_a_new_stream() {
     assert_ne!(b.stream_id, a.stream_id);
     assert_eq!(b.serial, 1);
 }
+
+/// Idle channels are reclaimed by Redis itself: every key of a stream carries a TTL of the
+/// retention's age plus a minute, set by appends; a read gives one only to keys without one
+/// and never extends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_keys_expire_with_the_retention() {
+    let server = RedisServer::start();
+    let retention = Retention {
+        max_messages: 10,
+        max_age: Duration::from_secs(30),
+    };
+    let redis = RedisHistoryStore::connect(&server.url(), "t:", retention, OP_TIMEOUT)
+        .await
+        .unwrap();
+    let pttl = |key: String| {
+        let server = &server;
+        async move {
+            match cmd(server, &["PTTL", &key]).await {
+                redis::Value::Int(n) => n,
+                other => panic!("PTTL answered {other:?}"),
+            }
+        }
+    };
+    let ceiling = 90_000;
+    // A head read of a channel nobody used creates a meta key, with a TTL.
+    redis.head("app", "read-only").await.unwrap();
+    let keys = redis.keys("app", "read-only");
+    let t = pttl(keys.meta.clone()).await;
+    assert!(t > 0 && t <= ceiling, "meta TTL {t}");
+    // Appends set both keys' TTLs.
+    append(&redis, "busy", "m1").await;
+    let keys = redis.keys("app", "busy");
+    for k in [&keys.meta, &keys.stream] {
+        let t = pttl(k.clone()).await;
+        assert!(t > 0 && t <= ceiling, "{k} TTL {t}");
+    }
+    // A read does not extend it.
+    cmd(&server, &["PEXPIRE", &keys.meta, "5000"]).await;
+    redis.read_after("app", "busy", 0, 10).await.unwrap();
+    let t = pttl(keys.meta.clone()).await;
+    assert!(t > 0 && t <= 5000, "a read extended the meta TTL to {t}");
+}

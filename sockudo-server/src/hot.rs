@@ -190,6 +190,25 @@ impl HotBuffer {
         (out.len() as u64 == upto.saturating_sub(after)).then_some(out)
     }
 
+    /// Drop every ring whose entries have all aged out (channels idle for the ring's age
+    /// bound), so a node does not keep one record per channel it ever carried. Returns how
+    /// many rings were dropped.
+    pub fn reap(&self) -> usize {
+        let now = Instant::now();
+        let before = self.rings.len();
+        self.rings.retain(|_, ring| {
+            let trimmed = ring.trim(self.limits, now);
+            self.counters.removed(trimmed, true);
+            !ring.entries.is_empty()
+        });
+        before.saturating_sub(self.rings.len())
+    }
+
+    /// Rings held now (one per channel with recent messages).
+    pub fn rings(&self) -> usize {
+        self.rings.len()
+    }
+
     pub fn forget(&self, channel: &str) {
         if let Some((_, ring)) = self.rings.remove(channel) {
             let bytes = ring.entries.iter().map(|(_, _, f)| f.len() as u64).sum();
@@ -240,6 +259,23 @@ mod tests {
             },
             "forgetting is not evicting"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_rings_are_reaped_once_their_entries_aged_out() {
+        let b = HotBuffer::new(HotLimits {
+            messages: 10,
+            max_age: Duration::from_secs(60),
+        });
+        b.push(&Arc::from("old"), "s1", 1, &"f".into());
+        tokio::time::advance(Duration::from_secs(50)).await;
+        b.push(&Arc::from("new"), "s1", 1, &"f".into());
+        assert_eq!(b.reap(), 0, "both still within the age bound");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(b.reap(), 1);
+        assert_eq!(b.rings(), 1);
+        assert!(b.view("old").is_none());
+        assert_eq!(b.stats().entries, 1);
     }
 
     #[test]

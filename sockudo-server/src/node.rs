@@ -190,6 +190,17 @@ impl Node {
         out
     }
 
+    /// Drop the hot rings of channels idle beyond the ring's age bound, on every app; returns
+    /// how many. Called periodically by the node's reaper (see `server::spawn_reaper`).
+    pub fn reap_idle(&self) -> usize {
+        self.namespaces.iter().map(|ns| ns.hot.reap()).sum()
+    }
+
+    /// Hot rings held now, over every app (one per channel with recent messages).
+    pub fn hot_rings(&self) -> usize {
+        self.namespaces.iter().map(|ns| ns.hot.rings()).sum()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }

@@ -269,8 +269,48 @@ fn retention(settings: &NodeSettings) -> Retention {
 fn memory_history(settings: &NodeSettings) -> Option<Arc<dyn HistoryStore>> {
     match settings.history.driver.as_str() {
         "none" => None,
-        _ => Some(Arc::new(MemoryHistoryStore::new(retention(settings)))),
+        _ => {
+            let store = Arc::new(MemoryHistoryStore::new(retention(settings)));
+            let weak = Arc::downgrade(&store);
+            let period = reap_interval(settings.history_max_age_secs);
+            every(period, move || match weak.upgrade() {
+                Some(s) => {
+                    s.reap_idle();
+                    true
+                }
+                None => false,
+            });
+            Some(store)
+        }
     }
+}
+
+/// How often expired cache entries are purged.
+const REAP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often idle per-channel state kept for `retention_secs` (hot rings, memory history
+/// streams) is reclaimed: twice per retention, between 1 s and [`REAP_INTERVAL`].
+fn reap_interval(retention_secs: u64) -> Duration {
+    Duration::from_millis(retention_secs.saturating_mul(500))
+        .clamp(Duration::from_secs(1), REAP_INTERVAL)
+}
+
+/// Run `f` every `period` on the current Tokio runtime (none: nothing runs) until it returns
+/// false (its target is gone).
+fn every(period: Duration, mut f: impl FnMut() -> bool + Send + 'static) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !f() {
+                return;
+            }
+        }
+    });
 }
 
 fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
@@ -287,25 +327,28 @@ fn assemble_with(
     let apps = Arc::new(StaticAppManager::new(settings.apps.clone()));
     let node = Node::new(settings, apps, adapter, cache, history);
     crate::webhooks::install(&node); // webhooks
+    let weak = Arc::downgrade(&node);
+    every(
+        reap_interval(node.settings.hot_buffer_secs),
+        move || match weak.upgrade() {
+            Some(n) => {
+                n.reap_idle();
+                true
+            }
+            None => false,
+        },
+    );
     node
 }
 
 fn spawn_cache_purger(cache: &Arc<MemoryCache>) {
     let weak = Arc::downgrade(cache);
-    if tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(c) => {
-                    c.purge_expired();
-                }
-                None => return,
-            }
+    every(REAP_INTERVAL, move || match weak.upgrade() {
+        Some(c) => {
+            c.purge_expired();
+            true
         }
+        None => false,
     });
 }
 

@@ -14,8 +14,13 @@
 //! Deduplication: a `message_id` is remembered for the `dedup_window` given when it was first
 //! appended. An empty `message_id` or a zero window disables deduplication for that append.
 //!
-//! A stream record lives as long as the store (one small record per channel ever used), so an
-//! idle channel keeps its `stream_id` and head and can always be resumed at its head.
+//! Idle channels: [`MemoryHistoryStore::reap_idle`] drops the record of every channel that
+//! has not been appended to for `max_age`, holds no retained message and no live dedup
+//! claim, and that no operation is using at that moment. A channel used again afterwards
+//! starts a new stream (a new `stream_id`): resumes from before fail closed with
+//! `stream_reset`, which is right, since everything they could have replayed had expired.
+//! The node calls it periodically, so memory follows the channels in use, not every channel
+//! ever touched.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,6 +58,8 @@ struct Stream {
     /// Claims with an expiry, in insertion order, for amortised pruning. An entry whose claim
     /// was replaced is skipped when pruned (its expiry no longer matches the map).
     dedup_order: VecDeque<(Instant, String)>,
+    /// Creation or last append: what [`MemoryHistoryStore::reap_idle`] measures idleness by.
+    touched: Instant,
 }
 
 impl Stream {
@@ -63,7 +70,17 @@ impl Stream {
             messages: VecDeque::new(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
+            touched: Instant::now(),
         }
+    }
+
+    /// Nothing worth keeping: idle for `max_age`, nothing retained, no live dedup claim.
+    fn idle(&mut self, retention: Retention, now: Instant) -> bool {
+        self.trim(retention, now);
+        self.prune_dedup(now);
+        self.messages.is_empty()
+            && self.dedup.is_empty()
+            && now.saturating_duration_since(self.touched) > retention.max_age
     }
 
     fn position(&self) -> StreamPosition {
@@ -156,6 +173,25 @@ impl MemoryHistoryStore {
         self.retention
     }
 
+    /// Drop the records of idle channels (see the module docs); returns how many.
+    pub fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        let before = self.streams.len();
+        // `strong_count == 1`: only the map holds it, so no operation is in flight on it (an
+        // operation clones the `Arc` under the map's shard lock, which `retain` holds).
+        self.streams.retain(|_, s| {
+            Arc::strong_count(s) > 1
+                || s.try_lock()
+                    .is_none_or(|mut st| !st.idle(self.retention, now))
+        });
+        before.saturating_sub(self.streams.len())
+    }
+
+    /// Channels with a record now.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
     fn stream(&self, app_id: &str, channel: &str) -> Arc<Mutex<Stream>> {
         let key = stream_key(app_id, channel);
         if let Some(s) = self.streams.get(&key) {
@@ -206,6 +242,7 @@ impl HistoryStore for MemoryHistoryStore {
             .ok_or_else(|| HistoryError::Corrupt("serial space exhausted".to_owned()))?;
         let frame = frame_for(&s.stream_id, serial);
         s.serial = serial;
+        s.touched = now;
         s.messages.push_back(Entry {
             message: StoredMessage {
                 serial,
@@ -299,6 +336,10 @@ impl HistoryStore for MemoryHistoryStore {
         *s = Stream::new();
         Ok(s.position())
     }
+
+    fn channels_held(&self) -> Option<usize> {
+        Some(self.streams())
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +347,33 @@ impl HistoryStore for MemoryHistoryStore {
 mod tests {
     use super::*;
     use crate::history::conformance;
+
+    #[tokio::test]
+    async fn idle_streams_are_reaped_and_come_back_as_new_streams() {
+        let retention = Retention {
+            max_messages: 10,
+            max_age: Duration::from_millis(20),
+        };
+        let store = MemoryHistoryStore::new(retention);
+        let frame = |sid: &str, n: u64| Bytes::from(format!("{sid}/{n}"));
+        let first = store
+            .append("a", "busy", "", Duration::ZERO, &frame)
+            .await
+            .unwrap();
+        store.head("a", "read-only").await.unwrap();
+        // A live dedup claim keeps its stream.
+        store
+            .append("a", "claimed", "m1", Duration::from_secs(60), &frame)
+            .await
+            .unwrap();
+        assert_eq!(store.reap_idle(), 0, "nothing is idle yet");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(store.reap_idle(), 2);
+        assert_eq!(store.streams(), 1);
+        let again = store.head("a", "busy").await.unwrap();
+        assert_ne!(again.stream_id, first.stream_id, "a new stream");
+        assert_eq!(again.serial, 0);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_passes_conformance() {

@@ -141,4 +141,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     ) -> Result<HistoryPage, HistoryError>;
 
     async fn reset(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
+
+    /// Channels whose state this process holds, for stores that live in the process (and
+    /// reclaim idle channels); `None` for shared stores, whose state lives in the store.
+    fn channels_held(&self) -> Option<usize> {
+        None
+    }
 }

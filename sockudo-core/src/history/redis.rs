@@ -58,6 +58,12 @@
 //! within `max_age` of the server clock, and `XTRIM MINID` to it. Only a prefix is ever
 //! removed, so what remains stays contiguous; the walk only visits expired entries plus one.
 //!
+//! Idle channels: every append sets the meta and stream keys to expire `max_age` + 1 min
+//! later, so a channel nobody publishes to disappears once everything it held has aged out;
+//! a read gives a TTL only to keys that have none (it never extends a channel's life). A
+//! channel that reappears after that starts a new generation (resumes from before fail
+//! closed with `stream_reset`, which is right: everything they could replay had expired).
+//!
 //! # Timeouts
 //! Every operation (including waiting for the channel's append lane and any retry) runs under
 //! the `op_timeout` given to [`RedisHistoryStore::connect`] and yields
@@ -109,6 +115,13 @@ local function ensure(meta, stream, fresh)
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if #last > 0 and (id_serial(last[1][1]) or math.huge) > serial then return fresh_stream(meta, stream, fresh) end
   return sid, serial
+end
+-- An idle channel's keys expire a minute after its newest entry would have aged out, so
+-- state of channels nobody publishes to is reclaimed (a later read starts a new stream).
+local function keep(meta, stream, age_ms)
+  local ttl = age_ms + 60000
+  redis.call('PEXPIRE', meta, fmt(ttl))
+  if redis.call('EXISTS', stream) == 1 then redis.call('PEXPIRE', stream, fmt(ttl)) end
 end
 -- Count, then age retention: only ever removes a prefix.
 local function trim(stream, max_messages, max_age_ms, now)
@@ -167,6 +180,7 @@ end
 redis.call('HSET', KEYS[1], 'serial', fmt(new))
 if window > 0 then redis.call('SET', KEYS[3], sid .. ':' .. fmt(new), 'PX', ARGV[6]) end
 trim(KEYS[2], tonumber(ARGV[7]), tonumber(ARGV[8]), now)
+keep(KEYS[1], KEYS[2], tonumber(ARGV[8]))
 return {'ok', sid, fmt(new)}
 "
 );
@@ -181,6 +195,9 @@ const READ_SCRIPT: &str = concat!(
     lua_prelude!(),
     r"
 local sid, serial = ensure(KEYS[1], KEYS[2], ARGV[1])
+-- A read never extends a channel's life; it only gives a TTL to keys without one (created
+-- just now, or by an older version).
+if redis.call('PTTL', KEYS[1]) < 0 then keep(KEYS[1], KEYS[2], tonumber(ARGV[3])) end
 trim(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), now_ms())
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 local oldest = ''
@@ -209,10 +226,12 @@ return out
 "
 );
 
-/// New generation. KEYS: meta, stream. ARGV: 1 fresh stream id.
+/// New generation. KEYS: meta, stream. ARGV: 1 fresh stream id, 2 max age in ms (the meta
+/// key expires a minute after it, as in `keep`).
 const RESET_SCRIPT: &str = r"
 redis.call('DEL', KEYS[2], KEYS[1])
 redis.call('HSET', KEYS[1], 'stream_id', ARGV[1], 'serial', '0')
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', tonumber(ARGV[2]) + 60000))
 return ARGV[1]
 ";
 
@@ -630,6 +649,7 @@ impl HistoryStore for RedisHistoryStore {
                 .key(&keys.meta)
                 .key(&keys.stream)
                 .arg(&fresh)
+                .arg(millis(self.retention.max_age))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
