@@ -465,6 +465,7 @@ impl<T: Transport> ClusterAdapter<T> {
 
 impl<T: Transport> Inner<T> {
     fn abort_tasks(&self) {
+        self.presence.stop(false);
         self.interests.abort_all();
         for t in self.tasks.lock().drain(..) {
             t.abort();
@@ -1196,6 +1197,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
             return Ok(Vec::new());
         }
         let removed = inner.presence.sweep_node(&inner.node_id).await?;
+        inner.presence.stop(true);
         let bye = inner.heartbeat_message(Kind::Leaving)?;
         if let Err(e) = inner.send(&inner.topics.heartbeat, bye).await {
             tracing::warn!(node = %inner.node_id, error = %e, "could not announce leaving; peers will time this node out");

@@ -26,6 +26,7 @@ mod redis_presence;
 #[cfg(feature = "redis")]
 mod redis_transport;
 mod transport;
+mod transport_presence;
 mod twin;
 mod types;
 
@@ -44,6 +45,9 @@ pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_transport::{RedisTransport, RedisTransportOptions};
 pub use transport::{Transport, TransportCapabilities, TransportStream};
+pub use transport_presence::{
+    TransportPresenceOptions, TransportPresenceStats, TransportPresenceStore,
+};
 pub use types::*;
 
 /// What a node exposes to its adapter.

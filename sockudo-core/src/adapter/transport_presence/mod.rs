@@ -1,0 +1,736 @@
+//! [`TransportPresenceStore`]: cluster presence replicated over the cluster [`Transport`]
+//! (`PRESENCE_DRIVER=transport`), for deployments with a broker and no shared store.
+//!
+//! # How it works
+//! Each node owns its contributions (which users it holds in which channels) and is the only
+//! one that changes them. Every change is published on `P.presence` as a *delta* carrying the
+//! node id, its incarnation (the epoch: start time + random bits), a per-incarnation delta
+//! number (1, 2, … without gaps) and the node's clock. Every node keeps a replica of every
+//! other incarnation's contributions; a channel's members are the union. A lost, duplicated
+//! or reordered delta is recognised by its number: duplicates are dropped, a gap freezes that
+//! replica and asks its owner for a full state (`Sync`), sent in chunks. Every
+//! `sync_interval` each node publishes a *digest* (delta number, hash of its contributions,
+//! clock); a replica that disagrees asks for the full state (at most once per interval).
+//!
+//! A starting node publishes `Sync` to everybody and is **not ready for presence** until
+//! `sync_wait` passed: its first presence call (the cluster adapter's start-up sweep) waits
+//! for it, logging that it does. Peers answer with their full states and *relay* what they
+//! hold of earlier incarnations of the starting node's id, so a node restarted under the same
+//! id finds what its previous life left and its start-up sweep removes (and announces) it,
+//! then tells everybody to retire those incarnations (`Retire`; retired incarnations are
+//! ignored for good if they speak again).
+//!
+//! # Guarantees (compare [`PresenceStore`])
+//! - **Atomicity is per node**: `join`, `leave`, `members` and `sweep_node` are atomic on this
+//!   node's replica; replicas converge within about one transport round trip (or one
+//!   `sync_interval` after a lost message).
+//! - **First / last**: `first` is true when no replica entry for the user existed *on this
+//!   node*. Two joins of one user on two nodes within one round trip may both be `first`:
+//!   both nodes then announce `member_added`, and receivers drop the second (a subscriber's
+//!   presence view skips an addition of a member it already lists), so each client sees the
+//!   transition once. A removal (`gone`) is decided by the last holder as its replica shows
+//!   it; a *leave on one node concurrent with a join of the same user on another node that
+//!   already saw the user* (within one round trip) can leave clients believing the user gone
+//!   until its next join. That window is the price of having no shared store.
+//! - **Dead nodes**: every survivor drops a dead node's replica when the cluster adapter
+//!   sweeps it, but only the survivor with the smallest node id among the live ones (as its
+//!   replica knows them: peers heard within `node_timeout` that did not say goodbye) returns
+//!   the removals, so each `member_removed` is announced once while the survivors agree on
+//!   who is live (they disagree only while liveness itself is in flux).
+//! - **Sequence numbers** come from a hybrid clock per node, `max(now_µs, last + 1)`, which
+//!   also takes in every clock it hears. So a decision made after this node learnt of an
+//!   earlier one (causally after) is numbered above it, on any node; concurrent decisions on
+//!   different nodes are ordered by time. Numbers of one node strictly increase.
+//! - **Snapshots** are conservative: the snapshot number is the lowest of this node's clock
+//!   and of every live peer's *floor* (its last applied in-order clock or advertised clock),
+//!   so every change not in the snapshot is numbered above it. Some changes above it may
+//!   already be in the snapshot; the subscriber's presence view drops those that change
+//!   nothing for it. Not exact like the shared store: an add-then-remove pair inside that
+//!   window can reach a new subscriber as a brief `member_added`/`member_removed` flicker.
+//!
+//! # Trade-off against the shared store (Redis)
+//! | | shared store | replicated over the transport |
+//! |---|---|---|
+//! | dependency | Redis next to the broker | none beyond the broker |
+//! | consistency | one atomic step in the store | per node, converging within ≈ one round trip |
+//! | memory per node | its own contributions | the presence of the whole cluster |
+//! | traffic | one store call per change | one delta per change + a digest per node per `sync_interval` |
+//!
+//! # Bounds
+//! A peer incarnation holds at most `max_entries` entries and `max_users_per_channel` per
+//! channel (more is dropped and counted); a peer clock more than an hour ahead is refused;
+//! retired incarnations remembered are bounded. Nothing of a peer's message is trusted to be
+//! well formed: undecodable messages are counted and dropped.
+
+mod replica;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::replica::{digest, ChKey, Contribs, IncKey, Limits, Replica};
+use self::wire::Wire;
+use super::{
+    names, AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceSnapshot,
+    PresenceStore, RemovedMember, Transport,
+};
+
+/// Settings of a [`TransportPresenceStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportPresenceOptions {
+    /// Topic prefix: the cluster prefix (the topic is `{prefix}.presence`).
+    pub prefix: String,
+    /// How often each node publishes its digest (default 2 s; the cluster's heartbeat
+    /// interval is a good value).
+    pub sync_interval: Duration,
+    /// A peer unheard for this long no longer counts as live for the snapshot numbers and
+    /// for choosing who announces a sweep (default 10 s: the cluster's node timeout).
+    pub node_timeout: Duration,
+    /// How long a starting node waits for the others' states before serving presence
+    /// (default 1 s).
+    pub sync_wait: Duration,
+    /// Most entries (channel × user) held for one peer incarnation (default 1 000 000).
+    pub max_entries: usize,
+    /// Most users held per channel for one peer incarnation (default 100 000).
+    pub max_users_per_channel: usize,
+}
+
+impl Default for TransportPresenceOptions {
+    fn default() -> Self {
+        TransportPresenceOptions {
+            prefix: "sockudo".to_owned(),
+            sync_interval: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            sync_wait: Duration::from_secs(1),
+            max_entries: 1_000_000,
+            max_users_per_channel: 100_000,
+        }
+    }
+}
+
+/// Counters of one store (monotonic since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportPresenceStats {
+    /// Deltas applied from peers.
+    pub deltas_applied: u64,
+    /// Gaps detected in a peer's deltas (each asks for a full state).
+    pub gaps: u64,
+    /// Full states installed from peers.
+    pub states_installed: u64,
+    /// Requests for a full state this node sent.
+    pub sync_requests: u64,
+    /// Messages dropped as undecodable or implausible.
+    pub malformed: u64,
+    /// Publishes that failed (repaired by the next digest / full state).
+    pub publish_errors: u64,
+    /// Peer entries dropped by the bounds.
+    pub truncated: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    deltas_applied: AtomicU64,
+    gaps: AtomicU64,
+    states_installed: AtomicU64,
+    sync_requests: AtomicU64,
+    malformed: AtomicU64,
+    publish_errors: AtomicU64,
+}
+
+/// A full state being received.
+#[derive(Debug)]
+struct Pending {
+    of: IncKey,
+    s: u64,
+    c: u64,
+    contribs: Contribs,
+    entries: usize,
+    /// Entries were dropped by the bounds (the digest cannot match then).
+    truncated: bool,
+}
+
+struct Shared {
+    node: String,
+    epoch: u64,
+    topic: String,
+    transport: Arc<dyn Transport>,
+    opts: TransportPresenceOptions,
+    state: Mutex<Replica>,
+    pending: Mutex<HashMap<IncKey, Pending>>,
+    /// Held while publishing this node's own messages, so they leave in delta order.
+    send: tokio::sync::Mutex<()>,
+    ready_at: Instant,
+    counters: Counters,
+}
+
+/// What handling one message asks this node to do.
+enum Action {
+    SendState,
+    Relay(IncKey),
+    Ask(String),
+}
+
+/// Presence replicated over the transport; see the module docs.
+pub struct TransportPresenceStore {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TransportPresenceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportPresenceStore")
+            .field("node", &self.shared.node)
+            .field("topic", &self.shared.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TransportPresenceStore {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl TransportPresenceStore {
+    /// Subscribe to the presence topic, ask the live nodes for their states and start the
+    /// digest task. Presence calls wait until `sync_wait` passed (see the module docs).
+    /// Must be called inside a Tokio runtime.
+    pub async fn start<T: Transport>(
+        node_id: impl Into<String>,
+        transport: Arc<T>,
+        opts: TransportPresenceOptions,
+    ) -> Result<Arc<Self>, AdapterError> {
+        let node = node_id.into();
+        names::validate_name("node id", &node)?;
+        names::validate_name("cluster prefix", &opts.prefix)?;
+        if opts.sync_interval.is_zero() || opts.node_timeout <= opts.sync_interval {
+            return Err(AdapterError::Malformed(
+                "presence sync_interval must be positive and below node_timeout".into(),
+            ));
+        }
+        let topic = format!("{}.presence", opts.prefix);
+        let stream = transport.subscribe(&topic).await?;
+        let epoch = super::twin::new_epoch();
+        let limits = Limits {
+            max_entries: opts.max_entries,
+            max_users_per_channel: opts.max_users_per_channel,
+            node_timeout: opts.node_timeout,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Replica::new(node.clone(), epoch, limits)),
+            node,
+            epoch,
+            topic,
+            transport,
+            ready_at: Instant::now() + opts.sync_wait,
+            opts,
+            pending: Mutex::new(HashMap::new()),
+            send: tokio::sync::Mutex::new(()),
+            counters: Counters::default(),
+        });
+        let me = shared.clone();
+        let consumer = tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(msg) = stream.next().await {
+                me.on_message(&msg);
+            }
+        });
+        let me = shared.clone();
+        let ticker = tokio::spawn(async move { me.digest_loop().await });
+        let hello = Wire::Sync {
+            n: shared.node.clone(),
+            e: shared.epoch,
+            target: None,
+        };
+        shared.publish(&hello).await;
+        tracing::info!(node = %shared.node, wait = ?shared.opts.sync_wait, "replicated presence: asked the cluster for its state; presence waits for the answers");
+        Ok(Arc::new(TransportPresenceStore {
+            shared,
+            tasks: Mutex::new(vec![consumer, ticker]),
+        }))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportPresenceStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportPresenceStats {
+            deltas_applied: l(&c.deltas_applied),
+            gaps: l(&c.gaps),
+            states_installed: l(&c.states_installed),
+            sync_requests: l(&c.sync_requests),
+            malformed: l(&c.malformed),
+            publish_errors: l(&c.publish_errors),
+            truncated: self.shared.state.lock().truncated,
+        }
+    }
+
+    /// One hash of everything this node holds (its own contributions and every replica):
+    /// equal on nodes whose views agree. For tests and diagnostics.
+    pub fn view_digest(&self) -> u64 {
+        self.shared.state.lock().view_digest()
+    }
+
+    /// Whether the store still runs (not stopped).
+    pub fn is_running(&self) -> bool {
+        !self.tasks.lock().is_empty()
+    }
+
+    /// The last presence number this node issued or heard of.
+    pub fn clock(&self) -> u64 {
+        self.shared.state.lock().clock
+    }
+
+    fn check_node(&self, node_id: &str) -> Result<(), AdapterError> {
+        if node_id == self.shared.node {
+            Ok(())
+        } else {
+            Err(AdapterError::Malformed(format!(
+                "this replicated presence store belongs to node {:?}, not {node_id:?}",
+                self.shared.node
+            )))
+        }
+    }
+
+    async fn ready(&self) {
+        if Instant::now() < self.shared.ready_at {
+            tracing::debug!(node = %self.shared.node, "presence waits for the cluster's state");
+            tokio::time::sleep_until(self.shared.ready_at).await;
+        }
+    }
+}
+
+impl Shared {
+    async fn publish(&self, w: &Wire) {
+        let sent = match w.encode() {
+            Ok(b) => self.transport.publish(&self.topic, b).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node = %self.node, error = %e, "presence message not sent; the next digest repairs it");
+        }
+    }
+
+    fn bump(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn digest_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.opts.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _send = self.send.lock().await;
+            let msg = {
+                let mut st = self.state.lock();
+                Wire::Digest {
+                    n: self.node.clone(),
+                    e: self.epoch,
+                    s: st.own_nseq,
+                    c: st.advertise(),
+                    d: digest(&self.node, &st.own),
+                }
+            };
+            self.publish(&msg).await;
+        }
+    }
+
+    /// Publish this node's full state (or relay an incarnation of our id's previous life).
+    async fn send_state(&self, relay: Option<IncKey>) {
+        let _send = self.send.lock().await;
+        let msgs = {
+            let mut st = self.state.lock();
+            match &relay {
+                None => {
+                    let (s, c) = (st.own_nseq, st.advertise());
+                    let d = digest(&self.node, &st.own);
+                    wire::full_state(&self.node, self.epoch, None, s, c, &st.own, d)
+                }
+                Some(k) => match st.peers.get(k) {
+                    Some(inc) => wire::full_state(
+                        &self.node,
+                        self.epoch,
+                        Some(k.clone()),
+                        inc.applied,
+                        inc.floor,
+                        &inc.contribs,
+                        digest(&k.0, &inc.contribs),
+                    ),
+                    None => return,
+                },
+            }
+        };
+        for m in &msgs {
+            self.publish(m).await;
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, msg: &[u8]) {
+        let w = match Wire::decode(msg) {
+            Ok(w) => w,
+            Err(e) => {
+                self.bump(&self.counters.malformed);
+                tracing::debug!(node = %self.node, error = %e, "dropping malformed presence message");
+                return;
+            }
+        };
+        let actions = self.handle(w);
+        for a in actions {
+            let me = self.clone();
+            match a {
+                Action::SendState => {
+                    tokio::spawn(async move { me.send_state(None).await });
+                }
+                Action::Relay(k) => {
+                    tokio::spawn(async move { me.send_state(Some(k)).await });
+                }
+                Action::Ask(target) => {
+                    self.bump(&self.counters.sync_requests);
+                    let w = Wire::Sync {
+                        n: self.node.clone(),
+                        e: self.epoch,
+                        target: Some(target),
+                    };
+                    tokio::spawn(async move { me.publish(&w).await });
+                }
+            }
+        }
+    }
+
+    /// Apply one message; returns what to send in response.
+    fn handle(&self, w: Wire) -> Vec<Action> {
+        let (n, e) = w.sender();
+        if n == self.node && e == self.epoch {
+            return Vec::new(); // our own echo
+        }
+        let k: IncKey = (n.to_owned(), e);
+        let n = k.0.as_str();
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        if st.is_tombstoned(&k) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let ask = |inc: &mut replica::Incarnation, out: &mut Vec<Action>| {
+            if inc
+                .last_request
+                .is_none_or(|t| now.duration_since(t) >= self.opts.sync_interval)
+            {
+                inc.last_request = Some(now);
+                out.push(Action::Ask(k.0.clone()));
+            }
+        };
+        match w {
+            Wire::Delta {
+                s,
+                c,
+                a,
+                ch,
+                u,
+                i,
+                j,
+                ..
+            } => {
+                if !st.observe(c) {
+                    self.bump(&self.counters.malformed);
+                    return out;
+                }
+                let inc = st.incarnation(&k, Some(now));
+                inc.last_heard = Some(now);
+                if !inc.in_sync || s <= inc.applied {
+                    return out; // waiting for a full state, or a duplicate
+                }
+                if Some(s) != inc.applied.checked_add(1) {
+                    inc.in_sync = false;
+                    self.bump(&self.counters.gaps);
+                    ask(inc, &mut out);
+                    return out;
+                }
+                inc.applied = s;
+                inc.floor = inc.floor.max(c);
+                st.apply_delta(&k, (a, ch), u, i, j);
+                self.bump(&self.counters.deltas_applied);
+            }
+            Wire::Digest { s, c, d, .. } => {
+                if !st.observe(c) {
+                    self.bump(&self.counters.malformed);
+                    return out;
+                }
+                let node = k.0.clone();
+                let inc = st.incarnation(&k, Some(now));
+                inc.last_heard = Some(now);
+                inc.departed = false;
+                if inc.in_sync && inc.applied == s && digest(&node, &inc.contribs) == d {
+                    inc.floor = inc.floor.max(c);
+                } else {
+                    ask(inc, &mut out);
+                }
+            }
+            Wire::Begin { of, s, c, .. } => {
+                let of = of.unwrap_or_else(|| k.clone());
+                self.pending.lock().insert(
+                    k.clone(),
+                    Pending {
+                        of,
+                        s,
+                        c,
+                        contribs: Contribs::new(),
+                        entries: 0,
+                        truncated: false,
+                    },
+                );
+            }
+            Wire::Chunk { entries, .. } => {
+                let mut pending = self.pending.lock();
+                if let Some(p) = pending.get_mut(&k) {
+                    for (a, ch, u, i) in entries {
+                        let key: ChKey = (a, ch);
+                        if !st.admit_entry(&p.contribs, p.entries, &key) {
+                            p.truncated = true;
+                        } else if p.contribs.entry(key).or_default().insert(u, i).is_none() {
+                            p.entries += 1;
+                        }
+                    }
+                }
+            }
+            Wire::End { d, .. } => {
+                let Some(p) = self.pending.lock().remove(&k) else {
+                    return out;
+                };
+                self.install(&mut st, &k, p, d, now);
+            }
+            Wire::Sync { target, .. } => {
+                if target.as_deref().is_none_or(|t| t == self.node) {
+                    out.push(Action::SendState);
+                }
+                if target.is_none() {
+                    out.extend(
+                        st.peers
+                            .keys()
+                            .filter(|(pn, pe)| pn == n && *pe != e)
+                            .cloned()
+                            .map(Action::Relay),
+                    );
+                }
+            }
+            Wire::Retire { retired, .. } => {
+                for r in retired {
+                    let old = (k.0.clone(), r);
+                    if old.0 == self.node && r == self.epoch {
+                        tracing::error!(node = %self.node, "a newer node with this node id retired this one: two nodes share the id");
+                        continue;
+                    }
+                    st.peers.remove(&old);
+                    st.tombstone(old);
+                }
+            }
+            Wire::Bye { .. } => {
+                if let Some(inc) = st.peers.get_mut(&k) {
+                    inc.departed = true;
+                }
+            }
+        }
+        out
+    }
+
+    /// Install a complete full state from sender `from`.
+    fn install(&self, st: &mut Replica, from: &IncKey, p: Pending, d: u64, now: Instant) {
+        let own = p.of == *from;
+        if !own && (p.of.0 != self.node || p.of.1 == self.epoch) {
+            return; // relays are only for the node whose earlier life they describe
+        }
+        if st.is_tombstoned(&p.of) || !st.observe(p.c) {
+            return;
+        }
+        if !p.truncated && digest(&p.of.0, &p.contribs) != d {
+            self.bump(&self.counters.malformed);
+            return;
+        }
+        if !own && st.peers.contains_key(&p.of) {
+            return; // already known (from another relay or the incarnation itself)
+        }
+        let inc = st.incarnation(&p.of, own.then_some(now));
+        if own {
+            if inc.in_sync && p.s < inc.applied {
+                return; // older than what we applied
+            }
+            inc.last_heard = Some(now);
+            inc.floor = inc.floor.max(p.c);
+        }
+        inc.applied = p.s;
+        inc.in_sync = true;
+        st.install(&p.of, p.contribs, p.entries);
+        self.bump(&self.counters.states_installed);
+    }
+}
+
+#[async_trait]
+impl PresenceStore for TransportPresenceStore {
+    async fn join(
+        &self,
+        node_id: &str,
+        j: PresenceJoin<'_>,
+    ) -> Result<PresenceJoinOutcome, AdapterError> {
+        self.check_node(node_id)?;
+        self.ready().await;
+        let key: ChKey = (j.app_id.to_owned(), j.channel.to_owned());
+        let sh = &self.shared;
+        let _send = sh.send.lock().await;
+        let (outcome, delta) = {
+            let mut st = sh.state.lock();
+            let now = Instant::now();
+            let mine = st.own.get(&key).is_some_and(|u| u.contains_key(j.user_id));
+            let present = st.held_anywhere(&key, j.user_id);
+            let full = !present && st.member_count(&key) >= j.max_members;
+            if mine || full {
+                return Ok(PresenceJoinOutcome {
+                    first: false,
+                    full,
+                    members: st.members(&key),
+                    seq: 0,
+                    snapshot_seq: st.watermark(now),
+                });
+            }
+            let info = j.info.map(str::to_owned);
+            st.own
+                .entry(key.clone())
+                .or_default()
+                .insert(j.user_id.to_owned(), info.clone());
+            let seq = if present { 0 } else { st.tick() };
+            st.own_nseq += 1;
+            let delta = Wire::Delta {
+                n: sh.node.clone(),
+                e: sh.epoch,
+                s: st.own_nseq,
+                c: st.advertise(),
+                a: key.0.clone(),
+                ch: key.1.clone(),
+                u: j.user_id.to_owned(),
+                i: info,
+                j: true,
+            };
+            let outcome = PresenceJoinOutcome {
+                first: !present,
+                full: false,
+                members: st.members(&key),
+                seq,
+                snapshot_seq: st.watermark(now),
+            };
+            (outcome, delta)
+        };
+        sh.publish(&delta).await;
+        Ok(outcome)
+    }
+
+    async fn leave(
+        &self,
+        node_id: &str,
+        app_id: &str,
+        channel: &str,
+        user_id: &str,
+    ) -> Result<PresenceLeave, AdapterError> {
+        self.check_node(node_id)?;
+        self.ready().await;
+        let key: ChKey = (app_id.to_owned(), channel.to_owned());
+        let sh = &self.shared;
+        let _send = sh.send.lock().await;
+        let (left, delta) = {
+            let mut st = sh.state.lock();
+            let Some(users) = st.own.get_mut(&key) else {
+                return Ok(PresenceLeave::default());
+            };
+            if users.remove(user_id).is_none() {
+                return Ok(PresenceLeave::default());
+            }
+            if users.is_empty() {
+                st.own.remove(&key);
+            }
+            let gone = !st.held_anywhere(&key, user_id);
+            let seq = if gone { st.tick() } else { 0 };
+            st.own_nseq += 1;
+            let delta = Wire::Delta {
+                n: sh.node.clone(),
+                e: sh.epoch,
+                s: st.own_nseq,
+                c: st.advertise(),
+                a: key.0.clone(),
+                ch: key.1.clone(),
+                u: user_id.to_owned(),
+                i: None,
+                j: false,
+            };
+            (PresenceLeave { gone, seq }, delta)
+        };
+        sh.publish(&delta).await;
+        Ok(left)
+    }
+
+    async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError> {
+        self.ready().await;
+        let st = self.shared.state.lock();
+        let key: ChKey = (app_id.to_owned(), channel.to_owned());
+        Ok(PresenceSnapshot {
+            members: st.members(&key),
+            seq: st.watermark(Instant::now()),
+        })
+    }
+
+    async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError> {
+        self.ready().await;
+        let sh = &self.shared;
+        if node_id != sh.node {
+            return Ok(sh.state.lock().sweep_peer(node_id, Instant::now()));
+        }
+        let (removed, retired) = {
+            let _send = sh.send.lock().await;
+            let mut st = sh.state.lock();
+            let (removed, retired) = st.sweep_self();
+            st.own_nseq += 1; // the full state below replaces every delta before it
+            (removed, retired)
+        };
+        if !retired.is_empty() {
+            tracing::info!(node = %sh.node, epochs = ?retired, members = removed.len(), "replicated presence: retired what an earlier run of this node id left");
+            let w = Wire::Retire {
+                n: sh.node.clone(),
+                e: sh.epoch,
+                retired,
+            };
+            let _send = sh.send.lock().await;
+            sh.publish(&w).await;
+        }
+        sh.send_state(None).await;
+        Ok(removed)
+    }
+
+    async fn nodes(&self) -> Result<Vec<String>, AdapterError> {
+        Ok(self.shared.state.lock().nodes())
+    }
+
+    fn stop(&self, goodbye: bool) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+        if goodbye {
+            let sh = self.shared.clone();
+            tokio::spawn(async move {
+                let w = Wire::Bye {
+                    n: sh.node.clone(),
+                    e: sh.epoch,
+                };
+                let _send = sh.send.lock().await;
+                sh.publish(&w).await;
+            });
+        }
+    }
+}
