@@ -55,8 +55,9 @@ impl NatsSection {
     }
 }
 
-/// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`). Empty: follows the
-/// adapter (the shared Redis for `redis`).
+/// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`): `redis` (the shared
+/// store on `REDIS_URL`) or `transport` (replicated over the cluster adapter's broker).
+/// Empty: follows the adapter (`redis` for `ADAPTER_DRIVER=redis`, `transport` for `nats`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceSection {
@@ -105,11 +106,15 @@ pub(super) fn adapters() -> Vec<&'static str> {
     v
 }
 
-/// The presence store in force: `local` (in the node), `redis` (shared store).
+/// The presence store in force: `local` (in the node), `redis` (shared store) or
+/// `transport` (replicated over the adapter's broker). Without `PRESENCE_DRIVER` it follows
+/// the adapter: the Redis adapter keeps presence in its Redis, the NATS adapter (a
+/// broker-only deployment) replicates it over NATS.
 pub fn effective_presence(s: &NodeSettings) -> &str {
     match (s.adapter.driver.as_str(), s.presence.driver.as_str()) {
         ("local", _) => "local",
         ("redis", "") => "redis",
+        ("nats", "") => "transport",
         (_, p) => p,
     }
 }
@@ -120,6 +125,14 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
     let adapter = s.adapter.driver.as_str();
     match (adapter, s.presence.driver.as_str()) {
         (_, "") => {}
+        ("local", "transport") => {
+            return bad(
+                "PRESENCE_DRIVER=transport replicates presence over the cluster \
+                 adapter's broker, and ADAPTER_DRIVER=local has none: set ADAPTER_DRIVER=nats \
+                 or redis, or unset PRESENCE_DRIVER (a single node keeps presence in itself)"
+                    .into(),
+            )
+        }
         ("local", p) => {
             return bad(format!(
                 "PRESENCE_DRIVER={p:?} needs a cluster adapter; with ADAPTER_DRIVER=local presence \
@@ -127,13 +140,7 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
             ))
         }
         (_, "redis") if cfg!(feature = "redis") => {}
-        (_, "transport") => {
-            return bad(
-                "PRESENCE_DRIVER=transport (presence replicated over the adapter) is not \
-                 available in this version; use PRESENCE_DRIVER=redis with REDIS_URL"
-                    .into(),
-            )
-        }
+        (_, "transport") => {}
         (_, p) => {
             return bad(format!(
                 "PRESENCE_DRIVER={p:?} is not supported by this build"
@@ -150,12 +157,6 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
         );
     }
     if adapter == "nats" {
-        if effective_presence(s) != "redis" {
-            return bad("ADAPTER_DRIVER=nats needs a shared presence store: set \
-                 PRESENCE_DRIVER=redis (and REDIS_URL); presence replicated over NATS is not \
-                 available in this version"
-                .into());
-        }
         if s.nats.servers().is_empty() {
             return bad("NATS_URL names no server".into());
         }
