@@ -38,6 +38,13 @@ use super::{
 ///   (`PresenceSnapshot::seq`, `PresenceJoinOutcome::snapshot_seq`): every event numbered at
 ///   or below it is in the snapshot, every event above it is not. A subscriber filters the
 ///   member events it receives against that number (see the node's presence view).
+///
+/// A *replicated* store ([`super::TransportPresenceStore`]) makes each of these one atomic
+/// step on the calling node's replica instead of in one shared place: the rules hold for the
+/// steps of each node, and across nodes once replication caught up (about one round trip).
+/// Its snapshot numbers are conservative (every change not in a snapshot is numbered above
+/// it; some above it may be in it) and the numbers of different nodes come from hybrid
+/// clocks (causally ordered). Its module docs say what clients see of the races that remain.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     async fn join(
@@ -74,6 +81,24 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// stops it here. The default does nothing.
     fn stop(&self, goodbye: bool) {
         let _ = goodbye;
+    }
+
+    /// Whether this node's view already reflects a member event numbered `seq` that node
+    /// `origin` decided. A shared store always does (the decision was made in it); a
+    /// replicated one does once it applied `origin`'s change. The cluster adapter holds a
+    /// member broadcast back (boundedly) until it does, so a subscriber's snapshot and the
+    /// events it then receives agree.
+    fn reflects(&self, origin: &str, seq: u64) -> bool {
+        let _ = (origin, seq);
+        true
+    }
+
+    /// Member events a replicated store hands to its node (see
+    /// [`super::ReplicatedMemberEvent`]), taken once by the cluster adapter. Default: none.
+    fn member_events(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<super::ReplicatedMemberEvent>> {
+        None
     }
 }
 

@@ -24,30 +24,42 @@
 //! - **Atomicity is per node**: `join`, `leave`, `members` and `sweep_node` are atomic on this
 //!   node's replica; replicas converge within about one transport round trip (or one
 //!   `sync_interval` after a lost message).
-//! - **First / last**: `first` is true when no replica entry for the user existed *on this
-//!   node*. Two joins of one user on two nodes within one round trip may both be `first`:
-//!   both nodes then announce `member_added`, and receivers drop the second (a subscriber's
-//!   presence view skips an addition of a member it already lists), so each client sees the
-//!   transition once. A removal (`gone`) is decided by the last holder as its replica shows
-//!   it; a *leave on one node concurrent with a join of the same user on another node that
-//!   already saw the user* (within one round trip) can leave clients believing the user gone
-//!   until its next join. That window is the price of having no shared store.
+//! - **First / last, as clients see them**: `first` is true when no replica entry for the user
+//!   existed *on this node*; `gone` when none is left. Two races are repaired so that every
+//!   subscriber ends with the right members and sees each transition once:
+//!   - two joins of one user on two nodes within one round trip may both be `first`: both
+//!     announce `member_added`; a subscriber's presence view drops an addition of a member it
+//!     already lists, so clients see it once (the `member_added` *webhook* fires twice);
+//!   - a last leave on one node racing a join of the same user on another node that already
+//!     saw the user: the leaver announces the removal; the joiner, applying that delta while
+//!     still holding the user, announces it again (`member_added`, numbered after the
+//!     removal; [`ReplicatedMemberEvent::announce`]). Clients see the user leave and come
+//!     back; webhooks see both.
+//! - **Member events follow the replica**: every delta that announced an event is also handed
+//!   to this node's subscribers ([`ReplicatedMemberEvent`], not announced), so a subscription
+//!   that started while the origin's broadcast was in flight (and missed it) still gets it;
+//!   and [`PresenceStore::reflects`] makes the cluster adapter hold a member broadcast until
+//!   the replica applied its change (boundedly), so a snapshot and the events after it agree.
+//!   Duplicates are dropped by number (the node's member order) and by each subscriber's view.
 //! - **Dead nodes**: every survivor drops a dead node's replica when the cluster adapter
 //!   sweeps it, but only the survivor with the smallest node id among the live ones (as its
 //!   replica knows them: peers heard within `node_timeout` that did not say goodbye) returns
 //!   the removals, so each `member_removed` is announced once while the survivors agree on
-//!   who is live (they disagree only while liveness itself is in flux).
+//!   who is live (they disagree only while liveness itself is in flux). A join of one of those
+//!   users on a survivor within a round trip of the sweep is not repaired.
 //! - **Sequence numbers** come from a hybrid clock per node, `max(now_µs, last + 1)`, which
 //!   also takes in every clock it hears. So a decision made after this node learnt of an
 //!   earlier one (causally after) is numbered above it, on any node; concurrent decisions on
-//!   different nodes are ordered by time. Numbers of one node strictly increase.
+//!   different nodes are ordered by time. Numbers of one node strictly increase; a
+//!   receiver sees the numbers of one channel increase per user for every decision that
+//!   depends on the previous one.
 //! - **Snapshots** are conservative: the snapshot number is the lowest of this node's clock
 //!   and of every live peer's *floor* (its last applied in-order clock or advertised clock),
 //!   so every change not in the snapshot is numbered above it. Some changes above it may
 //!   already be in the snapshot; the subscriber's presence view drops those that change
 //!   nothing for it. Not exact like the shared store: an add-then-remove pair inside that
 //!   window can reach a new subscriber as a brief `member_added`/`member_removed` flicker.
-//!
+
 //! # Trade-off against the shared store (Redis)
 //! | | shared store | replicated over the transport |
 //! |---|---|---|
@@ -78,9 +90,10 @@ use tokio::time::Instant;
 
 use self::replica::{digest, ChKey, Contribs, IncKey, Limits, Replica};
 use self::wire::Wire;
+use super::MemberChange;
 use super::{
     names, AdapterError, PresenceJoin, PresenceJoinOutcome, PresenceLeave, PresenceSnapshot,
-    PresenceStore, RemovedMember, Transport,
+    PresenceStore, RemovedMember, ReplicatedMemberEvent, Transport,
 };
 
 /// Settings of a [`TransportPresenceStore`].
@@ -169,6 +182,7 @@ struct Shared {
     send: tokio::sync::Mutex<()>,
     ready_at: Instant,
     counters: Counters,
+    events: tokio::sync::mpsc::UnboundedSender<ReplicatedMemberEvent>,
 }
 
 /// What handling one message asks this node to do.
@@ -182,6 +196,7 @@ enum Action {
 pub struct TransportPresenceStore {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReplicatedMemberEvent>>>,
 }
 
 impl std::fmt::Debug for TransportPresenceStore {
@@ -226,7 +241,9 @@ impl TransportPresenceStore {
             max_users_per_channel: opts.max_users_per_channel,
             node_timeout: opts.node_timeout,
         };
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            events: events_tx,
             state: Mutex::new(Replica::new(node.clone(), epoch, limits)),
             node,
             epoch,
@@ -257,6 +274,7 @@ impl TransportPresenceStore {
         Ok(Arc::new(TransportPresenceStore {
             shared,
             tasks: Mutex::new(vec![consumer, ticker]),
+            events: Mutex::new(Some(events_rx)),
         }))
     }
 
@@ -440,6 +458,7 @@ impl Shared {
                 u,
                 i,
                 j,
+                q,
                 ..
             } => {
                 if !st.observe(c) {
@@ -459,8 +478,13 @@ impl Shared {
                 }
                 inc.applied = s;
                 inc.floor = inc.floor.max(c);
-                st.apply_delta(&k, (a, ch), u, i, j);
+                let key: ChKey = (a, ch);
+                let announced = (q > 0).then(|| (key.clone(), u.clone(), i.clone()));
+                st.apply_delta(&k, key, u, i, j);
                 self.bump(&self.counters.deltas_applied);
+                if let Some((key, user, info)) = announced {
+                    self.announced(&mut st, key, user, info, j, q);
+                }
             }
             Wire::Digest { s, c, d, .. } => {
                 if !st.observe(c) {
@@ -544,6 +568,47 @@ impl Shared {
         out
     }
 
+    /// A peer announced a member event with its change `q`: deliver it to this node's
+    /// subscribers too (their subscription may have missed the origin's broadcast). When it
+    /// is a removal of a user this node still holds (a leave racing a join here), announce
+    /// the user again, numbered after the removal (our clock took the peer's).
+    fn announced(
+        &self,
+        st: &mut Replica,
+        key: ChKey,
+        user: String,
+        info: Option<String>,
+        joined: bool,
+        q: u64,
+    ) {
+        let event = |info, seq, change, announce| ReplicatedMemberEvent {
+            app_id: key.0.clone(),
+            channel: key.1.clone(),
+            user_id: user.clone(),
+            info,
+            seq,
+            change,
+            announce,
+        };
+        let change = if joined {
+            MemberChange::Added
+        } else {
+            MemberChange::Removed
+        };
+        let _ = self.events.send(event(info, q, change, false));
+        if joined {
+            return;
+        }
+        let Some(held) = st.own.get(&key).and_then(|u| u.get(&user)).cloned() else {
+            return;
+        };
+        let seq = st.tick();
+        tracing::debug!(node = %self.node, channel = %key.1, user, "re-announcing a member another node announced as removed");
+        let _ = self
+            .events
+            .send(event(held, seq, MemberChange::Added, true));
+    }
+
     /// Install a complete full state from sender `from`.
     fn install(&self, st: &mut Replica, from: &IncKey, p: Pending, d: u64, now: Instant) {
         let own = p.of == *from;
@@ -619,6 +684,7 @@ impl PresenceStore for TransportPresenceStore {
                 u: j.user_id.to_owned(),
                 i: info,
                 j: true,
+                q: seq,
             };
             let outcome = PresenceJoinOutcome {
                 first: !present,
@@ -669,6 +735,7 @@ impl PresenceStore for TransportPresenceStore {
                 u: user_id.to_owned(),
                 i: None,
                 j: false,
+                q: seq,
             };
             (PresenceLeave { gone, seq }, delta)
         };
@@ -715,6 +782,21 @@ impl PresenceStore for TransportPresenceStore {
 
     async fn nodes(&self) -> Result<Vec<String>, AdapterError> {
         Ok(self.shared.state.lock().nodes())
+    }
+
+    fn reflects(&self, origin: &str, seq: u64) -> bool {
+        let sh = &self.shared;
+        if origin == sh.node {
+            return true;
+        }
+        let st = sh.state.lock();
+        st.peers
+            .range((origin.to_owned(), 0)..=(origin.to_owned(), u64::MAX))
+            .any(|(_, inc)| inc.floor >= seq)
+    }
+
+    fn member_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ReplicatedMemberEvent>> {
+        self.events.lock().take()
     }
 
     fn stop(&self, goodbye: bool) {

@@ -29,6 +29,10 @@ pub(super) enum Wire {
         u: String,
         i: Option<String>,
         j: bool,
+        /// The number of the member event the sender announced with this change (a first
+        /// join or a last leave); 0: none.
+        #[serde(default)]
+        q: u64,
     },
     /// Periodic: the sender is at delta `s`, its contributions hash to `d`, every number
     /// it hands out later is above `c`.
