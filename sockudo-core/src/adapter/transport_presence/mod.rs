@@ -70,8 +70,11 @@
 //!
 //! # Bounds
 //! A peer incarnation holds at most `max_entries` entries and `max_users_per_channel` per
-//! channel (more is dropped and counted); a peer clock more than an hour ahead is refused;
-//! retired incarnations remembered are bounded. Nothing of a peer's message is trusted to be
+//! channel (more is dropped and counted); at most 1024 peer incarnations (and full states in
+//! progress) are held; a peer clock more than an hour ahead is refused; retired incarnations
+//! remembered are bounded. `max_members` is checked against this node's replica: first joins
+//! of different users on different nodes within one round trip can together pass it briefly
+//! (a subscriber's presence view has slack for that). Nothing of a peer's message is trusted to be
 //! well formed: undecodable messages are counted and dropped.
 
 mod replica;

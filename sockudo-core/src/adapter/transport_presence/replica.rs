@@ -20,6 +20,10 @@ pub(super) type IncKey = (String, u64);
 /// How many retired incarnations are remembered (ignored if they speak again).
 const MAX_TOMBSTONES: usize = 4096;
 
+/// Most peer incarnations (and full states in progress) held: a bound against a flood of
+/// made-up senders.
+pub(super) const MAX_INCARNATIONS: usize = 1024;
+
 /// A peer clock this far ahead of ours is refused (it would drag every sequence ahead).
 pub(super) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
@@ -174,6 +178,11 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// Whether `k` is known or may be added within [`MAX_INCARNATIONS`].
+    pub fn may_add(&self, k: &IncKey) -> bool {
+        self.peers.contains_key(k) || self.peers.len() < MAX_INCARNATIONS
     }
 
     /// The incarnation `k`, created when absent (the caller checked the tombstones).

@@ -168,6 +168,15 @@ impl Shared {
         if st.is_tombstoned(&k) {
             return Vec::new();
         }
+        let creates = matches!(
+            w,
+            Wire::Delta { .. } | Wire::Digest { .. } | Wire::Begin { .. }
+        );
+        if creates && !st.may_add(&k) {
+            self.bump(&self.counters.malformed);
+            tracing::warn!(node = %self.node, from = %k.0, "too many presence incarnations known: ignoring a new one");
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let ask = |inc: &mut replica::Incarnation, out: &mut Vec<Action>| {
             if inc
@@ -232,7 +241,12 @@ impl Shared {
             }
             Wire::Begin { of, s, c, .. } => {
                 let of = of.unwrap_or_else(|| k.clone());
-                self.pending.lock().insert(
+                let mut pending = self.pending.lock();
+                if !pending.contains_key(&k) && pending.len() >= replica::MAX_INCARNATIONS {
+                    self.bump(&self.counters.malformed);
+                    return out;
+                }
+                pending.insert(
                     k.clone(),
                     Pending {
                         of,
@@ -353,6 +367,9 @@ impl Shared {
         }
         if !own && st.peers.contains_key(&p.of) {
             return; // already known (from another relay or the incarnation itself)
+        }
+        if !st.may_add(&p.of) {
+            return;
         }
         let inc = st.incarnation(&p.of, own.then_some(now));
         if own {
