@@ -1130,3 +1130,12 @@ mod nats_replicated {
 
     scenarios!(Replicated::new(nats_env::NatsEnv::new().await));
 }
+
+/// The scenarios with presence replicated over Redis pub/sub (`PRESENCE_DRIVER=transport`
+/// with the Redis adapter).
+#[cfg(feature = "redis")]
+mod redis_replicated {
+    use super::*;
+
+    scenarios!(Replicated::new(redis_env::RedisEnv::new().await));
+}
