@@ -3,8 +3,9 @@
 //! `MemoryPresenceStore`, and with the `redis` feature over `RedisTransport` +
 //! `RedisPresenceStore` on a `redis-server` each test starts on a free port, and with the
 //! `nats` feature over `NatsTransport` on a `nats-server` each test starts (same scenarios,
-//! unchanged). The `PresenceStore` conformance suite also runs against `RedisPresenceStore`
-//! here.
+//! unchanged). The presence scenarios also run with presence replicated over the transport
+//! (`TransportPresenceStore`, the `*_replicated` modules). The `PresenceStore` conformance
+//! suite also runs against `RedisPresenceStore` and, over NATS, the replicated store here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,10 +23,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use sockudo_core::adapter::presence;
 use sockudo_core::adapter::{
     Adapter, AdapterError, Broadcast, ClusterAdapter, ClusterAnswer, ClusterOptions, ClusterQuery,
     ControlMessage, MemoryPresenceStore, MemoryTransport, NodeHandler, PresenceJoin, PresenceStore,
-    RemovedMember, Transport,
+    RemovedMember, Transport, TransportPresenceOptions, TransportPresenceStore,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -129,20 +131,92 @@ fn pjoin<'a>(channel: &'a str, user: &'a str) -> PresenceJoin<'a> {
     }
 }
 
-/// A cluster under test: how to get one more node's transport, and the shared presence.
+/// A cluster under test: how to get one more node's transport, and its presence store.
 #[async_trait]
 trait Env: Send + Sync {
     type T: Transport;
     async fn transport(&self) -> Arc<Self::T>;
-    fn presence(&self) -> Arc<dyn PresenceStore>;
+    /// The presence store of node `id` (a shared store: the same one for every node).
+    async fn presence(
+        &self,
+        id: &str,
+        transport: &Arc<Self::T>,
+        opts: &ClusterOptions,
+    ) -> Arc<dyn PresenceStore>;
+    /// Wait until every node's presence view reflects every change so far (replicated
+    /// presence; nothing to wait for with a shared store).
+    async fn settle(&self) {}
+}
+
+/// Start an adapter for `id` with the environment's transport and presence.
+async fn start<E: Env>(
+    env: &E,
+    id: &str,
+    opts: ClusterOptions,
+) -> Result<Arc<ClusterAdapter<E::T>>, AdapterError> {
+    let t = env.transport().await;
+    let p = env.presence(id, &t, &opts).await;
+    ClusterAdapter::start(id, t, p, opts).await
+}
+
+/// Any environment with presence replicated over its transport instead of a shared store.
+struct Replicated<E> {
+    inner: E,
+    stores: Mutex<Vec<std::sync::Weak<TransportPresenceStore>>>,
+}
+
+impl<E> Replicated<E> {
+    fn new(inner: E) -> Self {
+        Replicated {
+            inner,
+            stores: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl<E: Env> Env for Replicated<E> {
+    type T = E::T;
+    async fn transport(&self) -> Arc<E::T> {
+        self.inner.transport().await
+    }
+    async fn presence(
+        &self,
+        id: &str,
+        transport: &Arc<E::T>,
+        opts: &ClusterOptions,
+    ) -> Arc<dyn PresenceStore> {
+        let popts = TransportPresenceOptions {
+            prefix: opts.prefix.clone(),
+            sync_interval: opts.heartbeat_interval,
+            node_timeout: opts.node_timeout,
+            sync_wait: Duration::from_millis(200),
+            ..TransportPresenceOptions::default()
+        };
+        match TransportPresenceStore::start(id, transport.clone(), popts).await {
+            Ok(s) => {
+                self.stores.lock().push(Arc::downgrade(&s));
+                s
+            }
+            // Bad names: let the adapter's own check report them.
+            Err(_) => Arc::new(MemoryPresenceStore::new()),
+        }
+    }
+    async fn settle(&self) {
+        let stores: Vec<_> = self
+            .stores
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        presence::conformance::settle(&stores).await;
+    }
 }
 
 type Node<T> = (Arc<ClusterAdapter<T>>, Arc<Recorder>);
 
 async fn node<E: Env>(env: &E, id: &str, opts: &ClusterOptions, connections: u64) -> Node<E::T> {
-    let a = ClusterAdapter::start(id, env.transport().await, env.presence(), opts.clone())
-        .await
-        .unwrap();
+    let a = start(env, id, opts.clone()).await.unwrap();
     let r = Recorder::with_connections(connections);
     a.attach(r.clone());
     // As a node with local subscribers on the scenarios' channels would (interest routing).
@@ -367,6 +441,7 @@ async fn dead_node_is_swept_once<E: Env>(env: &E) {
     assert!(c.presence_join(pjoin(ch, "only-c")).await.unwrap().first);
     assert!(c.presence_join(pjoin(ch, "only-c-2")).await.unwrap().first);
     assert!(c.presence_join(pjoin(ch, "shared")).await.unwrap().first);
+    env.settle().await;
     assert!(
         !nodes[0]
             .0
@@ -422,6 +497,7 @@ async fn leave_cluster_sweeps_at_once<E: Env>(env: &E) {
     c.presence_join(pjoin(ch, "only-c")).await.unwrap();
     c.presence_join(pjoin(ch, "shared")).await.unwrap();
     nodes[0].0.presence_join(pjoin(ch, "shared")).await.unwrap();
+    env.settle().await;
     let removed = c.leave_cluster().await.unwrap();
     let seq = removed.first().map_or(0, |r| r.seq);
     assert!(
@@ -474,6 +550,7 @@ async fn restart_under_same_id_announces_stale_members<E: Env>(env: &E) {
     let nodes = cluster(env, 2, &opts).await;
     let ch = "presence-restart";
     nodes[1].0.presence_join(pjoin(ch, "ghost")).await.unwrap();
+    env.settle().await;
     nodes[1].0.halt(); // crash…
                        // … and come back at once under the same id, before anyone times it out.
     let (again, r) = node(env, "n1", &opts, 2).await;
@@ -502,6 +579,7 @@ async fn duplicate_node_id_steps_back<E: Env>(env: &E) {
     let nodes = cluster(env, 2, &opts).await;
     let ch = "presence-twins";
     nodes[1].0.presence_join(pjoin(ch, "alice")).await.unwrap();
+    env.settle().await;
     let (twin, twin_rec) = node(env, "n1", &opts, 7).await;
     assert!(
         twin.is_duplicate(),
@@ -568,6 +646,7 @@ async fn duplicate_node_id_steps_back<E: Env>(env: &E) {
         .await
     );
     twin.presence_join(pjoin(ch, "bob")).await.unwrap();
+    env.settle().await;
     assert_eq!(members(&nodes[0].0).await, vec!["bob".to_owned()]);
 }
 
@@ -625,7 +704,7 @@ async fn interest_routing_skips_nodes_without_subscribers<E: Env>(env: &E) {
 
 async fn names_are_checked_at_start<E: Env>(env: &E) {
     for id in ["", "node#1", "a b", "node*", "x..y"] {
-        let r = ClusterAdapter::start(id, env.transport().await, env.presence(), fast()).await;
+        let r = start(env, id, fast()).await;
         assert!(matches!(r, Err(AdapterError::Malformed(_))), "{id:?}");
     }
     let bad = ClusterOptions {
@@ -633,7 +712,7 @@ async fn names_are_checked_at_start<E: Env>(env: &E) {
         ..fast()
     };
     assert!(matches!(
-        ClusterAdapter::start("ok", env.transport().await, env.presence(), bad).await,
+        start(env, "ok", bad).await,
         Err(AdapterError::Malformed(_))
     ));
 }
@@ -644,9 +723,7 @@ async fn nothing_before_attach<E: Env>(env: &E) {
         interest_routing: false,
         ..fast()
     };
-    let a = ClusterAdapter::start("solo", env.transport().await, env.presence(), opts.clone())
-        .await
-        .unwrap();
+    let a = start(env, "solo", opts.clone()).await.unwrap();
     assert!(matches!(
         a.publish(msg("c", "x")).await,
         Err(AdapterError::NotAttached)
@@ -658,9 +735,7 @@ async fn nothing_before_attach<E: Env>(env: &E) {
         .await,
         Err(AdapterError::NotAttached)
     ));
-    let routed = ClusterAdapter::start("solo2", env.transport().await, env.presence(), fast())
-        .await
-        .unwrap();
+    let routed = start(env, "solo2", fast()).await.unwrap();
     assert!(matches!(
         routed.watch_channel("app", "c").await,
         Err(AdapterError::NotAttached)
@@ -681,20 +756,12 @@ async fn nothing_before_attach<E: Env>(env: &E) {
         node_timeout: Duration::from_secs(31),
         ..fast()
     };
-    assert!(
-        ClusterAdapter::start("x", env.transport().await, env.presence(), bad)
-            .await
-            .is_err()
-    );
+    assert!(start(env, "x", bad).await.is_err());
     let bad = ClusterOptions {
         node_timeout: Duration::from_millis(50),
         ..fast()
     };
-    assert!(
-        ClusterAdapter::start("x", env.transport().await, env.presence(), bad)
-            .await
-            .is_err()
-    );
+    assert!(start(env, "x", bad).await.is_err());
 }
 
 macro_rules! scenarios {
@@ -739,9 +806,21 @@ impl Env for MemoryEnv {
     async fn transport(&self) -> Arc<MemoryTransport> {
         Arc::new(self.hub.node())
     }
-    fn presence(&self) -> Arc<dyn PresenceStore> {
+    async fn presence(
+        &self,
+        _id: &str,
+        _t: &Arc<MemoryTransport>,
+        _o: &ClusterOptions,
+    ) -> Arc<dyn PresenceStore> {
         self.presence.clone()
     }
+}
+
+/// The scenarios over the memory transport with presence replicated over it.
+mod memory_replicated {
+    use super::*;
+
+    scenarios!(Replicated::new(MemoryEnv::new()));
 }
 
 mod memory {
@@ -809,7 +888,12 @@ mod redis_env {
         async fn transport(&self) -> Arc<RedisTransport> {
             Arc::new(RedisTransport::connect(&self.server.url()).await.unwrap())
         }
-        fn presence(&self) -> Arc<dyn PresenceStore> {
+        async fn presence(
+            &self,
+            _id: &str,
+            _t: &Arc<RedisTransport>,
+            _o: &ClusterOptions,
+        ) -> Arc<dyn PresenceStore> {
             self.presence.clone()
         }
     }
@@ -819,7 +903,7 @@ mod redis_env {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn presence_store_conformance() {
         let env = RedisEnv::new().await;
-        conformance::run_all(env.presence.as_ref(), "a").await;
+        conformance::run_all(&conformance::SharedNodes(env.presence.clone()), "a").await;
         // Another prefix on the same server is another namespace.
         let other = RedisPresenceStore::connect_with(
             &env.server.url(),
@@ -830,7 +914,7 @@ mod redis_env {
         )
         .await
         .unwrap();
-        conformance::run_all(&other, "a").await;
+        conformance::run_all(&conformance::SharedNodes(Arc::new(other)), "a").await;
         assert!(
             env.presence.nodes().await.unwrap().is_empty(),
             "sweeps leave no node behind"
@@ -1038,6 +1122,23 @@ mod redis_env {
 #[cfg(feature = "nats")]
 #[path = "adapter_cluster/nats_env.rs"]
 mod nats_env;
+
+/// The scenarios with presence replicated over NATS (no shared store at all).
+#[cfg(feature = "nats")]
+mod nats_replicated {
+    use super::*;
+
+    scenarios!(Replicated::new(nats_env::NatsEnv::new().await));
+}
+
+/// The scenarios with presence replicated over Redis pub/sub (`PRESENCE_DRIVER=transport`
+/// with the Redis adapter).
+#[cfg(feature = "redis")]
+mod redis_replicated {
+    use super::*;
+
+    scenarios!(Replicated::new(redis_env::RedisEnv::new().await));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Redis Cluster environment (sharded pub/sub; after `scenarios!`, which it uses)

@@ -66,8 +66,8 @@ async fn history_conformance_on_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn presence_conformance_on_redis_cluster() {
     let (cluster, endpoint) = start().await;
-    let store = RedisPresenceStore::connect(endpoint.clone()).await.unwrap();
-    presence_conformance::run_all(&store, "a").await;
+    let store = Arc::new(RedisPresenceStore::connect(endpoint.clone()).await.unwrap());
+    presence_conformance::run_all(&presence_conformance::SharedNodes(store.clone()), "a").await;
     let other = RedisPresenceStore::connect_with(
         endpoint,
         RedisPresenceOptions {
@@ -77,7 +77,7 @@ async fn presence_conformance_on_redis_cluster() {
     )
     .await
     .unwrap();
-    presence_conformance::run_all(&other, "a").await;
+    presence_conformance::run_all(&presence_conformance::SharedNodes(Arc::new(other)), "a").await;
     assert!(store.nodes().await.unwrap().is_empty(), "no node left");
     // Only the channels' sequence numbers stay (they expire), on whichever shard.
     let keys = cluster.all_keys();

@@ -882,13 +882,36 @@ mod tests {
         }
         assert!(err(&[("PRESENCE_DRIVER", "redis")]).contains("ADAPTER_DRIVER=local"));
         assert!(err(&[("DATABASE_URL", "postgres://u:p@h/db")]).contains("DATABASE_URL"));
+        let local_transport = err(&[("PRESENCE_DRIVER", "transport")]);
+        assert!(
+            local_transport.contains("ADAPTER_DRIVER=local") && local_transport.contains("broker"),
+            "{local_transport}"
+        );
         assert!(err(&[
             ("ADAPTER_DRIVER", "redis"),
-            ("PRESENCE_DRIVER", "transport")
+            ("PRESENCE_DRIVER", "zookeeper")
         ])
-        .contains("not available"));
+        .contains("not supported"));
+        if cfg!(feature = "redis") {
+            let s = load(&[
+                ("ADAPTER_DRIVER", "redis"),
+                ("PRESENCE_DRIVER", "transport"),
+            ])
+            .unwrap();
+            assert_eq!(effective_presence(&s), "transport");
+            let s = load(&[("ADAPTER_DRIVER", "redis")]).unwrap();
+            assert_eq!(
+                effective_presence(&s),
+                "redis",
+                "presence follows the Redis adapter"
+            );
+        }
         if cfg!(feature = "nats") {
-            assert!(err(&[("ADAPTER_DRIVER", "nats")]).contains("PRESENCE_DRIVER=redis"));
+            // Broker-only by default: presence replicated over NATS.
+            let s = load(&[("ADAPTER_DRIVER", "nats")]).unwrap();
+            assert_eq!(effective_presence(&s), "transport");
+            let s = load(&[("ADAPTER_DRIVER", "nats"), ("PRESENCE_DRIVER", "redis")]).unwrap();
+            assert_eq!(effective_presence(&s), "redis");
             assert!(err(&[
                 ("ADAPTER_DRIVER", "nats"),
                 ("PRESENCE_DRIVER", "redis"),

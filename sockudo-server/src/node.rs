@@ -363,9 +363,72 @@ impl NodeHandler for LocalHandler {
             rt.spawn(async move { node.announce_removed(removed).await });
         }
     }
+
+    fn replicated_member_events(&self, events: Vec<sockudo_core::adapter::ReplicatedMemberEvent>) {
+        let (announce, local): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.announce);
+        // Decided elsewhere: our subscribers get it here too (the origin's broadcast may
+        // have been missed by a subscription that started meanwhile); duplicates are
+        // dropped by the member order and each subscriber's view.
+        for e in &local {
+            if !e.channel.starts_with(crate::webhooks::OCCUPANCY_PREFIX) {
+                self.deliver(&member_broadcast(e));
+            }
+        }
+        if announce.is_empty() {
+            return;
+        }
+        let Some(node) = self.0.upgrade() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { node.announce_readded(announce).await });
+        }
+    }
+}
+
+/// The broadcast of a replicated store's member event.
+fn member_broadcast(m: &sockudo_core::adapter::ReplicatedMemberEvent) -> Broadcast {
+    use sockudo_core::adapter::MemberChange;
+    let info = m
+        .info
+        .as_deref()
+        .and_then(|s| serde_json::value::RawValue::from_string(s.to_owned()).ok());
+    let frame = |f: Family| match m.change {
+        MemberChange::Added => {
+            OutboundFrame::member_added(f, &m.channel, &m.user_id, info.as_deref())
+        }
+        MemberChange::Removed => OutboundFrame::member_removed(f, &m.channel, &m.user_id),
+    };
+    let mut msg = Broadcast::plain(&m.app_id, &m.channel, frame(Family::Pusher).into(), None);
+    msg.frame_v2 = Some(frame(Family::Sockudo).into());
+    msg.member = Some(MemberEvent {
+        user_id: Arc::from(m.user_id.as_str()),
+        seq: m.seq,
+        change: m.change,
+    });
+    msg
 }
 
 impl Node {
+    /// Tell every subscriber that these members are back: another node announced them
+    /// removed while this one still held them (replicated presence; see
+    /// [`sockudo_core::adapter::ReplicatedMemberEvent`]).
+    pub async fn announce_readded(&self, added: Vec<sockudo_core::adapter::ReplicatedMemberEvent>) {
+        for m in added {
+            if m.channel.starts_with(crate::webhooks::OCCUPANCY_PREFIX) {
+                continue; // an occupancy share is no member
+            }
+            if let Err(e) = self.adapter.publish(member_broadcast(&m)).await {
+                tracing::warn!(error = %e, channel = %m.channel, "member_added broadcast failed");
+            }
+            // webhooks: begin
+            if let Some(w) = self.installed_webhooks().await {
+                if let Ok(Some(app)) = self.apps.find_by_id(&m.app_id).await {
+                    w.member_added(&app, &m.channel, &m.user_id).await;
+                }
+            }
+            // webhooks: end
+        }
+    }
+
     /// Tell every subscriber that these members left (their last node went away).
     pub async fn announce_removed(&self, removed: Vec<RemovedMember>) {
         for m in removed {

@@ -83,7 +83,7 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
-        #[cfg(all(feature = "nats", feature = "redis"))]
+        #[cfg(feature = "nats")]
         "nats" => {
             let (adapter, stats) = nats_adapter(&settings).await?;
             cluster_stats = Some(stats);
@@ -129,18 +129,21 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
     Ok(node)
 }
 
-/// The Redis cluster adapter: pub/sub transport plus the shared presence store.
+/// The Redis cluster adapter: pub/sub transport plus presence (the shared store on the same
+/// Redis, or replicated over the transport with `PRESENCE_DRIVER=transport`).
 #[cfg(feature = "redis")]
 async fn redis_adapter(
     settings: &NodeSettings,
 ) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
     use sockudo_core::adapter::RedisTransport;
     let url = &settings.redis.url;
-    let transport = RedisTransport::connect(url)
-        .await
-        .map_err(adapter_error(url))?;
-    let presence = redis_presence(settings).await?;
-    cluster_adapter(settings, Arc::new(transport), presence, url).await
+    let transport = Arc::new(
+        RedisTransport::connect(url)
+            .await
+            .map_err(adapter_error(url))?,
+    );
+    let presence = presence_store(settings, &transport, url).await?;
+    cluster_adapter(settings, transport, presence, url).await
 }
 
 /// The Redis Cluster adapter: sharded pub/sub on the cluster plus the presence store the
@@ -152,16 +155,51 @@ async fn redis_cluster_adapter(
     use sockudo_core::adapter::RedisClusterTransport;
     let endpoint = settings.redis.endpoint("redis-cluster");
     let shown = endpoint.redacted();
-    let transport = RedisClusterTransport::connect(&settings.redis.cluster_urls())
-        .await
-        .map_err(adapter_error(&shown))?;
-    let presence = redis_presence(settings).await?;
-    cluster_adapter(settings, Arc::new(transport), presence, &shown).await
+    let transport = Arc::new(
+        RedisClusterTransport::connect(&settings.redis.cluster_urls())
+            .await
+            .map_err(adapter_error(&shown))?,
+    );
+    let presence = presence_store(settings, &transport, &shown).await?;
+    cluster_adapter(settings, transport, presence, &shown).await
 }
 
-/// The NATS cluster adapter: subjects on the configured servers, presence in the shared
-/// Redis (the only presence store of this version for it; checked by the config).
-#[cfg(all(feature = "nats", feature = "redis"))]
+/// The presence store the settings name (see `config::effective_presence`): the shared
+/// Redis store, or presence replicated over the cluster `transport`.
+#[cfg(any(feature = "redis", feature = "nats"))]
+async fn presence_store<T: sockudo_core::adapter::Transport>(
+    settings: &NodeSettings,
+    transport: &Arc<T>,
+    url: &str,
+) -> Result<Arc<dyn sockudo_core::adapter::PresenceStore>, BuildError> {
+    use sockudo_core::adapter::{TransportPresenceOptions, TransportPresenceStore};
+    match crate::config::effective_presence(settings) {
+        #[cfg(feature = "redis")]
+        "redis" | "redis-cluster" => redis_presence(settings).await,
+        "transport" => {
+            let opts = TransportPresenceOptions {
+                prefix: settings.cluster.prefix.clone(),
+                // The digest goes with the heartbeat; liveness is the cluster's.
+                sync_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
+                node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
+                ..TransportPresenceOptions::default()
+            };
+            let store =
+                TransportPresenceStore::start(settings.node_id.clone(), transport.clone(), opts)
+                    .await
+                    .map_err(adapter_error(url))?;
+            Ok(store)
+        }
+        other => Err(BuildError::Unsupported {
+            what: "presence",
+            driver: other.to_owned(),
+        }),
+    }
+}
+
+/// The NATS cluster adapter: subjects on the configured servers, presence replicated over
+/// NATS (the default) or in the shared Redis (`PRESENCE_DRIVER=redis`).
+#[cfg(feature = "nats")]
 async fn nats_adapter(
     settings: &NodeSettings,
 ) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
@@ -178,14 +216,16 @@ async fn nats_adapter(
         token: settings.nats.token.clone(),
         ..NatsTransportOptions::default()
     };
-    let transport = NatsTransport::connect(opts)
-        .await
-        .map_err(adapter_error(&shown))?;
-    let presence = redis_presence(settings).await?;
-    cluster_adapter(settings, Arc::new(transport), presence, &shown).await
+    let transport = Arc::new(
+        NatsTransport::connect(opts)
+            .await
+            .map_err(adapter_error(&shown))?,
+    );
+    let presence = presence_store(settings, &transport, &shown).await?;
+    cluster_adapter(settings, transport, presence, &shown).await
 }
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
     move |e| BuildError::Backend {
         what: "adapter",
@@ -220,7 +260,7 @@ async fn redis_presence(
 
 /// A [`ClusterAdapter`](sockudo_core::adapter::ClusterAdapter) over `transport`, with the
 /// node's cluster settings; its stats are exported as metrics.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
     settings: &NodeSettings,
     transport: Arc<T>,

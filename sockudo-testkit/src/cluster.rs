@@ -117,6 +117,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// With [`ClusterBuilder::nats`]: a broker-only cluster, no Redis at all. Presence is
+    /// replicated over NATS (`PRESENCE_DRIVER=transport`); cache and history stay in each node.
+    /// Call it after `nats`.
+    pub fn broker_only(mut self) -> Self {
+        self.redis = false;
+        self.redis_at = None;
+        self
+    }
+
     /// In-process or process nodes (default in-process).
     pub fn mode(mut self, mode: NodeMode) -> Self {
         self.mode = mode;
@@ -234,11 +243,17 @@ impl ClusterBuilder {
             if let Some(nats) = &nats {
                 settings.adapter.driver = "nats".into();
                 settings.presence.driver = if redis_cluster.is_some() {
-                    "redis-cluster".into()
+                    "redis-cluster"
+                } else if self.redis {
+                    "redis"
                 } else {
-                    "redis".into()
-                };
+                    "transport"
+                }
+                .into();
                 settings.nats.url = nats.urls_from(i % nats.len());
+                settings.cluster.heartbeat_interval_ms = 200;
+                settings.cluster.node_timeout_ms = 2000;
+                settings.cluster.request_timeout_ms = 1000;
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);

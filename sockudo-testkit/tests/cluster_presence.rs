@@ -484,3 +484,11 @@ on_every_backend!(
     rejoin_while_the_last_connection_leaves,
     concurrent_observer_joins_with_churn_never_double_join,
 );
+
+// The same scenarios with presence replicated over the broker instead of the shared store.
+on_broker_only!(
+    join_leave_storm_leaves_one_consistent_member_list,
+    subscription_succeeded_lists_members_on_other_nodes,
+    rejoin_while_the_last_connection_leaves,
+    concurrent_observer_joins_with_churn_never_double_join,
+);

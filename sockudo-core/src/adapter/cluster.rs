@@ -63,7 +63,8 @@
 //! queries stop waiting for it) and its presence contributions are swept from the shared
 //! store; the removals the sweep reports go to this node's [`NodeHandler::members_removed`].
 //! Several survivors may sweep the same node: the store reports each removal to exactly one
-//! sweep, so each `member_removed` is announced once. A failed sweep is retried every tick
+//! sweep (a replicated store: to the smallest live survivor), so each `member_removed` is
+//! announced once. A failed sweep is retried every tick
 //! until it succeeds or the node shows up again.
 //!
 //! Safeguards:
@@ -465,6 +466,7 @@ impl<T: Transport> ClusterAdapter<T> {
 
 impl<T: Transport> Inner<T> {
     fn abort_tasks(&self) {
+        self.presence.stop(false);
         self.interests.abort_all();
         for t in self.tasks.lock().drain(..) {
             t.abort();
@@ -578,7 +580,7 @@ impl<T: Transport> Inner<T> {
         tracing::debug!(node = %self.node_id, topic, error = %e, "dropping malformed cluster message");
     }
 
-    fn on_broadcast(&self, msg: &Bytes) {
+    fn on_broadcast(self: &Arc<Self>, msg: &Bytes) {
         bump(&self.counters.received_messages);
         self.counters
             .received_bytes
@@ -629,6 +631,26 @@ impl<T: Transport> Inner<T> {
                 _ => None,
             },
         };
+        if let Some(m) = &b.member {
+            if !self.presence.reflects(&h.origin, m.seq) {
+                // A replicated presence store has not applied this decision yet: a
+                // subscriber's snapshot taken now would not list it, while the event would
+                // be filtered as already in it. Hold it until the store caught up (bounded).
+                let me = self.clone();
+                let origin = h.origin.into_owned();
+                self.runtime.spawn(async move {
+                    let deadline = Instant::now() + me.opts.heartbeat_interval * 3;
+                    while Instant::now() < deadline && !me.presence.reflects(&origin, m_seq(&b)) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if let Some(handler) = me.handler() {
+                        bump(&me.counters.received);
+                        handler.deliver(&b);
+                    }
+                });
+                return;
+            }
+        }
         if let Some(handler) = self.handler() {
             bump(&self.counters.received);
             handler.deliver(&b);
@@ -922,6 +944,10 @@ impl<T: Transport> Inner<T> {
     }
 }
 
+fn m_seq(b: &Broadcast) -> u64 {
+    b.member.as_ref().map_or(0, |m| m.seq)
+}
+
 /// Feed one stream to one callback until it ends.
 fn consume<T, F>(inner: &Arc<Inner<T>>, mut stream: TransportStream, f: F) -> JoinHandle<()>
 where
@@ -965,6 +991,18 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         tasks.push(consume(inner, streams.requests, |i, m| i.on_request(m)));
         tasks.push(consume(inner, streams.responses, |i, m| i.on_response(m)));
         tasks.push(consume(inner, streams.heartbeat, |i, m| i.on_heartbeat(m)));
+        if let Some(mut rx) = inner.presence.member_events() {
+            let h = handler.clone();
+            tasks.push(inner.runtime.spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    h.replicated_member_events(batch);
+                }
+            }));
+        }
         drop(tasks);
         *inner.heartbeat_task.lock() = Some(inner.runtime.spawn(inner.clone().heartbeat_loop()));
         let stale = std::mem::take(&mut *inner.stale.lock());
@@ -1196,6 +1234,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
             return Ok(Vec::new());
         }
         let removed = inner.presence.sweep_node(&inner.node_id).await?;
+        inner.presence.stop(true);
         let bye = inner.heartbeat_message(Kind::Leaving)?;
         if let Err(e) = inner.send(&inner.topics.heartbeat, bye).await {
             tracing::warn!(node = %inner.node_id, error = %e, "could not announce leaving; peers will time this node out");

@@ -9,8 +9,10 @@
 //! [`LocalAdapter`] is the single-node default. The cluster adapter is [`ClusterAdapter`] over
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
-//! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
-//! (presence then lives in a shared store such as Redis).
+//! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`.
+//! Presence lives in a shared store (`RedisPresenceStore`) or is replicated over the transport
+//! itself ([`TransportPresenceStore`], for broker-only deployments); both honour the
+//! [`PresenceStore`] contract and its conformance suite.
 
 mod cluster;
 mod envelope;
@@ -28,6 +30,7 @@ mod redis_presence;
 #[cfg(feature = "redis")]
 mod redis_transport;
 mod transport;
+mod transport_presence;
 mod twin;
 mod types;
 
@@ -48,6 +51,9 @@ pub use redis_presence::{RedisPresenceOptions, RedisPresenceStore};
 #[cfg(feature = "redis")]
 pub use redis_transport::{RedisTransport, RedisTransportOptions};
 pub use transport::{Transport, TransportCapabilities, TransportStream};
+pub use transport_presence::{
+    TransportPresenceOptions, TransportPresenceStats, TransportPresenceStore,
+};
 pub use types::*;
 
 /// What a node exposes to its adapter.
@@ -65,6 +71,13 @@ pub trait NodeHandler: Send + Sync + 'static {
     /// Presence members whose last connection was on a node that died (or left): the node
     /// that swept them announces `member_removed` to subscribers.
     fn members_removed(&self, removed: Vec<RemovedMember>);
+
+    /// Member events of a replicated presence store (see [`ReplicatedMemberEvent`]):
+    /// announce those marked `announce` cluster-wide, deliver the others to local
+    /// subscribers only. The default ignores them.
+    fn replicated_member_events(&self, events: Vec<ReplicatedMemberEvent>) {
+        let _ = events;
+    }
 }
 
 /// Cross-node fanout, cluster queries and presence.
@@ -77,7 +90,8 @@ pub trait NodeHandler: Send + Sync + 'static {
 /// - `control` reaches every live node's handler, including this one.
 /// - `query` aggregates the answers of every live node (this one included); when a node does
 ///   not answer within the adapter's timeout the query fails rather than under-counting.
-/// - Presence methods are atomic in the shared store; see [`PresenceStore`].
+/// - Presence methods are atomic in the shared store, or on this node's replica with
+///   presence replicated over the transport; see [`PresenceStore`].
 #[async_trait]
 pub trait Adapter: Send + Sync + 'static {
     /// Register this node's handler; called once at start, before anything else.

@@ -38,6 +38,13 @@ use super::{
 ///   (`PresenceSnapshot::seq`, `PresenceJoinOutcome::snapshot_seq`): every event numbered at
 ///   or below it is in the snapshot, every event above it is not. A subscriber filters the
 ///   member events it receives against that number (see the node's presence view).
+///
+/// A *replicated* store ([`super::TransportPresenceStore`]) makes each of these one atomic
+/// step on the calling node's replica instead of in one shared place: the rules hold for the
+/// steps of each node, and across nodes once replication caught up (about one round trip).
+/// Its snapshot numbers are conservative (every change not in a snapshot is numbered above
+/// it; some above it may be in it) and the numbers of different nodes come from hybrid
+/// clocks (causally ordered). Its module docs say what clients see of the races that remain.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     async fn join(
@@ -66,6 +73,32 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// live inside one process and die with it.
     async fn nodes(&self) -> Result<Vec<String>, AdapterError> {
         Ok(Vec::new())
+    }
+
+    /// This node stops serving presence: it left the cluster (`goodbye`, after withdrawing
+    /// its contributions with `sweep_node`) or it halts like a crash (`!goodbye`, tests).
+    /// Called by the cluster adapter; a store with background work (the replicated one)
+    /// stops it here. The default does nothing.
+    fn stop(&self, goodbye: bool) {
+        let _ = goodbye;
+    }
+
+    /// Whether this node's view already reflects a member event numbered `seq` that node
+    /// `origin` decided. A shared store always does (the decision was made in it); a
+    /// replicated one does once it applied `origin`'s change. The cluster adapter holds a
+    /// member broadcast back (boundedly) until it does, so a subscriber's snapshot and the
+    /// events it then receives agree.
+    fn reflects(&self, origin: &str, seq: u64) -> bool {
+        let _ = (origin, seq);
+        true
+    }
+
+    /// Member events a replicated store hands to its node (see
+    /// [`super::ReplicatedMemberEvent`]), taken once by the cluster adapter. Default: none.
+    fn member_events(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<super::ReplicatedMemberEvent>> {
+        None
     }
 }
 
@@ -232,9 +265,127 @@ impl PresenceStore for MemoryPresenceStore {
 }
 
 /// The executable form of the [`PresenceStore`] contract, run against every implementation.
+///
+/// The suite talks to the store *as several nodes* through [`Nodes`]: a shared store is the
+/// same store for every node id ([`SharedNodes`]); a replicated one is one instance per node
+/// id on a shared transport ([`ReplicatedNodes`]). Between steps made on different nodes the
+/// suite calls [`Nodes::settle`] (replication is eventual); every assertion holds for both.
 #[doc(hidden)]
 pub mod conformance {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::adapter::{Transport, TransportPresenceOptions, TransportPresenceStore};
+
+    /// The store as a set of nodes sees it.
+    #[async_trait]
+    pub trait Nodes: Send + Sync {
+        /// The store node `node` uses (created on first use).
+        async fn store(&self, node: &str) -> Arc<dyn PresenceStore>;
+        /// `node` dies (a crash: its contributions stay until swept). Nothing to do for a
+        /// shared store.
+        async fn crash(&self, node: &str);
+        /// Wait until every live node's view reflects every change made so far.
+        async fn settle(&self);
+    }
+
+    /// One shared store for every node id.
+    #[allow(missing_debug_implementations)]
+    pub struct SharedNodes(pub Arc<dyn PresenceStore>);
+
+    #[async_trait]
+    impl Nodes for SharedNodes {
+        async fn store(&self, _node: &str) -> Arc<dyn PresenceStore> {
+            self.0.clone()
+        }
+        async fn crash(&self, _node: &str) {}
+        async fn settle(&self) {}
+    }
+
+    /// One [`TransportPresenceStore`] per node id over transports made by `transport`.
+    #[allow(missing_debug_implementations)]
+    pub struct ReplicatedNodes<T: Transport> {
+        transport: Box<dyn Fn() -> Arc<T> + Send + Sync>,
+        opts: TransportPresenceOptions,
+        stores: Mutex<BTreeMap<String, Arc<TransportPresenceStore>>>,
+    }
+
+    impl<T: Transport> ReplicatedNodes<T> {
+        /// Fast timings and a fresh topic prefix; `transport` gives each node its handle.
+        pub fn new(transport: impl Fn() -> Arc<T> + Send + Sync + 'static) -> Self {
+            ReplicatedNodes {
+                transport: Box::new(transport),
+                opts: TransportPresenceOptions {
+                    prefix: format!("conf{:08x}", rand::random::<u32>()),
+                    sync_interval: Duration::from_millis(100),
+                    node_timeout: Duration::from_secs(2),
+                    sync_wait: Duration::from_millis(200),
+                    ..TransportPresenceOptions::default()
+                },
+                stores: Mutex::new(BTreeMap::new()),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl<T: Transport> Nodes for ReplicatedNodes<T> {
+        async fn store(&self, node: &str) -> Arc<dyn PresenceStore> {
+            if let Some(s) = self.stores.lock().get(node) {
+                return s.clone();
+            }
+            let s = TransportPresenceStore::start(node, (self.transport)(), self.opts.clone())
+                .await
+                .unwrap_or_else(|e| panic!("start {node}: {e}"));
+            self.stores.lock().insert(node.to_owned(), s.clone());
+            s
+        }
+        async fn crash(&self, node: &str) {
+            if let Some(s) = self.stores.lock().remove(node) {
+                s.stop(false);
+            }
+        }
+        async fn settle(&self) {
+            let stores: Vec<_> = self.stores.lock().values().cloned().collect();
+            settle(&stores).await;
+        }
+    }
+
+    /// Wait until the running stores agree on everything and each one's snapshot number
+    /// covers every number issued so far (panics after 10 s).
+    pub async fn settle(stores: &[Arc<TransportPresenceStore>]) {
+        let stores: Vec<_> = stores.iter().filter(|s| s.is_running()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let target = stores.iter().map(|s| s.clock()).max().unwrap_or(0);
+        loop {
+            let mut digests = stores.iter().map(|s| s.view_digest());
+            let first = digests.next();
+            let agree = digests.all(|d| Some(d) == first);
+            let mut covered = true;
+            for s in &stores {
+                let snap = s.members("app", "settle-probe").await;
+                covered &= snap.map(|m| m.seq >= target).unwrap_or(false);
+            }
+            if agree && covered {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut seen = Vec::new();
+                for s in &stores {
+                    let snap = s.members("app", "settle-probe").await.map(|m| m.seq);
+                    seen.push(format!(
+                        "{s:?}: view {:x} snapshot {snap:?} {:?}",
+                        s.view_digest(),
+                        s.stats()
+                    ));
+                }
+                panic!(
+                    "replicated presence did not converge within 10 s (target {target}): {seen:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     fn join<'a>(channel: &'a str, user: &'a str, max: usize) -> PresenceJoin<'a> {
         PresenceJoin {
@@ -248,9 +399,14 @@ pub mod conformance {
 
     /// Run every check; panics with a message naming the broken rule. `ns` keeps runs on a
     /// shared store apart.
-    pub async fn run_all(store: &dyn PresenceStore, ns: &str) {
+    pub async fn run_all(nodes: &dyn Nodes, ns: &str) {
         let ch = format!("presence-{ns}-a");
-        let (n1, n2) = (format!("{ns}-n1"), format!("{ns}-n2"));
+        let (n1, n2, n3) = (format!("{ns}-n1"), format!("{ns}-n2"), format!("{ns}-n3"));
+        let (s1, s2, s3) = (
+            nodes.store(&n1).await,
+            nodes.store(&n2).await,
+            nodes.store(&n3).await,
+        );
         // Every number the channel hands out must be above the previous one.
         let mut last = 0u64;
         let mut taken = |seq: u64, what: &str| {
@@ -260,7 +416,7 @@ pub mod conformance {
             );
             last = seq;
         };
-        let o = store
+        let o = s1
             .join(&n1, join(&ch, "u1", 10))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
@@ -274,20 +430,23 @@ pub mod conformance {
         );
         taken(o.seq, "first join");
         let first_seq = o.seq;
-        assert_eq!(
-            o.snapshot_seq, o.seq,
-            "a first join's snapshot reflects the join itself"
+        assert!(
+            o.snapshot_seq <= o.seq,
+            "a snapshot never claims a change made after it"
         );
-        let snap = store
-            .members("app", &ch)
-            .await
-            .unwrap_or_else(|e| panic!("members: {e}"));
-        assert_eq!(
-            (snap.members.len(), snap.seq),
-            (1, o.seq),
-            "a snapshot carries the number of the last change it reflects"
-        );
-        let o = store
+        nodes.settle().await;
+        for s in [&s1, &s2] {
+            let snap = s
+                .members("app", &ch)
+                .await
+                .unwrap_or_else(|e| panic!("members: {e}"));
+            assert_eq!(snap.members.len(), 1, "every node sees the member");
+            assert!(
+                snap.seq >= o.seq,
+                "a settled snapshot carries a number covering the changes it reflects"
+            );
+        }
+        let o = s1
             .join(&n1, join(&ch, "u1", 10))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
@@ -295,7 +454,7 @@ pub mod conformance {
             !o.first && o.seq == 0,
             "repeated join by the same node is not first and takes no number"
         );
-        let o = store
+        let o = s2
             .join(&n2, join(&ch, "u1", 10))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
@@ -303,16 +462,22 @@ pub mod conformance {
             !o.first && o.seq == 0,
             "second node's join is not first and takes no number"
         );
-        assert_eq!(
-            o.snapshot_seq, first_seq,
-            "a join that changes nothing reports the current number with its snapshot"
+        assert!(
+            o.snapshot_seq >= first_seq,
+            "a join that changes nothing reports a number covering its snapshot"
         );
-        let o = store
+        let o = s2
             .join(&n2, join(&ch, "u2", 10))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
         taken(o.seq, "another user's first join");
-        let l = store
+        nodes.settle().await;
+        // Whatever a snapshot does not reflect is numbered above it.
+        let before = s3
+            .members("app", &ch)
+            .await
+            .unwrap_or_else(|e| panic!("members: {e}"));
+        let l = s1
             .leave(&n1, "app", &ch, "u1")
             .await
             .unwrap_or_else(|e| panic!("leave: {e}"));
@@ -324,13 +489,18 @@ pub mod conformance {
             },
             "another node still holds u1"
         );
-        let l = store
+        nodes.settle().await;
+        let l = s2
             .leave(&n2, "app", &ch, "u1")
             .await
             .unwrap_or_else(|e| panic!("leave: {e}"));
         assert!(l.gone, "last node leaving removes u1");
+        assert!(
+            l.seq > before.seq,
+            "a change not in a snapshot is numbered above it"
+        );
         taken(l.seq, "removal");
-        let l = store
+        let l = s2
             .leave(&n2, "app", &ch, "u1")
             .await
             .unwrap_or_else(|e| panic!("leave: {e}"));
@@ -342,20 +512,23 @@ pub mod conformance {
             },
             "leaving twice is not a second removal"
         );
-        let l = store
+        let l = s2
             .leave(&n2, "app", &ch, "u2")
             .await
             .unwrap_or_else(|e| panic!("leave: {e}"));
         assert!(l.gone);
         taken(l.seq, "removal of the channel's last member");
-        assert!(store
-            .members("app", &ch)
-            .await
-            .unwrap_or_else(|e| panic!("members: {e}"))
-            .members
-            .is_empty());
+        nodes.settle().await;
+        for s in [&s1, &s2, &s3] {
+            assert!(s
+                .members("app", &ch)
+                .await
+                .unwrap_or_else(|e| panic!("members: {e}"))
+                .members
+                .is_empty());
+        }
         // The channel became empty: its sequence must go on, not restart.
-        let o = store
+        let o = s1
             .join(&n1, join(&ch, "u1", 10))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
@@ -365,8 +538,9 @@ pub mod conformance {
         // The cap counts distinct users and refuses without recording.
         let capped = format!("presence-{ns}-cap");
         let mut last_capped = 0u64;
-        for (node, user) in [(&n1, "a"), (&n2, "b")] {
-            let o = store
+        for (s, node, user) in [(&s1, &n1, "a"), (&s2, &n2, "b")] {
+            nodes.settle().await;
+            let o = s
                 .join(node, join(&capped, user, 2))
                 .await
                 .unwrap_or_else(|e| panic!("join: {e}"));
@@ -376,15 +550,15 @@ pub mod conformance {
             );
             last_capped = o.seq;
         }
+        nodes.settle().await;
         assert!(
-            store
-                .join(&n2, join(&capped, "a", 2))
+            s2.join(&n2, join(&capped, "a", 2))
                 .await
                 .map(|o| !o.full && !o.first)
                 .unwrap_or(false),
             "existing user joins a full channel"
         );
-        let o = store
+        let o = s1
             .join(&n1, join(&capped, "c", 2))
             .await
             .unwrap_or_else(|e| panic!("join: {e}"));
@@ -393,19 +567,25 @@ pub mod conformance {
             "a new user beyond the cap is refused without a number"
         );
         assert_eq!(
-            store
-                .members("app", &capped)
+            s1.members("app", &capped)
                 .await
                 .map(|m| m.members.len())
                 .unwrap_or(0),
             2
         );
 
-        // Sweeping a node removes exactly the members only it held, once.
-        let removed = store
-            .sweep_node(&n1)
-            .await
-            .unwrap_or_else(|e| panic!("sweep: {e}"));
+        // Sweeping a dead node removes exactly the members only it held, each reported by
+        // exactly one of the survivors' sweeps.
+        nodes.settle().await;
+        nodes.crash(&n1).await;
+        let mut removed = Vec::new();
+        for s in [&s2, &s3] {
+            removed.extend(
+                s.sweep_node(&n1)
+                    .await
+                    .unwrap_or_else(|e| panic!("sweep: {e}")),
+            );
+        }
         let (in_a, removed): (Vec<_>, Vec<_>) = removed.into_iter().partition(|r| r.channel == ch);
         assert_eq!(
             removed,
@@ -415,10 +595,12 @@ pub mod conformance {
         assert_eq!(
             in_a.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>(),
             vec!["u1"],
-            "n1 alone held u1 in {ch}"
+            "n1 alone held u1 in {ch}; reported once across the survivors"
         );
         taken(in_a[0].seq, "swept removal");
-        let mut removed = store
+        nodes.settle().await;
+        nodes.crash(&n2).await;
+        let mut removed = s3
             .sweep_node(&n2)
             .await
             .unwrap_or_else(|e| panic!("sweep: {e}"));
@@ -435,14 +617,13 @@ pub mod conformance {
             "swept removals take distinct numbers after the joins: {seqs:?} after {last_capped}"
         );
         assert!(
-            store
-                .sweep_node(&n2)
+            s3.sweep_node(&n2)
                 .await
                 .unwrap_or_else(|e| panic!("sweep: {e}"))
                 .is_empty(),
             "a second sweep reports nothing"
         );
-        assert!(store
+        assert!(s3
             .members("app", &capped)
             .await
             .unwrap_or_else(|e| panic!("members: {e}"))
@@ -453,10 +634,24 @@ pub mod conformance {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::adapter::MemoryTransport;
 
     #[tokio::test]
     async fn memory_store_honours_the_contract() {
-        conformance::run_all(&MemoryPresenceStore::new(), "t").await;
+        conformance::run_all(
+            &conformance::SharedNodes(Arc::new(MemoryPresenceStore::new())),
+            "t",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicated_store_honours_the_contract_over_memory_transport() {
+        let hub = MemoryTransport::new();
+        let nodes = conformance::ReplicatedNodes::new(move || Arc::new(hub.node()));
+        conformance::run_all(&nodes, "t").await;
     }
 }

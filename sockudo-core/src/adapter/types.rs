@@ -211,6 +211,30 @@ pub struct RemovedMember {
     pub seq: u64,
 }
 
+/// A member event a replicated presence store hands to its node (presence replicated over
+/// the transport; a shared store has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedMemberEvent {
+    /// The app.
+    pub app_id: String,
+    /// The presence channel.
+    pub channel: String,
+    /// The member.
+    pub user_id: String,
+    /// Its `user_info` JSON text (additions).
+    pub info: Option<String>,
+    /// The channel's presence sequence number of the decision.
+    pub seq: u64,
+    /// Addition or removal.
+    pub change: MemberChange,
+    /// `true`: this node decided it (a member another node announced as removed while this
+    /// node still held it: a leave racing a join of the same user elsewhere) and announces it
+    /// cluster-wide, webhooks included. `false`: another node decided it and announces it;
+    /// this node only delivers it to its own subscribers, so a subscription that started
+    /// while the origin's broadcast was on its way (and missed it) still gets it.
+    pub announce: bool,
+}
+
 /// Why the adapter could not do what was asked.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum AdapterError {

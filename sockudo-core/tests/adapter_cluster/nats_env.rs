@@ -34,12 +34,26 @@ impl Env for NatsEnv {
     async fn transport(&self) -> Arc<NatsTransport> {
         Arc::new(NatsTransport::connect(self.options()).await.unwrap())
     }
-    fn presence(&self) -> Arc<dyn PresenceStore> {
+    async fn presence(
+        &self,
+        _id: &str,
+        _t: &Arc<NatsTransport>,
+        _o: &ClusterOptions,
+    ) -> Arc<dyn PresenceStore> {
         self.presence.clone()
     }
 }
 
 scenarios!(NatsEnv::new().await);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_presence_conformance_over_nats() {
+    use sockudo_core::adapter::presence::conformance;
+    let env = NatsEnv::new().await;
+    let t = env.transport().await;
+    let nodes = conformance::ReplicatedNodes::new(move || t.clone());
+    conformance::run_all(&nodes, "nats").await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connect_fails_when_no_server_answers() {

@@ -43,7 +43,12 @@ impl Env for RedisClusterEnv {
                 .unwrap(),
         )
     }
-    fn presence(&self) -> Arc<dyn PresenceStore> {
+    async fn presence(
+        &self,
+        _id: &str,
+        _t: &Arc<RedisClusterTransport>,
+        _o: &ClusterOptions,
+    ) -> Arc<dyn PresenceStore> {
         self.presence.clone()
     }
 }

@@ -118,8 +118,10 @@ impl RedisSection {
     }
 }
 
-/// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`). Empty: follows the
-/// adapter (the shared Redis for `redis`).
+/// `[presence]`: where cluster presence lives (`PRESENCE_DRIVER`): `redis` / `redis-cluster`
+/// (the shared store on `REDIS_URL` / `REDIS_CLUSTER_NODES`) or `transport` (replicated over
+/// the cluster adapter's broker). Empty: follows the adapter (`redis` for
+/// `ADAPTER_DRIVER=redis`, `redis-cluster` for `redis-cluster`, `transport` for `nats`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceSection {
@@ -166,12 +168,15 @@ pub(super) fn adapters() -> Vec<&'static str> {
 }
 
 /// The presence store in force: `local` (in the node), `redis` or `redis-cluster` (shared
-/// store).
+/// store) or `transport` (replicated over the adapter's broker). Without `PRESENCE_DRIVER` it
+/// follows the adapter: the Redis adapters keep presence in their Redis, the NATS adapter (a
+/// broker-only deployment) replicates it over NATS.
 pub fn effective_presence(s: &NodeSettings) -> &str {
     match (s.adapter.driver.as_str(), s.presence.driver.as_str()) {
         ("local", _) => "local",
         ("redis", "") => "redis",
         ("redis-cluster", "") => "redis-cluster",
+        ("nats", "") => "transport",
         (_, p) => p,
     }
 }
@@ -228,6 +233,14 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
     let adapter = s.adapter.driver.as_str();
     match (adapter, s.presence.driver.as_str()) {
         (_, "") => {}
+        ("local", "transport") => {
+            return bad(
+                "PRESENCE_DRIVER=transport replicates presence over the cluster \
+                 adapter's broker, and ADAPTER_DRIVER=local has none: set ADAPTER_DRIVER=nats \
+                 or redis, or unset PRESENCE_DRIVER (a single node keeps presence in itself)"
+                    .into(),
+            )
+        }
         ("local", p) => {
             return bad(format!(
                 "PRESENCE_DRIVER={p:?} needs a cluster adapter; with ADAPTER_DRIVER=local presence \
@@ -235,13 +248,7 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
             ))
         }
         (_, "redis" | "redis-cluster") if cfg!(feature = "redis") => {}
-        (_, "transport") => {
-            return bad(
-                "PRESENCE_DRIVER=transport (presence replicated over the adapter) is not \
-                 available in this version; use PRESENCE_DRIVER=redis with REDIS_URL"
-                    .into(),
-            )
-        }
+        (_, "transport") => {}
         (_, p) => {
             return bad(format!(
                 "PRESENCE_DRIVER={p:?} is not supported by this build"
@@ -259,13 +266,6 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
     }
     validate_redis_cluster(s)?;
     if adapter == "nats" {
-        if !matches!(effective_presence(s), "redis" | "redis-cluster") {
-            return bad("ADAPTER_DRIVER=nats needs a shared presence store: set \
-                 PRESENCE_DRIVER=redis (and REDIS_URL) or redis-cluster (and \
-                 REDIS_CLUSTER_NODES); presence replicated over NATS is not available in this \
-                 version"
-                .into());
-        }
         if s.nats.servers().is_empty() {
             return bad("NATS_URL names no server".into());
         }

@@ -68,6 +68,36 @@ pub async fn redis_cluster_backend(n: usize) -> Cluster {
     cluster
 }
 
+/// A cluster of `n` in-process nodes on a 3-server NATS cluster with no Redis at all
+/// (presence replicated over NATS), formed (see [`wait_formed`]).
+pub async fn broker_only_cluster(n: usize) -> Cluster {
+    let cluster = Cluster::builder()
+        .nodes(n)
+        .nats(3)
+        .broker_only()
+        .build()
+        .await
+        .unwrap();
+    wait_formed(&cluster).await;
+    cluster
+}
+
+/// Define each scenario as one more test, `broker_only::name`, on a formed 3-node NATS
+/// cluster without Redis (presence replicated over NATS; see [`broker_only_cluster`]).
+#[macro_export]
+macro_rules! on_broker_only {
+    ($($name:ident),* $(,)?) => {
+        mod broker_only {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::cluster_support::broker_only_cluster(3).await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Define each scenario `async fn name(cluster: Cluster)` as three tests, `redis::name`,
 /// `nats::name` and `redis_cluster::name`, on a formed 3-node cluster of that backend: one
 /// suite, unchanged, per transport.
