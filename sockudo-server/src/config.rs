@@ -77,6 +77,7 @@ pub const ENV_VARS: &[&str] = &[
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
     "RESUME_GRACE_MS",
+    "RESUME_MAX_REPLAY_BYTES",
     "RESUME_PENDING_SECS",
     "SHUTDOWN_GRACE_PERIOD",
     "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
@@ -221,6 +222,9 @@ pub struct NodeSettings {
     /// V2: how long (seconds) a resume position for a channel the connection has not
     /// subscribed yet is kept for that subscribe; then the channel gets `resume_failed`.
     pub resume_pending_secs: u64,
+    /// V2: most bytes one `sockudo:resume` may replay over all its channels; a channel whose
+    /// replay would go over fails with `position_expired`.
+    pub resume_max_replay_bytes: usize,
     /// V2: how long (milliseconds) a node waits for the missing serials of a live gap to
     /// arrive before it fetches them from the history store.
     pub live_gap_wait_ms: u64,
@@ -291,6 +295,7 @@ impl Default for NodeSettings {
             history_timeout_ms: 3000,
             resume_grace_ms: 250,
             resume_pending_secs: 30,
+            resume_max_replay_bytes: 8 * 1024 * 1024,
             live_gap_wait_ms: 500,
             message_dedup_secs: 120,
             message_dedup_capacity: 100_000,
@@ -522,6 +527,12 @@ impl NodeSettings {
             "RESUME_PENDING_SECS",
             seconds,
             &mut self.resume_pending_secs,
+        )?;
+        num_env(
+            &get,
+            "RESUME_MAX_REPLAY_BYTES",
+            count,
+            &mut self.resume_max_replay_bytes,
         )?;
         num_env(
             &get,

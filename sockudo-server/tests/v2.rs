@@ -544,3 +544,64 @@ async fn a_live_gap_history_cannot_fill_is_announced_before_what_follows() {
         "told first, then what follows"
     );
 }
+
+/// A resume bomb: positions far behind on several channels. What one resume replays is
+/// bounded in bytes; the channels beyond the budget fail closed with `position_expired`
+/// (reason naming the limit), the ones within it are replayed in full, and the connection
+/// keeps working.
+#[tokio::test]
+async fn a_resume_replays_at_most_its_byte_budget() {
+    let mut s = settings(vec![test_app()]);
+    s.resume_max_replay_bytes = 15_000;
+    let node = TestNode::start(s).await;
+    let mut b = v2_client(&node).await;
+    let mut positions = serde_json::Map::new();
+    for ch in ["bomb-a", "bomb-b", "bomb-c"] {
+        let sub = v2_subscribe(&mut b, ch).await;
+        positions.insert(
+            ch.to_owned(),
+            json!({"serial": 0, "stream_id": sub["data"]["stream_id"]}),
+        );
+    }
+    let big = "x".repeat(1_000);
+    for ch in ["bomb-a", "bomb-b", "bomb-c"] {
+        for _ in 0..10 {
+            publish(&node, ch, &big, None).await;
+        }
+    }
+    // Drain the live copies; the resume below replays from serial 0.
+    for _ in 0..30 {
+        b.recv_event("ev", WAIT).await;
+    }
+    b.send_json(&json!({"event": "sockudo:resume", "data": {"channel_positions": positions}}))
+        .await;
+    let mut replayed = 0;
+    let mut failed = Vec::new();
+    let success = loop {
+        match b.next_frame(WAIT).await {
+            Ok(Some(v)) if v["event"] == "ev" => replayed += 1,
+            Ok(Some(v)) if v["event"] == "sockudo:resume_failed" => failed.push(v),
+            Ok(Some(v)) if v["event"] == "sockudo:resume_success" => break v,
+            Ok(Some(_)) => continue,
+            other => panic!("no resume outcome: {other:?}"),
+        }
+    };
+    assert_eq!(replayed, 10, "one channel's replay fits the budget");
+    assert_eq!(
+        success["data"]["recovered"][0]["channel"], "bomb-a",
+        "{success}"
+    );
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for f in &failed {
+        assert_eq!(f["data"]["code"], "position_expired", "{f}");
+        assert!(
+            f["data"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("RESUME_MAX_REPLAY_BYTES"),
+            "{f}"
+        );
+    }
+    publish(&node, "bomb-c", "after", None).await;
+    assert_eq!(b.recv_event("ev", WAIT).await["data"], "after");
+}

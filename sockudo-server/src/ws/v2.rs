@@ -147,6 +147,9 @@ pub async fn plan_resume(
     let mut plan = ResumePlan::default();
     let mut recovered = Vec::new();
     let mut failed = Vec::new();
+    // What one resume may replay in all, over its channels (a client far behind on many
+    // channels must not make the node build an unbounded replay in memory).
+    let mut budget = node.settings.resume_max_replay_bytes;
     positions.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, pos) in positions {
         let no_stream = pos.stream_id.is_none();
@@ -184,8 +187,9 @@ pub async fn plan_resume(
         };
         // Hold first: anything published from here on waits behind the replay.
         let live = conn.hold(&channel);
-        let outcome =
-            resume_channel(node, ns, &app_id, &channel, &client, live.map(|l| l.first)).await;
+        let outcome = resume_channel(node, ns, &app_id, &channel, &client, live.map(|l| l.first))
+            .await
+            .and_then(|ok| within_budget(ok, &mut budget, node.settings.resume_max_replay_bytes));
         match outcome {
             Ok((source, replay, upto)) => {
                 let last_message_id = replay_last_id(&replay);
@@ -231,6 +235,32 @@ pub async fn plan_resume(
         &data.to_string(),
     ));
     plan
+}
+
+/// A recovered channel's replay, charged to the resume's byte budget; over it, the channel
+/// fails like an expired position (the client must start over from the current state).
+fn within_budget(
+    ok: (Tier, Vec<Utf8Bytes>, u64),
+    budget: &mut usize,
+    limit: usize,
+) -> Result<(Tier, Vec<Utf8Bytes>, u64), Failure> {
+    let bytes: usize = ok.1.iter().map(|f| f.len()).sum();
+    if bytes > *budget {
+        metrics::counter!(crate::metrics::LIMIT_REJECTIONS, "limit" => "resume_replay_bytes")
+            .increment(1);
+        return Err((
+            FailureCode::PositionExpired,
+            format!(
+                "the replay would exceed this node's limit of {limit} bytes per resume \
+                 (RESUME_MAX_REPLAY_BYTES)"
+            ),
+            None,
+            None,
+            None,
+        ));
+    }
+    *budget -= bytes;
+    Ok(ok)
 }
 
 fn replay_last_id(replay: &[Utf8Bytes]) -> Option<String> {
