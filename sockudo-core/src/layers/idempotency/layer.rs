@@ -18,6 +18,8 @@ pub const DEFAULT_IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 pub const DEFAULT_PENDING_LEASE: Duration = Duration::from_secs(10);
 /// Default [`IdempotencyLayer::poll_interval`]: 50 ms.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Default largest keyed response read for storage.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default prefix of request records.
 pub const DEFAULT_KEY_PREFIX: &str = "sockudo:idem:";
 
@@ -29,6 +31,7 @@ pub(crate) struct Shared {
     pub(crate) in_flight_wait: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_response_bytes: usize,
     pub(crate) key_prefix: Arc<str>,
 }
 
@@ -41,6 +44,7 @@ impl Clone for Shared {
             in_flight_wait: self.in_flight_wait,
             poll_interval: self.poll_interval,
             max_body_bytes: self.max_body_bytes,
+            max_response_bytes: self.max_response_bytes,
             key_prefix: Arc::clone(&self.key_prefix),
         }
     }
@@ -54,6 +58,7 @@ impl fmt::Debug for Shared {
             .field("in_flight_wait", &self.in_flight_wait)
             .field("poll_interval", &self.poll_interval)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
             .field("key_prefix", &self.key_prefix)
             .finish_non_exhaustive()
     }
@@ -80,7 +85,8 @@ pub struct IdempotencyLayer {
 
 impl IdempotencyLayer {
     /// A layer over `cache` with a TTL of 120 s, a 2 s wait (polling every 50 ms) for an
-    /// in-flight first request, and a 1 MiB body limit when it reads the body itself.
+    /// in-flight first request, a 1 MiB body limit when it reads the body itself, and a
+    /// 1 MiB limit on the keyed responses it reads to store.
     #[must_use]
     pub fn new(cache: Arc<dyn Cache>) -> Self {
         Self {
@@ -91,6 +97,7 @@ impl IdempotencyLayer {
                 in_flight_wait: DEFAULT_IN_FLIGHT_WAIT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
             },
         }
@@ -133,6 +140,16 @@ impl IdempotencyLayer {
     #[must_use]
     pub const fn max_body_bytes(mut self, limit: usize) -> Self {
         self.shared.max_body_bytes = limit;
+        self
+    }
+
+    /// The largest response of a keyed request the layer reads to store it for replay. A
+    /// larger one has taken effect but cannot be kept: the request is answered 500 and the
+    /// key stays claimed (retries get 503) until its pending lease ends, so the effect is
+    /// not repeated within it.
+    #[must_use]
+    pub const fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.shared.max_response_bytes = limit;
         self
     }
 

@@ -108,8 +108,8 @@ pub use fingerprint::{canonical_json, Fingerprint, BODY_KEY_FIELD};
 pub use future::ResponseFuture;
 pub use item::{claim_item, release_item, validate_item_key, ItemClaim};
 pub use layer::{
-    IdempotencyLayer, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_KEY_PREFIX, DEFAULT_POLL_INTERVAL,
-    DEFAULT_TTL,
+    IdempotencyLayer, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_POLL_INTERVAL, DEFAULT_TTL,
 };
 pub use service::Idempotency;
 

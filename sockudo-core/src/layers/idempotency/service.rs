@@ -333,7 +333,9 @@ where
         }
     };
     let (parts, body) = response.into_parts();
-    let bytes = match body.collect().await {
+    // Bounded: the response is held in memory to be stored.
+    let limited = http_body_util::Limited::new(body, shared.max_response_bytes);
+    let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
             // The effect has happened but its response is lost: keep the claim (retries see

@@ -513,6 +513,22 @@ async fn oversized_body_is_413_when_read_by_the_layer() {
     assert_eq!(inner.calls(), 0);
 }
 
+/// The keyed response is read into memory to be stored: bounded. One over the limit took
+/// effect but cannot be kept, so the key stays claimed and a retry does not run it again.
+#[tokio::test]
+async fn a_response_over_the_limit_is_500_and_not_run_again() {
+    let inner = Inner::new();
+    let service = layer(Arc::new(MemoryCache::new()))
+        .max_response_bytes(4)
+        .in_flight_wait(std::time::Duration::from_millis(20))
+        .layer(inner.service());
+    let a = send(&service, publish("1", &keyed(EVENT, "k"))).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let b = send(&service, publish("1", &keyed(EVENT, "k"))).await;
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(inner.calls(), 1);
+}
+
 #[tokio::test]
 async fn unreadable_record_is_503() {
     let cache = Arc::new(MemoryCache::new());
