@@ -340,7 +340,6 @@ where
         Err(error) => {
             // The effect has happened but its response is lost: keep the claim (retries see
             // "in progress" until the TTL) rather than release it and risk a second effect.
-            let error: BoxError = error.into();
             tracing::error!(%error, key = %cache_key, "failed to read the response of an idempotent request");
             return Ok(json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
