@@ -80,6 +80,8 @@ pub const ENV_VARS: &[&str] = &[
     "RESUME_MAX_REPLAY_BYTES",
     "RESUME_PENDING_SECS",
     "SHUTDOWN_GRACE_PERIOD",
+    "SUBSCRIBE_BURST",
+    "SUBSCRIBE_RATE_PER_SECOND",
     "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
     "SOCKUDO_DEFAULT_APP_ID",
     "SOCKUDO_DEFAULT_APP_KEY",
@@ -249,6 +251,11 @@ pub struct NodeSettings {
     pub max_pending_connections: usize,
     /// Most channels one connection may be subscribed to at once.
     pub max_subscriptions_per_connection: usize,
+    /// New subscriptions one connection may make per second, after a burst of
+    /// `subscribe_burst` (0: no limit).
+    pub subscribe_rate_per_second: u32,
+    /// Subscriptions a connection may make at once before the rate applies.
+    pub subscribe_burst: u32,
     pub adapter: DriverSection,
     pub cache: DriverSection,
     pub queue: DriverSection,
@@ -307,6 +314,8 @@ impl Default for NodeSettings {
             http_max_header_bytes: 16 * 1024,
             max_pending_connections: 1024,
             max_subscriptions_per_connection: 1000,
+            subscribe_rate_per_second: 100,
+            subscribe_burst: 1000,
             adapter: DriverSection {
                 driver: "local".into(),
             },
@@ -595,6 +604,13 @@ impl NodeSettings {
             count,
             &mut self.max_subscriptions_per_connection,
         )?;
+        num_env(
+            &get,
+            "SUBSCRIBE_RATE_PER_SECOND",
+            count,
+            &mut self.subscribe_rate_per_second,
+        )?;
+        num_env(&get, "SUBSCRIBE_BURST", count, &mut self.subscribe_burst)?;
         if let Some(v) = get("V1_EXPOSE_STREAM_FIELDS") {
             self.v1_expose_stream_fields = parse_bool("V1_EXPOSE_STREAM_FIELDS", &v)?;
         }

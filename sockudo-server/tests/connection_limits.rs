@@ -39,3 +39,30 @@ async fn subscriptions_per_connection_are_capped() {
     let mut other = node.client(&test_app().key).await;
     other.subscribe("ch-0").await;
 }
+
+/// New subscriptions are rate limited per connection (a burst, then a rate): the one over is
+/// `subscription_error` (`LimitReached`, 429); the connection stays usable and subscribing
+/// again to a channel it has does not count.
+#[tokio::test]
+async fn new_subscriptions_are_rate_limited() {
+    let mut s = settings(vec![test_app()]);
+    s.subscribe_rate_per_second = 1;
+    s.subscribe_burst = 3;
+    let node = TestNode::start(s).await;
+    let mut c = node.client(&test_app().key).await;
+    for i in 0..3 {
+        c.subscribe(&format!("r-{i}")).await;
+    }
+    c.subscribe_raw(json!({ "channel": "r-0" })).await;
+    c.subscribe_raw(json!({ "channel": "r-3" })).await;
+    let err = c
+        .recv_event("pusher:subscription_error", Duration::from_secs(5))
+        .await;
+    assert_eq!(err["channel"], "r-3", "{err}");
+    assert_eq!(err["data"]["status"], 429, "{err}");
+    assert_eq!(err["data"]["type"], "LimitReached", "{err}");
+    c.assert_alive().await;
+    // Another connection has its own budget.
+    let mut other = node.client(&test_app().key).await;
+    other.subscribe("r-3").await;
+}

@@ -23,6 +23,7 @@ async fn a_v2_channel_flood_is_reclaimed_after_it_ends() {
     // A publish's message-id claim keeps its stream for this long (a retry must find it).
     s.message_dedup_secs = 1;
     s.max_subscriptions_per_connection = CHANNELS;
+    s.subscribe_burst = CHANNELS as u32;
     let node = TestNode::start(s).await;
     let mut c = node
         .connect("/app/app-key?protocol=2&client=rust&version=1.0")

@@ -36,6 +36,8 @@ pub struct Held {
 
 /// Frames a connection may hold (per channel being subscribed, and over every channel being
 /// resumed) before it is closed with 4200 (reconnect and resume again) instead of growing.
+/// Frames held for resumes are also bounded in bytes, by the connection's outbound byte
+/// bound (`OUTBOUND_QUEUE_BYTES`).
 pub const MAX_HELD_FRAMES: usize = 4096;
 
 /// A frame that reached a channel while it was being subscribed.
@@ -69,6 +71,9 @@ pub(super) struct StreamState {
     /// Channels being resumed: their live frames wait here until the replay is written.
     held: HashMap<Arc<str>, Vec<Held>>,
     held_frames: usize,
+    /// Bytes of the held frames: bounded by the connection's outbound byte bound, like what
+    /// it has queued.
+    held_bytes: usize,
     /// Channels being subscribed: every frame for them (positioned or not, any protocol)
     /// waits here until `subscription_succeeded` is queued, so that no channel event reaches
     /// the client before the subscription's snapshot (presence members, stream head) that the
@@ -98,19 +103,27 @@ impl Connection {
             stream_id: stream_id.cloned(),
             frame,
         };
-        if let Some(list) = (!st.held.is_empty())
+        let len = held.frame.len();
+        let held = match (!st.held.is_empty())
             .then(|| st.held.get_mut(channel))
             .flatten()
         {
-            list.push(held);
+            Some(list) => {
+                list.push(held);
+                None
+            }
+            None => Some(held),
+        };
+        let Some(held) = held else {
             st.held_frames += 1;
-            if st.held_frames > MAX_HELD_FRAMES {
+            st.held_bytes = st.held_bytes.saturating_add(len);
+            if st.held_frames > MAX_HELD_FRAMES || st.held_bytes > self.max_queued_bytes {
                 drop(st);
                 self.close(ErrorCode::ReconnectImmediately);
                 return false;
             }
             return true;
-        }
+        };
         if !st.replayed.is_empty() {
             if below_floor(&st, channel, stream_id, serial) {
                 return true;
@@ -231,6 +244,7 @@ impl Connection {
                 }
                 Pending::Positioned(h) if after == AfterJoin::Hold => {
                     st.held_frames += 1;
+                    st.held_bytes = st.held_bytes.saturating_add(h.frame.len());
                     if let Some(list) = st.held.get_mut(channel) {
                         list.push(h);
                     }
@@ -245,7 +259,7 @@ impl Connection {
                 break;
             }
         }
-        if st.held_frames > MAX_HELD_FRAMES {
+        if st.held_frames > MAX_HELD_FRAMES || st.held_bytes > self.max_queued_bytes {
             drop(st);
             self.close(ErrorCode::ReconnectImmediately);
         }
@@ -319,6 +333,7 @@ impl Connection {
         st.presence.remove(channel);
         if let Some(h) = st.held.remove(channel) {
             st.held_frames = st.held_frames.saturating_sub(h.len());
+            st.held_bytes = st.held_bytes.saturating_sub(frame_bytes(&h));
         }
         if st.joining.remove(channel).is_some() {
             self.joining.store(st.joining.len(), Ordering::Release);
@@ -333,6 +348,10 @@ fn below_floor(st: &StreamState, channel: &str, stream_id: Option<&Arc<str>>, se
         (Some(sid), Some((floor_sid, floor))) => sid == floor_sid && serial <= *floor,
         _ => false,
     }
+}
+
+fn frame_bytes(held: &[Held]) -> usize {
+    held.iter().map(|h| h.frame.len()).sum()
 }
 
 /// Note that `serial` of `channel` went out live.
@@ -355,6 +374,7 @@ fn record_live(st: &mut StreamState, channel: &Arc<str>, serial: u64) {
 fn take_held(st: &mut StreamState, channel: &str) -> Vec<Held> {
     let held = st.held.remove(channel).unwrap_or_default();
     st.held_frames = st.held_frames.saturating_sub(held.len());
+    st.held_bytes = st.held_bytes.saturating_sub(frame_bytes(&held));
     let serials = held.iter().map(|h| h.serial);
     if let (Some(first), Some(last)) = (serials.clone().min(), serials.max()) {
         st.live

@@ -1,5 +1,6 @@
 //! The WebSocket endpoint: upgrade, per-connection task, and the protocol handler.
 
+mod bucket;
 mod handler;
 mod resume_waits;
 mod session;

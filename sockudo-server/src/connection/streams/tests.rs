@@ -104,6 +104,30 @@ async fn held_frames_wait_until_release() {
     assert_eq!(out.recv(&c).await.as_deref(), Some("8"));
 }
 
+/// Held frames are bounded in bytes by the outbound byte bound too: a resume that waits
+/// while large frames pile up ends the connection with 4200 (reconnect, resume again)
+/// instead of growing, and releasing what was held frees its count.
+#[tokio::test]
+async fn held_frames_are_bounded_in_bytes() {
+    let (c, _out) = conn(1024, 100);
+    let ch: Arc<str> = Arc::from("c");
+    assert!(c.send_positioned(&ch, None, 1, "1".into()));
+    c.hold(&ch);
+    let big: String = "x".repeat(40);
+    assert!(c.send_positioned(&ch, None, 2, big.clone().into()));
+    assert!(c.send_positioned(&ch, None, 3, big.clone().into()));
+    assert_eq!(c.release("c").len(), 2, "80 bytes fit");
+    c.hold(&ch);
+    assert!(c.send_positioned(&ch, None, 4, big.clone().into()));
+    assert!(c.send_positioned(&ch, None, 5, big.clone().into()));
+    assert!(
+        c.requested_close().is_none(),
+        "the released bytes were freed"
+    );
+    assert!(!c.send_positioned(&ch, None, 6, big.into()));
+    assert_eq!(c.requested_close(), Some(4200));
+}
+
 #[tokio::test]
 async fn member_events_are_filtered_against_the_snapshot_once_it_is_known() {
     let (c, mut out) = conn(16, 1 << 20);

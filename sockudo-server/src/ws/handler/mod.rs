@@ -55,11 +55,17 @@ pub struct Session {
     planned: Option<ResumePlan>,
     window_start: Instant,
     window_count: u32,
+    /// New subscriptions per second (`SUBSCRIBE_RATE_PER_SECOND` / `SUBSCRIBE_BURST`).
+    subscribes: super::bucket::TokenBucket,
 }
 
 impl Session {
     pub fn new(node: Arc<Node>, conn: Arc<Connection>, ns: Arc<Namespace>) -> Self {
         let family = conn.protocol.family();
+        let subscribes = super::bucket::TokenBucket::new(
+            node.settings.subscribe_rate_per_second,
+            node.settings.subscribe_burst,
+        );
         Session {
             node,
             conn,
@@ -71,6 +77,7 @@ impl Session {
             planned: None,
             window_start: Instant::now(),
             window_count: 0,
+            subscribes,
         }
     }
 

@@ -43,6 +43,19 @@ impl Session {
                 429,
             );
         }
+        if !self.channels.contains(name.as_str())
+            && !self.subscribes.take(tokio::time::Instant::now())
+        {
+            metrics::counter!(crate::metrics::LIMIT_REJECTIONS, "limit" => "subscribe_rate")
+                .increment(1);
+            let rate = self.node.settings.subscribe_rate_per_second;
+            return self.subscription_error(
+                name.as_str(),
+                "LimitReached",
+                &format!("Subscribing faster than {rate} new channels per second; retry later"),
+                429,
+            );
+        }
         let app = Arc::clone(&self.conn.app);
         let socket_id = Arc::clone(&self.conn.socket_id);
         let mut presence = None;
