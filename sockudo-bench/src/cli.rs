@@ -22,6 +22,9 @@ pub enum Mode {
     /// its own disjoint channels: bytes the broker delivers to the nodes per publish, with
     /// interest routing and with broadcast-to-all.
     InterestBytes,
+    /// One node; `--connections` sockets each subscribe `--channels` distinct channels
+    /// (protocol per `--protocol`), then leave: the node's RSS before, during, after.
+    ChannelFlood,
 }
 
 /// Load tool for a Sockudo (Pusher protocol 7) node.
@@ -52,6 +55,11 @@ pub struct Args {
     /// App secret (signs the HTTP API requests).
     #[arg(long, default_value = "app-secret")]
     pub secret: String,
+
+    /// channel-flood: the retentions (hot ring, history, dedup) of the node, in seconds, so
+    /// that reclamation shows within the run.
+    #[arg(long, default_value_t = 5)]
+    pub flood_retention_secs: u64,
 
     /// Number of WebSocket subscribers.
     #[arg(long, short = 'n', default_value_t = 100)]

@@ -56,6 +56,7 @@
 //! redis-server / sockudo), [`api`] (signed publishes to any node) and [`wsc`] (V1/V2 sockets).
 
 mod api;
+mod channel_flood;
 mod cli;
 mod client;
 mod clock;
@@ -119,6 +120,7 @@ fn main() -> ExitCode {
         cli::Mode::ResumeStorm => Some(runtime.block_on(resume_storm::run(&args, clock))),
         cli::Mode::Webhooks => Some(runtime.block_on(webhooks::run(&args, clock))),
         cli::Mode::InterestBytes => Some(runtime.block_on(interest_bytes::run(&args))),
+        cli::Mode::ChannelFlood => Some(runtime.block_on(channel_flood::run(&args))),
         cli::Mode::Publish | cli::Mode::ConnectOnly => None,
     };
     if let Some(result) = multi {

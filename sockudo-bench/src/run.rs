@@ -227,6 +227,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             Mode::ResumeStorm => "resume-storm",
             Mode::Webhooks => "webhooks",
             Mode::InterestBytes => "interest-bytes",
+            Mode::ChannelFlood => "channel-flood",
         },
         setup: Setup {
             ws_url: plan.url.clone(),
