@@ -18,7 +18,9 @@ use sockudo_core::history::{HistoryStore, MemoryHistoryStore, Retention};
 use sockudo_core::layers::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer, RateLimiter};
 use tokio::net::TcpListener;
 
-use crate::config::{redact_url, NodeSettings};
+#[cfg(any(feature = "redis", feature = "nats"))]
+use crate::config::redact_url;
+use crate::config::NodeSettings;
 use crate::node::Node;
 use crate::ws::{ws_fallback, ws_handler};
 
@@ -68,6 +70,7 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
         }
         other => return Err(BuildError::UnsupportedCache(other.to_owned())),
     };
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(unused_mut))]
     let mut cluster_stats: Option<crate::node::ClusterStatsFn> = None;
     let adapter: Arc<dyn Adapter> = match settings.adapter.driver.as_str() {
         "local" => Arc::new(LocalAdapter::new()),
@@ -638,12 +641,15 @@ mod build_tests {
     #[test]
     fn urls_in_errors_hide_credentials() {
         assert_eq!(
-            redact_url("redis://user:secret@host:6379/0"),
+            crate::config::redact_url("redis://user:secret@host:6379/0"),
             "redis://***@host:6379/0"
         );
-        assert_eq!(redact_url("redis://:secret@host"), "redis://***@host");
         assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
+            crate::config::redact_url("redis://:secret@host"),
+            "redis://***@host"
+        );
+        assert_eq!(
+            crate::config::redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
     }
