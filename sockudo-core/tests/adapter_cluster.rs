@@ -1049,3 +1049,14 @@ mod redis_cluster;
 #[cfg(feature = "redis")]
 #[path = "adapter_cluster/redis_cluster_env.rs"]
 mod redis_cluster_env;
+
+// ---------------------------------------------------------------------------------------------
+// Google Pub/Sub environment (the official emulator; after `scenarios!`, which it uses)
+
+#[cfg(feature = "google-pubsub")]
+#[path = "support/pubsub_emulator.rs"]
+mod pubsub_emulator;
+
+#[cfg(feature = "google-pubsub")]
+#[path = "adapter_cluster/google_pubsub_env.rs"]
+mod google_pubsub_env;

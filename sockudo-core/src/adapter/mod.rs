@@ -10,10 +10,13 @@
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
-//! (presence then lives in a shared store such as Redis).
+//! (presence then lives in a shared store such as Redis); with the `google-pubsub` feature,
+//! `GooglePubSubTransport` (same presence rule).
 
 mod cluster;
 mod envelope;
+#[cfg(feature = "google-pubsub")]
+mod google_pubsub_transport;
 mod interest;
 mod local;
 mod memory_transport;
@@ -36,6 +39,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
+#[cfg(feature = "google-pubsub")]
+pub use google_pubsub_transport::{
+    GooglePubSubTransport, GooglePubSubTransportOptions,
+    MAX_PUBLISH_BYTES as GOOGLE_PUBSUB_MAX_PUBLISH_BYTES,
+};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
