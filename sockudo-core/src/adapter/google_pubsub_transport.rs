@@ -8,8 +8,9 @@
 //! subscription `{topic id}.{node id}.{8 hex digits}`, created at connect with message
 //! ordering on, the shortest retention Pub/Sub allows (10 minutes) and an expiration policy of
 //! 24 hours (the minimum): the subscription of a node that died without cleaning up deletes
-//! itself a day after its last pull. [`GooglePubSubTransport::close`] (and, best effort,
-//! `Drop`) deletes it.
+//! itself a day after its last pull. [`GooglePubSubTransport::close`] deletes it, and so do
+//! a clean leave ([`Transport::leave`], called by the cluster adapter's `leave_cluster` on a
+//! server's shutdown) and, best effort, `Drop`.
 //!
 //! # Interest routing
 //! Demultiplexing by logical topic happens in the driver: every node's subscription receives
@@ -383,15 +384,36 @@ impl GooglePubSubTransport {
             task,
             opts,
         };
-        let opened =
-            tokio::time::timeout(transport.opts.connect_timeout, up_rx.wait_for(|up| *up)).await;
-        if !matches!(opened, Ok(Ok(_))) {
+        // A bool, not the guard `wait_for` returns: nothing of the watch is held across awaits.
+        let opened = tokio::time::timeout(transport.opts.connect_timeout, up_rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !opened {
             return Err(unavailable(
                 "connect",
                 "the streaming pull did not open in time",
             ));
         }
+        transport.warm_up().await?;
         Ok(transport)
+    }
+
+    /// One message through the broker and back on this node's own stream: once it is back,
+    /// the streaming pull delivers (a fresh stream may take a moment before its first
+    /// delivery; the cluster adapter's start-up probe must not fall into that moment). Other
+    /// nodes drop it: nobody else routes its topic.
+    async fn warm_up(&self) -> Result<(), AdapterError> {
+        use futures_util::StreamExt;
+        let topic = format!("_sync.{:016x}", rand::random::<u64>());
+        let mut stream = self.subscribe(&topic).await?;
+        self.publish(&topic, Bytes::from_static(b"sync")).await?;
+        match tokio::time::timeout(self.opts.connect_timeout, stream.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(unavailable(
+                "connect",
+                "the streaming pull delivered nothing in time",
+            )),
+        }
     }
 
     /// Delete this node's subscription and stop pulling (a clean shutdown; the streams end).
@@ -514,6 +536,19 @@ impl Transport for GooglePubSubTransport {
             .or_default()
             .push(tx);
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn leave(&self) {
+        match self.close().await {
+            Ok(()) => tracing::info!(
+                subscription = %self.subscription.id(),
+                "google pubsub transport: subscription deleted"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "google pubsub transport: could not delete the subscription; it expires by itself"
+            ),
+        }
     }
 
     fn capabilities(&self) -> TransportCapabilities {
