@@ -8,7 +8,9 @@ use sockudo_core::app::App;
 
 mod drivers;
 
-pub use drivers::{effective_presence, NatsSection, PresenceSection, RedisSection};
+pub use drivers::{
+    effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
+};
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,7 @@ pub const ENV_VARS: &[&str] = &[
     "CLUSTER_PREFIX",
     "CLUSTER_REQUEST_TIMEOUT_MS",
     "DATABASE_URL",
+    "GOOGLE_PUBSUB_PROJECT_ID",
     "HISTORY_DRIVER",
     "HISTORY_MAX_AGE_SECS",
     "HISTORY_MAX_MESSAGES",
@@ -73,6 +76,7 @@ pub const ENV_VARS: &[&str] = &[
     "PONG_TIMEOUT",
     "PORT",
     "PRESENCE_DRIVER",
+    "PUBSUB_EMULATOR_HOST",
     "QUEUE_DRIVER",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
@@ -266,6 +270,8 @@ pub struct NodeSettings {
     pub redis: RedisSection,
     /// NATS servers and credentials (`ADAPTER_DRIVER=nats`).
     pub nats: NatsSection,
+    /// Google Pub/Sub project and emulator (`ADAPTER_DRIVER=google-pubsub`).
+    pub google_pubsub: GooglePubSubSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
     pub presence: PresenceSection,
     /// Cluster adapter timing (`[cluster]`).
@@ -334,6 +340,7 @@ impl Default for NodeSettings {
             redis: RedisSection::default(),
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
+            google_pubsub: GooglePubSubSection::default(),
             presence: PresenceSection::default(),
             database_url: None,
             apps: Vec::new(),
@@ -1117,5 +1124,53 @@ mod tests {
         assert!(e.to_string().contains("f.toml"));
         let e = NodeSettings::from_toml("bogus_key = 1", "f.toml").unwrap_err();
         assert!(e.to_string().contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn google_pubsub_settings_are_checked() {
+        let load =
+            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
+        let base = [
+            ("ADAPTER_DRIVER", "google-pubsub"),
+            ("PRESENCE_DRIVER", "redis"),
+            ("GOOGLE_PUBSUB_PROJECT_ID", "my-project"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        ];
+        let with = |over: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = base
+                .iter()
+                .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
+                .copied()
+                .collect();
+            v.extend(over.iter().filter(|(_, val)| !val.is_empty()).copied());
+            v
+        };
+        if !cfg!(feature = "google-pubsub") {
+            assert!(err(&base).contains("not supported"));
+            return;
+        }
+        let s = load(&base).unwrap();
+        assert_eq!(s.google_pubsub.project_id, "my-project");
+        assert_eq!(
+            s.google_pubsub.emulator_host.as_deref(),
+            Some("127.0.0.1:8085")
+        );
+        assert!(err(&with(&[("PRESENCE_DRIVER", "")])).contains("PRESENCE_DRIVER=redis"));
+        assert!(
+            err(&with(&[("GOOGLE_PUBSUB_PROJECT_ID", "")])).contains("GOOGLE_PUBSUB_PROJECT_ID")
+        );
+        assert!(err(&with(&[("PUBSUB_EMULATOR_HOST", "")])).contains("credentials"));
+        assert!(err(&with(&[("PUBSUB_EMULATOR_HOST", "http://h:1")])).contains("host:port"));
+        assert!(err(&with(&[("GOOGLE_PUBSUB_PROJECT_ID", "a b")])).contains("project"));
+        let long = "x".repeat(240);
+        let long: &'static str = Box::leak(long.into_boxed_str());
+        assert!(err(&with(&[("CLUSTER_PREFIX", long)])).contains("shorten"));
+        let toml = NodeSettings::from_toml(
+            "[google_pubsub]\nproject_id = \"p\"\nemulator_host = \"h:1\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(toml.google_pubsub.project_id, "p");
     }
 }

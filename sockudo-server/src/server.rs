@@ -92,6 +92,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(all(feature = "google-pubsub", feature = "redis"))]
+        "google-pubsub" => {
+            let (adapter, stats) = google_pubsub_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -228,6 +234,35 @@ async fn nats_adapter(
     cluster_adapter(settings, transport, presence, &shown).await
 }
 
+/// The Google Pub/Sub cluster adapter: one topic per cluster prefix on the emulator, a
+/// subscription per node, presence as the settings name (see `presence_store`).
+#[cfg(feature = "google-pubsub")]
+async fn google_pubsub_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{GooglePubSubTransport, GooglePubSubTransportOptions};
+    let g = &settings.google_pubsub;
+    let opts = GooglePubSubTransportOptions::new(
+        g.project_id.clone(),
+        g.emulator_host.clone(),
+        &settings.cluster.prefix,
+        &settings.node_id,
+    );
+    let shown = format!(
+        "pubsub://{}/projects/{}/topics/{}",
+        g.emulator_host.as_deref().unwrap_or("-"),
+        g.project_id,
+        opts.topic_id
+    );
+    let transport = Arc::new(
+        GooglePubSubTransport::connect(opts)
+            .await
+            .map_err(adapter_error(&shown))?,
+    );
+    let presence = presence_store(settings, &transport, &shown).await?;
+    cluster_adapter(settings, transport, presence, &shown).await
+}
+
 #[cfg(any(feature = "redis", feature = "nats"))]
 fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
     move |e| BuildError::Backend {
@@ -276,7 +311,7 @@ async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
         heartbeat_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
-        // Per-channel topics where the transport supports them (Redis, NATS): a node
+        // Per-channel topics where the transport supports them (Redis, NATS, Pub/Sub): a node
         // receives only the channels it has subscribers for.
         interest_routing: true,
     };

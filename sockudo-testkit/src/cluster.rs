@@ -22,6 +22,7 @@ use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
+use crate::pubsub::PubSubEmulator;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
 use crate::TestkitError;
@@ -54,6 +55,8 @@ pub struct ClusterBuilder {
     nats_servers: usize,
     /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
     redis_cluster: bool,
+    /// The adapter on the Google Pub/Sub emulator.
+    google_pubsub: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -123,6 +126,16 @@ impl ClusterBuilder {
     pub fn broker_only(mut self) -> Self {
         self.redis = false;
         self.redis_at = None;
+        self
+    }
+
+    /// Carry the adapter over Google Pub/Sub: start the official emulator and point every
+    /// node at it (`ADAPTER_DRIVER=google-pubsub`, `PUBSUB_EMULATOR_HOST`). Presence, cache,
+    /// history and queue stay on the shared Redis (or the Redis Cluster), which this implies.
+    /// The emulator is reachable through [`Cluster::pubsub_mut`] (kill, restart).
+    pub fn google_pubsub(mut self) -> Self {
+        self.redis = true;
+        self.google_pubsub = true;
         self
     }
 
@@ -209,6 +222,11 @@ impl ClusterBuilder {
         } else {
             None
         };
+        let pubsub = if self.google_pubsub {
+            Some(PubSubEmulator::start().await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -255,6 +273,16 @@ impl ClusterBuilder {
                 settings.cluster.node_timeout_ms = 2000;
                 settings.cluster.request_timeout_ms = 1000;
             }
+            if let Some(emulator) = &pubsub {
+                settings.adapter.driver = "google-pubsub".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.google_pubsub.project_id = "sockudo-test".into();
+                settings.google_pubsub.emulator_host = Some(emulator.host());
+            }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
             }
@@ -299,6 +327,7 @@ impl ClusterBuilder {
             proxies,
             redis,
             nats,
+            pubsub,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -525,6 +554,7 @@ pub struct Cluster {
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
+    pubsub: Option<PubSubEmulator>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -540,6 +570,7 @@ impl Cluster {
             redis_at: None,
             nats_servers: 0,
             redis_cluster: false,
+            google_pubsub: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -575,6 +606,11 @@ impl Cluster {
     /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
     pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
         self.nats.as_mut()
+    }
+
+    /// The Pub/Sub emulator, to kill or restart it (see [`ClusterBuilder::google_pubsub`]).
+    pub fn pubsub_mut(&mut self) -> Option<&mut PubSubEmulator> {
+        self.pubsub.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

@@ -326,6 +326,14 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("NATS_USERNAME", settings.nats.username.as_ref()),
         ("NATS_PASSWORD", settings.nats.password.as_ref()),
         ("NATS_TOKEN", settings.nats.token.as_ref()),
+        (
+            "GOOGLE_PUBSUB_PROJECT_ID",
+            Some(&settings.google_pubsub.project_id).filter(|p| !p.is_empty()),
+        ),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            settings.google_pubsub.emulator_host.as_ref(),
+        ),
     ] {
         if let Some(v) = value {
             env.push((name.into(), v.clone()));

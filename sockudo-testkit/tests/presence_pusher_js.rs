@@ -87,6 +87,19 @@ async fn pusher_js_observers_never_see_a_member_join_twice_on_redis_cluster() {
     observers_never_see_a_member_join_twice(cluster_support::redis_cluster_backend(3).await).await;
 }
 
+/// The same over Google Pub/Sub between the nodes (the emulator; presence in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_observers_never_see_a_member_join_twice_over_google_pubsub() {
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .google_pubsub()
+        .build()
+        .await
+        .unwrap();
+    wait_formed(&cluster).await;
+    observers_never_see_a_member_join_twice(cluster).await;
+}
+
 async fn observers_never_see_a_member_join_twice(cluster: Cluster) {
     let dir = conformance_dir();
     require_node(&dir).await;

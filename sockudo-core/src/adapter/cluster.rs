@@ -1231,6 +1231,7 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         }
         if inner.twins.stepped_back() {
             // The id's presence belongs to the older twin: withdraw nothing, announce nothing.
+            inner.transport.leave().await;
             return Ok(Vec::new());
         }
         let removed = inner.presence.sweep_node(&inner.node_id).await?;
@@ -1239,6 +1240,8 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         if let Err(e) = inner.send(&inner.topics.heartbeat, bye).await {
             tracing::warn!(node = %inner.node_id, error = %e, "could not announce leaving; peers will time this node out");
         }
+        // Per-node broker resources (e.g. a Pub/Sub subscription) go now, not at expiry.
+        inner.transport.leave().await;
         Ok(removed)
     }
 }

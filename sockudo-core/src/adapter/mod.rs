@@ -9,13 +9,16 @@
 //! [`LocalAdapter`] is the single-node default. The cluster adapter is [`ClusterAdapter`] over
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
-//! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`.
+//! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`;
+//! with the `google-pubsub` feature, `GooglePubSubTransport`.
 //! Presence lives in a shared store (`RedisPresenceStore`) or is replicated over the transport
 //! itself ([`TransportPresenceStore`], for broker-only deployments); both honour the
 //! [`PresenceStore`] contract and its conformance suite.
 
 mod cluster;
 mod envelope;
+#[cfg(feature = "google-pubsub")]
+mod google_pubsub_transport;
 mod interest;
 mod local;
 mod memory_transport;
@@ -39,6 +42,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
+#[cfg(feature = "google-pubsub")]
+pub use google_pubsub_transport::{
+    GooglePubSubTransport, GooglePubSubTransportOptions,
+    MAX_PUBLISH_BYTES as GOOGLE_PUBSUB_MAX_PUBLISH_BYTES,
+};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]

@@ -45,6 +45,11 @@ pub trait Transport: Send + Sync + 'static {
     async fn subscribe(&self, topic: &str) -> Result<TransportStream, AdapterError>;
     /// Whether the driver is connected.
     fn is_healthy(&self) -> bool;
+    /// The node leaves the cluster for good (a clean shutdown, from
+    /// [`super::Adapter::leave_cluster`]): release what the driver holds at the broker for
+    /// this node alone (e.g. a per-node subscription). Publishing may still follow (the
+    /// node's last announcements); receiving need not. Default: nothing.
+    async fn leave(&self) {}
     /// What this transport can do cheaply (default: nothing beyond the contract).
     fn capabilities(&self) -> TransportCapabilities {
         TransportCapabilities::default()

@@ -55,6 +55,18 @@ impl NatsSection {
     }
 }
 
+/// `[google_pubsub]`: the project and emulator of `ADAPTER_DRIVER=google-pubsub`. Nothing
+/// in it is secret (the emulator takes no credentials; real Google credentials are not
+/// supported by this version).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GooglePubSubSection {
+    /// `GOOGLE_PUBSUB_PROJECT_ID`.
+    pub project_id: String,
+    /// `PUBSUB_EMULATOR_HOST` (`host:port`); required by this version.
+    pub emulator_host: Option<String>,
+}
+
 /// `[redis]`: the single Redis of every `redis` driver and the seeds of every
 /// `redis-cluster` driver. `Debug` hides credentials.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -145,6 +157,12 @@ pub(super) fn apply_env(
     if let Some(v) = get("NATS_TOKEN") {
         s.nats.token = Some(v);
     }
+    if let Some(v) = get("GOOGLE_PUBSUB_PROJECT_ID") {
+        s.google_pubsub.project_id = v;
+    }
+    if let Some(v) = get("PUBSUB_EMULATOR_HOST") {
+        s.google_pubsub.emulator_host = Some(v).filter(|v| !v.trim().is_empty());
+    }
     if let Some(v) = get("PRESENCE_DRIVER") {
         s.presence.driver = v;
     }
@@ -163,6 +181,9 @@ pub(super) fn adapters() -> Vec<&'static str> {
     }
     if cfg!(feature = "nats") {
         v.push("nats");
+    }
+    if cfg!(feature = "google-pubsub") {
+        v.push("google-pubsub");
     }
     v
 }
@@ -283,5 +304,47 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
             return bad("NATS_USERNAME and NATS_PASSWORD go together".into());
         }
     }
+    if adapter == "google-pubsub" {
+        validate_google_pubsub(s)?;
+    }
+    Ok(())
+}
+
+/// `ADAPTER_DRIVER=google-pubsub`: a shared presence store (as for NATS), a project, and the
+/// emulator (the only Pub/Sub this version can reach); ids Pub/Sub accepts.
+fn validate_google_pubsub(s: &NodeSettings) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(m));
+    if !matches!(effective_presence(s), "redis" | "redis-cluster") {
+        return bad(
+            "ADAPTER_DRIVER=google-pubsub needs a shared presence store: set \
+             PRESENCE_DRIVER=redis (and REDIS_URL) or redis-cluster (and REDIS_CLUSTER_NODES); \
+             presence replicated over Pub/Sub is not available in this version"
+                .into(),
+        );
+    }
+    let g = &s.google_pubsub;
+    if g.project_id.trim().is_empty() {
+        return bad("ADAPTER_DRIVER=google-pubsub needs GOOGLE_PUBSUB_PROJECT_ID".into());
+    }
+    if g.emulator_host.is_none() {
+        return bad(
+            "ADAPTER_DRIVER=google-pubsub needs PUBSUB_EMULATOR_HOST (host:port of the \
+             Pub/Sub emulator): Google credentials (application default credentials) are not \
+             supported by this version"
+                .into(),
+        );
+    }
+    #[cfg(feature = "google-pubsub")]
+    sockudo_core::adapter::GooglePubSubTransportOptions::new(
+        g.project_id.clone(),
+        g.emulator_host.clone(),
+        &s.cluster.prefix,
+        &s.node_id,
+    )
+    .validate()
+    .map_err(|e| match e {
+        sockudo_core::adapter::AdapterError::Malformed(m) => ConfigError::Invalid(m),
+        other => ConfigError::Invalid(other.to_string()),
+    })?;
     Ok(())
 }
