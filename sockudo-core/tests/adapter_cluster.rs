@@ -1049,3 +1049,14 @@ mod redis_cluster;
 #[cfg(feature = "redis")]
 #[path = "adapter_cluster/redis_cluster_env.rs"]
 mod redis_cluster_env;
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ environment (a private broker node; after `scenarios!`, which it uses)
+
+#[cfg(feature = "rabbitmq")]
+#[path = "support/rabbitmq_server.rs"]
+mod rabbitmq_server;
+
+#[cfg(feature = "rabbitmq")]
+#[path = "adapter_cluster/rabbitmq_env.rs"]
+mod rabbitmq_env;
