@@ -89,6 +89,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(all(feature = "rabbitmq", feature = "redis"))]
+        "rabbitmq" => {
+            let (adapter, stats) = rabbitmq_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -185,6 +191,27 @@ async fn nats_adapter(
     cluster_adapter(settings, Arc::new(transport), presence, &shown).await
 }
 
+/// The RabbitMQ cluster adapter: one topic exchange named after the cluster prefix, a queue
+/// per node, presence in the shared Redis (checked by the config).
+#[cfg(all(feature = "rabbitmq", feature = "redis"))]
+async fn rabbitmq_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{RabbitmqTransport, RabbitmqTransportOptions};
+    let url = settings.rabbitmq.url.trim().to_owned();
+    let opts = RabbitmqTransportOptions {
+        url: url.clone(),
+        exchange: settings.cluster.prefix.clone(),
+        max_message_bytes: settings.rabbitmq.max_message_bytes,
+        ..RabbitmqTransportOptions::default()
+    };
+    let transport = RabbitmqTransport::connect_with(opts)
+        .await
+        .map_err(adapter_error(&url))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &url).await
+}
+
 #[cfg(feature = "redis")]
 fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
     move |e| BuildError::Backend {
@@ -233,7 +260,7 @@ async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
         heartbeat_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
-        // Per-channel topics where the transport supports them (Redis, NATS): a node
+        // Per-channel topics where the transport supports them (Redis, NATS, RabbitMQ): a node
         // receives only the channels it has subscribers for.
         interest_routing: true,
     };

@@ -149,6 +149,7 @@ pub(super) fn apply_env(
     if let Some(v) = get("REDIS_CLUSTER_NODES") {
         s.redis.cluster_nodes = v.split(',').map(|n| n.trim().to_owned()).collect();
     }
+    super::rabbitmq::apply_env(s, get)?;
     Ok(())
 }
 
@@ -161,6 +162,9 @@ pub(super) fn adapters() -> Vec<&'static str> {
     }
     if cfg!(feature = "nats") {
         v.push("nats");
+    }
+    if cfg!(feature = "rabbitmq") {
+        v.push("rabbitmq");
     }
     v
 }
@@ -258,6 +262,7 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
         );
     }
     validate_redis_cluster(s)?;
+    super::rabbitmq::validate(s)?;
     if adapter == "nats" {
         if !matches!(effective_presence(s), "redis" | "redis-cluster") {
             return bad("ADAPTER_DRIVER=nats needs a shared presence store: set \
