@@ -22,6 +22,7 @@ use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
+use crate::rabbitmq::RabbitMq;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
 use crate::TestkitError;
@@ -54,6 +55,8 @@ pub struct ClusterBuilder {
     nats_servers: usize,
     /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
     redis_cluster: bool,
+    /// The adapter on a private RabbitMQ node.
+    rabbitmq: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -103,6 +106,16 @@ impl ClusterBuilder {
     pub fn nats(mut self, servers: usize) -> Self {
         self.redis = true;
         self.nats_servers = servers;
+        self
+    }
+
+    /// Carry the adapter over RabbitMQ instead of Redis: start a private RabbitMQ node and
+    /// give every node `ADAPTER_DRIVER=rabbitmq` with its URL. Presence, cache, history and
+    /// queue stay on the shared Redis (or the Redis Cluster), which this implies. The node is
+    /// reachable through [`Cluster::rabbitmq_mut`] (kill, restart).
+    pub fn rabbitmq(mut self) -> Self {
+        self.redis = true;
+        self.rabbitmq = true;
         self
     }
 
@@ -200,6 +213,11 @@ impl ClusterBuilder {
         } else {
             None
         };
+        let rabbitmq = if self.rabbitmq {
+            Some(RabbitMq::start().await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -239,6 +257,15 @@ impl ClusterBuilder {
                     "redis".into()
                 };
                 settings.nats.url = nats.urls_from(i % nats.len());
+            }
+            if let Some(mq) = &rabbitmq {
+                settings.adapter.driver = "rabbitmq".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.rabbitmq.url = mq.url();
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
@@ -284,6 +311,7 @@ impl ClusterBuilder {
             proxies,
             redis,
             nats,
+            rabbitmq,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -510,6 +538,7 @@ pub struct Cluster {
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
+    rabbitmq: Option<RabbitMq>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -525,6 +554,7 @@ impl Cluster {
             redis_at: None,
             nats_servers: 0,
             redis_cluster: false,
+            rabbitmq: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -560,6 +590,16 @@ impl Cluster {
     /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
     pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
         self.nats.as_mut()
+    }
+
+    /// The RabbitMQ node, when the adapter runs on RabbitMQ ([`ClusterBuilder::rabbitmq`]).
+    pub fn rabbitmq(&self) -> Option<&RabbitMq> {
+        self.rabbitmq.as_ref()
+    }
+
+    /// The RabbitMQ node, to kill or restart it (see [`ClusterBuilder::rabbitmq`]).
+    pub fn rabbitmq_mut(&mut self) -> Option<&mut RabbitMq> {
+        self.rabbitmq.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).
