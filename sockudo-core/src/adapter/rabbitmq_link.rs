@@ -305,6 +305,14 @@ pub(super) async fn run(
                     if !link.alive() {
                         break "connection or channel closed".to_owned();
                     }
+                    let blocked = link.conn.status().blocked();
+                    if shared.blocked.swap(blocked, Ordering::SeqCst) != blocked {
+                        if blocked {
+                            tracing::warn!("rabbitmq transport: the broker blocks publishing (memory or disk alarm)");
+                        } else {
+                            tracing::info!("rabbitmq transport: the broker accepts publishing again");
+                        }
+                    }
                     // Topics whose last stream was dropped and that stayed quiet since.
                     let mut failed = None;
                     for key in prune(&mut topics) {
@@ -320,6 +328,7 @@ pub(super) async fn run(
             }
         };
         shared.healthy.store(false, Ordering::SeqCst);
+        shared.blocked.store(false, Ordering::SeqCst);
         *shared.publisher.lock() = None;
         tracing::warn!(reason = %reason, "rabbitmq transport: connection lost; reconnecting");
         // Best effort: the broker may already be gone.

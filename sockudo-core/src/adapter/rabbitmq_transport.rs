@@ -43,7 +43,11 @@
 //! caller must not be told it receives the topic). The task reconnects with exponential
 //! back-off ([`RabbitmqTransportOptions::reconnect_min`] doubling up to `reconnect_max`),
 //! declares the exchange and a new queue again, re-binds every live topic and only then turns
-//! healthy; the streams handed out before simply resume. Messages published while a node was
+//! healthy; the streams handed out before simply resume. While the broker blocks the
+//! connection's publishing (`Connection.Blocked`: a memory or disk alarm; RabbitMQ blocks a
+//! connection at its first publish after the alarm, which then fails by its timeout), the
+//! transport is unhealthy too and `publish` fails at once, rather than each publish waiting
+//! out its timeout; it turns healthy again when the broker unblocks the connection. Messages published while a node was
 //! disconnected are lost for it (its queue went away with its connection); the cluster
 //! adapter copes through readiness and liveness, V2 clients through history.
 //!
@@ -200,6 +204,8 @@ pub(super) struct Shared {
     /// The confirm-mode channel of the live connection; `None` while disconnected.
     pub publisher: Mutex<Option<Channel>>,
     pub healthy: AtomicBool,
+    /// The broker blocked this connection's publishing (a memory or disk alarm).
+    pub blocked: AtomicBool,
     pub dropped: AtomicU64,
     pub connections: AtomicU64,
 }
@@ -306,6 +312,12 @@ impl Transport for RabbitmqTransport {
                 self.opts.max_message_bytes
             )));
         }
+        if self.shared.blocked.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "publish",
+                "the broker blocks publishing (memory or disk alarm)",
+            ));
+        }
         let channel = match &*self.shared.publisher.lock() {
             Some(c) if self.shared.healthy.load(Ordering::SeqCst) => c.clone(),
             _ => return Err(unavailable("publish", "not connected")),
@@ -369,7 +381,7 @@ impl Transport for RabbitmqTransport {
     }
 
     fn is_healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::SeqCst)
+        self.shared.healthy.load(Ordering::SeqCst) && !self.shared.blocked.load(Ordering::SeqCst)
     }
 }
 

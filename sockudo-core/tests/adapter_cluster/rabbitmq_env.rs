@@ -193,3 +193,37 @@ async fn rabbitmq_restart_is_visible_and_heals() {
     );
     assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_alarm_makes_the_transport_unhealthy_until_it_clears() {
+    let server = tokio::task::spawn_blocking(RabbitServer::start)
+        .await
+        .unwrap();
+    let env = RabbitEnv::on(server.url());
+    let t = env.transport().await;
+    t.publish("p.x", Bytes::from_static(b"1")).await.unwrap();
+    let server = Arc::new(server);
+    let ctl = |args: &'static [&'static str]| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || server.ctl(args))
+    };
+    ctl(&["set_vm_memory_high_watermark", "0.000001"])
+        .await
+        .unwrap();
+    // The broker blocks a connection when it next publishes: that publish is not confirmed.
+    assert!(t.publish("p.x", Bytes::from_static(b"held")).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(10), || !t.is_healthy()).await,
+        "a memory alarm must make the transport unhealthy"
+    );
+    assert!(matches!(
+        t.publish("p.x", Bytes::from_static(b"2")).await,
+        Err(AdapterError::Unavailable(m)) if m.contains("alarm")
+    ));
+    ctl(&["set_vm_memory_high_watermark", "0.9"]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || t.is_healthy()).await,
+        "healthy again once the alarm clears"
+    );
+    t.publish("p.x", Bytes::from_static(b"3")).await.unwrap();
+}

@@ -100,6 +100,27 @@ impl RabbitServer {
         }
     }
 
+    /// Run `rabbitmqctl` against this node (same cookie and epmd); panics when it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run rabbitmqctl: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// Start the node again on the same ports after [`RabbitServer::stop`].
     pub fn start_again(&mut self) {
         self.stop();
