@@ -227,3 +227,80 @@ async fn a_broker_alarm_makes_the_transport_unhealthy_until_it_clears() {
     );
     t.publish("p.x", Bytes::from_static(b"3")).await.unwrap();
 }
+
+/// Figures for docs/operations.md and BENCHMARKS.md (not a check):
+/// `cargo test -p sockudo-core --features rabbitmq --test adapter_cluster measure_rabbitmq -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_rabbitmq_publish_latency_and_throughput() {
+    use futures_util::StreamExt;
+    let server = tokio::task::spawn_blocking(RabbitServer::start)
+        .await
+        .unwrap();
+    let env = RabbitEnv::on(server.url());
+    let publisher = env.transport().await;
+    let receiver = env.transport().await;
+    let mut stream = receiver.subscribe("m.ch.app.bench").await.unwrap();
+    let payload = Bytes::from(vec![b'x'; 100]);
+    // Sequential: each publish waits for its confirmation.
+    let n = 2_000;
+    let mut lat = Vec::with_capacity(n);
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let t0 = std::time::Instant::now();
+        publisher
+            .publish("m.ch.app.bench", payload.clone())
+            .await
+            .unwrap();
+        lat.push(t0.elapsed());
+    }
+    let seq = start.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "sequential: {n} publishes in {seq:?} = {:.0}/s; confirm latency p50 {:?} p99 {:?} max {:?}",
+        n as f64 / seq.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    let mut got = 0;
+    while got < n {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got += 1;
+    }
+    // Concurrent: 32 publishers, 1,000 each; the receiver counts deliveries.
+    let (tasks, each) = (32, 1_000);
+    let start = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let p = publisher.clone();
+        let payload = payload.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                p.publish("m.ch.app.bench", payload.clone()).await.unwrap();
+            }
+        }));
+    }
+    let total = tasks * each;
+    let mut got = 0;
+    while got < total {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got += 1;
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let conc = start.elapsed();
+    println!(
+        "concurrent: {tasks} publishers x {each} = {total} confirmed and delivered in {conc:?} = {:.0}/s; dropped {}",
+        total as f64 / conc.as_secs_f64(),
+        receiver.dropped()
+    );
+}
