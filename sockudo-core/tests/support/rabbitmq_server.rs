@@ -27,8 +27,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WATCHDOG: &str = r#"
 { "$RABBIT_SERVER"; echo "$?" > "$RABBIT_DIR/exited"; } >>"$RABBIT_DIR/broker.log" 2>&1 &
-read _ignored
+read -r line || true
 epmd -port "$ERL_EPMD_PORT" -kill >/dev/null 2>&1
+# End of input without "stop": the owning process is gone, nobody will remove the directory.
+if [ "$line" != stop ]; then
+  setsid sh -c 'sleep 1; rm -rf "$0"' "$RABBIT_DIR" >/dev/null 2>&1 &
+  sleep 0.2 # until it has left this process group
+fi
 kill -9 0
 "#;
 
@@ -82,8 +87,11 @@ impl RabbitServer {
     /// Kill the node (SIGKILL, as a crash) and wait until it is gone; the ports are kept.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // Closing the watchdog's stdin makes it kill epmd and its process group.
-            drop(child.stdin.take());
+            // "stop" (keep the directory: the node may start again), then EOF: the watchdog
+            // kills epmd and its process group.
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"stop\n");
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
