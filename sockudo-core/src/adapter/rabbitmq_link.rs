@@ -14,7 +14,7 @@ use lapin::options::{
     BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::{mpsc, oneshot};
@@ -129,6 +129,11 @@ pub(super) async fn open(
     )
     .await?;
     let subscriber = bounded(deadline, conn.create_channel()).await?;
+    let mut queue_args = FieldTable::default();
+    queue_args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::from(opts.broker_backlog.max(1))),
+    );
     let queue = bounded(
         deadline,
         subscriber.queue_declare(
@@ -139,7 +144,7 @@ pub(super) async fn open(
                 durable: false,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            queue_args,
         ),
     )
     .await?

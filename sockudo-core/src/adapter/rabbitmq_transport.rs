@@ -30,6 +30,10 @@
 //!   RabbitMQ's default `max_message_size` since 3.8) is refused **before** publishing with
 //!   [`AdapterError::Malformed`] naming both sizes (the broker would otherwise close the
 //!   channel). Set it to the broker's `max_message_size` when that was lowered.
+//! - The node's queue at the broker is bounded too
+//!   ([`RabbitmqTransportOptions::broker_backlog`] messages, `x-max-length`, oldest dropped):
+//!   a node that stalls must not fill the broker's memory, whose alarm would block every
+//!   node's publishing.
 //! - Each subscription is a bounded queue ([`RabbitmqTransportOptions::queue_capacity`]): the
 //!   consumer never waits for a slow stream; when a stream's queue is full the message is
 //!   dropped for that stream and counted ([`RabbitmqTransport::dropped`]).
@@ -103,6 +107,9 @@ pub struct RabbitmqTransportOptions {
     pub check_interval: Duration,
     /// AMQP heartbeat asked for when the URL sets none (default 10 s).
     pub heartbeat: Duration,
+    /// Most messages the broker holds in this node's queue when the node does not keep up
+    /// (`x-max-length`, default 1,000,000; the oldest are dropped beyond it).
+    pub broker_backlog: u32,
 }
 
 impl fmt::Debug for RabbitmqTransportOptions {
@@ -118,6 +125,7 @@ impl fmt::Debug for RabbitmqTransportOptions {
             .field("reconnect_max", &self.reconnect_max)
             .field("check_interval", &self.check_interval)
             .field("heartbeat", &self.heartbeat)
+            .field("broker_backlog", &self.broker_backlog)
             .finish()
     }
 }
@@ -135,6 +143,7 @@ impl Default for RabbitmqTransportOptions {
             reconnect_max: Duration::from_secs(2),
             check_interval: Duration::from_millis(250),
             heartbeat: Duration::from_secs(10),
+            broker_backlog: 1_000_000,
         }
     }
 }
