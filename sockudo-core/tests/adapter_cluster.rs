@@ -1166,3 +1166,14 @@ mod pubsub_emulator;
 #[cfg(feature = "google-pubsub")]
 #[path = "adapter_cluster/google_pubsub_env.rs"]
 mod google_pubsub_env;
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ environment (a private broker node; after `scenarios!`, which it uses)
+
+#[cfg(feature = "rabbitmq")]
+#[path = "support/rabbitmq_server.rs"]
+mod rabbitmq_server;
+
+#[cfg(feature = "rabbitmq")]
+#[path = "adapter_cluster/rabbitmq_env.rs"]
+mod rabbitmq_env;

@@ -7,10 +7,12 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod drivers;
+mod rabbitmq;
 
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
+pub use rabbitmq::RabbitmqSection;
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,8 @@ pub const ENV_VARS: &[&str] = &[
     "PRESENCE_DRIVER",
     "PUBSUB_EMULATOR_HOST",
     "QUEUE_DRIVER",
+    "RABBITMQ_MAX_MESSAGE_BYTES",
+    "RABBITMQ_URL",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
     "RESUME_GRACE_MS",
@@ -274,6 +278,8 @@ pub struct NodeSettings {
     pub google_pubsub: GooglePubSubSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
     pub presence: PresenceSection,
+    /// The RabbitMQ broker (`ADAPTER_DRIVER=rabbitmq`).
+    pub rabbitmq: RabbitmqSection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
     pub database_url: Option<SecretUrl>,
@@ -342,6 +348,7 @@ impl Default for NodeSettings {
             nats: NatsSection::default(),
             google_pubsub: GooglePubSubSection::default(),
             presence: PresenceSection::default(),
+            rabbitmq: RabbitmqSection::default(),
             database_url: None,
             apps: Vec::new(),
         }
@@ -820,13 +827,18 @@ mod tests {
             .collect()
     }
 
+    fn before_tests(src: &str) -> &str {
+        &src[..src.find("mod tests").unwrap_or(src.len())]
+    }
+
     #[test]
     fn env_vars_lists_every_name_the_config_reads() {
         let src = include_str!("config.rs");
         let body = src
             [src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())]
             .to_owned()
-            + include_str!("config/drivers.rs");
+            + include_str!("config/drivers.rs")
+            + before_tests(include_str!("config/rabbitmq.rs"));
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
             let looks_like_env = piece.len() > 2

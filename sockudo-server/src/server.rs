@@ -98,6 +98,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq" => {
+            let (adapter, stats) = rabbitmq_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -263,6 +269,29 @@ async fn google_pubsub_adapter(
     cluster_adapter(settings, transport, presence, &shown).await
 }
 
+/// The RabbitMQ cluster adapter: one topic exchange named after the cluster prefix, a queue
+/// per node, presence as the settings name (see `presence_store`).
+#[cfg(feature = "rabbitmq")]
+async fn rabbitmq_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{RabbitmqTransport, RabbitmqTransportOptions};
+    let url = settings.rabbitmq.url.trim().to_owned();
+    let opts = RabbitmqTransportOptions {
+        url: url.clone(),
+        exchange: settings.cluster.prefix.clone(),
+        max_message_bytes: settings.rabbitmq.max_message_bytes,
+        ..RabbitmqTransportOptions::default()
+    };
+    let transport = Arc::new(
+        RabbitmqTransport::connect_with(opts)
+            .await
+            .map_err(adapter_error(&url))?,
+    );
+    let presence = presence_store(settings, &transport, &url).await?;
+    cluster_adapter(settings, transport, presence, &url).await
+}
+
 #[cfg(any(feature = "redis", feature = "nats"))]
 fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
     move |e| BuildError::Backend {
@@ -311,7 +340,7 @@ async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
         heartbeat_interval: Duration::from_millis(settings.cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(settings.cluster.node_timeout_ms),
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
-        // Per-channel topics where the transport supports them (Redis, NATS, Pub/Sub): a node
+        // Per-channel topics where the transport supports them (Redis, NATS, Pub/Sub, RabbitMQ): a node
         // receives only the channels it has subscribers for.
         interest_routing: true,
     };

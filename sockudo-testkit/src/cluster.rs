@@ -23,6 +23,7 @@ use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
 use crate::pubsub::PubSubEmulator;
+use crate::rabbitmq::RabbitMq;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
 use crate::TestkitError;
@@ -57,6 +58,8 @@ pub struct ClusterBuilder {
     redis_cluster: bool,
     /// The adapter on the Google Pub/Sub emulator.
     google_pubsub: bool,
+    /// The adapter on a private RabbitMQ node.
+    rabbitmq: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -106,6 +109,16 @@ impl ClusterBuilder {
     pub fn nats(mut self, servers: usize) -> Self {
         self.redis = true;
         self.nats_servers = servers;
+        self
+    }
+
+    /// Carry the adapter over RabbitMQ instead of Redis: start a private RabbitMQ node and
+    /// give every node `ADAPTER_DRIVER=rabbitmq` with its URL. Presence, cache, history and
+    /// queue stay on the shared Redis (or the Redis Cluster), which this implies. The node is
+    /// reachable through [`Cluster::rabbitmq_mut`] (kill, restart).
+    pub fn rabbitmq(mut self) -> Self {
+        self.redis = true;
+        self.rabbitmq = true;
         self
     }
 
@@ -227,6 +240,11 @@ impl ClusterBuilder {
         } else {
             None
         };
+        let rabbitmq = if self.rabbitmq {
+            Some(RabbitMq::start().await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -283,6 +301,15 @@ impl ClusterBuilder {
                 settings.google_pubsub.project_id = "sockudo-test".into();
                 settings.google_pubsub.emulator_host = Some(emulator.host());
             }
+            if let Some(mq) = &rabbitmq {
+                settings.adapter.driver = "rabbitmq".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.rabbitmq.url = mq.url();
+            }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
             }
@@ -328,6 +355,7 @@ impl ClusterBuilder {
             redis,
             nats,
             pubsub,
+            rabbitmq,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -555,6 +583,7 @@ pub struct Cluster {
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
     pubsub: Option<PubSubEmulator>,
+    rabbitmq: Option<RabbitMq>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -571,6 +600,7 @@ impl Cluster {
             nats_servers: 0,
             redis_cluster: false,
             google_pubsub: false,
+            rabbitmq: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -611,6 +641,16 @@ impl Cluster {
     /// The Pub/Sub emulator, to kill or restart it (see [`ClusterBuilder::google_pubsub`]).
     pub fn pubsub_mut(&mut self) -> Option<&mut PubSubEmulator> {
         self.pubsub.as_mut()
+    }
+
+    /// The RabbitMQ node, when the adapter runs on RabbitMQ ([`ClusterBuilder::rabbitmq`]).
+    pub fn rabbitmq(&self) -> Option<&RabbitMq> {
+        self.rabbitmq.as_ref()
+    }
+
+    /// The RabbitMQ node, to kill or restart it (see [`ClusterBuilder::rabbitmq`]).
+    pub fn rabbitmq_mut(&mut self) -> Option<&mut RabbitMq> {
+        self.rabbitmq.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

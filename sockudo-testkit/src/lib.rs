@@ -88,6 +88,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod pubsub;
+pub mod rabbitmq;
 pub mod redis;
 pub mod redis_cluster;
 mod util;
@@ -112,6 +113,7 @@ pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};
 pub use proxy::TcpProxy;
 pub use pubsub::PubSubEmulator;
+pub use rabbitmq::RabbitMq;
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
 

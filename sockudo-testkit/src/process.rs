@@ -306,6 +306,11 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
+        ("RABBITMQ_URL", settings.rabbitmq.url.clone()),
+        (
+            "RABBITMQ_MAX_MESSAGE_BYTES",
+            settings.rabbitmq.max_message_bytes.to_string(),
+        ),
         ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (

@@ -10,7 +10,8 @@
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`;
-//! with the `google-pubsub` feature, `GooglePubSubTransport`.
+//! with the `google-pubsub` feature, `GooglePubSubTransport`; with the `rabbitmq` feature,
+//! `RabbitmqTransport`.
 //! Presence lives in a shared store (`RedisPresenceStore`) or is replicated over the transport
 //! itself ([`TransportPresenceStore`], for broker-only deployments); both honour the
 //! [`PresenceStore`] contract and its conformance suite.
@@ -26,6 +27,10 @@ pub mod names;
 #[cfg(feature = "nats")]
 mod nats_transport;
 pub mod presence;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq_link;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq_transport;
 #[cfg(feature = "redis")]
 mod redis_cluster_transport;
 #[cfg(feature = "redis")]
@@ -52,6 +57,11 @@ pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
 pub use nats_transport::{NatsTransport, NatsTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq_transport::{
+    routing_key as rabbitmq_routing_key, RabbitmqTransport, RabbitmqTransportOptions,
+    RABBITMQ_DEFAULT_MAX_MESSAGE_BYTES,
+};
 #[cfg(feature = "redis")]
 pub use redis_cluster_transport::RedisClusterTransport;
 #[cfg(feature = "redis")]

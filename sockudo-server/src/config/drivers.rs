@@ -169,6 +169,7 @@ pub(super) fn apply_env(
     if let Some(v) = get("REDIS_CLUSTER_NODES") {
         s.redis.cluster_nodes = v.split(',').map(|n| n.trim().to_owned()).collect();
     }
+    super::rabbitmq::apply_env(s, get)?;
     Ok(())
 }
 
@@ -184,6 +185,9 @@ pub(super) fn adapters() -> Vec<&'static str> {
     }
     if cfg!(feature = "google-pubsub") {
         v.push("google-pubsub");
+    }
+    if cfg!(feature = "rabbitmq") {
+        v.push("rabbitmq");
     }
     v
 }
@@ -286,6 +290,7 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
         );
     }
     validate_redis_cluster(s)?;
+    super::rabbitmq::validate(s)?;
     if adapter == "nats" {
         if s.nats.servers().is_empty() {
             return bad("NATS_URL names no server".into());
