@@ -1049,3 +1049,14 @@ mod redis_cluster;
 #[cfg(feature = "redis")]
 #[path = "adapter_cluster/redis_cluster_env.rs"]
 mod redis_cluster_env;
+
+// ---------------------------------------------------------------------------------------------
+// Pulsar environment (pulsar-lite broker; after `scenarios!`, which it uses)
+
+#[cfg(feature = "pulsar")]
+#[path = "support/pulsar_server.rs"]
+mod pulsar_server;
+
+#[cfg(feature = "pulsar")]
+#[path = "adapter_cluster/pulsar_env.rs"]
+mod pulsar_env;

@@ -10,7 +10,8 @@
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
-//! (presence then lives in a shared store such as Redis).
+//! (presence then lives in a shared store such as Redis); with the `pulsar` feature,
+//! `PulsarTransport` (same presence rule).
 
 mod cluster;
 mod envelope;
@@ -21,6 +22,8 @@ pub mod names;
 #[cfg(feature = "nats")]
 mod nats_transport;
 pub mod presence;
+#[cfg(feature = "pulsar")]
+mod pulsar_transport;
 #[cfg(feature = "redis")]
 mod redis_cluster_transport;
 #[cfg(feature = "redis")]
@@ -41,6 +44,8 @@ pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
 pub use nats_transport::{NatsTransport, NatsTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
+#[cfg(feature = "pulsar")]
+pub use pulsar_transport::{PulsarTransport, PulsarTransportOptions};
 #[cfg(feature = "redis")]
 pub use redis_cluster_transport::RedisClusterTransport;
 #[cfg(feature = "redis")]
