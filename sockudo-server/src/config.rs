@@ -7,8 +7,10 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod drivers;
+mod pulsar_iggy;
 
 pub use drivers::{effective_presence, NatsSection, PresenceSection, RedisSection};
+pub use pulsar_iggy::{IggySection, PulsarSection};
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub const ENV_VARS: &[&str] = &[
     "HOT_BUFFER_SECS",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_MAX_HEADER_BYTES",
+    "IGGY_CONNECTION_STRING",
+    "IGGY_STREAM",
     "IDEMPOTENCY_TTL",
     "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
@@ -73,6 +77,8 @@ pub const ENV_VARS: &[&str] = &[
     "PONG_TIMEOUT",
     "PORT",
     "PRESENCE_DRIVER",
+    "PULSAR_TOKEN",
+    "PULSAR_URL",
     "QUEUE_DRIVER",
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
@@ -257,6 +263,10 @@ pub struct NodeSettings {
     pub nats: NatsSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
     pub presence: PresenceSection,
+    /// Pulsar broker and token (`ADAPTER_DRIVER=pulsar`).
+    pub pulsar: PulsarSection,
+    /// Iggy server and stream (`ADAPTER_DRIVER=iggy`).
+    pub iggy: IggySection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
     pub database_url: Option<SecretUrl>,
@@ -321,6 +331,8 @@ impl Default for NodeSettings {
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
             presence: PresenceSection::default(),
+            pulsar: PulsarSection::default(),
+            iggy: IggySection::default(),
             database_url: None,
             apps: Vec::new(),
         }
@@ -433,6 +445,7 @@ impl NodeSettings {
             self.cluster.prefix = v;
         }
         drivers::apply_env(self, &get)?;
+        pulsar_iggy::apply_env(self, &get);
         let seconds = "whole seconds";
         let count = "a whole number";
         num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
@@ -608,6 +621,7 @@ impl NodeSettings {
             &drivers::adapters(),
         )?;
         drivers::validate(self)?;
+        pulsar_iggy::validate(self)?;
         let caches: &[&str] = if cfg!(feature = "redis") {
             &["memory", "redis", "redis-cluster"]
         } else {
@@ -792,7 +806,8 @@ mod tests {
         let body = src
             [src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())]
             .to_owned()
-            + include_str!("config/drivers.rs");
+            + include_str!("config/drivers.rs")
+            + include_str!("config/pulsar_iggy.rs");
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
             let looks_like_env = piece.len() > 2

@@ -22,6 +22,7 @@ use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
+use crate::pulsar::PulsarBroker;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
 use crate::TestkitError;
@@ -54,6 +55,8 @@ pub struct ClusterBuilder {
     nats_servers: usize,
     /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
     redis_cluster: bool,
+    /// The adapter on a `pulsar-lite` broker ([`ClusterBuilder::pulsar`]).
+    pulsar: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -103,6 +106,17 @@ impl ClusterBuilder {
     pub fn nats(mut self, servers: usize) -> Self {
         self.redis = true;
         self.nats_servers = servers;
+        self
+    }
+
+    /// Carry the adapter over Pulsar instead of Redis: start one `pulsar-lite` broker (an
+    /// independent implementation of the Pulsar binary protocol) and give every node
+    /// `ADAPTER_DRIVER=pulsar` and its `PULSAR_URL`. Presence, cache, history and queue stay
+    /// on the shared Redis, which this implies. The broker is reachable through
+    /// [`Cluster::pulsar_mut`] (kill, restart).
+    pub fn pulsar(mut self) -> Self {
+        self.redis = true;
+        self.pulsar = true;
         self
     }
 
@@ -195,6 +209,11 @@ impl ClusterBuilder {
         let redis_direct = containers
             .as_ref()
             .and_then(ContainerParts::direct_redis_url);
+        let pulsar = if self.pulsar {
+            Some(PulsarBroker::start().await?)
+        } else {
+            None
+        };
         let nats = if self.nats_servers > 0 {
             Some(NatsCluster::start_cluster(self.nats_servers).await?)
         } else {
@@ -240,6 +259,15 @@ impl ClusterBuilder {
                 };
                 settings.nats.url = nats.urls_from(i % nats.len());
             }
+            if let Some(pulsar) = &pulsar {
+                settings.adapter.driver = "pulsar".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.pulsar.url = pulsar.url();
+            }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
             }
@@ -284,6 +312,7 @@ impl ClusterBuilder {
             proxies,
             redis,
             nats,
+            pulsar,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -510,6 +539,7 @@ pub struct Cluster {
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
+    pulsar: Option<PulsarBroker>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -525,6 +555,7 @@ impl Cluster {
             redis_at: None,
             nats_servers: 0,
             redis_cluster: false,
+            pulsar: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -560,6 +591,16 @@ impl Cluster {
     /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
     pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
         self.nats.as_mut()
+    }
+
+    /// The Pulsar broker, when the adapter runs on Pulsar ([`ClusterBuilder::pulsar`]).
+    pub fn pulsar(&self) -> Option<&PulsarBroker> {
+        self.pulsar.as_ref()
+    }
+
+    /// The Pulsar broker, to kill or restart it (see [`ClusterBuilder::pulsar`]).
+    pub fn pulsar_mut(&mut self) -> Option<&mut PulsarBroker> {
+        self.pulsar.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

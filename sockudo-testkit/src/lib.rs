@@ -87,6 +87,7 @@ pub mod nats;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod pulsar;
 pub mod redis;
 pub mod redis_cluster;
 mod util;
@@ -110,6 +111,7 @@ pub use nats::NatsCluster;
 pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};
 pub use proxy::TcpProxy;
+pub use pulsar::PulsarBroker;
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
 

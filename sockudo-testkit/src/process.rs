@@ -306,6 +306,12 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
+        ("PULSAR_URL", settings.pulsar.url.clone()),
+        (
+            "IGGY_CONNECTION_STRING",
+            settings.iggy.connection_string.clone(),
+        ),
+        ("IGGY_STREAM", settings.iggy.stream.clone()),
         ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (
@@ -326,6 +332,7 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("NATS_USERNAME", settings.nats.username.as_ref()),
         ("NATS_PASSWORD", settings.nats.password.as_ref()),
         ("NATS_TOKEN", settings.nats.token.as_ref()),
+        ("PULSAR_TOKEN", settings.pulsar.token.as_ref()),
     ] {
         if let Some(v) = value {
             env.push((name.into(), v.clone()));

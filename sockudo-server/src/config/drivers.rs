@@ -162,6 +162,12 @@ pub(super) fn adapters() -> Vec<&'static str> {
     if cfg!(feature = "nats") {
         v.push("nats");
     }
+    if cfg!(feature = "pulsar") {
+        v.push("pulsar");
+    }
+    if cfg!(feature = "iggy") {
+        v.push("iggy");
+    }
     v
 }
 
