@@ -11,10 +11,13 @@
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
 //! (presence then lives in a shared store such as Redis); with the `pulsar` feature,
-//! `PulsarTransport` (same presence rule).
+//! `PulsarTransport` (same presence rule); with the `iggy` feature, `IggyTransport` (not
+//! proven against an Iggy server).
 
 mod cluster;
 mod envelope;
+#[cfg(feature = "iggy")]
+mod iggy_transport;
 mod interest;
 mod local;
 mod memory_transport;
@@ -39,6 +42,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
+#[cfg(feature = "iggy")]
+pub use iggy_transport::{IggyTransport, IggyTransportOptions, PollCursor};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
