@@ -193,3 +193,59 @@ async fn pulsar_restart_is_visible_and_heals_cluster() {
     );
     assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`; figures in BENCHMARKS.md):
+/// publish-to-delivery latency between two transports, one message at a time, then the rate
+/// of awaited publishes from 4 concurrent publishers (each publish waits for the receipt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement; run explicitly"]
+async fn pulsar_transport_latency_and_rate() {
+    let env = PulsarEnv::new().await;
+    let a = env.transport().await;
+    let b = env.transport().await;
+    let mut sub = b.subscribe("m.t").await.unwrap();
+    let mut lat = Vec::new();
+    for i in 0..500u32 {
+        let t0 = std::time::Instant::now();
+        a.publish("m.t", Bytes::from(i.to_string())).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_micros();
+    println!(
+        "pulsar-lite round trip (publish receipt + delivery), 500 x 3 B: p50 {} us, p99 {} us",
+        pct(50),
+        pct(99)
+    );
+    let n = 5_000u32;
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (a, p) = (a.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 4 {
+                a.publish("m.t", p.clone()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "pulsar-lite: {n} x 1 KiB from 4 publishers, all delivered in {secs:.2} s = {:.0} msg/s",
+        f64::from(n) / secs
+    );
+    assert_eq!(b.dropped(), 0);
+}
