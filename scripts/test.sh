@@ -22,6 +22,9 @@ fi
 export SOCKUDO_PYTHON="$pyenv/bin/python"
 
 cargo test --workspace --all-targets
+# The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):
+# its mapping and state machine are unit tests of sockudo-core.
+cargo test -p sockudo-core --features iggy --lib adapter::iggy_transport
 if [ -f conformance/run.sh ]; then
   bash conformance/run.sh
 fi

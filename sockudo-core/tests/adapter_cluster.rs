@@ -1177,3 +1177,14 @@ mod rabbitmq_server;
 #[cfg(feature = "rabbitmq")]
 #[path = "adapter_cluster/rabbitmq_env.rs"]
 mod rabbitmq_env;
+
+// ---------------------------------------------------------------------------------------------
+// Pulsar environment (pulsar-lite broker; after `scenarios!`, which it uses)
+
+#[cfg(feature = "pulsar")]
+#[path = "support/pulsar_server.rs"]
+mod pulsar_server;
+
+#[cfg(feature = "pulsar")]
+#[path = "adapter_cluster/pulsar_env.rs"]
+mod pulsar_env;

@@ -7,11 +7,13 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod drivers;
+mod pulsar_iggy;
 mod rabbitmq;
 
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
+pub use pulsar_iggy::{IggySection, PulsarSection};
 pub use rabbitmq::RabbitmqSection;
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
@@ -60,6 +62,8 @@ pub const ENV_VARS: &[&str] = &[
     "HOT_BUFFER_SECS",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_MAX_HEADER_BYTES",
+    "IGGY_CONNECTION_STRING",
+    "IGGY_STREAM",
     "IDEMPOTENCY_TTL",
     "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
@@ -79,6 +83,8 @@ pub const ENV_VARS: &[&str] = &[
     "PORT",
     "PRESENCE_DRIVER",
     "PUBSUB_EMULATOR_HOST",
+    "PULSAR_TOKEN",
+    "PULSAR_URL",
     "QUEUE_DRIVER",
     "RABBITMQ_MAX_MESSAGE_BYTES",
     "RABBITMQ_URL",
@@ -280,6 +286,10 @@ pub struct NodeSettings {
     pub presence: PresenceSection,
     /// The RabbitMQ broker (`ADAPTER_DRIVER=rabbitmq`).
     pub rabbitmq: RabbitmqSection,
+    /// Pulsar broker and token (`ADAPTER_DRIVER=pulsar`).
+    pub pulsar: PulsarSection,
+    /// Iggy server and stream (`ADAPTER_DRIVER=iggy`).
+    pub iggy: IggySection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
     pub database_url: Option<SecretUrl>,
@@ -349,6 +359,8 @@ impl Default for NodeSettings {
             google_pubsub: GooglePubSubSection::default(),
             presence: PresenceSection::default(),
             rabbitmq: RabbitmqSection::default(),
+            pulsar: PulsarSection::default(),
+            iggy: IggySection::default(),
             database_url: None,
             apps: Vec::new(),
         }
@@ -461,6 +473,7 @@ impl NodeSettings {
             self.cluster.prefix = v;
         }
         drivers::apply_env(self, &get)?;
+        pulsar_iggy::apply_env(self, &get);
         let seconds = "whole seconds";
         let count = "a whole number";
         num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
@@ -649,6 +662,7 @@ impl NodeSettings {
             &drivers::adapters(),
         )?;
         drivers::validate(self)?;
+        pulsar_iggy::validate(self)?;
         let caches: &[&str] = if cfg!(feature = "redis") {
             &["memory", "redis", "redis-cluster"]
         } else {
@@ -838,7 +852,8 @@ mod tests {
             [src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())]
             .to_owned()
             + include_str!("config/drivers.rs")
-            + before_tests(include_str!("config/rabbitmq.rs"));
+            + before_tests(include_str!("config/rabbitmq.rs"))
+            + before_tests(include_str!("config/pulsar_iggy.rs"));
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
             let looks_like_env = piece.len() > 2

@@ -104,6 +104,18 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(all(feature = "pulsar", feature = "redis"))]
+        "pulsar" => {
+            let (adapter, stats) = pulsar_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
+        #[cfg(all(feature = "iggy", feature = "redis"))]
+        "iggy" => {
+            let (adapter, stats) = iggy_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -290,6 +302,48 @@ async fn rabbitmq_adapter(
     );
     let presence = presence_store(settings, &transport, &url).await?;
     cluster_adapter(settings, transport, presence, &url).await
+}
+
+/// The Pulsar cluster adapter: one Pulsar topic per cluster prefix on `PULSAR_URL`,
+/// presence in the shared Redis (checked by the config).
+#[cfg(all(feature = "pulsar", feature = "redis"))]
+async fn pulsar_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{PulsarTransport, PulsarTransportOptions};
+    let url = settings.pulsar.url.trim().to_owned();
+    let opts = PulsarTransportOptions {
+        url: url.clone(),
+        token: settings.pulsar.token.clone(),
+        topic: PulsarTransportOptions::topic_for_prefix(&settings.cluster.prefix),
+        ..PulsarTransportOptions::default()
+    };
+    let transport = PulsarTransport::connect(opts)
+        .await
+        .map_err(adapter_error(&url))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &url).await
+}
+
+/// The Apache Iggy cluster adapter: one Iggy topic per cluster prefix in `IGGY_STREAM`,
+/// presence in the shared Redis (checked by the config).
+#[cfg(all(feature = "iggy", feature = "redis"))]
+async fn iggy_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{IggyTransport, IggyTransportOptions};
+    let cs = settings.iggy.connection_string.trim().to_owned();
+    let opts = IggyTransportOptions {
+        connection_string: cs.clone(),
+        stream: settings.iggy.stream.clone(),
+        topic: IggyTransportOptions::topic_for_prefix(&settings.cluster.prefix),
+        ..IggyTransportOptions::default()
+    };
+    let transport = IggyTransport::connect(opts)
+        .await
+        .map_err(adapter_error(&cs))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &cs).await
 }
 
 #[cfg(any(feature = "redis", feature = "nats"))]

@@ -23,6 +23,7 @@ use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
 use crate::proxy::TcpProxy;
 use crate::pubsub::PubSubEmulator;
+use crate::pulsar::PulsarBroker;
 use crate::rabbitmq::RabbitMq;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
@@ -60,6 +61,8 @@ pub struct ClusterBuilder {
     google_pubsub: bool,
     /// The adapter on a private RabbitMQ node.
     rabbitmq: bool,
+    /// The adapter on a `pulsar-lite` broker ([`ClusterBuilder::pulsar`]).
+    pulsar: bool,
     mode: NodeMode,
     app: App,
     settings: Option<SettingsFn>,
@@ -119,6 +122,17 @@ impl ClusterBuilder {
     pub fn rabbitmq(mut self) -> Self {
         self.redis = true;
         self.rabbitmq = true;
+        self
+    }
+
+    /// Carry the adapter over Pulsar instead of Redis: start one `pulsar-lite` broker (an
+    /// independent implementation of the Pulsar binary protocol) and give every node
+    /// `ADAPTER_DRIVER=pulsar` and its `PULSAR_URL`. Presence, cache, history and queue stay
+    /// on the shared Redis, which this implies. The broker is reachable through
+    /// [`Cluster::pulsar_mut`] (kill, restart).
+    pub fn pulsar(mut self) -> Self {
+        self.redis = true;
+        self.pulsar = true;
         self
     }
 
@@ -230,6 +244,11 @@ impl ClusterBuilder {
         let redis_direct = containers
             .as_ref()
             .and_then(ContainerParts::direct_redis_url);
+        let pulsar = if self.pulsar {
+            Some(PulsarBroker::start().await?)
+        } else {
+            None
+        };
         let nats = if self.nats_servers > 0 {
             Some(NatsCluster::start_cluster(self.nats_servers).await?)
         } else {
@@ -310,6 +329,15 @@ impl ClusterBuilder {
                 };
                 settings.rabbitmq.url = mq.url();
             }
+            if let Some(pulsar) = &pulsar {
+                settings.adapter.driver = "pulsar".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.pulsar.url = pulsar.url();
+            }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
             }
@@ -356,6 +384,7 @@ impl ClusterBuilder {
             nats,
             pubsub,
             rabbitmq,
+            pulsar,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -584,6 +613,7 @@ pub struct Cluster {
     nats: Option<NatsCluster>,
     pubsub: Option<PubSubEmulator>,
     rabbitmq: Option<RabbitMq>,
+    pulsar: Option<PulsarBroker>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -601,6 +631,7 @@ impl Cluster {
             redis_cluster: false,
             google_pubsub: false,
             rabbitmq: false,
+            pulsar: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
             settings: None,
@@ -651,6 +682,16 @@ impl Cluster {
     /// The RabbitMQ node, to kill or restart it (see [`ClusterBuilder::rabbitmq`]).
     pub fn rabbitmq_mut(&mut self) -> Option<&mut RabbitMq> {
         self.rabbitmq.as_mut()
+    }
+
+    /// The Pulsar broker, when the adapter runs on Pulsar ([`ClusterBuilder::pulsar`]).
+    pub fn pulsar(&self) -> Option<&PulsarBroker> {
+        self.pulsar.as_ref()
+    }
+
+    /// The Pulsar broker, to kill or restart it (see [`ClusterBuilder::pulsar`]).
+    pub fn pulsar_mut(&mut self) -> Option<&mut PulsarBroker> {
+        self.pulsar.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

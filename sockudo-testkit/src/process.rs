@@ -311,6 +311,12 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
             "RABBITMQ_MAX_MESSAGE_BYTES",
             settings.rabbitmq.max_message_bytes.to_string(),
         ),
+        ("PULSAR_URL", settings.pulsar.url.clone()),
+        (
+            "IGGY_CONNECTION_STRING",
+            settings.iggy.connection_string.clone(),
+        ),
+        ("IGGY_STREAM", settings.iggy.stream.clone()),
         ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (
@@ -339,6 +345,7 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
             "PUBSUB_EMULATOR_HOST",
             settings.google_pubsub.emulator_host.as_ref(),
         ),
+        ("PULSAR_TOKEN", settings.pulsar.token.as_ref()),
     ] {
         if let Some(v) = value {
             env.push((name.into(), v.clone()));

@@ -11,7 +11,8 @@
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`;
 //! with the `google-pubsub` feature, `GooglePubSubTransport`; with the `rabbitmq` feature,
-//! `RabbitmqTransport`.
+//! `RabbitmqTransport`; with the `pulsar` feature, `PulsarTransport`; with the `iggy` feature,
+//! `IggyTransport` (not proven against an Iggy server).
 //! Presence lives in a shared store (`RedisPresenceStore`) or is replicated over the transport
 //! itself ([`TransportPresenceStore`], for broker-only deployments); both honour the
 //! [`PresenceStore`] contract and its conformance suite.
@@ -20,6 +21,8 @@ mod cluster;
 mod envelope;
 #[cfg(feature = "google-pubsub")]
 mod google_pubsub_transport;
+#[cfg(feature = "iggy")]
+mod iggy_transport;
 mod interest;
 mod local;
 mod memory_transport;
@@ -27,6 +30,8 @@ pub mod names;
 #[cfg(feature = "nats")]
 mod nats_transport;
 pub mod presence;
+#[cfg(feature = "pulsar")]
+mod pulsar_transport;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq_link;
 #[cfg(feature = "rabbitmq")]
@@ -52,11 +57,15 @@ pub use google_pubsub_transport::{
     GooglePubSubTransport, GooglePubSubTransportOptions,
     MAX_PUBLISH_BYTES as GOOGLE_PUBSUB_MAX_PUBLISH_BYTES,
 };
+#[cfg(feature = "iggy")]
+pub use iggy_transport::{IggyTransport, IggyTransportOptions, PollCursor};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]
 pub use nats_transport::{NatsTransport, NatsTransportOptions};
 pub use presence::{MemoryPresenceStore, PresenceStore};
+#[cfg(feature = "pulsar")]
+pub use pulsar_transport::{PulsarTransport, PulsarTransportOptions};
 #[cfg(feature = "rabbitmq")]
 pub use rabbitmq_transport::{
     routing_key as rabbitmq_routing_key, RabbitmqTransport, RabbitmqTransportOptions,

@@ -189,6 +189,12 @@ pub(super) fn adapters() -> Vec<&'static str> {
     if cfg!(feature = "rabbitmq") {
         v.push("rabbitmq");
     }
+    if cfg!(feature = "pulsar") {
+        v.push("pulsar");
+    }
+    if cfg!(feature = "iggy") {
+        v.push("iggy");
+    }
     v
 }
 
