@@ -1049,3 +1049,14 @@ mod redis_cluster;
 #[cfg(feature = "redis")]
 #[path = "adapter_cluster/redis_cluster_env.rs"]
 mod redis_cluster_env;
+
+// ---------------------------------------------------------------------------------------------
+// Kafka API environment (Tansu broker; after `scenarios!`, which it uses)
+
+#[cfg(feature = "kafka")]
+#[path = "support/kafka_server.rs"]
+mod kafka_server;
+
+#[cfg(feature = "kafka")]
+#[path = "adapter_cluster/kafka_env.rs"]
+mod kafka_env;

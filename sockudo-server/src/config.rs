@@ -7,8 +7,10 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod drivers;
+mod kafka;
 
 pub use drivers::{effective_presence, NatsSection, PresenceSection, RedisSection};
+pub use kafka::KafkaSection;
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,11 @@ pub const ENV_VARS: &[&str] = &[
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_MAX_HEADER_BYTES",
     "IDEMPOTENCY_TTL",
+    "KAFKA_BROKERS",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SECURITY_PROTOCOL",
     "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
     "MAX_FRAME_BYTES",
@@ -255,6 +262,8 @@ pub struct NodeSettings {
     pub redis: RedisSection,
     /// NATS servers and credentials (`ADAPTER_DRIVER=nats`).
     pub nats: NatsSection,
+    /// Kafka brokers and security (`ADAPTER_DRIVER=kafka`).
+    pub kafka: KafkaSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
     pub presence: PresenceSection,
     /// Cluster adapter timing (`[cluster]`).
@@ -320,6 +329,7 @@ impl Default for NodeSettings {
             redis: RedisSection::default(),
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
+            kafka: KafkaSection::default(),
             presence: PresenceSection::default(),
             database_url: None,
             apps: Vec::new(),

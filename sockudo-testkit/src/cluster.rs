@@ -18,6 +18,7 @@ use crate::client::{ApiClient, TestClient};
 use crate::containers::{
     image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer,
 };
+use crate::kafka::KafkaBroker;
 use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
@@ -52,6 +53,7 @@ pub struct ClusterBuilder {
     redis_at: Option<SocketAddr>,
     /// NATS servers for the adapter (0: the adapter runs on Redis).
     nats_servers: usize,
+    kafka: bool,
     /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
     redis_cluster: bool,
     mode: NodeMode,
@@ -103,6 +105,16 @@ impl ClusterBuilder {
     pub fn nats(mut self, servers: usize) -> Self {
         self.redis = true;
         self.nats_servers = servers;
+        self
+    }
+
+    /// Carry the adapter over the Kafka API instead of Redis: start a Tansu broker (memory
+    /// storage) and point every node at it (`ADAPTER_DRIVER=kafka`). Presence, cache, history
+    /// and queue stay on the shared Redis (or the Redis Cluster), which this implies. The
+    /// broker is reachable through [`Cluster::kafka_mut`] (kill, restart).
+    pub fn kafka(mut self) -> Self {
+        self.redis = true;
+        self.kafka = true;
         self
     }
 
@@ -200,6 +212,11 @@ impl ClusterBuilder {
         } else {
             None
         };
+        let kafka = if self.kafka {
+            Some(KafkaBroker::start().await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -239,6 +256,15 @@ impl ClusterBuilder {
                     "redis".into()
                 };
                 settings.nats.url = nats.urls_from(i % nats.len());
+            }
+            if let Some(kafka) = &kafka {
+                settings.adapter.driver = "kafka".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.kafka.brokers = kafka.brokers();
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
@@ -284,6 +310,7 @@ impl ClusterBuilder {
             proxies,
             redis,
             nats,
+            kafka,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -510,6 +537,7 @@ pub struct Cluster {
     proxies: Vec<TcpProxy>,
     redis: Option<RedisServer>,
     nats: Option<NatsCluster>,
+    kafka: Option<KafkaBroker>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -524,6 +552,7 @@ impl Cluster {
             redis: false,
             redis_at: None,
             nats_servers: 0,
+            kafka: false,
             redis_cluster: false,
             mode: NodeMode::InProcess,
             app: crate::test_app(),
@@ -560,6 +589,11 @@ impl Cluster {
     /// The NATS servers, to kill or restart one (see [`ClusterBuilder::nats`]).
     pub fn nats_mut(&mut self) -> Option<&mut NatsCluster> {
         self.nats.as_mut()
+    }
+
+    /// The Kafka broker, to kill or restart it (see [`ClusterBuilder::kafka`]).
+    pub fn kafka_mut(&mut self) -> Option<&mut KafkaBroker> {
+        self.kafka.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

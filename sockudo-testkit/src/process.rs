@@ -306,6 +306,11 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("APP_MANAGER_DRIVER", settings.app_manager.driver.clone()),
         ("REDIS_URL", settings.redis.url.clone()),
         ("NATS_URL", settings.nats.url.clone()),
+        ("KAFKA_BROKERS", settings.kafka.brokers.clone()),
+        (
+            "KAFKA_SECURITY_PROTOCOL",
+            settings.kafka.security_protocol.clone(),
+        ),
         ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (
@@ -326,6 +331,12 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
         ("NATS_USERNAME", settings.nats.username.as_ref()),
         ("NATS_PASSWORD", settings.nats.password.as_ref()),
         ("NATS_TOKEN", settings.nats.token.as_ref()),
+        (
+            "KAFKA_SASL_MECHANISM",
+            settings.kafka.sasl_mechanism.as_ref(),
+        ),
+        ("KAFKA_SASL_USERNAME", settings.kafka.sasl_username.as_ref()),
+        ("KAFKA_SASL_PASSWORD", settings.kafka.sasl_password.as_ref()),
     ] {
         if let Some(v) = value {
             env.push((name.into(), v.clone()));

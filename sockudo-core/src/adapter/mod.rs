@@ -10,11 +10,14 @@
 //! a small [`Transport`] (publish, subscribe as a stream), so another broker only needs a
 //! transport driver: [`MemoryTransport`] (in-process, for tests) and, with the `redis`
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`
-//! (presence then lives in a shared store such as Redis).
+//! (presence then lives in a shared store such as Redis); with the `kafka` feature,
+//! `KafkaTransport` (presence in a shared store as well).
 
 mod cluster;
 mod envelope;
 mod interest;
+#[cfg(feature = "kafka")]
+mod kafka_transport;
 mod local;
 mod memory_transport;
 pub mod names;
@@ -36,6 +39,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use cluster::{ClusterAdapter, ClusterOptions, ClusterStats};
+#[cfg(feature = "kafka")]
+pub use kafka_transport::{KafkaSasl, KafkaSaslMechanism, KafkaTransport, KafkaTransportOptions};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]

@@ -149,6 +149,7 @@ pub(super) fn apply_env(
     if let Some(v) = get("REDIS_CLUSTER_NODES") {
         s.redis.cluster_nodes = v.split(',').map(|n| n.trim().to_owned()).collect();
     }
+    super::kafka::apply_env(s, get);
     Ok(())
 }
 
@@ -161,6 +162,9 @@ pub(super) fn adapters() -> Vec<&'static str> {
     }
     if cfg!(feature = "nats") {
         v.push("nats");
+    }
+    if cfg!(feature = "kafka") {
+        v.push("kafka");
     }
     v
 }
@@ -282,6 +286,9 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
         if s.nats.username.is_some() != s.nats.password.is_some() {
             return bad("NATS_USERNAME and NATS_PASSWORD go together".into());
         }
+    }
+    if adapter == "kafka" {
+        super::kafka::validate(s)?;
     }
     Ok(())
 }
