@@ -223,7 +223,7 @@ mod tests {
             super::KafkaSection::topic(&s.cluster.prefix),
             "sockudo.prod"
         );
-        for broker in ["", "k1", "kafka://k1:9092", "k1:x", ":9092", "k1:0"] {
+        for broker in [",", "k1", "kafka://k1:9092", "k1:x", ":9092", "k1:0"] {
             assert!(
                 err(&[("KAFKA_BROKERS", broker)]).contains("KAFKA_BROKERS"),
                 "{broker:?}"
