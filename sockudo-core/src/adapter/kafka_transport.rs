@@ -635,12 +635,21 @@ impl Consumer {
         if matches!(e, KafkaError::Connection(_) | KafkaError::Request(_)) {
             return e.to_string();
         }
+        match self.repair().await {
+            Some(failed) => format!("{e}; {failed}"),
+            None => e.to_string(),
+        }
+    }
+
+    /// See [`Consumer::recover`]; also after a fetch that timed out (a broker may hold a fetch
+    /// for a missing topic or an offset beyond its log instead of answering).
+    async fn repair(&mut self) -> Option<String> {
         if matches!(partition_count(&self.client, &self.opts).await, Ok(0)) {
             if let Err(create) = ensure_topic(&self.client, &self.shared.ensure, &self.opts).await {
-                return format!("{e}; creating the topic again failed: {create}");
+                return Some(format!("creating the topic again failed: {create}"));
             }
         }
-        let t = self.opts.connect_timeout;
+        let t = self.opts.connect_timeout.min(Duration::from_secs(1));
         let range = async {
             let earliest = bounded(t, self.consumer.get_offset(OffsetAt::Earliest)).await?;
             let latest = bounded(t, self.consumer.get_offset(OffsetAt::Latest)).await?;
@@ -659,7 +668,7 @@ impl Consumer {
                 self.last = None;
             }
         }
-        e.to_string()
+        None
     }
 
     /// After an outage: is this still the log we were reading? A broker that lost its data
@@ -720,7 +729,10 @@ impl Consumer {
                 return self.reset().await;
             }
             Ok(Err(e)) => return Err(self.recover(e).await),
-            Err(_) => return Err("fetch timed out".to_owned()),
+            Err(_) => {
+                let failed = self.repair().await.unwrap_or_default();
+                return Err(format!("fetch timed out {failed}"));
+            }
         };
         if records.is_empty() && high_watermark < self.offset {
             // A broker that answers "nothing yet" below our position lost its log.
