@@ -60,7 +60,10 @@
 //! delivered. When the broker's log no longer holds that offset (a broker that lost its
 //! data, e.g. an in-memory broker restarted, or retention), the consumer restarts at the
 //! log's earliest offset (which, after a data loss, may redeliver records published since).
-//! A topic that disappeared (broker restarted without its data) is created again.
+//! A topic that disappeared (broker restarted without its data) is created again. Known
+//! limit: a broker that creates topics on first use may do so first, with its own partition
+//! count; partitions beyond it then stay unreachable and the transport unhealthy (observed
+//! with Tansu 0.6 and 4 partitions; one partition avoids it).
 //!
 //! [`Transport::is_healthy`] is false while any partition consumer is down and after a
 //! publish failed, until a consumer's next successful fetch confirms the producing
