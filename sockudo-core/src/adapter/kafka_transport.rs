@@ -61,9 +61,10 @@
 //! data, e.g. an in-memory broker restarted, or retention), the consumer restarts at the
 //! log's earliest offset (which, after a data loss, may redeliver records published since).
 //! A topic that disappeared (broker restarted without its data) is created again. Known
-//! limit: a broker that creates topics on first use may do so first, with its own partition
-//! count; partitions beyond it then stay unreachable and the transport unhealthy (observed
-//! with Tansu 0.6 and 4 partitions; one partition avoids it).
+//! limit: after a Tansu 0.6 restart with 4 partitions, one partition sometimes stays
+//! unreachable (fetches answered with no topic) and the transport unhealthy; probably the
+//! broker auto-created the topic with its own partition count first (not confirmed; one
+//! partition avoids it).
 //!
 //! [`Transport::is_healthy`] is false while any partition consumer is down and after a
 //! publish failed, until a consumer's next successful fetch confirms the producing
