@@ -20,6 +20,8 @@ if ! "$pyenv/bin/python" -c 'import sockudo_python' >/dev/null 2>&1 \
   cp conformance/python/requirements.txt "$pyenv/.requirements.txt"
 fi
 export SOCKUDO_PYTHON="$pyenv/bin/python"
+# The Tansu broker (Kafka API) of the kafka adapter's tests; .ci/run puts it there.
+export SOCKUDO_TANSU="${SOCKUDO_TANSU:-$HOME/.cache/sockudo-brokers/tansu}"
 
 cargo test --workspace --all-targets
 # The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):

@@ -1188,3 +1188,14 @@ mod pulsar_server;
 #[cfg(feature = "pulsar")]
 #[path = "adapter_cluster/pulsar_env.rs"]
 mod pulsar_env;
+
+// ---------------------------------------------------------------------------------------------
+// Kafka API environment (Tansu broker; after `scenarios!`, which it uses)
+
+#[cfg(feature = "kafka")]
+#[path = "support/kafka_server.rs"]
+mod kafka_server;
+
+#[cfg(feature = "kafka")]
+#[path = "adapter_cluster/kafka_env.rs"]
+mod kafka_env;

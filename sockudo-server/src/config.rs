@@ -7,12 +7,14 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod drivers;
+mod kafka;
 mod pulsar_iggy;
 mod rabbitmq;
 
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
+pub use kafka::KafkaSection;
 pub use pulsar_iggy::{IggySection, PulsarSection};
 pub use rabbitmq::RabbitmqSection;
 
@@ -65,6 +67,11 @@ pub const ENV_VARS: &[&str] = &[
     "IGGY_CONNECTION_STRING",
     "IGGY_STREAM",
     "IDEMPOTENCY_TTL",
+    "KAFKA_BROKERS",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SECURITY_PROTOCOL",
     "LIVE_GAP_WAIT_MS",
     "LOG_FORMAT",
     "MAX_FRAME_BYTES",
@@ -282,6 +289,8 @@ pub struct NodeSettings {
     pub nats: NatsSection,
     /// Google Pub/Sub project and emulator (`ADAPTER_DRIVER=google-pubsub`).
     pub google_pubsub: GooglePubSubSection,
+    /// Kafka brokers and security (`ADAPTER_DRIVER=kafka`).
+    pub kafka: KafkaSection,
     /// Where cluster presence lives (`PRESENCE_DRIVER`; empty follows the adapter).
     pub presence: PresenceSection,
     /// The RabbitMQ broker (`ADAPTER_DRIVER=rabbitmq`).
@@ -357,6 +366,7 @@ impl Default for NodeSettings {
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
             google_pubsub: GooglePubSubSection::default(),
+            kafka: KafkaSection::default(),
             presence: PresenceSection::default(),
             rabbitmq: RabbitmqSection::default(),
             pulsar: PulsarSection::default(),
@@ -845,6 +855,13 @@ mod tests {
         &src[..src.find("mod tests").unwrap_or(src.len())]
     }
 
+    /// Only the `apply_env` function of a config module (its other strings are values, such
+    /// as Kafka's security protocol names).
+    fn apply_env_of(src: &str) -> &str {
+        let rest = &src[src.find("fn apply_env").unwrap_or(0)..];
+        &rest[..rest.find("\n}\n").unwrap_or(rest.len())]
+    }
+
     #[test]
     fn env_vars_lists_every_name_the_config_reads() {
         let src = include_str!("config.rs");
@@ -853,7 +870,8 @@ mod tests {
             .to_owned()
             + include_str!("config/drivers.rs")
             + before_tests(include_str!("config/rabbitmq.rs"))
-            + before_tests(include_str!("config/pulsar_iggy.rs"));
+            + before_tests(include_str!("config/pulsar_iggy.rs"))
+            + apply_env_of(include_str!("config/kafka.rs"));
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
             let looks_like_env = piece.len() > 2

@@ -116,6 +116,12 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             cluster_stats = Some(stats);
             adapter
         }
+        #[cfg(all(feature = "kafka", feature = "redis"))]
+        "kafka" => {
+            let (adapter, stats) = kafka_adapter(&settings).await?;
+            cluster_stats = Some(stats);
+            adapter
+        }
         other => {
             return Err(BuildError::Unsupported {
                 what: "adapter",
@@ -346,6 +352,47 @@ async fn iggy_adapter(
     cluster_adapter(settings, Arc::new(transport), presence, &cs).await
 }
 
+/// The Kafka cluster adapter: one topic per cluster prefix on the configured brokers,
+/// presence in the shared Redis (checked by the config).
+#[cfg(all(feature = "kafka", feature = "redis"))]
+async fn kafka_adapter(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
+    use sockudo_core::adapter::{
+        KafkaSasl, KafkaSaslMechanism, KafkaTransport, KafkaTransportOptions,
+    };
+    let k = &settings.kafka;
+    let brokers = k.broker_list();
+    let shown = brokers.join(",");
+    let sasl = if k.sasl() {
+        let mechanism =
+            KafkaSaslMechanism::parse(&k.mechanism()).ok_or_else(|| BuildError::Backend {
+                what: "adapter",
+                url: shown.clone(),
+                message: format!("unsupported KAFKA_SASL_MECHANISM {}", k.mechanism()),
+            })?;
+        Some(KafkaSasl {
+            mechanism,
+            username: k.sasl_username.clone().unwrap_or_default(),
+            password: k.sasl_password.clone().unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    let opts = KafkaTransportOptions {
+        brokers,
+        topic: crate::config::KafkaSection::topic(&settings.cluster.prefix),
+        partitions: k.partitions,
+        sasl,
+        ..KafkaTransportOptions::default()
+    };
+    let transport = KafkaTransport::connect(opts)
+        .await
+        .map_err(adapter_error(&shown))?;
+    let presence = redis_presence(settings).await?;
+    cluster_adapter(settings, Arc::new(transport), presence, &shown).await
+}
+
 #[cfg(any(feature = "redis", feature = "nats"))]
 fn adapter_error(url: &str) -> impl Fn(sockudo_core::adapter::AdapterError) -> BuildError + '_ {
     move |e| BuildError::Backend {
@@ -396,6 +443,8 @@ async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
         request_timeout: Duration::from_millis(settings.cluster.request_timeout_ms),
         // Per-channel topics where the transport supports them (Redis, NATS, Pub/Sub, RabbitMQ): a node
         // receives only the channels it has subscribers for.
+        // Per-channel topics where the transport supports them (Redis, NATS; Kafka routes
+        // them locally): a node handles only the channels it has subscribers for.
         interest_routing: true,
     };
     let adapter = ClusterAdapter::start(settings.node_id.clone(), transport, presence, opts)

@@ -18,6 +18,7 @@ use crate::client::{ApiClient, TestClient};
 use crate::containers::{
     image, ContainerNetwork, ContainerNode, ContainerOptions, DockerEngine, RedisContainer,
 };
+use crate::kafka::KafkaBroker;
 use crate::nats::NatsCluster;
 use crate::node::TestNode;
 use crate::process::{settings_env, ProcessNode};
@@ -55,6 +56,7 @@ pub struct ClusterBuilder {
     redis_at: Option<SocketAddr>,
     /// NATS servers for the adapter (0: the adapter runs on Redis).
     nats_servers: usize,
+    kafka: bool,
     /// Shared state (and the adapter, unless on NATS) on a Redis Cluster.
     redis_cluster: bool,
     /// The adapter on the Google Pub/Sub emulator.
@@ -133,6 +135,16 @@ impl ClusterBuilder {
     pub fn pulsar(mut self) -> Self {
         self.redis = true;
         self.pulsar = true;
+        self
+    }
+
+    /// Carry the adapter over the Kafka API instead of Redis: start a Tansu broker (memory
+    /// storage) and point every node at it (`ADAPTER_DRIVER=kafka`). Presence, cache, history
+    /// and queue stay on the shared Redis (or the Redis Cluster), which this implies. The
+    /// broker is reachable through [`Cluster::kafka_mut`] (kill, restart).
+    pub fn kafka(mut self) -> Self {
+        self.redis = true;
+        self.kafka = true;
         self
     }
 
@@ -264,6 +276,11 @@ impl ClusterBuilder {
         } else {
             None
         };
+        let kafka = if self.kafka {
+            Some(KafkaBroker::start().await?)
+        } else {
+            None
+        };
         let mut proxies = Vec::new();
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
@@ -338,6 +355,19 @@ impl ClusterBuilder {
                 };
                 settings.pulsar.url = pulsar.url();
             }
+            if let Some(kafka) = &kafka {
+                settings.adapter.driver = "kafka".into();
+                settings.presence.driver = if redis_cluster.is_some() {
+                    "redis-cluster".into()
+                } else {
+                    "redis".into()
+                };
+                settings.kafka.brokers = kafka.brokers();
+                // One partition: Tansu may auto-create the topic (with its own partition
+                // count) after a restart before a node creates it again; partition 0 then
+                // always exists (see "Kafka API" in docs/operations.md).
+                settings.kafka.partitions = 1;
+            }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);
             }
@@ -385,6 +415,7 @@ impl ClusterBuilder {
             pubsub,
             rabbitmq,
             pulsar,
+            kafka,
             redis_cluster,
             #[cfg(feature = "containers")]
             redis_container,
@@ -614,6 +645,7 @@ pub struct Cluster {
     pubsub: Option<PubSubEmulator>,
     rabbitmq: Option<RabbitMq>,
     pulsar: Option<PulsarBroker>,
+    kafka: Option<KafkaBroker>,
     redis_cluster: Option<RedisCluster>,
     #[cfg(feature = "containers")]
     redis_container: Option<RedisContainer>,
@@ -628,6 +660,7 @@ impl Cluster {
             redis: false,
             redis_at: None,
             nats_servers: 0,
+            kafka: false,
             redis_cluster: false,
             google_pubsub: false,
             rabbitmq: false,
@@ -692,6 +725,11 @@ impl Cluster {
     /// The Pulsar broker, to kill or restart it (see [`ClusterBuilder::pulsar`]).
     pub fn pulsar_mut(&mut self) -> Option<&mut PulsarBroker> {
         self.pulsar.as_mut()
+    }
+
+    /// The Kafka broker, to kill or restart it (see [`ClusterBuilder::kafka`]).
+    pub fn kafka_mut(&mut self) -> Option<&mut KafkaBroker> {
+        self.kafka.as_mut()
     }
 
     /// The Redis Cluster, to kill or restart a server (see [`ClusterBuilder::redis_cluster`]).

@@ -83,6 +83,7 @@ pub mod cluster;
 #[cfg(feature = "containers")]
 pub mod containers;
 pub mod error;
+pub mod kafka;
 pub mod nats;
 pub mod node;
 pub mod process;
@@ -109,6 +110,7 @@ pub use containers::{
     RedisContainer,
 };
 pub use error::TestkitError;
+pub use kafka::KafkaBroker;
 pub use nats::NatsCluster;
 pub use node::TestNode;
 pub use process::{ensure_sockudo_binary, settings_env, sockudo_binary, ProcessNode};

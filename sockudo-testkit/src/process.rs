@@ -317,6 +317,11 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
             settings.iggy.connection_string.clone(),
         ),
         ("IGGY_STREAM", settings.iggy.stream.clone()),
+        ("KAFKA_BROKERS", settings.kafka.brokers.clone()),
+        (
+            "KAFKA_SECURITY_PROTOCOL",
+            settings.kafka.security_protocol.clone(),
+        ),
         ("CLUSTER_PREFIX", settings.cluster.prefix.clone()),
         ("METRICS_PORT", settings.metrics_port.to_string()),
         (
@@ -346,6 +351,12 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
             settings.google_pubsub.emulator_host.as_ref(),
         ),
         ("PULSAR_TOKEN", settings.pulsar.token.as_ref()),
+        (
+            "KAFKA_SASL_MECHANISM",
+            settings.kafka.sasl_mechanism.as_ref(),
+        ),
+        ("KAFKA_SASL_USERNAME", settings.kafka.sasl_username.as_ref()),
+        ("KAFKA_SASL_PASSWORD", settings.kafka.sasl_password.as_ref()),
     ] {
         if let Some(v) = value {
             env.push((name.into(), v.clone()));

@@ -93,6 +93,14 @@ async fn pusher_js_observers_never_see_a_member_join_twice_over_rabbitmq() {
     observers_never_see_a_member_join_twice(cluster).await;
 }
 
+/// The same over the Kafka API between the nodes (a Tansu broker; presence in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_observers_never_see_a_member_join_twice_over_kafka() {
+    let cluster = Cluster::builder().nodes(3).kafka().build().await.unwrap();
+    wait_formed(&cluster).await;
+    observers_never_see_a_member_join_twice(cluster).await;
+}
+
 /// The same on a Redis Cluster (3 primaries with a replica each): sharded pub/sub between
 /// the nodes, presence on the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 //! feature, `RedisTransport` + `RedisPresenceStore`; with the `nats` feature, `NatsTransport`;
 //! with the `google-pubsub` feature, `GooglePubSubTransport`; with the `rabbitmq` feature,
 //! `RabbitmqTransport`; with the `pulsar` feature, `PulsarTransport`; with the `iggy` feature,
-//! `IggyTransport` (not proven against an Iggy server).
+//! `IggyTransport` (not proven against an Iggy server); with the `kafka` feature, `KafkaTransport`.
 //! Presence lives in a shared store (`RedisPresenceStore`) or is replicated over the transport
 //! itself ([`TransportPresenceStore`], for broker-only deployments); both honour the
 //! [`PresenceStore`] contract and its conformance suite.
@@ -24,6 +24,8 @@ mod google_pubsub_transport;
 #[cfg(feature = "iggy")]
 mod iggy_transport;
 mod interest;
+#[cfg(feature = "kafka")]
+mod kafka_transport;
 mod local;
 mod memory_transport;
 pub mod names;
@@ -59,6 +61,8 @@ pub use google_pubsub_transport::{
 };
 #[cfg(feature = "iggy")]
 pub use iggy_transport::{IggyTransport, IggyTransportOptions, PollCursor};
+#[cfg(feature = "kafka")]
+pub use kafka_transport::{KafkaSasl, KafkaSaslMechanism, KafkaTransport, KafkaTransportOptions};
 pub use local::LocalAdapter;
 pub use memory_transport::MemoryTransport;
 #[cfg(feature = "nats")]

@@ -170,6 +170,7 @@ pub(super) fn apply_env(
         s.redis.cluster_nodes = v.split(',').map(|n| n.trim().to_owned()).collect();
     }
     super::rabbitmq::apply_env(s, get)?;
+    super::kafka::apply_env(s, get);
     Ok(())
 }
 
@@ -194,6 +195,9 @@ pub(super) fn adapters() -> Vec<&'static str> {
     }
     if cfg!(feature = "iggy") {
         v.push("iggy");
+    }
+    if cfg!(feature = "kafka") {
+        v.push("kafka");
     }
     v
 }
@@ -314,6 +318,9 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
         if s.nats.username.is_some() != s.nats.password.is_some() {
             return bad("NATS_USERNAME and NATS_PASSWORD go together".into());
         }
+    }
+    if adapter == "kafka" {
+        super::kafka::validate(s)?;
     }
     if adapter == "google-pubsub" {
         validate_google_pubsub(s)?;

@@ -1,0 +1,130 @@
+//! Clusters whose adapter runs on the Kafka API (a Tansu broker started by the testkit, memory
+//! storage; presence, cache, history and queue on the shared Redis): fanout, presence and
+//! cluster queries across nodes, and every node riding out a broker restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cluster_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cluster_support::{
+    assert_every_accepted_tick_delivered, count_app_events, drain, join, user_ids, wait_for,
+    wait_formed, WAIT,
+};
+use serde_json::json;
+use sockudo_testkit::{Cluster, TestClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_cluster_carries_fanout_presence_and_queries() {
+    let cluster = Cluster::builder().nodes(3).kafka().build().await.unwrap();
+    // Cluster queries over Kafka: every node counts every node's probe.
+    wait_formed(&cluster).await;
+
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = cluster.client(i).await.unwrap();
+        c.subscribe("news").await.unwrap();
+        clients.push(c);
+    }
+    let (st, body) = cluster
+        .api(0)
+        .trigger("news", "flash", json!({ "n": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{body}");
+    for c in &mut clients {
+        let events = drain(c).await;
+        let counts = count_app_events(&events, "flash");
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![1],
+            "{counts:?}"
+        );
+    }
+
+    // Presence across nodes: first joins are announced once on every other node.
+    let mut observer = cluster.client(0).await.unwrap();
+    join(&mut observer, "presence-room", "watcher").await;
+    let mut ann = cluster.client(1).await.unwrap();
+    join(&mut ann, "presence-room", "ann").await;
+    let mut bob = cluster.client(2).await.unwrap();
+    join(&mut bob, "presence-room", "bob").await;
+    let events = drain(&mut observer).await;
+    let added: Vec<String> = events
+        .iter()
+        .filter(|e| e.event == "pusher_internal:member_added")
+        .map(|e| e.data["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(added, vec!["ann".to_owned(), "bob".to_owned()]);
+    for i in 0..3 {
+        let (st, body) = cluster
+            .api(i)
+            .get("/channels/presence-room/users", &[])
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{body}");
+        let want: BTreeSet<String> = ["ann", "bob", "watcher"].map(String::from).into();
+        assert_eq!(user_ids(&body), want);
+    }
+}
+
+async fn wait_ready(cluster: &Cluster, i: usize) {
+    wait_for(&format!("node {i} ready again"), WAIT, || {
+        let url = format!("{}/ready", cluster.node(i).http_url());
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The broker is killed mid-stream and started again (empty: memory storage) on its port.
+/// Publishes fail while it is away; afterwards every node reconnects by itself (the topic is
+/// created again), `/ready` is 200 again, and a V2 subscriber on node 1 receives every publish
+/// the API accepted with 2xx before and after the restart, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_rides_out_a_broker_restart() {
+    let mut cluster = Cluster::builder().nodes(2).kafka().build().await.unwrap();
+    wait_formed(&cluster).await;
+    let mut sub = TestClient::connect_v2(&cluster.ws_url(1)).await.unwrap();
+    sub.subscribe("feed").await.unwrap();
+
+    let api = cluster.api(0);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..150u32 {
+        if i == 50 {
+            cluster.kafka_mut().unwrap().kill().unwrap();
+        }
+        if i == 70 {
+            cluster.kafka_mut().unwrap().start_again().await.unwrap();
+        }
+        match api.trigger("feed", "tick", json!({ "i": i })).await {
+            Ok((200, _)) => accepted.push(i),
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_ready(&cluster, 0).await;
+    wait_ready(&cluster, 1).await;
+    assert!(
+        accepted.iter().filter(|&&i| i < 50).count() >= 45,
+        "publishes before the restart: accepted {accepted:?}"
+    );
+    assert!(
+        accepted.iter().any(|&i| i >= 120),
+        "the nodes must recover, not stay down: accepted {accepted:?}, refused {refused}"
+    );
+
+    assert_every_accepted_tick_delivered(&mut sub, &accepted).await;
+
+    // Still carrying traffic afterwards.
+    let (st, _) = api
+        .trigger("feed", "tick", json!({ "i": 1000 }))
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    sub.recv_event("tick", WAIT).await.unwrap();
+}
