@@ -204,6 +204,11 @@ impl HotBuffer {
         before.saturating_sub(self.rings.len())
     }
 
+    /// Shrink the ring map when reaping left it mostly empty; returns whether it did.
+    pub fn shrink(&self) -> bool {
+        crate::memory::shrink_sparse(&self.rings)
+    }
+
     /// Rings held now (one per channel with recent messages).
     pub fn rings(&self) -> usize {
         self.rings.len()

@@ -20,6 +20,7 @@
 //! - [`namespace`]: one app's channels, presence members and users on this node.
 //! - [`connection`]: a connection's handle and its bounded outbound queue.
 //! - [`hot`]: the V2 hot tier (recent messages per channel); [`dedup`]: duplicate suppression.
+//! - `memory`: giving reclaimed per-channel memory back to the operating system.
 //! - `ws`: the WebSocket upgrade, the per-connection task and the protocol handler.
 //! - `http`: the Pusher HTTP API handlers (auth by `sockudo_core::layers`).
 //! - [`publish`]: the one publish path shared by the API and client events.
@@ -34,6 +35,7 @@ pub mod hot;
 mod http;
 pub mod listener;
 mod live_gaps;
+mod memory;
 pub mod metrics;
 pub mod namespace;
 pub mod node;

@@ -196,6 +196,20 @@ impl Node {
         self.namespaces.iter().map(|ns| ns.hot.reap()).sum()
     }
 
+    /// Reclaim idle per-channel state ([`Node::reap_idle`]), shrink the maps it or a flood
+    /// that ended left oversized, and give the freed memory back to the operating system
+    /// when anything was. Called by the node's reaper.
+    pub fn reclaim(&self) {
+        let reaped = self.reap_idle();
+        let shrunk = self
+            .namespaces
+            .iter()
+            .fold(false, |any, ns| ns.shrink() | any);
+        if reaped > 0 || shrunk {
+            crate::memory::give_back();
+        }
+    }
+
     /// Hot rings held now, over every app (one per channel with recent messages).
     pub fn hot_rings(&self) -> usize {
         self.namespaces.iter().map(|ns| ns.hot.rings()).sum()
@@ -378,8 +392,25 @@ impl NodeHandler for LocalHandler {
             return;
         }
         let Some(node) = self.0.upgrade() else { return };
+        // Decided here: re-additions (a removal elsewhere raced a join here) and removals
+        // nobody announced (last leaves racing on two nodes).
+        let (added, removed): (Vec<_>, Vec<_>) = announce
+            .into_iter()
+            .partition(|e| e.change == sockudo_core::adapter::MemberChange::Added);
+        let removed: Vec<RemovedMember> = removed
+            .into_iter()
+            .map(|e| RemovedMember {
+                app_id: e.app_id,
+                channel: e.channel,
+                user_id: e.user_id,
+                seq: e.seq,
+            })
+            .collect();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { node.announce_readded(announce).await });
+            rt.spawn(async move {
+                node.announce_readded(added).await;
+                node.announce_removed(removed).await;
+            });
         }
     }
 }

@@ -485,7 +485,9 @@ fn memory_history(settings: &NodeSettings) -> Option<Arc<dyn HistoryStore>> {
             let period = reap_interval(settings.history_max_age_secs);
             every(period, move || match weak.upgrade() {
                 Some(s) => {
-                    s.reap_idle();
+                    if s.reap_idle() > 0 {
+                        crate::memory::give_back();
+                    }
                     true
                 }
                 None => false,
@@ -542,7 +544,7 @@ fn assemble_with(
         reap_interval(node.settings.hot_buffer_secs),
         move || match weak.upgrade() {
             Some(n) => {
-                n.reap_idle();
+                n.reclaim();
                 true
             }
             None => false,

@@ -486,10 +486,8 @@ on_every_backend!(
 );
 
 // The same scenarios with presence replicated over the broker instead of the shared store.
-// Not `join_leave_storm_leaves_one_consistent_member_list`: with presence replicated over the
-// broker it failed in CI once with a member left behind in one observer's view (a known open
-// convergence bug of the replicated store, issue 12); it runs on every shared-store backend.
 on_broker_only!(
+    join_leave_storm_leaves_one_consistent_member_list,
     subscription_succeeded_lists_members_on_other_nodes,
     rejoin_while_the_last_connection_leaves,
     concurrent_observer_joins_with_churn_never_double_join,

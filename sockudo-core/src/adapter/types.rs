@@ -227,9 +227,10 @@ pub struct ReplicatedMemberEvent {
     pub seq: u64,
     /// Addition or removal.
     pub change: MemberChange,
-    /// `true`: this node decided it (a member another node announced as removed while this
-    /// node still held it: a leave racing a join of the same user elsewhere) and announces it
-    /// cluster-wide, webhooks included. `false`: another node decided it and announces it;
+    /// `true`: this node decided it and announces it cluster-wide, webhooks included: an
+    /// addition (a member another node announced as removed while this node still held it: a
+    /// leave racing a join of the same user elsewhere) or a removal (last leaves racing on
+    /// two nodes, which neither announced). `false`: another node decided it and announces it;
     /// this node only delivers it to its own subscribers, so a subscription that started
     /// while the origin's broadcast was on its way (and missed it) still gets it.
     pub announce: bool,

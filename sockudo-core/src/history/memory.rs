@@ -184,6 +184,12 @@ impl MemoryHistoryStore {
                 || s.try_lock()
                     .is_none_or(|mut st| !st.idle(self.retention, now))
         });
+        // A table sized for a flood of channels would stay that size: shrink it when mostly
+        // empty (the caller may then give the memory back to the system).
+        let cap = self.streams.capacity();
+        if cap > 1024 && self.streams.len().saturating_mul(4) < cap {
+            self.streams.shrink_to_fit();
+        }
         before.saturating_sub(self.streams.len())
     }
 

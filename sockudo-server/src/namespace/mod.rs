@@ -180,6 +180,18 @@ impl Namespace {
         }
     }
 
+    /// Shrink the maps a flood of channels or connections left oversized (see
+    /// [`crate::memory`]); returns whether any was.
+    pub fn shrink(&self) -> bool {
+        let maps = [
+            crate::memory::shrink_sparse(&self.channels),
+            crate::memory::shrink_sparse(&self.sockets),
+            crate::memory::shrink_sparse(&self.users),
+            self.hot.shrink(),
+        ];
+        maps.contains(&true)
+    }
+
     pub fn add_connection(&self, conn: Arc<Connection>) {
         self.sockets.insert(Arc::clone(&conn.socket_id), conn);
     }

@@ -35,6 +35,12 @@
 //!     still holding the user, announces it again (`member_added`, numbered after the
 //!     removal; [`ReplicatedMemberEvent::announce`]). Clients see the user leave and come
 //!     back; webhooks see both.
+//!   - the last connections of one user leaving on two nodes within one round trip: each
+//!     node still sees the other's entry, so neither leave is `gone` and neither announces.
+//!     A node applying such an unannounced leave that leaves the user held nowhere knows
+//!     nobody announced it; the smallest live node id among them announces the removal
+//!     (cluster-wide broadcast and webhook) and publishes it as a delta of its own, so a node
+//!     whose join raced it announces the user again as above.
 //! - **Member events follow the replica**: every delta that announced an event is also handed
 //!   to this node's subscribers ([`ReplicatedMemberEvent`], not announced), so a subscription
 //!   that started while the origin's broadcast was in flight (and missed it) still gets it;

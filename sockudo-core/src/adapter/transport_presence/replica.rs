@@ -268,13 +268,23 @@ impl Replica {
     /// Whether this node announces the removals of a sweep of `dead`: the smallest node id
     /// among this one and the live peers other than `dead`.
     pub fn announces_for(&self, dead: &str, now: Instant) -> bool {
-        !self
-            .peers
-            .iter()
-            .any(|((n, _), inc)| n.as_str() != dead && *n < self.node && self.is_live(inc, now))
+        self.is_smallest_live(Some(dead), now)
     }
 
-    /// Apply one delta of a peer (its `applied` was checked by the caller).
+    /// Whether this node announces a removal nobody announced (last leaves racing on two
+    /// nodes): the smallest node id among this one and every live peer.
+    pub fn leads(&self, now: Instant) -> bool {
+        self.is_smallest_live(None, now)
+    }
+
+    fn is_smallest_live(&self, except: Option<&str>, now: Instant) -> bool {
+        !self.peers.iter().any(|((n, _), inc)| {
+            Some(n.as_str()) != except && *n < self.node && self.is_live(inc, now)
+        })
+    }
+
+    /// Apply one delta of a peer (its `applied` was checked by the caller). Returns whether
+    /// a leave removed an entry the peer held.
     pub fn apply_delta(
         &mut self,
         k: &IncKey,
@@ -282,17 +292,17 @@ impl Replica {
         user: String,
         info: Option<String>,
         join: bool,
-    ) {
+    ) -> bool {
         let limits = self.limits;
         let Some(inc) = self.peers.get_mut(k) else {
-            return;
+            return false;
         };
         if join {
             if inc.holds(&key, &user) {
                 if let Some(users) = inc.contribs.get_mut(&key) {
                     users.insert(user, info);
                 }
-                return;
+                return false;
             }
             let full = inc.entries >= limits.max_entries
                 || inc
@@ -301,17 +311,22 @@ impl Replica {
                     .is_some_and(|u| u.len() >= limits.max_users_per_channel);
             if full {
                 self.truncated += 1;
-                return;
+                return false;
             }
             inc.contribs.entry(key).or_default().insert(user, info);
             inc.entries += 1;
+            false
         } else if let Some(users) = inc.contribs.get_mut(&key) {
-            if users.remove(&user).is_some() {
+            let removed = users.remove(&user).is_some();
+            if removed {
                 inc.entries = inc.entries.saturating_sub(1);
             }
             if users.is_empty() {
                 inc.contribs.remove(&key);
             }
+            removed
+        } else {
+            false
         }
     }
 

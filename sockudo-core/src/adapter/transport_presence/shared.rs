@@ -55,6 +55,8 @@ enum Action {
     SendState,
     Relay(IncKey),
     Ask(String),
+    /// Announce a removal nobody announced (see [`Shared::announce_removal`]).
+    AnnounceRemoval(ChKey, String),
 }
 
 impl Shared {
@@ -142,6 +144,9 @@ impl Shared {
                 Action::Relay(k) => {
                     tokio::spawn(async move { me.send_state(Some(k)).await });
                 }
+                Action::AnnounceRemoval(key, user) => {
+                    tokio::spawn(async move { me.announce_removal(key, user).await });
+                }
                 Action::Ask(target) => {
                     self.bump(&self.counters.sync_requests);
                     let w = Wire::Sync {
@@ -217,11 +222,22 @@ impl Shared {
                 inc.applied = s;
                 inc.floor = inc.floor.max(c);
                 let key: ChKey = (a, ch);
-                let announced = (q > 0).then(|| (key.clone(), u.clone(), i.clone()));
-                st.apply_delta(&k, key, u, i, j);
+                let after = (q > 0 || !j).then(|| (key.clone(), u.clone(), i.clone()));
+                let removed = st.apply_delta(&k, key, u, i, j);
                 self.bump(&self.counters.deltas_applied);
-                if let Some((key, user, info)) = announced {
-                    self.announced(&mut st, key, user, info, j, q);
+                match after {
+                    Some((key, user, info)) if q > 0 => {
+                        self.announced(&mut st, key, user, info, j, q);
+                    }
+                    // An unannounced last leave: its node saw the user held elsewhere when it
+                    // left. When that holder left at the same time (each saw the other), the
+                    // user is gone and nobody said so: the smallest live node announces it.
+                    Some((key, user, _))
+                        if removed && !st.held_anywhere(&key, &user) && st.leads(now) =>
+                    {
+                        out.push(Action::AnnounceRemoval(key, user));
+                    }
+                    _ => {}
                 }
             }
             Wire::Digest { s, c, d, .. } => {
@@ -350,6 +366,47 @@ impl Shared {
         let _ = self
             .events
             .send(event(held, seq, MemberChange::Added, true));
+    }
+
+    /// Announce `user` removed from `key`: its last holders left at the same time on
+    /// different nodes, each leave unannounced because each saw the other. Published as a
+    /// delta of this node that changes nothing (this node does not hold the user) with the
+    /// removal's number, so every node handles it like any announced removal (delivered to
+    /// its subscribers; announced again by a node whose join raced it); handed to this
+    /// node as `announce` for the cluster-wide broadcast and the webhook.
+    pub(super) async fn announce_removal(&self, key: ChKey, user: String) {
+        let _send = self.send.lock().await;
+        let delta = {
+            let mut st = self.state.lock();
+            if st.held_anywhere(&key, &user) {
+                return; // back meanwhile: whoever holds it now announced or keeps it
+            }
+            let seq = st.tick();
+            st.own_nseq += 1;
+            tracing::debug!(node = %self.node, channel = %key.1, user, "announcing a member whose last holders left at the same time");
+            let _ = self.events.send(ReplicatedMemberEvent {
+                app_id: key.0.clone(),
+                channel: key.1.clone(),
+                user_id: user.clone(),
+                info: None,
+                seq,
+                change: MemberChange::Removed,
+                announce: true,
+            });
+            Wire::Delta {
+                n: self.node.clone(),
+                e: self.epoch,
+                s: st.own_nseq,
+                c: st.advertise(),
+                a: key.0,
+                ch: key.1,
+                u: user,
+                i: None,
+                j: false,
+                q: seq,
+            }
+        };
+        self.publish(&delta).await;
     }
 
     /// Install a complete full state from sender `from`.

@@ -217,3 +217,54 @@ async fn only_its_own_node_id_is_served() {
             .is_err()
     );
 }
+
+/// Last leaves racing on two nodes: each saw the other still holding the user, so neither
+/// announced the removal. The smallest live node announces it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_last_leaves_are_announced_by_the_smallest_node() {
+    for (store, announces) in [("b", true), ("z", false)] {
+        let hub = MemoryTransport::new();
+        let mut peer = Peer::new(&hub).await;
+        let s = TransportPresenceStore::start(store, Arc::new(hub.node()), opts())
+            .await
+            .unwrap();
+        let mut events = s.member_events().unwrap();
+        let now = replica::now_us();
+        peer.send(&delta(1, now, "ann", true, now)).await;
+        eventually(|| s.stats().deltas_applied == 1).await;
+        assert_eq!(events.recv().await.unwrap().change, MemberChange::Added);
+        let join = PresenceJoin {
+            app_id: "app",
+            channel: "presence-r",
+            user_id: "ann",
+            info: Some("{}"),
+            max_members: 10,
+        };
+        assert!(!s.join(store, join).await.unwrap().first, "x holds ann");
+        // This node's last connection leaves while x still holds ann: not gone here.
+        let left = s.leave(store, "app", "presence-r", "ann").await.unwrap();
+        assert!(!left.gone);
+        // x left at the same time, having seen this node hold ann: unannounced too.
+        peer.send(&delta(2, now + 10, "ann", false, 0)).await;
+        eventually(|| s.stats().deltas_applied == 2).await;
+        assert!(members(&s).await.is_empty());
+        if announces {
+            let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("the removal is announced")
+                .unwrap();
+            assert_eq!((e.change, e.announce), (MemberChange::Removed, true));
+            assert!(e.seq > now + 10, "numbered after both leaves");
+            // …and published for the other nodes as an announced removal of this node.
+            peer.expect("the announced removal", |w| {
+                matches!(w, Wire::Delta { n, u, j: false, q, .. }
+                    if n == store && u == "ann" && *q == e.seq)
+            })
+            .await;
+        } else {
+            // x (the smaller id) announces it; this node stays quiet.
+            tokio::time::sleep(opts().sync_interval * 4).await;
+            assert!(events.try_recv().is_err(), "z announces nothing");
+        }
+    }
+}
