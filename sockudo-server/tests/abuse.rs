@@ -413,6 +413,20 @@ async fn connect_and_vanish(n: &TestNode) -> Outcome {
             .map_err(|e| e.to_string())?;
         drop(s);
     }
+    // Those count as pending handshakes (capped at 16 here) until the node has read their
+    // EOF: on a busy machine an upgrade right after them may be refused by the cap, which is
+    // the cap working. Wait until one is served.
+    let url = n.ws_url(&format!(
+        "/app/{}?protocol=7&client=js&version=8.6.0",
+        test_app().key
+    ));
+    let deadline = Instant::now() + WAIT;
+    while TestClient::try_connect(&url).await.is_err() {
+        if Instant::now() >= deadline {
+            return Err("the node never served an upgrade after the vanished sockets".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..50 {
         let c = n.client(&test_app().key).await;
         drop(c);
