@@ -230,30 +230,26 @@ async fn exposed(metrics: &[SocketAddr]) -> BTreeSet<String> {
     names
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alerts_fire_and_resolve_against_a_real_cluster() {
+/// A 3-node cluster of `sockudo` processes on a private Redis, with /metrics on `metrics`.
+async fn start_cluster(metrics: &[SocketAddr]) -> Cluster {
     tokio::task::spawn_blocking(ensure_sockudo_binary)
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("the sockudo binary is needed: {e}"));
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let metrics: Vec<SocketAddr> = ports
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
-    let node_ports = ports.clone();
-    let mut cluster = Cluster::builder()
-        .nodes(3)
+    let ports: Vec<u16> = metrics.iter().map(SocketAddr::port).collect();
+    Cluster::builder()
+        .nodes(metrics.len())
         .redis(true)
         .mode(NodeMode::Process)
-        .settings(move |i, s| s.metrics_port = node_ports[i])
+        .settings(move |i, s| s.metrics_port = ports[i])
         .build()
         .await
-        .unwrap();
-    let node_ids: BTreeSet<String> = (0..3).map(|i| format!("node-{i}")).collect();
+        .unwrap()
+}
 
-    // Exercise the features whose series appear on first use: connections, subscriptions,
-    // publishes and the fanout, a closed connection.
+/// Use the features whose series appear on first use: connections, subscriptions, publishes
+/// and the fanout, a closed connection, a refused handshake.
+async fn exercise(cluster: &Cluster) {
     let mut client = cluster.client(0).await.unwrap();
     client.subscribe("ops").await.unwrap();
     let (status, body) = cluster
@@ -272,6 +268,43 @@ async fn alerts_fire_and_resolve_against_a_real_cluster() {
         TestClient::connect(&unknown_app).await.is_err(),
         "an unknown app key is refused (4001)"
     );
+}
+
+/// Every metric the rules and the dashboard read is on the nodes' /metrics, and every
+/// dashboard query is valid PromQL for `prom`.
+async fn check_names_and_queries(prom: &Prometheus, metrics: &[SocketAddr]) {
+    let exposed = exposed(metrics).await;
+    let mut used = BTreeSet::new();
+    for r in rules() {
+        used.extend(kit::metric_names(field(&r, "expr").unwrap()));
+    }
+    let dashboard = kit::dashboard_exprs();
+    for e in &dashboard {
+        used.extend(kit::metric_names(e));
+    }
+    let missing: Vec<_> = used.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/ but not exported: {missing:?}\nexported: {exposed:?}"
+    );
+    for e in dashboard.iter().filter(|e| !e.starts_with("label_values(")) {
+        let q = e
+            .replace("$node_id", ".*")
+            .replace("$app_id", ".*")
+            .replace("$__rate_interval", "1m");
+        let answer = prom.query(&q).await;
+        assert_eq!(answer["status"], "success", "{q}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_and_resolve_against_a_real_cluster() {
+    let metrics: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut cluster = start_cluster(&metrics).await;
+    let node_ids: BTreeSet<String> = (0..3).map(|i| format!("node-{i}")).collect();
+    exercise(&cluster).await;
 
     let for_in_test = format!("{}s", FOR_IN_TEST.as_secs());
     let test_rules = rules_with(|r| {
@@ -305,51 +338,22 @@ async fn alerts_fire_and_resolve_against_a_real_cluster() {
         + EVAL
         + sockudo_server::metrics::SAMPLE_INTERVAL
         + Duration::from_secs(5);
-    poll_until(
-        "SockudoAdapterDown firing on every node",
-        deadline,
-        p,
-        || async move { firing(p, "SockudoAdapterDown").await == *ids },
-    )
-    .await;
-    poll_until(
-        "SockudoNodeNotReady firing on every node",
-        deadline,
-        p,
-        || async move { firing(p, "SockudoNodeNotReady").await == *ids },
-    )
-    .await;
+    for alert in ["SockudoAdapterDown", "SockudoNodeNotReady"] {
+        poll_until(
+            &format!("{alert} firing on every node"),
+            deadline,
+            p,
+            || async move { firing(p, alert).await == *ids },
+        )
+        .await;
+    }
     // A publish now fails (and `sockudo_publishes_failed_total` appears).
     let (status, body) = cluster.api(2).trigger("ops", "e", json!({})).await.unwrap();
     assert_eq!(
         status, 503,
         "publishes fail while the adapter is down: {body}"
     );
-
-    // Every metric the rules and the dashboard read is on the nodes' /metrics.
-    let exposed = exposed(&metrics).await;
-    let mut used = BTreeSet::new();
-    for r in rules() {
-        used.extend(kit::metric_names(field(&r, "expr").unwrap()));
-    }
-    let dashboard = kit::dashboard_exprs();
-    for e in &dashboard {
-        used.extend(kit::metric_names(e));
-    }
-    let missing: Vec<_> = used.difference(&exposed).collect();
-    assert!(
-        missing.is_empty(),
-        "used by deploy/ but not exported: {missing:?}\nexported: {exposed:?}"
-    );
-    // And every dashboard query is valid PromQL for this Prometheus.
-    for e in dashboard.iter().filter(|e| !e.starts_with("label_values(")) {
-        let q = e
-            .replace("$node_id", ".*")
-            .replace("$app_id", ".*")
-            .replace("$__rate_interval", "1m");
-        let answer = prom.query(&q).await;
-        assert_eq!(answer["status"], "success", "{q}: {answer}");
-    }
+    check_names_and_queries(&prom, &metrics).await;
 
     cluster.start_redis().await.unwrap();
     poll_until(

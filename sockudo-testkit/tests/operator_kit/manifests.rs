@@ -72,7 +72,22 @@ pub fn check(what: &str, resources: &[Value], secret_env: &[(&str, &str)]) {
         selects(&spec["selector"]["matchLabels"], pod_labels),
         "{what}: selector"
     );
+    let env = config_env(resources);
+    check_rollout(what, resources, spec, &env);
+    let containers = pod["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1, "{what}");
+    let c = &containers[0];
+    check_ports_and_probes(what, c, &env);
+    check_services(what, resources, pod_labels);
+    check_env(what, c, &env);
+    check_secrets(what, pod, c);
+    check_settings(what, &env, secret_env);
+}
 
+/// One pod at a time (rolling update and PDB), spread over hosts, drained before SIGKILL.
+fn check_rollout(what: &str, resources: &[Value], spec: &Value, env: &HashMap<String, String>) {
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
     let rolling = &spec["strategy"]["rollingUpdate"];
     assert_eq!(spec["strategy"]["type"], "RollingUpdate", "{what}");
     assert_eq!(
@@ -104,7 +119,6 @@ pub fn check(what: &str, resources: &[Value], secret_env: &[(&str, &str)]) {
         "{what}: pods spread over hosts"
     );
 
-    let env = config_env(resources);
     let grace: i64 = env["SHUTDOWN_GRACE_PERIOD"].parse().unwrap();
     let termination = int(
         &pod["terminationGracePeriodSeconds"],
@@ -114,10 +128,10 @@ pub fn check(what: &str, resources: &[Value], secret_env: &[(&str, &str)]) {
         termination >= grace + 10,
         "{what}: terminationGracePeriodSeconds {termination} must be at least SHUTDOWN_GRACE_PERIOD ({grace}) + 10"
     );
+}
 
-    let containers = pod["containers"].as_sequence().expect("containers");
-    assert_eq!(containers.len(), 1, "{what}");
-    let c = &containers[0];
+/// The container's ports are the configured ones; readiness on /ready, liveness on /health.
+fn check_ports_and_probes(what: &str, c: &Value, env: &HashMap<String, String>) {
     let port = |name: &str| {
         c["ports"]
             .as_sequence()
@@ -141,7 +155,11 @@ pub fn check(what: &str, resources: &[Value], secret_env: &[(&str, &str)]) {
     let liveness = &c["livenessProbe"]["httpGet"];
     assert_eq!(liveness["path"], "/health", "{what}: liveness on /health");
     assert_eq!(liveness["port"], "http", "{what}");
+}
 
+/// The public Service, the metrics Service and the optional ServiceMonitor select the right
+/// pods and ports.
+fn check_services(what: &str, resources: &[Value], pod_labels: &Value) {
     let service = find(resources, "Service", "sockudo");
     assert!(
         selects(&service["spec"]["selector"], pod_labels),
@@ -174,10 +192,6 @@ pub fn check(what: &str, resources: &[Value], secret_env: &[(&str, &str)]) {
         );
         assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics", "{what}");
     }
-
-    check_env(what, c, &env);
-    check_secrets(what, pod, c);
-    check_settings(what, &env, secret_env);
 }
 
 /// SOCKUDO_NODE_ID from the pod name; no credential as a plain value anywhere.
