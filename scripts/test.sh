@@ -23,6 +23,8 @@ export SOCKUDO_PYTHON="$pyenv/bin/python"
 # The Tansu broker (Kafka API) of the kafka adapter's tests; .ci/run puts it there.
 export SOCKUDO_TANSU="${SOCKUDO_TANSU:-$HOME/.cache/sockudo-brokers/tansu}"
 
+# sockudo-testkit/tests/operator_kit.rs (the rules, dashboard and manifests of deploy/) needs
+# promtool and prometheus (Debian's `prometheus`; .ci/run installs it): missing is a failure.
 cargo test --workspace --all-targets
 # The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):
 # its mapping and state machine are unit tests of sockudo-core.

@@ -28,6 +28,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use sockudo_core::history::recovery::FailureCode;
+
 use crate::node::Node;
 
 // Connections.
@@ -61,6 +63,9 @@ pub const FANOUT_SECONDS: &str = "sockudo_fanout_duration_seconds";
 pub const FANOUT_BROADCASTS: &str = "sockudo_fanout_broadcasts_total";
 /// Counter: frames queued to connections by the fanout (`app_id`).
 pub const FANOUT_FRAMES: &str = "sockudo_fanout_frames_total";
+/// Gauge: 1 while the cluster adapter carries this node's cross-node traffic (its transport is
+/// connected and it is not standing back for a duplicate node id), else 0.
+pub const ADAPTER_UP: &str = "sockudo_adapter_up";
 /// Counter: adapter errors (`kind` = publish | heartbeat | query_timeout | malformed | sweep).
 pub const ADAPTER_ERRORS: &str = "sockudo_adapter_errors_total";
 /// Counter: requests refused by a per-connection limit, by `limit`.
@@ -168,6 +173,10 @@ pub fn describe() {
         "Broadcasts delivered to local subscribers"
     );
     describe_counter!(FANOUT_FRAMES, "Frames queued to connections by the fanout");
+    describe_gauge!(
+        ADAPTER_UP,
+        "1 while the cluster adapter is connected and carries this node's traffic"
+    );
     describe_counter!(ADAPTER_ERRORS, "Cluster adapter errors, by kind");
     describe_counter!(
         LIMIT_REJECTIONS,
@@ -235,6 +244,28 @@ pub fn describe() {
     counter!(IDEMPOTENCY_REPLAYS).absolute(0);
     counter!(IDEMPOTENCY_CONFLICTS).absolute(0);
     counter!(ADAPTER_DUPLICATES).absolute(0);
+    // `increase()` cannot see a counter's first event when the series starts at 1, so the
+    // series the shipped alerts and dashboard read (deploy/) exist from the start. Label sets
+    // match the increments exactly (ws/handler/subscribe.rs, ws/v2.rs, live_gaps.rs).
+    for limit in [
+        "subscriptions_per_connection",
+        "subscribe_rate",
+        "resume_replay_bytes",
+    ] {
+        counter!(LIMIT_REJECTIONS, "limit" => limit).absolute(0);
+    }
+    for outcome in ["detected", "repaired", "failed_closed"] {
+        counter!(LIVE_GAPS, "outcome" => outcome).absolute(0);
+    }
+    for code in [
+        FailureCode::StreamReset,
+        FailureCode::PositionExpired,
+        FailureCode::ContinuityUnverifiable,
+        FailureCode::PersistenceUnavailable,
+    ] {
+        counter!(RECOVERY, "outcome" => "failure", "source" => "", "code" => code.as_str())
+            .absolute(0);
+    }
 }
 
 /// The process-wide Prometheus handle, once installed.
@@ -375,6 +406,7 @@ pub async fn sample(node: &Node) {
     gauge!(HOT_BYTES).set(hot.bytes as f64);
     counter!(HOT_EVICTIONS).absolute(hot.evictions);
     gauge!(DRAINING).set(if node.is_draining() { 1.0 } else { 0.0 });
+    gauge!(ADAPTER_UP).set(if node.adapter.is_healthy() { 1.0 } else { 0.0 });
     gauge!(READY).set(if crate::server::readiness(node).await.is_ok() {
         1.0
     } else {
@@ -415,6 +447,18 @@ pub async fn sample(node: &Node) {
 mod tests {
     use super::*;
 
+    /// A private recorder labelling every series `node_id="n1"`, and its handle.
+    fn test_recorder() -> (
+        metrics_exporter_prometheus::PrometheusRecorder,
+        PrometheusHandle,
+    ) {
+        let recorder = PrometheusBuilder::new()
+            .add_global_label("node_id", "n1")
+            .build_recorder();
+        let handle = recorder.handle();
+        (recorder, handle)
+    }
+
     #[test]
     fn channel_classes() {
         for (name, class) in [
@@ -432,12 +476,75 @@ mod tests {
         }
     }
 
+    /// `sockudo_adapter_up` follows the cluster transport: 1 while it is healthy, 0 while it
+    /// is cut off (the alert `SockudoAdapterDown` reads it), 1 again once it is back.
+    #[tokio::test]
+    async fn adapter_up_follows_the_transport() {
+        use sockudo_core::adapter::MemoryTransport;
+        use sockudo_core::adapter::{ClusterAdapter, ClusterOptions, MemoryPresenceStore};
+        use sockudo_core::app::StaticAppManager;
+        use sockudo_core::cache::MemoryCache;
+
+        let transport = Arc::new(MemoryTransport::new());
+        let adapter = ClusterAdapter::start(
+            "n1",
+            Arc::clone(&transport),
+            Arc::new(MemoryPresenceStore::new()),
+            ClusterOptions::default(),
+        )
+        .await
+        .expect("cluster adapter over the memory transport");
+        let node = Node::new(
+            crate::config::NodeSettings::default(),
+            Arc::new(StaticAppManager::new(Vec::new())),
+            adapter,
+            Arc::new(MemoryCache::new()),
+            None,
+        );
+        let (recorder, handle) = test_recorder();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        describe();
+        sample(&node).await;
+        let text = handle.render();
+        assert!(
+            text.contains(r#"sockudo_adapter_up{node_id="n1"} 1"#),
+            "{text}"
+        );
+        transport.set_healthy(false);
+        sample(&node).await;
+        let text = handle.render();
+        assert!(
+            text.contains(r#"sockudo_adapter_up{node_id="n1"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"sockudo_ready{node_id="n1"} 0"#), "{text}");
+        transport.set_healthy(true);
+        sample(&node).await;
+        assert!(handle
+            .render()
+            .contains(r#"sockudo_adapter_up{node_id="n1"} 1"#));
+    }
+
+    #[test]
+    fn alerted_counters_exist_at_zero() {
+        let (recorder, handle) = test_recorder();
+        metrics::with_local_recorder(&recorder, describe);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"sockudo_live_gaps_total{node_id="n1",outcome="failed_closed"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"sockudo_recovery_total{node_id="n1",outcome="failure",source="",code="position_expired"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn gauges_go_down_as_well_as_up() {
-        let recorder = PrometheusBuilder::new()
-            .add_global_label("node_id", "n1")
-            .build_recorder();
-        let handle = recorder.handle();
+        let (recorder, handle) = test_recorder();
         metrics::with_local_recorder(&recorder, || {
             describe();
             let app: Arc<str> = Arc::from("a1");
