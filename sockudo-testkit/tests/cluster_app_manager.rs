@@ -194,12 +194,23 @@ async fn app_changes_through_the_admin_api_reach_every_node() {
         "{body}"
     );
 
-    // Create on A → pusher-js connects on C.
+    // Create on A → pusher-js connects on C. Node C is asked for the key first, so it
+    // remembers it as unknown (for the 60 s poll interval): only the invalidation clears that.
+    let key = format!("created-{:08x}", rand::random::<u32>());
+    let early = sockudo_testkit::TestClient::connect(&cluster.node(2).ws_url(&key)).await;
+    assert!(
+        early
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("4001")),
+        "unknown key before creation: {:?}",
+        early.map(|_| ())
+    );
     let (status, app) = admin(
         reqwest::Method::POST,
         &admin_a,
         "/apps",
-        Some(json!({"enable_client_messages": true})),
+        Some(json!({"key": key, "enable_client_messages": true})),
     )
     .await;
     assert_eq!(status, 201, "{app}");
