@@ -196,3 +196,103 @@ fn validate_admin(s: &NodeSettings) -> Result<(), ConfigError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::config::{CliOverrides, NodeSettings};
+
+    fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        NodeSettings::load(&CliOverrides::default(), &env).map_err(|e| e.to_string())
+    }
+
+    const TOKEN: &str = "0123456789abcdef01234567";
+
+    #[test]
+    fn static_driver_refuses_database_and_admin_settings() {
+        assert!(load(&[("DATABASE_URL", "postgres://h/db")])
+            .unwrap_err()
+            .contains("DATABASE_URL"));
+        let e = load(&[("ADMIN_PORT", "9700"), ("ADMIN_TOKEN", TOKEN)]).unwrap_err();
+        assert!(e.contains("admin API"), "{e}");
+        assert!(load(&[("APP_MANAGER_DRIVER", "oracle")])
+            .unwrap_err()
+            .contains("APP_MANAGER_DRIVER"));
+    }
+
+    #[test]
+    fn sql_driver_settings_are_checked() {
+        if !cfg!(feature = "postgres") {
+            let e = load(&[("APP_MANAGER_DRIVER", "postgres")]).unwrap_err();
+            assert!(e.contains("--features"), "{e}");
+            return;
+        }
+        let pg = [
+            ("APP_MANAGER_DRIVER", "postgres"),
+            ("DATABASE_URL", "postgres://u:p@h/db"),
+        ];
+        let s = load(&pg).unwrap();
+        assert!(s.apps.is_empty(), "no dev app with a SQL driver");
+        assert_eq!(
+            (s.app_manager.table.as_str(), s.app_manager.poll_interval),
+            ("applications", 10)
+        );
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = pg.to_vec();
+            v.extend_from_slice(extra);
+            load(&v)
+        };
+        assert!(load(&pg[..1]).unwrap_err().contains("needs DATABASE_URL"));
+        assert!(load(&[pg[0], ("DATABASE_URL", "mysql://h/db")])
+            .unwrap_err()
+            .contains("postgres://"));
+        assert!(with(&[("APP_MANAGER_TABLE", "apps;drop")])
+            .unwrap_err()
+            .contains("APP_MANAGER_TABLE"));
+        assert!(with(&[("APP_MANAGER_POLL_INTERVAL", "0")])
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(with(&[("SOCKUDO_DEFAULT_APP_KEY", "k")])
+            .unwrap_err()
+            .contains("SOCKUDO_DEFAULT_APP_KEY"));
+        assert!(with(&[("ADMIN_PORT", "9700")])
+            .unwrap_err()
+            .contains("go together"));
+        assert!(with(&[("ADMIN_PORT", "9700"), ("ADMIN_TOKEN", "short")])
+            .unwrap_err()
+            .contains("at least"));
+        assert!(with(&[("ADMIN_PORT", "6001"), ("ADMIN_TOKEN", TOKEN)])
+            .unwrap_err()
+            .contains("own listener"));
+        let s = with(&[
+            ("ADMIN_PORT", "9700"),
+            ("ADMIN_TOKEN", TOKEN),
+            ("APP_MANAGER_TABLE", "tenants"),
+            ("APP_MANAGER_CACHE_TTL", "5"),
+        ])
+        .unwrap();
+        assert!(s.admin.enabled());
+        assert_eq!(
+            (s.app_manager.table.as_str(), s.app_manager.cache_ttl),
+            ("tenants", 5)
+        );
+        assert!(
+            !format!("{s:?}").contains(TOKEN),
+            "the token stays out of Debug"
+        );
+        let toml = NodeSettings::from_toml(
+            "[app_manager]\ndriver = \"postgres\"\npoll_interval = 3\n[admin]\nport = 9700\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (toml.app_manager.poll_interval, toml.admin.port),
+            (3, Some(9700))
+        );
+    }
+}
