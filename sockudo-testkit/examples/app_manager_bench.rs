@@ -105,9 +105,11 @@ async fn cold_lookups(m: &SqlAppManager, apps: usize, c: usize) -> (f64, f64) {
 async fn main() {
     let (n, c, apps) = (arg(1, 2000), arg(2, 16), arg(3, 1000));
     println!("connections={n} concurrency={c} apps={apps}");
-    let mut s = NodeSettings::default();
-    s.apps = vec![app(0)];
-    s.metrics_port = 0;
+    let s = NodeSettings {
+        apps: vec![app(0)],
+        metrics_port: 0,
+        ..NodeSettings::default()
+    };
     let static_node = TestNode::start(s).await.unwrap();
     let rate = setup_rate(&static_node, "bench-key-0", n, c).await;
     println!("static   : {rate:8.0} connections/s (handshake + subscribe)");

@@ -349,9 +349,12 @@ impl AppManager for SqlAppManager {
             );
             let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
             for r in self.rows(&sql, &binds).await? {
-                let app = row::to_app(&r, &self.present)?;
-                if chunk.contains(&app.id) {
-                    out.push(Arc::new(app));
+                match row::to_app(&r, &self.present) {
+                    Ok(app) if chunk.contains(&app.id) => out.push(Arc::new(app)),
+                    Ok(_) => {}
+                    // One bad row must not stop the others from being refreshed: it is left
+                    // out, so a cache drops it (fail closed) and says why here.
+                    Err(e) => tracing::error!(error = %e, "app row cannot be served"),
                 }
             }
         }

@@ -152,7 +152,7 @@ impl AppStore for SqlAppManager {
             self.dialect.quote("id"),
             self.dialect.param(1)
         );
-        Ok(self.execute(&sql, &[app.id.clone()]).await? > 0)
+        Ok(self.execute(&sql, std::slice::from_ref(&app.id)).await? > 0)
     }
 
     async fn get(&self, id: &str) -> Result<Option<App>, AppStoreError> {
