@@ -291,3 +291,82 @@ async fn database_outage_keeps_cached_apps_and_recovers() {
     .await;
     held.close().await.unwrap();
 }
+
+/// The admin API's answers to bad requests: JSON errors with the status a client expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_bad_requests_with_json_errors() {
+    const TOKEN: &str = "admin-token-for-the-error-test";
+    let db = ScratchDb::create(SqlServer::MySql).await.unwrap();
+    let mut settings = NodeSettings::default();
+    settings.app_manager.driver = "mysql".into();
+    settings.database_url = Some(sockudo_server::config::SecretUrl(db.url().to_owned()));
+    settings.metrics_port = 0;
+    settings.admin.port = Some(0);
+    settings.admin.token = Some(TOKEN.into());
+    let node = TestNode::start(settings).await.unwrap();
+    // The admin listener binds as the node starts serving.
+    let n = node.node();
+    eventually("the admin listener", || async { n.admin_addr().is_some() }).await;
+    let base = format!("http://{}", n.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<String>| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap())
+                .unwrap_or_else(|e| panic!("status {status}: body is not JSON: {e}"));
+            (status, v)
+        }
+    };
+    use reqwest::Method;
+    let (s, v) = call(Method::POST, "/apps", Some("{not json".into())).await;
+    assert_eq!((s, v["status"].as_u64()), (400, Some(400)), "{v}");
+    let big = format!("{{\"id\":\"{}\"}}", "x".repeat(70 * 1024));
+    let (s, _) = call(Method::POST, "/apps", Some(big)).await;
+    assert_eq!(s, 413);
+    let (s, v) = call(
+        Method::POST,
+        "/apps",
+        Some(r#"{"id":"e1","key":"e-key","secret":"0123456789abcdef"}"#.into()),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        Method::POST,
+        "/apps",
+        Some(r#"{"id":"e2","key":"e-key","secret":"0123456789abcdef"}"#.into()),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = call(Method::PATCH, "/apps/e1", Some(r#"{"secret":"x"}"#.into())).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("rotate"), "{v}");
+    let (s, v) = call(
+        Method::PATCH,
+        "/apps/e1",
+        Some(r#"{"max_connections":"many"}"#.into()),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, _) = call(Method::GET, "/apps/nope", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(Method::GET, "/apps/a%20b", None).await;
+    assert_eq!(s, 422);
+    let (s, _) = call(Method::GET, "/nowhere", None).await;
+    assert_eq!(s, 404);
+    let (s, v) = call(Method::GET, "/apps", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["apps"][0]["id"], "e1", "{v}");
+    assert!(
+        v["apps"][0].get("secret").is_none(),
+        "no secrets in the list: {v}"
+    );
+    let (s, v) = call(Method::GET, "/apps/e1", None).await;
+    assert_eq!((s, v["secret"].as_str()), (200, Some("0123456789abcdef")));
+}

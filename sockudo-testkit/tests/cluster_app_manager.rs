@@ -158,6 +158,11 @@ async fn app_changes_through_the_admin_api_reach_every_node() {
         .await
         .unwrap();
     wait_formed(&cluster).await;
+    let a = cluster.node(0).as_in_process().unwrap().node();
+    wait_for("node A's admin listener", DEADLINE, || async {
+        a.admin_addr()
+    })
+    .await;
     let admin_a = format!(
         "http://{}",
         cluster
