@@ -30,6 +30,9 @@ use tokio::time::Instant;
 
 use super::{App, AppManager, AppManagerError, AppManagerStatus};
 
+/// Longest unknown key or id remembered (longer ones cost a backend read each time).
+const MAX_REMEMBERED_NAME: usize = 256;
+
 /// How the cache behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheOptions {
@@ -301,6 +304,13 @@ impl<M: AppManager> CachedAppManager<M> {
     }
 
     fn remember_missing(&self, by: By<'_>) {
+        let name = match by {
+            By::Id(n) | By::Key(n) => n,
+        };
+        if name.len() > MAX_REMEMBERED_NAME {
+            // No app has such a name; remembering it would let long made-up keys fill memory.
+            return;
+        }
         let mut st = self.state.lock();
         if st.missing.len() >= self.opts.capacity {
             let ttl = self.opts.negative_ttl;

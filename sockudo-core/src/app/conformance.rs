@@ -108,7 +108,16 @@ where
         vec![App::new(format!("u-{s}"), format!("u-key-{s}"), "s")],
     )
     .await;
-    for key in [format!("nope-{s}"), String::new(), "%".into(), "_".into()] {
+    let long = "k".repeat(300);
+    for key in [
+        format!("nope-{s}"),
+        String::new(),
+        "%".into(),
+        "_".into(),
+        "nul\0key".into(),
+        "🔑-emoji".into(),
+        long,
+    ] {
         let r = ok(m.find_by_key(&key).await, "find_by_key (unknown)");
         assert!(r.is_none(), "unknown key {key:?} found {r:?}");
     }

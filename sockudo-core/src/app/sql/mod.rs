@@ -261,6 +261,16 @@ impl SqlAppManager {
         }
         match tokio::time::timeout(self.timeout, q.fetch_all(&self.pool)).await {
             Ok(Ok(rows)) => Ok(rows),
+            // The server answered, refusing this statement (a value it cannot compare, a
+            // dropped column): not an outage, so it must not make the node refuse every
+            // unknown key. It is logged by the caller of the failed lookup.
+            Ok(Err(sqlx::Error::Database(e))) => Err(AppManagerError::Malformed {
+                id: binds
+                    .first()
+                    .map(|b| b.chars().take(64).collect())
+                    .unwrap_or_default(),
+                message: format!("the database refused the lookup: {e}"),
+            }),
             Ok(Err(e)) => Err(AppManagerError::Unavailable(e.to_string())),
             Err(_) => Err(AppManagerError::Unavailable(format!(
                 "no answer within {:?}",
@@ -276,6 +286,9 @@ impl SqlAppManager {
         column: &'static str,
         value: &str,
     ) -> Result<Option<Arc<App>>, AppManagerError> {
+        if !plausible(value) {
+            return Ok(None);
+        }
         let sql = format!(
             "{} WHERE {} = {}",
             self.select,
@@ -294,6 +307,13 @@ impl SqlAppManager {
         }
         Ok(None)
     }
+}
+
+/// Whether `value` can be an id or key of a stored app at all. Anything else is answered "no
+/// such app" without a query: a NUL byte is refused by PostgreSQL as a statement error, and
+/// both migrations store at most 255 characters.
+fn plausible(value: &str) -> bool {
+    !value.is_empty() && value.chars().count() <= 255 && !value.contains('\0')
 }
 
 /// The table's columns this manager knows, with their catalog type (empty: no such table).
@@ -339,6 +359,7 @@ impl AppManager for SqlAppManager {
     async fn find_many(&self, ids: &[String]) -> Result<Vec<Arc<App>>, AppManagerError> {
         let mut out = Vec::with_capacity(ids.len());
         // Bounded statements: databases cap the number of parameters.
+        let ids: Vec<&String> = ids.iter().filter(|id| plausible(id)).collect();
         for chunk in ids.chunks(500) {
             let params: Vec<String> = (1..=chunk.len()).map(|n| self.dialect.param(n)).collect();
             let sql = format!(
@@ -347,10 +368,10 @@ impl AppManager for SqlAppManager {
                 self.dialect.quote("id"),
                 params.join(", ")
             );
-            let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let binds: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
             for r in self.rows(&sql, &binds).await? {
                 match row::to_app(&r, &self.present) {
-                    Ok(app) if chunk.contains(&app.id) => out.push(Arc::new(app)),
+                    Ok(app) if chunk.contains(&&app.id) => out.push(Arc::new(app)),
                     Ok(_) => {}
                     // One bad row must not stop the others from being refreshed: it is left
                     // out, so a cache drops it (fail closed) and says why here.
