@@ -12,7 +12,6 @@
 //!   connections of an app that is now disabled (4003) or deleted (4001) on this node.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sockudo_core::adapter::ControlMessage;
 use sockudo_core::app::{AppChange, AppManager, AppStore, StaticAppManager};
@@ -68,6 +67,7 @@ pub async fn build(settings: &NodeSettings) -> Result<AppBackend, BuildError> {
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn sql_backend(settings: &NodeSettings) -> Result<AppBackend, BuildError> {
     use sockudo_core::app::{CacheOptions, CachedAppManager, SqlAppManager, SqlOptions};
+    use std::time::Duration;
     let m = &settings.app_manager;
     let url = settings
         .database_url
