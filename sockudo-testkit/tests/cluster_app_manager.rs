@@ -234,74 +234,11 @@ async fn app_changes_through_the_admin_api_reach_every_node() {
     js.connect("a", ports[0], &key, &secret).await;
     js.connect("b", ports[1], &key, &secret).await;
 
-    // Rotate on A → old signatures refused everywhere, new ones accepted.
-    let (status, rotated) = admin(
-        reqwest::Method::POST,
-        &admin_a,
-        &format!("/apps/{id}/secret"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{rotated}");
-    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
-    assert_ne!(new_secret, secret);
-    for (n, client) in ["a", "b", "c"].into_iter().enumerate() {
-        let mut round = 0;
-        loop {
-            round += 1;
-            let refused = !js
-                .subscribe(client, &format!("private-old-{client}-{round}"), &secret)
-                .await;
-            if refused {
-                break;
-            }
-            assert!(round < 100, "node {n} still accepts the old secret");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            js.subscribe(client, &format!("private-new-{client}"), &new_secret)
-                .await,
-            "node {n} refuses the new secret"
-        );
-        let old_api = ApiClient::new(&cluster.node(n).http_url(), &id, &key, &secret);
-        let new_api = ApiClient::new(&cluster.node(n).http_url(), &id, &key, &new_secret);
-        assert_eq!(
-            old_api.get("/channels", &[]).await.unwrap().0,
-            401,
-            "node {n}: old secret"
-        );
-        assert_eq!(
-            new_api.get("/channels", &[]).await.unwrap().0,
-            200,
-            "node {n}: new secret"
-        );
-    }
+    let new_secret =
+        rotation_reaches_every_node(&mut js, &cluster, &admin_a, &id, &key, &secret).await;
     let r = js.connect("c2", ports[2], &key, &new_secret).await;
     assert_eq!(r["ok"], true);
-
-    // Disable on A → the connections close on every node with 4003.
-    let (status, body) = admin(
-        reqwest::Method::PATCH,
-        &admin_a,
-        &format!("/apps/{id}"),
-        Some(json!({"enabled": false})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    for client in ["a", "b", "c", "c2"] {
-        let closed = js
-            .expect(&format!("{client} closed"), |v| {
-                v["id"] == client && v["event"] == "closed"
-            })
-            .await;
-        assert_eq!(closed["code"], 4003, "{client}: {closed}");
-    }
-    let refused = wait_for("a new connection refused", DEADLINE, || {
-        let url = cluster.node(1).ws_url(&key);
-        async move { sockudo_testkit::TestClient::connect(&url).await.err() }
-    })
-    .await;
-    assert!(refused.to_string().contains("4003"), "{refused}");
+    disable_closes_every_node(&mut js, &cluster, &admin_a, &id, &key).await;
 
     // Delete: gone for the admin API and the nodes.
     let (status, _) = admin(
@@ -318,4 +255,94 @@ async fn app_changes_through_the_admin_api_reach_every_node() {
         (404, json!(404)),
         "{body}"
     );
+}
+
+/// Rotate the secret on node A: on every node the old signature is refused (eventually: only
+/// the adapter invalidation can tell them) and the new one accepted, by pusher-js
+/// subscriptions and by the HTTP API. Returns the new secret.
+async fn rotation_reaches_every_node(
+    js: &mut Driver,
+    cluster: &Cluster,
+    admin_a: &str,
+    id: &str,
+    key: &str,
+    secret: &str,
+) -> String {
+    // Rotate on A → old signatures refused everywhere, new ones accepted.
+    let (status, rotated) = admin(
+        reqwest::Method::POST,
+        admin_a,
+        &format!("/apps/{id}/secret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    for (n, client) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut round = 0;
+        loop {
+            round += 1;
+            let refused = !js
+                .subscribe(client, &format!("private-old-{client}-{round}"), secret)
+                .await;
+            if refused {
+                break;
+            }
+            assert!(round < 100, "node {n} still accepts the old secret");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            js.subscribe(client, &format!("private-new-{client}"), &new_secret)
+                .await,
+            "node {n} refuses the new secret"
+        );
+        let old_api = ApiClient::new(&cluster.node(n).http_url(), id, key, secret);
+        let new_api = ApiClient::new(&cluster.node(n).http_url(), id, key, &new_secret);
+        assert_eq!(
+            old_api.get("/channels", &[]).await.unwrap().0,
+            401,
+            "node {n}: old secret"
+        );
+        assert_eq!(
+            new_api.get("/channels", &[]).await.unwrap().0,
+            200,
+            "node {n}: new secret"
+        );
+    }
+    new_secret
+}
+
+/// Disable the app on node A: the pusher-js clients on every node are closed with 4003 and a
+/// new connection is refused with 4003.
+async fn disable_closes_every_node(
+    js: &mut Driver,
+    cluster: &Cluster,
+    admin_a: &str,
+    id: &str,
+    key: &str,
+) {
+    // Disable on A → the connections close on every node with 4003.
+    let (status, body) = admin(
+        reqwest::Method::PATCH,
+        admin_a,
+        &format!("/apps/{id}"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for client in ["a", "b", "c", "c2"] {
+        let closed = js
+            .expect(&format!("{client} closed"), |v| {
+                v["id"] == client && v["event"] == "closed"
+            })
+            .await;
+        assert_eq!(closed["code"], 4003, "{client}: {closed}");
+    }
+    let refused = wait_for("a new connection refused", DEADLINE, || {
+        let url = cluster.node(1).ws_url(key);
+        async move { sockudo_testkit::TestClient::connect(&url).await.err() }
+    })
+    .await;
+    assert!(refused.to_string().contains("4003"), "{refused}");
 }
