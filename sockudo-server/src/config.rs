@@ -6,11 +6,13 @@ use std::path::Path;
 use serde::Deserialize;
 use sockudo_core::app::App;
 
+mod app_manager;
 mod drivers;
 mod kafka;
 mod pulsar_iggy;
 mod rabbitmq;
 
+pub use app_manager::{AdminSection, AppManagerSection, MIN_ADMIN_TOKEN_LEN};
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
@@ -44,9 +46,14 @@ pub enum ConfigError {
 pub const ENV_VARS: &[&str] = &[
     "ACTIVITY_TIMEOUT",
     "ADAPTER_DRIVER",
+    "ADMIN_PORT",
+    "ADMIN_TOKEN",
     "API_RATE_LIMIT_BURST",
     "API_RATE_LIMIT_PER_SECOND",
+    "APP_MANAGER_CACHE_TTL",
     "APP_MANAGER_DRIVER",
+    "APP_MANAGER_POLL_INTERVAL",
+    "APP_MANAGER_TABLE",
     "CACHE_CHANNEL_TTL",
     "CACHE_DRIVER",
     "CLUSTER_HEARTBEAT_INTERVAL_MS",
@@ -281,7 +288,10 @@ pub struct NodeSettings {
     pub cache: DriverSection,
     pub queue: DriverSection,
     pub history: DriverSection,
-    pub app_manager: DriverSection,
+    /// Where apps come from (`[app_manager]`).
+    pub app_manager: AppManagerSection,
+    /// The apps admin API (`[admin]`; off unless configured).
+    pub admin: AdminSection,
     /// `[redis]`: the single server (`REDIS_URL`) and the Redis Cluster seeds
     /// (`REDIS_CLUSTER_NODES`).
     pub redis: RedisSection,
@@ -359,9 +369,8 @@ impl Default for NodeSettings {
             history: DriverSection {
                 driver: "memory".into(),
             },
-            app_manager: DriverSection {
-                driver: "static".into(),
-            },
+            app_manager: AppManagerSection::default(),
+            admin: AdminSection::default(),
             redis: RedisSection::default(),
             cluster: ClusterSection::default(),
             nats: NatsSection::default(),
@@ -416,7 +425,22 @@ impl NodeSettings {
         if let Some(p) = cli.port {
             s.port = p;
         }
-        if s.apps.is_empty() {
+        if s.app_manager.is_sql() {
+            // The dev app's variables would be silently unused: apps come from the database.
+            if let Some(name) = [
+                "SOCKUDO_DEFAULT_APP_ID",
+                "SOCKUDO_DEFAULT_APP_KEY",
+                "SOCKUDO_DEFAULT_APP_SECRET",
+            ]
+            .into_iter()
+            .find(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is set, but APP_MANAGER_DRIVER={} reads apps from the database",
+                    s.app_manager.driver
+                )));
+            }
+        } else if s.apps.is_empty() {
             s.apps.push(dev_app(env)?);
         }
         s.validate()?;
@@ -483,6 +507,7 @@ impl NodeSettings {
             self.cluster.prefix = v;
         }
         drivers::apply_env(self, &get)?;
+        app_manager::apply_env(self, &get)?;
         pulsar_iggy::apply_env(self, &get);
         let seconds = "whole seconds";
         let count = "a whole number";
@@ -709,11 +734,7 @@ impl NodeSettings {
         {
             return Err(ConfigError::Invalid("cluster: need heartbeat_interval_ms > 0, heartbeat_interval_ms < node_timeout_ms <= 30000, request_timeout_ms > 0".into()));
         }
-        check(
-            "app_manager.driver (APP_MANAGER_DRIVER)",
-            &self.app_manager.driver,
-            &["static"],
-        )?;
+        app_manager::validate(self)?;
         check(
             "log_format (LOG_FORMAT)",
             &self.log_format,
@@ -869,6 +890,7 @@ mod tests {
             [src.find("fn apply_env").unwrap_or(0)..src.find("mod tests").unwrap_or(src.len())]
             .to_owned()
             + include_str!("config/drivers.rs")
+            + before_tests(include_str!("config/app_manager.rs"))
             + before_tests(include_str!("config/rabbitmq.rs"))
             + before_tests(include_str!("config/pulsar_iggy.rs"))
             + apply_env_of(include_str!("config/kafka.rs"));

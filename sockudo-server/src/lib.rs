@@ -28,6 +28,8 @@
 //! - [`server`]: router assembly, health/readiness, serve and drain.
 //! - [`metrics`]: every Prometheus metric's name, the recorder and `GET /metrics`.
 
+pub mod admin;
+pub mod apps;
 pub mod config;
 pub mod connection;
 pub mod dedup;

@@ -124,6 +124,15 @@ pub const HTTP_RESPONSES: &str = "sockudo_http_responses_total";
 // Node state.
 /// Gauge: 1 while `/ready` would answer 200, else 0.
 pub const READY: &str = "sockudo_ready";
+/// 1 while the app manager's database answers, 0 during an outage (SQL app managers only).
+pub const APP_MANAGER_UP: &str = "sockudo_app_manager_backend_up";
+/// Apps held in the node's app cache (SQL app managers only).
+pub const APP_MANAGER_CACHED: &str = "sockudo_app_manager_cached_apps";
+/// App lookups by outcome: `hit`, `miss` (read the database), `stale` (served from the cache
+/// during an outage), `unavailable` (refused: database down and app not cached).
+pub const APP_MANAGER_LOOKUPS: &str = "sockudo_app_manager_lookups_total";
+/// Cache invalidations received over the cluster adapter, and failed polls.
+pub const APP_MANAGER_EVENTS: &str = "sockudo_app_manager_events_total";
 /// Gauge: 1 while draining.
 pub const DRAINING: &str = "sockudo_draining";
 
@@ -238,6 +247,13 @@ pub fn describe() {
     describe_counter!(HTTP_RESPONSES, "HTTP API responses by status class");
     describe_gauge!(READY, "1 while the node is ready");
     describe_gauge!(DRAINING, "1 while the node is draining");
+    describe_gauge!(APP_MANAGER_UP, "1 while the app manager's database answers");
+    describe_gauge!(APP_MANAGER_CACHED, "Apps held in the node's app cache");
+    describe_counter!(APP_MANAGER_LOOKUPS, "App lookups by outcome");
+    describe_counter!(
+        APP_MANAGER_EVENTS,
+        "App cache invalidations and failed database polls"
+    );
     // Registered at zero so dashboards and alerts see them before the first event.
     counter!(RATE_LIMITED, "scope" => "http").absolute(0);
     counter!(RATE_LIMITED, "scope" => "client_event").absolute(0);
@@ -419,6 +435,17 @@ pub async fn sample(node: &Node) {
         counter!(ADAPTER_ERRORS, "kind" => "malformed").absolute(stats.malformed);
         counter!(ADAPTER_ERRORS, "kind" => "sweep").absolute(stats.sweep_errors);
         counter!(DUPLICATE_NODE_IDS).absolute(stats.duplicate_node_ids);
+    }
+    if let Some(st) = node.apps.status() {
+        gauge!(APP_MANAGER_UP).set(if st.backend_up { 1.0 } else { 0.0 });
+        gauge!(APP_MANAGER_CACHED).set(st.cached_apps as f64);
+        let c = st.stats;
+        counter!(APP_MANAGER_LOOKUPS, "result" => "hit").absolute(c.hits);
+        counter!(APP_MANAGER_LOOKUPS, "result" => "miss").absolute(c.misses);
+        counter!(APP_MANAGER_LOOKUPS, "result" => "stale").absolute(c.stale_served);
+        counter!(APP_MANAGER_LOOKUPS, "result" => "unavailable").absolute(c.unavailable);
+        counter!(APP_MANAGER_EVENTS, "kind" => "invalidation").absolute(c.invalidations);
+        counter!(APP_MANAGER_EVENTS, "kind" => "poll_failure").absolute(c.poll_failures);
     }
     if let Some(w) = node.webhooks() {
         let s = w.stats().snapshot();

@@ -11,7 +11,7 @@ use sockudo_core::adapter::{
     Adapter, Broadcast, ClusterAnswer, ClusterQuery, ControlMessage, MemberEvent, NodeHandler,
     RemovedMember,
 };
-use sockudo_core::app::AppManager;
+use sockudo_core::app::{AppManager, AppStore};
 use sockudo_core::cache::Cache;
 use sockudo_core::history::HistoryStore;
 use sockudo_core::protocol::events::Family;
@@ -51,6 +51,10 @@ pub struct Node {
     cluster_stats: std::sync::OnceLock<ClusterStatsFn>,
     /// Member events dropped as stale (see `Namespace::fanout_member`).
     stale_member_events: AtomicU64,
+    /// Writes to the shared app backend (SQL app managers; the admin API uses it).
+    app_store: std::sync::OnceLock<Arc<dyn AppStore>>,
+    /// Where the admin API listens, once it does.
+    admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// Reads the cluster adapter's counters.
@@ -95,6 +99,8 @@ impl Node {
             webhooks_waited: AtomicBool::new(false),
             cluster_stats: std::sync::OnceLock::new(),
             stale_member_events: AtomicU64::new(0),
+            app_store: std::sync::OnceLock::new(),
+            admin_addr: std::sync::OnceLock::new(),
         });
         node.adapter
             .attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
@@ -146,6 +152,34 @@ impl Node {
                 .entry(Arc::from(app_id))
                 .or_insert_with(|| Arc::new(Namespace::new(Arc::from(app_id), limits))),
         )
+    }
+
+    /// Install the writable app backend (once; later calls return false).
+    pub fn set_app_store(&self, store: Arc<dyn AppStore>) -> bool {
+        self.app_store.set(store).is_ok()
+    }
+
+    /// The writable app backend, when apps come from a database.
+    pub fn app_store(&self) -> Option<&Arc<dyn AppStore>> {
+        self.app_store.get()
+    }
+
+    /// Record where the admin API listens (once).
+    pub fn set_admin_addr(&self, addr: std::net::SocketAddr) -> bool {
+        self.admin_addr.set(addr).is_ok()
+    }
+
+    /// Where the admin API listens, when it does.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr.get().copied()
+    }
+
+    /// Ids of the apps that have state on this node.
+    pub fn namespace_ids(&self) -> Vec<Arc<str>> {
+        self.namespaces
+            .iter()
+            .map(|n| Arc::clone(n.key()))
+            .collect()
     }
 
     pub fn existing_namespace(&self, app_id: &str) -> Option<Arc<Namespace>> {
@@ -339,6 +373,13 @@ impl NodeHandler for LocalHandler {
                     for conn in ns.user_connections(user_id) {
                         conn.close(ErrorCode::Unauthorized);
                     }
+                }
+            }
+            ControlMessage::AppChanged { app_id } => {
+                // The re-read goes to the database: off the adapter's delivery path.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let app_id = app_id.clone();
+                    rt.spawn(async move { node.apps.invalidate(&app_id).await });
                 }
             }
         }

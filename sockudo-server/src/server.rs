@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
 use sockudo_core::adapter::{Adapter, LocalAdapter};
-use sockudo_core::app::StaticAppManager;
 use sockudo_core::cache::{Cache, CacheError, MemoryCache};
 use sockudo_core::history::{HistoryStore, MemoryHistoryStore, Retention};
 use sockudo_core::layers::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer, RateLimiter};
@@ -155,7 +154,8 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             })
         }
     };
-    let node = assemble_with(settings, cache, adapter, history);
+    let apps = crate::apps::build(&settings).await?;
+    let node = assemble_with(settings, cache, adapter, history, apps);
     if let Some(stats) = cluster_stats {
         node.set_cluster_stats(stats);
     }
@@ -527,7 +527,14 @@ fn every(period: Duration, mut f: impl FnMut() -> bool + Send + 'static) {
 
 fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
     let history = memory_history(&settings);
-    assemble_with(settings, cache, Arc::new(LocalAdapter::new()), history)
+    let apps = crate::apps::static_backend(&settings);
+    assemble_with(
+        settings,
+        cache,
+        Arc::new(LocalAdapter::new()),
+        history,
+        apps,
+    )
 }
 
 fn assemble_with(
@@ -535,9 +542,15 @@ fn assemble_with(
     cache: Arc<dyn Cache>,
     adapter: Arc<dyn Adapter>,
     history: Option<Arc<dyn HistoryStore>>,
+    apps: crate::apps::AppBackend,
 ) -> Arc<Node> {
-    let apps = Arc::new(StaticAppManager::new(settings.apps.clone()));
-    let node = Node::new(settings, apps, adapter, cache, history);
+    let node = Node::new(settings, apps.apps, adapter, cache, history);
+    if let Some(store) = apps.store {
+        node.set_app_store(store);
+    }
+    if let Some(changes) = apps.changes {
+        crate::apps::watch_changes(&node, changes);
+    }
     crate::webhooks::install(&node); // webhooks
     let weak = Arc::downgrade(&node);
     every(
@@ -645,9 +658,15 @@ async fn peer_addr(
     next.run(req).await
 }
 
+/// `/ready`: 200 while the node should get traffic. A database outage of the app manager
+/// keeps it 200 (every node shares the database, so sending clients elsewhere would not help,
+/// and cached apps keep working) but says so in the body.
 async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, String) {
     match readiness(&node).await {
-        Ok(()) => (StatusCode::OK, "ready".into()),
+        Ok(()) => match crate::apps::degraded_note(&node) {
+            None => (StatusCode::OK, "ready".into()),
+            Some(note) => (StatusCode::OK, format!("ready; {note}")),
+        },
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
@@ -693,6 +712,7 @@ pub async fn serve(
     let drain_node = Arc::clone(&node);
     let stopped = tokio_util::sync::CancellationToken::new();
     let metrics_task = start_metrics(&node, stopped.clone()).await?;
+    let admin_task = crate::admin::start(&node, stopped.clone()).await?;
     let stop_http = stopped.clone();
     let drainer = tokio::spawn(async move {
         shutdown.await;
@@ -705,7 +725,7 @@ pub async fn serve(
     let result =
         crate::listener::serve(listener, app, listener_limits(&node.settings), stopped).await;
     drainer.abort();
-    if let Some(task) = metrics_task {
+    for task in [metrics_task, admin_task].into_iter().flatten() {
         task.abort();
     }
     result

@@ -93,6 +93,7 @@ pub mod pulsar;
 pub mod rabbitmq;
 pub mod redis;
 pub mod redis_cluster;
+pub mod sql;
 mod util;
 
 use std::net::SocketAddr;

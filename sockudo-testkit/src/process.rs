@@ -370,6 +370,17 @@ pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
     }
     if let Some(url) = &settings.database_url {
         env.push(("DATABASE_URL".into(), url.0.clone()));
+        let m = &settings.app_manager;
+        env.push(("APP_MANAGER_TABLE".into(), m.table.clone()));
+        env.push(("APP_MANAGER_CACHE_TTL".into(), m.cache_ttl.to_string()));
+        env.push((
+            "APP_MANAGER_POLL_INTERVAL".into(),
+            m.poll_interval.to_string(),
+        ));
+    }
+    if let (Some(port), Some(token)) = (settings.admin.port, &settings.admin.token) {
+        env.push(("ADMIN_PORT".into(), port.to_string()));
+        env.push(("ADMIN_TOKEN".into(), token.clone()));
     }
     if let Some(app) = settings.apps.first() {
         env.push(("SOCKUDO_DEFAULT_APP_ID".into(), app.id.clone()));

@@ -83,6 +83,9 @@ impl Broadcast {
 pub enum ControlMessage {
     /// Close every connection of a signed-in user (HTTP `terminate_connections`).
     TerminateUser { app_id: String, user_id: String },
+    /// An app was created, changed or deleted in the shared app backend (admin API): every
+    /// node drops its cached copy and re-reads it.
+    AppChanged { app_id: String },
 }
 
 /// A question answered from each node's local state and aggregated.

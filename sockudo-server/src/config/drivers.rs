@@ -290,15 +290,6 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
             ))
         }
     }
-    if s.database_url.is_some() {
-        // Nothing in this version reads it: accepting it would leave an operator believing
-        // apps come from their database.
-        return bad(
-            "DATABASE_URL is set, but this version has no SQL app manager \
-             (APP_MANAGER_DRIVER=static reads apps from the config file): unset it"
-                .into(),
-        );
-    }
     validate_redis_cluster(s)?;
     super::rabbitmq::validate(s)?;
     if adapter == "nats" {

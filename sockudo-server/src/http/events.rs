@@ -24,12 +24,6 @@ use super::error::{bad_request, ApiError};
 use crate::node::Node;
 use crate::publish::{publish_event, EventToPublish, Published};
 
-/// Channels one publish may name.
-pub const MAX_CHANNELS_PER_EVENT: usize = 100;
-/// Events one batch may hold.
-pub const MAX_BATCH_EVENTS: usize = 10;
-const MAX_EVENT_NAME_LEN: usize = 200;
-
 #[derive(Debug, Deserialize)]
 struct EventRequest {
     name: Option<String>,
@@ -119,8 +113,11 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| bad_request("missing event name"))?;
-    if name.len() > MAX_EVENT_NAME_LEN {
-        return Err(bad_request("event name is longer than 200 characters"));
+    if name.len() > app.max_event_name_length {
+        return Err(bad_request(format!(
+            "event name is longer than {} characters",
+            app.max_event_name_length
+        )));
     }
     let data = req
         .data
@@ -145,9 +142,10 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
     if names.is_empty() {
         return Err(bad_request("channels must not be empty"));
     }
-    if names.len() > MAX_CHANNELS_PER_EVENT {
+    if names.len() > app.max_event_channels_at_once {
         return Err(bad_request(format!(
-            "at most {MAX_CHANNELS_PER_EVENT} channels per event"
+            "at most {} channels per event",
+            app.max_event_channels_at_once
         )));
     }
     let channels = names
@@ -315,9 +313,10 @@ pub async fn trigger_batch(
     if req.batch.is_empty() {
         return Err(bad_request("batch must not be empty"));
     }
-    if req.batch.len() > MAX_BATCH_EVENTS {
+    if req.batch.len() > app.max_event_batch_size {
         return Err(bad_request(format!(
-            "at most {MAX_BATCH_EVENTS} events per batch"
+            "at most {} events per batch",
+            app.max_event_batch_size
         )));
     }
     // Validate every item before publishing any: a batch is refused whole, never half-sent.

@@ -209,6 +209,11 @@ impl Namespace {
         }
     }
 
+    /// Every connection of the app on this node.
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.sockets.iter().map(|c| Arc::clone(c.value())).collect()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.sockets.len()
     }

@@ -27,7 +27,6 @@ use crate::publish::{publish_event, EventToPublish};
 use sockudo_core::adapter::{Broadcast, MemberChange, MemberEvent, PresenceLeave, PresenceMember};
 
 /// Longest event name accepted from a client (Pusher's limit).
-const MAX_EVENT_NAME_LEN: usize = 200;
 /// Longest presence user id.
 const MAX_USER_ID_LEN: usize = 128;
 
@@ -162,7 +161,7 @@ impl Session {
                 }
                 Err(e) => self.error(&format!("Invalid unsubscribe: {e}"), None),
             },
-            events::SIGNIN => return self.signin(frame),
+            events::SIGNIN => return self.signin(frame).await,
             "resume" if self.conn.protocol == ProtocolVersion::V2 => {
                 match object_data::<v2::ResumeData>(frame) {
                     Ok(d) => return self.resume(d).await,
@@ -202,8 +201,22 @@ impl Session {
         Flow::Continue
     }
 
-    fn signin(&mut self, frame: &ClientFrame) -> Flow {
-        let app = &self.conn.app;
+    /// The app as the manager has it now, so that a rotated secret applies to the signatures
+    /// made after the rotation (the connection keeps the copy it was opened with). The
+    /// manager answers from its cache; its copy stands in only when the manager cannot answer
+    /// at all (the app is then being closed or the database is down and the entry evicted).
+    async fn current_app(&self) -> Arc<sockudo_core::app::App> {
+        match self.node.apps.find_by_id(&self.conn.app.id).await {
+            Ok(Some(app)) => app,
+            other => {
+                tracing::debug!(app_id = %self.conn.app.id, lookup = ?other.map(|a| a.is_some()), "app lookup failed; using the connection's copy");
+                Arc::clone(&self.conn.app)
+            }
+        }
+    }
+
+    async fn signin(&mut self, frame: &ClientFrame) -> Flow {
+        let app = self.current_app().await;
         let Ok(data) = object_data::<SigninData>(frame) else {
             self.error(
                 "Invalid signin: data must hold auth and user_data",
@@ -375,8 +388,12 @@ impl Session {
         if !self.channels.contains(channel) {
             return self.error("Client event rejected: not subscribed to the channel", None);
         }
-        if frame.event.len() > MAX_EVENT_NAME_LEN {
-            return self.error("Event name is longer than 200 characters", None);
+        let max_name = self.conn.app.max_event_name_length;
+        if frame.event.len() > max_name {
+            return self.error(
+                &format!("Event name is longer than {max_name} characters"),
+                None,
+            );
         }
         let null;
         let data: &RawValue = match frame.data.as_deref() {

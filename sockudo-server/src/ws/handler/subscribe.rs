@@ -56,7 +56,7 @@ impl Session {
                 429,
             );
         }
-        let app = Arc::clone(&self.conn.app);
+        let app = self.current_app().await;
         let socket_id = Arc::clone(&self.conn.socket_id);
         let mut presence = None;
         match name.kind() {

@@ -1,4 +1,20 @@
 //! The app model and the [`AppManager`] contract.
+//!
+//! - [`StaticAppManager`]: apps fixed at start (the config file), the embedded default.
+//! - [`CachedAppManager`]: a cache in front of any manager (by key and by id, bounded, with
+//!   invalidation, polling and stale service during a backend outage).
+//! - `SqlAppManager` (features `postgres` / `mysql`): apps in a PostgreSQL or MySQL/MariaDB
+//!   table laid out like upstream Sockudo's `applications`; it is also an [`AppStore`].
+//! - [`conformance`]: the executable contract every manager passes.
+
+mod cached;
+pub mod conformance;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod sql;
+
+pub use cached::{AppChange, CacheOptions, CacheStats, CachedAppManager};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use sql::{validate_table, SqlAppManager, SqlDialect, SqlError, SqlOptions};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +48,15 @@ pub struct App {
     /// Largest event `data` accepted from the HTTP API or a client event (413 / error beyond).
     #[serde(default = "default_payload_bytes")]
     pub max_event_payload_bytes: usize,
+    /// Most channels one HTTP publish may name (400 beyond it).
+    #[serde(default = "default_channels_at_once")]
+    pub max_event_channels_at_once: usize,
+    /// Longest event name accepted from the HTTP API or a client event.
+    #[serde(default = "default_event_name_length")]
+    pub max_event_name_length: usize,
+    /// Most events one HTTP batch publish may carry (400 beyond it).
+    #[serde(default = "default_batch_size")]
+    pub max_event_batch_size: usize,
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
 }
@@ -55,6 +80,12 @@ impl std::fmt::Debug for App {
                 &self.max_presence_user_info_bytes,
             )
             .field("max_event_payload_bytes", &self.max_event_payload_bytes)
+            .field(
+                "max_event_channels_at_once",
+                &self.max_event_channels_at_once,
+            )
+            .field("max_event_name_length", &self.max_event_name_length)
+            .field("max_event_batch_size", &self.max_event_batch_size)
             .field("webhooks", &self.webhooks)
             .finish()
     }
@@ -100,6 +131,15 @@ const fn default_user_info_bytes() -> usize {
 const fn default_payload_bytes() -> usize {
     10 * 1024
 }
+const fn default_channels_at_once() -> usize {
+    100
+}
+const fn default_event_name_length() -> usize {
+    200
+}
+const fn default_batch_size() -> usize {
+    10
+}
 
 impl App {
     /// An app with the default limits.
@@ -115,6 +155,9 @@ impl App {
             max_presence_members: default_presence_members(),
             max_presence_user_info_bytes: default_user_info_bytes(),
             max_event_payload_bytes: default_payload_bytes(),
+            max_event_channels_at_once: default_channels_at_once(),
+            max_event_name_length: default_event_name_length(),
+            max_event_batch_size: default_batch_size(),
             webhooks: Vec::new(),
         }
     }
@@ -123,8 +166,18 @@ impl App {
 /// Why the app manager could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppManagerError {
+    /// The backend could not be reached or did not answer.
     #[error("app manager backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered with an app that cannot be served (a value out of range, a
+    /// malformed JSON column): the app is refused, never served with made-up values.
+    #[error("app {id:?} cannot be served: {message}")]
+    Malformed {
+        /// The app's id (or key, when the id could not be read).
+        id: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Where apps come from.
@@ -138,6 +191,74 @@ pub trait AppManager: Send + Sync + 'static {
     async fn find_by_id(&self, id: &str) -> Result<Option<Arc<App>>, AppManagerError>;
     async fn find_by_key(&self, key: &str) -> Result<Option<Arc<App>>, AppManagerError>;
     async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError>;
+
+    /// The apps with these ids that exist (any order; absent ids are simply missing). The
+    /// default asks [`AppManager::find_by_id`] for each; backends override it with one read.
+    async fn find_many(&self, ids: &[String]) -> Result<Vec<Arc<App>>, AppManagerError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(app) = self.find_by_id(id).await? {
+                out.push(app);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget any cached copy of app `id`: it changed in the backend (another node said so
+    /// over the cluster adapter). The next lookup reads the backend. Managers without a
+    /// cache do nothing.
+    async fn invalidate(&self, id: &str) {
+        let _ = id;
+    }
+
+    /// The manager's health and cache counters, when it has a backend that can fail
+    /// (`/ready`'s body and metrics). `None` for managers that cannot fail.
+    fn status(&self) -> Option<AppManagerStatus> {
+        None
+    }
+}
+
+/// What a manager with a remote backend reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppManagerStatus {
+    /// The backend answered the last lookup or poll.
+    pub backend_up: bool,
+    /// The last backend error, while `backend_up` is false.
+    pub last_error: Option<String>,
+    /// Apps currently cached (served during an outage).
+    pub cached_apps: usize,
+    /// The cache's counters.
+    pub stats: CacheStats,
+}
+
+/// Writes to a shared app backend (the admin API). Every change is visible to the next
+/// backend read on every node; caches learn about it through [`AppManager::invalidate`].
+#[async_trait]
+pub trait AppStore: Send + Sync + 'static {
+    /// Insert a new app. [`AppStoreError::Conflict`] when its id or key is taken.
+    async fn create(&self, app: &App) -> Result<(), AppStoreError>;
+    /// Replace the stored app with the same id. [`AppStoreError::NotFound`] when absent.
+    async fn update(&self, app: &App) -> Result<(), AppStoreError>;
+    /// Delete app `id`; `Ok(false)` when it did not exist.
+    async fn delete(&self, id: &str) -> Result<bool, AppStoreError>;
+    /// The app with this id, read from the backend (no cache).
+    async fn get(&self, id: &str) -> Result<Option<App>, AppStoreError>;
+    /// Every app, read from the backend, ordered by id.
+    async fn list(&self) -> Result<Vec<App>, AppStoreError>;
+}
+
+/// Why an [`AppStore`] write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppStoreError {
+    /// Another app has this id or key.
+    #[error("an app with this id or key exists")]
+    Conflict,
+    /// No app with this id.
+    #[error("no such app")]
+    NotFound,
+    /// The backend failed or is unreachable.
+    #[error("{0}")]
+    Backend(#[from] AppManagerError),
 }
 
 /// Lets `Arc<dyn AppManager>` be used where a sized `M: AppManager` is expected (layers).
@@ -154,6 +275,18 @@ impl<T: AppManager + ?Sized> AppManager for Arc<T> {
     async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError> {
         (**self).all().await
     }
+
+    async fn find_many(&self, ids: &[String]) -> Result<Vec<Arc<App>>, AppManagerError> {
+        (**self).find_many(ids).await
+    }
+
+    async fn invalidate(&self, id: &str) {
+        (**self).invalidate(id).await
+    }
+
+    fn status(&self) -> Option<AppManagerStatus> {
+        (**self).status()
+    }
 }
 
 /// Apps fixed at start (from config): the embedded default.
@@ -164,6 +297,7 @@ pub struct StaticAppManager {
 }
 
 impl StaticAppManager {
+    /// Serve these apps (ids and keys are unique: the config checks it).
     pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
         let mut m = StaticAppManager::default();
         for app in apps {
@@ -200,5 +334,10 @@ mod tests {
         assert_eq!(m.find_by_key("k").await.unwrap().unwrap().id, "1");
         assert_eq!(m.find_by_id("1").await.unwrap().unwrap().key, "k");
         assert!(m.find_by_key("x").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn static_manager_passes_conformance() {
+        conformance::run_all(|apps| async move { Ok(StaticAppManager::new(apps)) }).await;
     }
 }
