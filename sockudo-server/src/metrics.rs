@@ -61,7 +61,8 @@ pub const FANOUT_SECONDS: &str = "sockudo_fanout_duration_seconds";
 pub const FANOUT_BROADCASTS: &str = "sockudo_fanout_broadcasts_total";
 /// Counter: frames queued to connections by the fanout (`app_id`).
 pub const FANOUT_FRAMES: &str = "sockudo_fanout_frames_total";
-/// Counter: adapter errors (`kind` = publish | heartbeat | query_timeout | malformed | sweep).
+/// Counter: adapter errors (`kind` = publish | oversize | transport_down | heartbeat |
+/// query_timeout | malformed | sweep).
 pub const ADAPTER_ERRORS: &str = "sockudo_adapter_errors_total";
 /// Counter: requests refused by a per-connection limit, by `limit`.
 pub const LIMIT_REJECTIONS: &str = "sockudo_limit_rejections_total";
@@ -382,6 +383,8 @@ pub async fn sample(node: &Node) {
     });
     if let Some(stats) = node.cluster_stats() {
         counter!(ADAPTER_ERRORS, "kind" => "publish").absolute(stats.publish_errors);
+        counter!(ADAPTER_ERRORS, "kind" => "oversize").absolute(stats.oversize);
+        counter!(ADAPTER_ERRORS, "kind" => "transport_down").absolute(stats.transport_down);
         counter!(ADAPTER_ERRORS, "kind" => "heartbeat").absolute(stats.heartbeat_errors);
         counter!(ADAPTER_ERRORS, "kind" => "query_timeout").absolute(stats.query_timeouts);
         counter!(ADAPTER_ERRORS, "kind" => "malformed").absolute(stats.malformed);
