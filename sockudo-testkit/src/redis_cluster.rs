@@ -323,6 +323,14 @@ impl Drop for RedisCluster {
     }
 }
 
+/// Run a short command to completion on a blocking thread (the testkit's own Tokio has no
+/// `process` feature: programs that use the testkit need not enable it).
+async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::owns_slot;
@@ -336,12 +344,4 @@ mod tests {
         assert!(owns_slot(text, 6000));
         assert!(!owns_slot(text, 5461));
     }
-}
-
-/// Run a short command to completion on a blocking thread (the testkit's own Tokio has no
-/// `process` feature: programs that use the testkit need not enable it).
-async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
-    tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output())
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
