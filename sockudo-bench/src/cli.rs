@@ -136,9 +136,12 @@ pub struct Args {
     pub nodes: usize,
 
     /// cluster-fanout: the adapter the started nodes use: `redis`, `redis-cluster` (a
-    /// 3-primary Redis Cluster is started; adapter, presence, cache and history on it), or
-    /// `nats` (a nats-server is started too; presence, cache and history stay on Redis). The
-    /// binary must be built with `--features nats` for `nats`.
+    /// 3-primary Redis Cluster is started; adapter, presence, cache and history on it), or a
+    /// broker started next to the shared Redis (presence, cache and history stay on Redis):
+    /// `nats` (nats-server), `rabbitmq` (a private RabbitMQ node), `kafka` (Tansu),
+    /// `google-pubsub` (the Pub/Sub emulator) or `pulsar` (pulsar-lite). The last four are
+    /// started by the testkit's launchers: build this tool with `--features brokers`. The
+    /// sockudo binary must be built with the adapter's feature.
     #[arg(long, default_value = "redis")]
     pub adapter: String,
 

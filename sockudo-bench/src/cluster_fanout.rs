@@ -1,5 +1,6 @@
 //! `--mode cluster-fanout`: N protocol-7 subscribers spread over several `sockudo` nodes that
-//! share one Redis (adapter, cache, history), one channel, signed HTTP publishes sent to the
+//! share one Redis (cache, history; the adapter too unless `--adapter` names another, see
+//! [`crate::adapters`]), one channel, signed HTTP publishes sent to the
 //! nodes round-robin at rising rates. Per rate step: deliveries/s, publish → receipt latency
 //! percentiles and loss; the run stops at the knee (p99 above `--knee-p99-ms`, or any loss).
 //!
@@ -18,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::adapters::{self, AdapterBroker};
 use crate::api::Api;
 use crate::cli::Args;
 use crate::clock::Clock;
@@ -102,8 +104,11 @@ pub struct StepRow {
     pub http_ms: Latency,
     /// CPU used by all nodes during the step, in percent of one core.
     pub nodes_cpu_pct: Option<f64>,
-    /// CPU used by redis-server, percent of one core.
+    /// CPU used by the shared redis-server (cache, history, presence), percent of one core.
     pub redis_cpu_pct: Option<f64>,
+    /// CPU used by the adapter's broker (its whole process tree; none for `redis`), percent
+    /// of one core.
+    pub broker_cpu_pct: Option<f64>,
     /// CPU used by this tool, percent of one core.
     pub bench_cpu_pct: Option<f64>,
     /// 1-minute load average at the end of the step.
@@ -145,14 +150,21 @@ fn cpu_sum(pids: &[u32]) -> Option<f64> {
     Some(t)
 }
 
+/// CPU seconds of the process trees rooted at `roots`; `None` when there are none.
+fn tree_cpu_sum(roots: &[u32]) -> Option<f64> {
+    if roots.is_empty() {
+        return None;
+    }
+    Some(roots.iter().map(|&r| procs::tree_cpu_secs(r)).sum())
+}
+
 /// Run the mode; returns the report text (table or JSON).
 pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
     let rates = args.rate_list()?;
     let dir = procs::scratch_dir()?;
     // Start (or attach to) the cluster.
     let mut _redis: Option<Proc> = None;
-    let mut _nats: Option<Proc> = None;
-    let mut _redis_cluster: Vec<Proc> = Vec::new();
+    let mut broker: Option<AdapterBroker> = None;
     let mut nodes: Vec<Proc> = Vec::new();
     let (http_bases, ws_bases): (Vec<String>, Vec<String>) = if !args.node_urls.is_empty() {
         let http: Vec<String> = args
@@ -169,63 +181,30 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         let bin = procs::sockudo_bin(args.sockudo_bin.as_deref())?;
         let redis = procs::start_redis(&dir).await?;
         let mut env = procs::cluster_env(&format!("redis://127.0.0.1:{}", redis.port));
-        match args.adapter.as_str() {
-            "redis" => {}
-            "nats" => {
-                let nats = procs::start_nats(&dir).await?;
-                for (k, v) in [
-                    ("ADAPTER_DRIVER", "nats".to_owned()),
-                    ("PRESENCE_DRIVER", "redis".to_owned()),
-                    ("NATS_URL", format!("nats://127.0.0.1:{}", nats.port)),
-                ] {
-                    env.retain(|(name, _)| name != k);
-                    env.push((k.to_owned(), v));
-                }
-                _nats = Some(nats);
-            }
-            "redis-cluster" => {
-                // Everything on the Redis Cluster; the single Redis above stays idle.
-                let (servers, seeds) = procs::start_redis_cluster(&dir).await?;
-                for (k, v) in [
-                    ("ADAPTER_DRIVER", "redis-cluster".to_owned()),
-                    ("CACHE_DRIVER", "redis-cluster".to_owned()),
-                    ("HISTORY_DRIVER", "redis-cluster".to_owned()),
-                    ("REDIS_CLUSTER_NODES", seeds.join(",")),
-                ] {
-                    env.retain(|(name, _)| name != k);
-                    env.push((k.to_owned(), v));
-                }
-                _redis_cluster = servers;
-            }
-            other => {
-                return Err(format!(
-                    "--adapter {other:?}: expected redis, redis-cluster or nats"
-                ))
-            }
-        }
+        let adapter = adapters::start(&args.adapter, &dir).await?;
+        adapter.apply(&mut env);
         for i in 0..args.nodes.max(1) {
             nodes.push(procs::start_node(&bin, &dir, &format!("node-{i}"), &env, None).await?);
         }
         progress(&format!(
-            "started redis on {} ({} adapter) and {} nodes ({}), logs in {}",
+            "started redis on {}, {} for the {} adapter, and {} nodes ({}), logs in {}",
             redis.port,
+            adapter.what,
             args.adapter,
             nodes.len(),
             bin.display(),
             dir.display()
         ));
         _redis = Some(redis);
+        broker = Some(adapter);
         (
             nodes.iter().map(Proc::http_url).collect(),
             nodes.iter().map(Proc::ws_base).collect(),
         )
     };
     let node_pids: Vec<u32> = nodes.iter().filter_map(Proc::pid).collect();
-    let redis_pid: Vec<u32> = _redis
-        .iter()
-        .chain(_redis_cluster.iter())
-        .filter_map(Proc::pid)
-        .collect();
+    let redis_pid: Vec<u32> = _redis.iter().filter_map(Proc::pid).collect();
+    let broker_pids: Vec<u32> = broker.iter().flat_map(|b| b.pids.clone()).collect();
     let self_pid = [std::process::id()];
 
     let stats = Arc::new(Stats {
@@ -301,6 +280,7 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         slot.start_ns.store(start_ns, Ordering::Release);
         let cpu_nodes0 = cpu_sum(&node_pids);
         let cpu_redis0 = cpu_sum(&redis_pid);
+        let cpu_broker0 = tree_cpu_sum(&broker_pids);
         let cpu_self0 = cpu_sum(&self_pid);
         let wall0 = Instant::now();
 
@@ -415,6 +395,7 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
             http_ms: Latency::from_ns(&http.snapshot()),
             nodes_cpu_pct: pct(cpu_nodes0, cpu_sum(&node_pids)),
             redis_cpu_pct: pct(cpu_redis0, cpu_sum(&redis_pid)),
+            broker_cpu_pct: pct(cpu_broker0, tree_cpu_sum(&broker_pids)),
             bench_cpu_pct: pct(cpu_self0, cpu_sum(&self_pid)),
             loadavg: procs::loadavg(),
             knee,
@@ -477,11 +458,11 @@ fn table(r: &FanoutReport) -> String {
         r.payload_bytes,
         r.step_s
     );
-    s.push_str("| rate/s | achieved/s | published ok | deliveries | deliveries/s | p50 ms | p99 ms | max ms | lost | HTTP p99 ms | nodes CPU % | redis CPU % | bench CPU % | load |\n");
-    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| rate/s | achieved/s | published ok | deliveries | deliveries/s | p50 ms | p99 ms | max ms | lost | HTTP p99 ms | nodes CPU % | redis CPU % | broker CPU % | bench CPU % | load |\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &r.steps {
         s.push_str(&format!(
-            "| {:.0}{} | {:.0} | {} | {}/{} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} |\n",
+            "| {:.0}{} | {:.0} | {} | {}/{} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
             row.rate,
             if row.knee { " (knee)" } else { "" },
             row.achieved_rate,
@@ -496,6 +477,7 @@ fn table(r: &FanoutReport) -> String {
             row.http_ms.p99,
             opt(row.nodes_cpu_pct),
             opt(row.redis_cpu_pct),
+            opt(row.broker_cpu_pct),
             opt(row.bench_cpu_pct),
             row.loadavg
         ));

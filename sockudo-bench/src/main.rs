@@ -53,8 +53,9 @@
 //! [`payload`] message build/parse · [`histogram`] log-linear histogram · [`clock`] time origin ·
 //! [`rss`] `/proc` memory · [`limits`] open-file limit · [`run`] phases · [`report`] output.
 //! Multi-process modes: [`cluster_fanout`], [`resume_storm`], [`webhooks`], on [`procs`] (child
-//! redis-server / sockudo), [`api`] (signed publishes to any node) and [`wsc`] (V1/V2 sockets).
+//! redis-server / sockudo), [`adapters`] (the broker of `--adapter`), [`api`] (signed publishes to any node) and [`wsc`] (V1/V2 sockets).
 
+mod adapters;
 mod api;
 mod channel_flood;
 mod cli;

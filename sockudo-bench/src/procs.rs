@@ -386,6 +386,37 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds of `root` and every live descendant (a broker that runs under a wrapper, like
+/// RabbitMQ's watchdog shell and its `beam.smp`). Processes that cannot be read count 0.
+pub fn tree_cpu_secs(root: u32) -> f64 {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // The parent is the second field after the parenthesised command name.
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|t| {
+                    let rest = t.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.iter().filter_map(|&p| cpu_secs(p)).sum()
+}
+
 /// The 1-minute load average.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -401,6 +432,8 @@ mod tests {
     #[test]
     fn own_cpu_is_readable() {
         assert!(cpu_secs(std::process::id()).is_some());
+        // This process's tree holds at least this process.
+        assert!(tree_cpu_secs(std::process::id()) >= cpu_secs(std::process::id()).unwrap_or(0.0));
         assert_ne!(loadavg(), "?");
     }
 }

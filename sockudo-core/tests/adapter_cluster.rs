@@ -1122,6 +1122,19 @@ mod redis_env {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What the broker environments share (nodes on one presence store, restart checks)
+
+#[cfg(any(
+    feature = "nats",
+    feature = "google-pubsub",
+    feature = "rabbitmq",
+    feature = "pulsar",
+    feature = "kafka"
+))]
+#[path = "adapter_cluster/broker_env.rs"]
+mod broker_env;
+
+// ---------------------------------------------------------------------------------------------
 // NATS environment (after `scenarios!`, which it uses)
 
 #[cfg(feature = "nats")]

@@ -66,7 +66,8 @@ pub const FANOUT_FRAMES: &str = "sockudo_fanout_frames_total";
 /// Gauge: 1 while the cluster adapter carries this node's cross-node traffic (its transport is
 /// connected and it is not standing back for a duplicate node id), else 0.
 pub const ADAPTER_UP: &str = "sockudo_adapter_up";
-/// Counter: adapter errors (`kind` = publish | heartbeat | query_timeout | malformed | sweep).
+/// Counter: adapter errors (`kind` = publish | oversize | transport_down | heartbeat |
+/// query_timeout | malformed | sweep).
 pub const ADAPTER_ERRORS: &str = "sockudo_adapter_errors_total";
 /// Counter: requests refused by a per-connection limit, by `limit`.
 pub const LIMIT_REJECTIONS: &str = "sockudo_limit_rejections_total";
@@ -430,6 +431,8 @@ pub async fn sample(node: &Node) {
     });
     if let Some(stats) = node.cluster_stats() {
         counter!(ADAPTER_ERRORS, "kind" => "publish").absolute(stats.publish_errors);
+        counter!(ADAPTER_ERRORS, "kind" => "oversize").absolute(stats.oversize);
+        counter!(ADAPTER_ERRORS, "kind" => "transport_down").absolute(stats.transport_down);
         counter!(ADAPTER_ERRORS, "kind" => "heartbeat").absolute(stats.heartbeat_errors);
         counter!(ADAPTER_ERRORS, "kind" => "query_timeout").absolute(stats.query_timeouts);
         counter!(ADAPTER_ERRORS, "kind" => "malformed").absolute(stats.malformed);

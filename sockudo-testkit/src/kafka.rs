@@ -9,16 +9,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use crate::util::{free_port, kill_and_reap, log_tail, loopback, on_path, scratch_dir};
+use crate::util::{accepts, free_port, loopback, on_path, scratch_dir, ServerChild};
 use crate::TestkitError;
 
 /// How long a fresh broker gets to accept connections (it is ready in milliseconds).
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often readiness is probed while it starts.
+const POLL: Duration = Duration::from_millis(20);
 
 /// The Tansu binary (see the module docs), if one is there.
 pub fn tansu_binary() -> Option<PathBuf> {
@@ -39,7 +39,7 @@ pub fn tansu_binary() -> Option<PathBuf> {
 pub struct KafkaBroker {
     port: u16,
     bin: PathBuf,
-    child: Option<Child>,
+    proc: ServerChild,
     dir: PathBuf,
 }
 
@@ -54,14 +54,14 @@ impl KafkaBroker {
                        SOCKUDO_TANSU to a tansu binary",
             });
         };
+        let dir = scratch_dir("kafka")?;
         let mut broker = KafkaBroker {
             port: free_port()?,
             bin,
-            child: None,
-            dir: scratch_dir("kafka")?,
+            proc: ServerChild::new("tansu", dir.join("tansu.log")),
+            dir,
         };
-        broker.spawn()?;
-        broker.wait_ready().await?;
+        broker.spawn().await?;
         Ok(broker)
     }
 
@@ -75,19 +75,19 @@ impl KafkaBroker {
         loopback(self.port)
     }
 
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Whether the process is alive.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proc.is_running()
     }
 
     /// Kill the broker (SIGKILL) and reap it. Its data is gone.
     pub fn kill(&mut self) -> Result<(), TestkitError> {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child)?;
-        }
-        Ok(())
+        self.proc.kill()
     }
 
     /// Start a killed broker again on its port (empty) and wait until it is ready.
@@ -95,71 +95,27 @@ impl KafkaBroker {
         if self.is_running() {
             return Ok(());
         }
-        self.spawn()?;
-        self.wait_ready().await
+        self.spawn().await
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("tansu.log")
-    }
-
-    fn spawn(&mut self) -> Result<(), TestkitError> {
-        let log = self.log_path();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| TestkitError::io("clone log handle", e))?;
+    async fn spawn(&mut self) -> Result<(), TestkitError> {
         let url = format!("tcp://{}", self.addr());
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| TestkitError::io(format!("spawn {}", self.bin.display()), e))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn wait_ready(&mut self) -> Result<(), TestkitError> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(|e| TestkitError::io("poll tansu", e))?
-                {
-                    self.child = None;
-                    return Err(TestkitError::ProcessExited {
-                        what: "tansu".into(),
-                        status,
-                        log_tail: log_tail(&self.log_path(), 10),
-                    });
-                }
-            }
-            if TcpStream::connect(self.addr()).await.is_ok() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(TestkitError::timeout(
-                    "tansu to accept connections",
-                    START_TIMEOUT,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        let addr = self.addr();
+        self.proc
+            .start(&mut cmd, START_TIMEOUT, POLL, "accept connections", || {
+                accepts(addr)
+            })
+            .await
     }
 }
 

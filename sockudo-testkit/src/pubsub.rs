@@ -9,13 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{free_port, kill_and_reap, log_tail, loopback, scratch_dir};
+use crate::util::{free_port, loopback, scratch_dir, ServerChild};
 use crate::TestkitError;
 
 /// Where the Debian package puts the launcher (it `exec`s the JVM: the child is the
@@ -25,13 +25,15 @@ pub const DEFAULT_LAUNCHER: &str =
 
 /// A JVM needs a few seconds on a busy 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often readiness is probed while it starts.
+const POLL: Duration = Duration::from_millis(50);
 
 /// One Pub/Sub emulator; see the module docs.
 #[derive(Debug)]
 pub struct PubSubEmulator {
     port: u16,
     launcher: PathBuf,
-    child: Option<Child>,
+    proc: ServerChild,
     dir: PathBuf,
 }
 
@@ -48,14 +50,14 @@ impl PubSubEmulator {
                        runtime), or set PUBSUB_EMULATOR_BIN to its bin/cloud-pubsub-emulator",
             });
         }
+        let dir = scratch_dir("pubsub")?;
         let mut emulator = PubSubEmulator {
             port: free_port()?,
             launcher,
-            child: None,
-            dir: scratch_dir("pubsub")?,
+            proc: ServerChild::new("the Pub/Sub emulator", dir.join("pubsub-emulator.log")),
+            dir,
         };
-        emulator.spawn()?;
-        emulator.wait_ready().await?;
+        emulator.spawn().await?;
         Ok(emulator)
     }
 
@@ -69,19 +71,19 @@ impl PubSubEmulator {
         loopback(self.port)
     }
 
+    /// The emulator's process id (the JVM: the launcher `exec`s it) while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Whether the emulator process is alive.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proc.is_running()
     }
 
     /// Kill the emulator (SIGKILL) and reap it: every topic and subscription is gone.
     pub fn kill(&mut self) -> Result<(), TestkitError> {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child)?;
-        }
-        Ok(())
+        self.proc.kill()
     }
 
     /// Start a killed emulator again on its port (empty) and wait until it answers.
@@ -89,65 +91,24 @@ impl PubSubEmulator {
         if self.is_running() {
             return Ok(());
         }
-        self.spawn()?;
-        self.wait_ready().await
+        self.spawn().await
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("pubsub-emulator.log")
-    }
-
-    fn spawn(&mut self) -> Result<(), TestkitError> {
-        let log = self.log_path();
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| TestkitError::io("clone log handle", e))?;
-        let child = Command::new(&self.launcher)
-            .arg("--host=127.0.0.1")
+    async fn spawn(&mut self) -> Result<(), TestkitError> {
+        let mut cmd = Command::new(&self.launcher);
+        cmd.arg("--host=127.0.0.1")
             .arg(format!("--port={}", self.port))
             // A small heap and a quick JIT: the emulator carries test traffic only.
             .env(
                 "CLOUD_PUBSUB_EMULATOR_OPTS",
                 "-Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| TestkitError::io("spawn the Pub/Sub emulator", e))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn wait_ready(&mut self) -> Result<(), TestkitError> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(|e| TestkitError::io("poll the Pub/Sub emulator", e))?
-                {
-                    self.child = None;
-                    return Err(TestkitError::ProcessExited {
-                        what: "the Pub/Sub emulator".into(),
-                        status,
-                        log_tail: log_tail(&self.log_path(), 10),
-                    });
-                }
-            }
-            if answers(self.addr()).await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(TestkitError::timeout(
-                    "the Pub/Sub emulator to answer GET /",
-                    START_TIMEOUT,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            );
+        let addr = self.addr();
+        self.proc
+            .start(&mut cmd, START_TIMEOUT, POLL, "answer GET /", || {
+                answers(addr)
+            })
+            .await
     }
 }
 

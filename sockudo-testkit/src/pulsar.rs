@@ -10,16 +10,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use crate::util::{free_port, kill_and_reap, log_tail, loopback, scratch_dir};
+use crate::util::{accepts, free_port, loopback, scratch_dir, ServerChild};
 use crate::TestkitError;
 
 /// How long a fresh broker gets to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often readiness is probed while it starts.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Where the `pulsar-lite` binary is looked for (see the module docs).
 pub fn pulsar_lite_binary() -> PathBuf {
@@ -37,7 +37,7 @@ pub struct PulsarBroker {
     metrics_port: u16,
     binary: PathBuf,
     dir: PathBuf,
-    child: Option<Child>,
+    proc: ServerChild,
 }
 
 impl PulsarBroker {
@@ -53,15 +53,15 @@ impl PulsarBroker {
                        ~/.cache/sockudo-brokers/pulsar-lite-0.2.0/)",
             });
         }
+        let dir = scratch_dir("pulsar")?;
         let mut broker = PulsarBroker {
             port: free_port()?,
             metrics_port: free_port()?,
             binary,
-            dir: scratch_dir("pulsar")?,
-            child: None,
+            proc: ServerChild::new("pulsar-lite", dir.join("pulsar-lite.log")),
+            dir,
         };
-        broker.spawn()?;
-        broker.wait_ready().await?;
+        broker.spawn().await?;
         Ok(broker)
     }
 
@@ -75,19 +75,19 @@ impl PulsarBroker {
         loopback(self.port)
     }
 
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Whether the process is alive.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proc.is_running()
     }
 
     /// Kill the broker (SIGKILL) and reap it; its storage stays.
     pub fn kill(&mut self) -> Result<(), TestkitError> {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child)?;
-        }
-        Ok(())
+        self.proc.kill()
     }
 
     /// Start a killed broker again on its ports and storage, and wait until it is ready.
@@ -95,73 +95,29 @@ impl PulsarBroker {
         if self.is_running() {
             return Ok(());
         }
-        self.spawn()?;
-        self.wait_ready().await
+        self.spawn().await
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("pulsar-lite.log")
-    }
-
-    fn spawn(&mut self) -> Result<(), TestkitError> {
+    async fn spawn(&mut self) -> Result<(), TestkitError> {
         let conf = self.dir.join("pulsar-lite.toml");
         std::fs::write(
             &conf,
             format!("[metrics]\naddr = \"127.0.0.1:{}\"\n", self.metrics_port),
         )
         .map_err(|e| TestkitError::io(format!("write {}", conf.display()), e))?;
-        let log = self.log_path();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| TestkitError::io("clone log handle", e))?;
-        let child = Command::new(&self.binary)
-            .arg("--config")
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--config")
             .arg(&conf)
             .arg("--addr")
             .arg(self.addr().to_string())
             .arg("--db-path")
-            .arg(self.dir.join("db"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| TestkitError::io(format!("spawn {}", self.binary.display()), e))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn wait_ready(&mut self) -> Result<(), TestkitError> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(|e| TestkitError::io("poll pulsar-lite", e))?
-                {
-                    self.child = None;
-                    return Err(TestkitError::ProcessExited {
-                        what: "pulsar-lite".into(),
-                        status,
-                        log_tail: log_tail(&self.log_path(), 10),
-                    });
-                }
-            }
-            if TcpStream::connect(self.addr()).await.is_ok() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(TestkitError::timeout(
-                    "pulsar-lite to accept connections",
-                    START_TIMEOUT,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .arg(self.dir.join("db"));
+        let addr = self.addr();
+        self.proc
+            .start(&mut cmd, START_TIMEOUT, POLL, "accept connections", || {
+                accepts(addr)
+            })
+            .await
     }
 }
 

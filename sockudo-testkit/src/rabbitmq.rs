@@ -89,6 +89,12 @@ impl RabbitMq {
         loopback(self.port)
     }
 
+    /// The process id of the node's watchdog while it runs; the node (`beam.smp` and its
+    /// helpers) runs among its descendants, so sample the whole process tree.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the node's watchdog (and so the node) is running.
     pub fn is_running(&mut self) -> bool {
         self.child

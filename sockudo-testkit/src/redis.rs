@@ -2,17 +2,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{free_port, kill_and_reap, log_tail, loopback, on_path, scratch_dir};
+use crate::util::{free_port, loopback, on_path, scratch_dir, ServerChild};
 use crate::TestkitError;
 
 /// How long a fresh `redis-server` gets to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often PING is tried while it starts.
+const POLL: Duration = Duration::from_millis(15);
 /// How many ports to try when the picked one is taken before Redis binds it.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -23,7 +25,7 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    child: Option<Child>,
+    proc: ServerChild,
     dir: PathBuf,
 }
 
@@ -41,10 +43,14 @@ impl RedisServer {
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             // A directory per attempt: a failed attempt's value removes its own on drop.
+            let dir = scratch_dir("redis")?;
             let mut server = RedisServer {
                 port,
-                child: None,
-                dir: scratch_dir("redis")?,
+                proc: ServerChild::new(
+                    format!("redis-server on port {port}"),
+                    dir.join(format!("redis-{port}.log")),
+                ),
+                dir,
             };
             match server.start_again().await {
                 Ok(()) => return Ok(server),
@@ -73,15 +79,12 @@ impl RedisServer {
 
     /// Whether the process is running (started and not stopped).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.proc.is_running()
     }
 
     /// Kill the process (SIGKILL, like a crash) and reap it. Its data is gone. Idempotent.
     pub fn stop(&mut self) -> Result<(), TestkitError> {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child)?;
-        }
-        Ok(())
+        self.proc.kill()
     }
 
     /// Start a stopped server again on the same port and wait for PING. A no-op when running.
@@ -89,59 +92,25 @@ impl RedisServer {
         if self.is_running() {
             return Ok(());
         }
-        let log = self.dir.join(format!("redis-{}.log", self.port));
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| TestkitError::io("clone log handle", e))?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| TestkitError::io("spawn redis-server", e))?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(|e| TestkitError::io("poll redis-server", e))?
-                {
-                    self.child = None;
-                    return Err(TestkitError::ProcessExited {
-                        what: format!("redis-server on port {}", self.port),
-                        status,
-                        log_tail: log_tail(&log, 10),
-                    });
-                }
-            }
-            if ping(self.addr()).await {
-                tracing::debug!(port = self.port, "redis-server ready");
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                self.stop()?;
-                return Err(TestkitError::timeout(
-                    format!("redis-server on port {} to answer PING", self.port),
-                    START_TIMEOUT,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&self.dir);
+        let addr = self.addr();
+        self.proc
+            .start(&mut cmd, START_TIMEOUT, POLL, "answer PING", || ping(addr))
+            .await?;
+        tracing::debug!(port = self.port, "redis-server ready");
+        Ok(())
     }
 
     /// [`stop`](Self::stop), then [`start_again`](Self::start_again) on the same port.

@@ -231,10 +231,9 @@ impl RedisCluster {
             replicas.to_string(),
             "--cluster-yes".into(),
         ]);
-        let out = tokio::process::Command::new("redis-cli")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(&args);
+        let out = output(cmd)
             .await
             .map_err(|e| TestkitError::io("run redis-cli --cluster create", e))?;
         if !out.status.success() {
@@ -299,17 +298,13 @@ fn owns_slot(nodes: &str, slot: u16) -> bool {
 
 /// Run `redis-cli -p PORT args…` and return its output.
 async fn cli(port: u16, args: &[&str]) -> Result<String, TestkitError> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| TestkitError::timeout(format!("redis-cli -p {port}"), Duration::from_secs(5)))?
-    .map_err(|e| TestkitError::io("run redis-cli", e))?;
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    let out = tokio::time::timeout(Duration::from_secs(5), output(cmd))
+        .await
+        .map_err(|_| TestkitError::timeout(format!("redis-cli -p {port}"), Duration::from_secs(5)))?
+        .map_err(|e| TestkitError::io("run redis-cli", e))?;
     if !out.status.success() {
         return Err(TestkitError::Usage(format!(
             "redis-cli -p {port} {args:?} failed: {}",
@@ -326,6 +321,14 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Run a short command to completion on a blocking thread (the testkit's own Tokio has no
+/// `process` feature: programs that use the testkit need not enable it).
+async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[cfg(test)]

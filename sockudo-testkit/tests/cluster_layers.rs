@@ -153,12 +153,25 @@ async fn without_redis_idempotent_publishes_fail_closed_and_recover_after() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (status, headers, body) = cluster
-        .api(1)
-        .post_with_headers("/events", &event("after"), &[("x-idempotency-key", "r-1")])
-        .await
-        .unwrap();
-    assert_eq!((status, &body), (200, &first));
+    // Node 1 reconnects to Redis on its own schedule: until it has, it fails closed (503),
+    // never publishing twice.
+    let (headers, body) = loop {
+        let (status, headers, body) = cluster
+            .api(1)
+            .post_with_headers("/events", &event("after"), &[("x-idempotency-key", "r-1")])
+            .await
+            .unwrap();
+        if status != 503 {
+            assert_eq!(status, 200, "{body}");
+            break (headers, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 still fails after Redis came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body, first);
     assert_eq!(header(&headers, "x-idempotent-replayed"), Some("true"));
     // The client on node 0 sees "after" exactly once (node 1's may still be re-subscribing).
     let counts = count_app_events(&drain(&mut clients[0]).await, "e");

@@ -5,12 +5,11 @@
 
 mod cluster_support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_support::{
-    assert_every_accepted_tick_delivered, count_app_events, drain, join, user_ids, wait_for,
-    wait_formed, WAIT,
+    assert_every_accepted_tick_delivered, fanout_and_presence_across_three_nodes, wait_formed,
+    wait_ready, WAIT,
 };
 use serde_json::json;
 use sockudo_testkit::{Cluster, TestClient};
@@ -22,52 +21,7 @@ async fn nats_cluster_carries_fanout_presence_and_queries() {
     // Cluster queries over NATS: every node counts every node's probe.
     wait_formed(&cluster).await;
 
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        let mut c = cluster.client(i).await.unwrap();
-        c.subscribe("news").await.unwrap();
-        clients.push(c);
-    }
-    let (st, body) = cluster
-        .api(0)
-        .trigger("news", "flash", json!({ "n": 1 }))
-        .await
-        .unwrap();
-    assert_eq!(st, 200, "{body}");
-    for c in &mut clients {
-        let events = drain(c).await;
-        let counts = count_app_events(&events, "flash");
-        assert_eq!(
-            counts.values().copied().collect::<Vec<_>>(),
-            vec![1],
-            "{counts:?}"
-        );
-    }
-
-    // Presence across nodes: first joins are announced once on every other node.
-    let mut observer = cluster.client(0).await.unwrap();
-    join(&mut observer, "presence-room", "watcher").await;
-    let mut ann = cluster.client(1).await.unwrap();
-    join(&mut ann, "presence-room", "ann").await;
-    let mut bob = cluster.client(2).await.unwrap();
-    join(&mut bob, "presence-room", "bob").await;
-    let events = drain(&mut observer).await;
-    let added: Vec<String> = events
-        .iter()
-        .filter(|e| e.event == "pusher_internal:member_added")
-        .map(|e| e.data["user_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(added, vec!["ann".to_owned(), "bob".to_owned()]);
-    for i in 0..3 {
-        let (st, body) = cluster
-            .api(i)
-            .get("/channels/presence-room/users", &[])
-            .await
-            .unwrap();
-        assert_eq!(st, 200, "{body}");
-        let want: BTreeSet<String> = ["ann", "bob", "watcher"].map(String::from).into();
-        assert_eq!(user_ids(&body), want);
-    }
+    fanout_and_presence_across_three_nodes(&cluster).await;
 }
 
 /// Node 0 prefers NATS server 0. Killing that server mid-stream: the node fails over to
@@ -94,14 +48,7 @@ async fn a_node_fails_over_when_its_nats_server_dies() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_for("node 0 ready again", WAIT, || {
-        let url = format!("{}/ready", cluster.node(0).http_url());
-        async move {
-            let r = reqwest::get(&url).await.ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
+    wait_ready(&cluster, 0, WAIT).await;
     assert!(
         accepted.len() >= 100,
         "the node must fail over, not stay down: accepted {} refused {refused}",

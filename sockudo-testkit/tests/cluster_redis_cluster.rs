@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_support::{
-    assert_every_accepted_tick_delivered, join, user_ids, wait_for, wait_formed, WAIT,
+    assert_every_accepted_tick_delivered, join, user_ids, wait_for, wait_formed, wait_ready, WAIT,
 };
 use serde_json::json;
 use sockudo_core::adapter::names::channel_token;
@@ -52,16 +52,8 @@ async fn a_primary_failover_loses_no_accepted_message() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for n in 0..2 {
-        wait_for(&format!("node {n} ready again"), WAIT * 4, || {
-            let url = format!("{}/ready", cluster.node(n).http_url());
-            async move {
-                let r = reqwest::get(&url).await.ok()?;
-                (r.status() == 200).then_some(())
-            }
-        })
-        .await;
-    }
+    wait_ready(&cluster, 0, WAIT * 4).await;
+    wait_ready(&cluster, 1, WAIT * 4).await;
     assert!(
         accepted.len() >= 150,
         "the nodes must follow the failover, not stay down: accepted {} refused {refused}",

@@ -179,8 +179,16 @@ impl ClusterOptions {
 pub struct ClusterStats {
     /// Broadcasts this node published (accepted by the transport).
     pub published: u64,
-    /// Transport publishes that failed (broadcast, control, request, response).
+    /// Transport publishes that failed (broadcast, control, request, response), except those
+    /// counted in `oversize`.
     pub publish_errors: u64,
+    /// Publishes the transport refused before sending because the broker would refuse them
+    /// (over its message size limit; [`AdapterError::Malformed`] from `publish`).
+    pub oversize: u64,
+    /// Times the heartbeat tick found the transport down after it had been up (outages
+    /// shorter than one `heartbeat_interval` can go unseen; their failed publishes are still
+    /// counted in `publish_errors`).
+    pub transport_down: u64,
     /// Broadcasts from other nodes handed to the handler.
     pub received: u64,
     /// This node's own broadcasts and control messages dropped when they came back.
@@ -210,6 +218,8 @@ pub struct ClusterStats {
 struct Counters {
     published: AtomicU64,
     publish_errors: AtomicU64,
+    oversize: AtomicU64,
+    transport_down: AtomicU64,
     received: AtomicU64,
     echoes_dropped: AtomicU64,
     malformed: AtomicU64,
@@ -434,6 +444,8 @@ impl<T: Transport> ClusterAdapter<T> {
         ClusterStats {
             published: l(&c.published),
             publish_errors: l(&c.publish_errors),
+            oversize: l(&c.oversize),
+            transport_down: l(&c.transport_down),
             received: l(&c.received),
             echoes_dropped: l(&c.echoes_dropped),
             malformed: l(&c.malformed),
@@ -482,8 +494,10 @@ impl<T: Transport> Inner<T> {
 
     async fn send(&self, topic: &str, msg: Bytes) -> Result<(), AdapterError> {
         let r = self.transport.publish(topic, msg).await;
-        if r.is_err() {
-            bump(&self.counters.publish_errors);
+        match &r {
+            Ok(()) => {}
+            Err(AdapterError::Malformed(_)) => bump(&self.counters.oversize),
+            Err(_) => bump(&self.counters.publish_errors),
         }
         r
     }
@@ -928,8 +942,14 @@ impl<T: Transport> Inner<T> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_orphan_check = started;
         let mut orphans = HashSet::new();
+        let mut was_up = true;
         loop {
             tick.tick().await;
+            let up = self.transport.is_healthy();
+            if was_up && !up {
+                bump(&self.counters.transport_down);
+            }
+            was_up = up;
             self.send_heartbeat().await;
             self.check_peers().await;
             self.check_twins().await;

@@ -62,9 +62,12 @@
 //! log's earliest offset (which, after a data loss, may redeliver records published since).
 //! A topic that disappeared (broker restarted without its data) is created again. Known
 //! limit: after a Tansu 0.6 restart with 4 partitions, one partition sometimes stays
-//! unreachable (fetches answered with no topic) and the transport unhealthy; probably the
-//! broker auto-created the topic with its own partition count first (not confirmed; one
-//! partition avoids it).
+//! unreachable (fetches answered with no topic) and the transport unhealthy; one partition
+//! avoids it. Not the cause (probed): Tansu re-creating the topic on first use, which it does
+//! with 4 partitions, also when metadata requests and `CreateTopics` race. A broker whose
+//! automatic creation makes fewer partitions than this transport reads would leave the readers
+//! of the missing ones down: only a topic that is gone is created again (rskafka cannot add
+//! partitions).
 //!
 //! [`Transport::is_healthy`] is false while any partition consumer is down and after a
 //! publish failed, until a consumer's next successful fetch confirms the producing

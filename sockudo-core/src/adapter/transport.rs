@@ -28,7 +28,9 @@ pub struct TransportCapabilities {
 /// - `publish` delivers to every current subscriber of the topic on every node, at most once
 ///   per subscriber (brokers without that guarantee must deduplicate in their driver), in
 ///   publish order per publisher and topic. Best-effort while disconnected: an `Err` says
-///   the message did not leave this node.
+///   the message did not leave this node. [`AdapterError::Malformed`] means it was refused
+///   before sending because the broker would refuse it (over its size limit, or a name over
+///   its length limit); [`AdapterError::Unavailable`] that the transport is down.
 /// - `subscribe` returns a stream that survives broker restarts: the driver reconnects and
 ///   re-subscribes by itself (messages published while it was away may be lost; the adapter
 ///   above handles that through readiness and liveness). It ends only when the transport is

@@ -12,6 +12,10 @@ use sockudo_core::adapter::{
 
 use super::*;
 
+use crate::broker_env::{
+    assert_cluster_heals, assert_outage_contained, assert_oversize_counted,
+    assert_stream_resumes_in_order, assert_transport_outage, BrokerEnv,
+};
 use crate::pubsub_emulator::PubSubEmulator;
 
 pub struct PubSubEnv {
@@ -43,21 +47,16 @@ impl PubSubEnv {
 }
 
 #[async_trait]
-impl Env for PubSubEnv {
+impl BrokerEnv for PubSubEnv {
     type T = GooglePubSubTransport;
-    async fn transport(&self) -> Arc<GooglePubSubTransport> {
+    async fn connect(&self) -> Arc<GooglePubSubTransport> {
         Arc::new(
             GooglePubSubTransport::connect(self.options())
                 .await
                 .unwrap(),
         )
     }
-    async fn presence(
-        &self,
-        _id: &str,
-        _t: &Arc<GooglePubSubTransport>,
-        _o: &ClusterOptions,
-    ) -> Arc<dyn PresenceStore> {
+    fn shared_presence(&self) -> Arc<MemoryPresenceStore> {
         self.presence.clone()
     }
 }
@@ -159,25 +158,15 @@ fn http_status(url: &str) -> u16 {
 async fn emulator_restart_mid_test_heals_the_transport() {
     let mut env = PubSubEnv::new().await;
     let (a, b) = (env.transport().await, env.transport().await);
-    let mut s = b.subscribe("x.r").await.unwrap();
-    a.publish("x.r", Bytes::from_static(b"before"))
+    let mut s = b.subscribe("r.topic").await.unwrap();
+    a.publish("r.topic", Bytes::from_static(b"before"))
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
     assert_eq!(got.unwrap().unwrap(), Bytes::from_static(b"before"));
 
     env.emulator.stop();
-    assert!(
-        eventually(Duration::from_secs(5), || !a.is_healthy()
-            && !b.is_healthy())
-        .await,
-        "outage not visible"
-    );
-    assert!(a.publish("x.r", Bytes::from_static(b"lost")).await.is_err());
-    assert!(matches!(
-        b.subscribe("x.during").await,
-        Err(AdapterError::Unavailable(_))
-    ));
+    assert_transport_outage(&a, &b, Duration::from_secs(5)).await;
 
     env.emulator.start_again();
     assert!(
@@ -185,26 +174,7 @@ async fn emulator_restart_mid_test_heals_the_transport() {
         "the transports did not heal"
     );
     assert!(b.recreated() >= 1 && b.streams_opened() >= 2);
-    for i in 0..20 {
-        a.publish("x.r", Bytes::from(format!("after-{i}")))
-            .await
-            .unwrap();
-    }
-    for i in 0..20 {
-        let got = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
-        assert_eq!(
-            got.unwrap().unwrap(),
-            Bytes::from(format!("after-{i}")),
-            "the same stream resumes, in order"
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(50), s.next())
-            .await
-            .is_err(),
-        "nothing twice"
-    );
+    assert_stream_resumes_in_order(&a, &mut s, 20).await;
 }
 
 /// Adapter level, as for the other brokers: the outage is visible, nobody is declared dead,
@@ -214,39 +184,9 @@ async fn emulator_restart_is_visible_and_heals() {
     let mut env = PubSubEnv::new().await;
     let nodes = cluster(&env, 2, &fast()).await;
     env.emulator.stop();
-    let a = nodes[0].0.clone();
-    assert!(
-        eventually(Duration::from_secs(3), || !a.is_healthy()).await,
-        "outage not visible"
-    );
-    assert!(a.publish(msg("c", "lost")).await.is_err());
-    assert!(matches!(
-        a.watch_channel("app", "during-outage").await,
-        Err(AdapterError::Unavailable(_))
-    ));
-    a.unwatch_channel("app", "during-outage");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(nodes[0].1.removed.lock().is_empty());
+    assert_outage_contained(&nodes, Duration::from_secs(3)).await;
     env.emulator.start_again();
-    let (a, b) = (nodes[0].0.clone(), nodes[1].0.clone());
-    assert!(
-        eventually(Duration::from_secs(20), || a.is_healthy() && b.is_healthy()).await,
-        "the transports did not heal"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let a = a.clone();
-            tokio::spawn(async move { a.publish(msg("c", "back")).await });
-            nodes[1].1.frames().contains(&Bytes::from_static(b"back"))
-        })
-        .await
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || a.live_nodes()
-            == vec!["n1".to_owned()]
-            && b.live_nodes() == vec!["n0".to_owned()])
-        .await
-    );
+    assert_cluster_heals(&nodes, Duration::from_secs(20)).await;
 }
 
 /// Figures for docs/operations.md: one-way latency publish → delivery on another transport,
@@ -286,4 +226,11 @@ async fn latency_and_burst_figures() {
         published,
         t.elapsed()
     );
+}
+
+/// Adapter level: a broadcast over Pub/Sub's 10,000,000-byte publish limit is refused and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversize_broadcast_is_counted() {
+    assert_oversize_counted(&PubSubEnv::new().await, GOOGLE_PUBSUB_MAX_PUBLISH_BYTES + 1).await;
 }

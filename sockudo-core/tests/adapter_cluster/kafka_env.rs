@@ -7,6 +7,10 @@ use sockudo_core::adapter::{KafkaTransport, KafkaTransportOptions};
 
 use super::*;
 
+use crate::broker_env::{
+    assert_cluster_heals, assert_outage_contained, assert_oversize_counted,
+    assert_stream_resumes_in_order, assert_transport_outage, BrokerEnv,
+};
 use crate::kafka_server::KafkaServer;
 
 pub struct KafkaEnv {
@@ -35,17 +39,12 @@ impl KafkaEnv {
 }
 
 #[async_trait]
-impl Env for KafkaEnv {
+impl BrokerEnv for KafkaEnv {
     type T = KafkaTransport;
-    async fn transport(&self) -> Arc<KafkaTransport> {
+    async fn connect(&self) -> Arc<KafkaTransport> {
         Arc::new(KafkaTransport::connect(self.options()).await.unwrap())
     }
-    async fn presence(
-        &self,
-        _id: &str,
-        _t: &Arc<KafkaTransport>,
-        _o: &ClusterOptions,
-    ) -> Arc<dyn PresenceStore> {
+    fn shared_presence(&self) -> Arc<MemoryPresenceStore> {
         self.presence.clone()
     }
 }
@@ -153,21 +152,7 @@ async fn broker_restart_is_visible_and_heals() {
     assert!(a.is_healthy() && b.is_healthy());
 
     env.server.stop();
-    assert!(
-        eventually(Duration::from_secs(5), || !a.is_healthy()
-            && !b.is_healthy())
-        .await,
-        "outage not visible"
-    );
-    assert!(a
-        .publish("r.topic", Bytes::from_static(b"lost"))
-        .await
-        .is_err());
-    // A subscription cannot be promised while the brokers are away.
-    assert!(matches!(
-        b.subscribe("r.other").await,
-        Err(AdapterError::Unavailable(_))
-    ));
+    assert_transport_outage(&a, &b, Duration::from_secs(5)).await;
 
     // Back empty (memory storage): the topic is created again and consumption resumes.
     env.server.start_again();
@@ -182,19 +167,8 @@ async fn broker_restart_is_visible_and_heals() {
         .await,
         "the transports did not recover"
     );
-    for i in 0..20 {
-        a.publish("r.topic", Bytes::from(format!("after{i}")))
-            .await
-            .unwrap();
-    }
     // Every message published once it was back arrives, in order (nothing of the outage).
-    for i in 0..20 {
-        assert_eq!(
-            next(&mut sb, Duration::from_secs(10)).await,
-            Some(Bytes::from(format!("after{i}"))),
-            "message {i} after the restart"
-        );
-    }
+    assert_stream_resumes_in_order(&a, &mut sb, 20).await;
     // New subscriptions work again.
     let mut again = b.subscribe("r.other").await.unwrap();
     a.publish("r.other", Bytes::from_static(b"x"))
@@ -204,4 +178,22 @@ async fn broker_restart_is_visible_and_heals() {
         next(&mut again, Duration::from_secs(5)).await,
         Some(Bytes::from_static(b"x"))
     );
+}
+
+/// Adapter level: a broadcast over the 1 MiB default message limit is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversize_broadcast_is_counted() {
+    assert_oversize_counted(&KafkaEnv::new().await, 1_100_000).await;
+}
+
+/// Adapter level: the broker restarts (empty); the outage is visible, counted and contained,
+/// and the cluster heals by itself (the topic is created again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_restart_is_visible_and_heals_cluster() {
+    let mut env = KafkaEnv::new().await;
+    let nodes = cluster(&env, 2, &fast()).await;
+    env.server.stop();
+    assert_outage_contained(&nodes, Duration::from_secs(5)).await;
+    env.server.start_again();
+    assert_cluster_heals(&nodes, Duration::from_secs(15)).await;
 }

@@ -5,6 +5,7 @@ use sockudo_core::adapter::{NatsTransport, NatsTransportOptions};
 
 use super::*;
 
+use crate::broker_env::{assert_cluster_heals, assert_outage_contained, BrokerEnv};
 use crate::nats_server::NatsServer;
 
 pub struct NatsEnv {
@@ -29,17 +30,12 @@ impl NatsEnv {
 }
 
 #[async_trait]
-impl Env for NatsEnv {
+impl BrokerEnv for NatsEnv {
     type T = NatsTransport;
-    async fn transport(&self) -> Arc<NatsTransport> {
+    async fn connect(&self) -> Arc<NatsTransport> {
         Arc::new(NatsTransport::connect(self.options()).await.unwrap())
     }
-    async fn presence(
-        &self,
-        _id: &str,
-        _t: &Arc<NatsTransport>,
-        _o: &ClusterOptions,
-    ) -> Arc<dyn PresenceStore> {
+    fn shared_presence(&self) -> Arc<MemoryPresenceStore> {
         self.presence.clone()
     }
 }
@@ -79,40 +75,7 @@ async fn nats_restart_is_visible_and_heals() {
     let mut env = NatsEnv::new().await;
     let nodes = cluster(&env, 2, &fast()).await;
     env.server.stop();
-    let a = nodes[0].0.clone();
-    assert!(
-        eventually(Duration::from_secs(3), || !a.is_healthy()).await,
-        "outage not visible"
-    );
-    assert!(a.publish(msg("c", "lost")).await.is_err());
-    // A subscription the broker cannot confirm is refused (a client would be told 503).
-    assert!(matches!(
-        a.watch_channel("app", "during-outage").await,
-        Err(AdapterError::Unavailable(_))
-    ));
-    a.unwatch_channel("app", "during-outage");
-    // Longer than node_timeout: nobody may be declared dead for a transport outage.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(nodes[0].1.removed.lock().is_empty());
+    assert_outage_contained(&nodes, Duration::from_secs(3)).await;
     env.server.start_again();
-    let (a, b) = (nodes[0].0.clone(), nodes[1].0.clone());
-    assert!(
-        eventually(Duration::from_secs(10), || a.is_healthy() && b.is_healthy()).await,
-        "the client did not reconnect"
-    );
-    // Subscriptions came back by themselves: a publish after the restart reaches the peer.
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let a = a.clone();
-            tokio::spawn(async move { a.publish(msg("c", "back")).await });
-            nodes[1].1.frames().contains(&Bytes::from_static(b"back"))
-        })
-        .await
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || a.live_nodes()
-            == vec!["n1".to_owned()]
-            && b.live_nodes() == vec!["n0".to_owned()])
-        .await
-    );
+    assert_cluster_heals(&nodes, Duration::from_secs(10)).await;
 }

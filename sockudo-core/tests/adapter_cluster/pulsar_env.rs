@@ -7,6 +7,10 @@ use sockudo_core::adapter::{PulsarTransport, PulsarTransportOptions};
 
 use super::*;
 
+use crate::broker_env::{
+    assert_cluster_heals, assert_outage_contained, assert_oversize_counted,
+    assert_stream_resumes_in_order, assert_transport_outage, BrokerEnv,
+};
 use crate::pulsar_server::PulsarServer;
 
 pub struct PulsarEnv {
@@ -38,17 +42,12 @@ impl PulsarEnv {
 }
 
 #[async_trait]
-impl Env for PulsarEnv {
+impl BrokerEnv for PulsarEnv {
     type T = PulsarTransport;
-    async fn transport(&self) -> Arc<PulsarTransport> {
+    async fn connect(&self) -> Arc<PulsarTransport> {
         Arc::new(PulsarTransport::connect(self.options()).await.unwrap())
     }
-    async fn presence(
-        &self,
-        _id: &str,
-        _t: &Arc<PulsarTransport>,
-        _o: &ClusterOptions,
-    ) -> Arc<dyn PresenceStore> {
+    fn shared_presence(&self) -> Arc<MemoryPresenceStore> {
         self.presence.clone()
     }
 }
@@ -117,20 +116,7 @@ async fn pulsar_broker_restart_heals_transport() {
     assert_eq!(got.unwrap().unwrap(), Bytes::from_static(b"before"));
 
     env.server.stop();
-    assert!(
-        eventually(Duration::from_secs(5), || !a.is_healthy()
-            && !b.is_healthy())
-        .await,
-        "outage not visible"
-    );
-    assert!(a
-        .publish("r.topic", Bytes::from_static(b"lost"))
-        .await
-        .is_err());
-    assert!(matches!(
-        b.subscribe("r.other").await,
-        Err(AdapterError::Unavailable(_))
-    ));
+    assert_transport_outage(&a, &b, Duration::from_secs(5)).await;
 
     env.server.start_again();
     assert!(
@@ -138,28 +124,7 @@ async fn pulsar_broker_restart_heals_transport() {
         "the transports did not reconnect"
     );
     assert!(a.connections() >= 2 && b.connections() >= 2);
-    for i in 0..20u32 {
-        a.publish("r.topic", Bytes::from(format!("after-{i}")))
-            .await
-            .unwrap();
-    }
-    let mut seen = Vec::new();
-    while seen.len() < 20 {
-        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
-            Ok(Some(m)) => seen.push(m),
-            other => panic!("stream stalled after {} messages: {other:?}", seen.len()),
-        }
-    }
-    let want: Vec<Bytes> = (0..20u32)
-        .map(|i| Bytes::from(format!("after-{i}")))
-        .collect();
-    assert_eq!(seen, want, "in order, exactly once");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
-        "nothing more (no duplicate)"
-    );
+    assert_stream_resumes_in_order(&a, &mut sub, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,36 +132,9 @@ async fn pulsar_restart_is_visible_and_heals_cluster() {
     let mut env = PulsarEnv::new().await;
     let nodes = cluster(&env, 2, &fast()).await;
     env.server.stop();
-    let a = nodes[0].0.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || !a.is_healthy()).await,
-        "outage not visible"
-    );
-    assert!(a.publish(msg("c", "lost")).await.is_err());
-    // Longer than node_timeout: nobody may be declared dead for a transport outage.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(nodes[0].1.removed.lock().is_empty());
+    assert_outage_contained(&nodes, Duration::from_secs(5)).await;
     env.server.start_again();
-    let (a, b) = (nodes[0].0.clone(), nodes[1].0.clone());
-    assert!(
-        eventually(Duration::from_secs(15), || a.is_healthy() && b.is_healthy()).await,
-        "the client did not reconnect"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let a = a.clone();
-            tokio::spawn(async move { a.publish(msg("c", "back")).await });
-            nodes[1].1.frames().contains(&Bytes::from_static(b"back"))
-        })
-        .await
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || a.live_nodes()
-            == vec!["n1".to_owned()]
-            && b.live_nodes() == vec!["n0".to_owned()])
-        .await
-    );
-    assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
+    assert_cluster_heals(&nodes, Duration::from_secs(15)).await;
 }
 
 /// Measurement, not a check (run with `--ignored --nocapture`; figures in BENCHMARKS.md):
@@ -253,4 +191,28 @@ async fn pulsar_transport_latency_and_rate() {
         f64::from(n) / secs
     );
     assert_eq!(b.dropped(), 0);
+}
+
+/// Adapter level: a broadcast over the 5 MiB default message limit is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pulsar_oversize_broadcast_is_counted() {
+    assert_oversize_counted(&PulsarEnv::new().await, 5_300_000).await;
+}
+
+/// The transport's health pings and the client's own keep-alive pings overlap on one
+/// connection: it stays up. (Before the vendored client kept every waiting ping, an overlap
+/// failed the whole connection and every transport reconnected every few seconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_pings_keep_the_connection_up() {
+    let env = PulsarEnv::new().await;
+    let t = env.transport().await;
+    // 5 s: 25 health pings at 200 ms, 10 keep-alive pings at 500 ms.
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            t.is_healthy() && t.connections() == 1,
+            "the connection was lost and re-established: {} connections",
+            t.connections()
+        );
+    }
 }

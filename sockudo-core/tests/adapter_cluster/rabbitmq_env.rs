@@ -9,6 +9,9 @@ use sockudo_core::adapter::{RabbitmqTransport, RabbitmqTransportOptions};
 
 use super::*;
 
+use crate::broker_env::{
+    assert_cluster_heals, assert_outage_contained, assert_oversize_counted, BrokerEnv,
+};
 use crate::rabbitmq_server::RabbitServer;
 
 pub struct RabbitEnv {
@@ -43,21 +46,16 @@ impl RabbitEnv {
 }
 
 #[async_trait]
-impl Env for RabbitEnv {
+impl BrokerEnv for RabbitEnv {
     type T = RabbitmqTransport;
-    async fn transport(&self) -> Arc<RabbitmqTransport> {
+    async fn connect(&self) -> Arc<RabbitmqTransport> {
         Arc::new(
             RabbitmqTransport::connect_with(self.options())
                 .await
                 .unwrap(),
         )
     }
-    async fn presence(
-        &self,
-        _id: &str,
-        _t: &Arc<RabbitmqTransport>,
-        _o: &ClusterOptions,
-    ) -> Arc<dyn PresenceStore> {
+    fn shared_presence(&self) -> Arc<MemoryPresenceStore> {
         self.presence.clone()
     }
 }
@@ -153,21 +151,8 @@ async fn rabbitmq_restart_is_visible_and_heals() {
     })
     .await
     .unwrap();
-    assert!(
-        eventually(Duration::from_secs(3), || !a.is_healthy()).await,
-        "outage not visible"
-    );
+    assert_outage_contained(&nodes, Duration::from_secs(3)).await;
     assert!(!t.is_healthy());
-    assert!(a.publish(msg("c", "lost")).await.is_err());
-    // A subscription the broker cannot confirm is refused (a client would be told 503).
-    assert!(matches!(
-        a.watch_channel("app", "during-outage").await,
-        Err(AdapterError::Unavailable(_))
-    ));
-    a.unwatch_channel("app", "during-outage");
-    // Longer than node_timeout: nobody may be declared dead for a transport outage.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(nodes[0].1.removed.lock().is_empty());
     let _server = tokio::task::spawn_blocking(move || {
         let mut server = server;
         server.start_again();
@@ -175,28 +160,9 @@ async fn rabbitmq_restart_is_visible_and_heals() {
     })
     .await
     .unwrap();
-    let (a, b) = (nodes[0].0.clone(), nodes[1].0.clone());
-    assert!(
-        eventually(Duration::from_secs(10), || a.is_healthy() && b.is_healthy()).await,
-        "the transport did not reconnect"
-    );
+    // Bindings come back by themselves: a publish after the restart reaches the peer.
+    assert_cluster_heals(&nodes, Duration::from_secs(10)).await;
     assert!(t.is_healthy() && t.connections() >= 2);
-    // Bindings came back by themselves: a publish after the restart reaches the peer.
-    a.publish(msg("c", "back")).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || nodes[1]
-            .1
-            .frames()
-            .contains(&Bytes::from_static(b"back")))
-        .await
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || a.live_nodes()
-            == vec!["n1".to_owned()]
-            && b.live_nodes() == vec!["n0".to_owned()])
-        .await
-    );
-    assert!(nodes.iter().all(|(_, r)| r.removed.lock().is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -308,4 +274,10 @@ async fn measure_rabbitmq_publish_latency_and_throughput() {
         total as f64 / conc.as_secs_f64(),
         receiver.dropped()
     );
+}
+
+/// Adapter level: a broadcast over the 128 MiB default message limit is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversize_broadcast_is_counted() {
+    assert_oversize_counted(&RabbitEnv::shared().await, 128 * 1024 * 1024 + 1).await;
 }

@@ -264,3 +264,69 @@ pub async fn assert_every_accepted_tick_delivered(sub: &mut TestClient, accepted
         "accepted but never delivered: {missing:?}"
     );
 }
+
+/// Poll until node `i` answers `GET /ready` with 200 (its transport is up again), failing
+/// after `timeout`.
+pub async fn wait_ready(cluster: &Cluster, i: usize, timeout: Duration) {
+    let url = format!("{}/ready", cluster.node(i).http_url());
+    wait_for(&format!("node {i} ready again"), timeout, || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The cross-node scenario every adapter passes on a formed 3-node `cluster`: a publish on
+/// node 0 reaches a subscriber on every node exactly once; presence first joins on nodes 1
+/// and 2 are announced once each to a member on node 0; every node lists every member.
+pub async fn fanout_and_presence_across_three_nodes(cluster: &Cluster) {
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = cluster.client(i).await.unwrap();
+        c.subscribe("news").await.unwrap();
+        clients.push(c);
+    }
+    let (st, body) = cluster
+        .api(0)
+        .trigger("news", "flash", json!({ "n": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{body}");
+    for c in &mut clients {
+        let events = drain(c).await;
+        let counts = count_app_events(&events, "flash");
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![1],
+            "{counts:?}"
+        );
+    }
+
+    // Presence across nodes: first joins are announced once on every other node.
+    let mut observer = cluster.client(0).await.unwrap();
+    join(&mut observer, "presence-room", "watcher").await;
+    let mut ann = cluster.client(1).await.unwrap();
+    join(&mut ann, "presence-room", "ann").await;
+    let mut bob = cluster.client(2).await.unwrap();
+    join(&mut bob, "presence-room", "bob").await;
+    let events = drain(&mut observer).await;
+    let added: Vec<String> = events
+        .iter()
+        .filter(|e| e.event == "pusher_internal:member_added")
+        .map(|e| e.data["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(added, vec!["ann".to_owned(), "bob".to_owned()]);
+    for i in 0..3 {
+        let (st, body) = cluster
+            .api(i)
+            .get("/channels/presence-room/users", &[])
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{body}");
+        let want: BTreeSet<String> = ["ann", "bob", "watcher"].map(String::from).into();
+        assert_eq!(user_ids(&body), want);
+    }
+}

@@ -108,7 +108,9 @@ pub(crate) struct Receiver<S: Stream<Item = Result<Message, ConnectionError>>> {
     received_messages: BTreeMap<RequestKey, Message>,
     registrations: Pin<Box<mpsc::UnboundedReceiver<Register>>>,
     shutdown: Pin<Box<oneshot::Receiver<()>>>,
-    ping: Option<oneshot::Sender<()>>,
+    // sockudo patch: every ping awaiting a pong (was one slot: a second concurrent ping
+    // dropped the first's resolver, which then failed the whole connection as Disconnected).
+    pings: Vec<oneshot::Sender<()>>,
     auth_challenge: mpsc::UnboundedSender<()>,
     closed_producers: ClosedProducers,
 }
@@ -133,7 +135,7 @@ impl<S: Stream<Item = Result<Message, ConnectionError>>> Receiver<S> {
             consumers: BTreeMap::new(),
             registrations: Box::pin(registrations),
             shutdown: Box::pin(shutdown),
-            ping: None,
+            pings: Vec::new(),
             auth_challenge,
             closed_producers,
         }
@@ -188,7 +190,8 @@ impl<S: Stream<Item = Result<Message, ConnectionError>>> Future for Receiver<S> 
                     self.consumers.remove(&consumer_id);
                 }
                 Poll::Ready(Some(Register::Ping { resolver })) => {
-                    self.ping = Some(resolver);
+                    // sockudo patch: keep every waiting ping (see `pings`).
+                    self.pings.push(resolver);
                 }
                 Poll::Ready(None) => {
                     self.error.set(ConnectionError::Disconnected);
@@ -215,7 +218,9 @@ impl<S: Stream<Item = Result<Message, ConnectionError>>> Future for Receiver<S> 
                             command: BaseCommand { pong: Some(_), .. },
                             ..
                         } => {
-                            if let Some(sender) = self.ping.take() {
+                            // sockudo patch: a pong proves the connection alive for every
+                            // ping waiting on it.
+                            for sender in self.pings.drain(..) {
                                 let _ = sender.send(());
                             }
                         }
