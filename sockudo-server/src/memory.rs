@@ -31,15 +31,10 @@ where
 /// Ask the allocator to return the free pages of every arena to the operating system
 /// (glibc's `malloc_trim(0)`; it keeps freed memory otherwise). Called by the reapers only
 /// after they freed something, off the fanout path: it walks and locks each arena in turn.
-/// Elsewhere (musl, other systems) nothing: those allocators give memory back themselves or
-/// have no such call. Returns whether anything was released.
-pub(crate) fn give_back() -> bool {
-    trim()
-}
-
+/// Returns whether anything was released.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn trim() -> bool {
+pub(crate) fn give_back() -> bool {
     extern "C" {
         fn malloc_trim(pad: usize) -> std::os::raw::c_int;
     }
@@ -48,7 +43,9 @@ fn trim() -> bool {
     unsafe { malloc_trim(0) == 1 }
 }
 
+/// Elsewhere (musl, other systems) nothing: those allocators give memory back themselves or
+/// have no such call.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() -> bool {
+pub(crate) fn give_back() -> bool {
     false
 }
