@@ -26,6 +26,8 @@ export SOCKUDO_TANSU="${SOCKUDO_TANSU:-$HOME/.cache/sockudo-brokers/tansu}"
 # sockudo-testkit/tests/operator_kit.rs (the rules, dashboard and manifests of deploy/) needs
 # promtool and prometheus (Debian's `prometheus`; .ci/run installs it): missing is a failure.
 cargo test --workspace --all-targets
+# Rustdoc: broken intra-doc links and other doc warnings fail the run.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 # The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):
 # its mapping and state machine are unit tests of sockudo-core.
 cargo test -p sockudo-core --features iggy --lib adapter::iggy_transport

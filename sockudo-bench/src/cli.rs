@@ -25,6 +25,9 @@ pub enum Mode {
     /// One node; `--connections` sockets each subscribe `--channels` distinct channels
     /// (protocol per `--protocol`), then leave: the node's RSS before, during, after.
     ChannelFlood,
+    /// Serve the baseline (see `bare.rs`): a bare Tokio broadcast loop speaking just enough
+    /// protocol 7 for `--mode publish`, on `--bare-ws` and `--bare-http`, until killed.
+    BareServer,
 }
 
 /// Load tool for a Sockudo (Pusher protocol 7) node.
@@ -117,6 +120,14 @@ pub struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Publish)]
     pub mode: Mode,
+
+    /// bare-server: WebSocket listen address.
+    #[arg(long, default_value = "127.0.0.1:6301")]
+    pub bare_ws: std::net::SocketAddr,
+
+    /// bare-server: HTTP (publish) listen address.
+    #[arg(long, default_value = "127.0.0.1:6302")]
+    pub bare_http: std::net::SocketAddr,
 
     /// Print the results as one JSON object instead of a table.
     #[arg(long)]

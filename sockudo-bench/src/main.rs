@@ -57,12 +57,14 @@
 
 mod adapters;
 mod api;
+mod bare;
 mod channel_flood;
 mod cli;
 mod client;
 mod clock;
 mod cluster_fanout;
 mod histogram;
+mod http_sink;
 mod interest_bytes;
 mod limits;
 mod payload;
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         cli::Mode::Webhooks => Some(runtime.block_on(webhooks::run(&args, clock))),
         cli::Mode::InterestBytes => Some(runtime.block_on(interest_bytes::run(&args))),
         cli::Mode::ChannelFlood => Some(runtime.block_on(channel_flood::run(&args))),
+        cli::Mode::BareServer => Some(runtime.block_on(bare::run(args.bare_ws, args.bare_http))),
         cli::Mode::Publish | cli::Mode::ConnectOnly => None,
     };
     if let Some(result) = multi {

@@ -133,6 +133,9 @@ pub struct DeliveryReport {
     pub dropped_connections: u64,
     /// `pusher:ping` answered.
     pub pings_answered: u64,
+    /// Server CPU (user + system, from `/proc`, `--server-pid`) from the first publish until
+    /// the deliveries drained, divided by the deliveries received meanwhile (warmup included).
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
 /// Distribution summary in milliseconds.
@@ -296,6 +299,9 @@ impl Report {
             row("latency ms", d.latency_ms.line());
             row("received incl. warmup", d.received_total.to_string());
             row("dropped connections", d.dropped_connections.to_string());
+            if let Some(us) = d.server_cpu_us_per_delivery {
+                row("server CPU per delivery", format!("{us:.2} µs"));
+            }
             if d.pings_answered > 0 {
                 row("pusher:ping answered", d.pings_answered.to_string());
             }

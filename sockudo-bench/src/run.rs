@@ -118,6 +118,8 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             "publishing {:.1}/s for {:.1} s warmup + {:.1} s measured ({} publishers)",
             args.rate, args.warmup, args.duration, args.publishers
         ));
+        let cpu_before = args.server_pid.and_then(crate::procs::cpu_secs);
+        let received_before = stats.received_total.load(Ordering::Relaxed);
         let mut outcome = PublisherOutcome::default();
         for h in publisher::spawn_all(pub_plan, pub_stats.clone(), clock) {
             match h.await {
@@ -145,6 +147,15 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         rss_after_load = args.server_pid.and_then(rss::vm_rss_kib);
+        let cpu_after = args.server_pid.and_then(crate::procs::cpu_secs);
+        let delivered = stats
+            .received_total
+            .load(Ordering::Relaxed)
+            .saturating_sub(received_before);
+        let server_cpu_us_per_delivery = match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if delivered > 0 => Some((a - b) * 1e6 / delivered as f64),
+            _ => None,
+        };
 
         let received = stats.received_in_window.load(Ordering::Relaxed);
         let window_s = args.duration;
@@ -165,6 +176,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             received_total: stats.received_total.load(Ordering::Relaxed),
             dropped_connections: stats.dropped.load(Ordering::Relaxed),
             pings_answered: stats.pings_answered.load(Ordering::Relaxed),
+            server_cpu_us_per_delivery,
         });
 
         let sent = pub_stats.sent.load(Ordering::Relaxed);
@@ -228,6 +240,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             Mode::Webhooks => "webhooks",
             Mode::InterestBytes => "interest-bytes",
             Mode::ChannelFlood => "channel-flood",
+            Mode::BareServer => "bare-server",
         },
         setup: Setup {
             ws_url: plan.url.clone(),

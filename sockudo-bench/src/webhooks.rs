@@ -20,19 +20,13 @@
 //! 60 s, jittered to [bound/2, bound]).
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -161,35 +155,6 @@ impl Receiver {
     }
 }
 
-async fn serve(listener: TcpListener, rx: Arc<Receiver>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let rx = rx.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let rx = rx.clone();
-                async move {
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let status = rx.handle(&body);
-                    let mut resp = Response::new(Full::new(Bytes::new()));
-                    *resp.status_mut() = status;
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
 /// One phase's results.
 #[derive(Debug, Serialize)]
 pub struct PhaseRow {
@@ -238,7 +203,12 @@ pub async fn run(args: &Args, clock: Clock) -> Result<String, String> {
         clock,
         phase: Mutex::new(Arc::new(Phase::new(0, 0))),
     });
-    let server = tokio::spawn(serve(listener, rx.clone()));
+    let receiver = rx.clone();
+    let server = tokio::spawn(crate::http_sink::serve(
+        listener,
+        b"",
+        Arc::new(move |body: &[u8]| receiver.handle(body)),
+    ));
 
     let config = dir.join("webhooks.toml");
     write_config(&config, args, &redis_url, hook_port)?;

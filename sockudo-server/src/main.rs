@@ -19,6 +19,10 @@ struct Cli {
     /// Listen port (overrides PORT).
     #[arg(long)]
     port: Option<u16>,
+    /// Runtime worker threads (default: one per CPU). Sizes the node to a share of the
+    /// machine, and lets a benchmark show how delivery scales with cores.
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 fn init_tracing(format: &str) {
@@ -95,10 +99,12 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sockudo: cannot start the runtime: {e}");

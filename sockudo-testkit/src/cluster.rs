@@ -363,10 +363,6 @@ impl ClusterBuilder {
                     "redis".into()
                 };
                 settings.kafka.brokers = kafka.brokers();
-                // One partition: Tansu may auto-create the topic (with its own partition
-                // count) after a restart before a node creates it again; partition 0 then
-                // always exists (see "Kafka API" in docs/operations.md).
-                settings.kafka.partitions = 1;
             }
             if let Some(f) = &self.settings {
                 f(i, &mut settings);

@@ -29,6 +29,11 @@ async fn kafka_cluster_carries_fanout_presence_and_queries() {
 /// the API accepted with 2xx before and after the restart, once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_rides_out_a_broker_restart() {
+    // The transport's own account of the restart, printed if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sockudo_core::adapter=debug,rskafka=info")
+        .with_test_writer()
+        .try_init();
     let mut cluster = Cluster::builder().nodes(2).kafka().build().await.unwrap();
     wait_formed(&cluster).await;
     let mut sub = TestClient::connect_v2(&cluster.ws_url(1)).await.unwrap();

@@ -594,7 +594,9 @@ impl<T: Transport> Inner<T> {
         tracing::debug!(node = %self.node_id, topic, error = %e, "dropping malformed cluster message");
     }
 
-    fn on_broadcast(self: &Arc<Self>, msg: &Bytes) {
+    /// A broadcast from the transport. `known`: the (app, channel) of the channel topic it
+    /// came on (interest routing), whose names are shared instead of copied per message.
+    fn on_broadcast(self: &Arc<Self>, msg: &Bytes, known: Option<&Key>) {
         bump(&self.counters.received_messages);
         self.counters
             .received_bytes
@@ -623,9 +625,13 @@ impl<T: Transport> Inner<T> {
             }
             None => (payload, None),
         };
+        let (app_id, channel) = match known {
+            Some((a, c)) if **a == *app && **c == *channel => (Arc::clone(a), Arc::clone(c)),
+            _ => (Arc::from(app.as_ref()), Arc::from(channel.as_ref())),
+        };
         let b = Broadcast {
-            app_id: Arc::from(app.as_ref()),
-            channel: Arc::from(channel.as_ref()),
+            app_id,
+            channel,
             frame,
             frame_v2,
             message_id: h.message_id.map(|m| Arc::from(m.as_ref())),
@@ -1006,7 +1012,9 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
         };
         let inner = &self.inner;
         let mut tasks = inner.tasks.lock();
-        tasks.push(consume(inner, streams.broadcast, |i, m| i.on_broadcast(m)));
+        tasks.push(consume(inner, streams.broadcast, |i, m| {
+            i.on_broadcast(m, None)
+        }));
         tasks.push(consume(inner, streams.control, |i, m| i.on_control(m)));
         tasks.push(consume(inner, streams.requests, |i, m| i.on_request(m)));
         tasks.push(consume(inner, streams.responses, |i, m| i.on_response(m)));
@@ -1203,7 +1211,8 @@ impl<T: Transport> Adapter for ClusterAdapter<T> {
             .get_or_try_init(|| async {
                 let topic = inner.topics.channel(app_id, channel);
                 let stream = inner.transport.subscribe(&topic).await?;
-                let task = consume(inner, stream, |i, m| i.on_broadcast(m));
+                let names = key.clone();
+                let task = consume(inner, stream, move |i, m| i.on_broadcast(m, Some(&names)));
                 inner.interests.install(&key, &ready, task);
                 Ok::<(), AdapterError>(())
             })

@@ -60,11 +60,11 @@
 //! delivered. When the broker's log no longer holds that offset (a broker that lost its
 //! data, e.g. an in-memory broker restarted, or retention), the consumer restarts at the
 //! log's earliest offset (which, after a data loss, may redeliver records published since).
-//! A topic that disappeared (broker restarted without its data) is created again. Known
-//! limit: after a Tansu 0.6 restart with 4 partitions, one partition sometimes stays
-//! unreachable (fetches answered with no topic) and the transport unhealthy; one partition
-//! avoids it. Not the cause (probed): Tansu re-creating the topic on first use, which it does
-//! with 4 partitions, also when metadata requests and `CreateTopics` race. A broker whose
+//! A topic that disappeared (broker restarted without its data) is created again. After an
+//! outage the consumer first checks that the log is the one it was reading (the last record
+//! it consumed must still be there, unchanged); a log it cannot check (a broker whose answer
+//! for that record lacks the partition, as Tansu 0.6 answers for a topic its automatic
+//! creation re-made after a restart) counts as a new log, read from its start. A broker whose
 //! automatic creation makes fewer partitions than this transport reads would leave the readers
 //! of the missing ones down: only a topic that is gone is created again (rskafka cannot add
 //! partitions).

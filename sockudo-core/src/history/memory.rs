@@ -21,8 +21,20 @@
 //! `stream_reset`, which is right, since everything they could have replayed had expired.
 //! The node calls it periodically, so memory follows the channels in use, not every channel
 //! ever touched.
+//!
+//! Reads never create state: `head`, `read_after` and `read_before` of a channel without a
+//! record answer from a *virtual* empty stream whose id the next `append` adopts, so a
+//! subscriber handed `(id, 0)` before the first message resumes in the stream that message
+//! starts. The id is derived (SHA-256) from a random per-store secret, the channel and a
+//! generation counter of one of [`GENERATION_SLOTS`] slots (the channel's hash picks it); the
+//! reaper bumps the slot's counter when it drops a record, so a channel that comes back after
+//! being reaped gets a new id and positions in the old stream fail closed. The cost of the
+//! fixed table (32 KiB) is that a reap also changes the virtual id of the other *never
+//! written* channels of that slot: a subscriber of such a channel gets a `stream_reset` on
+//! resume (fail closed, never a silent gap).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +42,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 use super::ids::fresh_stream_id;
 use super::{
@@ -63,9 +76,9 @@ struct Stream {
 }
 
 impl Stream {
-    fn new() -> Self {
+    fn new(stream_id: String) -> Self {
         Stream {
-            stream_id: fresh_stream_id(),
+            stream_id,
             serial: 0,
             messages: VecDeque::new(),
             dedup: HashMap::new(),
@@ -142,11 +155,62 @@ impl Stream {
     }
 }
 
+/// Generation counters of the virtual stream ids (see the module docs).
+pub const GENERATION_SLOTS: usize = 4096;
+
+/// The ids of streams that have no record (see the module docs).
+struct Generations {
+    secret: [u8; 16],
+    slots: Box<[AtomicU64]>,
+}
+
+impl std::fmt::Debug for Generations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generations").finish_non_exhaustive()
+    }
+}
+
+impl Generations {
+    fn new() -> Self {
+        Generations {
+            secret: rand::random(),
+            slots: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The channel's digest and its slot.
+    fn slot(&self, key: &str) -> ([u8; 32], &AtomicU64) {
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update(self.secret)
+            .chain_update(key.as_bytes())
+            .finalize()
+            .into();
+        let i = usize::from(u16::from_le_bytes([digest[0], digest[1]])) % GENERATION_SLOTS;
+        (digest, &self.slots[i])
+    }
+
+    /// The id a stream of `key` created now gets (32 lowercase hex digits).
+    fn virtual_id(&self, key: &str) -> String {
+        let (digest, slot) = self.slot(key);
+        let id = Sha256::new()
+            .chain_update(digest)
+            .chain_update(slot.load(Ordering::SeqCst).to_le_bytes())
+            .finalize();
+        hex::encode(&id[..16])
+    }
+
+    /// `key`'s record is dropped: its next stream must get another id.
+    fn bump(&self, key: &str) {
+        self.slot(key).1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// In-memory [`HistoryStore`]. See the module docs.
 #[derive(Debug)]
 pub struct MemoryHistoryStore {
     retention: Retention,
     streams: DashMap<String, Arc<Mutex<Stream>>>,
+    generations: Generations,
 }
 
 fn now_ms() -> u64 {
@@ -165,6 +229,7 @@ impl MemoryHistoryStore {
         MemoryHistoryStore {
             retention,
             streams: DashMap::new(),
+            generations: Generations::new(),
         }
     }
 
@@ -179,10 +244,16 @@ impl MemoryHistoryStore {
         let before = self.streams.len();
         // `strong_count == 1`: only the map holds it, so no operation is in flight on it (an
         // operation clones the `Arc` under the map's shard lock, which `retain` holds).
-        self.streams.retain(|_, s| {
-            Arc::strong_count(s) > 1
+        self.streams.retain(|key, s| {
+            let keep = Arc::strong_count(s) > 1
                 || s.try_lock()
-                    .is_none_or(|mut st| !st.idle(self.retention, now))
+                    .is_none_or(|mut st| !st.idle(self.retention, now));
+            if !keep {
+                // Under the shard's write lock: a reader that no longer finds the record
+                // already sees the new generation.
+                self.generations.bump(key);
+            }
+            keep
         });
         // A table sized for a flood of channels would stay that size: shrink it when mostly
         // empty (the caller may then give the memory back to the system).
@@ -198,17 +269,36 @@ impl MemoryHistoryStore {
         self.streams.len()
     }
 
+    /// The channel's record, created (with its virtual id) when missing: writes only.
     fn stream(&self, app_id: &str, channel: &str) -> Arc<Mutex<Stream>> {
         let key = stream_key(app_id, channel);
         if let Some(s) = self.streams.get(&key) {
             return Arc::clone(&s);
         }
-        Arc::clone(
-            &self
-                .streams
-                .entry(key)
-                .or_insert_with(|| Arc::new(Mutex::new(Stream::new()))),
-        )
+        // The id is derived under the shard's write lock, so a reap of this channel (which
+        // bumps its generation under the same lock) cannot slip in between.
+        let entry = self.streams.entry(key);
+        let id = self.generations.virtual_id(entry.key());
+        Arc::clone(&entry.or_insert_with(|| Arc::new(Mutex::new(Stream::new(id)))))
+    }
+
+    /// The channel's record if it has one; reads never create one.
+    fn existing(&self, app_id: &str, channel: &str) -> Result<Arc<Mutex<Stream>>, String> {
+        let key = stream_key(app_id, channel);
+        match self.streams.get(&key) {
+            Some(s) => Ok(Arc::clone(&s)),
+            None => Err(self.generations.virtual_id(&key)),
+        }
+    }
+
+    /// An empty page of the stream that has no record yet.
+    fn virtual_page(stream_id: String) -> HistoryPage {
+        HistoryPage {
+            stream_id,
+            messages: Vec::new(),
+            oldest_serial: None,
+            newest_serial: 0,
+        }
     }
 }
 
@@ -275,9 +365,13 @@ impl HistoryStore for MemoryHistoryStore {
     }
 
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
-        let stream = self.stream(app_id, channel);
-        let s = stream.lock();
-        Ok(s.position())
+        match self.existing(app_id, channel) {
+            Ok(stream) => Ok(stream.lock().position()),
+            Err(stream_id) => Ok(StreamPosition {
+                stream_id,
+                serial: 0,
+            }),
+        }
     }
 
     async fn read_after(
@@ -287,7 +381,10 @@ impl HistoryStore for MemoryHistoryStore {
         after: u64,
         limit: usize,
     ) -> Result<HistoryPage, HistoryError> {
-        let stream = self.stream(app_id, channel);
+        let stream = match self.existing(app_id, channel) {
+            Ok(stream) => stream,
+            Err(stream_id) => return Ok(Self::virtual_page(stream_id)),
+        };
         let mut s = stream.lock();
         s.trim(self.retention, Instant::now());
         let skip = match s.oldest() {
@@ -314,7 +411,10 @@ impl HistoryStore for MemoryHistoryStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, HistoryError> {
-        let stream = self.stream(app_id, channel);
+        let stream = match self.existing(app_id, channel) {
+            Ok(stream) => stream,
+            Err(stream_id) => return Ok(Self::virtual_page(stream_id)),
+        };
         let mut s = stream.lock();
         s.trim(self.retention, Instant::now());
         // Number of retained messages with serial < before.
@@ -339,7 +439,7 @@ impl HistoryStore for MemoryHistoryStore {
     async fn reset(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
         let stream = self.stream(app_id, channel);
         let mut s = stream.lock();
-        *s = Stream::new();
+        *s = Stream::new(fresh_stream_id());
         Ok(s.position())
     }
 
@@ -366,7 +466,6 @@ mod tests {
             .append("a", "busy", "", Duration::ZERO, &frame)
             .await
             .unwrap();
-        store.head("a", "read-only").await.unwrap();
         // A live dedup claim keeps its stream.
         store
             .append("a", "claimed", "m1", Duration::from_secs(60), &frame)
@@ -374,11 +473,62 @@ mod tests {
             .unwrap();
         assert_eq!(store.reap_idle(), 0, "nothing is idle yet");
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert_eq!(store.reap_idle(), 2);
+        assert_eq!(store.reap_idle(), 1);
         assert_eq!(store.streams(), 1);
         let again = store.head("a", "busy").await.unwrap();
         assert_ne!(again.stream_id, first.stream_id, "a new stream");
         assert_eq!(again.serial, 0);
+        let next = store
+            .append("a", "busy", "", Duration::ZERO, &frame)
+            .await
+            .unwrap();
+        assert_eq!(
+            next.stream_id, again.stream_id,
+            "the id handed out is adopted"
+        );
+        assert_eq!(next.serial, 1);
+    }
+
+    #[tokio::test]
+    async fn reads_never_create_state() {
+        let store = MemoryHistoryStore::new(Retention::default());
+        let frame = |sid: &str, n: u64| Bytes::from(format!("{sid}/{n}"));
+        let mut handed_out = Vec::new();
+        for i in 0..1000 {
+            let ch = format!("probe-{i}");
+            let head = store.head("a", &ch).await.unwrap();
+            assert_eq!(head.serial, 0);
+            assert_eq!(head.stream_id.len(), 32);
+            let after = store.read_after("a", &ch, 0, 10).await.unwrap();
+            let before = store.read_before("a", &ch, None, 10).await.unwrap();
+            assert!(after.messages.is_empty() && before.messages.is_empty());
+            assert_eq!(after.stream_id, head.stream_id);
+            assert_eq!(before.stream_id, head.stream_id);
+            assert_eq!(after.oldest_serial, None);
+            handed_out.push(head.stream_id);
+        }
+        assert_eq!(store.streams(), 0, "reads left records behind");
+        assert_ne!(handed_out[0], handed_out[1], "ids differ per channel");
+        assert_ne!(
+            store.head("b", "probe-0").await.unwrap().stream_id,
+            handed_out[0],
+            "ids differ per app"
+        );
+        // The first append continues the stream a reader was shown.
+        let a = store
+            .append("a", "probe-7", "", Duration::ZERO, &frame)
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.stream_id.as_str(), a.serial),
+            (handed_out[7].as_str(), 1)
+        );
+        // Another store (a restarted process) hands out other ids.
+        let other = MemoryHistoryStore::new(Retention::default());
+        assert_ne!(
+            other.head("a", "probe-0").await.unwrap().stream_id,
+            handed_out[0]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -119,7 +119,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         frame_for: &(dyn for<'s> Fn(&'s str, u64) -> Bytes + Send + Sync),
     ) -> Result<Appended, HistoryError>;
 
-    /// The current head (creating the stream, with a fresh id, if it does not exist).
+    /// The current head. A channel never written (or reclaimed) answers serial 0 and the
+    /// `stream_id` its next `append` will use, so a subscriber handed that position resumes
+    /// in the stream the first message starts; a later stream of the channel must get
+    /// another id. Whether a read creates state is the store's: [`MemoryHistoryStore`]'s
+    /// never do; the Redis store's (feature `redis`) create the channel's metadata key with the
+    /// retention's TTL (the id must be the same on every node).
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
 
     async fn read_after(

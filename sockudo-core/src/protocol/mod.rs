@@ -5,6 +5,7 @@
 //! [`frame`], so no caller ever has to remember which events encode `data` as a string.
 
 pub mod codes;
+pub mod data_size;
 pub mod events;
 pub mod frame;
 

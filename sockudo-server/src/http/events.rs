@@ -123,10 +123,7 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
         .data
         .as_deref()
         .ok_or_else(|| bad_request("missing data"))?;
-    let size = match serde_json::from_str::<String>(data.get()) {
-        Ok(s) => s.len(),
-        Err(_) => data.get().len(),
-    };
+    let size = sockudo_core::protocol::data_size::data_size(data.get());
     if size > app.max_event_payload_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
             "event data is {size} bytes, over the limit of {} bytes",
@@ -180,6 +177,10 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
     })
 }
 
+/// Publish to every channel of the event at once (each channel's history append and adapter
+/// publish are independent round trips); the answer keeps the channels' order. Any failure
+/// fails the request with 503: the channels that did publish keep their message (a retry
+/// with the same idempotency key or message id repeats them without a second copy).
 async fn publish(
     node: &Node,
     app: &App,
@@ -187,30 +188,38 @@ async fn publish(
     key: Option<&str>,
 ) -> Result<Vec<Published>, ApiError> {
     let derived = key.filter(|_| p.message_id.is_none()).map(keyed_message_id);
-    let mut out = Vec::with_capacity(p.channels.len());
-    for channel in &p.channels {
+    let message_id = p.message_id.or(derived.as_deref());
+    let results = futures_util::future::join_all(p.channels.iter().map(|channel| {
         let ev = EventToPublish {
             event: p.name,
             data: p.data,
             user_id: None,
-            message_id: p.message_id.or(derived.as_deref()),
+            message_id,
             extras: p.extras,
             except_socket: p.socket_id.as_ref(),
         };
-        let published = match publish_event(node, &app.id, channel, ev).await {
-            Ok(p) => {
+        publish_event(node, &app.id, channel, ev)
+    }))
+    .await;
+    let mut out = Vec::with_capacity(results.len());
+    let mut failed = None;
+    for (channel, result) in p.channels.iter().zip(results) {
+        match result {
+            Ok(published) => {
                 metrics::counter!(crate::metrics::PUBLISHES_ACCEPTED, "app_id" => app.id.clone(), "source" => "http").increment(1);
-                p
+                out.push(published);
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::PUBLISHES_FAILED, "app_id" => app.id.clone(), "source" => "http").increment(1);
                 tracing::warn!(app_id = %app.id, channel = %channel.as_str(), error = %e, "publish failed");
-                return Err(ApiError::Unavailable(format!("publish failed: {e}")));
+                failed.get_or_insert(e);
             }
-        };
-        out.push(published);
+        }
     }
-    Ok(out)
+    match failed {
+        Some(e) => Err(ApiError::Unavailable(format!("publish failed: {e}"))),
+        None => Ok(out),
+    }
 }
 
 /// With a publisher-given `message_id`, the response says which serial each channel gave it

@@ -9,8 +9,13 @@ use sockudo_core::protocol::events::Family;
 use sockudo_core::protocol::{OutboundFrame, ProtocolVersion};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{fanout_to, Channel, Delivery, Namespace};
+use super::recipients::{fanout_to, snapshot, Recipient};
+use super::{Delivery, Namespace};
 use crate::sequencer::{Gap, Sequence, Step};
+
+/// A channel's live sequence, locked (owning a handle, so it outlives the map's lock).
+type SequenceGuard =
+    parking_lot::ArcMutexGuard<parking_lot::RawMutex, Option<Sequence<Positioned>>>;
 
 /// A broadcast that has a place in its channel's stream, owned so it can wait behind a gap.
 #[derive(Debug, Clone)]
@@ -37,16 +42,22 @@ pub struct Sequenced {
 
 impl Namespace {
     /// Pass a positioned broadcast through its channel's live sequence.
+    ///
+    /// The sequence stays locked across the fanout (the order of decisions is the order of
+    /// queuing), the channel map does not: the recipient snapshot is taken once the sequence
+    /// is locked, and the map lock is let go before anything is queued. A subscriber added
+    /// after that snapshot misses nothing released under it: every message released here was
+    /// appended to the history store before it reached this node, so before the snapshot,
+    /// and the new subscriber reads its stream position after it was added, so after; its
+    /// position already covers them.
     pub fn deliver_positioned(&self, channel: &str, p: Positioned) -> Sequenced {
-        let Some(ch) = self.channels.get(channel) else {
+        let Some((key, mut seq, recipients)) = self.locked_sequence(channel) else {
             return Sequenced {
                 unsubscribed: true,
                 ..Sequenced::default()
             };
         };
-        let (key, ch) = (ch.key(), ch.value());
-        // Held across the fanout: the order of decisions is the order of queuing.
-        let mut seq = ch.sequence.lock();
+        let (key, ch) = (&key, &recipients[..]);
         let step = match &mut *seq {
             Some(s) => {
                 let sid = Arc::clone(&p.stream_id);
@@ -92,38 +103,46 @@ impl Namespace {
     /// Fill `channel`'s gap with messages fetched from the history store; returns the
     /// frames queued.
     pub fn repair_gap(&self, channel: &str, stream_id: &str, fetched: Vec<Positioned>) -> usize {
-        let Some(ch) = self.channels.get(channel) else {
+        let Some((key, mut seq, recipients)) = self.locked_sequence(channel) else {
             return 0;
         };
-        let (key, ch) = (ch.key(), ch.value());
-        let mut seq = ch.sequence.lock();
         let Some(s) = seq.as_mut() else { return 0 };
         let ready = s.repair(stream_id, fetched.into_iter().map(|p| (p.serial, p)));
-        self.pass_on(key, ch, ready)
+        self.pass_on(&key, &recipients, ready)
     }
 
     /// Give up `channel`'s first gap: every V2 subscriber is told (`resume_failed`,
     /// `continuity_unverifiable`) before the messages after the gap are passed on.
     pub fn give_up_gap(&self, channel: &str) -> Option<Gap> {
-        let ch = self.channels.get(channel)?;
-        let (key, ch) = (ch.key(), ch.value());
-        let mut seq = ch.sequence.lock();
+        let (key, mut seq, recipients) = self.locked_sequence(channel)?;
         let s = seq.as_mut()?;
         let stream_id = Arc::clone(s.position().0);
         let (gap, next) = s.give_up()?;
-        let notice: Utf8Bytes = gap_notice(key, &stream_id, gap).into();
-        for sub in ch.subscribers.values() {
-            if sub.conn.protocol == ProtocolVersion::V2 {
-                sub.conn.send_on(key, notice.clone());
+        let notice: Utf8Bytes = gap_notice(&key, &stream_id, gap).into();
+        for r in recipients.iter().filter(|r| r.is_active()) {
+            if r.conn.protocol == ProtocolVersion::V2 {
+                r.conn.send_on(&key, notice.clone());
             }
         }
-        self.pass_on(key, ch, next);
+        self.pass_on(&key, &recipients, next);
         Some(gap)
+    }
+
+    /// The channel's key, its live sequence locked, and its recipient snapshot, all taken
+    /// under one hold of the channel map's read lock (so they belong to one channel
+    /// incarnation), which is let go before the caller queues anything.
+    fn locked_sequence(
+        &self,
+        channel: &str,
+    ) -> Option<(Arc<str>, SequenceGuard, Arc<[Recipient]>)> {
+        let ch = self.channels.get(channel)?;
+        let seq = ch.sequence.lock_arc();
+        Some((Arc::clone(ch.key()), seq, snapshot(ch.value())))
     }
 
     /// Queue messages that the sequence released, in order, and remember them in the hot
     /// ring (in order too, so the ring stays contiguous).
-    fn pass_on(&self, key: &Arc<str>, ch: &Channel, list: Vec<Positioned>) -> usize {
+    fn pass_on(&self, key: &Arc<str>, ch: &[Recipient], list: Vec<Positioned>) -> usize {
         let mut frames = 0;
         for p in list {
             self.hot.push(key, &p.stream_id, p.serial, &p.v2);

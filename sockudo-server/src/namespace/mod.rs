@@ -6,15 +6,14 @@
 //! change that causes it; the cluster-wide decision is the adapter's presence store's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use sockudo_core::protocol::events::Family;
-use sockudo_core::protocol::{OutboundFrame, ProtocolVersion};
+use sockudo_core::protocol::ProtocolVersion;
 
 use sockudo_core::adapter::MemberEvent;
 
@@ -24,13 +23,17 @@ use crate::presence_view::{MemberOrder, Ordered};
 use crate::sequencer::Sequence;
 
 mod live;
+mod recipients;
 
 pub use live::{Positioned, Sequenced};
+use recipients::{fanout_to, snapshot, SnapshotCell};
 
 #[derive(Debug)]
 struct Subscriber {
     conn: Arc<Connection>,
     presence_user: Option<Arc<str>>,
+    /// Cleared when the subscription ends (see [`recipients`]).
+    active: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -46,8 +49,11 @@ struct Channel {
     /// subscribers' `subscription_succeeded` snapshots, which filter older events.
     member_order: MemberOrder,
     /// Positioned broadcasts: the live sequence that passes them on in serial order (see
-    /// [`crate::sequencer`]); created by the first positioned message or snapshot.
-    sequence: parking_lot::Mutex<Option<Sequence<Positioned>>>,
+    /// [`crate::sequencer`]); created by the first positioned message or snapshot. Shared so
+    /// a delivery can keep it locked after letting go of the channel map.
+    sequence: Arc<parking_lot::Mutex<Option<Sequence<Positioned>>>>,
+    /// What the fanout loops over (see [`recipients`]).
+    recipients: SnapshotCell,
 }
 
 /// What a subscribe changed.
@@ -253,8 +259,10 @@ impl Namespace {
             Subscriber {
                 conn: Arc::clone(conn),
                 presence_user,
+                active: Arc::new(AtomicBool::new(true)),
             },
         );
+        ch.recipients.invalidate();
         crate::metrics::subscription_changed(&self.app_id, channel, 1.0);
         out
     }
@@ -264,6 +272,8 @@ impl Namespace {
         let mut out = None;
         self.channels.remove_if_mut(channel, |_, ch| {
             if let Some(sub) = ch.subscribers.remove(socket_id) {
+                sub.active.store(false, Ordering::Release);
+                ch.recipients.invalidate();
                 let mut u = Unsubscribed::default();
                 if let Some(user) = sub.presence_user {
                     let last = ch.local_members.get_mut(&user).is_some_and(|n| {
@@ -342,13 +352,17 @@ impl Namespace {
     }
 
     /// Queue a delivery to every subscriber of `channel` except its excluded socket. Returns
-    /// how many connections it was queued to. Runs under the channel's read lock and never
-    /// waits; each recipient gets a reference-counted handle to its protocol's frame.
+    /// how many connections it was queued to. Holds the channel's lock only to take its
+    /// recipient snapshot (see [`recipients`]) and never waits; each recipient gets a
+    /// reference-counted handle to its protocol's frame.
     pub fn fanout(&self, channel: &str, d: &Delivery<'_>) -> usize {
-        let Some(ch) = self.channels.get(channel) else {
-            return 0;
+        let (key, recipients) = {
+            let Some(ch) = self.channels.get(channel) else {
+                return 0;
+            };
+            (Arc::clone(ch.key()), snapshot(ch.value()))
         };
-        fanout_to(ch.key(), ch.value(), d)
+        fanout_to(&key, &recipients, d)
     }
 
     pub fn is_subscribed(&self, channel: &str, socket_id: &str) -> bool {
@@ -392,41 +406,6 @@ impl Namespace {
     /// that never started.
     pub fn release_reservation(&self) {
         self.connection_count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn fanout_to(key: &Arc<str>, ch: &Channel, d: &Delivery<'_>) -> usize {
-    let mut n = 0;
-    for (sid, sub) in &ch.subscribers {
-        if d.except.is_some_and(|e| e == &**sid) {
-            withheld(key, sub, d);
-            continue;
-        }
-        let sent = match (sub.conn.protocol, &d.v2, d.serial) {
-            (ProtocolVersion::V2, Some(v2), Some(serial)) => {
-                sub.conn
-                    .send_positioned(key, d.stream_id, serial, v2.clone())
-            }
-            (ProtocolVersion::V2, Some(v2), None) => sub.conn.send_on(key, v2.clone()),
-            _ => sub.conn.send_on(key, d.v1.clone()),
-        };
-        if sent {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// The excluded publisher of a positioned message: a V2 connection is told the serial was
-/// used (`sockudo_internal:position`), so the hole in its serials is not a gap to resume.
-/// Built for this one connection only (at most one per broadcast).
-fn withheld(key: &Arc<str>, sub: &Subscriber, d: &Delivery<'_>) {
-    if let (ProtocolVersion::V2, Some(serial), Some(stream_id)) =
-        (sub.conn.protocol, d.serial, d.stream_id)
-    {
-        let frame = OutboundFrame::position(Family::Sockudo, key, stream_id, serial);
-        sub.conn
-            .send_positioned(key, Some(stream_id), serial, frame.into());
     }
 }
 
@@ -501,6 +480,42 @@ mod tests {
         assert_eq!(ns.fanout("c", &except), 1);
         assert_eq!(ns.fanout("c", &Delivery::plain("x".into())), 2);
         assert_eq!(ns.fanout("nope", &Delivery::plain("x".into())), 0);
+    }
+
+    #[test]
+    fn the_recipient_snapshot_follows_subscriptions() {
+        let ns = Namespace::new(
+            "a".into(),
+            HotLimits {
+                messages: 10,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        );
+        let ((c1, mut o1), (c2, mut o2)) = (conn_with_outbox("1.1"), conn_with_outbox("1.2"));
+        ns.subscribe("c", &c1, None);
+        assert_eq!(ns.fanout("c", &Delivery::plain("a".into())), 1);
+        // A subscriber added after the snapshot was built is in the next one.
+        ns.subscribe("c", &c2, None);
+        assert_eq!(ns.fanout("c", &Delivery::plain("b".into())), 2);
+        // A snapshot taken before an unsubscribe no longer reaches the socket that left.
+        let old = {
+            let ch = ns.channels.get("c").unwrap();
+            snapshot(ch.value())
+        };
+        ns.unsubscribe("c", "1.1").unwrap();
+        let key: Arc<str> = "c".into();
+        assert_eq!(
+            recipients::fanout_to(&key, &old, &Delivery::plain("c".into())),
+            1
+        );
+        assert_eq!(ns.fanout("c", &Delivery::plain("d".into())), 1);
+        let got = |o: &mut crate::connection::Outbox, c: &Connection| {
+            std::iter::from_fn(|| o.try_recv(c))
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&mut o1, &c1), ["a", "b"]);
+        assert_eq!(got(&mut o2, &c2), ["b", "c", "d"]);
     }
 
     #[test]

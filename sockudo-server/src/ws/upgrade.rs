@@ -81,13 +81,20 @@ fn handshake_response(headers: &HeaderMap) -> Result<Response<Body>, Response<Bo
     Ok(resp)
 }
 
+/// Bytes of frames gathered before a write during a batch (the batch's flush writes the rest).
+const WRITE_BUFFER: usize = 4096;
+
 pub(crate) fn ws_config(node: &Node) -> WebSocketConfig {
     // A small eager read buffer keeps idle connections cheap; it grows for large frames.
+    // The write buffer lets the frames of one batch (see `session::write_batch`: everything
+    // already queued, then one flush) leave in one `sendto` instead of one each; it only
+    // fills while a batch is written, and stays small (a connection that never had more than
+    // one frame queued at a time never grows it past its largest frame).
     // Messages well over the node's frame limit are cut off by tungstenite itself (close 1009);
     // frames just over it get a friendly `pusher:error` from the handler instead.
     WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(
             node.settings
                 .outbound_queue_bytes

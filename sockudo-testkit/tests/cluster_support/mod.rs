@@ -269,14 +269,21 @@ pub async fn assert_every_accepted_tick_delivered(sub: &mut TestClient, accepted
 /// after `timeout`.
 pub async fn wait_ready(cluster: &Cluster, i: usize, timeout: Duration) {
     let url = format!("{}/ready", cluster.node(i).http_url());
-    wait_for(&format!("node {i} ready again"), timeout, || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::get(&url).await.ok()?;
-            (r.status() == 200).then_some(())
+    // The last answer, so a timeout says why the node stayed unready.
+    let mut last;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status() == 200 => return,
+            Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => last = e.to_string(),
         }
-    })
-    .await;
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for node {i} ready again; last answer: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The cross-node scenario every adapter passes on a formed 3-node `cluster`: a publish on

@@ -115,7 +115,13 @@ impl Consumer {
     /// See [`Consumer::recover`]; also after a fetch that timed out (a broker may hold a fetch
     /// for a missing topic or an offset beyond its log instead of answering).
     async fn repair(&mut self) -> Option<String> {
-        if matches!(partition_count(&self.client, &self.opts).await, Ok(0)) {
+        let count = partition_count(&self.client, &self.opts).await;
+        tracing::debug!(
+            partition = self.index,
+            ?count,
+            "kafka transport: partitions in the metadata"
+        );
+        if matches!(count, Ok(0)) {
             if let Err(create) = ensure_topic(&self.client, &self.shared.ensure, &self.opts).await {
                 return Some(format!("creating the topic again failed: {create}"));
             }
@@ -126,7 +132,13 @@ impl Consumer {
             let latest = bounded(t, self.consumer.get_offset(OffsetAt::Latest)).await?;
             Ok::<_, String>((earliest, latest))
         };
-        if let Ok((earliest, latest)) = range.await {
+        let range = range.await;
+        tracing::debug!(
+            partition = self.index,
+            ?range,
+            "kafka transport: offsets of the log"
+        );
+        if let Ok((earliest, latest)) = range {
             if self.offset < earliest || self.offset > latest {
                 tracing::warn!(
                     partition = self.index,
@@ -163,6 +175,11 @@ impl Consumer {
                     && r.record.key.as_deref() == Some(key.as_slice())
             }),
             Err(e) if is_protocol(&e, ProtocolError::OffsetOutOfRange) => false,
+            // An answer without our partition for a record the log's offsets say it holds
+            // (Tansu 0.6 after a restart that lost its data, for a log re-created by its
+            // automatic topic creation, answers every such fetch like that): the record
+            // cannot be checked, so this is not a log we recognise. Read it from its start.
+            Err(KafkaError::InvalidResponse(_)) => false,
             Err(e) => {
                 let before = self.offset;
                 let error = self.recover(e).await;
@@ -251,7 +268,7 @@ pub(super) async fn consume(mut c: Consumer) {
             Err(e) => {
                 c.set_up(false);
                 c.verify = true;
-                tracing::debug!(partition = c.index, error = %e, "kafka transport: fetch failed");
+                tracing::debug!(partition = c.index, offset = c.offset, error = %e, "kafka transport: fetch failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(c.opts.reconnect_max);
             }
