@@ -1,0 +1,10 @@
+//! Push notifications end to end (cargo feature `push`): the API over real HTTP with signed
+//! requests, on the memory and the Redis store, with wiremock / HTTP/2 servers standing in
+//! for the providers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod fcm;
+mod harness;
+mod publish;
