@@ -8,3 +8,4 @@ mod api;
 mod fcm;
 mod harness;
 mod publish;
+mod webpush;
