@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod apns;
 mod fcm;
 mod harness;
 mod publish;
