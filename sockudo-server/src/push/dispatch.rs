@@ -62,20 +62,32 @@ pub async fn run(push: &Push, holder: &str, job: ShardJob) -> Result<(), PushErr
         // Open breaker: the same shard comes back after the cooldown, no attempt spent.
         return requeue(push, &job, wait).await;
     }
+    // Devices are taken, sent and finished a chunk at a time: a node that dies leaves at
+    // most the chunk it was sending with an unknown outcome.
+    let mut tally = Tally::default();
+    let chunk = push.settings.dispatch_concurrency.clamp(1, 256);
+    for devices in job.devices.chunks(chunk) {
+        let decided = chunk_outcomes(push, holder, &job, devices).await?;
+        record(push, holder, &job, decided, &mut tally).await?;
+    }
+    settle(push, &job, tally).await
+}
+
+/// Take `devices` and decide each one's outcome (sending the fresh ones).
+async fn chunk_outcomes(
+    push: &Push,
+    holder: &str,
+    job: &ShardJob,
+    devices: &[String],
+) -> Result<Vec<Decided>, PushError> {
+    let (app, pid) = (job.app.as_str(), job.publish_id.as_str());
     let claims = push
         .store
-        .claim_sends(
-            app,
-            pid,
-            &job.marker_key,
-            holder,
-            &job.devices,
-            push.retention(),
-        )
+        .claim_sends(app, pid, &job.marker_key, holder, devices, push.retention())
         .await?;
     let mut decided = Vec::new();
     let mut fresh = Vec::new();
-    for (d, c) in job.devices.iter().zip(claims) {
+    for (d, c) in devices.iter().zip(claims) {
         match c {
             SendClaim::Fresh { .. } => fresh.push(d.clone()),
             SendClaim::Resumed => decided.push(Decided::done(
@@ -90,9 +102,18 @@ pub async fn run(push: &Push, holder: &str, job: ShardJob) -> Result<(), PushErr
     if expired {
         decided.extend(fresh.iter().map(|d| Decided::done(d, "expired", None)));
     } else {
-        decided.extend(send_all(push, &job, &fresh).await?);
+        decided.extend(send_all(push, job, &fresh).await?);
     }
-    settle(push, holder, &job, decided).await
+    Ok(decided)
+}
+
+/// What a shard's chunks leave to do at its end.
+#[derive(Debug, Default)]
+struct Tally {
+    retry: Vec<String>,
+    wait: Duration,
+    throttled: bool,
+    reason: Option<String>,
 }
 
 /// Send to every device of `ids` concurrently (bounded by the provider's limit).
@@ -193,12 +214,14 @@ fn decide(id: &str, result: SendResult, attempt: u32, max_attempts: u32) -> Deci
     }
 }
 
-/// Record the outcomes, schedule the retry shard, complete the shard.
-async fn settle(
+/// Finish a chunk's devices (each outcome counted once, with its marker) and note what the
+/// shard's end must do.
+async fn record(
     push: &Push,
     holder: &str,
     job: &ShardJob,
     decided: Vec<Decided>,
+    tally: &mut Tally,
 ) -> Result<(), PushError> {
     let (app, pid) = (job.app.as_str(), job.publish_id.as_str());
     let finishes: Vec<SendFinish> = decided.iter().map(|d| d.finish.clone()).collect();
@@ -206,8 +229,6 @@ async fn settle(
         .store
         .finish_sends(app, pid, &job.marker_key, holder, &finishes)
         .await?;
-    let mut retry = Vec::new();
-    let (mut wait, mut throttled, mut reason) = (Duration::ZERO, false, None);
     for (d, ok) in decided.iter().zip(changed) {
         if !ok {
             continue;
@@ -219,16 +240,29 @@ async fn settle(
             dead_letter(push, job, &d.finish.device, why).await?;
         }
         if let Some(after) = d.retry {
-            retry.push(d.finish.device.clone());
-            wait = wait.max(after);
-            throttled |= d.throttled;
+            tally.retry.push(d.finish.device.clone());
+            tally.wait = tally.wait.max(after);
+            tally.throttled |= d.throttled;
         }
         if d.finish.counter == Some("failed") || d.dead.is_some() {
             metrics::counter!(crate::metrics::PUSH_FAILED, "provider" => job.provider.clone())
                 .increment(1);
         }
-        reason = reason.or_else(|| d.reason.clone().or_else(|| d.dead.clone()));
+        if tally.reason.is_none() {
+            tally.reason = d.reason.clone().or_else(|| d.dead.clone());
+        }
     }
+    Ok(())
+}
+
+/// Schedule the retry shard (if any) and complete the shard.
+async fn settle(push: &Push, job: &ShardJob, tally: Tally) -> Result<(), PushError> {
+    let Tally {
+        retry,
+        wait,
+        throttled,
+        reason,
+    } = tally;
     let spawned = if retry.is_empty() {
         0
     } else {

@@ -33,25 +33,43 @@ async fn fake_apns() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let log = Arc::clone(&log);
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().to_vec())
+                            .unwrap_or_default();
                         let path = parts.uri.path().to_owned();
-                        log.lock().unwrap().push(Seen { path: path.clone(), version: parts.version, headers: parts.headers, body });
+                        log.lock().unwrap().push(Seen {
+                            path: path.clone(),
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        });
                         let resp = if path.ends_with("/dead-token") {
-                            Response::builder().status(410).body(Full::new(Bytes::from(r#"{"reason":"Unregistered"}"#)))
+                            Response::builder()
+                                .status(410)
+                                .body(Full::new(Bytes::from(r#"{"reason":"Unregistered"}"#)))
                         } else {
-                            Response::builder().status(200).header("apns-id", "x").body(Full::new(Bytes::new()))
+                            Response::builder()
+                                .status(200)
+                                .header("apns-id", "x")
+                                .body(Full::new(Bytes::new()))
                         };
                         Ok::<_, Infallible>(resp.unwrap())
                     }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -71,8 +89,18 @@ async fn apns_over_http2_with_a_verified_provider_token() {
     })
     .await;
     let api = node.api();
-    api.register("i1", Some("u"), json!({"transportType": "apns", "deviceToken": "good-token"})).await;
-    api.register("i2", Some("u"), json!({"transportType": "apns", "deviceToken": "dead-token"})).await;
+    api.register(
+        "i1",
+        Some("u"),
+        json!({"transportType": "apns", "deviceToken": "good-token"}),
+    )
+    .await;
+    api.register(
+        "i2",
+        Some("u"),
+        json!({"transportType": "apns", "deviceToken": "dead-token"}),
+    )
+    .await;
     let pid = api
         .publish(&json!({
             "recipients": [{"type": "client", "clientId": "u"}],
@@ -85,7 +113,10 @@ async fn apns_over_http2_with_a_verified_provider_token() {
     let (status, _) = api.get("/deviceRegistrations/i2", &[]).await;
     assert_eq!(status, 404, "410 removes the registration");
     let seen = seen.lock().unwrap().clone();
-    let good = seen.iter().find(|s| s.path == "/3/device/good-token").expect("sent to the device");
+    let good = seen
+        .iter()
+        .find(|s| s.path == "/3/device/good-token")
+        .expect("sent to the device");
     assert_eq!(good.version, hyper::Version::HTTP_2);
     let h = |n: &str| good.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(h("apns-topic").as_deref(), Some("com.example.app"));
@@ -94,7 +125,10 @@ async fn apns_over_http2_with_a_verified_provider_token() {
     assert_eq!(h("apns-collapse-id").as_deref(), Some("c1"));
     assert!(h("apns-expiration").is_some());
     let body: Value = serde_json::from_slice(&good.body).unwrap();
-    assert_eq!(body, json!({"aps": {"alert": {"title": "T", "body": "B"}, "sound": "ping.aiff"}, "x": 1, "extra": true}));
+    assert_eq!(
+        body,
+        json!({"aps": {"alert": {"title": "T", "body": "B"}, "sound": "ping.aiff"}, "x": 1, "extra": true})
+    );
     let bearer = h("authorization").unwrap();
     let jwt = bearer.strip_prefix("bearer ").unwrap();
     let parts: Vec<&str> = jwt.split('.').collect();
@@ -103,7 +137,11 @@ async fn apns_over_http2_with_a_verified_provider_token() {
     let claims: Value = serde_json::from_slice(&unb64(parts[1])).unwrap();
     assert_eq!(claims["iss"], "TEAM123");
     assert!(claims["iat"].as_u64().is_some());
-    let verifying = *p256::ecdsa::SigningKey::from_pkcs8_pem(P8).unwrap().verifying_key();
+    let verifying = *p256::ecdsa::SigningKey::from_pkcs8_pem(P8)
+        .unwrap()
+        .verifying_key();
     let sig = p256::ecdsa::Signature::from_slice(&unb64(parts[2])).unwrap();
-    verifying.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).expect("signed with the .p8 key");
+    verifying
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .expect("signed with the .p8 key");
 }

@@ -302,3 +302,66 @@ impl Drop for TempFile {
         }
     }
 }
+
+/// A node on its own runtime and thread, so it can be killed: [`ThreadNode::kill`] drops
+/// the runtime with every task mid-flight (sends, claims, leases), as a crash would.
+pub struct ThreadNode {
+    pub addr: SocketAddr,
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadNode {
+    pub fn start(settings: NodeSettings) -> ThreadNode {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (kill, killed) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let node = sockudo_server::build_node(settings).await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                tokio::spawn(sockudo_server::serve(
+                    listener,
+                    node,
+                    std::future::pending::<()>(),
+                ));
+                let _ = killed.await;
+            });
+            rt.shutdown_background();
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        ThreadNode {
+            addr,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: format!("http://{}", self.addr),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stop the node abruptly.
+    pub fn kill(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ThreadNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -6,6 +6,7 @@
 
 mod api;
 mod apns;
+mod failover;
 mod fcm;
 mod harness;
 mod publish;
