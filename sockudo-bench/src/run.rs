@@ -228,6 +228,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             Mode::Webhooks => "webhooks",
             Mode::InterestBytes => "interest-bytes",
             Mode::ChannelFlood => "channel-flood",
+            Mode::Push => "push",
         },
         setup: Setup {
             ws_url: plan.url.clone(),
