@@ -85,6 +85,8 @@ pub async fn admit(
         .store
         .create_status(app, &record, push.retention())
         .await?;
+    // The planner may have created the record from our own job first (same campaign).
+    let existing = existing.filter(|prev| prev.campaign != campaign);
     let (state, replayed) = match existing {
         None => {
             metrics::counter!(crate::metrics::PUSH_ACCEPTED).increment(1);

@@ -36,7 +36,9 @@ pub fn settled(s: &StatusRecord) -> Option<PublishState> {
     if c.finished() < c.planned {
         return None;
     }
-    Some(if c.succeeded == c.planned {
+    Some(if c.planned == 0 {
+        PublishState::Failed
+    } else if c.succeeded == c.planned {
         PublishState::Succeeded
     } else if c.succeeded > 0 {
         PublishState::PartiallySucceeded
@@ -74,6 +76,9 @@ pub async fn apply(
 }
 
 fn end_reason(c: &Counters) -> Option<String> {
+    if c.planned == 0 {
+        return Some("no registered device matched the recipients".into());
+    }
     (c.planned > c.succeeded).then(|| {
         format!(
             "{} of {} devices not notified ({} failed, {} expired, {} dead-lettered)",

@@ -154,6 +154,10 @@ async fn admission_checks_sync_schedule_and_limits() {
     assert_eq!(items[0]["status"], "queued");
     assert_eq!(items[0]["expectedRecipients"], 1);
     assert_eq!(items[1]["error"]["status"], 400);
+    assert!(items[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sync"));
     assert!(
         items[2]["expectedRecipients"].is_null(),
         "unknown without a scan"
@@ -165,6 +169,20 @@ async fn admission_checks_sync_schedule_and_limits() {
         )
         .await;
     assert_eq!(status, 400, "at most 100 per batch");
+    // A publish that reaches no registered device ends failed, and says why.
+    let pid = api
+        .publish(&json!({"recipients": [{"type": "channel", "channel": "empty"}], "payload": {}}))
+        .await;
+    let st = api.wait_terminal(&pid).await;
+    assert_eq!(
+        (st["state"].as_str(), st["counters"]["planned"].as_i64()),
+        (Some("failed"), Some(0)),
+        "{st}"
+    );
+    assert!(st["errorReason"]
+        .as_str()
+        .unwrap()
+        .contains("no registered device"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,8 +75,9 @@ pub async fn batch(
         out.push(match result {
             Ok(a) => a.body,
             Err(e) => {
+                let message = e.to_string();
                 let status = e.into_response().status().as_u16();
-                json!({"error": {"status": status}})
+                json!({"error": {"status": status, "message": message}})
             }
         });
     }
