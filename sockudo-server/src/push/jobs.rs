@@ -51,28 +51,40 @@ pub struct PlanCursor {
 /// Resolve (part of) a publish's recipients into shards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanJob {
+    /// The app.
     pub app: String,
+    /// The publish (status key, idempotency key).
     pub publish_id: String,
+    /// The admission that made this job (see `admission`).
     pub campaign: String,
     /// The status record's body, to create it when admission died before it could.
     pub status_body: String,
+    /// The publish's recipients.
     pub targets: Vec<Target>,
+    /// What to send.
     pub message: Message,
+    /// Where this page starts.
     pub cursor: PlanCursor,
 }
 
 /// Send one message to some devices of one provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardJob {
+    /// The app.
     pub app: String,
+    /// The publish.
     pub publish_id: String,
+    /// The admission the shard belongs to.
     pub campaign: String,
     /// Logical shard id (stable across redeliveries; names its once-key).
     pub shard: String,
+    /// `fcm`, `apns` or `webPush`.
     pub provider: String,
+    /// Device ids (all of `provider`).
     pub devices: Vec<String>,
     /// Sends of these devices so far, this one included.
     pub attempt: u32,
+    /// What to send.
     pub message: Message,
     /// Send markers live under this publish key (the publish id, or a replay's own key).
     pub marker_key: String,

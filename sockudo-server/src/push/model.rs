@@ -236,16 +236,22 @@ pub enum Target {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Payload {
+    /// Title (≤ 256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// Text (≤ 4096 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// Icon name or URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icon: Option<String>,
+    /// Sound name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sound: Option<String>,
+    /// Collapse key (FCM `collapse_key`, APNs `apns-collapse-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collapse_key: Option<String>,
+    /// Custom key/values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Value>>,
 }
@@ -284,9 +290,12 @@ pub struct PublishRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
+    /// The notification.
     pub payload: Payload,
+    /// Per-provider overrides.
     #[serde(default)]
     pub overrides: Vec<ProviderOverride>,
+    /// Not sent after this time (ms since the epoch).
     #[serde(default)]
     pub expires_at_ms: Option<u64>,
 }

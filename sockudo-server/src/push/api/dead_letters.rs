@@ -37,6 +37,7 @@ fn ms_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Push
         .transpose()
 }
 
+/// `GET deadLetters`: a page of dead letters, filtered by provider and time.
 pub async fn list(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -66,6 +67,7 @@ pub async fn list(
     Ok(Json(page(&app.id, rows, limit, |l| l.id.clone(), show)))
 }
 
+/// `POST deadLetters/{id}/replay`: send a dead letter again (once) and reopen its publish.
 pub async fn replay(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,

@@ -23,6 +23,7 @@ fn public(r: &DeviceRecord) -> Value {
         .map_or_else(|_| json!({"id": r.id}), |d| d.public())
 }
 
+/// `POST deviceRegistrations`: create or update a registration (201).
 pub async fn upsert(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -41,6 +42,7 @@ pub async fn upsert(
     Ok((StatusCode::CREATED, Json(d.public())))
 }
 
+/// `GET deviceRegistrations`: a page of registrations (of one client with `clientId`).
 pub async fn list(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -62,6 +64,7 @@ pub async fn list(
     Ok(Json(page(&app.id, rows, limit, |r| r.id.clone(), public)))
 }
 
+/// `DELETE deviceRegistrations?clientId=`: remove every device of a client.
 pub async fn delete_by_client(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -92,6 +95,7 @@ pub async fn delete_by_client(
     Ok(Json(json!({"deleted": deleted})))
 }
 
+/// `GET deviceRegistrations/{id}`.
 pub async fn show(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -108,6 +112,7 @@ pub async fn show(
     }
 }
 
+/// `DELETE deviceRegistrations/{id}` (its subscriptions go too).
 pub async fn delete_one(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,

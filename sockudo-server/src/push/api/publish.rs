@@ -26,6 +26,7 @@ fn header_key(headers: &HeaderMap) -> Result<Option<String>, PushError> {
     }
 }
 
+/// `POST publish`: admit one publish (202 + its status).
 pub async fn publish(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -47,6 +48,7 @@ pub async fn publish(
     Ok(resp)
 }
 
+/// `POST batch/publish`: admit up to 100 publishes, one result each, in order.
 pub async fn batch(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -84,6 +86,7 @@ pub async fn batch(
     Ok((StatusCode::ACCEPTED, Json(json!({"items": out}))))
 }
 
+/// `GET publish/{id}/status`.
 pub async fn status(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -98,6 +101,7 @@ pub async fn status(
     }
 }
 
+/// `DELETE scheduled/{id}`: cancel a publish that is not over (204).
 pub async fn cancel(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,

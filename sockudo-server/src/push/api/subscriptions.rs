@@ -55,6 +55,7 @@ fn subscriber(
     }
 }
 
+/// `POST channelSubscriptions`: subscribe a device or a client to a channel (201).
 pub async fn create(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -84,6 +85,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(show(&b.channel, &who))))
 }
 
+/// `GET channelSubscriptions`: by channel, by subscriber, or one pair.
 pub async fn list(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -154,6 +156,7 @@ async fn is_subscribed(
     Ok(false)
 }
 
+/// `DELETE channelSubscriptions`: one pair, a channel's, or a subscriber's.
 pub async fn remove(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
@@ -201,6 +204,7 @@ pub async fn remove(
     Ok(Json(json!({"deleted": deleted})))
 }
 
+/// `GET channelSubscriptions/channels`: channels with subscribers.
 pub async fn channels(
     State(node): State<Arc<Node>>,
     Extension(AuthenticatedApp(app)): Extension<AuthenticatedApp>,
