@@ -11,8 +11,11 @@ use sockudo_core::queue::Job;
 use super::jobs::{dispatch_queue, PlanJob, ShardJob, LANES, PLAN_QUEUE};
 use super::{dispatch, planner, Push, PushError};
 
-/// How often an idle loop polls the shared queue (local enqueues wake it at once).
+/// How often an idle loop polls the shared queue: from [`POLL`], doubling while the queue stays
+/// empty up to [`POLL_MAX`] (an idle cluster costs each node a few Redis calls per second);
+/// enqueues on this node wake it at once, work enqueued by another node waits for the poll.
 const POLL: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// Shards one node works on at once per provider.
 const SHARDS_IN_FLIGHT: u64 = 4;
 /// Attempts of a plan or shard job whose processing failed (not of a device's send).
@@ -33,12 +36,17 @@ fn lease(push: &Push) -> Duration {
     Duration::from_secs(push.settings.lease_secs.max(1))
 }
 
-async fn idle(weak: &Weak<Push>) {
-    let Some(push) = weak.upgrade() else { return };
-    let _ = tokio::time::timeout(POLL, push.wake.notified()).await;
+/// Wait for a wake-up or `wait`; the next wait (doubled, capped).
+async fn idle(weak: &Weak<Push>, wait: Duration) -> Duration {
+    let Some(push) = weak.upgrade() else {
+        return wait;
+    };
+    let _ = tokio::time::timeout(wait, push.wake.notified()).await;
+    (wait * 2).min(POLL_MAX)
 }
 
 async fn plan_loop(weak: Weak<Push>) {
+    let mut wait = POLL;
     loop {
         let Some(push) = weak.upgrade() else { return };
         let consumer = push.node_id.clone();
@@ -59,18 +67,20 @@ async fn plan_loop(weak: Weak<Push>) {
                     }
                 });
                 futures_util::future::join_all(runs).await;
+                wait = POLL;
                 continue;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "push plan queue unavailable"),
         }
         drop(push);
-        idle(&weak).await;
+        wait = idle(&weak, wait).await;
     }
 }
 
 async fn dispatch_loop(weak: Weak<Push>, provider: &'static str, worker: u64) {
     let mut lane = worker % LANES;
+    let mut wait = POLL;
     loop {
         let Some(push) = weak.upgrade() else { return };
         let mut worked = false;
@@ -96,8 +106,10 @@ async fn dispatch_loop(weak: Weak<Push>, provider: &'static str, worker: u64) {
             }
         }
         drop(push);
-        if !worked {
-            idle(&weak).await;
+        if worked {
+            wait = POLL;
+        } else {
+            wait = idle(&weak, wait).await;
         }
     }
 }
