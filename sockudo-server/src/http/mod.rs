@@ -12,6 +12,7 @@
 mod channels;
 mod error;
 mod events;
+mod push_extras;
 mod users;
 
 use std::num::NonZeroU32;

@@ -20,7 +20,7 @@
 //! Every stage is a job on the shared [`Queue`] (at-least-once; a node that dies leaves its
 //! jobs to another node after the lease). See docs/push.md for the user-facing contract.
 
-mod admission;
+pub(crate) mod admission;
 mod api;
 mod breaker;
 mod dispatch;

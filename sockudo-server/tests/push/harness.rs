@@ -133,7 +133,8 @@ pub struct Api {
 }
 
 impl Api {
-    /// A signed request to `/apps/{id}/push{suffix}`: status, headers, JSON body.
+    /// A signed request to `/apps/{id}/push{suffix}` (or to `suffix` itself when it starts
+    /// with `/apps/`): status, headers, JSON body.
     pub async fn call(
         &self,
         method: &str,
@@ -142,7 +143,12 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let path = format!("/apps/{APP_ID}/push{suffix}");
+        // An absolute `/apps/…` path reaches the rest of the API (e.g. `/events`).
+        let path = if suffix.starts_with("/apps/") {
+            suffix.to_owned()
+        } else {
+            format!("/apps/{APP_ID}/push{suffix}")
+        };
         let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -223,6 +223,59 @@ async fn a_scheduled_publish_waits_queued_and_can_be_cancelled() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_event_with_extras_push_is_also_one_push_campaign() {
+    let fcm = FakeFcm::start().await;
+    fcm.ok_sends().await;
+    let node = PushNode::on(Backend::Memory, None, |s| fcm.configure(s)).await;
+    let api = node.api();
+    register(&api, 2, "n").await;
+    for i in 0..2 {
+        api.post(
+            "/channelSubscriptions",
+            &json!({"channel": "news", "deviceId": format!("n{i}")}),
+        )
+        .await;
+    }
+    let events = format!("/apps/{APP_ID}/events");
+    let event = json!({"name": "article", "channel": "news", "data": "{}", "idempotency_key": "evt-1",
+        "extras": {"push": {"payload": {"title": "New article"}}}});
+    let (status, _, body) = api.call("POST", &events, &[], Some(&event), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["push"]["publishId"], "evt-1", "{body}");
+    let (status, _, again) = api.call("POST", &events, &[], Some(&event), &[]).await;
+    assert_eq!(
+        (status, &again),
+        (200, &body),
+        "a retried event is replayed whole"
+    );
+    let st = api.wait_terminal("evt-1").await;
+    assert_eq!(
+        (st["state"].as_str(), st["counters"]["succeeded"].as_i64()),
+        (Some("succeeded"), Some(2)),
+        "{st}"
+    );
+    assert_eq!(
+        fcm.sends().await.len(),
+        2,
+        "one push campaign for the event and its retry"
+    );
+    let bad = json!({"name": "e", "channel": "news", "data": "{}", "extras": {"push": {"payload": {}, "sync": true}}});
+    let (status, _, body) = api.call("POST", &events, &[], Some(&bad), &[]).await;
+    assert_eq!(status, 400, "checked before the event is published: {body}");
+    let batch = json!({"batch": [{"name": "e", "channel": "news", "data": "{}", "extras": {"push": {"payload": {}}}}]});
+    let (status, _, body) = api
+        .call(
+            "POST",
+            &format!("/apps/{APP_ID}/batch_events"),
+            &[],
+            Some(&batch),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
 /// Captures every log line of the process (the global subscriber of this test binary).
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
