@@ -3,7 +3,6 @@
 //! credential files.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +14,8 @@ use sockudo_core::auth::sign_api_request;
 use sockudo_server::config::NodeSettings;
 use sockudo_server::Node;
 use tokio::sync::oneshot;
+
+pub use crate::redis_server::RedisServer;
 
 pub const APP_ID: &str = "push-app";
 pub const KEY: &str = "push-key";
@@ -231,54 +232,6 @@ impl Api {
         }
         let (status, body) = self.post("/deviceRegistrations", &d).await;
         assert_eq!(status, 201, "{body}");
-    }
-}
-
-/// A `redis-server` child on a free loopback port, killed on drop.
-pub struct RedisServer {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { port, child }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

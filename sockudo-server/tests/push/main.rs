@@ -10,4 +10,7 @@ mod failover;
 mod fcm;
 mod harness;
 mod publish;
+// The core's `redis-server` launcher (one copy for every crate's tests).
+#[path = "../../../sockudo-core/tests/support/redis_server.rs"]
+mod redis_server;
 mod webpush;
