@@ -340,3 +340,50 @@ fn sockudo_now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_node_exports_the_push_metrics() {
+    let fcm = FakeFcm::start().await;
+    fcm.ok_sends().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = PushNode::on(Backend::Memory, None, |s| {
+        fcm.configure(s);
+        s.metrics_port = port;
+    })
+    .await;
+    let api = node.api();
+    register(&api, 1, "m").await;
+    let pid = api
+        .publish(&json!({"recipients": devices(1, "m"), "payload": {"title": "t"}}))
+        .await;
+    api.wait_terminal(&pid).await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let ready = text.contains("sockudo_push_dispatched_total{")
+            && text.contains("stage=\"dispatch:fcm\"");
+        if ready {
+            assert!(
+                text.contains("sockudo_push_publish_accepted_total"),
+                "{text}"
+            );
+            assert!(
+                text.contains("sockudo_push_provider_latency_seconds"),
+                "{text}"
+            );
+            assert!(text.contains("sockudo_push_queue_backlog{"), "{text}");
+            assert!(text.contains("provider=\"fcm\""), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "push metrics never exported:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
