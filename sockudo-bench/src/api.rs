@@ -1,4 +1,5 @@
-//! Signed HTTP API calls for the multi-process modes: `POST /apps/{id}/events` to any node.
+//! Signed HTTP API calls for the multi-process modes: `POST /apps/{id}/events` (and any
+//! other signed call) to any node.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,44 @@ impl Api {
         }
     }
 
+    /// A signed `method` request of `path` (`/apps/{id}/…`) with a JSON `body` (empty for
+    /// none) through `base`; returns the status and body.
+    pub async fn call(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let query = sockudo_core::auth::sign_api_request(
+            &self.key,
+            &self.secret,
+            method,
+            path,
+            &[],
+            &body,
+            now,
+        );
+        let uri = format!("{}{}?{}", base.trim_end_matches('/'), path, query);
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("method: {e}"))?;
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("build request: {e}"))?;
+        self.send(req).await
+    }
+
+    /// The app id the client signs for.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
     /// Publish `name` on `channel` with `data` through `base` (`http://host:port`); returns
     /// the status and body.
     pub async fn publish(
@@ -57,26 +96,10 @@ impl Api {
         })
         .map_err(|e| format!("encode body: {e}"))?;
         let path = format!("/apps/{}/events", self.app_id);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let query = sockudo_core::auth::sign_api_request(
-            &self.key,
-            &self.secret,
-            "POST",
-            &path,
-            &[],
-            &body,
-            now,
-        );
-        let uri = format!("{}{}?{}", base.trim_end_matches('/'), path, query);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("build request: {e}"))?;
+        self.call(base, "POST", &path, body).await
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
         let fut = async {
             let resp = self
                 .client

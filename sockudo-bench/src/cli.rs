@@ -18,6 +18,9 @@ pub enum Mode {
     /// One node with QUEUE_DRIVER=redis and a webhook target served by this tool:
     /// end-to-end webhook events/s, and retries under a failing target.
     Webhooks,
+    /// Push notifications over Redis against a local fake FCM: burst admission
+    /// (publishes/s accepted, latency) and dispatch (notifications/s), on `--push-nodes`.
+    Push,
     /// 3 in-process cluster adapters over a real Redis, NATS and Redis Cluster, each "subscribed" to
     /// its own disjoint channels: bytes the broker delivers to the nodes per publish, with
     /// interest routing and with broadcast-to-all.
@@ -208,6 +211,22 @@ pub struct Args {
     /// webhooks: in the third phase the receiver answers 503 for this many seconds.
     #[arg(long, default_value_t = 8.0)]
     pub webhook_outage_secs: f64,
+
+    /// push: nodes sharing Redis (1 or more).
+    #[arg(long, default_value_t = 1)]
+    pub push_nodes: usize,
+
+    /// push: registered devices (all subscribed to one channel: the dispatch campaign).
+    #[arg(long, default_value_t = 10_000)]
+    pub push_devices: usize,
+
+    /// push: publishes of the admission burst (scheduled an hour ahead: admission only).
+    #[arg(long, default_value_t = 5_000)]
+    pub push_publishes: usize,
+
+    /// push: requests in flight during registration and the admission burst.
+    #[arg(long, default_value_t = 32)]
+    pub push_concurrency: usize,
 }
 
 impl Args {

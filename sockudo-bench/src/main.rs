@@ -30,6 +30,7 @@
 //!     --mode cluster-fanout --connections 1000 --publishers 32     # 3 nodes + Redis, rising rates
 //! ... --mode resume-storm --connections 5000 --connect-concurrency 500   # SIGKILL A, resume on B
 //! ... --mode webhooks --webhook-rate 500                                # webhooks via the Redis queue
+//! ... --mode push --push-nodes 3                                        # push admission + dispatch
 //! ```
 //!
 //! `--help` lists every option. Progress goes to stderr; the result (table or `--json`) to stdout.
@@ -52,7 +53,7 @@
 //! [`cli`] options · [`client`] subscriber tasks · [`publisher`] HTTP publishers ·
 //! [`payload`] message build/parse · [`histogram`] log-linear histogram · [`clock`] time origin ·
 //! [`rss`] `/proc` memory · [`limits`] open-file limit · [`run`] phases · [`report`] output.
-//! Multi-process modes: [`cluster_fanout`], [`resume_storm`], [`webhooks`], on [`procs`] (child
+//! Multi-process modes: [`cluster_fanout`], [`resume_storm`], [`webhooks`], [`push`], on [`procs`] (child
 //! redis-server / sockudo), [`adapters`] (the broker of `--adapter`), [`api`] (signed publishes to any node) and [`wsc`] (V1/V2 sockets).
 
 mod adapters;
@@ -70,6 +71,7 @@ mod limits;
 mod payload;
 mod procs;
 mod publisher;
+mod push;
 mod report;
 mod resume_storm;
 mod rss;
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
         cli::Mode::ClusterFanout => Some(runtime.block_on(cluster_fanout::run(&args, clock))),
         cli::Mode::ResumeStorm => Some(runtime.block_on(resume_storm::run(&args, clock))),
         cli::Mode::Webhooks => Some(runtime.block_on(webhooks::run(&args, clock))),
+        cli::Mode::Push => Some(runtime.block_on(push::run(&args))),
         cli::Mode::InterestBytes => Some(runtime.block_on(interest_bytes::run(&args))),
         cli::Mode::ChannelFlood => Some(runtime.block_on(channel_flood::run(&args))),
         cli::Mode::BareServer => Some(runtime.block_on(bare::run(args.bare_ws, args.bare_http))),

@@ -241,6 +241,7 @@ pub async fn run(args: Args, clock: Clock, nofile_limit: u64) -> Report {
             Mode::InterestBytes => "interest-bytes",
             Mode::ChannelFlood => "channel-flood",
             Mode::BareServer => "bare-server",
+            Mode::Push => "push",
         },
         setup: Setup {
             ws_url: plan.url.clone(),

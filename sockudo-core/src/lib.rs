@@ -17,6 +17,9 @@
 //!   the pure resume decision ([`history::recovery`]).
 //! - [`queue`]: the shared work [`queue::Queue`] contract (at-least-once, leases, backoff,
 //!   dead letters) + memory impl (Redis impl behind the `redis` feature).
+//! - [`push`]: the shared push-notification state [`push::PushStore`] (registrations,
+//!   subscriptions, publish statuses, send markers, dead letters) + memory impl (Redis impl
+//!   behind the `redis` feature).
 //! - [`adapter`]: the [`adapter::Adapter`] contract for (cross-node) fanout + the local impl.
 //! - `redis_conn` (feature `redis`): `redis_conn::RedisEndpoint`, one server or a Redis
 //!   Cluster, accepted by every Redis-backed part.
@@ -33,6 +36,7 @@ pub mod channel;
 pub mod history;
 pub mod layers;
 pub mod protocol;
+pub mod push;
 pub mod queue;
 #[cfg(feature = "redis")]
 pub mod redis_conn;

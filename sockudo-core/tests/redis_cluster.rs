@@ -1,5 +1,5 @@
 //! Every Redis-backed store on a real Redis Cluster (feature `redis`): the cache, queue,
-//! history and presence conformance suites, unchanged, through `RedisEndpoint::Cluster`.
+//! history, presence and push-store conformance suites, unchanged, through `RedisEndpoint::Cluster`.
 //! Each test starts its own three-primary cluster on free loopback ports. (The cluster
 //! adapter's scenarios over sharded pub/sub run in `adapter_cluster.rs`.)
 #![cfg(feature = "redis")]
@@ -49,6 +49,17 @@ async fn queue_conformance_on_redis_cluster() {
             .unwrap(),
     );
     sockudo_core::queue::conformance::run_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_store_conformance_on_redis_cluster() {
+    let (_cluster, endpoint) = start().await;
+    let store: Arc<dyn sockudo_core::push::PushStore> = Arc::new(
+        sockudo_core::push::RedisPushStore::connect(endpoint, "t:push:")
+            .await
+            .unwrap(),
+    );
+    sockudo_core::push::conformance::run_all(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,6 +10,7 @@ mod app_manager;
 mod drivers;
 mod kafka;
 mod pulsar_iggy;
+mod push;
 mod rabbitmq;
 
 pub use app_manager::{AdminSection, AppManagerSection, MIN_ADMIN_TOKEN_LEN};
@@ -18,6 +19,7 @@ pub use drivers::{
 };
 pub use kafka::KafkaSection;
 pub use pulsar_iggy::{IggySection, PulsarSection};
+pub use push::PushSection;
 pub use rabbitmq::RabbitmqSection;
 
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
@@ -99,6 +101,21 @@ pub const ENV_VARS: &[&str] = &[
     "PUBSUB_EMULATOR_HOST",
     "PULSAR_TOKEN",
     "PULSAR_URL",
+    "PUSH_APNS_ENDPOINT",
+    "PUSH_APNS_KEY_ID",
+    "PUSH_APNS_PRIVATE_KEY_PATH",
+    "PUSH_APNS_TEAM_ID",
+    "PUSH_APNS_TOPIC",
+    "PUSH_DISPATCH_CONCURRENCY",
+    "PUSH_ENABLED",
+    "PUSH_FCM_ENDPOINT",
+    "PUSH_FCM_SERVICE_ACCOUNT_JSON_PATH",
+    "PUSH_LEASE_SECS",
+    "PUSH_PUBLISH_STATUS_TTL_DAYS",
+    "PUSH_RETRY_MAX_ATTEMPTS",
+    "PUSH_SHARD_SIZE",
+    "PUSH_WEBPUSH_VAPID_CONTACT",
+    "PUSH_WEBPUSH_VAPID_PRIVATE_KEY",
     "QUEUE_DRIVER",
     "RABBITMQ_MAX_MESSAGE_BYTES",
     "RABBITMQ_URL",
@@ -311,6 +328,8 @@ pub struct NodeSettings {
     pub iggy: IggySection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
+    /// Push notifications (`[push]`, `PUSH_*`; off by default).
+    pub push: PushSection,
     pub database_url: Option<SecretUrl>,
     pub apps: Vec<App>,
 }
@@ -380,6 +399,7 @@ impl Default for NodeSettings {
             rabbitmq: RabbitmqSection::default(),
             pulsar: PulsarSection::default(),
             iggy: IggySection::default(),
+            push: PushSection::default(),
             database_url: None,
             apps: Vec::new(),
         }
@@ -509,6 +529,7 @@ impl NodeSettings {
         drivers::apply_env(self, &get)?;
         app_manager::apply_env(self, &get)?;
         pulsar_iggy::apply_env(self, &get);
+        push::apply_env(self, &get)?;
         let seconds = "whole seconds";
         let count = "a whole number";
         num_env(&get, "PONG_TIMEOUT", seconds, &mut self.pong_timeout)?;
@@ -698,6 +719,7 @@ impl NodeSettings {
         )?;
         drivers::validate(self)?;
         pulsar_iggy::validate(self)?;
+        push::validate(self)?;
         let caches: &[&str] = if cfg!(feature = "redis") {
             &["memory", "redis", "redis-cluster"]
         } else {
@@ -893,6 +915,7 @@ mod tests {
             + before_tests(include_str!("config/app_manager.rs"))
             + before_tests(include_str!("config/rabbitmq.rs"))
             + before_tests(include_str!("config/pulsar_iggy.rs"))
+            + apply_env_of(include_str!("config/push.rs"))
             + apply_env_of(include_str!("config/kafka.rs"));
         let mut missing = Vec::new();
         for piece in body.split('"').skip(1).step_by(2) {
@@ -920,6 +943,7 @@ mod tests {
             ]),
         )
         .unwrap();
+        s.push.webpush_vapid_private_key = "vapid-secret-key".into();
         s.database_url = Some(SecretUrl("postgres://u:db-pw@h/db".into()));
         s.apps[0].webhooks.push(sockudo_core::app::WebhookTarget {
             url: "https://hooks.example.invalid/x".into(),
@@ -934,6 +958,7 @@ mod tests {
             "db-pw",
             "app-secret-value",
             "hook-token",
+            "vapid-secret-key",
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }

@@ -24,6 +24,8 @@
 //! - `ws`: the WebSocket upgrade, the per-connection task and the protocol handler.
 //! - `http`: the Pusher HTTP API handlers (auth by `sockudo_core::layers`).
 //! - [`publish`]: the one publish path shared by the API and client events.
+//! - `push` (feature `push`): push notifications: registrations, subscriptions,
+//!   queue-oriented publish, FCM / APNs / Web Push providers.
 //! - [`webhooks`]: webhook batching, signing and queued at-least-once delivery.
 //! - [`server`]: router assembly, health/readiness, serve and drain.
 //! - [`metrics`]: every Prometheus metric's name, the recorder and `GET /metrics`.
@@ -43,6 +45,8 @@ pub mod namespace;
 pub mod node;
 pub mod presence_view;
 pub mod publish;
+#[cfg(feature = "push")]
+pub mod push;
 pub mod sequencer;
 pub mod server;
 pub mod webhooks;

@@ -112,6 +112,25 @@ pub const WEBHOOK_SENT: &str = "sockudo_webhook_sent_total";
 /// Counter: webhook POSTs that failed (`stage` = post | retried | dead_lettered | emit).
 pub const WEBHOOK_FAILURES: &str = "sockudo_webhook_failures_total";
 
+// Push notifications: registered only on a node with push enabled (`describe_push`).
+/// Counter: push publishes accepted (new campaigns, not replayed retries).
+pub const PUSH_ACCEPTED: &str = "sockudo_push_publish_accepted_total";
+/// Counter: push publishes accepted with a `notBeforeMs` in the future.
+pub const PUSH_SCHEDULED: &str = "sockudo_push_publish_scheduled_total";
+/// Counter: notifications handed to a provider, every attempt (`provider`).
+pub const PUSH_DISPATCHED: &str = "sockudo_push_dispatched_total";
+/// Counter: devices whose notification finally failed or was dead-lettered (`provider`).
+pub const PUSH_FAILED: &str = "sockudo_push_failed_total";
+/// Histogram: one provider request, seconds (`provider`).
+pub const PUSH_PROVIDER_LATENCY: &str = "sockudo_push_provider_latency_seconds";
+/// Counter: provider answers that were not a success (`provider`, `class` = invalid_token |
+/// throttled | unavailable | rejected).
+pub const PUSH_PROVIDER_ERRORS: &str = "sockudo_push_provider_errors_total";
+/// Gauge: push jobs waiting or leased per stage (`stage` = plan | dispatch:{provider}).
+pub const PUSH_QUEUE_BACKLOG: &str = "sockudo_push_queue_backlog";
+/// Gauge: age of the oldest push job per stage, seconds (`stage`).
+pub const PUSH_QUEUE_OLDEST: &str = "sockudo_push_queue_oldest_age_seconds";
+
 // HTTP API layers.
 /// Counter: requests refused by a rate limit (`scope` = http | client_event).
 pub const RATE_LIMITED: &str = "sockudo_rate_limit_rejections_total";
@@ -285,6 +304,41 @@ pub fn describe() {
     }
 }
 
+/// Describe the push metrics and register their counters at zero: called only for a node
+/// with push enabled, so a node without it exports none of them.
+pub fn describe_push() {
+    describe_counter!(PUSH_ACCEPTED, "Push publishes accepted");
+    describe_counter!(
+        PUSH_SCHEDULED,
+        "Push publishes accepted for later (notBeforeMs)"
+    );
+    describe_counter!(
+        PUSH_DISPATCHED,
+        "Notifications handed to a provider (every attempt)"
+    );
+    describe_counter!(
+        PUSH_FAILED,
+        "Devices whose notification failed or was dead-lettered"
+    );
+    describe_histogram!(
+        PUSH_PROVIDER_LATENCY,
+        Unit::Seconds,
+        "Provider request latency"
+    );
+    describe_counter!(
+        PUSH_PROVIDER_ERRORS,
+        "Provider answers other than success, by class"
+    );
+    describe_gauge!(PUSH_QUEUE_BACKLOG, "Push jobs waiting or leased, per stage");
+    describe_gauge!(
+        PUSH_QUEUE_OLDEST,
+        "Age of the oldest push job per stage, seconds"
+    );
+    counter!(PUSH_ACCEPTED).absolute(0);
+    counter!(PUSH_SCHEDULED).absolute(0);
+    gauge!(PUSH_QUEUE_BACKLOG, "stage" => "plan").set(0.0);
+}
+
 /// The process-wide Prometheus handle, once installed.
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -450,6 +504,15 @@ pub async fn sample(node: &Node) {
         counter!(APP_MANAGER_EVENTS, "kind" => "invalidation").absolute(c.invalidations);
         counter!(APP_MANAGER_EVENTS, "kind" => "poll_failure").absolute(c.poll_failures);
     }
+    #[cfg(feature = "push")]
+    if let Some(push) = node.push() {
+        if let Ok(stages) = tokio::time::timeout(Duration::from_millis(500), push.backlog()).await {
+            for (stage, depth, oldest) in stages {
+                gauge!(PUSH_QUEUE_BACKLOG, "stage" => stage.clone()).set(depth as f64);
+                gauge!(PUSH_QUEUE_OLDEST, "stage" => stage).set(oldest);
+            }
+        }
+    }
     if let Some(w) = node.webhooks() {
         let s = w.stats().snapshot();
         counter!(WEBHOOK_ENQUEUED).absolute(s.enqueued);
@@ -612,7 +675,15 @@ mod tests {
                 text.contains("sockudo_idempotency_replays_total{node_id=\"n1\"} 0"),
                 "alerting counters registered at zero: {text}"
             );
-            assert!(!text.contains("sockudo_push_"), "no push metrics: {text}");
+            assert!(
+                !text.contains("sockudo_push_"),
+                "no push metrics without push: {text}"
+            );
+            describe_push();
+            let text = handle.render();
+            for name in [PUSH_ACCEPTED, PUSH_SCHEDULED, PUSH_QUEUE_BACKLOG] {
+                assert!(text.contains(name), "{name} registered with push: {text}");
+            }
         });
     }
 }

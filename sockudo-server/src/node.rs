@@ -55,6 +55,9 @@ pub struct Node {
     app_store: std::sync::OnceLock<Arc<dyn AppStore>>,
     /// Where the admin API listens, once it does.
     admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Push notifications, when enabled (`PUSH_ENABLED`).
+    #[cfg(feature = "push")]
+    push: std::sync::OnceLock<Arc<crate::push::Push>>,
 }
 
 /// Reads the cluster adapter's counters.
@@ -101,10 +104,24 @@ impl Node {
             stale_member_events: AtomicU64::new(0),
             app_store: std::sync::OnceLock::new(),
             admin_addr: std::sync::OnceLock::new(),
+            #[cfg(feature = "push")]
+            push: std::sync::OnceLock::new(),
         });
         node.adapter
             .attach(Arc::new(LocalHandler(Arc::downgrade(&node))));
         node
+    }
+
+    /// The node's push subsystem, when push is enabled.
+    #[cfg(feature = "push")]
+    pub fn push(&self) -> Option<&Arc<crate::push::Push>> {
+        self.push.get()
+    }
+
+    /// Install the push subsystem (once; later calls are ignored and return false).
+    #[cfg(feature = "push")]
+    pub fn set_push(&self, push: Arc<crate::push::Push>) -> bool {
+        self.push.set(push).is_ok()
     }
 
     // webhooks: begin

@@ -36,6 +36,9 @@ pub enum BuildError {
     UnsupportedCache(String),
     #[error("{what} driver {driver:?} is not supported by this build")]
     Unsupported { what: &'static str, driver: String },
+    /// Push notifications could not start (credentials, store).
+    #[error("{0}")]
+    Push(String),
     #[error("{what} backend at {url} is unavailable: {message}")]
     Backend {
         what: &'static str,
@@ -156,6 +159,10 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
     };
     let apps = crate::apps::build(&settings).await?;
     let node = assemble_with(settings, cache, adapter, history, apps);
+    #[cfg(feature = "push")]
+    crate::push::install(&node)
+        .await
+        .map_err(|e| BuildError::Push(e.to_string()))?;
     if let Some(stats) = cluster_stats {
         node.set_cluster_stats(stats);
     }
@@ -458,7 +465,12 @@ async fn cluster_adapter<T: sockudo_core::adapter::Transport>(
 /// Build a node on memory backends only, whatever the settings name (sync, infallible): for
 /// tests and embedding. [`build_node`] is the one that honours the configured drivers.
 pub fn build_node_memory(settings: NodeSettings) -> Arc<Node> {
-    assemble(settings, memory_cache())
+    let node = assemble(settings, memory_cache());
+    #[cfg(feature = "push")]
+    if let Err(e) = crate::push::install_memory(&node) {
+        tracing::error!(error = %e, "push disabled");
+    }
+    node
 }
 
 fn memory_cache() -> Arc<dyn Cache> {
@@ -761,6 +773,10 @@ async fn start_metrics(
         crate::metrics::spawn_sampler(node, None);
         return Ok(None);
     };
+    #[cfg(feature = "push")]
+    if node.push().is_some() {
+        crate::metrics::describe_push();
+    }
     crate::metrics::spawn_sampler(node, Some(handle.clone()));
     tracing::info!(%addr, "metrics listening");
     Ok(Some(tokio::spawn(async move {

@@ -290,6 +290,8 @@ pub async fn trigger(
 ) -> Result<Json<Value>, ApiError> {
     let req: EventRequest = parse_body(&body)?;
     let p = prepare(&app, &req)?;
+    let names: Vec<&str> = p.channels.iter().map(|c| c.as_str()).collect();
+    let push = super::push_extras::parse(&node, req.extras.as_deref(), &names)?;
     // The body's key wins over the header's, as in the idempotency layer.
     let key = match &req.idempotency_key {
         Some(Value::String(k)) => Some(k.as_str()),
@@ -300,6 +302,13 @@ pub async fn trigger(
     let published = publish(&node, &app, &p, key).await?;
     let mut out = Map::new();
     identity(&p, &published, &mut out);
+    #[cfg(feature = "push")]
+    if let Some(push) = push {
+        let admitted = super::push_extras::admit(&node, &app.id, push, key).await;
+        out.insert("push".into(), admitted);
+    }
+    #[cfg(not(feature = "push"))]
+    let _ = push;
     if p.info.any() {
         let mut channels = Map::new();
         for c in &p.channels {
@@ -335,6 +344,11 @@ pub async fn trigger_batch(
         .map(|r| {
             if r.channels.is_some() {
                 return Err(bad_request("batch events take a single channel"));
+            }
+            if super::push_extras::has_push(r.extras.as_deref()) {
+                return Err(bad_request(
+                    "extras.push is accepted on POST /events only; use POST push/batch/publish",
+                ));
             }
             prepare(&app, r)
         })

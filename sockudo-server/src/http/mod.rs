@@ -12,6 +12,7 @@
 mod channels;
 mod error;
 mod events;
+mod push_extras;
 mod users;
 
 use std::num::NonZeroU32;
@@ -60,6 +61,10 @@ pub(crate) fn api_router_with_prefix(node: Arc<Node>, prefix: Option<&'static st
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(users::terminate),
         );
+    #[cfg(feature = "push")]
+    {
+        others = others.merge(crate::push::routes(&node));
+    }
     if let Some(rate_limit) = rate_limit {
         publish = publish.route_layer(rate_limit.clone());
         others = others.route_layer(rate_limit);
