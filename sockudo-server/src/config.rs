@@ -7,12 +7,14 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod app_manager;
+mod default_app;
 mod drivers;
 mod kafka;
 mod pulsar_iggy;
 mod rabbitmq;
 
 pub use app_manager::{AdminSection, AppManagerSection, MIN_ADMIN_TOKEN_LEN};
+pub use default_app::{DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET};
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
@@ -38,6 +40,12 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error(
+        "no app configured: list [[apps]] in the config file, set SOCKUDO_DEFAULT_APP_ID, \
+         SOCKUDO_DEFAULT_APP_KEY and SOCKUDO_DEFAULT_APP_SECRET, or read apps from a database \
+         (APP_MANAGER_DRIVER=postgres|mysql)"
+    )]
+    NoApps,
 }
 
 /// Every environment variable a node reads (CONFIG.md names and the settings added since).
@@ -392,6 +400,10 @@ pub struct CliOverrides {
     pub config: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// With no app configured anywhere, serve the development app ([`DEV_APP_ID`],
+    /// [`DEV_APP_KEY`], [`DEV_APP_SECRET`]) and bind `127.0.0.1` unless a host was given,
+    /// instead of failing with [`ConfigError::NoApps`]. Only the `sockudo` binary sets it.
+    pub dev_app: bool,
 }
 
 impl NodeSettings {
@@ -403,9 +415,12 @@ impl NodeSettings {
         })
     }
 
-    /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then validate and
-    /// add the dev app when no apps are configured.
+    /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then take the apps
+    /// from the `SOCKUDO_DEFAULT_APP_*` variables when the file lists none (or the dev app when
+    /// [`CliOverrides::dev_app`] asks for it) and validate. No app at all is
+    /// [`ConfigError::NoApps`].
     pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut host_given = cli.host.is_some() || env.get("HOST").is_some_and(|v| !v.is_empty());
         let mut s = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(Path::new(path)).map_err(|source| {
@@ -414,6 +429,9 @@ impl NodeSettings {
                         source,
                     }
                 })?;
+                host_given |= text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("host"));
                 Self::from_toml(&text, path)?
             }
             None => NodeSettings::default(),
@@ -425,24 +443,7 @@ impl NodeSettings {
         if let Some(p) = cli.port {
             s.port = p;
         }
-        if s.app_manager.is_sql() {
-            // The dev app's variables would be silently unused: apps come from the database.
-            if let Some(name) = [
-                "SOCKUDO_DEFAULT_APP_ID",
-                "SOCKUDO_DEFAULT_APP_KEY",
-                "SOCKUDO_DEFAULT_APP_SECRET",
-            ]
-            .into_iter()
-            .find(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} is set, but APP_MANAGER_DRIVER={} reads apps from the database",
-                    s.app_manager.driver
-                )));
-            }
-        } else if s.apps.is_empty() {
-            s.apps.push(dev_app(env)?);
-        }
+        default_app::resolve(&mut s, cli, env, host_given)?;
         s.validate()?;
         Ok(s)
     }
@@ -823,53 +824,43 @@ fn parse_env<T: std::str::FromStr>(
     })
 }
 
-/// The development app served when no apps are configured.
-fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
-    let get = |k: &str, d: &str| {
-        env.get(k)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_else(|| d.to_string())
-    };
-    let mut app = App::new(
-        get("SOCKUDO_DEFAULT_APP_ID", "app-id"),
-        get("SOCKUDO_DEFAULT_APP_KEY", "app-key"),
-        get("SOCKUDO_DEFAULT_APP_SECRET", "app-secret"),
-    );
-    let ecm = get("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true");
-    app.enable_client_messages = match ecm.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => true,
-        "false" | "0" | "no" | "off" => false,
-        _ => {
-            return Err(ConfigError::InvalidEnv {
-                name: "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
-                value: ecm,
-                expected: "true or false",
-            })
-        }
-    };
-    // One webhook target receiving every event type: enough for a dev app (and for tests
-    // that run the binary with nothing but the environment).
-    let webhook = get("SOCKUDO_DEFAULT_APP_WEBHOOK_URL", "");
-    if !webhook.is_empty() {
-        app.webhooks = vec![sockudo_core::app::WebhookTarget {
-            url: webhook,
-            event_types: Vec::new(),
-            headers: HashMap::new(),
-        }];
+/// Helpers shared by the tests of the config modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::{CliOverrides, NodeSettings};
+    use std::collections::HashMap;
+
+    /// An environment from pairs.
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
-    Ok(app)
+
+    /// `NodeSettings::load` as the binary runs it (the dev app when no app is configured),
+    /// for tests of settings other than the apps.
+    pub(crate) fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
+        let cli = CliOverrides {
+            dev_app: true,
+            ..Default::default()
+        };
+        NodeSettings::load(&cli, &env(pairs)).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    use super::tests_support::env;
+
+    /// The binary's overrides: these tests are about other settings than the apps.
+    fn dev() -> CliOverrides {
+        CliOverrides {
+            dev_app: true,
+            ..Default::default()
+        }
     }
 
     fn before_tests(src: &str) -> &str {
@@ -910,12 +901,14 @@ mod tests {
     #[test]
     fn debug_output_carries_no_secret() {
         let mut s = NodeSettings::load(
-            &CliOverrides::default(),
+            &dev(),
             &env(&[
                 ("REDIS_URL", "redis://user:redis-pw@h:6379/0"),
                 ("NATS_PASSWORD", "nats-pw"),
                 ("NATS_USERNAME", "u"),
                 ("NATS_TOKEN", "nats-token"),
+                ("SOCKUDO_DEFAULT_APP_ID", "1"),
+                ("SOCKUDO_DEFAULT_APP_KEY", "k"),
                 ("SOCKUDO_DEFAULT_APP_SECRET", "app-secret-value"),
             ]),
         )
@@ -953,8 +946,7 @@ mod tests {
 
     #[test]
     fn cluster_driver_combinations_are_checked() {
-        let load =
-            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let load = |pairs: &[(&str, &str)]| NodeSettings::load(&dev(), &env(pairs));
         let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
         assert!(err(&[("CLUSTER_PREFIX", "a#b")]).contains("cluster.prefix"));
         assert!(err(&[("SOCKUDO_NODE_ID", "node a")]).contains("node_id"));
@@ -1038,22 +1030,6 @@ mod tests {
     }
 
     #[test]
-    fn defaults_serve_the_dev_app() {
-        let s = NodeSettings::load(&CliOverrides::default(), &env(&[])).unwrap();
-        assert_eq!(s.port, 6001);
-        assert_eq!(s.apps.len(), 1);
-        assert_eq!(
-            (
-                s.apps[0].id.as_str(),
-                s.apps[0].key.as_str(),
-                s.apps[0].secret.as_str()
-            ),
-            ("app-id", "app-key", "app-secret")
-        );
-        assert!(s.apps[0].enable_client_messages);
-    }
-
-    #[test]
     fn precedence_defaults_toml_env_cli() {
         let dir = std::env::temp_dir().join(format!("sockudo-cfg-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1089,7 +1065,7 @@ mod tests {
             ("CACHE_DRIVER", "redis"),
             ("REDIS_URL", "redis://10.0.0.1:6380"),
         ]);
-        let r = NodeSettings::load(&CliOverrides::default(), &e);
+        let r = NodeSettings::load(&dev(), &e);
         if cfg!(feature = "redis") {
             let s = r.unwrap();
             assert_eq!(
@@ -1109,11 +1085,7 @@ mod tests {
         } else {
             assert!(r.unwrap_err().to_string().contains("CACHE_DRIVER"));
         }
-        let e = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("CACHE_DRIVER", "redis-cluster")]),
-        )
-        .unwrap_err();
+        let e = NodeSettings::load(&dev(), &env(&[("CACHE_DRIVER", "redis-cluster")])).unwrap_err();
         assert!(e.to_string().contains("CACHE_DRIVER"), "{e}");
     }
 
@@ -1157,35 +1129,25 @@ mod tests {
             s.idempotency_ttl, 30,
             "TOML wins over the default when the env is silent"
         );
-        let err = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("OUTBOUND_QUEUE_BYTES", "lots")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = NodeSettings::load(&dev(), &env(&[("OUTBOUND_QUEUE_BYTES", "lots")]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("OUTBOUND_QUEUE_BYTES") && !err.contains('\n'),
             "{err}"
         );
-        let err = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = NodeSettings::load(&dev(), &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("V1_EXPOSE_STREAM_FIELDS"), "{err}");
     }
 
     #[test]
     fn bad_values_are_one_clear_error() {
-        let e =
-            NodeSettings::load(&CliOverrides::default(), &env(&[("PORT", "nope")])).unwrap_err();
+        let e = NodeSettings::load(&dev(), &env(&[("PORT", "nope")])).unwrap_err();
         assert!(e.to_string().contains("PORT"), "{e}");
-        let e = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("ADAPTER_DRIVER", "carrier-pigeon")]),
-        )
-        .unwrap_err();
+        let e =
+            NodeSettings::load(&dev(), &env(&[("ADAPTER_DRIVER", "carrier-pigeon")])).unwrap_err();
         assert!(e.to_string().contains("ADAPTER_DRIVER"), "{e}");
         let e = NodeSettings::from_toml("port = \"x\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("f.toml"));
@@ -1195,8 +1157,7 @@ mod tests {
 
     #[test]
     fn google_pubsub_settings_are_checked() {
-        let load =
-            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let load = |pairs: &[(&str, &str)]| NodeSettings::load(&dev(), &env(pairs));
         let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
         let base = [
             ("ADAPTER_DRIVER", "google-pubsub"),

@@ -6,7 +6,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! let settings = sockudo_server::config::NodeSettings::load(&Default::default(), &Default::default())
+//! // Apps come from the config file, SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET or a database;
+//! // with none, `load` fails with `ConfigError::NoApps` (the library never invents one).
+//! let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+//! let settings = sockudo_server::config::NodeSettings::load(&Default::default(), &env)
 //!     .map_err(std::io::Error::other)?;
 //! let node = sockudo_server::build_node(settings).await.map_err(std::io::Error::other)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:6001").await?;
