@@ -58,6 +58,15 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Longest message id accepted from a publisher.
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+
+/// The message id a publish with an idempotency key and no message id takes: a repeat of it
+/// (a retry after a crash, a batch item published again) is then one message everywhere.
+pub fn keyed_message_id(key: &str) -> String {
+    format!("idem:{key}")
+}
+
 /// A fresh message id: 128 random bits, hex.
 pub fn new_message_id() -> String {
     format!("{:032x}", rand::random::<u128>())

@@ -46,9 +46,14 @@ pub enum BuildError {
 
 /// Build a node from resolved settings, with the backends they name. Shared backends are
 /// connected here: when one is unreachable at start the node is not built (fail fast) and the
-/// error says which and where.
+/// error says which and where. To plug your own backends, use [`crate::NodeBuilder`].
 pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError> {
-    let cache: Arc<dyn Cache> = match settings.cache.driver.as_str() {
+    crate::builder::NodeBuilder::new(settings).build().await
+}
+
+/// The cache the settings name, connected.
+pub(crate) async fn cache_from(settings: &NodeSettings) -> Result<Arc<dyn Cache>, BuildError> {
+    Ok(match settings.cache.driver.as_str() {
         "memory" => memory_cache(),
         #[cfg(feature = "redis")]
         driver @ ("redis" | "redis-cluster") => {
@@ -68,56 +73,62 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             Arc::new(cache)
         }
         other => return Err(BuildError::UnsupportedCache(other.to_owned())),
-    };
+    })
+}
+
+/// The adapter the settings name, connected, with its cluster counters (cluster adapters).
+pub(crate) async fn adapter_from(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, Option<crate::node::ClusterStatsFn>), BuildError> {
     #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(unused_mut))]
     let mut cluster_stats: Option<crate::node::ClusterStatsFn> = None;
     let adapter: Arc<dyn Adapter> = match settings.adapter.driver.as_str() {
         "local" => Arc::new(LocalAdapter::new()),
         #[cfg(feature = "redis")]
         "redis" => {
-            let (adapter, stats) = redis_adapter(&settings).await?;
+            let (adapter, stats) = redis_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "redis")]
         "redis-cluster" => {
-            let (adapter, stats) = redis_cluster_adapter(&settings).await?;
+            let (adapter, stats) = redis_cluster_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "nats")]
         "nats" => {
-            let (adapter, stats) = nats_adapter(&settings).await?;
+            let (adapter, stats) = nats_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "google-pubsub", feature = "redis"))]
         "google-pubsub" => {
-            let (adapter, stats) = google_pubsub_adapter(&settings).await?;
+            let (adapter, stats) = google_pubsub_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "rabbitmq")]
         "rabbitmq" => {
-            let (adapter, stats) = rabbitmq_adapter(&settings).await?;
+            let (adapter, stats) = rabbitmq_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "pulsar", feature = "redis"))]
         "pulsar" => {
-            let (adapter, stats) = pulsar_adapter(&settings).await?;
+            let (adapter, stats) = pulsar_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "iggy", feature = "redis"))]
         "iggy" => {
-            let (adapter, stats) = iggy_adapter(&settings).await?;
+            let (adapter, stats) = iggy_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "kafka", feature = "redis"))]
         "kafka" => {
-            let (adapter, stats) = kafka_adapter(&settings).await?;
+            let (adapter, stats) = kafka_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
@@ -128,15 +139,22 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             })
         }
     };
-    let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
-        "memory" | "none" => memory_history(&settings),
+    Ok((adapter, cluster_stats))
+}
+
+/// The history store the settings name (`None` for `history.driver = "none"`), connected.
+pub(crate) async fn history_from(
+    settings: &NodeSettings,
+) -> Result<Option<Arc<dyn HistoryStore>>, BuildError> {
+    Ok(match settings.history.driver.as_str() {
+        "memory" | "none" => memory_history(settings),
         #[cfg(feature = "redis")]
         driver @ ("redis" | "redis-cluster") => {
             let endpoint = settings.redis.endpoint(driver);
             let store = sockudo_core::history::RedisHistoryStore::connect(
                 endpoint.clone(),
                 &settings.cluster.prefix,
-                retention(&settings),
+                retention(settings),
                 Duration::from_millis(settings.history_timeout_ms.max(1)),
             )
             .await
@@ -153,18 +171,9 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
                 driver: other.to_owned(),
             })
         }
-    };
-    let apps = crate::apps::build(&settings).await?;
-    let node = assemble_with(settings, cache, adapter, history, apps);
-    if let Some(stats) = cluster_stats {
-        node.set_cluster_stats(stats);
-    }
-    Ok(node)
+    })
 }
 
-/// The Redis cluster adapter: pub/sub transport plus presence (the shared store on the same
-/// Redis, or replicated over the transport with `PRESENCE_DRIVER=transport`).
-#[cfg(feature = "redis")]
 async fn redis_adapter(
     settings: &NodeSettings,
 ) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
@@ -534,15 +543,19 @@ fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
         Arc::new(LocalAdapter::new()),
         history,
         apps,
+        None,
     )
 }
 
-fn assemble_with(
+/// Put a node together from its backends; `queue`: the webhook queue, `None` for the one the
+/// settings name.
+pub(crate) fn assemble_with(
     settings: NodeSettings,
     cache: Arc<dyn Cache>,
     adapter: Arc<dyn Adapter>,
     history: Option<Arc<dyn HistoryStore>>,
     apps: crate::apps::AppBackend,
+    queue: Option<Arc<dyn sockudo_core::queue::Queue>>,
 ) -> Arc<Node> {
     let node = Node::new(settings, apps.apps, adapter, cache, history);
     if let Some(store) = apps.store {
@@ -551,7 +564,7 @@ fn assemble_with(
     if let Some(changes) = apps.changes {
         crate::apps::watch_changes(&node, changes);
     }
-    crate::webhooks::install(&node); // webhooks
+    crate::webhooks::install(&node, queue); // webhooks
     let weak = Arc::downgrade(&node);
     every(
         reap_interval(node.settings.hot_buffer_secs),

@@ -267,11 +267,16 @@ pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError
     }
 }
 
-/// Build the pipeline `node.settings` describe on the node's cache and adapter, install it
-/// on the node and start its worker (when a Tokio runtime is running). Errors are logged and
-/// leave the node without webhooks: they never stop it from serving.
-pub fn install(node: &Arc<crate::node::Node>) {
-    let built = queue_for(&node.settings).and_then(|queue| {
+/// Build the pipeline `node.settings` describe on the node's cache and adapter (and `queue`,
+/// or the queue the settings name), install it on the node and start its worker (when a
+/// Tokio runtime is running). Errors are logged and leave the node without webhooks: they
+/// never stop it from serving.
+pub fn install(node: &Arc<crate::node::Node>, queue: Option<Arc<dyn Queue>>) {
+    let queue = match queue {
+        Some(q) => Ok(q),
+        None => queue_for(&node.settings),
+    };
+    let built = queue.and_then(|queue| {
         Webhooks::new(
             WebhookSettings::from_node(&node.settings),
             queue,
