@@ -1,4 +1,7 @@
-//! Operator configuration (CONFIG.md): built-in defaults < TOML file < environment < CLI flags.
+//! Operator configuration: built-in defaults < TOML file < environment < CLI flags.
+//!
+//! Every setting is listed once in [`reference::SETTINGS`], from which docs/configuration.md
+//! and sockudo.example.toml are generated ([`render`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +15,8 @@ mod drivers;
 mod kafka;
 mod pulsar_iggy;
 mod rabbitmq;
+pub mod reference;
+pub mod render;
 
 pub use app_manager::{AdminSection, AppManagerSection, MIN_ADMIN_TOKEN_LEN};
 pub use default_app::{DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET};
