@@ -1,5 +1,5 @@
 //! Reconnect timing: the [`Backoff`] trait, [`ExponentialBackoff`] with full jitter, and the
-//! close-code policy of PROTOCOL.md §4 ([`reaction`]).
+//! close-code policy of docs/protocol.md §4 ([`reaction`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -95,7 +95,7 @@ pub enum Reaction {
     Backoff,
 }
 
-/// The minimum wait after a 4100–4199 close (PROTOCOL.md §4).
+/// The minimum wait after a 4100–4199 close (docs/protocol.md §4).
 pub const OVER_CAPACITY_MIN_DELAY: Duration = Duration::from_secs(1);
 
 /// The reconnect reaction to a close `code` (`None`: the socket dropped without one).

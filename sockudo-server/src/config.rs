@@ -53,7 +53,7 @@ pub enum ConfigError {
     NoApps,
 }
 
-/// Every environment variable a node reads (CONFIG.md names and the settings added since).
+/// Every environment variable a node reads (the table of docs/configuration.md).
 /// Harnesses that start nodes (the testkit, the bench) clear exactly these from what children
 /// inherit, so a developer's shell cannot change what a test or a measurement runs against.
 pub const ENV_VARS: &[&str] = &[
@@ -238,7 +238,7 @@ pub struct NodeSettings {
     pub api_rate_limit_per_second: u32,
     /// HTTP API rate limit burst: requests allowed back to back (0 = same as the rate).
     pub api_rate_limit_burst: u32,
-    /// How long an HTTP publish `idempotency_key` is remembered, in seconds (PROTOCOL.md §7).
+    /// How long an HTTP publish `idempotency_key` is remembered, in seconds (docs/protocol.md §7).
     pub idempotency_ttl: u64,
     /// WebSocket upgrades per second per client IP, shared by all nodes through the cache
     /// (0 = off, the default); beyond it the upgrade is answered 429 with `Retry-After`.

@@ -82,7 +82,7 @@
 //!   [`Node::publish`], the same path for your own code.
 //! - [`builder`]: [`NodeBuilder`], a node on backends of your choice.
 //! - [`webhooks`]: webhook batching, signing and queued at-least-once delivery.
-//! - [`server`]: router assembly, health/readiness, serve and drain; [`mount`]: the node
+//! - [`server`]: router assembly, health/readiness, serve and drain; [`mount`](mod@mount): the node
 //!   inside your own axum app under a prefix.
 //! - [`metrics`]: every Prometheus metric's name, the recorder and `GET /metrics`.
 

@@ -253,7 +253,7 @@ impl Node {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Stop accepting connections; connection tasks see [`Node::drained`] fire.
+    /// Stop accepting connections; connection tasks see [`Node::drain_token`] fire.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }

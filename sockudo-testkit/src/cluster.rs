@@ -212,7 +212,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// Process and containers modes: adjust node `i`'s environment last (any CONFIG.md variable).
+    /// Process and containers modes: adjust node `i`'s environment last (any docs/configuration.md variable).
     pub fn env(
         mut self,
         f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static,

@@ -11,7 +11,7 @@
 //! - [`balancer`]: [`LoadBalancer`], round-robin TCP splicing that skips dead backends.
 //! - [`node`]: [`TestNode`], a node in this process on its own runtime and thread (kill =
 //!   drop the runtime, drain = the graceful shutdown).
-//! - [`process`]: [`ProcessNode`], the real `sockudo` binary configured via CONFIG.md names.
+//! - [`process`]: [`ProcessNode`], the real `sockudo` binary configured via docs/configuration.md names.
 //! - [`cluster`]: [`Cluster`], N nodes + balancer (+ Redis behind per-node proxies).
 //! - `containers` (cargo feature `containers`, on by default): Redis and sockudo nodes as
 //!   Docker containers, with images built locally from the host's binaries.

@@ -1,5 +1,5 @@
 //! [`ProcessNode`]: the real `sockudo` binary as a child process, configured only through the
-//! environment names of CONFIG.md.
+//! environment names of docs/configuration.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -281,7 +281,7 @@ impl Drop for ProcessNode {
     }
 }
 
-/// The environment (CONFIG.md names) that configures the binary like `settings`, as far as
+/// The environment (docs/configuration.md names) that configures the binary like `settings`, as far as
 /// the environment can: listener, node id, drivers, URLs, timings, and the first app as the
 /// dev app. Further apps and per-app limits need a TOML file and are not carried over.
 pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {

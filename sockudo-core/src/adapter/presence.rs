@@ -266,10 +266,10 @@ impl PresenceStore for MemoryPresenceStore {
 
 /// The executable form of the [`PresenceStore`] contract, run against every implementation.
 ///
-/// The suite talks to the store *as several nodes* through [`Nodes`]: a shared store is the
-/// same store for every node id ([`SharedNodes`]); a replicated one is one instance per node
-/// id on a shared transport ([`ReplicatedNodes`]). Between steps made on different nodes the
-/// suite calls [`Nodes::settle`] (replication is eventual); every assertion holds for both.
+/// The suite talks to the store *as several nodes* through [`Nodes`](conformance::Nodes): a shared store is the
+/// same store for every node id ([`SharedNodes`](conformance::SharedNodes)); a replicated one is one instance per node
+/// id on a shared transport ([`ReplicatedNodes`](conformance::ReplicatedNodes)). Between steps made on different nodes the
+/// suite calls [`Nodes::settle`](conformance::Nodes::settle) (replication is eventual); every assertion holds for both.
 #[doc(hidden)]
 pub mod conformance {
     use std::sync::Arc;

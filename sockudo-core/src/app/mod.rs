@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// One tenant: credentials, switches and limits. Field names are the TOML/JSON names
-/// operators use (CONFIG.md), so this type is also the config schema of an app.
+/// operators use (docs/configuration.md), so this type is also the config schema of an app.
 /// `Debug` shows everything but the secret.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -140,7 +140,7 @@ pub struct PresenceSection {
     pub driver: String,
 }
 
-/// Read the driver variables of CONFIG.md into `s`.
+/// Read the driver variables of docs/configuration.md into `s`.
 pub(super) fn apply_env(
     s: &mut NodeSettings,
     get: &impl Fn(&str) -> Option<String>,

@@ -88,7 +88,10 @@ fn entry(st: &Setting, key: &str, out: &mut String) {
         "" => String::new(),
         env => format!("env {env}, "),
     };
-    comment(&format!("{env}default: {}", st.default.replace('`', "")), out);
+    comment(
+        &format!("{env}default: {}", st.default.replace('`', "")),
+        out,
+    );
     let prefix = if st.active { "" } else { "# " };
     out.push_str(&format!("{prefix}{key} = {}\n", st.example));
 }
@@ -179,10 +182,17 @@ mod tests {
 
     #[test]
     fn the_table_names_every_variable_the_node_reads() {
-        let table: Vec<&str> = SETTINGS.iter().map(|s| s.env).filter(|e| !e.is_empty()).collect();
+        let table: Vec<&str> = SETTINGS
+            .iter()
+            .map(|s| s.env)
+            .filter(|e| !e.is_empty())
+            .collect();
         let missing: Vec<&&str> = ENV_VARS.iter().filter(|e| !table.contains(e)).collect();
         let extra: Vec<&&str> = table.iter().filter(|e| !ENV_VARS.contains(e)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unknown {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "missing {missing:?}, unknown {extra:?}"
+        );
     }
 
     /// Every key the example sets is a real key at its real default (deny_unknown_fields

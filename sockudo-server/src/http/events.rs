@@ -357,7 +357,7 @@ enum ItemGate {
     Repeat(String),
 }
 
-/// Claim the per-item keys of a batch (PROTOCOL.md §7) with the core's `claim_item`: an item
+/// Claim the per-item keys of a batch (docs/protocol.md §7) with the core's `claim_item`: an item
 /// whose key was already used for the same item is skipped; one whose key was used for a
 /// different item refuses the whole batch with 409, before anything is published (the claims
 /// this call made are released). A cache failure refuses the batch with 503 (fail closed).

@@ -1,4 +1,4 @@
-//! Webhooks (PROTOCOL.md §8): per-app targets, Pusher bodies and signatures, batching,
+//! Webhooks (docs/protocol.md §8): per-app targets, Pusher bodies and signatures, batching,
 //! cluster-wide occupied/vacated and member events, and at-least-once delivery through the
 //! shared [`Queue`].
 //!
