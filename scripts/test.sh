@@ -26,6 +26,8 @@ export SOCKUDO_TANSU="${SOCKUDO_TANSU:-$HOME/.cache/sockudo-brokers/tansu}"
 # sockudo-testkit/tests/operator_kit.rs (the rules, dashboard and manifests of deploy/) needs
 # promtool and prometheus (Debian's `prometheus`; .ci/run installs it): missing is a failure.
 cargo test --workspace --all-targets
+# The testkit's containers mode is a feature (off by default): its tests run here.
+cargo test -p sockudo-testkit --features containers --test containers
 # The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):
 # its mapping and state machine are unit tests of sockudo-core.
 cargo test -p sockudo-core --features iggy --lib adapter::iggy_transport
