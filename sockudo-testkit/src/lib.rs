@@ -27,8 +27,9 @@
 //! their tasks on it. In-process nodes bring their own runtime.
 //!
 //! # Run with
-//! `redis-server` must be on PATH for Redis-backed tests, and process-mode tests need the
-//! binary (`cargo build -p sockudo-server --bin sockudo`, or [`ensure_sockudo_binary`]):
+//! `redis-server` must be on PATH for Redis-backed tests. Process mode runs the `sockudo`
+//! binary: it is found in the test's target directory (or `SOCKUDO_BIN`), and built with
+//! [`ensure_sockudo_binary`] when there is none, with a line on stderr saying so:
 //!
 //! ```text
 //! cargo test -p sockudo-testkit
