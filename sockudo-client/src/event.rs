@@ -74,8 +74,8 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryFailure {
     pub channel: String,
-    /// See the type docs for the codes.
-    pub code: String,
+    /// Why (see the type docs).
+    pub code: crate::RecoveryCode,
     pub reason: Option<String>,
     pub expected_stream_id: Option<String>,
     pub current_stream_id: Option<String>,
@@ -85,10 +85,10 @@ pub struct RecoveryFailure {
 
 impl RecoveryFailure {
     /// A failure decided by the client itself (no server answer to trust).
-    pub fn client_side(channel: &str, code: &str, reason: &str) -> Self {
+    pub fn client_side(channel: &str, code: crate::RecoveryCode, reason: &str) -> Self {
         RecoveryFailure {
             channel: channel.to_owned(),
-            code: code.to_owned(),
+            code,
             reason: Some(reason.to_owned()),
             expected_stream_id: None,
             current_stream_id: None,
@@ -119,7 +119,12 @@ pub enum ChannelEvent {
     Resubscribed,
     /// V2, after a reconnect: the resume proved continuity. The `replayed` missed events
     /// follow, then the live ones, all in stream order.
-    Recovered { source: String, replayed: u64 },
+    Recovered {
+        /// Where the replay came from.
+        source: crate::RecoverySource,
+        /// How many missed events follow.
+        replayed: u64,
+    },
     /// Continuity is not proven here: events between the message before this and the one
     /// after it may be missing (see [`RecoveryFailure`] for the codes). With V2, delivered
     /// before any later event of the channel; backfill with

@@ -12,7 +12,7 @@ use crate::presence::SharedPresence;
 
 /// The code of the [`ChannelEvent::RecoveryFailed`] a [`Subscription`] yields when its
 /// buffer was full and events were dropped (the consumer did not keep up).
-pub const CODE_CLIENT_LAGGED: &str = "client_lagged";
+pub const CODE_CLIENT_LAGGED: crate::RecoveryCode = crate::RecoveryCode::ClientLagged;
 
 /// The events of one subscribed channel, as a `Stream`. Dropping the last subscription of a
 /// channel unsubscribes it. The stream ends when the channel is unsubscribed or the client
