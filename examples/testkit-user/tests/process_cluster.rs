@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
+use sockudo_client::{ChannelEvent, Client};
 use sockudo_testkit::{Cluster, NodeMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,6 +28,9 @@ async fn a_process_cluster_from_a_users_crate() {
     let mut on1 = cluster.client(1).await.unwrap();
     on0.subscribe("news").await.unwrap();
     on1.subscribe("news").await.unwrap();
+    // The native client on node 1, from the cluster's own options (no URL assembly).
+    let native = Client::connect(cluster.client_options(1)).await.unwrap();
+    let mut news = native.subscribe("news").await.unwrap();
     let (status, body) = cluster
         .api(0)
         .trigger("news", "hello", json!({ "n": 1 }))
@@ -39,4 +44,17 @@ async fn a_process_cluster_from_a_users_crate() {
             .unwrap();
         assert_eq!(event.data_json(), json!({ "n": 1 }));
     }
+    let received = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match news.next().await {
+                Some(ChannelEvent::Message(m)) => return m,
+                Some(_) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("no event on the native client");
+    assert_eq!(received.event, "hello");
+    native.close().await.unwrap();
 }
