@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Decides how long to wait before reconnect attempt `attempt` (1 for the first retry after
 /// a failure, 2 for the next, …). Implementations must be cheap and must not block.
 pub trait Backoff: Send + Sync + fmt::Debug + 'static {
+    /// The wait before reconnect attempt `attempt` (see the trait docs for the numbering).
     fn delay(&self, attempt: u32) -> Duration;
 }
 
@@ -34,6 +35,7 @@ impl Default for ExponentialBackoff {
 }
 
 impl ExponentialBackoff {
+    /// Delays doubling from `base` up to `max`, with jitter.
     pub fn new(base: Duration, max: Duration) -> Self {
         ExponentialBackoff {
             base,

@@ -95,6 +95,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod backoff;
 mod channels;

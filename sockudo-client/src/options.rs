@@ -156,6 +156,7 @@ impl ClientOptions {
         Ok(self)
     }
 
+    /// The host to connect to (default `127.0.0.1`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
         self
@@ -281,10 +282,12 @@ impl ClientOptions {
         self
     }
 
+    /// The app key connected with.
     pub fn app_key(&self) -> &str {
         &self.app_key
     }
 
+    /// The protocol requested (V1 = protocol 7, or V2).
     pub fn protocol_version(&self) -> Protocol {
         self.protocol
     }

@@ -18,7 +18,9 @@ use crate::recovery_code::{RecoveryCode, RecoverySource};
 
 /// Event name (without family prefix) of the resume request and its answers.
 pub const RESUME: &str = "resume";
+/// V2 event name of the resume answer.
 pub const RESUME_SUCCESS: &str = "resume_success";
+/// V2 event name of a channel's resume failure.
 pub const RESUME_FAILED: &str = "resume_failed";
 
 /// Client-side failure code when no verdict arrived in time.
@@ -47,18 +49,24 @@ pub fn resume_frame<'a>(
 /// One channel of `resume_success.recovered`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Recovered {
+    /// The channel resumed.
     pub channel: String,
+    /// Where the replay came from.
     #[serde(default)]
     pub source: RecoverySource,
+    /// How many messages were replayed.
     #[serde(default)]
     pub replayed: u64,
+    /// The channel's position after the replay.
     pub position: Position,
 }
 
 /// The data of `sockudo:resume_success`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResumeSuccess {
+    /// Channels whose continuity was proven.
     pub recovered: Vec<Recovered>,
+    /// Channels that failed.
     pub failed: Vec<RecoveryFailure>,
 }
 

@@ -35,6 +35,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The channel this subscription is on.
     pub fn channel(&self) -> &str {
         &self.channel
     }
@@ -105,6 +106,7 @@ pub struct UserEvents {
 }
 
 impl UserEvents {
+    /// The next event for the signed-in user (`None` once the client is closed).
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
