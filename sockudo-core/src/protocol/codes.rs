@@ -39,6 +39,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The numeric close or error code.
     pub const fn code(self) -> u16 {
         self as u16
     }
