@@ -30,19 +30,33 @@ pub use rabbitmq::RabbitmqSection;
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file given.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The config file is not valid TOML for the settings.
     #[error("invalid config file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has an invalid value.
     #[error("invalid value for {name}: {value:?} ({expected})")]
     InvalidEnv {
+        /// The variable.
         name: &'static str,
+        /// Its value.
         value: String,
+        /// What it should be.
         expected: &'static str,
     },
+    /// The settings cannot work together (the message says why).
     #[error("invalid config: {0}")]
     Invalid(String),
     #[error(
@@ -50,6 +64,7 @@ pub enum ConfigError {
          SOCKUDO_DEFAULT_APP_KEY and SOCKUDO_DEFAULT_APP_SECRET, or read apps from a database \
          (APP_MANAGER_DRIVER=postgres|mysql)"
     )]
+    /// No app is configured anywhere.
     NoApps,
 }
 
@@ -142,6 +157,7 @@ pub const ENV_VARS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DriverSection {
+    /// The driver name (see docs/configuration.md).
     pub driver: String,
 }
 
@@ -149,6 +165,7 @@ pub struct DriverSection {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UrlSection {
+    /// The URL (credentials hidden by `Debug`).
     pub url: String,
 }
 
@@ -212,8 +229,11 @@ impl Default for ClusterSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSettings {
+    /// Listen address (`HOST`, `--host`).
     pub host: String,
+    /// Listen port (`PORT`, `--port`).
     pub port: u16,
+    /// The node's identity in the cluster (`SOCKUDO_NODE_ID`).
     pub node_id: String,
     /// Seconds of silence after which a client should ping (sent in connection_established);
     /// the server pings after the same silence.
@@ -230,7 +250,9 @@ pub struct NodeSettings {
     pub outbound_queue_bytes: usize,
     /// Seconds between unready and closing remaining sockets with 4200.
     pub shutdown_grace_period: u64,
+    /// Prometheus `/metrics` port; 0 disables (`METRICS_PORT`).
     pub metrics_port: u16,
+    /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,
     /// HTTP API rate limit per app and route class, shared by all nodes through the cache:
     /// sustained requests per second (0 = off, the default). The limiter has 1 ms
@@ -250,9 +272,11 @@ pub struct NodeSettings {
     pub trusted_proxy_hops: usize,
     /// V2 hot tier per channel on each node: messages kept, and for how long (seconds).
     pub hot_buffer_messages: usize,
+    /// Seconds a hot-tier message stays.
     pub hot_buffer_secs: u64,
     /// V2 cold tier (history store) retention.
     pub history_max_messages: usize,
+    /// Seconds a history message stays.
     pub history_max_age_secs: u64,
     /// Per-operation timeout of the shared history store, in milliseconds. Resume storms
     /// queue thousands of reads on one connection: too short a bound fails them closed
@@ -274,6 +298,7 @@ pub struct NodeSettings {
     /// Window in which a repeated `message_id` is the same message (one serial), in seconds,
     /// and how many recent ids each node remembers to suppress redeliveries.
     pub message_dedup_secs: u64,
+    /// Recent message ids each node remembers.
     pub message_dedup_capacity: usize,
     /// Expose `message_id`/`serial`/`stream_id` to protocol 7 connections too (opt-in).
     pub v1_expose_stream_fields: bool,
@@ -297,9 +322,13 @@ pub struct NodeSettings {
     pub subscribe_rate_per_second: u32,
     /// Subscriptions a connection may make at once before the rate applies.
     pub subscribe_burst: u32,
+    /// The cluster adapter (`ADAPTER_DRIVER`).
     pub adapter: DriverSection,
+    /// The shared cache (`CACHE_DRIVER`).
     pub cache: DriverSection,
+    /// The webhook queue (`QUEUE_DRIVER`).
     pub queue: DriverSection,
+    /// The V2 history store (`HISTORY_DRIVER`).
     pub history: DriverSection,
     /// Where apps come from (`[app_manager]`).
     pub app_manager: AppManagerSection,
@@ -324,7 +353,9 @@ pub struct NodeSettings {
     pub iggy: IggySection,
     /// Cluster adapter timing (`[cluster]`).
     pub cluster: ClusterSection,
+    /// The SQL app managers' database (`DATABASE_URL`).
     pub database_url: Option<SecretUrl>,
+    /// The apps of the static app manager (`[[apps]]`).
     pub apps: Vec<App>,
 }
 
@@ -402,8 +433,11 @@ impl Default for NodeSettings {
 /// Command-line overrides.
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
+    /// `--config`: the TOML file.
     pub config: Option<String>,
+    /// `--host`.
     pub host: Option<String>,
+    /// `--port`.
     pub port: Option<u16>,
     /// With no app configured anywhere, serve the development app ([`DEV_APP_ID`],
     /// [`DEV_APP_KEY`], [`DEV_APP_SECRET`]) and bind `127.0.0.1` unless a host was given,

@@ -26,20 +26,35 @@ use crate::ws::{ws_fallback, ws_handler};
 /// Why a node could not be built from its settings. Its `Display` is one line for stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The cache backend cannot be reached.
     #[error("cache driver {driver:?} cannot reach {url}: {source}")]
     Cache {
+        /// The driver.
         driver: String,
+        /// Where (credentials hidden).
         url: String,
+        /// Why.
         source: CacheError,
     },
+    /// The cache driver is not in this build.
     #[error("cache driver {0:?} is not supported by this build")]
     UnsupportedCache(String),
+    /// A driver is not in this build.
     #[error("{what} driver {driver:?} is not supported by this build")]
-    Unsupported { what: &'static str, driver: String },
+    Unsupported {
+        /// Which backend.
+        what: &'static str,
+        /// The driver asked for.
+        driver: String,
+    },
+    /// A backend cannot be reached.
     #[error("{what} backend at {url} is unavailable: {message}")]
     Backend {
+        /// Which backend.
         what: &'static str,
+        /// Where (credentials hidden).
         url: String,
+        /// Why.
         message: String,
     },
 }

@@ -137,6 +137,7 @@ impl RedisSection {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceSection {
+    /// `redis`, `redis-cluster`, `transport`, or empty to follow the adapter.
     pub driver: String,
 }
 
