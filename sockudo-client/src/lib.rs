@@ -95,8 +95,6 @@
 //! # }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod auth;
 pub mod backoff;
 mod channels;

@@ -25,8 +25,6 @@
 //!   [`layers::IdempotencyLayer`]: one effect per `idempotency_key`) and the shared JSON error
 //!   response ([`layers::json_error`]).
 
-#![warn(missing_docs)]
-
 pub mod adapter;
 pub mod app;
 pub mod auth;

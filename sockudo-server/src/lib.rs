@@ -86,8 +86,6 @@
 //!   inside your own axum app under a prefix.
 //! - [`metrics`]: every Prometheus metric's name, the recorder and `GET /metrics`.
 
-#![warn(missing_docs)]
-
 pub mod admin;
 pub mod apps;
 pub mod builder;

@@ -64,8 +64,11 @@ pub const ADMIN_RATE_PER_SECOND: NonZeroU32 = NonZeroU32::MIN;
 /// One todo of the app's own data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Todo {
+    /// Its id.
     pub id: u64,
+    /// What to do.
     pub title: String,
+    /// Whether it is done.
     pub done: bool,
 }
 
@@ -139,6 +142,7 @@ async fn list_todos(State(state): State<AppState>) -> Json<Vec<Todo>> {
 /// Body of `POST /api/todos`.
 #[derive(Debug, Deserialize)]
 pub struct NewTodo {
+    /// What to do.
     pub title: String,
 }
 
@@ -174,17 +178,24 @@ async fn create_todo(State(state): State<AppState>, Json(new): Json<NewTodo>) ->
 /// string). An `idempotency_key` field (or the `X-Idempotency-Key` header) makes retries safe.
 #[derive(Debug, Deserialize)]
 pub struct AdminPublish {
+    /// The channel to publish on.
     pub channel: String,
+    /// The event name.
     pub event: String,
+    /// The event data (usually a string holding JSON).
     pub data: Box<RawValue>,
 }
 
 /// Answer of `POST /realtime-admin/publish`.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminPublished {
+    /// The authenticated app.
     pub app_id: String,
+    /// The channel published on.
     pub channel: String,
+    /// The message's id.
     pub message_id: String,
+    /// Its serial (with history).
     pub serial: Option<u64>,
 }
 
