@@ -28,6 +28,8 @@ export SOCKUDO_TANSU="${SOCKUDO_TANSU:-$HOME/.cache/sockudo-brokers/tansu}"
 cargo test --workspace --all-targets
 # Rustdoc: broken intra-doc links and other doc warnings fail the run.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+# The testkit's containers mode is a feature (off by default): its tests run here.
+cargo test -p sockudo-testkit --features containers --test containers
 # The Iggy adapter (feature `iggy`, off everywhere by default; no Iggy server can be had here):
 # its mapping and state machine are unit tests of sockudo-core.
 cargo test -p sockudo-core --features iggy --lib adapter::iggy_transport

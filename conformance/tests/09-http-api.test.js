@@ -75,7 +75,7 @@ test('triggerBatch delivers each event → 200', h.T, async () => {
       { channel: n2, name: 'b2', data: 'two' },
     ]),
   );
-  // without info Pusher answers {} (PROTOCOL.md writes {"batch":[...]}): accept either shape
+  // without info Pusher answers {} (some descriptions show {"batch":[...]}): accept either shape
   if (Object.keys(body).length) assert.deepEqual(body, { batch: [{}, {}] });
   else assert.deepEqual(body, {});
   assert.deepEqual((await g1)[0], { one: 1 });

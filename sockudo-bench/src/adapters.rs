@@ -1,5 +1,5 @@
 //! The adapter of the nodes `--mode cluster-fanout` starts: the broker it needs, and the node
-//! settings (CONFIG.md names) that point the nodes at it.
+//! settings (docs/configuration.md names) that point the nodes at it.
 //!
 //! A single Redis always runs next to it: cache and history stay there for every adapter, and
 //! presence too for every adapter but `redis-cluster` (which moves everything onto the

@@ -1,5 +1,5 @@
 //! Child processes for the multi-process modes: a throwaway `redis-server` and `sockudo`
-//! nodes on free loopback ports, configured through the environment (CONFIG.md names) and
+//! nodes on free loopback ports, configured through the environment (docs/configuration.md names) and
 //! optionally a TOML file. Each child is SIGKILLed when its [`Proc`] is dropped.
 //!
 //! The children inherit this process's raised `RLIMIT_NOFILE`, so a node can hold as many
@@ -272,7 +272,7 @@ pub fn sockudo_bin(explicit: Option<&str>) -> Result<PathBuf, String> {
     })
 }
 
-/// Start a `sockudo` node on a free port with `env` (CONFIG.md names) on top of
+/// Start a `sockudo` node on a free port with `env` (docs/configuration.md names) on top of
 /// `HOST=127.0.0.1 METRICS_PORT=0 SHUTDOWN_GRACE_PERIOD=0 RUST_LOG=warn`, and `--config` if
 /// given; wait for `GET /health` = 200.
 pub async fn start_node(

@@ -18,7 +18,9 @@ use crate::error::{Error, ErrorKind, Result};
 /// What the client asks for when subscribing to a channel that needs a signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelAuthRequest {
+    /// The connection asking (from `connection_established`).
     pub socket_id: String,
+    /// The channel to sign for.
     pub channel_name: String,
 }
 
@@ -36,6 +38,7 @@ pub struct ChannelAuth {
 }
 
 impl ChannelAuth {
+    /// An answer with only `auth` (private channels).
     pub fn new(auth: impl Into<String>) -> Self {
         ChannelAuth {
             auth: auth.into(),
@@ -145,6 +148,7 @@ impl HttpAuthorizer {
         self
     }
 
+    /// Give up on the endpoint after `timeout` (the subscribe or signin then fails).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

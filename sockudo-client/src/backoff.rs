@@ -1,5 +1,5 @@
 //! Reconnect timing: the [`Backoff`] trait, [`ExponentialBackoff`] with full jitter, and the
-//! close-code policy of PROTOCOL.md §4 ([`reaction`]).
+//! close-code policy of docs/protocol.md §4 ([`reaction`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Decides how long to wait before reconnect attempt `attempt` (1 for the first retry after
 /// a failure, 2 for the next, …). Implementations must be cheap and must not block.
 pub trait Backoff: Send + Sync + fmt::Debug + 'static {
+    /// The wait before reconnect attempt `attempt` (see the trait docs for the numbering).
     fn delay(&self, attempt: u32) -> Duration;
 }
 
@@ -34,6 +35,7 @@ impl Default for ExponentialBackoff {
 }
 
 impl ExponentialBackoff {
+    /// Delays doubling from `base` up to `max`, with jitter.
     pub fn new(base: Duration, max: Duration) -> Self {
         ExponentialBackoff {
             base,
@@ -95,7 +97,7 @@ pub enum Reaction {
     Backoff,
 }
 
-/// The minimum wait after a 4100–4199 close (PROTOCOL.md §4).
+/// The minimum wait after a 4100–4199 close (docs/protocol.md §4).
 pub const OVER_CAPACITY_MIN_DELAY: Duration = Duration::from_secs(1);
 
 /// The reconnect reaction to a close `code` (`None`: the socket dropped without one).

@@ -11,6 +11,7 @@ use crate::presence::SharedPresence;
 /// A signed-in user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedIn {
+    /// The `id` of the signed-in user.
     pub user_id: String,
     /// The `user_data` JSON string the server accepted.
     pub user_data: String,

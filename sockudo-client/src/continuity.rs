@@ -48,15 +48,16 @@ use frame::{sorted, Frame};
 
 use crate::event::{ChannelEvent, Message, RecoveryFailure};
 use crate::positions::{ChannelPosition, Position};
+use crate::recovery_code::RecoveryCode;
 use crate::resume::{Recovered, CODE_RESUME_TIMEOUT};
 
 /// The stream id changed: the old stream's continuity is lost.
-pub const CODE_STREAM_RESET: &str = "stream_reset";
+pub const CODE_STREAM_RESET: RecoveryCode = RecoveryCode::StreamReset;
 /// Serials were skipped and could not be proven (or recovered).
-pub const CODE_CONTINUITY_UNVERIFIABLE: &str = "continuity_unverifiable";
+pub const CODE_CONTINUITY_UNVERIFIABLE: RecoveryCode = RecoveryCode::ContinuityUnverifiable;
 /// Client side: more frames waited behind a gap (or a resume verdict) than [`GapLimits`]
 /// allow, so the gap was given up rather than buffering without bound.
-pub const CODE_GAP_OVERFLOW: &str = "gap_overflow";
+pub const CODE_GAP_OVERFLOW: RecoveryCode = RecoveryCode::GapOverflow;
 
 /// How many left-behind streams a channel remembers, so that a late frame of one is
 /// recognised as stale instead of being taken for yet another stream change.

@@ -36,6 +36,7 @@ pub struct DedupWindow {
 }
 
 impl DedupWindow {
+    /// An empty window with `config`'s bounds.
     pub fn new(config: DedupConfig) -> Self {
         DedupWindow {
             config,
@@ -91,6 +92,7 @@ impl DedupWindow {
         self.order.len()
     }
 
+    /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

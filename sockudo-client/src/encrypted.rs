@@ -43,6 +43,7 @@ impl SharedSecret {
         Ok(SharedSecret(key))
     }
 
+    /// A key from its 32 raw bytes.
     pub fn from_bytes(key: [u8; KEY_LEN]) -> Self {
         SharedSecret(key)
     }

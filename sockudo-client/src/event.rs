@@ -9,7 +9,9 @@ use crate::state::ConnectionState;
 /// An app event, client event or user event as delivered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// The channel it was published on.
     pub channel: String,
+    /// The event name.
     pub event: String,
     /// The `data` as sent by the publisher (a JSON string stays a string). On encrypted
     /// channels: the decrypted plaintext, parsed as JSON when it is JSON.
@@ -50,6 +52,7 @@ impl Message {
 /// A presence member.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
+    /// The member's user id.
     pub user_id: String,
     /// `user_info` from the member's `channel_data` (`Null` when none).
     pub info: Value,
@@ -73,22 +76,28 @@ pub struct Member {
 /// - `client_lagged` — this subscription's buffer was full and events were dropped (V1 too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryFailure {
+    /// The channel whose continuity is not proven.
     pub channel: String,
-    /// See the type docs for the codes.
-    pub code: String,
+    /// Why (see the type docs).
+    pub code: crate::RecoveryCode,
+    /// A human-readable explanation, when given.
     pub reason: Option<String>,
+    /// The stream the client's position belonged to.
     pub expected_stream_id: Option<String>,
+    /// The channel's stream now.
     pub current_stream_id: Option<String>,
+    /// The oldest serial the server still has, when it said.
     pub oldest_available_serial: Option<u64>,
+    /// The newest serial the server has, when it said.
     pub newest_available_serial: Option<u64>,
 }
 
 impl RecoveryFailure {
     /// A failure decided by the client itself (no server answer to trust).
-    pub fn client_side(channel: &str, code: &str, reason: &str) -> Self {
+    pub fn client_side(channel: &str, code: crate::RecoveryCode, reason: &str) -> Self {
         RecoveryFailure {
             channel: channel.to_owned(),
-            code: code.to_owned(),
+            code,
             reason: Some(reason.to_owned()),
             expected_stream_id: None,
             current_stream_id: None,
@@ -119,7 +128,12 @@ pub enum ChannelEvent {
     Resubscribed,
     /// V2, after a reconnect: the resume proved continuity. The `replayed` missed events
     /// follow, then the live ones, all in stream order.
-    Recovered { source: String, replayed: u64 },
+    Recovered {
+        /// Where the replay came from.
+        source: crate::RecoverySource,
+        /// How many missed events follow.
+        replayed: u64,
+    },
     /// Continuity is not proven here: events between the message before this and the one
     /// after it may be missing (see [`RecoveryFailure`] for the codes). With V2, delivered
     /// before any later event of the channel; backfill with
@@ -127,7 +141,12 @@ pub enum ChannelEvent {
     /// covers the point.
     RecoveryFailed(RecoveryFailure),
     /// An encrypted event could not be decrypted (it is not delivered).
-    DecryptionFailed { event: String, error: Error },
+    DecryptionFailed {
+        /// The event name.
+        event: String,
+        /// Why decryption failed.
+        error: Error,
+    },
     /// The channel could not be subscribed again after a reconnect; the stream ends.
     SubscriptionFailed(Error),
 }
@@ -139,15 +158,26 @@ pub enum ClientEvent {
     /// The connection state changed.
     State(ConnectionState),
     /// The server sent `pusher:error` that no pending request claimed.
-    ServerError { message: String, code: Option<u16> },
+    ServerError {
+        /// The server's message.
+        message: String,
+        /// The Pusher error code, when given.
+        code: Option<u16>,
+    },
     /// V2 continuity failed for a channel (also delivered on that channel's stream); not sent
     /// for `client_lagged`, which concerns one subscription (see `SlowConsumer`).
     RecoveryFailed(RecoveryFailure),
     /// A subscription's buffer was full and an event was dropped (that subscription's stream
     /// says where, with a `client_lagged` `RecoveryFailed`).
-    SlowConsumer { channel: String },
+    SlowConsumer {
+        /// The subscription's channel.
+        channel: String,
+    },
     /// Signin succeeded (also after an automatic re-signin on reconnect).
-    SignedIn { user_id: String },
+    SignedIn {
+        /// The signed-in user's id.
+        user_id: String,
+    },
 }
 
 impl PartialEq for Error {

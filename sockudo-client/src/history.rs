@@ -7,17 +7,22 @@ use serde_json::Value;
 /// attached, which is how a channel whose resume failed fills its gap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HistoryQuery {
+    /// Most items in the page (server default 100, at most 1000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// `"backwards"` or `"forwards"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
+    /// Where the previous page ended (`HistoryPage::next_cursor`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// First serial wanted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_serial: Option<u64>,
+    /// Last serial wanted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_serial: Option<u64>,
+    /// Stop at the position this client attached at (backfill up to live).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub until_attach: bool,
 }
@@ -31,11 +36,13 @@ impl HistoryQuery {
         }
     }
 
+    /// Ask for at most `limit` items.
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);
         self
     }
 
+    /// Continue after `cursor`.
     pub fn cursor(mut self, cursor: impl Into<String>) -> Self {
         self.cursor = Some(cursor.into());
         self
@@ -55,16 +62,22 @@ impl HistoryQuery {
 /// One page of history.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct HistoryPage {
+    /// The stored messages, as the server sent them.
     #[serde(default)]
     pub items: Vec<Value>,
+    /// Whether more pages follow.
     #[serde(default)]
     pub has_more: bool,
+    /// The cursor of the next page.
     #[serde(default)]
     pub next_cursor: Option<String>,
+    /// The serial range the store holds, as the server reported it.
     #[serde(default)]
     pub bounds: Option<Value>,
+    /// The server's statement about gaps in this page.
     #[serde(default)]
     pub continuity: Option<Value>,
+    /// The channel's stream id and head.
     #[serde(default)]
     pub stream_state: Option<Value>,
 }

@@ -98,8 +98,15 @@ impl ClientOptions {
     }
 
     /// Set host, port, TLS and path prefix from a base URL such as `ws://127.0.0.1:6001` or
-    /// `wss://example.com/realtime`. The `/app/{key}` part is added by the client.
+    /// `wss://example.com/realtime`. The `/app/{key}` part and the query are added by the
+    /// client: a full connect URL (with `/app/…` or `?…`) is refused, not mangled.
     pub fn url(mut self, base: &str) -> Result<Self> {
+        if base.contains('?') || base.contains("/app/") {
+            return Err(Error::invalid(format!(
+                "{base:?} is a connect URL: give the base URL (ws://host:port or \
+                 ws://host:port/prefix); the client adds /app/{{key}} and the query"
+            )));
+        }
         let (tls, rest) = if let Some(rest) = base.strip_prefix("wss://") {
             (true, rest)
         } else if let Some(rest) = base.strip_prefix("ws://") {
@@ -149,6 +156,7 @@ impl ClientOptions {
         Ok(self)
     }
 
+    /// The host to connect to (default `127.0.0.1`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
         self
@@ -274,10 +282,12 @@ impl ClientOptions {
         self
     }
 
+    /// The app key connected with.
     pub fn app_key(&self) -> &str {
         &self.app_key
     }
 
+    /// The protocol requested (V1 = protocol 7, or V2).
     pub fn protocol_version(&self) -> Protocol {
         self.protocol
     }
@@ -346,6 +356,20 @@ mod tests {
             .starts_with("wss://example.com:443/rt/app/k?protocol=2&"));
         assert!(ClientOptions::new("k").url("ftp://x").is_err());
         assert!(ClientOptions::new("k").url("ws://h:notaport").is_err());
+        for full in [
+            "ws://h:1/app/k?protocol=7",
+            "ws://h:1/app/k",
+            "ws://h:1/?x=1",
+        ] {
+            let e = ClientOptions::new("k")
+                .url(full)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("base URL")),
+                "{full}: {e:?}"
+            );
+        }
         let o = ClientOptions::new("k").host("h").port(80).path("/p/");
         assert!(o.endpoint().starts_with("ws://h:80/p/app/k?"));
         assert!(ClientOptions::new("bad key").validate().is_err());

@@ -10,13 +10,17 @@ use serde::{Deserialize, Serialize};
 /// Where a channel's stream stands. Serialises as the `sockudo:resume` wire shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// The stream generation.
     pub stream_id: String,
+    /// The serial of the last message seen.
     pub serial: u64,
+    /// The id of that message, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message_id: Option<String>,
 }
 
 impl Position {
+    /// A position without a message id.
     pub fn new(stream_id: impl Into<String>, serial: u64) -> Self {
         Position {
             stream_id: stream_id.into(),
@@ -46,6 +50,7 @@ pub struct ChannelPosition {
 }
 
 impl ChannelPosition {
+    /// The remembered position, if any.
     pub fn get(&self) -> Option<&Position> {
         self.current.as_ref()
     }
@@ -80,6 +85,7 @@ impl ChannelPosition {
         }
     }
 
+    /// Forget the position.
     pub fn clear(&mut self) {
         self.current = None;
     }

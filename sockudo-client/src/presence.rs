@@ -61,6 +61,7 @@ impl PresenceState {
         })
     }
 
+    /// Every member, sorted by user id.
     pub fn members(&self) -> Vec<Member> {
         self.members
             .iter()
@@ -71,10 +72,12 @@ impl PresenceState {
             .collect()
     }
 
+    /// How many members.
     pub fn count(&self) -> usize {
         self.members.len()
     }
 
+    /// The member `user_id`, if present.
     pub fn get(&self, user_id: &str) -> Option<Member> {
         self.members.get(user_id).map(|info| Member {
             user_id: user_id.to_owned(),

@@ -14,14 +14,17 @@ use sockudo_core::protocol::OutboundFrame;
 
 use crate::event::RecoveryFailure;
 use crate::positions::Position;
+use crate::recovery_code::{RecoveryCode, RecoverySource};
 
 /// Event name (without family prefix) of the resume request and its answers.
 pub const RESUME: &str = "resume";
+/// V2 event name of the resume answer.
 pub const RESUME_SUCCESS: &str = "resume_success";
+/// V2 event name of a channel's resume failure.
 pub const RESUME_FAILED: &str = "resume_failed";
 
 /// Client-side failure code when no verdict arrived in time.
-pub const CODE_RESUME_TIMEOUT: &str = "resume_timeout";
+pub const CODE_RESUME_TIMEOUT: RecoveryCode = RecoveryCode::ResumeTimeout;
 
 /// The `sockudo:resume` frame for `positions`, or `None` when there is nothing to resume.
 pub fn resume_frame<'a>(
@@ -46,18 +49,24 @@ pub fn resume_frame<'a>(
 /// One channel of `resume_success.recovered`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Recovered {
+    /// The channel resumed.
     pub channel: String,
+    /// Where the replay came from.
     #[serde(default)]
-    pub source: String,
+    pub source: RecoverySource,
+    /// How many messages were replayed.
     #[serde(default)]
     pub replayed: u64,
+    /// The channel's position after the replay.
     pub position: Position,
 }
 
 /// The data of `sockudo:resume_success`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResumeSuccess {
+    /// Channels whose continuity was proven.
     pub recovered: Vec<Recovered>,
+    /// Channels that failed.
     pub failed: Vec<RecoveryFailure>,
 }
 
@@ -85,7 +94,7 @@ pub fn parse_failure(frame_channel: Option<&str>, data: &Value) -> Option<Recove
         // A bare channel name (as a `failed` list item may be).
         return Some(RecoveryFailure::client_side(
             channel,
-            "continuity_unverifiable",
+            RecoveryCode::ContinuityUnverifiable,
             "listed as failed by the server",
         ));
     }
@@ -93,9 +102,9 @@ pub fn parse_failure(frame_channel: Option<&str>, data: &Value) -> Option<Recove
     let channel = d.channel.or_else(|| frame_channel.map(str::to_owned))?;
     Some(RecoveryFailure {
         channel,
-        code: d
-            .code
-            .unwrap_or_else(|| "continuity_unverifiable".to_owned()),
+        code: d.code.map_or(RecoveryCode::ContinuityUnverifiable, |c| {
+            RecoveryCode::parse(&c)
+        }),
         reason: d.reason,
         expected_stream_id: d.expected_stream_id,
         current_stream_id: d.current_stream_id,

@@ -8,25 +8,39 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionState {
     /// Opening the WebSocket (attempt 0 is the first connection).
-    Connecting { attempt: u32 },
+    Connecting {
+        /// 0 for the first connection, then one more per reconnect attempt.
+        attempt: u32,
+    },
     /// `connection_established` received.
     Connected {
+        /// The connection's socket id.
         socket_id: String,
+        /// The server's activity timeout.
         activity_timeout: Duration,
     },
     /// The connection ended; the next attempt starts after `retry_in`.
     Disconnected {
+        /// The close code, when there was one.
         code: Option<u16>,
+        /// Why it ended.
         reason: String,
+        /// When the next attempt starts.
         retry_in: Duration,
     },
     /// The server refused this client for good (close 4000–4099); no retry.
-    Failed { code: Option<u16>, reason: String },
+    Failed {
+        /// The close code, when there was one.
+        code: Option<u16>,
+        /// Why.
+        reason: String,
+    },
     /// Closed by [`Client::close`](crate::Client::close) or because every handle was dropped.
     Closed,
 }
 
 impl ConnectionState {
+    /// Whether the state is `Connected`.
     pub fn is_connected(&self) -> bool {
         matches!(self, ConnectionState::Connected { .. })
     }
@@ -39,6 +53,7 @@ impl ConnectionState {
         )
     }
 
+    /// The socket id while connected.
     pub fn socket_id(&self) -> Option<&str> {
         match self {
             ConnectionState::Connected { socket_id, .. } => Some(socket_id),

@@ -12,7 +12,7 @@ use crate::presence::SharedPresence;
 
 /// The code of the [`ChannelEvent::RecoveryFailed`] a [`Subscription`] yields when its
 /// buffer was full and events were dropped (the consumer did not keep up).
-pub const CODE_CLIENT_LAGGED: &str = "client_lagged";
+pub const CODE_CLIENT_LAGGED: crate::RecoveryCode = crate::RecoveryCode::ClientLagged;
 
 /// The events of one subscribed channel, as a `Stream`. Dropping the last subscription of a
 /// channel unsubscribes it. The stream ends when the channel is unsubscribed or the client
@@ -35,6 +35,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The channel this subscription is on.
     pub fn channel(&self) -> &str {
         &self.channel
     }
@@ -105,6 +106,7 @@ pub struct UserEvents {
 }
 
 impl UserEvents {
+    /// The next event for the signed-in user (`None` once the client is closed).
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }

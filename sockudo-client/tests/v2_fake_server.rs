@@ -97,7 +97,7 @@ async fn resume_success_replays_then_goes_live() {
     assert_eq!(
         next(&mut sub).await,
         ChannelEvent::Recovered {
-            source: "hot".into(),
+            source: sockudo_client::RecoverySource::Hot,
             replayed: 2
         }
     );

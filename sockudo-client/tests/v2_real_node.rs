@@ -1,4 +1,4 @@
-//! V2 against a real in-process node (PROTOCOL.md §6): message identity on frames, resume
+//! V2 against a real in-process node (docs/protocol.md §6): message identity on frames, resume
 //! after a network cut (replay, then live) for one channel and for several with a slow
 //! authorizer, and fail-closed recovery after a node restart.
 

@@ -6,6 +6,9 @@
 //! Run: `cargo bench -p sockudo-core --features redis --bench layers` (without
 //! `--features redis` only the in-memory variants run).
 
+// `criterion_group!` generates a public function it cannot document.
+#![allow(missing_docs)]
+
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};

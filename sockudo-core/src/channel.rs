@@ -14,9 +14,13 @@ pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 /// What kind of channel a name denotes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelKind {
+    /// No prefix: anyone may subscribe.
     Public,
+    /// `private-`: subscribing needs a signature.
     Private,
+    /// `private-encrypted-`: signed, and payloads are end-to-end encrypted.
     PrivateEncrypted,
+    /// `presence-`: signed, with a member list.
     Presence,
     /// `#server-to-user-{id}`: only the signed-in user `id` may be on it.
     ServerToUser,
@@ -52,10 +56,13 @@ impl ChannelKind {
 /// Why a name is not a valid channel.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ChannelError {
+    /// The name is empty.
     #[error("channel name is empty")]
     Empty,
+    /// The name is too long.
     #[error("channel name is longer than {MAX_CHANNEL_NAME_LEN} characters")]
     TooLong,
+    /// The name has a character outside the allowed set.
     #[error("channel name contains an invalid character")]
     InvalidCharacter,
 }
@@ -73,6 +80,7 @@ fn valid_char(c: u8) -> bool {
 }
 
 impl<'a> ChannelName<'a> {
+    /// Validate and classify `name`.
     pub fn parse(name: &'a str) -> Result<Self, ChannelError> {
         if name.is_empty() {
             return Err(ChannelError::Empty);
@@ -113,10 +121,12 @@ impl<'a> ChannelName<'a> {
         Ok(ChannelName { name, kind, cache })
     }
 
+    /// The name.
     pub const fn as_str(&self) -> &'a str {
         self.name
     }
 
+    /// The channel's kind.
     pub const fn kind(&self) -> ChannelKind {
         self.kind
     }
@@ -126,6 +136,7 @@ impl<'a> ChannelName<'a> {
         self.cache
     }
 
+    /// Whether it is a presence channel.
     pub const fn is_presence(&self) -> bool {
         matches!(self.kind, ChannelKind::Presence)
     }

@@ -1,7 +1,7 @@
 //! The node's app manager: built from the settings (`APP_MANAGER_DRIVER`), kept fresh across
 //! the cluster, and acted upon when an app is disabled or deleted.
 //!
-//! With a SQL driver the node serves apps through a [`CachedAppManager`] over the
+//! With a SQL driver the node serves apps through a `CachedAppManager` over the
 //! `SqlAppManager`:
 //! - a change made through the admin API is announced to every node with
 //!   [`ControlMessage::AppChanged`] over the cluster adapter; each node drops its copy and

@@ -1,4 +1,7 @@
-//! Operator configuration (CONFIG.md): built-in defaults < TOML file < environment < CLI flags.
+//! Operator configuration: built-in defaults < TOML file < environment < CLI flags.
+//!
+//! Every setting is listed once in [`reference::SETTINGS`], from which docs/configuration.md
+//! and sockudo.example.toml are generated ([`render`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,13 +10,17 @@ use serde::Deserialize;
 use sockudo_core::app::App;
 
 mod app_manager;
+mod default_app;
 mod drivers;
 mod kafka;
 mod pulsar_iggy;
 mod push;
 mod rabbitmq;
+pub mod reference;
+pub mod render;
 
 pub use app_manager::{AdminSection, AppManagerSection, MIN_ADMIN_TOKEN_LEN};
+pub use default_app::{DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET};
 pub use drivers::{
     effective_presence, GooglePubSubSection, NatsSection, PresenceSection, RedisSection,
 };
@@ -25,24 +32,45 @@ pub use rabbitmq::RabbitmqSection;
 /// Why a configuration cannot be used. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file given.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The config file is not valid TOML for the settings.
     #[error("invalid config file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has an invalid value.
     #[error("invalid value for {name}: {value:?} ({expected})")]
     InvalidEnv {
+        /// The variable.
         name: &'static str,
+        /// Its value.
         value: String,
+        /// What it should be.
         expected: &'static str,
     },
+    /// The settings cannot work together (the message says why).
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error(
+        "no app configured: list [[apps]] in the config file, set SOCKUDO_DEFAULT_APP_ID, \
+         SOCKUDO_DEFAULT_APP_KEY and SOCKUDO_DEFAULT_APP_SECRET, or read apps from a database \
+         (APP_MANAGER_DRIVER=postgres|mysql)"
+    )]
+    /// No app is configured anywhere.
+    NoApps,
 }
 
-/// Every environment variable a node reads (CONFIG.md names and the settings added since).
+/// Every environment variable a node reads (the table of docs/configuration.md).
 /// Harnesses that start nodes (the testkit, the bench) clear exactly these from what children
 /// inherit, so a developer's shell cannot change what a test or a measurement runs against.
 pub const ENV_VARS: &[&str] = &[
@@ -138,6 +166,7 @@ pub const ENV_VARS: &[&str] = &[
     "WEBHOOK_BATCH_MS",
     "WEBHOOK_DELAY_SECS",
     "WEBHOOK_TIMEOUT_SECS",
+    "WORKER_THREADS",
     "WS_UPGRADE_RATE_LIMIT_BURST",
     "WS_UPGRADE_RATE_LIMIT_PER_SECOND",
 ];
@@ -146,6 +175,7 @@ pub const ENV_VARS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DriverSection {
+    /// The driver name (see docs/configuration.md).
     pub driver: String,
 }
 
@@ -153,6 +183,7 @@ pub struct DriverSection {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UrlSection {
+    /// The URL (credentials hidden by `Debug`).
     pub url: String,
 }
 
@@ -216,8 +247,11 @@ impl Default for ClusterSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSettings {
+    /// Listen address (`HOST`, `--host`).
     pub host: String,
+    /// Listen port (`PORT`, `--port`).
     pub port: u16,
+    /// The node's identity in the cluster (`SOCKUDO_NODE_ID`).
     pub node_id: String,
     /// Seconds of silence after which a client should ping (sent in connection_established);
     /// the server pings after the same silence.
@@ -234,7 +268,9 @@ pub struct NodeSettings {
     pub outbound_queue_bytes: usize,
     /// Seconds between unready and closing remaining sockets with 4200.
     pub shutdown_grace_period: u64,
+    /// Prometheus `/metrics` port; 0 disables (`METRICS_PORT`).
     pub metrics_port: u16,
+    /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,
     /// HTTP API rate limit per app and route class, shared by all nodes through the cache:
     /// sustained requests per second (0 = off, the default). The limiter has 1 ms
@@ -242,7 +278,7 @@ pub struct NodeSettings {
     pub api_rate_limit_per_second: u32,
     /// HTTP API rate limit burst: requests allowed back to back (0 = same as the rate).
     pub api_rate_limit_burst: u32,
-    /// How long an HTTP publish `idempotency_key` is remembered, in seconds (PROTOCOL.md §7).
+    /// How long an HTTP publish `idempotency_key` is remembered, in seconds (docs/protocol.md §7).
     pub idempotency_ttl: u64,
     /// WebSocket upgrades per second per client IP, shared by all nodes through the cache
     /// (0 = off, the default); beyond it the upgrade is answered 429 with `Retry-After`.
@@ -254,9 +290,11 @@ pub struct NodeSettings {
     pub trusted_proxy_hops: usize,
     /// V2 hot tier per channel on each node: messages kept, and for how long (seconds).
     pub hot_buffer_messages: usize,
+    /// Seconds a hot-tier message stays.
     pub hot_buffer_secs: u64,
     /// V2 cold tier (history store) retention.
     pub history_max_messages: usize,
+    /// Seconds a history message stays.
     pub history_max_age_secs: u64,
     /// Per-operation timeout of the shared history store, in milliseconds. Resume storms
     /// queue thousands of reads on one connection: too short a bound fails them closed
@@ -278,6 +316,7 @@ pub struct NodeSettings {
     /// Window in which a repeated `message_id` is the same message (one serial), in seconds,
     /// and how many recent ids each node remembers to suppress redeliveries.
     pub message_dedup_secs: u64,
+    /// Recent message ids each node remembers.
     pub message_dedup_capacity: usize,
     /// Expose `message_id`/`serial`/`stream_id` to protocol 7 connections too (opt-in).
     pub v1_expose_stream_fields: bool,
@@ -301,9 +340,13 @@ pub struct NodeSettings {
     pub subscribe_rate_per_second: u32,
     /// Subscriptions a connection may make at once before the rate applies.
     pub subscribe_burst: u32,
+    /// The cluster adapter (`ADAPTER_DRIVER`).
     pub adapter: DriverSection,
+    /// The shared cache (`CACHE_DRIVER`).
     pub cache: DriverSection,
+    /// The webhook queue (`QUEUE_DRIVER`).
     pub queue: DriverSection,
+    /// The V2 history store (`HISTORY_DRIVER`).
     pub history: DriverSection,
     /// Where apps come from (`[app_manager]`).
     pub app_manager: AppManagerSection,
@@ -330,7 +373,9 @@ pub struct NodeSettings {
     pub cluster: ClusterSection,
     /// Push notifications (`[push]`, `PUSH_*`; off by default).
     pub push: PushSection,
+    /// The SQL app managers' database (`DATABASE_URL`).
     pub database_url: Option<SecretUrl>,
+    /// The apps of the static app manager (`[[apps]]`).
     pub apps: Vec<App>,
 }
 
@@ -409,9 +454,16 @@ impl Default for NodeSettings {
 /// Command-line overrides.
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
+    /// `--config`: the TOML file.
     pub config: Option<String>,
+    /// `--host`.
     pub host: Option<String>,
+    /// `--port`.
     pub port: Option<u16>,
+    /// With no app configured anywhere, serve the development app ([`DEV_APP_ID`],
+    /// [`DEV_APP_KEY`], [`DEV_APP_SECRET`]) and bind `127.0.0.1` unless a host was given,
+    /// instead of failing with [`ConfigError::NoApps`]. Only the `sockudo` binary sets it.
+    pub dev_app: bool,
 }
 
 impl NodeSettings {
@@ -423,9 +475,12 @@ impl NodeSettings {
         })
     }
 
-    /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then validate and
-    /// add the dev app when no apps are configured.
+    /// Resolve: defaults, then the TOML file, then `env`, then CLI flags; then take the apps
+    /// from the `SOCKUDO_DEFAULT_APP_*` variables when the file lists none (or the dev app when
+    /// [`CliOverrides::dev_app`] asks for it) and validate. No app at all is
+    /// [`ConfigError::NoApps`].
     pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut host_given = cli.host.is_some() || env.get("HOST").is_some_and(|v| !v.is_empty());
         let mut s = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(Path::new(path)).map_err(|source| {
@@ -434,6 +489,9 @@ impl NodeSettings {
                         source,
                     }
                 })?;
+                host_given |= text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("host"));
                 Self::from_toml(&text, path)?
             }
             None => NodeSettings::default(),
@@ -445,24 +503,7 @@ impl NodeSettings {
         if let Some(p) = cli.port {
             s.port = p;
         }
-        if s.app_manager.is_sql() {
-            // The dev app's variables would be silently unused: apps come from the database.
-            if let Some(name) = [
-                "SOCKUDO_DEFAULT_APP_ID",
-                "SOCKUDO_DEFAULT_APP_KEY",
-                "SOCKUDO_DEFAULT_APP_SECRET",
-            ]
-            .into_iter()
-            .find(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} is set, but APP_MANAGER_DRIVER={} reads apps from the database",
-                    s.app_manager.driver
-                )));
-            }
-        } else if s.apps.is_empty() {
-            s.apps.push(dev_app(env)?);
-        }
+        default_app::resolve(&mut s, cli, env, host_given)?;
         s.validate()?;
         Ok(s)
     }
@@ -845,53 +886,43 @@ fn parse_env<T: std::str::FromStr>(
     })
 }
 
-/// The development app served when no apps are configured.
-fn dev_app(env: &HashMap<String, String>) -> Result<App, ConfigError> {
-    let get = |k: &str, d: &str| {
-        env.get(k)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_else(|| d.to_string())
-    };
-    let mut app = App::new(
-        get("SOCKUDO_DEFAULT_APP_ID", "app-id"),
-        get("SOCKUDO_DEFAULT_APP_KEY", "app-key"),
-        get("SOCKUDO_DEFAULT_APP_SECRET", "app-secret"),
-    );
-    let ecm = get("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true");
-    app.enable_client_messages = match ecm.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => true,
-        "false" | "0" | "no" | "off" => false,
-        _ => {
-            return Err(ConfigError::InvalidEnv {
-                name: "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
-                value: ecm,
-                expected: "true or false",
-            })
-        }
-    };
-    // One webhook target receiving every event type: enough for a dev app (and for tests
-    // that run the binary with nothing but the environment).
-    let webhook = get("SOCKUDO_DEFAULT_APP_WEBHOOK_URL", "");
-    if !webhook.is_empty() {
-        app.webhooks = vec![sockudo_core::app::WebhookTarget {
-            url: webhook,
-            event_types: Vec::new(),
-            headers: HashMap::new(),
-        }];
+/// Helpers shared by the tests of the config modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::{CliOverrides, NodeSettings};
+    use std::collections::HashMap;
+
+    /// An environment from pairs.
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
-    Ok(app)
+
+    /// `NodeSettings::load` as the binary runs it (the dev app when no app is configured),
+    /// for tests of settings other than the apps.
+    pub(crate) fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
+        let cli = CliOverrides {
+            dev_app: true,
+            ..Default::default()
+        };
+        NodeSettings::load(&cli, &env(pairs)).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    use super::tests_support::env;
+
+    /// The binary's overrides: these tests are about other settings than the apps.
+    fn dev() -> CliOverrides {
+        CliOverrides {
+            dev_app: true,
+            ..Default::default()
+        }
     }
 
     fn before_tests(src: &str) -> &str {
@@ -933,12 +964,14 @@ mod tests {
     #[test]
     fn debug_output_carries_no_secret() {
         let mut s = NodeSettings::load(
-            &CliOverrides::default(),
+            &dev(),
             &env(&[
                 ("REDIS_URL", "redis://user:redis-pw@h:6379/0"),
                 ("NATS_PASSWORD", "nats-pw"),
                 ("NATS_USERNAME", "u"),
                 ("NATS_TOKEN", "nats-token"),
+                ("SOCKUDO_DEFAULT_APP_ID", "1"),
+                ("SOCKUDO_DEFAULT_APP_KEY", "k"),
                 ("SOCKUDO_DEFAULT_APP_SECRET", "app-secret-value"),
             ]),
         )
@@ -978,8 +1011,7 @@ mod tests {
 
     #[test]
     fn cluster_driver_combinations_are_checked() {
-        let load =
-            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let load = |pairs: &[(&str, &str)]| NodeSettings::load(&dev(), &env(pairs));
         let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
         assert!(err(&[("CLUSTER_PREFIX", "a#b")]).contains("cluster.prefix"));
         assert!(err(&[("SOCKUDO_NODE_ID", "node a")]).contains("node_id"));
@@ -1063,22 +1095,6 @@ mod tests {
     }
 
     #[test]
-    fn defaults_serve_the_dev_app() {
-        let s = NodeSettings::load(&CliOverrides::default(), &env(&[])).unwrap();
-        assert_eq!(s.port, 6001);
-        assert_eq!(s.apps.len(), 1);
-        assert_eq!(
-            (
-                s.apps[0].id.as_str(),
-                s.apps[0].key.as_str(),
-                s.apps[0].secret.as_str()
-            ),
-            ("app-id", "app-key", "app-secret")
-        );
-        assert!(s.apps[0].enable_client_messages);
-    }
-
-    #[test]
     fn precedence_defaults_toml_env_cli() {
         let dir = std::env::temp_dir().join(format!("sockudo-cfg-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1114,7 +1130,7 @@ mod tests {
             ("CACHE_DRIVER", "redis"),
             ("REDIS_URL", "redis://10.0.0.1:6380"),
         ]);
-        let r = NodeSettings::load(&CliOverrides::default(), &e);
+        let r = NodeSettings::load(&dev(), &e);
         if cfg!(feature = "redis") {
             let s = r.unwrap();
             assert_eq!(
@@ -1134,11 +1150,7 @@ mod tests {
         } else {
             assert!(r.unwrap_err().to_string().contains("CACHE_DRIVER"));
         }
-        let e = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("CACHE_DRIVER", "redis-cluster")]),
-        )
-        .unwrap_err();
+        let e = NodeSettings::load(&dev(), &env(&[("CACHE_DRIVER", "redis-cluster")])).unwrap_err();
         assert!(e.to_string().contains("CACHE_DRIVER"), "{e}");
     }
 
@@ -1182,35 +1194,25 @@ mod tests {
             s.idempotency_ttl, 30,
             "TOML wins over the default when the env is silent"
         );
-        let err = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("OUTBOUND_QUEUE_BYTES", "lots")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = NodeSettings::load(&dev(), &env(&[("OUTBOUND_QUEUE_BYTES", "lots")]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("OUTBOUND_QUEUE_BYTES") && !err.contains('\n'),
             "{err}"
         );
-        let err = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = NodeSettings::load(&dev(), &env(&[("V1_EXPOSE_STREAM_FIELDS", "maybe")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("V1_EXPOSE_STREAM_FIELDS"), "{err}");
     }
 
     #[test]
     fn bad_values_are_one_clear_error() {
-        let e =
-            NodeSettings::load(&CliOverrides::default(), &env(&[("PORT", "nope")])).unwrap_err();
+        let e = NodeSettings::load(&dev(), &env(&[("PORT", "nope")])).unwrap_err();
         assert!(e.to_string().contains("PORT"), "{e}");
-        let e = NodeSettings::load(
-            &CliOverrides::default(),
-            &env(&[("ADAPTER_DRIVER", "carrier-pigeon")]),
-        )
-        .unwrap_err();
+        let e =
+            NodeSettings::load(&dev(), &env(&[("ADAPTER_DRIVER", "carrier-pigeon")])).unwrap_err();
         assert!(e.to_string().contains("ADAPTER_DRIVER"), "{e}");
         let e = NodeSettings::from_toml("port = \"x\"", "f.toml").unwrap_err();
         assert!(e.to_string().contains("f.toml"));
@@ -1220,8 +1222,7 @@ mod tests {
 
     #[test]
     fn google_pubsub_settings_are_checked() {
-        let load =
-            |pairs: &[(&str, &str)]| NodeSettings::load(&CliOverrides::default(), &env(pairs));
+        let load = |pairs: &[(&str, &str)]| NodeSettings::load(&dev(), &env(pairs));
         let err = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
         let base = [
             ("ADAPTER_DRIVER", "google-pubsub"),

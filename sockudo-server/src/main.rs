@@ -1,5 +1,6 @@
-//! `sockudo`: run a node. With no arguments it serves the dev app (`app-id`/`app-key`/
-//! `app-secret`) on port 6001 from memory. See CONFIG.md for every setting.
+//! `sockudo`: run a node. With no app configured it serves the development app (`app-id` /
+//! `app-key` / `app-secret`) from memory on `127.0.0.1:6001` and says so loudly: its secret is
+//! public knowledge. Every setting is in docs/configuration.md.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -83,6 +84,23 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     Err(last)
 }
 
+/// Printed on stderr and logged: a node reachable with the public dev secret lets anyone
+/// publish and authorize.
+fn warn_dev_secret(host: &str) {
+    let reach = if host == "127.0.0.1" || host == "::1" || host == "localhost" {
+        "only this machine can reach it"
+    } else {
+        "IT IS REACHABLE FROM OTHER MACHINES"
+    };
+    eprintln!(
+        "sockudo: WARNING: an app signs with the public development secret `app-secret` \
+         (no app configured, or a config that copied it); listening on {host}: {reach}. \
+         Configure your own apps ([[apps]] in --config, or SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET) \
+         before serving anyone."
+    );
+    tracing::warn!(%host, "serving an app with the public development secret `app-secret`");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -90,6 +108,7 @@ fn main() -> ExitCode {
         config: cli.config,
         host: cli.host,
         port: cli.port,
+        dev_app: true,
     };
     let settings = match NodeSettings::load(&overrides, &env) {
         Ok(s) => s,
@@ -99,6 +118,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&settings.log_format);
+    if settings.serves_dev_secret() {
+        warn_dev_secret(&settings.host);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = cli.worker_threads {

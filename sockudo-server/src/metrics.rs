@@ -428,6 +428,7 @@ pub struct ConnectionGauge {
 }
 
 impl ConnectionGauge {
+    /// Count one open connection of `app_id` until the gauge is dropped.
     pub fn open(app_id: &Arc<str>) -> Self {
         gauge!(CONNECTIONS, "app_id" => app_id.to_string()).increment(1.0);
         ConnectionGauge {

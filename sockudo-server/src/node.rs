@@ -26,9 +26,13 @@ use crate::namespace::{Delivery, MemberFanout, Namespace, Positioned};
 
 /// Shared state of one node. Cheap to clone through `Arc`.
 pub struct Node {
+    /// The resolved settings the node runs with.
     pub settings: NodeSettings,
+    /// Where apps come from.
     pub apps: Arc<dyn AppManager>,
+    /// Cross-node fanout, presence and cluster queries.
     pub adapter: Arc<dyn Adapter>,
+    /// The shared cache.
     pub cache: Arc<dyn Cache>,
     namespaces: DashMap<Arc<str>, Arc<Namespace>, RandomState>,
     draining: AtomicBool,
@@ -41,6 +45,7 @@ pub struct Node {
     socket_prefix: u64,
     /// V2 history (serials, streams, cold tier); `None` when `history.driver = "none"`.
     pub history: Option<Arc<dyn HistoryStore>>,
+    /// Message ids recently delivered here (duplicate suppression).
     pub recent_ids: RecentIds,
     // webhooks: begin (set once by `build_node`; see `crate::webhooks`)
     webhooks: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
@@ -155,6 +160,7 @@ impl Node {
     }
     // webhooks: end
 
+    /// The per-app state of `app_id` on this node (created on first use).
     pub fn namespace(&self, app_id: &str) -> Arc<Namespace> {
         if let Some(ns) = self.namespaces.get(app_id) {
             return Arc::clone(&ns);
@@ -199,6 +205,7 @@ impl Node {
             .collect()
     }
 
+    /// The per-app state of `app_id`, if this node has any.
     pub fn existing_namespace(&self, app_id: &str) -> Option<Arc<Namespace>> {
         self.namespaces.get(app_id).map(|n| Arc::clone(&n))
     }
@@ -266,11 +273,12 @@ impl Node {
         self.namespaces.iter().map(|ns| ns.hot.rings()).sum()
     }
 
+    /// Whether the node is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Stop accepting connections; connection tasks see [`Node::drained`] fire.
+    /// Stop accepting connections; connection tasks see [`Node::drain_token`] fire.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
@@ -280,10 +288,12 @@ impl Node {
         self.drain.cancel();
     }
 
+    /// A token cancelled when the node starts draining.
     pub fn drain_token(&self) -> CancellationToken {
         self.drain.clone()
     }
 
+    /// Open connections on this node.
     pub fn total_connections(&self) -> usize {
         self.namespaces.iter().map(|n| n.connection_count()).sum()
     }
@@ -294,6 +304,7 @@ impl Node {
         self.stale_member_events.load(Ordering::Relaxed)
     }
 
+    /// How long cache channels keep their last event.
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.cache_channel_ttl)
     }

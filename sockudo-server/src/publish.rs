@@ -19,10 +19,13 @@ use crate::node::Node;
 /// Why a publish did not reach the adapter.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The adapter refused the broadcast.
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    /// The cache-channel store failed.
     #[error("cache channel store failed: {0}")]
     Cache(#[from] CacheError),
+    /// The history store failed.
     #[error(transparent)]
     History(#[from] HistoryError),
 }
@@ -35,27 +38,42 @@ pub fn cache_channel_key(app_id: &str, channel: &str) -> String {
 /// One event to publish on one channel.
 #[derive(Debug, Clone, Copy)]
 pub struct EventToPublish<'a> {
+    /// The event name.
     pub event: &'a str,
+    /// The `data` field as it goes on the wire.
     pub data: &'a RawValue,
     /// Presence client events carry the sender's user id.
     pub user_id: Option<&'a str>,
     /// The publisher's message id (V2 dedup identity); generated when absent.
     pub message_id: Option<&'a str>,
+    /// V2 publisher metadata.
     pub extras: Option<&'a RawValue>,
+    /// A connection that must not receive it.
     pub except_socket: Option<&'a Arc<str>>,
 }
 
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    /// The message's identity.
     pub message_id: Arc<str>,
     /// Position in the channel's stream (with history).
     pub serial: Option<u64>,
+    /// The stream `serial` belongs to.
     pub stream_id: Option<Arc<str>>,
     /// The message id was already published in this channel within the dedup window: the
     /// original serial is returned, and the broadcast was repeated for nodes that may have
     /// missed it (each node delivers a message id once).
     pub duplicate: bool,
+}
+
+/// Longest message id accepted from a publisher.
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+
+/// The message id a publish with an idempotency key and no message id takes: a repeat of it
+/// (a retry after a crash, a batch item published again) is then one message everywhere.
+pub fn keyed_message_id(key: &str) -> String {
+    format!("idem:{key}")
 }
 
 /// A fresh message id: 128 random bits, hex.

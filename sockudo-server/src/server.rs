@@ -26,32 +26,52 @@ use crate::ws::{ws_fallback, ws_handler};
 /// Why a node could not be built from its settings. Its `Display` is one line for stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The cache backend cannot be reached.
     #[error("cache driver {driver:?} cannot reach {url}: {source}")]
     Cache {
+        /// The driver.
         driver: String,
+        /// Where (credentials hidden).
         url: String,
+        /// Why.
         source: CacheError,
     },
+    /// The cache driver is not in this build.
     #[error("cache driver {0:?} is not supported by this build")]
     UnsupportedCache(String),
+    /// A driver is not in this build.
     #[error("{what} driver {driver:?} is not supported by this build")]
-    Unsupported { what: &'static str, driver: String },
+    Unsupported {
+        /// Which backend.
+        what: &'static str,
+        /// The driver asked for.
+        driver: String,
+    },
     /// Push notifications could not start (credentials, store).
     #[error("{0}")]
     Push(String),
+    /// A backend cannot be reached.
     #[error("{what} backend at {url} is unavailable: {message}")]
     Backend {
+        /// Which backend.
         what: &'static str,
+        /// Where (credentials hidden).
         url: String,
+        /// Why.
         message: String,
     },
 }
 
 /// Build a node from resolved settings, with the backends they name. Shared backends are
 /// connected here: when one is unreachable at start the node is not built (fail fast) and the
-/// error says which and where.
+/// error says which and where. To plug your own backends, use [`crate::NodeBuilder`].
 pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError> {
-    let cache: Arc<dyn Cache> = match settings.cache.driver.as_str() {
+    crate::builder::NodeBuilder::new(settings).build().await
+}
+
+/// The cache the settings name, connected.
+pub(crate) async fn cache_from(settings: &NodeSettings) -> Result<Arc<dyn Cache>, BuildError> {
+    Ok(match settings.cache.driver.as_str() {
         "memory" => memory_cache(),
         #[cfg(feature = "redis")]
         driver @ ("redis" | "redis-cluster") => {
@@ -71,56 +91,62 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             Arc::new(cache)
         }
         other => return Err(BuildError::UnsupportedCache(other.to_owned())),
-    };
+    })
+}
+
+/// The adapter the settings name, connected, with its cluster counters (cluster adapters).
+pub(crate) async fn adapter_from(
+    settings: &NodeSettings,
+) -> Result<(Arc<dyn Adapter>, Option<crate::node::ClusterStatsFn>), BuildError> {
     #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(unused_mut))]
     let mut cluster_stats: Option<crate::node::ClusterStatsFn> = None;
     let adapter: Arc<dyn Adapter> = match settings.adapter.driver.as_str() {
         "local" => Arc::new(LocalAdapter::new()),
         #[cfg(feature = "redis")]
         "redis" => {
-            let (adapter, stats) = redis_adapter(&settings).await?;
+            let (adapter, stats) = redis_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "redis")]
         "redis-cluster" => {
-            let (adapter, stats) = redis_cluster_adapter(&settings).await?;
+            let (adapter, stats) = redis_cluster_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "nats")]
         "nats" => {
-            let (adapter, stats) = nats_adapter(&settings).await?;
+            let (adapter, stats) = nats_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "google-pubsub", feature = "redis"))]
         "google-pubsub" => {
-            let (adapter, stats) = google_pubsub_adapter(&settings).await?;
+            let (adapter, stats) = google_pubsub_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(feature = "rabbitmq")]
         "rabbitmq" => {
-            let (adapter, stats) = rabbitmq_adapter(&settings).await?;
+            let (adapter, stats) = rabbitmq_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "pulsar", feature = "redis"))]
         "pulsar" => {
-            let (adapter, stats) = pulsar_adapter(&settings).await?;
+            let (adapter, stats) = pulsar_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "iggy", feature = "redis"))]
         "iggy" => {
-            let (adapter, stats) = iggy_adapter(&settings).await?;
+            let (adapter, stats) = iggy_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
         #[cfg(all(feature = "kafka", feature = "redis"))]
         "kafka" => {
-            let (adapter, stats) = kafka_adapter(&settings).await?;
+            let (adapter, stats) = kafka_adapter(settings).await?;
             cluster_stats = Some(stats);
             adapter
         }
@@ -131,15 +157,22 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
             })
         }
     };
-    let history: Option<Arc<dyn HistoryStore>> = match settings.history.driver.as_str() {
-        "memory" | "none" => memory_history(&settings),
+    Ok((adapter, cluster_stats))
+}
+
+/// The history store the settings name (`None` for `history.driver = "none"`), connected.
+pub(crate) async fn history_from(
+    settings: &NodeSettings,
+) -> Result<Option<Arc<dyn HistoryStore>>, BuildError> {
+    Ok(match settings.history.driver.as_str() {
+        "memory" | "none" => memory_history(settings),
         #[cfg(feature = "redis")]
         driver @ ("redis" | "redis-cluster") => {
             let endpoint = settings.redis.endpoint(driver);
             let store = sockudo_core::history::RedisHistoryStore::connect(
                 endpoint.clone(),
                 &settings.cluster.prefix,
-                retention(&settings),
+                retention(settings),
                 Duration::from_millis(settings.history_timeout_ms.max(1)),
             )
             .await
@@ -156,22 +189,9 @@ pub async fn build_node(settings: NodeSettings) -> Result<Arc<Node>, BuildError>
                 driver: other.to_owned(),
             })
         }
-    };
-    let apps = crate::apps::build(&settings).await?;
-    let node = assemble_with(settings, cache, adapter, history, apps);
-    #[cfg(feature = "push")]
-    crate::push::install(&node)
-        .await
-        .map_err(|e| BuildError::Push(e.to_string()))?;
-    if let Some(stats) = cluster_stats {
-        node.set_cluster_stats(stats);
-    }
-    Ok(node)
+    })
 }
 
-/// The Redis cluster adapter: pub/sub transport plus presence (the shared store on the same
-/// Redis, or replicated over the transport with `PRESENCE_DRIVER=transport`).
-#[cfg(feature = "redis")]
 async fn redis_adapter(
     settings: &NodeSettings,
 ) -> Result<(Arc<dyn Adapter>, crate::node::ClusterStatsFn), BuildError> {
@@ -546,15 +566,19 @@ fn assemble(settings: NodeSettings, cache: Arc<dyn Cache>) -> Arc<Node> {
         Arc::new(LocalAdapter::new()),
         history,
         apps,
+        None,
     )
 }
 
-fn assemble_with(
+/// Put a node together from its backends; `queue`: the webhook queue, `None` for the one the
+/// settings name.
+pub(crate) fn assemble_with(
     settings: NodeSettings,
     cache: Arc<dyn Cache>,
     adapter: Arc<dyn Adapter>,
     history: Option<Arc<dyn HistoryStore>>,
     apps: crate::apps::AppBackend,
+    queue: Option<Arc<dyn sockudo_core::queue::Queue>>,
 ) -> Arc<Node> {
     let node = Node::new(settings, apps.apps, adapter, cache, history);
     if let Some(store) = apps.store {
@@ -563,7 +587,7 @@ fn assemble_with(
     if let Some(changes) = apps.changes {
         crate::apps::watch_changes(&node, changes);
     }
-    crate::webhooks::install(&node); // webhooks
+    crate::webhooks::install(&node, queue); // webhooks
     let weak = Arc::downgrade(&node);
     every(
         reap_interval(node.settings.hot_buffer_secs),

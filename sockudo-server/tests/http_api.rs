@@ -1,4 +1,4 @@
-//! The Pusher HTTP API over real sockets (PROTOCOL.md §5).
+//! The Pusher HTTP API over real sockets (docs/protocol.md §5).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -116,8 +116,20 @@ async fn the_limits_are_checked_at_start() {
         ("HTTP_MAX_HEADER_BYTES", "100"),
         ("MAX_PENDING_CONNECTIONS", "0"),
     ] {
-        let env = std::collections::HashMap::from([(name.to_owned(), value.to_owned())]);
+        let env: std::collections::HashMap<String, String> = [
+            (name, value),
+            ("SOCKUDO_DEFAULT_APP_ID", "1"),
+            ("SOCKUDO_DEFAULT_APP_KEY", "k"),
+            ("SOCKUDO_DEFAULT_APP_SECRET", "s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         let r = sockudo_server::config::NodeSettings::load(&Default::default(), &env);
-        assert!(r.is_err(), "{name}={value} accepted");
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains(&name.to_ascii_lowercase()) || e.contains(name),
+            "{name}={value}: {e:?}"
+        );
     }
 }

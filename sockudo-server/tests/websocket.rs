@@ -1,4 +1,4 @@
-//! The WebSocket endpoint over real sockets (PROTOCOL.md §1–§4).
+//! The WebSocket endpoint over real sockets (docs/protocol.md §1–§4).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -212,7 +212,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// Process and containers modes: adjust node `i`'s environment last (any CONFIG.md variable).
+    /// Process and containers modes: adjust node `i`'s environment last (any docs/configuration.md variable).
     pub fn env(
         mut self,
         f: impl Fn(usize, &mut Vec<(String, String)>) + Send + Sync + 'static,
@@ -797,6 +797,24 @@ impl Cluster {
             &self.app.key,
             &self.app.secret,
         )
+    }
+
+    /// [`sockudo_client::ClientOptions`] for the app on node `i` (protocol 7; set `.protocol`
+    /// for V2). [`Cluster::ws_url`] is the full connect URL for [`TestClient`]; this is the
+    /// same node for `sockudo-client`, which builds its URL itself.
+    pub fn client_options(&self, i: usize) -> sockudo_client::ClientOptions {
+        self.options_for(self.nodes[i].addr())
+    }
+
+    /// [`Cluster::client_options`] through the balancer.
+    pub fn balancer_client_options(&self) -> sockudo_client::ClientOptions {
+        self.options_for(self.balancer.addr())
+    }
+
+    fn options_for(&self, addr: SocketAddr) -> sockudo_client::ClientOptions {
+        sockudo_client::ClientOptions::new(self.app.key.clone())
+            .host(addr.ip().to_string())
+            .port(addr.port())
     }
 
     /// A connected client on node `i`.

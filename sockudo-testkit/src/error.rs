@@ -32,7 +32,9 @@ pub enum TestkitError {
     },
 
     /// The `sockudo` binary does not exist where it was looked for.
-    #[error("the sockudo binary was not found (looked at: {}); build it with `cargo build -p sockudo-server --bin sockudo` or set SOCKUDO_BIN", display_paths(.searched))]
+    #[error("the sockudo binary was not found (looked at: {}). Fix: use `sockudo_testkit::ensure_sockudo_binary()` \
+             (process mode of `Cluster` does), which builds it; or run `cargo build -p sockudo-server --bin sockudo` \
+             in the sockudo workspace; or set SOCKUDO_BIN to the path of a sockudo binary", display_paths(.searched))]
     BinaryNotFound {
         /// Every location tried, in order.
         searched: Vec<PathBuf>,

@@ -11,7 +11,7 @@
 //! - [`balancer`]: [`LoadBalancer`], round-robin TCP splicing that skips dead backends.
 //! - [`node`]: [`TestNode`], a node in this process on its own runtime and thread (kill =
 //!   drop the runtime, drain = the graceful shutdown).
-//! - [`process`]: [`ProcessNode`], the real `sockudo` binary configured via CONFIG.md names.
+//! - [`process`]: [`ProcessNode`], the real `sockudo` binary configured via docs/configuration.md names.
 //! - [`cluster`]: [`Cluster`], N nodes + balancer (+ Redis behind per-node proxies).
 //! - `containers` (cargo feature `containers`, on by default): Redis and sockudo nodes as
 //!   Docker containers, with images built locally from the host's binaries.
@@ -27,8 +27,9 @@
 //! their tasks on it. In-process nodes bring their own runtime.
 //!
 //! # Run with
-//! `redis-server` must be on PATH for Redis-backed tests, and process-mode tests need the
-//! binary (`cargo build -p sockudo-server --bin sockudo`, or [`ensure_sockudo_binary`]):
+//! `redis-server` must be on PATH for Redis-backed tests. Process mode runs the `sockudo`
+//! binary: it is found in the test's target directory (or `SOCKUDO_BIN`), and built with
+//! [`ensure_sockudo_binary`] when there is none, with a line on stderr saying so:
 //!
 //! ```text
 //! cargo test -p sockudo-testkit

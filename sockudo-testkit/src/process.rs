@@ -1,5 +1,5 @@
 //! [`ProcessNode`]: the real `sockudo` binary as a child process, configured only through the
-//! environment names of CONFIG.md.
+//! environment names of docs/configuration.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,11 +45,24 @@ pub struct ProcessNode {
 }
 
 impl ProcessNode {
-    /// Start the binary found by [`sockudo_binary`] with `env` on top of the test defaults
-    /// (`HOST=127.0.0.1`, `METRICS_PORT=0`, `SHUTDOWN_GRACE_PERIOD=0`) and a free `PORT`
-    /// (unless `env` sets one), then wait for `GET /health` = 200.
+    /// Start the binary found by [`sockudo_binary`] (built with [`ensure_sockudo_binary`]
+    /// when there is none yet) with `env` on top of the test defaults (`HOST=127.0.0.1`,
+    /// `METRICS_PORT=0`, `SHUTDOWN_GRACE_PERIOD=0`) and a free `PORT` (unless `env` sets one),
+    /// then wait for `GET /health` = 200.
     pub async fn start(env: Vec<(String, String)>) -> Result<ProcessNode, TestkitError> {
-        let bin = sockudo_binary()?;
+        let bin = match sockudo_binary() {
+            Ok(bin) => bin,
+            Err(TestkitError::BinaryNotFound { .. })
+                if std::env::var_os("SOCKUDO_BIN").is_none() =>
+            {
+                tokio::task::spawn_blocking(ensure_sockudo_binary)
+                    .await
+                    .map_err(|e| {
+                        TestkitError::io("build the sockudo binary", std::io::Error::other(e))
+                    })??
+            }
+            Err(e) => return Err(e),
+        };
         let fixed_port = env
             .iter()
             .rev()
@@ -281,7 +294,7 @@ impl Drop for ProcessNode {
     }
 }
 
-/// The environment (CONFIG.md names) that configures the binary like `settings`, as far as
+/// The environment (docs/configuration.md names) that configures the binary like `settings`, as far as
 /// the environment can: listener, node id, drivers, URLs, timings, and the first app as the
 /// dev app. Further apps and per-app limits need a TOML file and are not carried over.
 pub fn settings_env(settings: &NodeSettings) -> Vec<(String, String)> {
@@ -443,6 +456,13 @@ pub fn ensure_sockudo_binary() -> Result<PathBuf, TestkitError> {
     }
     let target_dir = target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Said out loud: a first build takes minutes and the test would look hung meanwhile.
+    eprintln!(
+        "sockudo-testkit: building the sockudo binary (`cargo build -p sockudo-server --bin sockudo` \
+         into {}); a first build takes a few minutes, later ones are a quick no-op. Set SOCKUDO_BIN \
+         to use a binary you built.",
+        target_dir.display()
+    );
     let output = Command::new(cargo)
         .args([
             "build",
@@ -524,6 +544,9 @@ fn binary_candidates() -> Vec<PathBuf> {
         }
     }
     out.push(workspace_root().join("target").join("debug").join(&name));
+    // The same directory can be reached several ways: list each place once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     out
 }
 

@@ -1,4 +1,4 @@
-//! Cross-node fanout over Redis (ARCHITECTURE.md §3): every publish reaches every subscriber
+//! Cross-node fanout over Redis (docs/architecture.md §4): every publish reaches every subscriber
 //! on every node exactly once, whichever node it enters; cluster-wide HTTP answers; the
 //! connection quota, signed-in users and terminate across nodes; one process-mode cluster.
 

@@ -1,5 +1,5 @@
 //! The HTTP API's idempotency and rate-limit layers across two nodes sharing one Redis
-//! (PROTOCOL.md §7): one key, one effect, cluster-wide; fail closed without Redis; budgets
+//! (docs/protocol.md §7): one key, one effect, cluster-wide; fail closed without Redis; budgets
 //! shared by every node.
 
 // Test code: a failed unwrap is a failed test (helpers outside #[test] fns included).

@@ -1,4 +1,4 @@
-//! Presence across nodes (ARCHITECTURE.md §4): `member_added` exactly on a user's first
+//! Presence across nodes (docs/architecture.md §4): `member_added` exactly on a user's first
 //! connection in the cluster, `member_removed` exactly on its last; every node reports the
 //! same members; a subscriber on one node sees members connected to the others.
 

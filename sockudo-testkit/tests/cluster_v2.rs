@@ -1,4 +1,4 @@
-//! Protocol V2 across nodes (PROTOCOL.md §6, §7): resume on another node after a crash, a
+//! Protocol V2 across nodes (docs/protocol.md §6, §7): resume on another node after a crash, a
 //! flushed history, Redis down, and one message id published through two nodes.
 
 // Test code: a failed unwrap is a failed test (helpers outside #[test] fns included).

@@ -9,17 +9,15 @@
 //! | `GET /api/todos`, `POST /api/todos` | the app's own API over its [`AppState`]; a new todo is also published on the `todos` channel through the embedded node |
 //! | `GET /realtime/app/{key}` | the Sockudo WebSocket endpoint (pusher-js: `wsPath: '/realtime'`) |
 //! | `/realtime/apps/{id}/...` | the Pusher HTTP API; signatures over the full, prefixed path are accepted |
+//! | `/apps/{id}/...` | the same API at the root, for the official server SDKs (they have no path option) |
 //! | `GET /realtime/health`, `GET /realtime/ready` | the node's health and readiness |
 //! | `POST /realtime-admin/publish` | the app's own handler behind the three core tower layers: API auth → idempotency → rate limit |
 //!
-//! Mounting Sockudo is two lines: build the node's router with the prefix it will be nested
-//! under, then `nest` it.
+//! Mounting Sockudo is one line:
 //!
 //! ```no_run
 //! # fn mount(node: std::sync::Arc<sockudo_server::Node>, my_app: axum::Router) -> axum::Router {
-//! use sockudo_server::server::{router_with, RouterOptions};
-//! let realtime = router_with(node, RouterOptions { api_path_prefix: Some("/realtime") });
-//! my_app.nest("/realtime", realtime)
+//! sockudo_server::mount(my_app, "/realtime", node)
 //! # }
 //! ```
 //!
@@ -37,13 +35,11 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sockudo_core::channel::ChannelName;
 use sockudo_core::layers::rate_limit::{Quota, RateLimitLayer};
 use sockudo_core::layers::{
     json_error, ApiAuthLayer, AuthenticatedApp, IdempotencyLayer, RequestBody,
 };
-use sockudo_server::publish::{publish_event, EventToPublish, Published};
-use sockudo_server::server::{router_with, RouterOptions};
+use sockudo_server::send::SendError;
 use sockudo_server::Node;
 use tokio::sync::RwLock;
 
@@ -68,8 +64,11 @@ pub const ADMIN_RATE_PER_SECOND: NonZeroU32 = NonZeroU32::MIN;
 /// One todo of the app's own data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Todo {
+    /// Its id.
     pub id: u64,
+    /// What to do.
     pub title: String,
+    /// Whether it is done.
     pub done: bool,
 }
 
@@ -120,21 +119,16 @@ pub fn app(node: Arc<Node>) -> Router {
         .route_layer(IdempotencyLayer::new(Arc::clone(&node.cache)))
         .route_layer(ApiAuthLayer::new(Arc::clone(&node.apps)));
 
-    // Sockudo itself: WebSocket endpoint, Pusher HTTP API (told its prefix, so a signature over
-    // `/realtime/apps/{id}/events` verifies although `nest` strips `/realtime`), health.
-    let realtime = router_with(
-        node,
-        RouterOptions {
-            api_path_prefix: Some(REALTIME_PREFIX),
-        },
-    );
-
-    Router::new()
+    let own = Router::new()
         .route("/", get(index))
         .route("/api/todos", get(list_todos).post(create_todo))
         .merge(admin)
-        .with_state(state)
-        .nest(REALTIME_PREFIX, realtime)
+        .with_state(state);
+    // Sockudo itself under the prefix: WebSocket endpoint, Pusher HTTP API (a signature over
+    // `/realtime/apps/{id}/events` verifies although `nest` strips `/realtime`), health; and
+    // the Pusher HTTP API at the root too, where the official server SDKs (no path option)
+    // send it.
+    sockudo_server::mount(own, REALTIME_PREFIX, node)
 }
 
 async fn index() -> &'static str {
@@ -148,6 +142,7 @@ async fn list_todos(State(state): State<AppState>) -> Json<Vec<Todo>> {
 /// Body of `POST /api/todos`.
 #[derive(Debug, Deserialize)]
 pub struct NewTodo {
+    /// What to do.
     pub title: String,
 }
 
@@ -168,16 +163,14 @@ async fn create_todo(State(state): State<AppState>, Json(new): Json<NewTodo>) ->
     let Some(app_id) = state.node.settings.apps.first().map(|app| app.id.clone()) else {
         return json_error::<Body>(StatusCode::INTERNAL_SERVER_ERROR, "no app configured");
     };
-    // Pusher convention: `data` is a string holding JSON.
-    let data = match serde_json::to_string(&todo)
-        .and_then(|json| serde_json::value::to_raw_value(&json))
-    {
-        Ok(data) => data,
-        Err(e) => return json_error::<Body>(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    match publish(&state.node, &app_id, TODOS_CHANNEL, "todo-created", &data).await {
+    // Clients get `data` as a string holding the todo's JSON (the Pusher convention).
+    let published = state
+        .node
+        .publish(&app_id, TODOS_CHANNEL, "todo-created", &todo)
+        .await;
+    match published {
         Ok(_) => (StatusCode::CREATED, Json(todo)).into_response(),
-        Err(response) => response,
+        Err(e) => send_error(e),
     }
 }
 
@@ -185,17 +178,24 @@ async fn create_todo(State(state): State<AppState>, Json(new): Json<NewTodo>) ->
 /// string). An `idempotency_key` field (or the `X-Idempotency-Key` header) makes retries safe.
 #[derive(Debug, Deserialize)]
 pub struct AdminPublish {
+    /// The channel to publish on.
     pub channel: String,
+    /// The event name.
     pub event: String,
+    /// The event data (usually a string holding JSON).
     pub data: Box<RawValue>,
 }
 
 /// Answer of `POST /realtime-admin/publish`.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminPublished {
+    /// The authenticated app.
     pub app_id: String,
+    /// The channel published on.
     pub channel: String,
+    /// The message's id.
     pub message_id: String,
+    /// Its serial (with history).
     pub serial: Option<u64>,
 }
 
@@ -213,7 +213,11 @@ async fn admin_publish(
             return json_error::<Body>(StatusCode::BAD_REQUEST, &format!("invalid body: {e}"))
         }
     };
-    match publish(&state.node, &app.id, &req.channel, &req.event, &req.data).await {
+    let published = state
+        .node
+        .publish(&app.id, &req.channel, &req.event, &*req.data)
+        .await;
+    match published {
         Ok(published) => Json(AdminPublished {
             app_id: app.id.clone(),
             channel: req.channel,
@@ -221,29 +225,16 @@ async fn admin_publish(
             serial: published.serial,
         })
         .into_response(),
-        Err(response) => response,
+        Err(e) => send_error(e),
     }
 }
 
-/// Publish one event through the node; errors as the JSON error response to send.
-async fn publish(
-    node: &Node,
-    app_id: &str,
-    channel: &str,
-    event: &str,
-    data: &RawValue,
-) -> Result<Published, Response> {
-    let channel = ChannelName::parse(channel)
-        .map_err(|e| json_error::<Body>(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    let ev = EventToPublish {
-        event,
-        data,
-        user_id: None,
-        message_id: None,
-        extras: None,
-        except_socket: None,
+/// A refused or failed publish as the JSON error response to send.
+fn send_error(e: SendError) -> Response {
+    let status = match e {
+        SendError::Publish(_) | SendError::Apps(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SendError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
     };
-    publish_event(node, app_id, &channel, ev)
-        .await
-        .map_err(|e| json_error::<Body>(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+    json_error::<Body>(status, &e.to_string())
 }

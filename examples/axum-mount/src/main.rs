@@ -11,7 +11,9 @@
 //! ```
 //! The node uses the usual settings (memory defaults, `SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET`,
 //! `ADAPTER_DRIVER`, … from the environment) except the listen address, which is the app's.
-//! The dev app is `app-id` / `app-key` / `app-secret`.
+//! Like the `sockudo` binary, this example opts in to the development app `app-id` / `app-key` /
+//! `app-secret` when no app is configured (and warns): a library caller gets
+//! `ConfigError::NoApps` instead.
 //!
 //! pusher-js connects through the prefix with
 //! `new Pusher('app-key', { wsHost: '127.0.0.1', wsPort: 3000, wsPath: '/realtime', forceTLS: false, enabledTransports: ['ws'], cluster: 'mt1' })`
@@ -49,7 +51,14 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into());
     let env: HashMap<String, String> = std::env::vars().collect();
-    let settings = NodeSettings::load(&CliOverrides::default(), &env)?;
+    let cli = CliOverrides {
+        dev_app: true,
+        ..Default::default()
+    };
+    let settings = NodeSettings::load(&cli, &env)?;
+    if settings.serves_dev_secret() {
+        eprintln!("axum-mount: WARNING: serving the public development secret `app-secret`");
+    }
     let node = sockudo_server::build_node(settings).await?;
 
     let app = axum_mount::app(Arc::clone(&node));

@@ -223,6 +223,7 @@ pub fn explain_failure(f: &RecoveryFailure) -> String {
 pub struct FollowOptions {
     /// The node's WebSocket base URL, e.g. `ws://127.0.0.1:6001` (or `…/realtime` when mounted).
     pub url: String,
+    /// The channel to follow.
     pub channel: String,
     /// Also publish a numbered `tick` every this often (through the node's HTTP API).
     pub publish_every: Option<Duration>,
@@ -297,6 +298,7 @@ pub async fn follow(opts: FollowOptions) -> Result<(), BoxError> {
 /// Options of [`run_cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterDemo {
+    /// The channel published on and followed.
     pub channel: String,
     /// Messages published before the client's node is killed.
     pub before_kill: u64,
@@ -335,11 +337,13 @@ pub struct ClusterReport {
     pub duplicates: u64,
     /// Resumes that proved continuity, and those that failed.
     pub recoveries: u32,
+    /// Resumes that failed (see above).
     pub recovery_failures: u32,
     /// Serial discontinuities within one stream.
     pub serial_gaps: u64,
     /// The node the client was on (killed), and the node it resumed on.
     pub killed_node: usize,
+    /// The node it resumed on (see above).
     pub resumed_on: Option<usize>,
 }
 

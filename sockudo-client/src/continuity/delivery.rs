@@ -140,7 +140,7 @@ impl Continuity {
         }
     }
 
-    pub(super) fn failure(&self, code: &str, reason: &str) -> RecoveryFailure {
+    pub(super) fn failure(&self, code: crate::RecoveryCode, reason: &str) -> RecoveryFailure {
         RecoveryFailure::client_side(&self.channel, code, reason)
     }
 

@@ -98,7 +98,7 @@ impl Pipeline {
             .map_or_else(|| "s0".to_owned(), |p| p.stream_id.clone());
         let r = Recovered {
             channel: "c".into(),
-            source: "hot".into(),
+            source: crate::RecoverySource::Hot,
             replayed: 0,
             position: Position::new(stream, serial),
         };
@@ -107,7 +107,11 @@ impl Pipeline {
     }
 
     fn failed(&mut self, bare: bool) {
-        let f = RecoveryFailure::client_side("c", "position_expired", "history lost it");
+        let f = RecoveryFailure::client_side(
+            "c",
+            crate::RecoveryCode::PositionExpired,
+            "history lost it",
+        );
         let outcome = if bare {
             self.machine.on_failed(f, self.now)
         } else {

@@ -56,14 +56,14 @@ pub(super) fn seen(out: &Outcome) -> Vec<String> {
 pub(super) fn recovered(serial: u64) -> Recovered {
     Recovered {
         channel: "c".into(),
-        source: "hot".into(),
+        source: crate::RecoverySource::Hot,
         replayed: 0,
         position: Position::new("s1", serial),
     }
 }
 
 pub(super) fn failed(code: &str) -> RecoveryFailure {
-    RecoveryFailure::client_side("c", code, "test")
+    RecoveryFailure::client_side("c", crate::RecoveryCode::parse(code), "test")
 }
 
 #[test]

@@ -133,8 +133,11 @@ impl KafkaSaslMechanism {
 /// SASL authentication (over a plaintext connection: `SASL_PLAINTEXT`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: KafkaSaslMechanism,
+    /// The SASL user.
     pub username: String,
+    /// The SASL password (hidden by `Debug`).
     pub password: String,
 }
 

@@ -30,6 +30,7 @@ impl std::fmt::Debug for LocalAdapter {
 }
 
 impl LocalAdapter {
+    /// A single-node adapter.
     pub fn new() -> Self {
         Self::default()
     }

@@ -131,10 +131,13 @@ pub trait Adapter: Send + Sync + 'static {
     /// This node's id in the cluster.
     fn node_id(&self) -> &str;
 
+    /// Deliver a broadcast to every node (this one included, once).
     async fn publish(&self, msg: Broadcast) -> Result<(), AdapterError>;
 
+    /// Have every node execute a command on its own connections.
     async fn control(&self, msg: ControlMessage) -> Result<(), AdapterError>;
 
+    /// Ask every live node (or the shared store) and merge the answers.
     async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, AdapterError>;
 
     /// This node now has a connection of `user` in the channel (call on the node's first).

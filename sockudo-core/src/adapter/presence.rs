@@ -47,11 +47,13 @@ use super::{
 /// clocks (causally ordered). Its module docs say what clients see of the races that remain.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
+    /// Count a connection of `node_id` for the member; says whether the user is new to the channel cluster-wide (or refused over the limit).
     async fn join(
         &self,
         node_id: &str,
         join: PresenceJoin<'_>,
     ) -> Result<PresenceJoinOutcome, AdapterError>;
+    /// Remove a connection of `node_id` for the member; says whether the user left the channel cluster-wide.
     async fn leave(
         &self,
         node_id: &str,
@@ -62,6 +64,7 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// The channel's members with the sequence number of the last change they reflect, in one
     /// atomic step (see [`PresenceSnapshot`]).
     async fn members(&self, app_id: &str, channel: &str) -> Result<PresenceSnapshot, AdapterError>;
+    /// Remove everything dead node `node_id` contributed and return the members that left with it (idempotent).
     async fn sweep_node(&self, node_id: &str) -> Result<Vec<RemovedMember>, AdapterError>;
 
     /// Nodes that currently hold contributions in the store.
@@ -130,6 +133,7 @@ pub struct MemoryPresenceStore {
 }
 
 impl MemoryPresenceStore {
+    /// An empty in-process store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -266,10 +270,10 @@ impl PresenceStore for MemoryPresenceStore {
 
 /// The executable form of the [`PresenceStore`] contract, run against every implementation.
 ///
-/// The suite talks to the store *as several nodes* through [`Nodes`]: a shared store is the
-/// same store for every node id ([`SharedNodes`]); a replicated one is one instance per node
-/// id on a shared transport ([`ReplicatedNodes`]). Between steps made on different nodes the
-/// suite calls [`Nodes::settle`] (replication is eventual); every assertion holds for both.
+/// The suite talks to the store *as several nodes* through [`Nodes`](conformance::Nodes): a shared store is the
+/// same store for every node id ([`SharedNodes`](conformance::SharedNodes)); a replicated one is one instance per node
+/// id on a shared transport ([`ReplicatedNodes`](conformance::ReplicatedNodes)). Between steps made on different nodes the
+/// suite calls [`Nodes::settle`](conformance::Nodes::settle) (replication is eventual); every assertion holds for both.
 #[doc(hidden)]
 pub mod conformance {
     use std::sync::Arc;

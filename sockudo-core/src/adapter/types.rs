@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 /// recipient; nothing downstream re-serialises them per connection.
 #[derive(Debug, Clone)]
 pub struct Broadcast {
+    /// The app the message belongs to.
     pub app_id: Arc<str>,
+    /// The channel it was published on.
     pub channel: Arc<str>,
     /// The complete text frame for protocol 7 connections.
     pub frame: Bytes,
@@ -22,6 +24,7 @@ pub struct Broadcast {
     pub message_id: Option<Arc<str>>,
     /// Position in the channel's stream when history assigned one (with its stream id).
     pub serial: Option<u64>,
+    /// The stream `serial` belongs to.
     pub stream_id: Option<Arc<str>>,
     /// A socket that must not receive it (the publisher's own, Pusher `socket_id`).
     pub except_socket: Option<Arc<str>>,
@@ -38,7 +41,9 @@ pub struct Broadcast {
 /// and drop it instead of letting it undo that later decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberEvent {
+    /// The member concerned.
     pub user_id: Arc<str>,
+    /// The store's per-channel presence sequence number of the decision.
     pub seq: u64,
     /// Whether the decision added the user to the channel or removed it. Receivers check
     /// it against each subscriber's view: an addition of a listed member or a removal of an
@@ -82,10 +87,18 @@ impl Broadcast {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     /// Close every connection of a signed-in user (HTTP `terminate_connections`).
-    TerminateUser { app_id: String, user_id: String },
+    TerminateUser {
+        /// The app.
+        app_id: String,
+        /// The user whose connections close.
+        user_id: String,
+    },
     /// An app was created, changed or deleted in the shared app backend (admin API): every
     /// node drops its cached copy and re-reads it.
-    AppChanged { app_id: String },
+    AppChanged {
+        /// The app that changed.
+        app_id: String,
+    },
 }
 
 /// A question answered from each node's local state and aggregated.
@@ -93,22 +106,40 @@ pub enum ControlMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClusterQuery {
     /// Subscriptions (connections) to one channel.
-    SubscriptionCount { app_id: String, channel: String },
+    SubscriptionCount {
+        /// The app.
+        app_id: String,
+        /// The channel.
+        channel: String,
+    },
     /// Occupied channels with their subscription counts, optionally by prefix.
     Channels {
+        /// The app.
         app_id: String,
+        /// Only channels starting with this.
         prefix: Option<String>,
     },
     /// Open connections of an app.
-    ConnectionCount { app_id: String },
+    ConnectionCount {
+        /// The app.
+        app_id: String,
+    },
 }
 
 /// An answer; node answers of the same kind are merged by [`ClusterAnswer::merge`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClusterAnswer {
-    Count { count: u64 },
-    Channels { channels: Vec<(String, u64)> },
+    /// A number (subscriptions or connections), summed over nodes.
+    Count {
+        /// The total.
+        count: u64,
+    },
+    /// Occupied channels with their subscription counts, merged over nodes.
+    Channels {
+        /// `(channel, subscriptions)` pairs.
+        channels: Vec<(String, u64)>,
+    },
 }
 
 impl ClusterAnswer {
@@ -134,6 +165,7 @@ impl ClusterAnswer {
         }
     }
 
+    /// The count of a `Count` answer (0 for other kinds).
     pub fn count(&self) -> u64 {
         match self {
             ClusterAnswer::Count { count } => *count,
@@ -145,15 +177,20 @@ impl ClusterAnswer {
 /// A presence member as the cluster knows it. `info` is the member's `user_info` JSON text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceMember {
+    /// The member's user id.
     pub user_id: String,
+    /// The member's `user_info` JSON text.
     pub info: Option<String>,
 }
 
 /// A node's request to add a user to a presence channel.
 #[derive(Debug, Clone, Copy)]
 pub struct PresenceJoin<'a> {
+    /// The app.
     pub app_id: &'a str,
+    /// The presence channel.
     pub channel: &'a str,
+    /// The user joining.
     pub user_id: &'a str,
     /// `user_info` JSON text.
     pub info: Option<&'a str>,
@@ -187,6 +224,7 @@ pub struct PresenceJoinOutcome {
 /// phantom leave).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PresenceSnapshot {
+    /// The members, one per user.
     pub members: Vec<PresenceMember>,
     /// The channel's presence sequence number when the members were read (0 when the
     /// channel never changed).
@@ -205,8 +243,11 @@ pub struct PresenceLeave {
 /// A member that left because its last node went away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedMember {
+    /// The app.
     pub app_id: String,
+    /// The presence channel.
     pub channel: String,
+    /// The user that left.
     pub user_id: String,
     /// The channel's presence sequence number of this removal. `default` keeps older
     /// serialised forms readable; 0 is below every number a store hands out.
@@ -242,12 +283,19 @@ pub struct ReplicatedMemberEvent {
 /// Why the adapter could not do what was asked.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum AdapterError {
+    /// The transport cannot be reached.
     #[error("adapter transport unavailable: {0}")]
     Unavailable(String),
+    /// The adapter has no node handler yet.
     #[error("no handler attached: the node has not started its adapter")]
     NotAttached,
+    /// Some nodes did not answer a cluster query in time.
     #[error("cluster query timed out waiting for {missing} node(s)")]
-    Timeout { missing: usize },
+    Timeout {
+        /// Nodes that did not answer.
+        missing: usize,
+    },
+    /// A message from another node could not be decoded.
     #[error("malformed cluster message: {0}")]
     Malformed(String),
 }

@@ -23,16 +23,21 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// One tenant: credentials, switches and limits. Field names are the TOML/JSON names
-/// operators use (CONFIG.md), so this type is also the config schema of an app.
+/// operators use (docs/configuration.md), so this type is also the config schema of an app.
 /// `Debug` shows everything but the secret.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
+    /// The app id (HTTP API path `/apps/{id}/…`).
     pub id: String,
+    /// The public key clients connect with.
     pub key: String,
+    /// The secret signing API requests and channel auth.
     pub secret: String,
+    /// A disabled app refuses connections (4003) and API calls.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Whether clients may send `client-` events.
     #[serde(default)]
     pub enable_client_messages: bool,
     /// Cluster-wide connection quota; 0 means unlimited.
@@ -41,8 +46,10 @@ pub struct App {
     /// Client events per second per connection (4301 beyond it); 0 means unlimited.
     #[serde(default = "default_client_events")]
     pub max_client_events_per_second: u32,
+    /// Members allowed per presence channel.
     #[serde(default = "default_presence_members")]
     pub max_presence_members: usize,
+    /// Largest `user_info` of a presence member, in bytes.
     #[serde(default = "default_user_info_bytes")]
     pub max_presence_user_info_bytes: usize,
     /// Largest event `data` accepted from the HTTP API or a client event (413 / error beyond).
@@ -57,6 +64,7 @@ pub struct App {
     /// Most events one HTTP batch publish may carry (400 beyond it).
     #[serde(default = "default_batch_size")]
     pub max_event_batch_size: usize,
+    /// Where the app's webhooks go.
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
 }
@@ -96,10 +104,12 @@ impl std::fmt::Debug for App {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookTarget {
+    /// The URL events are POSTed to.
     pub url: String,
     /// Event types sent to this target; empty means all.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Extra HTTP headers of each POST.
     #[serde(default)]
     pub headers: HashMap<String, String>,
 }
@@ -188,8 +198,11 @@ pub enum AppManagerError {
 /// "allowed").
 #[async_trait]
 pub trait AppManager: Send + Sync + 'static {
+    /// The app with this id (`None`: no such app).
     async fn find_by_id(&self, id: &str) -> Result<Option<Arc<App>>, AppManagerError>;
+    /// The app with this key (`None`: no such app).
     async fn find_by_key(&self, key: &str) -> Result<Option<Arc<App>>, AppManagerError>;
+    /// Every app.
     async fn all(&self) -> Result<Vec<Arc<App>>, AppManagerError>;
 
     /// The apps with these ids that exist (any order; absent ids are simply missing). The

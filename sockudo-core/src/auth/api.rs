@@ -1,4 +1,4 @@
-//! Pusher HTTP API request authentication (PROTOCOL.md §5).
+//! Pusher HTTP API request authentication (docs/protocol.md §5).
 //!
 //! Every API request carries `auth_key`, `auth_timestamp`, `auth_version`, optionally
 //! `body_md5`, and `auth_signature` = hex HMAC-SHA256 over
@@ -399,7 +399,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    // Pusher docs worked example (PROTOCOL.md §5).
+    // Pusher docs worked example.
     const KEY: &str = "278d425bdf160c739803";
     const SECRET: &str = "7ad3773142a6692b25b8";
     const TS: u64 = 1_353_088_179;

@@ -176,7 +176,7 @@ pub fn body_md5_hex(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    // Pusher docs worked example (PROTOCOL.md §2).
+    // Pusher docs worked example.
     const KEY: &str = "278d425bdf160c739803";
     const SECRET: &str = "7ad3773142a6692b25b8";
     const PRIVATE_SIG: &str = "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4";

@@ -29,6 +29,7 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
+    /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }
@@ -41,10 +42,12 @@ impl MemoryCache {
         before.saturating_sub(self.entries.len())
     }
 
+    /// Entries held (expired ones included until purged).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -26,8 +26,10 @@ pub use memory::MemoryCache;
 /// closed on any error: an error never means "absent".
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum CacheError {
+    /// The cache cannot answer.
     #[error("cache unavailable: {0}")]
     Unavailable(String),
+    /// An increment found a value that is not an integer.
     #[error("cache value is not an integer")]
     NotAnInteger,
 }
@@ -42,6 +44,7 @@ pub enum CacheError {
 /// - `Err` means the outcome is unknown; callers must not treat it as a miss.
 #[async_trait]
 pub trait Cache: Send + Sync + 'static {
+    /// The value under `key` (`None`: absent or expired).
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
 
     /// Store `value`, replacing any previous one; `None` TTL keeps it until deleted.

@@ -225,6 +225,7 @@ fn stream_key(app_id: &str, channel: &str) -> String {
 }
 
 impl MemoryHistoryStore {
+    /// An empty store keeping `retention`.
     pub fn new(retention: Retention) -> Self {
         MemoryHistoryStore {
             retention,

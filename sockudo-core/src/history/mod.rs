@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 /// A position in a channel's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamPosition {
+    /// The stream generation.
     pub stream_id: String,
     /// Serial of the newest message (0: nothing published in this stream yet).
     pub serial: u64,
@@ -36,7 +37,9 @@ pub struct StreamPosition {
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
+    /// The message's position in the stream.
     pub serial: u64,
+    /// The message's identity.
     pub message_id: String,
     /// Unix milliseconds when it was appended.
     pub published_at_ms: u64,
@@ -47,7 +50,9 @@ pub struct StoredMessage {
 /// What [`HistoryStore::append`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
+    /// The stream the message was appended to.
     pub stream_id: String,
+    /// Its serial.
     pub serial: u64,
     /// The message id was already appended within the dedup window: nothing new was stored
     /// and `serial` is the original one.
@@ -57,6 +62,7 @@ pub struct Appended {
 /// A contiguous range read from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
+    /// The stream read.
     pub stream_id: String,
     /// Messages, contiguous (no gaps): ascending from `read_after`, newest first from
     /// `read_before`.
@@ -70,7 +76,9 @@ pub struct HistoryPage {
 /// Retention of a store: whichever limit is hit first trims the oldest messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
+    /// Most messages kept per channel.
     pub max_messages: usize,
+    /// Oldest message age kept.
     pub max_age: Duration,
 }
 
@@ -87,8 +95,10 @@ impl Default for Retention {
 /// (`persistence_unavailable`) on any of these.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum HistoryError {
+    /// The store cannot answer.
     #[error("history store unavailable: {0}")]
     Unavailable(String),
+    /// A stored entry could not be decoded.
     #[error("corrupt history entry: {0}")]
     Corrupt(String),
 }
@@ -108,6 +118,7 @@ pub enum HistoryError {
 /// - `reset` starts a new stream generation (new `stream_id`, serial 0).
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
+    /// Store a message under `message_id` and give it the next serial (a repeat within `dedup_window` returns the original); `frame_for(stream_id, serial)` builds the stored frame.
     async fn append(
         &self,
         app_id: &str,
@@ -127,6 +138,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// retention's TTL (the id must be the same on every node).
     async fn head(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
 
+    /// Messages with serial > `after`, oldest first, at most `limit`.
     async fn read_after(
         &self,
         app_id: &str,
@@ -145,6 +157,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, HistoryError>;
 
+    /// Start a new stream generation (new `stream_id`, serial 0).
     async fn reset(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError>;
 
     /// Channels whose state this process holds, for stores that live in the process (and

@@ -58,8 +58,11 @@ impl fmt::Display for FailureCode {
 /// A client's position in one channel, as sent in `sockudo:resume`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPosition {
+    /// The stream the client was on.
     pub stream_id: String,
+    /// The last serial it saw.
     pub serial: u64,
+    /// The id of that message, when the client sent it.
     pub last_message_id: Option<String>,
 }
 
@@ -92,7 +95,9 @@ impl fmt::Display for Tier {
 /// stream `stream_id` is retained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierView {
+    /// The stream this tier holds.
     pub stream_id: String,
+    /// The newest serial of that stream.
     pub head: u64,
     /// Oldest retained serial; `None` = nothing retained.
     pub oldest: Option<u64>,
@@ -118,14 +123,27 @@ impl TierView {
 pub enum Decision {
     /// Replay serials `(after, upto]` from `source`; nothing to replay when `after == upto`.
     /// Then release held live frames with [`merge_held`]`(upto, …)`.
-    Recover { source: Tier, after: u64, upto: u64 },
+    Recover {
+        /// The tier to replay from.
+        source: Tier,
+        /// The client's serial (exclusive).
+        after: u64,
+        /// The last serial to replay (inclusive).
+        upto: u64,
+    },
     /// Send `sockudo:resume_failed` with these fields.
     Fail {
+        /// Why.
         code: FailureCode,
+        /// A human-readable explanation.
         reason: String,
+        /// The stream the client was on.
         expected_stream_id: String,
+        /// The channel's stream now, when known.
         current_stream_id: Option<String>,
+        /// The oldest serial still available, when known.
         oldest_available_serial: Option<u64>,
+        /// The newest serial available, when known.
         newest_available_serial: Option<u64>,
     },
 }

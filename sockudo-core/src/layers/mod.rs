@@ -10,11 +10,11 @@
 //! future) and `error.rs` (why a request was rejected).
 //!
 //! - [`api_auth`]: authenticates Pusher HTTP API requests (the signed `auth_*` query,
-//!   PROTOCOL.md §5), resolves the app, and hands the handler the app and the already-read body.
+//!   docs/protocol.md §5), resolves the app, and hands the handler the app and the already-read body.
 //! - [`rate_limit`]: cluster-wide GCRA rate limiting over the shared cache, per app and route
 //!   class, per client IP, or per any key; 429 with `Retry-After` and `X-RateLimit-*` headers.
 //! - [`idempotency`]: `idempotency_key` / `X-Idempotency-Key` handling for publishes
-//!   (PROTOCOL.md §7): one effect per key cluster-wide, replays, 409 on a different payload,
+//!   (docs/protocol.md §7): one effect per key cluster-wide, replays, 409 on a different payload,
 //!   fail closed when the cache is down.
 //!
 //! In a stack, order them `api_auth` (outermost) → `idempotency` → `rate_limit` → handler: the

@@ -1,7 +1,7 @@
 //! Pusher error and close codes (4000–4399), in one table.
 //!
 //! The same numbers serve as WebSocket close codes and as the `code` of `pusher:error`; the
-//! range tells clients how to reconnect (PROTOCOL.md §4), so picking the wrong one changes
+//! range tells clients how to reconnect (docs/protocol.md §4), so picking the wrong one changes
 //! client behaviour, not just a log line.
 
 /// Every code this server sends.
@@ -39,6 +39,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The numeric close or error code.
     pub const fn code(self) -> u16 {
         self as u16
     }

@@ -2,18 +2,29 @@
 
 /// Sent by the server first, with `socket_id` and `activity_timeout`.
 pub const CONNECTION_ESTABLISHED: &str = "connection_established";
+/// `…:error`.
 pub const ERROR: &str = "error";
+/// `…:ping`.
 pub const PING: &str = "ping";
+/// `…:pong`.
 pub const PONG: &str = "pong";
+/// `…:subscribe`.
 pub const SUBSCRIBE: &str = "subscribe";
+/// `…:unsubscribe`.
 pub const UNSUBSCRIBE: &str = "unsubscribe";
+/// `…:signin`.
 pub const SIGNIN: &str = "signin";
+/// `…:signin_success`.
 pub const SIGNIN_SUCCESS: &str = "signin_success";
+/// `…:subscription_error`.
 pub const SUBSCRIPTION_ERROR: &str = "subscription_error";
+/// `…:cache_miss`.
 pub const CACHE_MISS: &str = "cache_miss";
 /// `*_internal:` events.
 pub const SUBSCRIPTION_SUCCEEDED: &str = "subscription_succeeded";
+/// `…_internal:member_added`.
 pub const MEMBER_ADDED: &str = "member_added";
+/// `…_internal:member_removed`.
 pub const MEMBER_REMOVED: &str = "member_removed";
 /// V2 only: a serial taken by a message withheld from this connection (see
 /// `OutboundFrame::position`).
@@ -25,11 +36,14 @@ pub const CLIENT_EVENT_PREFIX: &str = "client-";
 /// The system-event family of a protocol version: `pusher` for V1, `sockudo` for V2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// Protocol 7: `pusher:` and `pusher_internal:`.
     Pusher,
+    /// V2: `sockudo:` and `sockudo_internal:`.
     Sockudo,
 }
 
 impl Family {
+    /// The prefix of public system events (`pusher:`).
     pub const fn prefix(self) -> &'static str {
         match self {
             Family::Pusher => "pusher:",
@@ -37,6 +51,7 @@ impl Family {
         }
     }
 
+    /// The prefix of internal system events (`pusher_internal:`).
     pub const fn internal_prefix(self) -> &'static str {
         match self {
             Family::Pusher => "pusher_internal:",

@@ -31,6 +31,7 @@ impl ProtocolVersion {
         }
     }
 
+    /// The system-event family of this version.
     pub const fn family(self) -> Family {
         match self {
             ProtocolVersion::V1 => Family::Pusher,
@@ -42,12 +43,21 @@ impl ProtocolVersion {
 /// Why a client frame was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
+    /// The frame is over the size limit (refused before parsing).
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes received.
+        size: usize,
+        /// Bytes allowed.
+        limit: usize,
+    },
+    /// The frame is not JSON of the expected shape.
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// `data` is missing or not what the event needs.
     #[error("missing or invalid `data`: {0}")]
     InvalidData(String),
+    /// The event needs a channel and has none.
     #[error("missing `channel`")]
     MissingChannel,
 }
@@ -55,9 +65,12 @@ pub enum FrameError {
 /// A frame received from a client.
 #[derive(Debug, Deserialize)]
 pub struct ClientFrame {
+    /// The event name.
     pub event: String,
+    /// The channel, for channel events.
     #[serde(default)]
     pub channel: Option<String>,
+    /// The raw `data`.
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
 }
@@ -100,7 +113,9 @@ impl ClientFrame {
 /// `pusher:subscribe` data.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscribeData {
+    /// The channel to subscribe to.
     pub channel: String,
+    /// The signature, for private, encrypted and presence channels.
     #[serde(default)]
     pub auth: Option<String>,
     /// Presence only: a JSON *string*; the signature covers its exact bytes.
@@ -111,20 +126,25 @@ pub struct SubscribeData {
 /// `pusher:unsubscribe` data.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UnsubscribeData {
+    /// The channel to leave.
     pub channel: String,
 }
 
 /// `pusher:signin` data.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SigninData {
+    /// The signature over the socket id and `user_data`.
     pub auth: String,
+    /// The signed user data (a JSON string).
     pub user_data: String,
 }
 
 /// Presence `channel_data` (decoded from its JSON string).
 #[derive(Debug, Clone, Deserialize)]
 pub struct PresenceChannelData {
+    /// The member's user id.
     pub user_id: UserId,
+    /// The member's `user_info`, as sent.
     #[serde(default)]
     pub user_info: Option<Box<RawValue>>,
 }
@@ -132,6 +152,7 @@ pub struct PresenceChannelData {
 /// Signin `user_data` (decoded from its JSON string).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SigninUserData {
+    /// The signed-in user's id.
     pub id: UserId,
 }
 
@@ -194,9 +215,11 @@ struct EventFrameV2<'a> {
 /// The V2 identity of a broadcast message.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageMeta<'a> {
+    /// The message's stable identity.
     pub message_id: &'a str,
     /// Position in the channel's stream, when history assigns one.
     pub position: Option<(&'a str, u64)>,
+    /// Publisher metadata delivered to V2 connections.
     pub extras: Option<&'a RawValue>,
 }
 
@@ -227,6 +250,7 @@ impl OutboundFrame {
         })
     }
 
+    /// `connection_established` with the socket id and activity timeout.
     pub fn connection_established(
         family: Family,
         socket_id: &str,
@@ -245,14 +269,17 @@ impl OutboundFrame {
         Self::system(family, events::ERROR, None, &data)
     }
 
+    /// A `pong`.
     pub fn pong(family: Family) -> String {
         Self::system(family, events::PONG, None, "{}")
     }
 
+    /// A `ping`.
     pub fn ping(family: Family) -> String {
         Self::system(family, events::PING, None, "{}")
     }
 
+    /// `subscription_succeeded` with `data` (a JSON object text).
     pub fn subscription_succeeded(family: Family, channel: &str, data: &str) -> String {
         Self::internal(family, events::SUBSCRIPTION_SUCCEEDED, Some(channel), data)
     }
@@ -312,6 +339,7 @@ impl OutboundFrame {
         })
     }
 
+    /// `subscription_error` for `channel`.
     pub fn subscription_error(
         family: Family,
         channel: &str,
@@ -323,6 +351,7 @@ impl OutboundFrame {
         Self::system(family, events::SUBSCRIPTION_ERROR, Some(channel), &data)
     }
 
+    /// `member_added` on a presence channel.
     pub fn member_added(
         family: Family,
         channel: &str,
@@ -333,16 +362,19 @@ impl OutboundFrame {
         Self::internal(family, events::MEMBER_ADDED, Some(channel), &data)
     }
 
+    /// `member_removed` on a presence channel.
     pub fn member_removed(family: Family, channel: &str, user_id: &str) -> String {
         let data = to_json(&serde_json::json!({ "user_id": user_id }));
         Self::internal(family, events::MEMBER_REMOVED, Some(channel), &data)
     }
 
+    /// `signin_success` with the user data.
     pub fn signin_success(family: Family, user_data: &str) -> String {
         let data = to_json(&serde_json::json!({ "user_data": user_data }));
         Self::system(family, events::SIGNIN_SUCCESS, None, &data)
     }
 
+    /// `cache_miss` for a cache channel with nothing cached.
     pub fn cache_miss(family: Family, channel: &str) -> String {
         Self::system(family, events::CACHE_MISS, Some(channel), "{}")
     }

@@ -84,6 +84,7 @@ fn parse_id(id: &JobId) -> Option<u64> {
 }
 
 impl MemoryQueue {
+    /// An empty in-process queue.
     pub fn new() -> Self {
         Self::with_dead_letter_cap(DEFAULT_DEAD_LETTER_CAP)
     }

@@ -53,7 +53,9 @@ impl fmt::Display for JobId {
 /// A claimed (or dead-lettered) job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    /// The job's id (for ack, retry and dead-letter).
     pub id: JobId,
+    /// What was enqueued.
     pub payload: Bytes,
     /// How many times the job has been claimed, this claim included.
     pub attempts: u32,
@@ -82,6 +84,7 @@ pub struct QueueStats {
 /// Why the queue could not answer.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum QueueError {
+    /// The queue cannot answer.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
     /// The job does not exist (already acked, dead-lettered, or never enqueued).

@@ -268,6 +268,7 @@ impl RedisQueue {
         })
     }
 
+    /// The options the queue was built with.
     pub fn options(&self) -> &RedisQueueOptions {
         &self.options
     }

@@ -19,25 +19,40 @@ fn invalid<T>(m: impl Into<String>) -> Result<T, Invalid> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFields {
+    /// See `App::enabled`.
     pub enabled: Option<bool>,
+    /// See `App::enable_client_messages`.
     pub enable_client_messages: Option<bool>,
+    /// See `App::max_connections`.
     pub max_connections: Option<u64>,
+    /// See `App::max_client_events_per_second`.
     pub max_client_events_per_second: Option<u32>,
+    /// See `App::max_presence_members`.
     pub max_presence_members: Option<usize>,
+    /// See `App::max_presence_user_info_bytes`.
     pub max_presence_user_info_bytes: Option<usize>,
+    /// See `App::max_event_payload_bytes`.
     pub max_event_payload_bytes: Option<usize>,
+    /// See `App::max_event_channels_at_once`.
     pub max_event_channels_at_once: Option<usize>,
+    /// See `App::max_event_name_length`.
     pub max_event_name_length: Option<usize>,
+    /// See `App::max_event_batch_size`.
     pub max_event_batch_size: Option<usize>,
+    /// The app's webhook targets (replacing the current ones).
     pub webhooks: Option<Vec<WebhookInput>>,
 }
 
 /// `POST /apps`: the fields plus optional credentials (generated when absent).
 #[derive(Debug, Default)]
 pub struct CreateApp {
+    /// The app id (generated when absent).
     pub id: Option<String>,
+    /// The app key (generated when absent).
     pub key: Option<String>,
+    /// The app secret (generated when absent).
     pub secret: Option<String>,
+    /// Everything else.
     pub fields: AppFields,
 }
 

@@ -48,19 +48,25 @@ struct AdminState {
 /// An admin API failure, answered as JSON.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// 401: no or a wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// 404: no app with this id.
     #[error("no app with this id")]
     NotFound,
+    /// 409: the id or key is taken.
     #[error("an app with this id or key exists")]
     Conflict,
+    /// 400: the request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// 422: the app would be invalid.
     #[error("{0}")]
     Invalid(String),
     /// The body could not be read (too large: 413).
     #[error("{1}")]
     Body(StatusCode, String),
+    /// 503: the app database cannot answer.
     #[error("app database unavailable: {0}")]
     Unavailable(String),
 }

@@ -199,17 +199,8 @@ fn validate_admin(s: &NodeSettings) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use crate::config::{CliOverrides, NodeSettings};
-
-    fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        NodeSettings::load(&CliOverrides::default(), &env).map_err(|e| e.to_string())
-    }
+    use crate::config::tests_support::load;
+    use crate::config::NodeSettings;
 
     const TOKEN: &str = "0123456789abcdef01234567";
 

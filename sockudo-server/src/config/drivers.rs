@@ -137,10 +137,11 @@ impl RedisSection {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceSection {
+    /// `redis`, `redis-cluster`, `transport`, or empty to follow the adapter.
     pub driver: String,
 }
 
-/// Read the driver variables of CONFIG.md into `s`.
+/// Read the driver variables of docs/configuration.md into `s`.
 pub(super) fn apply_env(
     s: &mut NodeSettings,
     get: &impl Fn(&str) -> Option<String>,

@@ -174,17 +174,8 @@ pub(super) fn validate(s: &NodeSettings) -> Result<(), ConfigError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::HashMap;
-
-    use super::super::{CliOverrides, NodeSettings};
-
-    fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        NodeSettings::load(&CliOverrides::default(), &env).map_err(|e| e.to_string())
-    }
+    use crate::config::tests_support::load;
+    use crate::config::NodeSettings;
 
     fn err(pairs: &[(&str, &str)]) -> String {
         load(pairs).unwrap_err()

@@ -258,8 +258,15 @@ mod tests {
     use crate::config::{CliOverrides, NodeSettings};
 
     fn load(pairs: &[(&str, &str)]) -> Result<NodeSettings, String> {
-        let env: HashMap<String, String> = pairs
+        // One app from the environment: the library serves no app it was not given.
+        let app = [
+            ("SOCKUDO_DEFAULT_APP_ID", "app"),
+            ("SOCKUDO_DEFAULT_APP_KEY", "key"),
+            ("SOCKUDO_DEFAULT_APP_SECRET", "a-secret-of-the-test"),
+        ];
+        let env: HashMap<String, String> = app
             .iter()
+            .chain(pairs)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         NodeSettings::load(&CliOverrides::default(), &env).map_err(|e| e.to_string())

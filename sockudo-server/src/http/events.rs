@@ -22,7 +22,9 @@ use sockudo_core::layers::json_error;
 
 use super::error::{bad_request, ApiError};
 use crate::node::Node;
-use crate::publish::{publish_event, EventToPublish, Published};
+use crate::publish::{
+    keyed_message_id, publish_event, EventToPublish, Published, MAX_MESSAGE_ID_LEN,
+};
 
 #[derive(Debug, Deserialize)]
 struct EventRequest {
@@ -43,25 +45,9 @@ struct EventRequest {
     idempotency_key: Option<Value>,
 }
 
-/// The message id a keyed publish takes when it names none (see `EventRequest`).
-fn keyed_message_id(key: &str) -> String {
-    format!("idem:{key}")
-}
-
-/// Longest message id accepted.
-const MAX_MESSAGE_ID_LEN: usize = 128;
-
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
     batch: Vec<EventRequest>,
-}
-
-fn valid_socket_id(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
 /// Requested `info` attributes.
@@ -153,7 +139,7 @@ fn prepare<'a>(app: &App, req: &'a EventRequest) -> Result<Prepared<'a>, ApiErro
         .collect::<Result<Vec<_>, _>>()?;
     let socket_id = match req.socket_id.as_deref() {
         None | Some("") => None,
-        Some(s) if valid_socket_id(s) => Some(Arc::from(s)),
+        Some(s) if sockudo_core::auth::is_valid_socket_id(s) => Some(Arc::from(s)),
         Some(s) => return Err(bad_request(format!("invalid socket_id {s:?}"))),
     };
     let info = InfoAttrs::parse(req.info.as_deref())?;
@@ -394,7 +380,7 @@ enum ItemGate {
     Repeat(String),
 }
 
-/// Claim the per-item keys of a batch (PROTOCOL.md §7) with the core's `claim_item`: an item
+/// Claim the per-item keys of a batch (docs/protocol.md §7) with the core's `claim_item`: an item
 /// whose key was already used for the same item is skipped; one whose key was used for a
 /// different item refuses the whole batch with 409, before anything is published (the claims
 /// this call made are released). A cache failure refuses the batch with 503 (fail closed).
@@ -472,19 +458,6 @@ async fn release_item_keys(node: &Node, app_id: &str, gates: &[ItemGate]) {
             if let Err(error) = release_item(node.cache.as_ref(), app_id, key).await {
                 tracing::warn!(%error, "failed to release a batch item's idempotency key");
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_ids() {
-        assert!(valid_socket_id("123.456"));
-        for bad in ["", "1", "1.", ".1", "a.1", "1.2.3", "1.2a"] {
-            assert!(!valid_socket_id(bad), "{bad}");
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The Pusher HTTP API (PROTOCOL.md §5), behind the core's tower layers.
+//! The Pusher HTTP API (docs/protocol.md §5), behind the core's tower layers.
 //!
 //! Handlers receive the authenticated app and the already-read body from the layer's request
 //! extensions, so signature checking exists once, in `sockudo_core::layers`.
 //!
 //! Per route, outermost first: API auth (every route) → idempotency (the two publish routes,
-//! PROTOCOL.md §7) → rate limit (every route, per app and route class, when
+//! docs/protocol.md §7) → rate limit (every route, per app and route class, when
 //! `api_rate_limit_per_second` > 0) → handler. Auth comes first so the other two know the app
 //! and unauthenticated traffic spends no budget; idempotency comes before the rate limit so a
 //! replayed retry spends none either (and a 429 is never stored as the key's answer).

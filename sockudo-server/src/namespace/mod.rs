@@ -187,7 +187,7 @@ impl Namespace {
     }
 
     /// Shrink the maps a flood of channels or connections left oversized (see
-    /// [`crate::memory`]); returns whether any was.
+    /// `crate::memory`); returns whether any was.
     pub fn shrink(&self) -> bool {
         let maps = [
             crate::memory::shrink_sparse(&self.channels),

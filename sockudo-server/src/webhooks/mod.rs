@@ -1,4 +1,4 @@
-//! Webhooks (PROTOCOL.md §8): per-app targets, Pusher bodies and signatures, batching,
+//! Webhooks (docs/protocol.md §8): per-app targets, Pusher bodies and signatures, batching,
 //! cluster-wide occupied/vacated and member events, and at-least-once delivery through the
 //! shared [`Queue`].
 //!
@@ -165,17 +165,26 @@ pub struct WebhookStats {
 /// A point-in-time copy of [`WebhookStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WebhookStatsSnapshot {
+    /// Events emitted.
     pub emitted: u64,
+    /// Events put on the queue.
     pub enqueued: u64,
+    /// POSTs delivered.
     pub sent: u64,
+    /// POSTs that failed.
     pub failed: u64,
+    /// Jobs retried.
     pub retried: u64,
+    /// Jobs dead-lettered.
     pub dead_lettered: u64,
+    /// Events that could not be emitted.
     pub emit_errors: u64,
+    /// Jobs another node decided.
     pub taken_over: u64,
 }
 
 impl WebhookStats {
+    /// The counters now.
     pub fn snapshot(&self) -> WebhookStatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         WebhookStatsSnapshot {
@@ -199,30 +208,47 @@ impl WebhookStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum WebhookEvent {
+    /// The first subscriber joined a channel (cluster-wide).
     ChannelOccupied {
+        /// The channel.
         channel: String,
     },
+    /// The last subscriber left a channel (cluster-wide).
     ChannelVacated {
+        /// The channel.
         channel: String,
     },
+    /// A user joined a presence channel.
     MemberAdded {
+        /// The channel.
         channel: String,
+        /// The user.
         user_id: String,
     },
+    /// A user left a presence channel.
     MemberRemoved {
+        /// The channel.
         channel: String,
+        /// The user.
         user_id: String,
     },
+    /// A client event was sent.
     ClientEvent {
+        /// The channel.
         channel: String,
+        /// The event name.
         event: String,
         /// The event data as a string (JSON text when the client sent a non-string value).
         data: String,
+        /// The sender's socket id.
         socket_id: String,
+        /// The sender's user id on presence channels.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user_id: Option<String>,
     },
+    /// A subscriber found nothing cached on a cache channel.
     CacheMiss {
+        /// The channel.
         channel: String,
     },
 }
@@ -244,8 +270,10 @@ impl WebhookEvent {
 /// Why the webhook pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    /// The HTTP client could not be built.
     #[error("webhook HTTP client: {0}")]
     Client(String),
+    /// The queue could not be built.
     #[error("webhook queue: {0}")]
     Queue(String),
 }
@@ -267,11 +295,16 @@ pub fn queue_for(settings: &NodeSettings) -> Result<Arc<dyn Queue>, WebhookError
     }
 }
 
-/// Build the pipeline `node.settings` describe on the node's cache and adapter, install it
-/// on the node and start its worker (when a Tokio runtime is running). Errors are logged and
-/// leave the node without webhooks: they never stop it from serving.
-pub fn install(node: &Arc<crate::node::Node>) {
-    let built = queue_for(&node.settings).and_then(|queue| {
+/// Build the pipeline `node.settings` describe on the node's cache and adapter (and `queue`,
+/// or the queue the settings name), install it on the node and start its worker (when a
+/// Tokio runtime is running). Errors are logged and leave the node without webhooks: they
+/// never stop it from serving.
+pub fn install(node: &Arc<crate::node::Node>, queue: Option<Arc<dyn Queue>>) {
+    let queue = match queue {
+        Some(q) => Ok(q),
+        None => queue_for(&node.settings),
+    };
+    let built = queue.and_then(|queue| {
         Webhooks::new(
             WebhookSettings::from_node(&node.settings),
             queue,

@@ -2,7 +2,7 @@
 //! carries a `message_id` and an `idempotency_key` (the same unique string) and is retried,
 //! with the very same body, on the next live node until a 2xx comes back or its retry budget
 //! is spent. Only acknowledged messages must be delivered; the rest are recorded as
-//! unacknowledged (PROTOCOL.md §7: a retry of an acknowledged key is the same message).
+//! unacknowledged (docs/protocol.md §7: a retry of an acknowledged key is the same message).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

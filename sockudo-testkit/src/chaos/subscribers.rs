@@ -194,7 +194,10 @@ async fn read(mut subscription: Subscription, live: Shared, start: Instant) {
                 live.record.resumes.push(ResumeRecord {
                     channel: channel.clone(),
                     at,
-                    outcome: ResumeOutcome::Recovered { source, replayed },
+                    outcome: ResumeOutcome::Recovered {
+                        source: source.to_string(),
+                        replayed,
+                    },
                 });
             }
             ChannelEvent::RecoveryFailed(failure) => {
@@ -202,7 +205,7 @@ async fn read(mut subscription: Subscription, live: Shared, start: Instant) {
                     channel: channel.clone(),
                     at,
                     outcome: ResumeOutcome::Failed {
-                        code: failure.code,
+                        code: failure.code.to_string(),
                         reason: failure.reason,
                     },
                 });

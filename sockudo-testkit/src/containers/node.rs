@@ -1,5 +1,5 @@
 //! [`ContainerNode`]: the `sockudo` binary in a container, configured only through the
-//! environment names of CONFIG.md (like [`ProcessNode`](crate::ProcessNode)).
+//! environment names of docs/configuration.md (like [`ProcessNode`](crate::ProcessNode)).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -293,8 +293,7 @@ fn check_settings(what: &str, config: &HashMap<String, String>, secret_env: &[(&
     }
     let cli = CliOverrides {
         config: Some(apps.display().to_string()),
-        host: None,
-        port: None,
+        ..Default::default()
     };
     let settings = NodeSettings::load(&cli, &env)
         .unwrap_or_else(|e| panic!("{what}: the node refuses this configuration: {e}"));

@@ -1,4 +1,4 @@
-//! Authentication of Pusher HTTP API requests (PROTOCOL.md §5) as a tower middleware.
+//! Authentication of Pusher HTTP API requests (docs/protocol.md §5) as a tower middleware.
 //!
 //! [`ApiAuthLayer`] wraps a service in [`ApiAuth`], which checks each request, in this order,
 //! and answers the first failure itself with a [`json_error`](crate::layers::json_error) body

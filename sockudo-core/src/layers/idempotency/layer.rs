@@ -10,7 +10,7 @@ use super::Idempotency;
 use crate::cache::Cache;
 use crate::layers::api_auth::DEFAULT_MAX_BODY_BYTES;
 
-/// Default [`IdempotencyLayer::ttl`]: 120 s (PROTOCOL.md §7).
+/// Default [`IdempotencyLayer::ttl`]: 120 s (docs/protocol.md §7).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
 /// Default [`IdempotencyLayer::in_flight_wait`]: 2 s.
 pub const DEFAULT_IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);

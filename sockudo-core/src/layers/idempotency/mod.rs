@@ -1,4 +1,4 @@
-//! Idempotent publishes (PROTOCOL.md §7, ARCHITECTURE.md §6) as a tower middleware: one key,
+//! Idempotent publishes (docs/protocol.md §7, docs/architecture.md §6) as a tower middleware: one key,
 //! one effect, cluster-wide, within the TTL.
 //!
 //! [`IdempotencyLayer`] wraps a service in [`Idempotency`]. A request's key is the top-level
