@@ -353,7 +353,7 @@ impl Namespace {
 
     /// Queue a delivery to every subscriber of `channel` except its excluded socket. Returns
     /// how many connections it was queued to. Holds the channel's lock only to take its
-    /// recipient snapshot (see [`recipients`]) and never waits; each recipient gets a
+    /// recipient snapshot (see the `recipients` module) and never waits; each recipient gets a
     /// reference-counted handle to its protocol's frame.
     pub fn fanout(&self, channel: &str, d: &Delivery<'_>) -> usize {
         let (key, recipients) = {
