@@ -84,21 +84,25 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     Err(last)
 }
 
-/// Printed on stderr and logged: a node reachable with the public dev secret lets anyone
-/// publish and authorize.
-fn warn_dev_secret(host: &str) {
+/// Logged as a warning (and, with text logs, also printed as a plain line a person cannot
+/// miss): a node reachable with the public dev secret lets anyone publish and authorize.
+/// With `LOG_FORMAT=json` stderr carries JSON lines only, so the log line is the warning.
+fn warn_dev_secret(host: &str, log_format: &str) {
     let reach = if host == "127.0.0.1" || host == "::1" || host == "localhost" {
         "only this machine can reach it"
     } else {
         "IT IS REACHABLE FROM OTHER MACHINES"
     };
-    eprintln!(
-        "sockudo: WARNING: an app signs with the public development secret `app-secret` \
-         (no app configured, or a config that copied it); listening on {host}: {reach}. \
-         Configure your own apps ([[apps]] in --config, or SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET) \
-         before serving anyone."
-    );
-    tracing::warn!(%host, "serving an app with the public development secret `app-secret`");
+    let advice = "configure your own apps ([[apps]] in --config, or \
+                  SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET) before serving anyone";
+    if log_format != "json" {
+        eprintln!(
+            "sockudo: WARNING: an app signs with the public development secret `app-secret` \
+             (no app configured, or a config that copied it); listening on {host}: {reach}. \
+             {advice}."
+        );
+    }
+    tracing::warn!(%host, reach, advice, "serving an app with the public development secret `app-secret`");
 }
 
 fn main() -> ExitCode {
@@ -119,7 +123,7 @@ fn main() -> ExitCode {
     };
     init_tracing(&settings.log_format);
     if settings.serves_dev_secret() {
-        warn_dev_secret(&settings.host);
+        warn_dev_secret(&settings.host, &settings.log_format);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
